@@ -1,0 +1,180 @@
+"""cpcdrl's command line: parse options, call one library function, print.
+
+Every user-facing failure is a ``CpcdrlError``: printed as one line on stderr,
+exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cpcdrl_deploy.errors import CpcdrlError
+
+app = typer.Typer(
+    help="Split a DNN between an edge device and a cloud server, prune the edge half (CPCDRL).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+# Shared options, defined once.
+FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+CheckpointOpt = Annotated[
+    str | None, typer.Option("--checkpoint", "-c", help="state_dict file (bare, or under net/state_dict/model); 'builtin' for the shipped one")
+]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="CIFAR-10: ImageFolder dir, its .tar.gz, torchvision dir, or 'builtin'")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="use only this many test images")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def command(fn: F) -> F:
+    """Turn CpcdrlError / Ctrl-C into one line and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CpcdrlError as exc:
+            _err(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def _table(rows: list[list[object]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@app.command("models")
+@command
+def models_cmd(fmt: FormatOpt = Format.table) -> None:
+    """List the model zoo."""
+    from cpcdrl_deploy.workflows import list_models
+
+    rows = list_models()
+    if fmt is Format.json:
+        _print_json(rows)
+        return
+    typer.echo(_table([[r["name"], f"{r['input_size']}x{r['input_size']}", r["classes"], "yes" if r["builtin_checkpoint"] else "", r["description"]] for r in rows],
+                      ["model", "input", "classes", "built-in ckpt", "description"]))
+
+
+@app.command("analyze")
+@command
+def analyze_cmd(
+    model: Annotated[str, typer.Argument(help="zoo model name (cpcdrl models)")],
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Prunable layers, cut points, MACs (Eq. 3-4) and bytes at each cut (S_i)."""
+    from cpcdrl_deploy.workflows import analyze_model
+
+    a = analyze_model(model, checkpoint)
+    if fmt is Format.json:
+        _print_json(a.to_dict())
+        return
+    kinds = {layer.index: layer.kind for layer in a.layers}
+    rows = [
+        [p.index, p.name, kinds.get(p.index, "-"), f"{p.macs:,}", f"{p.cum_macs:,}", "x".join(map(str, p.out_shape)), f"{p.out_bytes:,}", "" if p.cuttable else "no"]
+        for p in a.points
+    ]
+    typer.echo(_table(rows, ["cut", "layer", "kind", "MACs", "cum MACs", "cut tensor", "S_i bytes", "cuttable"]))
+    typer.echo(f"total MACs: {a.total_macs:,}  ({a.n_layers} prunable layers)")
+
+
+@app.command("evaluate")
+@command
+def evaluate_cmd(
+    model: Annotated[str, typer.Argument(help="zoo model name")] = "tinyvgg",
+    checkpoint: CheckpointOpt = None,
+    data: DataOpt = "builtin",
+    ratios: Annotated[str | None, typer.Option("--ratios", help="keep ratio(s) of layers 1..cut: one value or a comma list")] = None,
+    cut: Annotated[int | None, typer.Option("--cut", help="partition point P (default N: all on the edge)")] = None,
+    limit: LimitOpt = None,
+    refit: Annotated[bool, typer.Option("--refit/--no-refit", help="least-squares reconstruction (Eq. 2)")] = True,
+    calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images from the training split")] = 256,
+    importance: Annotated[str, typer.Option("--importance", help="channel ranking: l1 or l2")] = "l1",
+    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this")] = 1,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Top-1 accuracy of a model, optionally pruned, and its MACs before and after."""
+    from cpcdrl_deploy.pruning import PruneConfig
+    from cpcdrl_deploy.workflows import evaluate_plan
+
+    res = evaluate_plan(
+        model, checkpoint, data, ratios, cut, limit, calib, PruneConfig(importance=importance, round_to=round_to, refit=refit), seed, log=_err
+    )
+    if fmt is Format.json:
+        _print_json(res)
+        return
+    typer.echo(f"{res['model']} cut {res['cut']}: top-1 {res['accuracy']:.2f}% on {res['test_images']} test images")
+    typer.echo(f"MACs {res['macs_before']:,} -> {res['macs_after']:,} ({100 * res['macs_after'] / res['macs_before']:.1f}%), edge MACs {res['edge_macs']:,}")
+    if res["refitted_layers"]:
+        typer.echo(f"refitted by least squares: {len(res['refitted_layers'])} layers")
+
+
+@app.command("train")
+@command
+def train_cmd(
+    model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")],
+    data: DataOpt = "builtin",
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
+    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (pytorch-cifar format)")] = Path("checkpoint.pth"),
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="peak learning rate of the one-cycle schedule")] = 0.1,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="train on at most this many images")] = None,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Train a zoo model on CIFAR-10 and write a checkpoint with its test accuracy."""
+    from cpcdrl_deploy.data import load_cifar10
+    from cpcdrl_deploy.train import TrainConfig, train
+    from cpcdrl_deploy.zoo import get_entry
+
+    if get_entry(model).dataset != "cifar10":
+        raise CpcdrlError(f"{model} is not a CIFAR-10 model")
+    res = train(model, load_cifar10(data), out, TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit), log=_err)
+    if fmt is Format.json:
+        _print_json(res)
+    else:
+        typer.echo(f"wrote {res['out']}: test top-1 {res['acc']:.2f}%")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Top-1 accuracy of a (pruned) model on CIFAR-10 images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cpcdrl_deploy.data import ImageSet
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """Class predictions (int64) for normalised NCHW ``images``."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> float:
+    """Top-1 accuracy in percent."""
+    if len(labels) == 0:
+        return 0.0
+    return float((predict(model, images, batch_size) == labels).float().mean() * 100.0)
+
+
+def accuracy_on(
+    model: nn.Module,
+    split: ImageSet,
+    indices: np.ndarray,
+    chunk: int = 2000,
+    progress: Callable[[int, int], None] | None = None,
+) -> float:
+    """Accuracy (%) over ``indices`` of ``split``, decoding images chunk by chunk to bound memory."""
+    correct = 0
+    for start in range(0, len(indices), chunk):
+        x, y = split.tensors(indices[start : start + chunk])
+        correct += int((predict(model, x) == y).sum())
+        if progress:
+            progress(min(start + chunk, len(indices)), len(indices))
+    return 100.0 * correct / max(1, len(indices))
