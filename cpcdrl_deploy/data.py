@@ -87,15 +87,24 @@ def _image_folder(split_dir: Path) -> ImageSet:
 
 
 def _python_format(root: Path) -> Cifar10:
-    import torchvision
+    """torchvision's ``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 rows and labels."""
+    import pickle
 
-    tr = torchvision.datasets.CIFAR10(str(root), train=True, download=False)
-    te = torchvision.datasets.CIFAR10(str(root), train=False, download=False)
-    return Cifar10(
-        ImageSet(np.asarray(tr.targets, dtype=np.int64), pixels=tr.data),
-        ImageSet(np.asarray(te.targets, dtype=np.int64), pixels=te.data),
-        f"torchvision:{root}",
-    )
+    base = root / "cifar-10-batches-py"
+
+    def read(names: list[str]) -> ImageSet:
+        xs, ys = [], []
+        for n in names:
+            try:
+                with open(base / n, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                ys += list(entry["labels"])
+            except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+                raise CpcdrlError(f"cannot read {base / n}: {exc}") from None
+        return ImageSet(np.asarray(ys, dtype=np.int64), pixels=np.ascontiguousarray(np.concatenate(xs)))
+
+    return Cifar10(read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), f"torchvision:{root}")
 
 
 def _builtin() -> Cifar10:

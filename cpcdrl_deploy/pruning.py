@@ -114,6 +114,8 @@ def kept_channels(ratio: float, channels: int, round_to: int = 1) -> int:
     """round(ratio x channels) to a multiple of ``round_to``, at least 1, at most ``channels``."""
     if not 0.0 < ratio <= 1.0:
         raise CpcdrlError(f"keep ratio {ratio} outside (0, 1]")
+    if ratio == 1.0:
+        return channels  # "keep everything" must not be rounded away
     n = int(round(ratio * channels / round_to)) * round_to
     return int(min(channels, max(1, n, min(round_to, channels))))
 

@@ -1,0 +1,33 @@
+"""Shared fixtures: the reference data in ../shared, small models, calibration sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CPCDRL_SHARED", REPO.parent / "shared"))
+DATASET_TGZ = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+CHECKPOINTS = {"vgg16": SHARED / "models" / "vgg16-cifar10.pth", "mobilenet": SHARED / "models" / "mobilenet-cifar10.pth"}
+
+torch.set_num_threads(2)
+
+
+def need_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} not present (CI runs with ../shared beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared CIFAR-10 JPEGs, unpacked once per test session."""
+    need_shared(DATASET_TGZ)
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["CPCDRL_CACHE"] = str(cache)
+    from cpcdrl_deploy.data import _extract
+
+    return _extract(DATASET_TGZ)
