@@ -172,6 +172,63 @@ def train_cmd(
         typer.echo(f"wrote {res['out']}: test top-1 {res['acc']:.2f}%")
 
 
+@app.command("optimize")
+@command
+def optimize_cmd(
+    model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")] = "tinyvgg",
+    checkpoint: CheckpointOpt = None,
+    data: DataOpt = "builtin",
+    edge: Annotated[str, typer.Option("--edge", help="edge profile: file or name in device_profiles/")] = "paper",
+    cloud: Annotated[str, typer.Option("--cloud", help="cloud profile: file or name")] = "paper",
+    link: Annotated[str | None, typer.Option("--link", help="profile whose link to use (default: the edge profile's)")] = None,
+    accuracy: Annotated[float | None, typer.Option("--accuracy", help="A0: required test top-1, percent")] = None,
+    max_loss: Annotated[float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")] = None,
+    method: Annotated[str, typer.Option("--method", help="cpcdrl|neurosurgeon|greedy|edge-pruned|edge-only|cloud-only|random|all, or a comma list")] = "cpcdrl",
+    episodes: Annotated[int, typer.Option("--episodes", help="RL episodes")] = 300,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="random-action episodes first (default episodes/5)")] = None,
+    r_min: Annotated[float, typer.Option("--r-min", help="smallest keep ratio")] = 0.2,
+    val_size: Annotated[int, typer.Option("--val-size", min=1, help="validation images from the training split")] = 2000,
+    calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images for the refit")] = 256,
+    test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
+    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this")] = 1,
+    refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
+    seed: SeedOpt = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the plan (first method listed) here")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="write results.json, table.md and plots here")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Choose the partition point and the edge layers' keep ratios (CPCDRL) or run a baseline."""
+    from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
+    from cpcdrl_deploy.pruning import PruneConfig
+    from cpcdrl_deploy.report import methods_table, write_report
+    from cpcdrl_deploy.search import METHODS, SearchConfig
+    from cpcdrl_deploy.workflows import resolve_checkpoint
+
+    methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
+    if episodes < 1:
+        raise CpcdrlError("--episodes must be at least 1")
+    req = OptimizeRequest(
+        model=model, checkpoint=resolve_checkpoint(model, checkpoint, required=True), data=data, edge=edge, cloud=cloud, link=link,
+        accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
+        search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
+    )
+    result = optimize(req, log=_err)
+    if out is not None:
+        write_plan(out, result["plans"][0])
+        _err(f"wrote {out}")
+    if report is not None:
+        write_report(result, report)
+        _err(f"wrote report to {report}")
+    if fmt is Format.json:
+        _print_json({k: v for k, v in result.items() if k not in ("history",)})
+        return
+    typer.echo(f"{model}: A0 = {result['a0_test']:.2f}% test ({result['a0_validation']:.2f}% validation), unpruned {result['unpruned']['test']:.2f}% test")
+    typer.echo(methods_table(result["plans"]))
+    t = result["timers"]
+    typer.echo(f"wall {result['wall_s']:.1f} s: refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
+               f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early")
+
+
 def main() -> None:
     app()
 

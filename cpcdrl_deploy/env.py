@@ -1,0 +1,147 @@
+"""The search environment: prices and scores (cut, keep ratios) plans, and builds agent states.
+
+Accuracy is measured on a validation split carved from the training images;
+identical plans (same cut, same channel counts) are evaluated once. Clearly
+infeasible plans stop early: images are scored in chunks, and once the
+accuracy's upper confidence bound (+3 standard errors) falls below A0 the
+rest of the validation set is skipped (its estimate still feeds the reward).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cpcdrl_deploy.analysis import ModelAnalysis
+from cpcdrl_deploy.evaluate import predict
+from cpcdrl_deploy.latency import LatencyBreakdown, LatencyModel
+from cpcdrl_deploy.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
+from cpcdrl_deploy.zoo import UnitModel
+
+KIND_CODE = {"conv": 0.0, "dwconv": 0.5, "fc": 1.0}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    cut: int
+    ratios: tuple[float, ...]  # effective keep ratios of layers 1..cut
+    accuracy: float  # validation top-1, percent
+    images: int  # validation images actually scored (fewer when stopped early)
+    latency: LatencyBreakdown
+    shape: PlanShape
+    kept_macs_fraction: float
+
+
+@dataclass
+class Timers:
+    prune_s: float = 0.0
+    refit_s: float = 0.0
+    accuracy_s: float = 0.0
+    agents_s: float = 0.0
+    evaluations: int = 0
+    cache_hits: int = 0
+    early_stops: int = 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PlanEvaluator:
+    model: UnitModel
+    analysis: ModelAnalysis
+    groups: list[ChannelGroup]
+    latency_model: LatencyModel
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    calibration: Calibration | None
+    prune_config: PruneConfig
+    a0: float | None = None  # enables early stopping of infeasible plans
+    chunk: int = 500
+    timers: Timers = field(default_factory=Timers)
+    _cache: dict[tuple, Evaluation] = field(default_factory=dict)
+
+    def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:
+        shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to)
+        return shape, self.latency_model.predict(self.analysis.model, shape)
+
+    def evaluate(self, cut: int, ratios: list[float] | tuple[float, ...]) -> Evaluation:
+        shape, lat = self.price(cut, ratios)
+        pruned_any = any(f < 1.0 for f in shape.out_keep)
+        key: tuple = (cut, shape.out_keep[:cut]) if pruned_any else ("unpruned",)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self.timers.cache_hits += 1
+            if hit.cut != cut:  # the unpruned model scores the same at every cut
+                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0)
+            return hit
+        t0 = time.perf_counter()
+        net = self.model
+        if pruned_any:
+            res = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups)
+            net = res.model
+        t1 = time.perf_counter()
+        acc, n = self._accuracy(net)
+        t2 = time.perf_counter()
+        # prune() does both the surgery and the refit; the refit dominates when enabled
+        self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
+        self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
+        self.timers.accuracy_s += t2 - t1
+        self.timers.evaluations += 1
+        eff = tuple(float(f) for f in _leader_ratios(shape, cut))
+        kept = sum(shape.layer_macs) / self.analysis.total_macs
+        ev = Evaluation(cut, eff, acc, n, lat, shape, kept)
+        self._cache[key] = ev
+        return ev
+
+    def _accuracy(self, net: torch.nn.Module) -> tuple[float, int]:
+        correct, seen = 0, 0
+        for start in range(0, len(self.val_y), self.chunk):
+            y = self.val_y[start : start + self.chunk]
+            correct += int((predict(net, self.val_x[start : start + self.chunk]) == y).sum())
+            seen += len(y)
+            if self.a0 is not None and seen < len(self.val_y):
+                p = correct / seen
+                ucb = 100.0 * (p + 3.0 * math.sqrt(max(p * (1 - p), 1e-4) / seen))
+                if ucb < self.a0:
+                    self.timers.early_stops += 1
+                    break
+        return 100.0 * correct / max(1, seen), seen
+
+
+def _leader_ratios(shape: PlanShape, cut: int) -> list[float]:
+    """Effective keep ratio of each edge layer's outputs (1.0 where nothing was pruned)."""
+    return list(shape.out_keep[:cut])
+
+
+class CompressionStates:
+    """Eq. 9 state vectors s_t = (t, type, n, c, h, w, stride, k, a_{t-1}, p, MACs), min-max normalised."""
+
+    def __init__(self, analysis: ModelAnalysis) -> None:
+        self.n = analysis.n_layers
+        rows = []
+        for layer in analysis.layers:
+            h, w = (layer.in_shape[1], layer.in_shape[2]) if len(layer.in_shape) == 3 else (1, 1)
+            rows.append([layer.index, KIND_CODE[layer.kind], layer.out_channels, layer.in_channels, h, w, layer.stride, layer.kernel, layer.macs])
+        static = np.asarray(rows, dtype=np.float64)
+        lo, hi = static.min(0), static.max(0)
+        self.static = ((static - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+        self.dim = static.shape[1] + 2  # + a_{t-1} and p
+
+    def state(self, t: int, prev_action: float, cut: int) -> np.ndarray:
+        """State of layer L_t (1-based) when the cut is ``cut``."""
+        s = self.static[t - 1]
+        # order as in Eq. 9: t, type, n, c, h, w, stride, k, a_{t-1}, p, MACs
+        return np.concatenate([s[:8], [prev_action, cut / self.n], s[8:9]]).astype(np.float32)
+
+
+def partition_state(ratios: tuple[float, ...] | list[float], cut: int, n_layers: int) -> np.ndarray:
+    """A_p's state: the current compression strategy (keep ratio of every layer, 1 beyond the cut) and the cut."""
+    r = np.ones(n_layers + 1, dtype=np.float32)
+    r[: len(ratios)] = ratios
+    r[-1] = cut / n_layers
+    return r

@@ -1,0 +1,220 @@
+"""``cpcdrl optimize``: set up data, profiles and evaluator, run the methods, write plans.
+
+The accuracy constraint. Search scores plans on a validation split of the
+*training* images (the test images stay unseen until the end); a network
+scores higher on images it was trained on, so A0 is carried over as a loss:
+``--max-accuracy-loss D`` means "at most D points below the unpruned model",
+applied on the validation split during search and reported on the test split
+at the end; ``--accuracy A0`` is turned into D = (unpruned test accuracy - A0).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cpcdrl_deploy import __version__
+from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.data import load_cifar10, split_train, subset
+from cpcdrl_deploy.env import Evaluation, PlanEvaluator
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.evaluate import accuracy_on
+from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.latency import build_latency_model
+from cpcdrl_deploy.profiles import load_profile
+from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, prune
+from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
+from cpcdrl_deploy.zoo import file_sha256, get_entry, load_model
+
+PLAN_SCHEMA_VERSION = 1
+Log = Callable[[str], None]
+
+
+@dataclass
+class OptimizeRequest:
+    model: str
+    checkpoint: Path
+    data: str
+    edge: str = "paper"
+    cloud: str = "paper"
+    link: str | None = None
+    accuracy: float | None = None  # A0 on the test scale, percent
+    max_accuracy_loss: float | None = None  # D, points
+    methods: tuple[str, ...] = ("cpcdrl",)
+    val_size: int = 2000
+    calib_size: int = 256
+    test_limit: int | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+def _validate(req: OptimizeRequest) -> None:
+    if (req.accuracy is None) == (req.max_accuracy_loss is None):
+        raise CpcdrlError("give exactly one of --accuracy A0 or --max-accuracy-loss D")
+    if req.max_accuracy_loss is not None and req.max_accuracy_loss < 0:
+        raise CpcdrlError("--max-accuracy-loss must be >= 0")
+    if req.search.episodes < 1:
+        raise CpcdrlError("--episodes must be at least 1")
+    bad = [m for m in req.methods if m not in METHODS]
+    if bad:
+        raise CpcdrlError(f"unknown method {bad[0]!r}; known: {', '.join(METHODS)}, all")
+    if not 0.0 < req.search.r_min <= 1.0:
+        raise CpcdrlError("--r-min must be in (0, 1]")
+
+
+def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, object]:
+    """Run the requested methods; returns {"plans": [...], "results": ..., "timers": ...}."""
+    _validate(req)
+    t_start = time.perf_counter()
+    entry = get_entry(req.model)
+    if entry.dataset != "cifar10":
+        raise CpcdrlError(f"optimize needs a CIFAR-10 model for its accuracy checks; {req.model} is not one")
+    edge_p, cloud_p = load_profile(req.edge), load_profile(req.cloud)
+    link_p = load_profile(req.link).link if req.link else None
+    latency_model = build_latency_model(edge_p, cloud_p, link_p)
+    model = load_model(req.model, req.checkpoint)
+    torch.manual_seed(req.search.seed)
+    analysis = analyze(model, entry.input_size, req.model)
+    groups = channel_groups(model, analysis)
+    data = load_cifar10(req.data)
+    val_size = min(req.val_size, len(data.train) // 2)
+    val_idx, calib_idx = split_train(len(data.train), val_size, min(req.calib_size, len(data.train) - val_size), req.search.seed)
+    test_idx = subset(len(data.test), req.test_limit, req.search.seed)
+    log(f"{req.model}: {analysis.n_layers} layers, {len(analysis.cuttable_points())} cuts; {len(val_idx)} validation, {len(calib_idx)} calibration, {len(test_idx)} test images ({data.source})")
+    val_x, val_y = data.train.tensors(val_idx)
+    calib = Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed) if req.prune.refit else None
+
+    base_test = accuracy_on(model, data.test, test_idx)
+    evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune)
+    base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
+    loss = req.max_accuracy_loss if req.max_accuracy_loss is not None else base_test - float(req.accuracy)  # type: ignore[arg-type]
+    if loss < 0:
+        raise CpcdrlError(f"--accuracy {req.accuracy}% is above what even the unpruned model reaches ({base_test:.2f}% on {len(test_idx)} test images)")
+    a0_val = base_val - loss
+    evaluator.a0 = a0_val
+    log(f"unpruned: {base_test:.2f}% test, {base_val:.2f}% validation; constraint: at most {loss:.2f} points lost (A0 = {a0_val:.2f}% on validation)")
+
+    results: list[SearchResult] = []
+    methods = list(req.methods)
+    # run the RL method first so random search can match its evaluation count
+    for m in sorted(methods, key=lambda x: 0 if x == "cpcdrl" else 1):
+        if m == "cpcdrl":
+            results.append(run_rl(evaluator, a0_val, req.search, progress=log))
+        elif m == "edge-pruned":
+            results.append(run_rl(evaluator, a0_val, req.search, fixed_cut=analysis.n_layers, progress=log))
+        elif m == "neurosurgeon":
+            results.append(run_neurosurgeon(evaluator, a0_val))
+        elif m == "greedy":
+            results.append(run_greedy(evaluator, a0_val, req.search))
+        elif m in ("edge-only", "cloud-only"):
+            results.append(run_fixed(evaluator, a0_val, m))
+        elif m == "random":
+            rl = next((r for r in results if r.method == "cpcdrl"), None)
+            budget = rl.evaluations if rl else req.search.episodes
+            results.append(run_random(evaluator, a0_val, req.search, budget))
+        if results[-1].method in ("cpcdrl", "edge-pruned", "random", "greedy"):
+            b = results[-1].best
+            log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
+
+    checkpoint_sha = file_sha256(req.checkpoint)
+    plans = []
+    test_cache: dict[tuple, float] = {}
+    for res in results:
+        plan = _plan_dict(req, res, analysis, latency_model.describe(), checkpoint_sha, base_val, base_test, loss, a0_val)
+        if res.best is not None:
+            key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
+            if key not in test_cache:
+                test_cache[key] = _test_accuracy(model, analysis, groups, res.best, calib, req.prune, data, test_idx)
+            plan["accuracy"]["test"] = test_cache[key]
+            plan["accuracy"]["meets_a0_on_test"] = test_cache[key] >= base_test - loss
+        plans.append(plan)
+    wall = time.perf_counter() - t_start
+    for p in plans:
+        p["wall_s"] = wall
+    return {
+        "model": req.model,
+        "a0_test": base_test - loss,
+        "a0_validation": a0_val,
+        "max_accuracy_loss": loss,
+        "unpruned": {"validation": base_val, "test": base_test},
+        "plans": plans,
+        "rewards": {r.method: r.rewards for r in results if r.rewards},
+        "history": {r.method: r.history for r in results},
+        "timers": evaluator.timers.to_dict(),
+        "wall_s": wall,
+    }
+
+
+def _test_accuracy(model, analysis, groups, ev: Evaluation, calib, prune_cfg, data, test_idx) -> float:
+    if all(f == 1.0 for f in ev.shape.out_keep):
+        net = model
+    else:
+        net = prune(model, analysis, ev.cut, list(ev.ratios), calib, prune_cfg, groups).model
+    return accuracy_on(net, data.test, test_idx)
+
+
+def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: str, sha: str, base_val: float, base_test: float, loss: float, a0_val: float) -> dict:
+    b = res.best
+    d: dict[str, object] = {
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "kind": "cpcdrl-plan",
+        "cpcdrl_version": __version__,
+        "model": req.model,
+        "checkpoint": str(req.checkpoint),
+        "checkpoint_sha256": sha,
+        "method": res.method,
+        "feasible": b is not None,
+        "profiles": {"edge": req.edge, "cloud": req.cloud, "link": req.link},
+        "latency_model": latency_desc,
+        "accuracy": {
+            "a0_test": base_test - loss, "a0_validation": a0_val, "max_accuracy_loss": loss,
+            "unpruned_validation": base_val, "unpruned_test": base_test,
+            "validation": b.accuracy if b else None, "validation_images": b.images if b else None, "test": None,
+        },
+        "seed": req.search.seed,
+        "episodes": res.episodes,
+        "evaluations": res.evaluations,
+        "search_s": res.wall_s,
+        "host": platform.node(),
+    }
+    if b is not None:
+        n = analysis.n_layers
+        d.update(
+            cut=b.cut,
+            cut_name=analysis.points[b.cut].name,
+            n_layers=n,
+            ratios=[round(r, 6) for r in b.ratios],
+            channels=[max(1, int(round(layer.out_channels * k))) for layer, k in zip(analysis.layers, b.shape.out_keep)],
+            latency_ms=b.latency.to_dict(),
+            macs={"edge": b.shape.edge_macs, "cloud": b.shape.cloud_macs, "total": b.shape.edge_macs + b.shape.cloud_macs, "unpruned": analysis.total_macs},
+            cut_bytes=b.shape.cut_bytes,
+            prune={"importance": req.prune.importance, "round_to": req.prune.round_to, "refit": req.prune.refit, "calibration_images": req.calib_size},
+        )
+    return d
+
+
+def write_plan(path: str | Path, plan: dict) -> Path:
+    return atomic_write_json(path, plan)
+
+
+def load_plan(path: str | Path) -> dict:
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise CpcdrlError(f"plan not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CpcdrlError(f"cannot read plan {p}: {exc}") from None
+    if not isinstance(d, dict) or d.get("kind") != "cpcdrl-plan" or d.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise CpcdrlError(f"{p} is not a cpcdrl plan (schema_version {PLAN_SCHEMA_VERSION})")
+    if not d.get("feasible"):
+        raise CpcdrlError(f"{p}: method {d.get('method')} found no plan meeting the accuracy constraint")
+    return d
+

@@ -1,0 +1,101 @@
+"""Tables and PNG plots of optimisation results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json  # noqa: E402
+
+
+def methods_table(plans: list[dict]) -> str:
+    """Markdown table: one row per method."""
+    lines = [
+        "| method | cut | edge ms | transfer ms | cloud ms | total ms | val acc % | test acc % | plans scored |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in plans:
+        if not p["feasible"]:
+            lines.append(f"| {p['method']} | - | - | - | - | none meets A0 | - | - | {p['evaluations']} |")
+            continue
+        lat, acc = p["latency_ms"], p["accuracy"]
+        test = f"{acc['test']:.2f}" if acc.get("test") is not None else "-"
+        lines.append(
+            f"| {p['method']} | {p['cut']} | {lat['edge_ms']:.1f} | {lat['transfer_ms']:.1f} | {lat['cloud_ms']:.1f} | "
+            f"{lat['total_ms']:.1f} | {acc['validation']:.2f} | {test} | {p['evaluations']} |"
+        )
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_rewards(rewards: dict[str, list[float]], path: Path, title: str = "") -> None:
+    """Reward vs episode (the paper's Fig. 3), raw and as a 10-episode moving average."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for method, r in rewards.items():
+        line = ax.plot(range(1, len(r) + 1), r, alpha=0.25)[0]
+        k = max(1, min(10, len(r)))
+        avg = [sum(r[max(0, i - k + 1) : i + 1]) / len(r[max(0, i - k + 1) : i + 1]) for i in range(len(r))]
+        ax.plot(range(1, len(r) + 1), avg, color=line.get_color(), label=method)
+    ax.set_xlabel("episode")
+    ax.set_ylabel("reward (Eq. 10)")
+    ax.set_title(title or "Reward vs episode")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_search_space(history: dict[str, list], a0: float, plans: list[dict], path: Path, title: str = "") -> None:
+    """Every plan tried (latency vs validation accuracy), the A0 line and each method's pick."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, h in history.items():
+        if h:
+            ax.scatter([x[2] for x in h], [x[1] for x in h], s=6, alpha=0.35, label=f"{method} (tried)")
+    for p in plans:
+        if p["feasible"]:
+            ax.scatter([p["latency_ms"]["total_ms"]], [p["accuracy"]["validation"]], marker="*", s=120, edgecolors="k", label=f"{p['method']} pick")
+    ax.axhline(a0, color="r", linestyle="--", linewidth=1, label="A0 (validation)")
+    ax.set_xlabel("predicted latency (ms)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title or "Plans tried")
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def plot_latency_vs(xs: list[float], series: dict[str, list[float | None]], xlabel: str, path: Path, title: str = "") -> None:
+    """Latency of each method against an accuracy requirement or loss (Fig. 4/5); None = infeasible."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    markers = "os^vD<>p"
+    for i, (method, ys) in enumerate(series.items()):
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], label=method)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def write_report(result: dict, out_dir: str | Path) -> list[Path]:
+    """results.json, table.md and the plots of one optimize run."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [atomic_write_json(out / "results.json", result)]
+    written.append(atomic_write_bytes(out / "table.md", (methods_table(result["plans"]) + "\n").encode()))
+    if result.get("rewards"):
+        plot_rewards(result["rewards"], out / "rewards.png", f"{result['model']}: reward vs episode")
+        written.append(out / "rewards.png")
+    plot_search_space(result["history"], result["a0_validation"], result["plans"], out / "plans.png", f"{result['model']}: plans tried")
+    written.append(out / "plans.png")
+    return written

@@ -1,0 +1,39 @@
+"""The shared reward of both agents (Eq. 10), pure and in one place.
+
+    R = exp(eta * (A - A0)) * (1 - alpha) - mu * T / T_ref
+
+- A, A0: top-1 accuracy and the required accuracy, in percent, so eta is "per
+  accuracy point". Default eta = 1: one point below A0 scales the first term
+  by 0.37, three points by 0.05 -- the paper's "significant penalty".
+- alpha: the paper's "compression ratio", read as the fraction of the model's
+  MACs that pruning *keeps* (1 = unpruned), so (1 - alpha) is the fraction
+  removed: the first term rewards compression that holds accuracy, as AMC's
+  accuracy-guaranteed reward does. (Read the other way, alpha = fraction
+  removed, the term would punish every compression and fight the latency term.)
+- T: predicted latency in ms; T_ref is the fastest unpruned split (what
+  Neurosurgeon picks), so mu = 1 makes "as fast as Neurosurgeon" cost 1.
+- clip_surplus (default on, a deviation): accuracy above A0 earns no extra
+  reward. Eq. 8 asks for A >= A0 and minimum latency; without the clip the
+  exponential keeps paying for surplus accuracy (e^3 = 20x at 3 points) and
+  pulls the agents away from the constraint's edge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    eta: float = 1.0  # per accuracy point (percent)
+    mu: float = 1.0  # per unit of T / T_ref
+    clip_surplus: bool = True
+
+
+def reward(accuracy: float, a0: float, kept_macs_fraction: float, latency_ms: float, ref_latency_ms: float, cfg: RewardConfig = RewardConfig()) -> float:
+    """Eq. 10 with the conventions above. Accuracy in percent, latency in ms."""
+    gap = accuracy - a0
+    if cfg.clip_surplus:
+        gap = min(gap, 0.0)
+    return math.exp(cfg.eta * gap) * (1.0 - kept_macs_fraction) - cfg.mu * latency_ms / ref_latency_ms

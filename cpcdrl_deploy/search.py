@@ -1,0 +1,200 @@
+"""CPCDRL (Alg. 1 + 2) and the paper's baselines, all under one evaluator and one constraint.
+
+Every method returns a ``SearchResult``: the lowest-latency plan it evaluated
+whose validation accuracy meets A0 (Eq. 8), or none, plus its history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cpcdrl_deploy.agents import DDPGAgent, DDPGConfig, DQNAgent, DQNConfig
+from cpcdrl_deploy.env import CompressionStates, Evaluation, PlanEvaluator, partition_state
+from cpcdrl_deploy.reward import RewardConfig, reward
+
+METHODS = ("cpcdrl", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SearchConfig:
+    episodes: int = 300
+    warmup: int | None = None  # random-action episodes first; default episodes // 5 (AMC: 100 of 800)
+    r_min: float = 0.2  # smallest keep ratio an action maps to
+    greedy_ratios: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+    seed: int = 0
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+    ddpg: DDPGConfig = field(default_factory=DDPGConfig)
+
+    @property
+    def warmup_episodes(self) -> int:
+        return self.warmup if self.warmup is not None else max(1, self.episodes // 5)
+
+
+@dataclass
+class SearchResult:
+    method: str
+    best: Evaluation | None
+    evaluations: int  # distinct plans whose accuracy was measured
+    episodes: int = 0
+    rewards: list[float] = field(default_factory=list)  # per episode (RL methods)
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (cut, val accuracy, latency ms) of every plan tried
+    wall_s: float = 0.0
+
+
+class _Tracker:
+    """Keeps the best feasible plan and the history of a method."""
+
+    def __init__(self, method: str, a0: float) -> None:
+        self.result = SearchResult(method, None, 0)
+        self.a0 = a0
+        self.seen: set[tuple] = set()
+
+    def add(self, ev: Evaluation) -> None:
+        key = (ev.cut, ev.shape.out_keep[: ev.cut])
+        if key not in self.seen:
+            self.seen.add(key)
+            self.result.evaluations += 1
+        self.result.history.append((ev.cut, ev.accuracy, ev.latency.total_ms))
+        best = self.result.best
+        if ev.accuracy >= self.a0 and (best is None or ev.latency.total_ms < best.latency.total_ms - 1e-9):
+            self.result.best = ev
+
+
+def keep_ratio(action: float, r_min: float) -> float:
+    """Map an action in [0, 1] to a keep ratio in [r_min, 1]."""
+    return r_min + (1.0 - r_min) * float(np.clip(action, 0.0, 1.0))
+
+
+def reference_latency(ev: PlanEvaluator) -> float:
+    """T_ref of the reward: the fastest unpruned split."""
+    return min(ev.price(c, [1.0] * c)[1].total_ms for c in ev.analysis.cuttable_points())
+
+
+def _episode_reward(ev: Evaluation, a0: float, t_ref: float, cfg: SearchConfig) -> float:
+    return reward(ev.accuracy, a0, ev.kept_macs_fraction, ev.latency.total_ms, t_ref, cfg.reward)
+
+
+def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None) -> SearchResult:
+    """CPCDRL: A_p (DQN) proposes the cut, A_c (DDPG) the edge layers' ratios; both learn from Eq. 10.
+
+    With ``fixed_cut`` set, A_p is switched off: that is the Edge(pruned) /
+    AMC baseline when ``fixed_cut = N``.
+    """
+    t_start = time.perf_counter()
+    a = evaluator.analysis
+    n = a.n_layers
+    allowed = a.cuttable_points()
+    method = "cpcdrl" if fixed_cut is None else "edge-pruned"
+    track = _Tracker(method, a0)
+    states = CompressionStates(a)
+    ddpg = DDPGAgent(states.dim, _with_seed(cfg.ddpg, cfg.seed))
+    dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
+    rng = np.random.default_rng(cfg.seed + 2)
+    t_ref = reference_latency(evaluator)
+    s_p = partition_state([], n, n)
+    warm = cfg.warmup_episodes
+    for episode in range(cfg.episodes):
+        t_agent = time.perf_counter()
+        exploring = episode < warm
+        if dqn is not None:
+            dqn.set_exploration((episode - warm) / max(1, cfg.episodes - warm - 1) if not exploring else 0.0)
+            cut = int(rng.choice(allowed)) if exploring else dqn.act(s_p, allowed)
+        else:
+            cut = int(fixed_cut)  # type: ignore[arg-type]
+        obs_list, actions, ratios = [], [], []
+        prev = 1.0
+        for t in range(1, cut + 1):
+            obs = states.state(t, prev, cut)
+            act = ddpg.random_action() if exploring else ddpg.act(obs)
+            obs_list.append(obs)
+            actions.append(act)
+            ratios.append(keep_ratio(act, cfg.r_min))
+            prev = act
+        evaluator.timers.agents_s += time.perf_counter() - t_agent
+        ev = evaluator.evaluate(cut, ratios)
+        t_agent = time.perf_counter()
+        r = _episode_reward(ev, a0, t_ref, cfg)
+        track.add(ev)
+        track.result.rewards.append(r)
+        # A_c: reward 0 at intermediate steps, Eq. 10 at the last one (Alg. 2, line 9)
+        for i, obs in enumerate(obs_list):
+            last = i == len(obs_list) - 1
+            ddpg.observe(obs, actions[i], r if last else 0.0, obs_list[i + 1] if not last else obs, last)
+        next_s_p = partition_state(ev.ratios, cut, n)
+        if dqn is not None:
+            dqn.observe(s_p, cut, r, next_s_p, False)
+        s_p = next_s_p
+        if not exploring:
+            ddpg.learn()
+            ddpg.decay_exploration()
+            if dqn is not None:
+                dqn.learn()
+        evaluator.timers.agents_s += time.perf_counter() - t_agent
+        if progress and (episode + 1) % max(1, cfg.episodes // 20) == 0 or progress and episode + 1 == cfg.episodes:
+            b = track.result.best
+            progress(
+                f"[{method}] episode {episode + 1}/{cfg.episodes}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, "
+                f"{ev.latency.total_ms:.1f} ms; best feasible "
+                + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
+            )
+    track.result.episodes = cfg.episodes
+    track.result.wall_s = time.perf_counter() - t_start
+    return track.result
+
+
+def _with_seed(c, seed: int):
+    from dataclasses import replace
+
+    return replace(c, seed=seed)
+
+
+def run_neurosurgeon(evaluator: PlanEvaluator, a0: float) -> SearchResult:
+    """Best cut without compression (Kang et al., ASPLOS'17)."""
+    return _best_of(evaluator, a0, "neurosurgeon", [(c, [1.0] * c) for c in evaluator.analysis.cuttable_points()])
+
+
+def run_fixed(evaluator: PlanEvaluator, a0: float, method: str) -> SearchResult:
+    n = evaluator.analysis.n_layers
+    cut = n if method == "edge-only" else 0
+    return _best_of(evaluator, a0, method, [(cut, [1.0] * cut)])
+
+
+def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig) -> SearchResult:
+    """For each uniform keep ratio, the cut that minimises latency; the fastest that meets A0."""
+    t0 = time.perf_counter()
+    track = _Tracker("greedy", a0)
+    for r in cfg.greedy_ratios:
+        cut = min(evaluator.analysis.cuttable_points(), key=lambda c: evaluator.price(c, [r] * c)[1].total_ms)
+        track.add(evaluator.evaluate(cut, [r] * cut))
+    track.result.wall_s = time.perf_counter() - t0
+    return track.result
+
+
+def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int) -> SearchResult:
+    """Uniform random plans until ``budget`` distinct plans have been scored (CPCDRL's count)."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed + 3)
+    track = _Tracker("random", a0)
+    allowed = evaluator.analysis.cuttable_points()
+    tries = 0
+    while track.result.evaluations < budget and tries < 50 * max(1, budget):
+        tries += 1
+        cut = int(rng.choice(allowed))
+        track.add(evaluator.evaluate(cut, [keep_ratio(rng.uniform(), cfg.r_min) for _ in range(cut)]))
+    track.result.wall_s = time.perf_counter() - t0
+    return track.result
+
+
+def _best_of(evaluator: PlanEvaluator, a0: float, method: str, plans: list[tuple[int, list[float]]]) -> SearchResult:
+    t0 = time.perf_counter()
+    track = _Tracker(method, a0)
+    for cut, ratios in plans:
+        track.add(evaluator.evaluate(cut, ratios))
+    track.result.wall_s = time.perf_counter() - t0
+    return track.result

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cpcdrl_deploy.reward import RewardConfig, reward
+
+
+def test_reward_matches_eq10() -> None:
+    cfg = RewardConfig(eta=0.5, mu=2.0, clip_surplus=False)
+    assert reward(90.0, 91.0, 0.4, 50.0, 100.0, cfg) == pytest.approx(math.exp(-0.5) * 0.6 - 1.0)
+    assert reward(93.0, 91.0, 0.4, 50.0, 100.0, cfg) == pytest.approx(math.exp(1.0) * 0.6 - 1.0)
+
+
+def test_surplus_accuracy_is_clipped_by_default() -> None:
+    assert reward(95.0, 91.0, 0.5, 80.0, 100.0) == pytest.approx(0.5 - 0.8)
+    assert reward(91.0, 91.0, 0.5, 80.0, 100.0) == reward(99.0, 91.0, 0.5, 80.0, 100.0)
+
+
+def test_falling_below_a0_costs_more_than_a_modest_speed_up() -> None:
+    feasible = reward(91.0, 91.0, 0.5, 80.0, 100.0)
+    infeasible_faster = reward(88.0, 91.0, 0.4, 70.0, 100.0)
+    assert infeasible_faster < feasible
+    # less latency is better at equal accuracy and compression
+    assert reward(91.0, 91.0, 0.5, 60.0, 100.0) > reward(91.0, 91.0, 0.5, 80.0, 100.0)
