@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cpcdrl_deploy import __version__
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.data import load_cifar10, split_train, subset
+from cpcdrl_deploy.analysis import ModelAnalysis, analyze
+from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
@@ -29,7 +30,7 @@ from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.profiles import load_profile
 from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, prune
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
-from cpcdrl_deploy.zoo import file_sha256, get_entry, load_model
+from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
 PLAN_SCHEMA_VERSION = 1
 Log = Callable[[str], None]
@@ -67,8 +68,26 @@ def _validate(req: OptimizeRequest) -> None:
         raise CpcdrlError("--r-min must be in (0, 1]")
 
 
-def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, object]:
-    """Run the requested methods; returns {"plans": [...], "results": ..., "timers": ...}."""
+@dataclass
+class Session:
+    """Everything a search needs, loaded once; several constraints can reuse it (and its cache)."""
+
+    req: OptimizeRequest
+    model: UnitModel
+    analysis: ModelAnalysis
+    groups: list
+    data: Cifar10
+    test_idx: np.ndarray
+    evaluator: PlanEvaluator
+    latency_desc: str
+    base_val: float
+    base_test: float
+    checkpoint_sha: str
+    t_start: float
+
+
+def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
+    """Load model, profiles and data; measure the unpruned model on validation and test images."""
     _validate(req)
     t_start = time.perf_counter()
     entry = get_entry(req.model)
@@ -85,18 +104,41 @@ def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, objec
     val_size = min(req.val_size, len(data.train) // 2)
     val_idx, calib_idx = split_train(len(data.train), val_size, min(req.calib_size, len(data.train) - val_size), req.search.seed)
     test_idx = subset(len(data.test), req.test_limit, req.search.seed)
-    log(f"{req.model}: {analysis.n_layers} layers, {len(analysis.cuttable_points())} cuts; {len(val_idx)} validation, {len(calib_idx)} calibration, {len(test_idx)} test images ({data.source})")
+    log(
+        f"{req.model}: {analysis.n_layers} layers, {len(analysis.cuttable_points())} cuts; "
+        f"{len(val_idx)} validation, {len(calib_idx)} calibration, {len(test_idx)} test images ({data.source})"
+    )
     val_x, val_y = data.train.tensors(val_idx)
     calib = Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed) if req.prune.refit else None
-
     base_test = accuracy_on(model, data.test, test_idx)
     evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune)
     base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
-    loss = req.max_accuracy_loss if req.max_accuracy_loss is not None else base_test - float(req.accuracy)  # type: ignore[arg-type]
+    return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, file_sha256(req.checkpoint), t_start)
+
+
+def constraint_loss(session: Session, accuracy: float | None, max_loss: float | None) -> float:
+    """D, the accuracy points the plan may lose; refuses an A0 above the unpruned model's."""
+    loss = max_loss if max_loss is not None else session.base_test - float(accuracy)  # type: ignore[arg-type]
     if loss < 0:
-        raise CpcdrlError(f"--accuracy {req.accuracy}% is above what even the unpruned model reaches ({base_test:.2f}% on {len(test_idx)} test images)")
+        raise CpcdrlError(
+            f"--accuracy {accuracy}% is above what even the unpruned model reaches ({session.base_test:.2f}% on {len(session.test_idx)} test images)"
+        )
+    return loss
+
+
+def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, object]:
+    """Run the requested methods; returns {"plans": [...], "rewards", "history", "timers", ...}."""
+    session = prepare(req, log)
+    return run_methods(session, constraint_loss(session, req.accuracy, req.max_accuracy_loss), log)
+
+
+def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_stop_a0: float | None = None) -> dict[str, object]:
+    """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
+    req, analysis, evaluator = session.req, session.analysis, session.evaluator
+    t_start = time.perf_counter()
+    base_val, base_test = session.base_val, session.base_test
     a0_val = base_val - loss
-    evaluator.a0 = a0_val
+    evaluator.a0 = a0_val if early_stop_a0 is None else early_stop_a0
     log(f"unpruned: {base_test:.2f}% test, {base_val:.2f}% validation; constraint: at most {loss:.2f} points lost (A0 = {a0_val:.2f}% on validation)")
 
     results: list[SearchResult] = []
@@ -121,15 +163,14 @@ def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, objec
             b = results[-1].best
             log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
 
-    checkpoint_sha = file_sha256(req.checkpoint)
     plans = []
     test_cache: dict[tuple, float] = {}
     for res in results:
-        plan = _plan_dict(req, res, analysis, latency_model.describe(), checkpoint_sha, base_val, base_test, loss, a0_val)
+        plan = _plan_dict(req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val)
         if res.best is not None:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
             if key not in test_cache:
-                test_cache[key] = _test_accuracy(model, analysis, groups, res.best, calib, req.prune, data, test_idx)
+                test_cache[key] = _test_accuracy(session, res.best)
             plan["accuracy"]["test"] = test_cache[key]
             plan["accuracy"]["meets_a0_on_test"] = test_cache[key] >= base_test - loss
         plans.append(plan)
@@ -147,15 +188,17 @@ def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, objec
         "history": {r.method: r.history for r in results},
         "timers": evaluator.timers.to_dict(),
         "wall_s": wall,
+        "since_start_s": time.perf_counter() - session.t_start,  # includes loading and the unpruned baselines
     }
 
 
-def _test_accuracy(model, analysis, groups, ev: Evaluation, calib, prune_cfg, data, test_idx) -> float:
-    if all(f == 1.0 for f in ev.shape.out_keep):
-        net = model
-    else:
-        net = prune(model, analysis, ev.cut, list(ev.ratios), calib, prune_cfg, groups).model
-    return accuracy_on(net, data.test, test_idx)
+def _test_accuracy(session: Session, ev: Evaluation) -> float:
+    """The chosen plan's top-1 on the test images (pruned and refitted exactly as in the search)."""
+    net = session.model
+    if any(f < 1.0 for f in ev.shape.out_keep):
+        e = session.evaluator
+        net = prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
+    return accuracy_on(net, session.data.test, session.test_idx)
 
 
 def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: str, sha: str, base_val: float, base_test: float, loss: float, a0_val: float) -> dict:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cpcdrl_deploy.agents import DDPGAgent, DDPGConfig, DQNAgent, DQNConfig
+from cpcdrl_deploy.agents.ddpg import truncated_normal
 from cpcdrl_deploy.env import CompressionStates, Evaluation, PlanEvaluator, partition_state
 from cpcdrl_deploy.reward import RewardConfig, reward
 
@@ -25,6 +26,7 @@ class SearchConfig:
     episodes: int = 300
     warmup: int | None = None  # random-action episodes first; default episodes // 5 (AMC: 100 of 800)
     r_min: float = 0.2  # smallest keep ratio an action maps to
+    warmup_sigma: float = 0.15  # spread of warm-up actions around the episode's random level
     greedy_ratios: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -109,9 +111,13 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
             cut = int(fixed_cut)  # type: ignore[arg-type]
         obs_list, actions, ratios = [], [], []
         prev = 1.0
+        # Warm-up actions scatter around one random level per episode: independent
+        # uniform actions over 14-28 layers almost surely cut some layer to the
+        # bone, so the replay buffer would hold nothing but failures.
+        level = ddpg.random_action()
         for t in range(1, cut + 1):
             obs = states.state(t, prev, cut)
-            act = ddpg.random_action() if exploring else ddpg.act(obs)
+            act = truncated_normal(level, cfg.warmup_sigma, ddpg.rng) if exploring else ddpg.act(obs)
             obs_list.append(obs)
             actions.append(act)
             ratios.append(keep_ratio(act, cfg.r_min))

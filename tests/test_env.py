@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.env import CompressionStates, PlanEvaluator, partition_state
+from cpcdrl_deploy.latency import AnalyticLatencyModel
+from cpcdrl_deploy.pruning import PruneConfig, channel_groups
+from cpcdrl_deploy.search import keep_ratio
+from cpcdrl_deploy.zoo import build_model
+
+
+def test_compression_state_follows_eq9() -> None:
+    a = analyze(build_model("mobilenet"), 32, "mobilenet")
+    states = CompressionStates(a)
+    assert states.dim == 11
+    s1 = states.state(1, 1.0, 10)
+    s2 = states.state(2, 0.4, 10)
+    assert s1.shape == (11,) and s1.dtype == np.float32
+    assert s1[0] == 0.0 and s2[0] == pytest.approx(1 / 27)  # t, min-max normalised over 1..28
+    assert s1[1] == 0.0 and s2[1] == 0.5  # conv, then depthwise
+    assert s2[8] == pytest.approx(0.4)  # a_{t-1}
+    assert s1[9] == pytest.approx(10 / 28)  # p
+    last = states.state(28, 1.0, 28)
+    assert last[1] == 1.0  # the fc layer
+    assert np.all((np.stack([states.state(t, 0.5, 28) for t in range(1, 29)]) >= 0) & (np.stack([states.state(t, 0.5, 28) for t in range(1, 29)]) <= 1))
+
+
+def test_partition_state_is_the_compression_strategy() -> None:
+    s = partition_state((0.5, 0.25), 2, 4)
+    assert s.tolist() == [0.5, 0.25, 1.0, 1.0, 0.5]
+
+
+def test_keep_ratio_maps_actions_into_range() -> None:
+    assert keep_ratio(0.0, 0.2) == pytest.approx(0.2)
+    assert keep_ratio(1.0, 0.2) == 1.0
+    assert keep_ratio(1.7, 0.2) == 1.0
+
+
+def test_evaluator_caches_identical_plans() -> None:
+    torch.manual_seed(0)
+    model = build_model("tinyvgg")
+    a = analyze(model, 32, "tinyvgg")
+    x = torch.randn(40, 3, 32, 32)
+    y = torch.randint(0, 10, (40,))
+    ev = PlanEvaluator(model, a, channel_groups(model, a), AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5), x, y, None, PruneConfig(refit=False), chunk=16)
+    e1 = ev.evaluate(3, [0.5, 0.5, 0.5])
+    e2 = ev.evaluate(3, [0.51, 0.49, 0.5])  # same channel counts after rounding
+    assert e2 is e1 and ev.timers.cache_hits == 1 and ev.timers.evaluations == 1
+    full_a = ev.evaluate(a.n_layers, [1.0] * a.n_layers)
+    full_b = ev.evaluate(0, [])
+    assert full_a.accuracy == full_b.accuracy and ev.timers.evaluations == 2  # unpruned: scored once for every cut
+    assert full_b.latency.total_ms != full_a.latency.total_ms
+    assert e1.images == 40 and 0 <= e1.accuracy <= 100
