@@ -16,6 +16,13 @@
   reward. Eq. 8 asks for A >= A0 and minimum latency; without the clip the
   exponential keeps paying for surplus accuracy (e^3 = 20x at 3 points) and
   pulls the agents away from the constraint's edge.
+- no_speed_credit_when_infeasible (default on, a deviation): a plan below A0
+  is charged at least T_ref. Taken literally, Eq. 10 lets a plan that prunes
+  everything away score *higher* than a feasible one: its first term is at
+  most (1 - alpha) <= 1 however accurate, while its latency term keeps
+  shrinking, and we saw both agents drift to such plans. With the charge, any
+  infeasible plan scores below every feasible plan faster than T_ref, and the
+  exponential still ranks near misses above hopeless ones.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class RewardConfig:
     eta: float = 1.0  # per accuracy point (percent)
     mu: float = 1.0  # per unit of T / T_ref
     clip_surplus: bool = True
+    no_speed_credit_when_infeasible: bool = True
 
 
 def reward(accuracy: float, a0: float, kept_macs_fraction: float, latency_ms: float, ref_latency_ms: float, cfg: RewardConfig = RewardConfig()) -> float:
@@ -36,4 +44,6 @@ def reward(accuracy: float, a0: float, kept_macs_fraction: float, latency_ms: fl
     gap = accuracy - a0
     if cfg.clip_surplus:
         gap = min(gap, 0.0)
+    if cfg.no_speed_credit_when_infeasible and accuracy < a0:
+        latency_ms = max(latency_ms, ref_latency_ms)
     return math.exp(cfg.eta * gap) * (1.0 - kept_macs_fraction) - cfg.mu * latency_ms / ref_latency_ms

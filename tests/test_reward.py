@@ -8,7 +8,7 @@ from cpcdrl_deploy.reward import RewardConfig, reward
 
 
 def test_reward_matches_eq10() -> None:
-    cfg = RewardConfig(eta=0.5, mu=2.0, clip_surplus=False)
+    cfg = RewardConfig(eta=0.5, mu=2.0, clip_surplus=False, no_speed_credit_when_infeasible=False)
     assert reward(90.0, 91.0, 0.4, 50.0, 100.0, cfg) == pytest.approx(math.exp(-0.5) * 0.6 - 1.0)
     assert reward(93.0, 91.0, 0.4, 50.0, 100.0, cfg) == pytest.approx(math.exp(1.0) * 0.6 - 1.0)
 
@@ -24,3 +24,14 @@ def test_falling_below_a0_costs_more_than_a_modest_speed_up() -> None:
     assert infeasible_faster < feasible
     # less latency is better at equal accuracy and compression
     assert reward(91.0, 91.0, 0.5, 60.0, 100.0) > reward(91.0, 91.0, 0.5, 80.0, 100.0)
+
+
+def test_infeasible_plans_get_no_credit_for_speed() -> None:
+    """A plan that prunes everything away must not beat a feasible one (it would under literal Eq. 10)."""
+    feasible = reward(91.0, 91.0, 0.8, 80.0, 100.0)  # removes 20 % of MACs, 20 % faster than T_ref
+    gutted = reward(20.0, 91.0, 0.05, 5.0, 100.0)  # removes 95 %, 20x faster, useless
+    assert feasible > gutted
+    literal = RewardConfig(no_speed_credit_when_infeasible=False)
+    assert reward(20.0, 91.0, 0.05, 5.0, 100.0, literal) > reward(91.0, 91.0, 0.8, 80.0, 100.0, literal)
+    # near misses still rank above hopeless ones
+    assert reward(90.5, 91.0, 0.7, 60.0, 100.0) > reward(60.0, 91.0, 0.7, 60.0, 100.0)
