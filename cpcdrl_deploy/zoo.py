@@ -32,16 +32,20 @@ MOBILENET_CFG: list[int | tuple[int, int]] = [64, (128, 2), 128, (256, 2), 256, 
 class Unit(nn.Module):
     """A named slice of a model's forward pass that outputs one tensor.
 
-    It *references* modules owned by the model (kept in a plain list, not
-    registered as children) so the model's ``state_dict`` is unchanged and
-    in-place channel pruning of the model is seen by its units.
+    It *references* modules owned by the model: units are made on demand and
+    are not children of the model, so the model's ``state_dict`` is unchanged,
+    in-place channel pruning of the model is seen by its units, and a unit
+    exported alone (ONNX) carries its own parameters.
     """
 
     def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], modules: Sequence[nn.Module]) -> None:
         super().__init__()
         self.unit_name = name
         self._fn = fn
-        self._refs = list(modules)  # plain list: not part of state_dict
+        self.refs = nn.ModuleList(modules)
+        # mirror the model's mode without recursing (train()/eval() would flip the
+        # model's own modules, e.g. an exporter restoring "training" on the unit)
+        self.training = all(m.training for m in modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x)
