@@ -229,6 +229,122 @@ def optimize_cmd(
                f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early")
 
 
+testbed_app = typer.Typer(help="An emulated Raspberry Pi on this machine (root): network namespace, CPU quota, shaped link, sshd.", no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
+NameOpt = Annotated[str, typer.Option("--name", help="testbed host name (its SSH alias)")]
+
+
+@testbed_app.command("up")
+@command
+def testbed_up(
+    name: NameOpt = "pi",
+    cpu: Annotated[float, typer.Option("--cpu", help="share of one core")] = 0.25,
+    bandwidth: Annotated[str, typer.Option("--bandwidth", help="link rate, e.g. 200KB/s or 1.6Mbit")] = "200KB/s",
+) -> None:
+    """Create the emulated device and register it as an SSH host."""
+    from cpcdrl_deploy import testbed
+
+    st = testbed.up(name, cpu, bandwidth, log=_err)
+    typer.echo(f"{st.name}: {st.user}@{st.device_ip}, cpu {st.cpu}, {st.bandwidth_bytes_per_s / 1e3:g} KB/s; try: cpcdrl profile --host {st.name}")
+
+
+@testbed_app.command("down")
+@command
+def testbed_down(name: NameOpt = "pi") -> None:
+    """Remove everything `testbed up` made."""
+    from cpcdrl_deploy import testbed
+
+    removed = testbed.down(name)
+    typer.echo(f"removed {name}: " + (", ".join(removed) or "nothing was left"))
+
+
+@testbed_app.command("status")
+@command
+def testbed_status(fmt: FormatOpt = Format.table) -> None:
+    """Show the testbeds that are up."""
+    from cpcdrl_deploy import testbed
+
+    rows = testbed.status()
+    if fmt is Format.json:
+        _print_json(rows)
+        return
+    if not rows:
+        typer.echo("no testbed is up")
+    for r in rows:
+        typer.echo(f"{r['name']}: {r['user']}@{r['device_ip']} cpu {r['cpu']} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s sshd {'running' if r['sshd_running'] else 'NOT running'}")
+
+
+@app.command("profile")
+@command
+def profile_cmd(
+    host: Annotated[str, typer.Option("--host", help="'local', an ssh_config alias, or user@host[:port]")] = "local",
+    model: Annotated[list[str], typer.Option("--model", "-m", help="zoo model(s) to profile")] = ["mobilenet"],  # noqa: B006
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="profile file (default device_profiles/<host>.json)")] = None,
+    grid: Annotated[str, typer.Option("--grid", help="kept channel fractions")] = "0.25,0.5,0.75,1.0",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
+    repeats: Annotated[int, typer.Option("--repeats", min=1)] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0)] = 5,
+    python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + onnxruntime")] = None,
+    trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="SSH connect time-out, s")] = 10.0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Measure per-layer latency tables (and the link, over SSH) on a host."""
+    from cpcdrl_deploy.profiling import profile_host
+    from cpcdrl_deploy.remote import connect
+
+    try:
+        fractions = tuple(sorted(float(g) for g in grid.split(",")))
+    except ValueError:
+        raise CpcdrlError(f"--grid {grid!r}: expected numbers separated by commas") from None
+    if not fractions or fractions[-1] != 1.0 or fractions[0] <= 0:
+        raise CpcdrlError("--grid must be fractions in (0, 1] and include 1.0")
+    dest = out or Path("device_profiles") / f"{host.replace('@', '_').replace(':', '_')}.json"
+    dev = connect(host, python, trust_host_key, timeout)
+    try:
+        prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", log=_err)
+    finally:
+        dev.close()
+    if fmt is Format.json:
+        _print_json(prof.to_dict())
+        return
+    typer.echo(f"wrote {dest}: {', '.join(prof.tables)} on {prof.host.get('hostname') if prof.host else host}")
+    if prof.link:
+        typer.echo(f"link: {prof.link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {prof.link.downlink_bytes_per_s / 1e3:.1f} KB/s down, RTT {prof.link.rtt_ms:.1f} ms")
+
+
+@app.command("compare")
+@command
+def compare_cmd(
+    model: Annotated[str, typer.Argument(help="zoo model name")],
+    edge: Annotated[str, typer.Option("--edge", help="measured edge profile")],
+    cloud: Annotated[str, typer.Option("--cloud", help="measured cloud profile")],
+    link: Annotated[str | None, typer.Option("--link")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of all three across cut points")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Estimated (MACs, tables) vs directly measured latency at every cut."""
+    from cpcdrl_deploy.compare import compare, plot_compare
+
+    res = compare(model, edge, cloud, link)
+    if plot is not None:
+        plot_compare(res, plot)
+        _err(f"wrote {plot}")
+    if fmt is Format.json:
+        _print_json(res)
+        return
+    rows = [
+        [r["cut"], r["name"], f"{r['direct']['edge_ms']:.2f}", f"{r['direct']['transfer_ms']:.1f}", f"{r['direct']['cloud_ms']:.2f}", f"{r['direct']['total_ms']:.1f}",
+         f"{r['table']['total_ms']:.1f}", f"{r['table_error_pct']:+.1f}%", f"{r['analytic']['total_ms']:.1f}", f"{r['analytic_error_pct']:+.1f}%"]
+        for r in res["rows"]
+    ]
+    typer.echo(_table(rows, ["cut", "layer", "edge ms", "link ms", "cloud ms", "measured", "table", "err", "MAC est.", "err"]))
+    fi = res["fidelity"]
+    typer.echo(f"per-layer tables vs measured: median {fi['total_table']['median_abs_pct']:.1f}%, worst {fi['total_table']['worst_abs_pct']:.1f}% "
+               f"(edge side median {fi['edge_table'].get('median_abs_pct', 0):.1f}%); MAC estimate: median {fi['total_analytic']['median_abs_pct']:.1f}%, "
+               f"worst {fi['total_analytic']['worst_abs_pct']:.1f}%")
+
+
 def main() -> None:
     app()
 

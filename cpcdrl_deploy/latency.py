@@ -76,8 +76,73 @@ class AnalyticLatencyModel:
         )
 
 
+def _lerp(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise-linear through (xs, ys), extrapolated linearly at both ends, never below 0."""
+    if len(xs) == 1:
+        return ys[0]
+    i = 1
+    while i < len(xs) - 1 and x > xs[i]:
+        i += 1
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+
+
+def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> float:
+    """Latency (ms) of one layer at (in_keep, out_keep) from its measured grid.
+
+    Bilinear on a full (in, out) grid; linear along the one axis that varies
+    otherwise (a depthwise conv's in == out, the first layer's input and the
+    classifier's output never change).
+    """
+    ins = sorted({p["in_keep"] for p in points})
+    outs = sorted({p["out_keep"] for p in points})
+    val = {(p["in_keep"], p["out_keep"]): p["median_ms"] for p in points}
+    if len(ins) > 1 and len(outs) > 1 and len(val) == len(ins) * len(outs):
+        col = [_lerp(outs, [val[(i, o)] for o in outs], out_keep) for i in ins]
+        return _lerp(ins, col, in_keep)
+    if len(outs) == 1:
+        return _lerp(ins, [val[(i, outs[0])] for i in ins], in_keep)
+    if len(ins) == 1:
+        return _lerp(outs, [val[(ins[0], o)] for o in outs], out_keep)
+    diag = sorted(points, key=lambda p: p["out_keep"])  # coupled in == out
+    return _lerp([p["out_keep"] for p in diag], [p["median_ms"] for p in diag], out_keep)
+
+
+@dataclass(frozen=True)
+class TableLatencyModel:
+    """Latency from per-layer tables measured on each host (``cpcdrl profile``)."""
+
+    edge_layers: dict  # model -> list of {"index", "points"}
+    cloud_layers: dict
+    uplink_bytes_per_s: float
+    downlink_bytes_per_s: float
+    rtt_ms: float = 0.0
+    count_result_return: bool = False
+    edge_name: str = "edge"
+    cloud_name: str = "cloud"
+
+    def _sum(self, tables: dict, host: str, model: str, shape: PlanShape, layers: range) -> float:
+        if model not in tables:
+            raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {model}")
+        rows = tables[model]
+        return sum(interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1]) for t in layers)
+
+    def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
+        n = len(shape.layer_macs)
+        offloads = shape.cut < n
+        return LatencyBreakdown(
+            edge_ms=self._sum(self.edge_layers, self.edge_name, model, shape, range(1, shape.cut + 1)) if shape.cut else 0.0,
+            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms) if offloads else 0.0,
+            cloud_ms=self._sum(self.cloud_layers, self.cloud_name, model, shape, range(shape.cut + 1, n + 1)) if offloads else 0.0,
+            return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
+        )
+
+    def describe(self) -> str:
+        return f"measured tables: edge {self.edge_name}, cloud {self.cloud_name}, B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms"
+
+
 def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None = None) -> LatencyModel:
-    """The latency model the profiles call for (analytic for now).
+    """The latency model the profiles call for: analytic if both are, else measured tables.
 
     The link comes from ``link``, else the edge profile's, else the cloud profile's.
     """
@@ -93,4 +158,10 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
             link.rtt_ms,
             link.count_result_return,
         )
-    raise CpcdrlError(f"profiles of kind {edge.kind!r}/{cloud.kind!r} need the measured latency model, which this cpcdrl does not have yet")
+    if edge.kind == "measured" and cloud.kind == "measured":
+        return TableLatencyModel(
+            {m: t["layers"] for m, t in edge.tables.items()},
+            {m: t["layers"] for m, t in cloud.tables.items()},
+            link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return, edge.name, cloud.name,
+        )
+    raise CpcdrlError(f"cannot mix an analytic and a measured profile ({edge.name!r} is {edge.kind}, {cloud.name!r} is {cloud.kind})")

@@ -1,0 +1,104 @@
+"""Estimated vs measured latency per cut: the paper's MAC model, the measured tables, direct timings.
+
+For every cut of an unpruned model:
+- *analytic*: Eq. 5-7 with F_e, F_c from an analytic profile, or fitted to a
+  measured host as (total MACs) / (measured time of the whole model there);
+- *table*: the sum of the per-layer measurements (what the optimiser uses);
+- *direct*: the head (layers 1..i) timed as one model on the edge, the tail
+  on the cloud, and the cut tensor over the measured link.
+Errors are relative to the direct measurement, in percent.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.latency import AnalyticLatencyModel, TableLatencyModel, build_latency_model, transfer_ms
+from cpcdrl_deploy.profiles import Profile, load_profile
+from cpcdrl_deploy.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.zoo import build_model, get_entry
+
+
+def _fitted_rate(p: Profile, role: str, model: str) -> float:
+    if p.kind == "analytic":
+        return p.compute_rate(role).macs_per_s
+    t = p.tables.get(model)
+    if not t:
+        raise CpcdrlError(f"profile {p.name!r} has no table for {model}")
+    n = len(t["layers"])
+    whole = next((h["median_ms"] for h in t["heads"] if h["cut"] == n), None)
+    if whole is None:
+        whole = next(x["median_ms"] for x in t["tails"] if x["cut"] == 0)
+    return t["total_macs"] / (whole / 1000.0)
+
+
+def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
+    entry = get_entry(model)
+    ep, cp = load_profile(edge), load_profile(cloud)
+    lp = load_profile(link).link if link else (ep.link or cp.link)
+    if lp is None:
+        raise CpcdrlError("no link in the profiles: profile the edge over SSH (it measures the link) or pass --link")
+    if ep.kind != "measured" or cp.kind != "measured":
+        raise CpcdrlError("compare needs measured profiles for --edge and --cloud (cpcdrl profile)")
+    net = build_model(model)
+    a = analyze(net, entry.input_size, model)
+    groups = channel_groups(net, a)
+    table = build_latency_model(ep, cp, lp)
+    assert isinstance(table, TableLatencyModel)
+    f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
+    analytic = AnalyticLatencyModel(f_e, f_c, lp.uplink_bytes_per_s, lp.downlink_bytes_per_s, lp.rtt_ms, lp.count_result_return)
+    heads = {h["cut"]: h["median_ms"] for h in ep.tables[model]["heads"]}
+    tails = {h["cut"]: h["median_ms"] for h in cp.tables[model]["tails"]}
+    rows = []
+    for cut in a.cuttable_points():
+        shape = plan_shape(a, groups, cut, [1.0] * cut)
+        est, tab = analytic.predict(model, shape), table.predict(model, shape)
+        direct_edge = heads.get(cut, 0.0)
+        direct_cloud = tails.get(cut, 0.0)
+        direct_transfer = transfer_ms(shape.cut_bytes, lp.uplink_bytes_per_s, lp.rtt_ms) if cut < a.n_layers else 0.0
+        direct = direct_edge + direct_transfer + direct_cloud
+        rows.append({
+            "cut": cut, "name": a.points[cut].name, "cut_bytes": shape.cut_bytes,
+            "direct": {"edge_ms": direct_edge, "transfer_ms": direct_transfer, "cloud_ms": direct_cloud, "total_ms": direct},
+            "table": tab.to_dict(), "analytic": est.to_dict(),
+            "table_error_pct": 100.0 * (tab.total_ms - direct) / direct,
+            "analytic_error_pct": 100.0 * (est.total_ms - direct) / direct,
+            "table_edge_error_pct": 100.0 * (tab.edge_ms - direct_edge) / direct_edge if direct_edge else 0.0,
+            "table_cloud_error_pct": 100.0 * (tab.cloud_ms - direct_cloud) / direct_cloud if direct_cloud else 0.0,
+        })
+
+    def summary(key: str) -> dict[str, float]:
+        errs = [abs(r[key]) for r in rows if r[key] != 0.0 or key.startswith(("table_error", "analytic_error"))]
+        return {"median_abs_pct": statistics.median(errs), "worst_abs_pct": max(errs)} if errs else {}
+
+    return {
+        "model": model, "edge": ep.name, "cloud": cp.name,
+        "edge_host": ep.host, "cloud_host": cp.host,
+        "fitted_macs_per_s": {"edge": f_e, "cloud": f_c},
+        "link": {"uplink_bytes_per_s": lp.uplink_bytes_per_s, "downlink_bytes_per_s": lp.downlink_bytes_per_s, "rtt_ms": lp.rtt_ms},
+        "rows": rows,
+        "fidelity": {
+            "total_table": summary("table_error_pct"), "total_analytic": summary("analytic_error_pct"),
+            "edge_table": summary("table_edge_error_pct"), "cloud_table": summary("table_cloud_error_pct"),
+        },
+    }
+
+
+def plot_compare(res: dict, path) -> None:
+    from pathlib import Path
+
+    from cpcdrl_deploy.report import _save, plt
+
+    cuts = [r["cut"] for r in res["rows"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(cuts, [r["direct"]["total_ms"] for r in res["rows"]], "k-o", label="measured (head + link + tail)")
+    ax.plot(cuts, [r["table"]["total_ms"] for r in res["rows"]], "b--s", label="per-layer tables")
+    ax.plot(cuts, [r["analytic"]["total_ms"] for r in res["rows"]], "r:^", label="MAC estimate (F fitted)")
+    ax.set_xlabel("cut point")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{res['model']}: edge {res['edge']}, cloud {res['cloud']}")
+    ax.legend(fontsize=8)
+    _save(fig, Path(path))

@@ -1,0 +1,262 @@
+"""``cpcdrl profile``: measure per-layer latency tables on a host, and the link to it.
+
+The host side builds small ONNX models: every unit (layer) of the model at
+each point of a grid of kept input/output channel fractions, and the unpruned
+head and tail at every cut. Weights are a constant: latency does not depend
+on their values and constant tensors gzip to almost nothing, which matters on
+a 200 KB/s link. ``profilers/ort_profiler.py`` times them on the device.
+
+Results are saved after every batch to ``<out>.partial``: an interrupted run
+resumes from there, and the profile itself is only written, atomically, when
+everything is measured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cpcdrl_deploy.analysis import ModelAnalysis, analyze
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_profile
+from cpcdrl_deploy.pruning import ChannelGroup, PruneConfig, channel_groups, plan_shape, prune
+from cpcdrl_deploy.remote import Device, check_runtime
+from cpcdrl_deploy.zoo import UnitModel, build_model, get_entry
+
+PROFILER = Path(__file__).resolve().parents[1] / "profilers" / "ort_profiler.py"
+DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
+Log = Callable[[str], None]
+
+
+def _export(m: nn.Module, shape: tuple[int, ...]) -> bytes:
+    """ONNX bytes of ``m`` (a unit or units of a model made constant by ``_make_constant``), gzip-compressed."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(1, *shape),), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    return gzip.compress(buf.getvalue(), 6)
+
+
+def _make_constant(m: nn.Module) -> nn.Module:
+    """In place: every weight 0.01, batch-norm statistics neutral, no gradients (units close over the model's modules)."""
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(0.01)
+        for name, b in m.named_buffers():
+            if b.is_floating_point():
+                b.fill_(1.0 if name.endswith("running_var") else 0.0)
+    return m
+
+
+def _in_group(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int) -> ChannelGroup | None:
+    """The channel group feeding layer t's input."""
+    for g in groups:
+        if t in g.consumers or (t in g.producers and t != g.leader):
+            return g
+    return None
+
+
+def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, grid: tuple[float, ...]) -> list[tuple[int, list[float]]]:
+    """(cut N, ratios) plans that put layer t at each reachable (in, out) grid point."""
+    n = analysis.n_layers
+    gin = _in_group(analysis, groups, t)
+    gout = next((g for g in groups if g.leader == t), None)
+    ins = grid if gin is not None else (1.0,)
+    outs = grid if gout is not None else (1.0,)
+    plans = []
+    for fi in ins:
+        for fo in outs:
+            if gin is not None and gout is not None and gin is gout and fi != fo:
+                continue
+            r = [1.0] * n
+            if gin is not None:
+                r[gin.leader - 1] = fi
+            if gout is not None:
+                r[t - 1] = fo
+            plans.append((n, r))
+    return plans
+
+
+def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log) -> tuple[list[dict], ModelAnalysis]:
+    """Write the gzipped ONNX files and return the job list (id, file, input_shape, meta)."""
+    entry = get_entry(model_name)
+    model: UnitModel = build_model(model_name)
+    analysis = analyze(model, entry.input_size, model_name)
+    units_per_layer = {layer.unit for layer in analysis.layers}
+    if len(units_per_layer) != analysis.n_layers:
+        raise CpcdrlError(f"profiling per layer needs one prunable layer per unit; {model_name} has blocks (profile a sequential CIFAR model)")
+    groups = channel_groups(model, analysis)
+    jobs: list[dict] = []
+    for t in range(1, analysis.n_layers + 1):
+        for cut, ratios in layer_variants(analysis, groups, t, grid):
+            shape = plan_shape(analysis, groups, cut, ratios)
+            fi, fo = shape.in_keep[t - 1], shape.out_keep[t - 1]
+            pruned = _make_constant(prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model)
+            units = pruned.units()
+            x = torch.zeros(1, *analysis.input_shape)
+            with torch.no_grad():
+                for u in units[: analysis.layers[t - 1].unit]:
+                    x = u(x)
+            jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
+            f = f"{jid}.onnx.gz"
+            (workdir / f).write_bytes(_export(units[analysis.layers[t - 1].unit], tuple(x.shape[1:])))
+            jobs.append({"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo})
+        log(f"exported layer {t}/{analysis.n_layers}")
+    units = _make_constant(model).units()
+    x = torch.zeros(1, *analysis.input_shape)
+    shapes = [tuple(x.shape[1:])]
+    with torch.no_grad():
+        for u in units:
+            x = u(x)
+            shapes.append(tuple(x.shape[1:]))
+    for p in analysis.points:
+        if not p.cuttable:
+            continue
+        b = p.unit_boundary
+        if b > 0:
+            f = f"head{p.index}.onnx.gz"
+            (workdir / f).write_bytes(_export(nn.Sequential(*units[:b]), shapes[0]))
+            jobs.append({"id": f"head{p.index}", "file": f, "input_shape": [1, *shapes[0]], "kind": "head", "cut": p.index})
+        if b < len(units):
+            f = f"tail{p.index}.onnx.gz"
+            (workdir / f).write_bytes(_export(nn.Sequential(*units[b:]), shapes[b]))
+            jobs.append({"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index})
+    log(f"exported {len(jobs)} models")
+    return jobs, analysis
+
+
+def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None) -> LinkProfile:
+    """Bandwidth each way from timed transfers of several sizes (least-squares slope), RTT from tiny round trips."""
+    def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
+        return (1.0 / slope if slope > 0 else float("inf")), my - slope * mx
+
+    echo = getattr(dev, "echo_rtt_ms", None)
+    if echo is None:
+        raise CpcdrlError(f"{dev.name}: the link can only be measured over SSH")
+    rtt = echo()
+    up, down = [], []
+    for n in sizes:
+        t0 = time.perf_counter()
+        rc, out, _ = dev.run(f"head -c {n} /dev/zero", timeout=120)  # device -> host: the uplink
+        up.append((n, time.perf_counter() - t0))
+        if rc != 0 or len(out) != n:
+            raise CpcdrlError(f"link test to {dev.name} failed")
+        t0 = time.perf_counter()
+        rc, out, _ = dev.run("wc -c", timeout=120, stdin=b"\0" * n)  # host -> device: the downlink
+        down.append((n, time.perf_counter() - t0))
+        log(f"link: {n} bytes up {up[-1][1]:.2f} s, down {down[-1][1]:.2f} s")
+    up_bps, _ = fit(up)
+    down_bps, _ = fit(down)
+    return LinkProfile(uplink_bytes_per_s=up_bps, downlink_bytes_per_s=down_bps, rtt_ms=rtt)
+
+
+def profile_host(
+    dev: Device,
+    models: list[str],
+    out: Path,
+    grid: tuple[float, ...] = DEFAULT_GRID,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 20,
+    measure_link_too: bool = True,
+    batch: int = 40,
+    log: Log = lambda s: None,
+) -> Profile:
+    """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end."""
+    import tempfile
+
+    versions = check_runtime(dev)
+    partial_path = out.with_name(out.name + ".partial")
+    partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+    if partial and partial.get("host") != dev.name:
+        partial = {}
+    partial.setdefault("host", dev.name)
+    partial.setdefault("results", {})
+    remote = dev.mkdtemp()
+    try:
+        dev.put(PROFILER, f"{remote}/ort_profiler.py")
+        rc, facts_out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py facts", timeout=120)
+        if rc != 0:
+            raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+        facts = json.loads(facts_out.strip().splitlines()[-1])
+        facts.update(threads=threads, warmup=warmup, repeats=repeats, **{"python_" + k: v for k, v in versions.items() if k != "python"})
+        tables: dict[str, dict] = {}
+        for model_name in models:
+            with tempfile.TemporaryDirectory() as tmp:
+                jobs, analysis = build_jobs(model_name, grid, Path(tmp), log)
+                done = partial["results"].setdefault(model_name, {})
+                todo = [j for j in jobs if j["id"] not in done]
+                if len(todo) < len(jobs):
+                    log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} already measured")
+                for start in range(0, len(todo), batch):
+                    chunk = todo[start : start + batch]
+                    for j in chunk:
+                        dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
+                    job_file = Path(tmp) / "job.json"
+                    job_file.write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in chunk]))
+                    dev.put(job_file, f"{remote}/job.json")
+                    rc, res_out, err = dev.run(
+                        f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json --threads {threads} --warmup {warmup} --repeats {repeats}",
+                        timeout=1800,
+                    )
+                    if rc != 0:
+                        raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+                    for line in res_out.strip().splitlines():
+                        r = json.loads(line)
+                        done[r.pop("id")] = r
+                    atomic_write_json(partial_path, partial)
+                    log(f"{model_name}: {len(done)}/{len(jobs)} models timed on {dev.name}")
+                tables[model_name] = _table(jobs, done, analysis, grid, threads)
+        link = measure_link(dev, log=log) if measure_link_too else None
+    finally:
+        dev.remove(remote)
+    old = None
+    if out.exists():
+        try:
+            old = load_profile(out)
+        except CpcdrlError:
+            old = None
+    if old is not None and old.kind == "measured" and old.host and old.host.get("hostname") == facts.get("hostname"):
+        tables = {**old.tables, **tables}  # profiling another model adds to the host's file
+    prof = Profile(name=dev.name, kind="measured", link=link, host=facts, tables=tables, notes=f"measured by cpcdrl profile on {dev.name}")
+    save_profile(prof, out)
+    partial_path.unlink(missing_ok=True)
+    return prof
+
+
+def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> dict:
+    layers: dict[int, list[dict]] = {}
+    heads, tails = [], []
+    for j in jobs:
+        r = done[j["id"]]
+        stats = {k: r[k] for k in ("median_ms", "p10_ms", "p90_ms")}
+        if j["kind"] == "layer":
+            layers.setdefault(j["layer"], []).append({"in_keep": j["in_keep"], "out_keep": j["out_keep"], **stats})
+        elif j["kind"] == "head":
+            heads.append({"cut": j["cut"], **stats})
+        else:
+            tails.append({"cut": j["cut"], **stats})
+    return {
+        "grid": list(grid),
+        "threads": threads,
+        "total_macs": analysis.total_macs,
+        "layers": [{"index": t, "name": analysis.layers[t - 1].name, "points": pts} for t, pts in sorted(layers.items())],
+        "heads": sorted(heads, key=lambda h: h["cut"]),
+        "tails": sorted(tails, key=lambda h: h["cut"]),
+    }

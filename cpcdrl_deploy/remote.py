@@ -1,0 +1,294 @@
+"""Device access behind one small interface: run a command, upload a file, remove a directory.
+
+``LocalDevice`` runs on this machine; ``SSHDevice`` goes through paramiko with
+the host key verified against ``~/.ssh/known_hosts`` and
+``~/.cpcdrl/known_hosts``. An unknown key is refused with its fingerprint;
+trusting it takes an explicit ``trust_new_host_key=True`` (``--trust-host-key``),
+which records it in ``~/.cpcdrl/known_hosts``. No password is ever stored.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.testbed import cpcdrl_home, load_state
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    alias: str
+    hostname: str
+    port: int
+    user: str | None
+    identity_files: tuple[str, ...]
+    python: str  # the device-side interpreter with numpy + onnxruntime
+
+
+class Device(Protocol):
+    name: str
+    python: str
+
+    def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]: ...
+
+    def put(self, local: Path, remote: str) -> None: ...
+
+    def mkdtemp(self) -> str: ...
+
+    def remove(self, path: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalDevice:
+    """This machine, as a device (the cloud host, or ``--host local``)."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self.name = "local"
+        self.python = python or sys.executable
+
+    def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        try:
+            res = subprocess.run(command, shell=True, capture_output=True, timeout=timeout, input=stdin)
+        except subprocess.TimeoutExpired:
+            raise CpcdrlError(f"local command timed out after {timeout:g} s") from None
+        return res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+
+    def put(self, local: Path, remote: str) -> None:
+        import shutil
+
+        shutil.copyfile(local, remote)
+
+    def mkdtemp(self) -> str:
+        import tempfile
+
+        return tempfile.mkdtemp(prefix="cpcdrl-")
+
+    def remove(self, path: str) -> None:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        pass
+
+
+def resolve_host(host: str, python: str | None = None) -> HostSpec:
+    """An alias from ~/.ssh/config or ~/.cpcdrl/ssh_config, or ``user@host[:port]``."""
+    import paramiko
+
+    for cfg_path in (Path.home() / ".ssh" / "config", cpcdrl_home() / "ssh_config"):
+        if not cfg_path.exists():
+            continue
+        cfg = paramiko.SSHConfig.from_path(str(cfg_path))
+        if host in cfg.get_hostnames():
+            entry = cfg.lookup(host)
+            tb = load_state(host)
+            return HostSpec(
+                alias=host, hostname=entry.get("hostname", host), port=int(entry.get("port", 22)), user=entry.get("user"),
+                identity_files=tuple(entry.get("identityfile", [])), python=python or (tb.python if tb else "python3"),
+            )
+    user, _, rest = host.rpartition("@")
+    hostname, _, port = rest.partition(":")
+    if not hostname:
+        raise CpcdrlError(f"cannot read host {host!r}: use an ssh_config alias or user@host[:port]")
+    try:
+        port_n = int(port) if port else 22
+    except ValueError:
+        raise CpcdrlError(f"bad port in {host!r}") from None
+    return HostSpec(host, hostname, port_n, user or None, (), python or "python3")
+
+
+class SSHDevice:
+    """A device over SSH (paramiko). Every network call has a time-out."""
+
+    def __init__(self, spec: HostSpec, connect_timeout: float = 10.0, trust_new_host_key: bool = False) -> None:
+        import paramiko
+
+        self.name = spec.alias
+        self.python = spec.python
+        self.spec = spec
+        client = paramiko.SSHClient()
+        client.load_system_host_keys()
+        ours = cpcdrl_home() / "known_hosts"
+        if ours.exists():
+            client.load_host_keys(str(ours))  # also where trusted keys are saved
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        key_name = spec.hostname if spec.port == 22 else f"[{spec.hostname}]:{spec.port}"
+        try:
+            if trust_new_host_key:
+                self._trust_on_first_use(key_name, connect_timeout)
+                client.load_host_keys(str(ours))
+            client.connect(
+                spec.hostname, port=spec.port, username=spec.user, key_filename=list(spec.identity_files) or None,
+                timeout=connect_timeout, banner_timeout=connect_timeout, auth_timeout=connect_timeout,
+                allow_agent=not spec.identity_files, look_for_keys=not spec.identity_files,
+            )
+        except paramiko.SSHException as exc:
+            msg = str(exc)
+            if "not found in known_hosts" in msg or "Unknown server" in msg:
+                fp = self._fingerprint(spec, connect_timeout)
+                raise CpcdrlError(
+                    f"unknown host key for {spec.alias} ({spec.hostname}:{spec.port}), {fp}; check it, then rerun with --trust-host-key"
+                ) from None
+            if isinstance(exc, paramiko.AuthenticationException):
+                raise CpcdrlError(f"authentication to {spec.alias} ({spec.user}@{spec.hostname}:{spec.port}) failed: {msg}") from None
+            raise CpcdrlError(f"SSH to {spec.alias} failed: {msg}") from None
+        except TimeoutError:
+            raise CpcdrlError(f"cannot reach {spec.alias} ({spec.hostname}:{spec.port}): timed out after {connect_timeout:g} s") from None
+        except OSError as exc:
+            raise CpcdrlError(f"cannot reach {spec.alias} ({spec.hostname}:{spec.port}): {exc.strerror or exc}") from None
+        self.client = client
+        self._sftp = None
+
+    @staticmethod
+    def _remote_key(spec: HostSpec, timeout: float):
+        import paramiko
+
+        sock = socket.create_connection((spec.hostname, spec.port), timeout=timeout)
+        t = paramiko.Transport(sock)
+        try:
+            t.start_client(timeout=timeout)
+            return t.get_remote_server_key()
+        finally:
+            t.close()
+
+    @classmethod
+    def _fingerprint(cls, spec: HostSpec, timeout: float) -> str:
+        import base64
+        import hashlib
+
+        try:
+            key = cls._remote_key(spec, timeout)
+        except Exception:
+            return "fingerprint unavailable"
+        digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+        return f"{key.get_name()} SHA256:{digest}"
+
+    def _trust_on_first_use(self, key_name: str, timeout: float) -> None:
+        import paramiko
+
+        key = self._remote_key(self.spec, timeout)
+        path = cpcdrl_home() / "known_hosts"
+        hk = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
+        hk.add(key_name, key.get_name(), key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hk.save(str(path))
+        print(f"trusted {key_name} {self._fingerprint(self.spec, timeout)} (saved to {path})", file=sys.stderr)
+
+    def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run ``command``; never blocks past ``timeout`` (polls exit_status_ready)."""
+        try:
+            chan = self.client.get_transport().open_session(timeout=30)  # type: ignore[union-attr]
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+                chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                # exit status can arrive before the last data: wait for EOF too
+                if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise CpcdrlError(f"command on {self.name} timed out after {timeout:g} s")
+                if not self.client.get_transport().is_active():  # type: ignore[union-attr]
+                    raise CpcdrlError(f"connection to {self.name} lost")
+                time.sleep(0.005)
+            return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
+        except (OSError, EOFError) as exc:
+            raise CpcdrlError(f"connection to {self.name} lost: {exc}") from None
+
+    def echo_rtt_ms(self, samples: int = 7) -> float:
+        """Median round trip of one byte through a running ``cat``: the link's RTT, without process start-up."""
+        import statistics
+
+        chan = self.client.get_transport().open_session(timeout=30)  # type: ignore[union-attr]
+        chan.settimeout(10)
+        chan.exec_command("cat")
+        times = []
+        try:
+            for i in range(samples + 1):
+                t0 = time.perf_counter()
+                chan.sendall(b"x")
+                if chan.recv(1) != b"x":
+                    raise CpcdrlError(f"echo test to {self.name} failed")
+                if i:  # the first one waits for cat to start
+                    times.append((time.perf_counter() - t0) * 1000.0)
+        except OSError as exc:
+            raise CpcdrlError(f"echo test to {self.name} failed: {exc}") from None
+        finally:
+            chan.close()
+        return statistics.median(times)
+
+    def _sftp_client(self):
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        return self._sftp
+
+    def put(self, local: Path, remote: str) -> None:
+        """Upload to a temporary name, then rename: the device never sees half a file."""
+        try:
+            sftp = self._sftp_client()
+            tmp = remote + ".part"
+            sftp.put(str(local), tmp)
+            sftp.posix_rename(tmp, remote)
+        except (OSError, EOFError) as exc:
+            raise CpcdrlError(f"upload to {self.name} failed: {exc}") from None
+
+    def mkdtemp(self) -> str:
+        rc, out, err = self.run("mktemp -d /tmp/cpcdrl-XXXXXX", timeout=30)
+        if rc != 0:
+            raise CpcdrlError(f"cannot make a temporary directory on {self.name}: {err.strip()}")
+        return out.strip()
+
+    def remove(self, path: str) -> None:
+        if path.startswith("/tmp/cpcdrl-"):
+            try:
+                self.run(f"rm -rf {shlex.quote(path)}", timeout=30)
+            except CpcdrlError:
+                pass
+
+    def close(self) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        finally:
+            self.client.close()
+
+
+def connect(host: str, python: str | None = None, trust_host_key: bool = False, timeout: float = 10.0) -> Device:
+    if host == "local":
+        return LocalDevice(python)
+    return SSHDevice(resolve_host(host, python), timeout, trust_host_key)
+
+
+def check_runtime(dev: Device) -> dict[str, str]:
+    """The device's Python must import numpy and onnxruntime; say exactly what is missing."""
+    probe = (
+        "import sys, importlib; m = {}\nfor n in ('numpy', 'onnxruntime'):\n"
+        "  try: m[n] = importlib.import_module(n).__version__\n  except Exception: m[n] = None\n"
+        "print(sys.version.split()[0], m['numpy'], m['onnxruntime'])"
+    )
+    rc, out, err = dev.run(f"{shlex.quote(dev.python)} -c {shlex.quote(probe)}", timeout=60)
+    if rc != 0:
+        why = (err or out).strip().splitlines()[-1] if (err or out).strip() else rc
+        raise CpcdrlError(f"{dev.name}: cannot run {dev.python} ({why}); install Python 3 or pass --python")
+    py, np_v, ort_v = out.split()[-3:]
+    missing = [n for n, v in (("numpy", np_v), ("onnxruntime", ort_v)) if v == "None"]
+    if missing:
+        raise CpcdrlError(f"{dev.name}: {dev.python} lacks {' and '.join(missing)}; on the device run: {dev.python} -m pip install {' '.join(missing)}")
+    return {"python": py, "numpy": np_v, "onnxruntime": ort_v}

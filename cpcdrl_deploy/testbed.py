@@ -1,0 +1,273 @@
+"""An emulated Raspberry Pi: an SSH host in its own network namespace, slow CPU, slow link.
+
+``cpcdrl testbed up`` makes (as root):
+- a network namespace with a veth pair, 198.18.<k>.1 on the host side and
+  198.18.<k>.2 inside (the benchmarking range, RFC 2544);
+- a token-bucket filter on both veth ends (``tc ... tbf rate``): the link;
+- a cgroup-v1 CPU quota (``cpu.cfs_quota_us``/``cfs_period_us``) that sshd and
+  everything it starts inherit: the slow CPU. A short period (10 ms) keeps
+  throttling smooth enough to time short layers;
+- an sshd inside the namespace with its own host key, accepting only a
+  generated client key;
+- a Python virtual environment with numpy and onnxruntime for the device side
+  (installed from the host side: the namespace has no route to PyPI);
+- an entry in ``~/.cpcdrl/ssh_config`` and ``~/.cpcdrl/known_hosts`` so that
+  ``cpcdrl profile --host NAME`` connects, with the host key verified.
+``cpcdrl testbed down`` removes all of it; the state lives in ``~/.cpcdrl/testbed/NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cpcdrl_deploy.errors import CpcdrlError
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CPERIOD_US = 10_000
+
+
+def cpcdrl_home() -> Path:
+    return Path(os.environ.get("CPCDRL_HOME", Path.home() / ".cpcdrl"))
+
+
+@dataclass
+class TestbedState:
+    name: str
+    index: int
+    host_ip: str
+    device_ip: str
+    port: int
+    cpu: float
+    bandwidth_bytes_per_s: float
+    user: str
+    dir: str
+    python: str
+    host_veth: str
+    cgroup: str
+    sshd_pid: int = 0
+
+    def save(self) -> None:
+        (Path(self.dir) / "state.json").write_text(json.dumps(asdict(self), indent=2))
+
+
+def parse_bandwidth(text: str) -> float:
+    """'200KB/s', '1.6Mbit', '200000' -> bytes per second (1 KB = 1000 bytes)."""
+    t = text.strip().lower().replace("/s", "").replace("ps", "")
+    units = {"kbit": 125.0, "mbit": 125_000.0, "gbit": 125_000_000.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "b": 1.0}
+    for u, mult in units.items():
+        if t.endswith(u):
+            try:
+                return float(t[: -len(u)]) * mult
+            except ValueError:
+                break
+    try:
+        return float(t)
+    except ValueError:
+        raise CpcdrlError(f"cannot read bandwidth {text!r}; try 200KB/s or 1.6Mbit") from None
+
+
+def _run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and res.returncode != 0:
+        raise CpcdrlError(f"{' '.join(cmd)} failed: {(res.stderr or res.stdout).strip().splitlines()[-1] if (res.stderr or res.stdout).strip() else res.returncode}")
+    return res
+
+
+def _preflight() -> None:
+    if os.geteuid() != 0:
+        raise CpcdrlError("the testbed needs root (network namespaces, tc, cgroups)")
+    for tool, hint in (("ip", "apt-get install iproute2"), ("tc", "apt-get install iproute2")):
+        if shutil.which(tool) is None:
+            raise CpcdrlError(f"the testbed needs `{tool}`: {hint}")
+    if not Path("/usr/sbin/sshd").exists():
+        raise CpcdrlError("the testbed needs sshd: apt-get install openssh-server")
+    if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+        raise CpcdrlError(f"the testbed needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
+
+
+def state_dir(name: str) -> Path:
+    return cpcdrl_home() / "testbed" / name
+
+
+def load_state(name: str) -> TestbedState | None:
+    f = state_dir(name) / "state.json"
+    if not f.exists():
+        return None
+    return TestbedState(**json.loads(f.read_text()))
+
+
+def _free_index() -> int:
+    used = set()
+    root = cpcdrl_home() / "testbed"
+    if root.exists():
+        for d in root.iterdir():
+            st = load_state(d.name)
+            if st:
+                used.add(st.index)
+    for k in range(10, 250):
+        if k not in used:
+            return k
+    raise CpcdrlError("no free testbed address")
+
+
+def provision_python(venv: Path, log=print) -> Path:
+    """A venv with numpy + onnxruntime for the device side, built from the host (which reaches PyPI)."""
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import numpy, onnxruntime"], capture_output=True).returncode == 0:
+        return py
+    log(f"provisioning the device's Python at {venv} (numpy, onnxruntime)...")
+    base = shutil.which("python3") or sys.executable
+    _run([base, "-m", "venv", "--clear", str(venv)])
+    _run([str(py), "-m", "pip", "install", "-q", "numpy", "onnxruntime"], timeout=900)
+    return py
+
+
+def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print) -> TestbedState:
+    _preflight()
+    if not 0.01 <= cpu <= os.cpu_count():  # type: ignore[operator]
+        raise CpcdrlError(f"--cpu {cpu}: expected a share of one core, e.g. 0.25")
+    existing = load_state(name)
+    if existing is not None:
+        raise CpcdrlError(f"testbed {name!r} is already up (cpcdrl testbed down --name {name})")
+    bps = parse_bandwidth(bandwidth)
+    k = _free_index()
+    d = state_dir(name)
+    d.mkdir(parents=True, exist_ok=True)
+    st = TestbedState(
+        name=name, index=k, host_ip=f"198.18.{k}.1", device_ip=f"198.18.{k}.2", port=22, cpu=cpu, bandwidth_bytes_per_s=bps,
+        user="root", dir=str(d), python="", host_veth=f"cpv{k}h", cgroup=str(CGROUP_CPU / f"cpcdrl-{name}"),
+    )
+    st.save()  # from here on, `down` can clean up whatever was made
+    try:
+        venv = python_venv or (cpcdrl_home() / "device-venv")
+        st.python = str(provision_python(venv, log))
+        ns, hv, dv = f"cpcdrl-{name}", st.host_veth, f"cpv{k}d"
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "link", "add", hv, "type", "veth", "peer", "name", dv])
+        _run(["ip", "link", "set", dv, "netns", ns])
+        _run(["ip", "addr", "add", f"{st.host_ip}/24", "dev", hv])
+        _run(["ip", "link", "set", hv, "up"])
+        _run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{st.device_ip}/24", "dev", dv])
+        _run(["ip", "netns", "exec", ns, "ip", "link", "set", dv, "up"])
+        _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+        rate = f"{int(bps * 8)}bit"
+        for prefix in ([], ["ip", "netns", "exec", ns]):
+            dev = hv if not prefix else dv
+            _run(prefix + ["tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "16kb", "latency", "200ms"])
+        cg = Path(st.cgroup)
+        cg.mkdir(exist_ok=True)
+        (cg / "cpu.cfs_period_us").write_text(str(CPERIOD_US))
+        (cg / "cpu.cfs_quota_us").write_text(str(int(cpu * CPERIOD_US)))
+        # keys: the device's host key and the client key that may log in
+        for key in ("host_key", "client_key"):
+            if not (d / key).exists():
+                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)])
+        shutil.copy(d / "client_key.pub", d / "authorized_keys")
+        (d / "sshd_config").write_text(
+            f"Port {st.port}\nListenAddress {st.device_ip}\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+            f"PidFile {d / 'sshd.pid'}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)
+        # enter the cgroup first, then exec sshd inside the namespace: every session inherits both
+        _run(["sh", "-c", f"echo $$ > {cg / 'cgroup.procs'} && exec ip netns exec {ns} /usr/sbin/sshd -f {d / 'sshd_config'}"])
+        for _ in range(50):
+            if (d / "sshd.pid").exists():
+                break
+            time.sleep(0.1)
+        st.sshd_pid = int((d / "sshd.pid").read_text().strip())
+        st.save()
+        _register(st)
+        log(f"testbed {name!r} up: ssh {st.user}@{st.device_ip} (cpu {cpu} core, link {bps / 1e3:g} KB/s); device python {st.python}")
+        return st
+    except BaseException:
+        down(name, quiet=True)
+        raise
+
+
+def _register(st: TestbedState) -> None:
+    """Write the host alias and its host key where cpcdrl's SSH layer looks."""
+    home = cpcdrl_home()
+    pub = (Path(st.dir) / "host_key.pub").read_text().split()
+    _replace_block(home / "known_hosts", st.name, f"{st.device_ip} {pub[0]} {pub[1]}\n")
+    _replace_block(
+        home / "ssh_config", st.name,
+        f"Host {st.name}\n  HostName {st.device_ip}\n  User {st.user}\n  Port {st.port}\n  IdentityFile {Path(st.dir) / 'client_key'}\n",
+    )
+
+
+def _replace_block(path: Path, name: str, text: str | None) -> None:
+    begin, end = f"# >>> cpcdrl testbed {name}\n", f"# <<< cpcdrl testbed {name}\n"
+    old = path.read_text() if path.exists() else ""
+    if begin in old:
+        old = old[: old.index(begin)] + old[old.index(end) + len(end) :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(old + (begin + text + end if text else ""))
+
+
+def down(name: str = "pi", quiet: bool = False) -> list[str]:
+    """Remove everything ``up`` made; returns what was removed."""
+    st = load_state(name)
+    if st is None:
+        if quiet:
+            return []
+        raise CpcdrlError(f"no testbed named {name!r} is up")
+    removed = []
+    d = Path(st.dir)
+    pid = st.sshd_pid or (int((d / "sshd.pid").read_text()) if (d / "sshd.pid").exists() else 0)
+    cg = Path(st.cgroup)
+    pids = {pid} if pid else set()
+    if (cg / "cgroup.procs").exists():
+        pids |= {int(p) for p in (cg / "cgroup.procs").read_text().split()}
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+            removed.append(f"process {p}")
+        except ProcessLookupError:
+            pass
+    for _ in range(50):
+        if not (cg / "cgroup.procs").exists() or not (cg / "cgroup.procs").read_text().strip():
+            break
+        time.sleep(0.1)
+    if _run(["ip", "link", "show", st.host_veth], check=False).returncode == 0:
+        _run(["ip", "link", "del", st.host_veth], check=False)
+        removed.append(f"veth {st.host_veth}")
+    ns = f"cpcdrl-{name}"
+    if ns in _run(["ip", "netns", "list"], check=False).stdout:
+        _run(["ip", "netns", "del", ns], check=False)
+        removed.append(f"netns {ns}")
+    if cg.exists():
+        for _ in range(20):
+            try:
+                cg.rmdir()
+                removed.append(f"cgroup {cg}")
+                break
+            except OSError:
+                time.sleep(0.2)
+    home = cpcdrl_home()
+    for f in ("known_hosts", "ssh_config"):
+        if (home / f).exists():
+            _replace_block(home / f, name, None)
+    shutil.rmtree(d, ignore_errors=True)
+    return removed
+
+
+def status() -> list[dict[str, object]]:
+    root = cpcdrl_home() / "testbed"
+    out = []
+    if root.exists():
+        for d in sorted(root.iterdir()):
+            st = load_state(d.name)
+            if st is None:
+                continue
+            alive = st.sshd_pid > 0 and Path(f"/proc/{st.sshd_pid}").exists()
+            out.append({**asdict(st), "sshd_running": alive})
+    return out

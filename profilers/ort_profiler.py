@@ -1,0 +1,134 @@
+"""Runs ON THE DEVICE (a Raspberry Pi or the cloud host): time ONNX models with ONNX Runtime.
+
+Needs only Python 3, numpy and onnxruntime: no torch, no cpcdrl. cpcdrl
+uploads this file and the models into a temporary directory, runs
+
+    python3 ort_profiler.py facts
+    python3 ort_profiler.py time JOB.json --threads 1 --warmup 5 --repeats 20
+
+and reads one JSON object per line from stdout. Each job is
+``{"id", "file", "input_shape"}``; ``file`` may be gzip-compressed (``.gz``):
+the models carry constant weights, which latency does not depend on and which
+compress to almost nothing over a slow link.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import sys
+import time
+
+
+def facts() -> dict:
+    """What a profile must say about the host that measured it."""
+    import numpy
+    import onnxruntime
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    governor = None
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") as f:
+            governor = f.read().strip()
+    except OSError:
+        pass
+    quota = None
+    for path in ("/sys/fs/cgroup/cpu.max",):
+        try:
+            with open(path) as f:
+                quota = f.read().strip()
+        except OSError:
+            pass
+    try:
+        with open("/proc/self/cgroup") as f:
+            cg = [line.strip().split(":", 2)[2] for line in f if ":cpu" in line]
+        if cg and cg[0] not in ("/", ""):
+            base = "/sys/fs/cgroup/cpu" + cg[0]
+            with open(base + "/cpu.cfs_quota_us") as q, open(base + "/cpu.cfs_period_us") as p:
+                quota = f"{q.read().strip()} {p.read().strip()}"
+    except (OSError, IndexError):
+        pass
+    return {
+        "hostname": platform.node(),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "memory_bytes": mem,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "cpu_governor": governor,
+        "cpu_quota": quota,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def time_model(path: str, shape: list[int], threads: int, warmup: int, repeats: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    data = open(path, "rb").read()
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # what deployment uses
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        ts.append((time.perf_counter() - t0) * 1000.0)
+    ts.sort()
+
+    def q(p: float) -> float:
+        return ts[min(len(ts) - 1, int(p * (len(ts) - 1) + 0.5))]
+
+    return {"median_ms": q(0.5), "p10_ms": q(0.1), "p90_ms": q(0.9), "min_ms": ts[0], "repeats": repeats}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("facts", "time"):
+        print("usage: ort_profiler.py facts | time JOB.json [--threads N] [--warmup N] [--repeats N]", file=sys.stderr)
+        return 2
+    if argv[0] == "facts":
+        print(json.dumps(facts()))
+        return 0
+    opts = {"--threads": 1, "--warmup": 5, "--repeats": 20}
+    rest = argv[2:]
+    for i in range(0, len(rest) - 1, 2):
+        if rest[i] in opts:
+            opts[rest[i]] = int(rest[i + 1])
+    with open(argv[1]) as f:
+        jobs = json.load(f)
+    base = os.path.dirname(os.path.abspath(argv[1]))
+    for job in jobs:
+        res = time_model(os.path.join(base, job["file"]), job["input_shape"], opts["--threads"], opts["--warmup"], opts["--repeats"])
+        print(json.dumps({"id": job["id"], **res}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
