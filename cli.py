@@ -271,7 +271,8 @@ def testbed_status(fmt: FormatOpt = Format.table) -> None:
     if not rows:
         typer.echo("no testbed is up")
     for r in rows:
-        typer.echo(f"{r['name']}: {r['user']}@{r['device_ip']} cpu {r['cpu']} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s sshd {'running' if r['sshd_running'] else 'NOT running'}")
+        sshd = "running" if r["sshd_running"] else "NOT running"
+        typer.echo(f"{r['name']}: {r['user']}@{r['device_ip']} cpu {r['cpu']} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s, sshd {sshd}")
 
 
 @app.command("profile")
