@@ -28,9 +28,9 @@ def _fitted_rate(p: Profile, role: str, model: str) -> float:
     if not t:
         raise CpcdrlError(f"profile {p.name!r} has no table for {model}")
     n = len(t["layers"])
-    whole = next((h["median_ms"] for h in t["heads"] if h["cut"] == n), None)
+    whole = next((h["ms"] for h in t["heads"] if h["cut"] == n), None)
     if whole is None:
-        whole = next(x["median_ms"] for x in t["tails"] if x["cut"] == 0)
+        whole = next(x["ms"] for x in t["tails"] if x["cut"] == 0)
     return t["total_macs"] / (whole / 1000.0)
 
 
@@ -49,8 +49,8 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
     assert isinstance(table, TableLatencyModel)
     f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
     analytic = AnalyticLatencyModel(f_e, f_c, lp.uplink_bytes_per_s, lp.downlink_bytes_per_s, lp.rtt_ms, lp.count_result_return)
-    heads = {h["cut"]: h["median_ms"] for h in ep.tables[model]["heads"]}
-    tails = {h["cut"]: h["median_ms"] for h in cp.tables[model]["tails"]}
+    heads = {h["cut"]: h["ms"] for h in ep.tables[model]["heads"]}
+    tails = {h["cut"]: h["ms"] for h in cp.tables[model]["tails"]}
     rows = []
     for cut in a.cuttable_points():
         shape = plan_shape(a, groups, cut, [1.0] * cut)

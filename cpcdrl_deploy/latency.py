@@ -96,7 +96,7 @@ def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> fl
     """
     ins = sorted({p["in_keep"] for p in points})
     outs = sorted({p["out_keep"] for p in points})
-    val = {(p["in_keep"], p["out_keep"]): p["median_ms"] for p in points}
+    val = {(p["in_keep"], p["out_keep"]): p["ms"] for p in points}
     if len(ins) > 1 and len(outs) > 1 and len(val) == len(ins) * len(outs):
         col = [_lerp(outs, [val[(i, o)] for o in outs], out_keep) for i in ins]
         return _lerp(ins, col, in_keep)
@@ -105,7 +105,7 @@ def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> fl
     if len(ins) == 1:
         return _lerp(outs, [val[(ins[0], o)] for o in outs], out_keep)
     diag = sorted(points, key=lambda p: p["out_keep"])  # coupled in == out
-    return _lerp([p["out_keep"] for p in diag], [p["median_ms"] for p in diag], out_keep)
+    return _lerp([p["out_keep"] for p in diag], [p["ms"] for p in diag], out_keep)
 
 
 @dataclass(frozen=True)

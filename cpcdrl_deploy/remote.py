@@ -138,8 +138,10 @@ class SSHDevice:
                 raise CpcdrlError(
                     f"unknown host key for {spec.alias} ({spec.hostname}:{spec.port}), {fp}; check it, then rerun with --trust-host-key"
                 ) from None
-            if isinstance(exc, paramiko.AuthenticationException):
+            if isinstance(exc, paramiko.AuthenticationException) or "authentication methods" in msg:
                 raise CpcdrlError(f"authentication to {spec.alias} ({spec.user}@{spec.hostname}:{spec.port}) failed: {msg}") from None
+            if "banner" in msg:
+                raise CpcdrlError(f"cannot reach {spec.alias} ({spec.hostname}:{spec.port}): no SSH server answered ({msg})") from None
             raise CpcdrlError(f"SSH to {spec.alias} failed: {msg}") from None
         except TimeoutError:
             raise CpcdrlError(f"cannot reach {spec.alias} ({spec.hostname}:{spec.port}): timed out after {connect_timeout:g} s") from None
@@ -185,8 +187,11 @@ class SSHDevice:
 
     def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]:
         """Run ``command``; never blocks past ``timeout`` (polls exit_status_ready)."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise CpcdrlError(f"connection to {self.name} lost")
         try:
-            chan = self.client.get_transport().open_session(timeout=30)  # type: ignore[union-attr]
+            chan = transport.open_session(timeout=30)
             chan.settimeout(timeout)
             chan.exec_command(command)
             if stdin is not None:
@@ -209,7 +214,7 @@ class SSHDevice:
                     raise CpcdrlError(f"connection to {self.name} lost")
                 time.sleep(0.005)
             return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, paramiko_errors()) as exc:
             raise CpcdrlError(f"connection to {self.name} lost: {exc}") from None
 
     def echo_rtt_ms(self, samples: int = 7) -> float:
@@ -268,6 +273,12 @@ class SSHDevice:
                 self._sftp.close()
         finally:
             self.client.close()
+
+
+def paramiko_errors() -> type[Exception]:
+    import paramiko
+
+    return paramiko.SSHException
 
 
 def connect(host: str, python: str | None = None, trust_host_key: bool = False, timeout: float = 10.0) -> Device:

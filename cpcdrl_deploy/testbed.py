@@ -113,7 +113,8 @@ def _free_index() -> int:
             if st:
                 used.add(st.index)
     for k in range(10, 250):
-        if k not in used:
+        # another CPCDRL_HOME may hold testbeds too: skip addresses whose veth exists
+        if k not in used and _run(["ip", "link", "show", f"cpv{k}h"], check=False).returncode != 0:
             return k
     raise CpcdrlError("no free testbed address")
 

@@ -1,0 +1,185 @@
+"""Integration tests on the emulated Raspberry Pi (cpcdrl testbed): CI runs them as root.
+
+They bring a testbed up, profile the CIFAR MobileNet over SSH, compare, exercise
+every failure path, and tear it down leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cpcdrl_deploy import testbed
+from cpcdrl_deploy.errors import CpcdrlError
+
+pytestmark = pytest.mark.device
+
+NAME = "cpcdrlci"
+GRID = (0.5, 1.0)
+
+
+def _can_run() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("ip") is None or shutil.which("tc") is None:
+        return "needs openssh-server and iproute2 (.ci/run installs them)"
+    if not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists():
+        return "needs the cgroup-v1 cpu controller"
+    return None
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory):
+    why = _can_run()
+    if why:
+        pytest.skip(why)
+    home = tmp_path_factory.mktemp("cpcdrl-home")
+    old = os.environ.get("CPCDRL_HOME")
+    os.environ["CPCDRL_HOME"] = str(home)
+    st = testbed.up(NAME, cpu=0.25, bandwidth="200KB/s", python_venv=Path(os.environ.get("CPCDRL_DEVICE_VENV", home / "venv")), log=print)
+    yield st
+    removed = testbed.down(NAME)
+    assert removed
+    # nothing left behind: namespace, veth, cgroup, sshd
+    assert f"cpcdrl-{NAME}" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert subprocess.run(["ip", "link", "show", st.host_veth], capture_output=True).returncode != 0
+    assert not Path(st.cgroup).exists()
+    assert not Path(f"/proc/{st.sshd_pid}").exists() or "sshd" not in Path(f"/proc/{st.sshd_pid}/cmdline").read_text(errors="ignore")
+    assert testbed.status() == []
+    if old is None:
+        del os.environ["CPCDRL_HOME"]
+    else:
+        os.environ["CPCDRL_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def profiles(bed, tmp_path_factory):
+    from cpcdrl_deploy.profiling import profile_host
+    from cpcdrl_deploy.remote import connect
+
+    out = tmp_path_factory.mktemp("profiles")
+    dev = connect(NAME)
+    try:
+        pi = profile_host(dev, ["mobilenet"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print)
+    finally:
+        dev.close()
+    local = profile_host(connect("local"), ["mobilenet"], out / "local.json", GRID, threads=1, warmup=3, repeats=7, measure_link_too=False, log=print)
+    return out / "pi.json", out / "local.json", pi, local
+
+
+def test_status_lists_the_testbed(bed) -> None:
+    rows = testbed.status()
+    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"]
+
+
+def test_profile_over_ssh(profiles) -> None:
+    pi_path, _, pi, local = profiles
+    assert pi.kind == "measured" and pi.name == NAME
+    assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
+    t = pi.tables["mobilenet"]
+    assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
+    # the whole model: a quarter of a core is several times slower than this host
+    whole_pi = next(h["ms"] for h in t["heads"] if h["cut"] == 28)
+    whole_local = next(h["ms"] for h in local.tables["mobilenet"]["heads"] if h["cut"] == 28)
+    assert 2.0 < whole_pi / whole_local < 10.0, (whole_pi, whole_local)
+    # the shaped link is 200 KB/s each way
+    assert 160_000 < pi.link.uplink_bytes_per_s < 240_000
+    assert 160_000 < pi.link.downlink_bytes_per_s < 240_000
+    assert json.loads(pi_path.read_text())["schema_version"] == 1
+    assert not Path(str(pi_path) + ".partial").exists()
+
+
+def test_compare_and_optimize_against_measured_tables(profiles, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    pi_path, local_path, _, _ = profiles
+    runner = CliRunner()
+    res = runner.invoke(app, ["compare", "mobilenet", "--edge", str(pi_path), "--cloud", str(local_path), "--format", "json", "--plot", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert len(d["rows"]) == 29 and (tmp_path / "c.png").exists()
+    assert d["fidelity"]["total_table"]["median_abs_pct"] < 25.0
+    from cpcdrl_deploy.latency import TableLatencyModel, build_latency_model
+    from cpcdrl_deploy.profiles import load_profile
+
+    lm = build_latency_model(load_profile(pi_path), load_profile(local_path))
+    assert isinstance(lm, TableLatencyModel)
+
+
+def test_unreachable_host_times_out(bed) -> None:
+    from cpcdrl_deploy.remote import connect
+
+    # an address on the testbed's own link where no host answers (tests address only namespaced hosts)
+    nobody = bed.device_ip.rsplit(".", 1)[0] + ".3"
+    with pytest.raises(CpcdrlError, match="cannot reach"):
+        connect(f"root@{nobody}", timeout=2.0)
+
+
+def test_unknown_host_key_is_refused_with_fingerprint(bed, tmp_path, monkeypatch) -> None:
+    from cpcdrl_deploy.remote import connect
+
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))  # a user who never registered this device
+    with pytest.raises(CpcdrlError, match=r"unknown host key .*SHA256:.*--trust-host-key"):
+        connect(f"root@{bed.device_ip}", timeout=5.0)
+
+
+def test_refused_authentication(bed, tmp_path) -> None:
+    from cpcdrl_deploy.remote import HostSpec, SSHDevice
+
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    spec = HostSpec(NAME, bed.device_ip, 22, "root", (str(key),), "python3")
+    with pytest.raises(CpcdrlError, match="authentication"):
+        SSHDevice(spec, 5.0)
+
+
+def test_device_without_onnxruntime(bed) -> None:
+    from cpcdrl_deploy.remote import check_runtime, connect
+
+    dev = connect(NAME, python="/usr/bin/python3")
+    try:
+        with pytest.raises(CpcdrlError, match="lacks .*onnxruntime.*pip install"):
+            check_runtime(dev)
+    finally:
+        dev.close()
+
+
+def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
+    from cpcdrl_deploy import profiling
+    from cpcdrl_deploy.remote import SSHDevice, connect
+
+    out = tmp_path / "pi.json"
+    real_run = SSHDevice.run
+    calls = {"n": 0}
+
+    def flaky(self, command, timeout=600.0, stdin=None):
+        if "ort_profiler.py time" in command:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                self.client.close()  # the link drops in the middle of the run
+        return real_run(self, command, timeout, stdin)
+
+    monkeypatch.setattr(SSHDevice, "run", flaky)
+    dev = connect(NAME)
+    with pytest.raises(CpcdrlError):
+        profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10)
+    assert not out.exists(), "no partial profile file"
+    partial = json.loads(Path(str(out) + ".partial").read_text())
+    assert len(partial["results"]["tinyvgg"]) == 10
+    monkeypatch.setattr(SSHDevice, "run", real_run)
+    logs: list[str] = []
+    dev = connect(NAME)
+    try:
+        prof = profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10, log=logs.append)
+    finally:
+        dev.close()
+    assert any("resuming: 10 of" in line for line in logs)
+    assert out.exists() and not Path(str(out) + ".partial").exists()
+    assert len(prof.tables["tinyvgg"]["layers"]) == 7
