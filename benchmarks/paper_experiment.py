@@ -37,8 +37,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="test images (default all 10,000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/paper")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (accuracy results do not depend on it)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     losses = [float(x) for x in args.losses.split(",")]
     log = lambda s: print(s, file=sys.stderr, flush=True)
     for model in args.models.split(","):
