@@ -112,28 +112,29 @@ def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> fl
 class TableLatencyModel:
     """Latency from per-layer tables measured on each host (``cpcdrl profile``)."""
 
-    edge_layers: dict  # model -> list of {"index", "points"}
-    cloud_layers: dict
+    edge_tables: dict  # model -> {"layers": [{"index", "points"}], "run_overhead_ms"}
+    cloud_tables: dict
     uplink_bytes_per_s: float
     downlink_bytes_per_s: float
     rtt_ms: float = 0.0
     count_result_return: bool = False
-    edge_name: str = "edge"
+    edge_name: str = "edge"  # profile names, for messages
     cloud_name: str = "cloud"
 
     def _sum(self, tables: dict, host: str, model: str, shape: PlanShape, layers: range) -> float:
+        """Sum of the layers' times, each less the per-run overhead, plus that overhead once."""
         if model not in tables:
             raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {model}")
-        rows = tables[model]
-        return sum(interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1]) for t in layers)
+        rows, ov = tables[model]["layers"], tables[model].get("run_overhead_ms", 0.0)
+        return ov + sum(max(0.0, interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1]) - ov) for t in layers)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)
         offloads = shape.cut < n
         return LatencyBreakdown(
-            edge_ms=self._sum(self.edge_layers, self.edge_name, model, shape, range(1, shape.cut + 1)) if shape.cut else 0.0,
+            edge_ms=self._sum(self.edge_tables, self.edge_name, model, shape, range(1, shape.cut + 1)) if shape.cut else 0.0,
             transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms) if offloads else 0.0,
-            cloud_ms=self._sum(self.cloud_layers, self.cloud_name, model, shape, range(shape.cut + 1, n + 1)) if offloads else 0.0,
+            cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1)) if offloads else 0.0,
             return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
         )
 
@@ -160,8 +161,8 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
         )
     if edge.kind == "measured" and cloud.kind == "measured":
         return TableLatencyModel(
-            {m: t["layers"] for m, t in edge.tables.items()},
-            {m: t["layers"] for m, t in cloud.tables.items()},
+            edge.tables,
+            cloud.tables,
             link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return, edge.name, cloud.name,
         )
     raise CpcdrlError(f"cannot mix an analytic and a measured profile ({edge.name!r} is {edge.kind}, {cloud.name!r} is {cloud.kind})")

@@ -71,3 +71,31 @@ def test_profile_round_trip_and_errors(tmp_path) -> None:
         load_profile("no-such-profile")
     with pytest.raises(CpcdrlError, match="no compute rate"):
         build_latency_model(p, p)
+
+
+def test_interpolation_on_grid_and_axes() -> None:
+    from cpcdrl_deploy.latency import interpolate_layer
+
+    grid = [{"in_keep": i, "out_keep": o, "ms": 10 * i + o} for i in (0.5, 1.0) for o in (0.5, 1.0)]
+    assert interpolate_layer(grid, 1.0, 1.0) == pytest.approx(11.0)
+    assert interpolate_layer(grid, 0.75, 0.75) == pytest.approx(8.25)  # bilinear
+    assert interpolate_layer(grid, 0.25, 0.5) == pytest.approx(3.0)  # extrapolated along in
+    diag = [{"in_keep": f, "out_keep": f, "ms": 4 * f} for f in (0.25, 0.5, 1.0)]  # depthwise: in == out
+    assert interpolate_layer(diag, 0.75, 0.75) == pytest.approx(3.0)
+    first = [{"in_keep": 1.0, "out_keep": o, "ms": 2 * o} for o in (0.5, 1.0)]
+    assert interpolate_layer(first, 1.0, 0.75) == pytest.approx(1.5)
+
+
+def test_table_model_charges_run_overhead_once(vgg) -> None:
+    from cpcdrl_deploy.latency import TableLatencyModel
+
+    a, groups = vgg
+    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
+    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.1}}
+    lm = TableLatencyModel(tables, tables, 2e5, 2e5, rtt_ms=1.0)
+    b = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
+    assert b.edge_ms == pytest.approx(0.1 + 4 * 0.9)
+    assert b.cloud_ms == pytest.approx(0.1 + 10 * 0.9)
+    assert b.transfer_ms == pytest.approx(1000 * 128 * 8 * 8 * 4 / 2e5 + 1.0)
+    with pytest.raises(CpcdrlError, match="no table for mobilenet"):
+        lm.predict("mobilenet", plan_shape(a, groups, 4, [1.0] * 4))
