@@ -1,0 +1,39 @@
+"""Testbed pieces that need no root: argument parsing and the preflight's one-line refusals."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from cpcdrl_deploy import testbed
+from cpcdrl_deploy.errors import CpcdrlError
+
+
+def test_parse_bandwidth_units() -> None:
+    assert testbed.parse_bandwidth("200KB/s") == 200_000
+    assert testbed.parse_bandwidth("1.6Mbit") == pytest.approx(200_000)
+    assert testbed.parse_bandwidth("5000") == 5000
+    with pytest.raises(CpcdrlError):
+        testbed.parse_bandwidth("fast")
+
+
+def test_up_without_root_says_so_in_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(testbed.os, "geteuid", lambda: 1000)
+    res = CliRunner().invoke(app, ["testbed", "up", "--name", "nobody"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: the testbed needs root (network namespaces, tc, cgroups)"
+
+
+def test_up_without_tc_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(testbed.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(testbed.shutil, "which", lambda tool: None if tool == "tc" else "/usr/sbin/" + tool)
+    with pytest.raises(CpcdrlError, match="needs `tc`"):
+        testbed.up("nobody")
+
+
+def test_down_of_unknown_testbed(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
+    res = CliRunner().invoke(app, ["testbed", "down", "--name", "ghost"])
+    assert res.exit_code == 2 and "no testbed named 'ghost'" in res.stderr
+    assert testbed.status() == []
