@@ -92,7 +92,7 @@ class PlanEvaluator:
         self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
         self.timers.accuracy_s += t2 - t1
         self.timers.evaluations += 1
-        eff = tuple(float(f) for f in _leader_ratios(shape, cut))
+        eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
         kept = sum(shape.layer_macs) / self.analysis.total_macs
         ev = Evaluation(cut, eff, acc, n, lat, shape, kept)
         self._cache[key] = ev
@@ -111,11 +111,6 @@ class PlanEvaluator:
                     self.timers.early_stops += 1
                     break
         return 100.0 * correct / max(1, seen), seen
-
-
-def _leader_ratios(shape: PlanShape, cut: int) -> list[float]:
-    """Effective keep ratio of each edge layer's outputs (1.0 where nothing was pruned)."""
-    return list(shape.out_keep[:cut])
 
 
 class CompressionStates:

@@ -7,12 +7,9 @@ scripts and notebooks can call them directly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.data import load_cifar10, split_train, subset
@@ -133,11 +130,3 @@ def evaluate_plan(
         "eval_s": time.perf_counter() - t1,
     }
 
-
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def ratios_summary(values: Sequence[float]) -> str:
-    return ",".join(f"{v:.2f}" for v in values)
