@@ -67,6 +67,7 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
             "analytic_error_pct": 100.0 * (est.total_ms - direct) / direct,
             "table_edge_error_pct": 100.0 * (tab.edge_ms - direct_edge) / direct_edge if direct_edge else 0.0,
             "table_cloud_error_pct": 100.0 * (tab.cloud_ms - direct_cloud) / direct_cloud if direct_cloud else 0.0,
+            "analytic_edge_error_pct": 100.0 * (est.edge_ms - direct_edge) / direct_edge if direct_edge else 0.0,
         })
 
     def summary(key: str) -> dict[str, float]:
@@ -82,23 +83,29 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
         "fidelity": {
             "total_table": summary("table_error_pct"), "total_analytic": summary("analytic_error_pct"),
             "edge_table": summary("table_edge_error_pct"), "cloud_table": summary("table_cloud_error_pct"),
+            "edge_analytic": summary("analytic_edge_error_pct"),
         },
     }
 
 
 def plot_compare(res: dict, path) -> None:
+    """Two panels across cut points: end to end, and the edge side alone (where the tables are really tested)."""
     from pathlib import Path
 
     from cpcdrl_deploy.report import _save, plt
 
-    cuts = [r["cut"] for r in res["rows"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(cuts, [r["direct"]["total_ms"] for r in res["rows"]], "k-o", label="measured (head + link + tail)")
-    ax.plot(cuts, [r["table"]["total_ms"] for r in res["rows"]], "b--s", label="per-layer tables")
-    ax.plot(cuts, [r["analytic"]["total_ms"] for r in res["rows"]], "r:^", label="MAC estimate (F fitted)")
-    ax.set_xlabel("cut point")
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.set_title(f"{res['model']}: edge {res['edge']}, cloud {res['cloud']}")
-    ax.legend(fontsize=8)
+    rows = res["rows"]
+    cuts = [r["cut"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "total_ms", "end to end"), (axes[1], "edge_ms", "edge side (layers 1..i)")):
+        direct = [r["direct"][key] for r in rows]
+        ax.plot(cuts, direct, "k-o", label="measured" + (" (head + link + tail)" if key == "total_ms" else " (head as one model)"))
+        ax.plot(cuts, [r["table"][key] for r in rows], "b--s", label="per-layer tables")
+        ax.plot(cuts, [r["analytic"][key] for r in rows], "r:^", label="MAC estimate (F fitted)")
+        ax.set_xlabel("cut point")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{res['model']}: edge {res['edge']}, cloud {res['cloud']}")
     _save(fig, Path(path))
