@@ -161,10 +161,6 @@ def train_cmd(
     """Train a zoo model on CIFAR-10 and write a checkpoint with its test accuracy."""
     from cpcdrl_deploy.data import load_cifar10
     from cpcdrl_deploy.train import TrainConfig, train
-    from cpcdrl_deploy.zoo import get_entry
-
-    if get_entry(model).dataset != "cifar10":
-        raise CpcdrlError(f"{model} is not a CIFAR-10 model")
     res = train(model, load_cifar10(data), out, TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit), log=_err)
     if fmt is Format.json:
         _print_json(res)
@@ -205,8 +201,6 @@ def optimize_cmd(
     from cpcdrl_deploy.workflows import resolve_checkpoint
 
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
-    if episodes < 1:
-        raise CpcdrlError("--episodes must be at least 1")
     req = OptimizeRequest(
         model=model, checkpoint=resolve_checkpoint(model, checkpoint, required=True), data=data, edge=edge, cloud=cloud, link=link,
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,

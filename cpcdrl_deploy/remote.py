@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import paramiko
+
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.testbed import cpcdrl_home, load_state
 
@@ -82,8 +84,6 @@ class LocalDevice:
 
 def resolve_host(host: str, python: str | None = None) -> HostSpec:
     """An alias from ~/.ssh/config or ~/.cpcdrl/ssh_config, or ``user@host[:port]``."""
-    import paramiko
-
     for cfg_path in (Path.home() / ".ssh" / "config", cpcdrl_home() / "ssh_config"):
         if not cfg_path.exists():
             continue
@@ -110,8 +110,6 @@ class SSHDevice:
     """A device over SSH (paramiko). Every network call has a time-out."""
 
     def __init__(self, spec: HostSpec, connect_timeout: float = 10.0, trust_new_host_key: bool = False) -> None:
-        import paramiko
-
         self.name = spec.alias
         self.python = spec.python
         self.spec = spec
@@ -152,8 +150,6 @@ class SSHDevice:
 
     @staticmethod
     def _remote_key(spec: HostSpec, timeout: float):
-        import paramiko
-
         sock = socket.create_connection((spec.hostname, spec.port), timeout=timeout)
         t = paramiko.Transport(sock)
         try:
@@ -175,8 +171,6 @@ class SSHDevice:
         return f"{key.get_name()} SHA256:{digest}"
 
     def _trust_on_first_use(self, key_name: str, timeout: float) -> None:
-        import paramiko
-
         key = self._remote_key(self.spec, timeout)
         path = cpcdrl_home() / "known_hosts"
         hk = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
@@ -214,7 +208,7 @@ class SSHDevice:
                     raise CpcdrlError(f"connection to {self.name} lost")
                 time.sleep(0.005)
             return chan.recv_exit_status(), out.decode(errors="replace"), err.decode(errors="replace")
-        except (OSError, EOFError, paramiko_errors()) as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             raise CpcdrlError(f"connection to {self.name} lost: {exc}") from None
 
     def echo_rtt_ms(self, samples: int = 7) -> float:
@@ -273,12 +267,6 @@ class SSHDevice:
                 self._sftp.close()
         finally:
             self.client.close()
-
-
-def paramiko_errors() -> type[Exception]:
-    import paramiko
-
-    return paramiko.SSHException
 
 
 def connect(host: str, python: str | None = None, trust_host_key: bool = False, timeout: float = 10.0) -> Device:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cpcdrl_deploy.data import Cifar10, subset
+from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_bytes
 from cpcdrl_deploy.zoo import build_model, get_entry
@@ -48,8 +49,8 @@ def train(
     model_name: str, data: Cifar10, out: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print
 ) -> dict[str, object]:
     """Train from scratch; write ``{"net", "acc", "epoch"}`` to ``out`` atomically."""
-    if get_entry(model_name).input_size != 32:
-        raise ValueError("cpcdrl train covers the CIFAR-10 (32x32) zoo models")
+    if get_entry(model_name).dataset != "cifar10":
+        raise CpcdrlError(f"{model_name} is not a CIFAR-10 model; cpcdrl train covers the CIFAR-10 (32x32) zoo models")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(model_name)
