@@ -340,6 +340,108 @@ def compare_cmd(
                f"worst {fi['total_analytic']['worst_abs_pct']:.1f}%")
 
 
+class Transfer(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+TransferOpt = Annotated[Transfer, typer.Option("--transfer", help="cut tensor on the wire: fp32, fp16 (cast), int8 (per-tensor quantised)")]
+QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: static quantisation of the head (ONNX Runtime, QDQ)")]
+PlanArg = Annotated[Path, typer.Argument(help="plan.json from cpcdrl optimize")]
+
+
+@app.command("export")
+@command
+def export_cmd(
+    plan: PlanArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for head.onnx, tail.onnx, full.onnx, manifest.json")] = Path("export"),
+    data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 the plan was made on (default: the plan's)")] = None,
+    checkpoint: CheckpointOpt = None,
+    quantize: QuantizeOpt = None,
+    transfer: TransferOpt = Transfer.fp32,
+    triton: Annotated[Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Export a plan as ONNX head (pruned, edge) and tail (cloud), checked in ONNX Runtime."""
+    from cpcdrl_deploy.export import export_plan
+
+    m = export_plan(plan, out, data, checkpoint, quantize, transfer.value, triton, log=_err)
+    if fmt is Format.json:
+        _print_json(m)
+        return
+    rows = [[role, f["file"], f"{f['bytes'] / 1e3:.1f} KB", ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["inputs"]),
+             ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["outputs"])] for role, f in m["files"].items()]
+    typer.echo(_table(rows, ["part", "file", "size", "inputs", "outputs"]))
+    c = m["check"]
+    typer.echo(f"split vs pruned PyTorch: max |diff| {c['split_vs_pytorch_max_abs']:.1e}; after {m['transfer']} transfer"
+               f"{' and int8 head' if m['quantize'] else ''}: agreement {c['agreement_with_pytorch_pct']:.1f} %, accuracy {c['accuracy_pct']:.2f} % "
+               f"(PyTorch {c['pytorch_accuracy_pct']:.2f} %) on {c['images']} test images")
+    if triton:
+        typer.echo(f"Triton model repository: {triton}")
+
+
+@app.command("serve")
+@command
+def serve_cmd(
+    export_dir: Annotated[Path, typer.Argument(help="directory written by cpcdrl export")],
+    host: Annotated[str, typer.Option("--host", help="address to listen on (loopback unless told)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
+    token_env: Annotated[str, typer.Option("--token-env", help="environment variable holding the bearer token (unset: no token)")] = "CPCDRL_TOKEN",
+) -> None:
+    """Serve the tail over the KServe v2 / Open Inference Protocol (tritonclient works unchanged)."""
+    import os
+
+    from cpcdrl_deploy.server import make_server
+
+    token = os.environ.get(token_env) or None
+    httpd = make_server(export_dir, host, port, token, threads)
+    h, p = httpd.server_address[:2]
+    _err(f"serving {httpd.cpcdrl_model.name} on http://{h}:{p} (KServe v2{', bearer token' if token else ''}); Ctrl-C stops")
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+        _err(f"served {httpd.cpcdrl_stats.requests} requests, refused {httpd.cpcdrl_stats.errors}")
+
+
+@app.command("deploy")
+@command
+def deploy_cmd(
+    plan: PlanArg,
+    edge: Annotated[str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")] = "local",
+    cloud: Annotated[str, typer.Option("--cloud", help="where the tail runs: 'local' (this machine)")] = "local",
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="test images sent end to end, one per request")] = 50,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 (default: the plan's)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the export, deploy-report.json and deploy.png")] = Path("deploy"),
+    transfer: TransferOpt = Transfer.fp32,
+    quantize: QuantizeOpt = None,
+    fallback: Annotated[bool, typer.Option("--fallback", help="answer on the edge (full model) when the server cannot be reached")] = False,
+    bind: Annotated[str | None, typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds, every network call of the edge runner")] = 10.0,
+    edge_profile: Annotated[str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the plan's)")] = None,
+    cloud_profile: Annotated[str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the plan's)")] = None,
+    trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Run a plan for real: head on the edge, tail on this machine; measured vs estimated latency."""
+    from cpcdrl_deploy.deploy import DeployRequest, deploy, summary_lines
+
+    rep = deploy(
+        DeployRequest(plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed),
+        log=_err,
+    )
+    if fmt is Format.json:
+        _print_json({k: v for k, v in rep.items() if k != "records"})
+    else:
+        typer.echo("\n".join(summary_lines(rep)))
+        _err(f"wrote {out / 'deploy-report.json'}" + (f" and {out / 'deploy.png'}" if (out / "deploy.png").exists() else ""))
+    if rep["aborted"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -220,6 +220,8 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
             "validation": b.accuracy if b else None, "validation_images": b.images if b else None, "test": None,
         },
         "seed": req.search.seed,
+        # what `cpcdrl export` needs to rebuild the same pruned, refitted weights
+        "data": {"source": str(req.data), "val_size": req.val_size, "calib_size": req.calib_size},
         "episodes": res.episodes,
         "evaluations": res.evaluations,
         "search_s": res.wall_s,

@@ -17,12 +17,16 @@
   exponential keeps paying for surplus accuracy (e^3 = 20x at 3 points) and
   pulls the agents away from the constraint's edge.
 - no_speed_credit_when_infeasible (default on, a deviation): a plan below A0
-  is charged at least T_ref. Taken literally, Eq. 10 lets a plan that prunes
-  everything away score *higher* than a feasible one: its first term is at
-  most (1 - alpha) <= 1 however accurate, while its latency term keeps
-  shrinking, and we saw both agents drift to such plans. With the charge, any
-  infeasible plan scores below every feasible plan faster than T_ref, and the
-  exponential still ranks near misses above hopeless ones.
+  is charged the latency ``infeasible_ms``, which the search sets to the
+  *slowest* unpruned split (no plan is slower: pruning only removes work).
+  Taken literally, Eq. 10 lets a plan that prunes everything away score
+  *higher* than a feasible one: its first term is at most (1 - alpha) <= 1
+  however accurate, while its latency term keeps shrinking, and we saw both
+  agents drift to such plans. Charging only T_ref was not enough: a feasible
+  split slower than T_ref (a deep cut before pruning has found its speed)
+  then scored below a gutted plan, and the agents learned to gut. With the
+  charge, a gutted plan scores no better than the slowest feasible one, and
+  the exponential still ranks near misses above hopeless ones.
 """
 
 from __future__ import annotations
@@ -39,11 +43,17 @@ class RewardConfig:
     no_speed_credit_when_infeasible: bool = True
 
 
-def reward(accuracy: float, a0: float, kept_macs_fraction: float, latency_ms: float, ref_latency_ms: float, cfg: RewardConfig = RewardConfig()) -> float:
-    """Eq. 10 with the conventions above. Accuracy in percent, latency in ms."""
+def reward(
+    accuracy: float, a0: float, kept_macs_fraction: float, latency_ms: float, ref_latency_ms: float,
+    cfg: RewardConfig = RewardConfig(), infeasible_ms: float | None = None,
+) -> float:
+    """Eq. 10 with the conventions above. Accuracy in percent, latency in ms.
+
+    ``infeasible_ms``: the latency charged to a plan below A0 (default T_ref).
+    """
     gap = accuracy - a0
     if cfg.clip_surplus:
         gap = min(gap, 0.0)
     if cfg.no_speed_credit_when_infeasible and accuracy < a0:
-        latency_ms = max(latency_ms, ref_latency_ms)
+        latency_ms = max(latency_ms, ref_latency_ms if infeasible_ms is None else infeasible_ms)
     return math.exp(cfg.eta * gap) * (1.0 - kept_macs_fraction) - cfg.mu * latency_ms / ref_latency_ms

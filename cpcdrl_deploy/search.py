@@ -73,13 +73,14 @@ def keep_ratio(action: float, r_min: float) -> float:
     return r_min + (1.0 - r_min) * float(np.clip(action, 0.0, 1.0))
 
 
-def reference_latency(ev: PlanEvaluator) -> float:
-    """T_ref of the reward: the fastest unpruned split."""
-    return min(ev.price(c, [1.0] * c)[1].total_ms for c in ev.analysis.cuttable_points())
+def reference_latencies(ev: PlanEvaluator) -> tuple[float, float]:
+    """(T_ref, T_max) of the reward: the fastest and the slowest unpruned split."""
+    t = [ev.price(c, [1.0] * c)[1].total_ms for c in ev.analysis.cuttable_points()]
+    return min(t), max(t)
 
 
-def _episode_reward(ev: Evaluation, a0: float, t_ref: float, cfg: SearchConfig) -> float:
-    return reward(ev.accuracy, a0, ev.kept_macs_fraction, ev.latency.total_ms, t_ref, cfg.reward)
+def _episode_reward(ev: Evaluation, a0: float, t_ref: tuple[float, float], cfg: SearchConfig) -> float:
+    return reward(ev.accuracy, a0, ev.kept_macs_fraction, ev.latency.total_ms, t_ref[0], cfg.reward, infeasible_ms=t_ref[1])
 
 
 def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None) -> SearchResult:
@@ -98,9 +99,15 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
     ddpg = DDPGAgent(states.dim, _with_seed(cfg.ddpg, cfg.seed))
     dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
     rng = np.random.default_rng(cfg.seed + 2)
-    t_ref = reference_latency(evaluator)
+    t_ref = reference_latencies(evaluator)
     s_p = partition_state([], n, n)
     warm = cfg.warmup_episodes
+    # A_p is paid for the best strategy A_c has found at its cut so far (Alg. 1
+    # line 5 "receive compression ratios from A_c", Alg. 2's output "the optimal
+    # compression strategy"), not for A_c's latest exploratory try: otherwise
+    # every cut whose layers A_c is still exploring looks worse than cut 0, the
+    # one cut with nothing to compress, and A_p settles there.
+    best_at_cut: dict[int, float] = {}
     for episode in range(cfg.episodes):
         t_agent = time.perf_counter()
         exploring = episode < warm
@@ -133,8 +140,9 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
             last = i == len(obs_list) - 1
             ddpg.observe(obs, actions[i], r if last else 0.0, obs_list[i + 1] if not last else obs, last)
         next_s_p = partition_state(ev.ratios, cut, n)
+        best_at_cut[cut] = max(best_at_cut.get(cut, -np.inf), r)
         if dqn is not None:
-            dqn.observe(s_p, cut, r, next_s_p, False)
+            dqn.observe(s_p, cut, best_at_cut[cut], next_s_p, False)
         s_p = next_s_p
         if not exploring:
             ddpg.learn()

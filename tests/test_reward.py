@@ -35,3 +35,11 @@ def test_infeasible_plans_get_no_credit_for_speed() -> None:
     assert reward(20.0, 91.0, 0.05, 5.0, 100.0, literal) > reward(91.0, 91.0, 0.8, 80.0, 100.0, literal)
     # near misses still rank above hopeless ones
     assert reward(90.5, 91.0, 0.7, 60.0, 100.0) > reward(60.0, 91.0, 0.7, 60.0, 100.0)
+
+
+def test_a_slow_feasible_plan_beats_a_gutted_one_when_charged_the_slowest_split() -> None:
+    """Charging infeasible plans only T_ref let a gutted plan beat a feasible deep split slower than T_ref."""
+    slow_feasible = reward(91.0, 91.0, 0.9, 150.0, 70.0, infeasible_ms=160.0)  # a deep cut, still being compressed
+    gutted = reward(30.0, 91.0, 0.1, 10.0, 70.0, infeasible_ms=160.0)
+    assert slow_feasible > gutted
+    assert reward(30.0, 91.0, 0.1, 10.0, 70.0) > reward(91.0, 91.0, 0.9, 150.0, 70.0)  # what T_ref alone did

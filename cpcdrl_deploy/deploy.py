@@ -1,0 +1,329 @@
+"""`cpcdrl deploy`: run a plan for real and set its measured latency beside the estimates.
+
+1. export the plan (head / tail / full ONNX, checked against PyTorch);
+2. start the KServe v2 server on the cloud host (this machine) on an address
+   the edge can reach, with a fresh bearer token;
+3. upload the head, the edge runner and N preprocessed test images to the edge
+   (SSH, as the profiler does) and run them there, one image per request;
+4. stop everything it started, whatever happened;
+5. report accuracy, agreement with the pruned PyTorch model, end-to-end
+   p50/p90/p99 with the edge / transfer+cloud split, the protocol overhead,
+   and the analytic and measured-table predictions with their errors.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.compare import _fitted_rate
+from cpcdrl_deploy.data import subset
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.evaluate import predict
+from cpcdrl_deploy.export import export_models, rebuild
+from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, transfer_ms
+from cpcdrl_deploy.optimize import load_plan
+from cpcdrl_deploy.profiles import LinkProfile, load_profile
+from cpcdrl_deploy.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.remote import Device, check_runtime, connect
+from cpcdrl_deploy.testbed import load_state
+from cpcdrl_deploy.zoo import get_entry
+
+RUNNER = Path(__file__).resolve().parent / "edge_runner.py"
+REPORT_SCHEMA_VERSION = 1
+Log = Callable[[str], None]
+
+
+@dataclass
+class DeployRequest:
+    plan: Path
+    edge: str = "local"
+    cloud: str = "local"
+    requests: int = 50
+    data: str | None = None
+    out: Path = Path("deploy")
+    transfer: str = "fp32"
+    quantize: str | None = None
+    fallback: bool = False
+    bind: str | None = None  # address the server listens on; default: what the edge can reach
+    timeout_s: float = 10.0
+    edge_profile: str | None = None  # default: the plan's profiles
+    cloud_profile: str | None = None
+    trust_host_key: bool = False
+    seed: int = 0
+
+
+class CloudServer:
+    """The tail server as a child process (so it can be stopped, or killed, like a real one)."""
+
+    def __init__(self, export_dir: Path, host: str, token: str, port: int = 0, threads: int = 1, start_timeout: float = 60.0) -> None:
+        import os
+
+        env = dict(os.environ, CPCDRL_TOKEN=token)
+        cmd = [sys.executable, "-m", "cpcdrl_deploy.server", str(export_dir), "--host", host, "--port", str(port), "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(start_timeout)
+        if not line or not line[0].startswith("serving "):
+            self.stop()
+            err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()  # type: ignore[union-attr]
+            raise CpcdrlError(f"the cloud server did not start: {err[-1] if err else f'no answer in {start_timeout:.0f} s'}")
+        self.url = line[0].split(" on ", 1)[1].split()[0]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _server_address(req: DeployRequest) -> str:
+    if req.bind:
+        if req.bind in ("0.0.0.0", "::"):
+            raise CpcdrlError("--bind needs the concrete address the edge connects to, not a wildcard")
+        return req.bind
+    if req.edge == "local":
+        return "127.0.0.1"
+    tb = load_state(req.edge)
+    if tb is not None:
+        return tb.host_ip  # the testbed's host end of its veth link
+    raise CpcdrlError(f"the server binds to loopback unless told: pass --bind ADDRESS that {req.edge} can reach")
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=float)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+
+
+def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None) -> dict[str, dict]:
+    """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
+
+    The transfer term uses the bytes actually sent per request (``payload_bytes``:
+    the cut tensor as transferred, plus the protocol's JSON header) where known.
+    """
+    model = plan["model"]
+    ep, cp = load_profile(edge_profile), load_profile(cloud_profile)
+    link: LinkProfile | None = ep.link or cp.link
+    if link is None:
+        raise CpcdrlError(f"neither {edge_profile!r} nor {cloud_profile!r} has a link measurement")
+    entry = get_entry(model)
+    from cpcdrl_deploy.zoo import build_model
+
+    net = build_model(model)
+    a = analyze(net, entry.input_size, model)
+    shape = plan_shape(a, channel_groups(net, a), int(plan["cut"]), [float(r) for r in plan["ratios"]])
+    out: dict[str, dict] = {}
+    models: dict[str, object] = {}
+    if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
+        models["table"] = build_latency_model(ep, cp, link)
+        f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
+        models["analytic"] = AnalyticLatencyModel(f_e, f_c, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return)
+    elif ep.kind == "analytic" and cp.kind == "analytic":
+        models["analytic"] = build_latency_model(ep, cp, link)
+    for name, lm in models.items():
+        b = lm.predict(model, shape)  # type: ignore[attr-defined]
+        d = b.to_dict()
+        if payload_bytes is not None and shape.cut < a.n_layers:
+            d["transfer_ms"] = transfer_ms(payload_bytes, link.uplink_bytes_per_s, link.rtt_ms)
+            d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
+        d["model"] = lm.describe()  # type: ignore[attr-defined]
+        out[name] = d
+    out["_link"] = {"uplink_bytes_per_s": link.uplink_bytes_per_s, "rtt_ms": link.rtt_ms}
+    return out
+
+
+def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
+    t_start = time.perf_counter()
+    plan = load_plan(req.plan)
+    if req.requests < 1:
+        raise CpcdrlError("--requests must be at least 1")
+    if req.cloud != "local":
+        raise CpcdrlError("--cloud: only 'local' (this machine) is supported; serve elsewhere with `cpcdrl serve` and run the edge runner by hand")
+    edge_profile = req.edge_profile or plan["profiles"]["edge"]
+    cloud_profile = req.cloud_profile or plan["profiles"]["cloud"]
+    load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
+    bind = _server_address(req)
+    out = Path(req.out)
+    export_dir = out / "export"
+    original, pruned, ds = rebuild(plan, req.data)
+    manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log)
+    files = manifest["files"]
+
+    # the images, and what the pruned PyTorch model says about them
+    idx = subset(len(ds.test), req.requests, req.seed)
+    x, y = ds.test.tensors(idx)
+    with torch.no_grad():
+        torch_pred = predict(pruned, x).numpy()
+    inputs = out / "inputs.npy"
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(inputs, x.numpy().astype(np.float32))
+
+    dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
+    server: CloudServer | None = None
+    remote_dir = None
+    token = secrets.token_urlsafe(24)
+    try:
+        check_runtime(dev)
+        remote_dir = dev.mkdtemp()
+        dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
+        dev.put(inputs, f"{remote_dir}/inputs.npy")
+        args = [f"--inputs {remote_dir}/inputs.npy", f"--out {remote_dir}/report.json", f"--timeout {req.timeout_s:g}"]
+        if "head" in files:
+            dev.put(export_dir / files["head"]["file"], f"{remote_dir}/head.onnx")
+            args.append(f"--head {remote_dir}/head.onnx")
+        if req.fallback:
+            dev.put(export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
+            args += ["--fallback local", f"--full {remote_dir}/full.onnx"]
+        if "tail" in files:
+            server = CloudServer(export_dir, bind, token)
+            log(f"cloud server {server.url} ({files['tail']['model_name']})")
+            args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
+        log(f"running {len(idx)} requests from {dev.name}")
+        # the token travels on stdin, not the command line (visible in ps on the device)
+        cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {remote_dir}/edge_runner.py " + " ".join(args)
+        budget = 120.0 + len(idx) * (req.timeout_s + 5.0)
+        rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
+        if rc not in (0, 1):
+            why = (stderr or stdout).strip().splitlines()
+            raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
+        rc2, report_text, err2 = dev.run(f"cat {remote_dir}/report.json", timeout=60)
+        if rc2 != 0:
+            raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
+        runner = json.loads(report_text)
+        server_alive = server.alive() if server else None
+    finally:
+        if server is not None:
+            server.stop()
+        if remote_dir is not None:
+            try:
+                dev.remove(remote_dir)
+            except Exception:  # noqa: BLE001 - cleanup must not hide the real error
+                pass
+        dev.close()
+
+    records = runner["records"]
+    ok = [r for r in records if "prediction" in r and not r.get("fallback")]
+    answered = [r for r in records if "prediction" in r]
+    preds = np.array([r["prediction"] for r in answered], dtype=np.int64)
+    at = np.array([r["i"] for r in answered], dtype=np.int64)
+    payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
+    pred = predictions(plan, edge_profile, cloud_profile, payload)
+    link = pred.pop("_link")
+    measured = {
+        "e2e_ms": _pct([r["e2e_ms"] for r in ok]),
+        "edge_ms": _pct([r["edge_ms"] for r in ok]),
+        "transfer_and_cloud_ms": _pct([r["remote_ms"] for r in ok]),
+        "server_compute_ms": _pct([r["server_compute_ms"] for r in ok if r.get("server_compute_ms") is not None]),
+    }
+    overhead = None
+    if ok and "tail" in files:
+        # loopback has no link to charge; elsewhere the bytes go at the measured link's rate
+        bw = None if req.edge == "local" else link["uplink_bytes_per_s"]
+        per = [r["e2e_ms"] - r["edge_ms"] - (1000.0 * r["bytes_sent"] / bw if bw else 0.0) - (r.get("server_compute_ms") or 0.0) for r in ok]
+        p50 = float(np.percentile(per, 50))
+        overhead = {"p50_ms": p50, "pct_of_e2e_p50": 100.0 * p50 / measured["e2e_ms"]["p50"], "bandwidth_bytes_per_s": bw}
+    errors = {}
+    if ok:
+        m = measured["e2e_ms"]["p50"]
+        errors = {k: 100.0 * (v["total_ms"] - m) / m for k, v in pred.items()}
+    report = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "cpcdrl-deploy-report",
+        "model": plan["model"], "method": plan["method"], "cut": plan["cut"], "n_layers": plan["n_layers"],
+        "plan": str(req.plan), "edge": dev.name, "cloud": "local", "server": bind,
+        "transfer": manifest["transfer"], "quantize": manifest["quantize"],
+        "requests": len(idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
+        "aborted": runner["aborted"], "server_alive_at_end": server_alive, "warmup_requests": runner["warmup"],
+        "accuracy_pct": float((preds == y.numpy()[at]).mean() * 100.0) if len(preds) else None,
+        "agreement_with_pytorch_pct": float((preds == torch_pred[at]).mean() * 100.0) if len(preds) else None,
+        "bytes_per_request": payload,
+        "measured": measured,
+        "protocol_overhead": overhead,
+        "predicted": pred,
+        "prediction_error_pct": errors,  # (predicted - measured p50) / measured p50
+        "plan_estimate_ms": plan["latency_ms"],
+        "profiles": {"edge": edge_profile, "cloud": cloud_profile},
+        "records": records,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    atomic_write_json(out / "deploy-report.json", report)
+    if ok:
+        plot_deploy(report, out / "deploy.png")
+    return report
+
+
+def plot_deploy(report: dict, path: Path) -> None:
+    """Left: every request's end-to-end latency (sorted). Right: measured p50 split vs the predictions."""
+    from cpcdrl_deploy.report import _save, plt
+
+    ok = [r for r in report["records"] if "prediction" in r and not r.get("fallback")]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    e2e = sorted(r["e2e_ms"] for r in ok)
+    ax1.plot(np.arange(1, len(e2e) + 1) / len(e2e) * 100.0, e2e, "k-")
+    for k, v in report["predicted"].items():
+        ax1.axhline(v["total_ms"], ls="--" if k == "table" else ":", color="b" if k == "table" else "r", label=f"{k} prediction")
+    ax1.set_xlabel("requests (%)")
+    ax1.set_ylabel("end-to-end latency (ms)")
+    ax1.set_title("measured, every request")
+    if report["predicted"]:
+        ax1.legend(fontsize=8)
+    m = report["measured"]
+    bars = {"measured p50": (m["edge_ms"]["p50"], m["transfer_and_cloud_ms"].get("p50", 0.0))}
+    for k, v in report["predicted"].items():
+        bars[k] = (v["edge_ms"], v["transfer_ms"] + v["cloud_ms"] + v["return_ms"])
+    names = list(bars)
+    edge = [bars[n][0] for n in names]
+    rest = [bars[n][1] for n in names]
+    ax2.bar(names, edge, label="edge compute", color="tab:green")
+    ax2.bar(names, rest, bottom=edge, label="transfer + cloud", color="tab:blue")
+    ax2.set_ylabel("ms")
+    ax2.set_title("p50 split vs predictions")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"{report['model']} {report['method']} cut {report['cut']}/{report['n_layers']} on {report['edge']} ({report['transfer']})")
+    _save(fig, path)
+
+
+def summary_lines(report: dict) -> list[str]:
+    m = report["measured"]
+    lines = [
+        f"{report['model']} {report['method']} cut {report['cut']}/{report['n_layers']}: {report['answered']}/{report['requests']} answered"
+        + (f", {report['fallbacks']} locally (fallback)" if report["fallbacks"] else "")
+        + (f"; ABORTED: {report['aborted']}" if report["aborted"] else ""),
+    ]
+    if report["accuracy_pct"] is not None:
+        lines.append(f"accuracy {report['accuracy_pct']:.2f} %, agreement with pruned PyTorch {report['agreement_with_pytorch_pct']:.2f} %")
+    if m["e2e_ms"]:
+        e = m["e2e_ms"]
+        lines.append(
+            f"end to end p50 {e['p50']:.2f} ms, p90 {e['p90']:.2f}, p99 {e['p99']:.2f} "
+            f"(edge p50 {m['edge_ms']['p50']:.2f} ms, transfer+cloud p50 {m['transfer_and_cloud_ms'].get('p50', 0.0):.2f} ms)"
+        )
+    for k, v in report["predicted"].items():
+        lines.append(f"{k} prediction {v['total_ms']:.2f} ms (error {report['prediction_error_pct'].get(k, float('nan')):+.1f} %)")
+    if report["protocol_overhead"]:
+        o = report["protocol_overhead"]
+        lines.append(f"protocol overhead p50 {o['p50_ms']:.2f} ms = {o['pct_of_e2e_p50']:.1f} % of end to end")
+    return lines

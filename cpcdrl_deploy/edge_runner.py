@@ -1,0 +1,191 @@
+"""The edge half of a deployed split: runs on the device with only numpy and onnxruntime.
+
+    python3 edge_runner.py --inputs x.npy --head head.onnx --url http://HOST:PORT --model NAME --out report.json
+
+For each input image (batch 1, in order): run ``head.onnx`` (edge compute),
+send its outputs to the cloud server as a KServe v2 infer request with the
+binary tensor data extension (``tritonclient`` and Triton speak the same), and
+read the logits back. Per request it records edge compute, transfer + cloud
+(the HTTP round trip), end to end, bytes sent and the server's own compute time
+when the server reports it (``cpcdrl_compute_ms``; Triton does not).
+
+Every network call has a time-out (``--timeout``). When the server cannot be
+reached and ``--fallback local`` is given with ``--full full.onnx``, the image
+is answered on the device and the request is marked ``fallback``. Without a
+fallback, ``--max-failures`` consecutive failures end the run; the report says
+why. This file is copied to the device alone: it imports nothing from cpcdrl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+
+import numpy as np
+
+_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT8": np.int8, "INT64": np.int64}
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+class Remote:
+    """One keep-alive HTTP connection to a KServe v2 server; reconnects after a failure."""
+
+    def __init__(self, url: str, model: str, timeout: float, token: str | None, output: str = "logits") -> None:
+        u = urllib.parse.urlsplit(url)
+        if u.scheme != "http" or not u.hostname:
+            raise ValueError(f"--url must be http://HOST:PORT, got {url!r}")
+        self.host, self.port = u.hostname, u.port or 80
+        self.path = f"/v2/models/{model}/infer"
+        self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.output = output
+        self.conn: http.client.HTTPConnection | None = None
+
+    def infer(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, float | None, int]:
+        """(first output, server compute ms or None, bytes sent)."""
+        inputs, blobs = [], []
+        for name, arr in tensors.items():
+            b = np.ascontiguousarray(arr).tobytes()
+            inputs.append({"name": name, "shape": list(arr.shape), "datatype": _NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
+            blobs.append(b)
+        header = json.dumps({"inputs": inputs, "outputs": [{"name": self.output, "parameters": {"binary_data": True}}]}).encode()
+        body = header + b"".join(blobs)
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header)), **self.headers}
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn.connect()
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on small requests
+        try:
+            self.conn.request("POST", self.path, body, headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if resp.status != 200:
+            try:
+                msg = json.loads(data).get("error", data[:200])
+            except (ValueError, AttributeError):
+                msg = data[:200]
+            raise RuntimeError(f"server answered {resp.status}: {msg}")
+        hl = resp.getheader("Inference-Header-Content-Length")
+        head = json.loads(data[: int(hl)] if hl else data)
+        out = head["outputs"][0]
+        dtype = _DTYPES[out["datatype"]]
+        if hl:
+            arr = np.frombuffer(data, dtype=dtype, offset=int(hl), count=int(np.prod(out["shape"]))).reshape(out["shape"])
+        else:
+            arr = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+        return arr, (head.get("parameters") or {}).get("cpcdrl_compute_ms"), len(body)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _session(path: str, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run(args: argparse.Namespace) -> dict:
+    x = np.load(args.inputs)
+    head = _session(args.head, args.threads) if args.head else None
+    full = _session(args.full, args.threads) if args.full and args.fallback == "local" else None
+    remote = Remote(args.url, args.model, args.timeout, os.environ.get("CPCDRL_TOKEN") or None, args.output) if args.url else None
+    if head is None and remote is None:
+        raise ValueError("nothing to run: give --head, --url or both")
+
+    def edge(xi: np.ndarray) -> dict[str, np.ndarray]:
+        if head is None:
+            return {"cut": xi}
+        return {o.name: v for o, v in zip(head.get_outputs(), head.run(None, {"input": xi}))}
+
+    # warm-up, not recorded: ORT's first runs allocate, and the first request opens the TCP connection
+    for i in range(min(args.warmup, len(x))):
+        feeds = edge(x[i : i + 1])
+        if remote is not None:
+            try:
+                remote.infer(feeds)
+            except (OSError, http.client.HTTPException, RuntimeError):
+                break
+    records, failures, aborted = [], 0, None
+    for i in range(len(x)):
+        xi = x[i : i + 1]
+        t0 = time.perf_counter()
+        feeds = edge(xi)
+        t1 = time.perf_counter()
+        rec: dict = {"i": i, "edge_ms": (t1 - t0) * 1000.0}
+        if remote is None:
+            logits = next(iter(feeds.values()))
+            rec.update(remote_ms=0.0, bytes_sent=0)
+        else:
+            try:
+                logits, server_ms, sent = remote.infer(feeds)
+                rec.update(remote_ms=(time.perf_counter() - t1) * 1000.0, bytes_sent=sent, server_compute_ms=server_ms)
+                failures = 0
+            except (OSError, http.client.HTTPException, RuntimeError) as exc:
+                failures += 1
+                rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                if full is None:
+                    records.append(rec)
+                    if failures >= args.max_failures:
+                        aborted = f"stopped after {failures} consecutive failed requests (last: {rec['error']})"
+                        break
+                    continue
+                logits = full.run(None, {"input": xi})[0]
+                rec.update(fallback=True, remote_ms=0.0, bytes_sent=0)
+        rec["e2e_ms"] = (time.perf_counter() - t0) * 1000.0
+        rec["prediction"] = int(np.argmax(logits[0]))
+        records.append(rec)
+    if remote is not None:
+        remote.close()
+    return {
+        "records": records, "requests": len(x), "answered": sum(1 for r in records if "prediction" in r),
+        "fallbacks": sum(1 for r in records if r.get("fallback")), "errors": sum(1 for r in records if "error" in r),
+        "aborted": aborted, "warmup": args.warmup, "host": socket.gethostname(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="cpcdrl edge runner (numpy + onnxruntime only)")
+    ap.add_argument("--inputs", required=True, help=".npy of N x C x H x W float32 images, preprocessed")
+    ap.add_argument("--head", help="head.onnx (absent for cut 0: the input itself is sent)")
+    ap.add_argument("--url", help="http://HOST:PORT of the KServe v2 server (absent for cut N)")
+    ap.add_argument("--model", default="tail")
+    ap.add_argument("--output", default="logits", help="the tail's output tensor")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds, for every network call")
+    ap.add_argument("--fallback", choices=["none", "local"], default="none")
+    ap.add_argument("--full", help="full.onnx for --fallback local")
+    ap.add_argument("--max-failures", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    try:
+        report = run(args)
+    except Exception as exc:  # on the device: a one-line reason beats a traceback over SSH
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f)
+    os.replace(tmp, args.out)
+    tail = f"; {report['aborted']}" if report["aborted"] else ""
+    print(f"{report['answered']}/{report['requests']} answered, {report['fallbacks']} locally, {report['errors']} errors{tail}")
+    return 1 if report["aborted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

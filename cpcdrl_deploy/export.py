@@ -1,0 +1,380 @@
+"""A plan as deployable ONNX: ``head.onnx`` (the pruned layers 1..p) and ``tail.onnx`` (p+1..N).
+
+The pruned, refitted weights are rebuilt from the plan exactly as the search
+built them (same calibration images, same seed), so the exported split is the
+model whose accuracy the plan reports. Every file is single-file ONNX (the
+weights are small enough to live inside it) with a dynamic batch dimension,
+and is checked in ONNX Runtime before the manifest is written:
+
+- tail(head(x)) against the pruned PyTorch model on real images (max abs <= 1e-4);
+- the tail's layers after the first (which the refit never touches) against
+  the original model's, run on the same intermediate tensor.
+
+Options beyond the paper, applied after that check and measured, not assumed:
+``quantize="int8"`` (static QDQ quantisation of the head, calibrated on
+training images) and ``transfer="fp16"|"int8"`` (the cut tensor is cast or
+per-tensor quantised at the end of the head graph and restored at the start
+of the tail graph, so any server that runs ONNX -- ours, Triton, KServe --
+serves it unchanged).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from cpcdrl_deploy import __version__
+from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.optimize import load_plan
+from cpcdrl_deploy.pruning import Calibration, PruneConfig, prune
+from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
+
+MANIFEST_SCHEMA_VERSION = 1
+TRANSFERS = ("fp32", "fp16", "int8")
+OPSET = 17
+Log = Callable[[str], None]
+_ONNX_DTYPES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.UINT8: "UINT8", TensorProto.INT8: "INT8", TensorProto.INT64: "INT64"}
+
+
+def rebuild(plan: dict, data: str | Path | None = None, checkpoint: str | Path | None = None) -> tuple[UnitModel, UnitModel, Cifar10]:
+    """(original, pruned) models of ``plan`` and the dataset, pruned and refitted as ``optimize`` did."""
+    model_name = plan["model"]
+    entry = get_entry(model_name)
+    ckpt = Path(checkpoint or plan["checkpoint"])
+    if not ckpt.is_file():
+        raise CpcdrlError(f"checkpoint {ckpt} not found (the plan names it; pass --checkpoint to point elsewhere)")
+    if plan.get("checkpoint_sha256") and file_sha256(ckpt) != plan["checkpoint_sha256"]:
+        raise CpcdrlError(f"{ckpt} is not the checkpoint the plan was made from (SHA-256 differs)")
+    original = load_model(model_name, ckpt)
+    analysis = analyze(original, entry.input_size, model_name)
+    if plan.get("n_layers") != analysis.n_layers or len(plan.get("channels", [])) != analysis.n_layers:
+        raise CpcdrlError(f"the plan's layers do not match {model_name} ({analysis.n_layers} layers)")
+    split = plan.get("data") or {}
+    source = data or split.get("source")
+    if source is None:
+        raise CpcdrlError("the plan does not say which data it was made on: pass --data")
+    ds = load_cifar10(source)
+    cut, ratios = int(plan["cut"]), [float(r) for r in plan["ratios"]]
+    pcfg = plan.get("prune") or {}
+    cfg = PruneConfig(importance=pcfg.get("importance", "l1"), round_to=int(pcfg.get("round_to", 1)), refit=bool(pcfg.get("refit", True)))
+    pruned = original
+    if any(r < 1.0 for r in ratios):
+        calib = None
+        if cfg.refit:
+            seed = int(plan.get("seed", 0))
+            val_size = min(int(split.get("val_size", 2000)), len(ds.train) // 2)
+            calib_size = min(int(split.get("calib_size", pcfg.get("calibration_images", 256))), len(ds.train) - val_size)
+            _, calib_idx = split_train(len(ds.train), val_size, calib_size, seed)
+            calib = Calibration(ds.train.tensors(calib_idx)[0], cfg.points_per_image, seed)
+        pruned = prune(original, analysis, cut, ratios, calib, cfg).model
+    after = analyze(pruned, entry.input_size, model_name)
+    channels = [layer.out_channels for layer in after.layers]
+    if channels != list(plan["channels"]):
+        raise CpcdrlError(f"rebuilding the plan gave channels {channels}, the plan says {plan['channels']}")
+    return original, pruned, ds
+
+
+def _onnx_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        torch.onnx.export(
+            m, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=OPSET, input_names=[in_name], output_names=[out_name],
+            dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
+    """Inputs and outputs as KServe v2 tensor metadata (datatype names, -1 for dynamic dims)."""
+
+    def spec(v) -> dict:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        return {"name": v.name, "datatype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": dims}
+
+    inits = {i.name for i in model.graph.initializer}
+    return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits], "outputs": [spec(v) for v in model.graph.output]}
+
+
+def _compress_output(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
+    """End the head graph with the cast / per-tensor quantisation of its output ``cut``."""
+    g = model.graph
+    out = g.output[0]
+    dims = [d for d in out.type.tensor_type.shape.dim]
+    inner = "_cpcdrl_cut_fp32"
+    for node in g.node:
+        node.output[:] = [inner if o == out.name else o for o in node.output]
+    del g.output[:]
+    if transfer == "fp16":
+        g.node.append(helper.make_node("Cast", [inner], ["cut"], to=TensorProto.FLOAT16))
+        g.output.append(helper.make_tensor_value_info("cut", TensorProto.FLOAT16, None))
+    else:
+        # one scale / zero point per request (per tensor): the cheapest
+        # dequantisable form, and what DynamicQuantizeLinear computes
+        g.node.append(helper.make_node("DynamicQuantizeLinear", [inner], ["cut", "_cpcdrl_scale", "_cpcdrl_zp"]))
+        g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "_cpcdrl_shape_1"))
+        g.node.append(helper.make_node("Reshape", ["_cpcdrl_scale", "_cpcdrl_shape_1"], ["cut_dq_scale"]))
+        g.node.append(helper.make_node("Reshape", ["_cpcdrl_zp", "_cpcdrl_shape_1"], ["cut_dq_zero_point"]))
+        g.output.append(helper.make_tensor_value_info("cut", TensorProto.UINT8, None))
+        g.output.append(helper.make_tensor_value_info("cut_dq_scale", TensorProto.FLOAT, [1]))
+        g.output.append(helper.make_tensor_value_info("cut_dq_zero_point", TensorProto.UINT8, [1]))
+    g.output[0].type.tensor_type.shape.dim.extend(dims)
+    return model
+
+
+def _decompress_input(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
+    """Start the tail graph by restoring the float cut tensor from what the head sent."""
+    g = model.graph
+    inp = g.input[0]
+    dims = [d for d in inp.type.tensor_type.shape.dim]
+    inner = "_cpcdrl_cut_fp32"
+    for node in g.node:
+        node.input[:] = [inner if i == inp.name else i for i in node.input]
+    del g.input[0]
+    if transfer == "fp16":
+        first = [helper.make_node("Cast", ["cut"], [inner], to=TensorProto.FLOAT)]
+        new_inputs = [helper.make_tensor_value_info("cut", TensorProto.FLOAT16, None)]
+    else:
+        g.initializer.append(numpy_helper.from_array(np.array([], dtype=np.int64), "_cpcdrl_shape_scalar"))
+        first = [
+            helper.make_node("Reshape", ["cut_dq_scale", "_cpcdrl_shape_scalar"], ["_cpcdrl_scale"]),
+            helper.make_node("Reshape", ["cut_dq_zero_point", "_cpcdrl_shape_scalar"], ["_cpcdrl_zp"]),
+            helper.make_node("DequantizeLinear", ["cut", "_cpcdrl_scale", "_cpcdrl_zp"], [inner]),
+        ]
+        new_inputs = [
+            helper.make_tensor_value_info("cut", TensorProto.UINT8, None),
+            helper.make_tensor_value_info("cut_dq_scale", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("cut_dq_zero_point", TensorProto.UINT8, [1]),
+        ]
+    new_inputs[0].type.tensor_type.shape.dim.extend(dims)
+    nodes = first + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    for i, v in enumerate(new_inputs):
+        g.input.insert(i, v)
+    return model
+
+
+def _quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
+    """Static int8 (QDQ) quantisation with ONNX Runtime, activations calibrated on ``calib_x``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": calib_x[i : i + 32]} for i in range(0, len(calib_x), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = workdir / ".head_fp32.onnx", workdir / ".head_int8.onnx"
+    src.write_bytes(head)
+    logging.disable(logging.WARNING)  # ORT's "consider pre-processing" notice on every call
+    try:
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        return dst.read_bytes()
+    finally:
+        logging.disable(logging.NOTSET)
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+        for extra in workdir.glob(".head_fp32*-inferred.onnx"):
+            extra.unlink(missing_ok=True)
+
+
+def ort_session(model: bytes | str | Path, threads: int = 1):
+    """An ONNX Runtime CPU session; a corrupt or foreign file is one error line."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/...: all mean "not a model we can run"
+        raise CpcdrlError(f"ONNX Runtime cannot load {'the model' if isinstance(model, bytes) else model}: {str(exc).splitlines()[0]}") from None
+
+
+def run_split(head, tail, x: np.ndarray) -> np.ndarray:
+    """tail(head(x)) with ONNX Runtime sessions; either may be None (cut N / cut 0)."""
+    feeds = {"input": x}
+    if head is not None:
+        outs = head.run(None, {"input": x})
+        feeds = {o.name: v for o, v in zip(head.get_outputs(), outs)}
+    if tail is None:
+        return next(iter(feeds.values()))
+    return tail.run(None, feeds)[0]
+
+
+def export_plan(
+    plan_path: str | Path,
+    out: str | Path,
+    data: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    quantize: str | None = None,
+    transfer: str = "fp32",
+    triton: str | Path | None = None,
+    check_images: int = 256,
+    log: Log = lambda s: None,
+) -> dict:
+    """Write head.onnx / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest."""
+    if transfer not in TRANSFERS:
+        raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)}")
+    if quantize not in (None, "int8"):
+        raise CpcdrlError("--quantize takes int8")
+    plan = load_plan(plan_path)
+    t0 = time.perf_counter()
+    original, pruned, ds = rebuild(plan, data, checkpoint)
+    log(f"rebuilt {plan['model']} cut {plan['cut']} in {time.perf_counter() - t0:.1f} s; exporting")
+    return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log)
+
+
+def export_models(
+    plan: dict, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
+    quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256, log: Log = lambda s: None,
+) -> dict:
+    """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check)."""
+    if transfer not in TRANSFERS:
+        raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)}")
+    if quantize not in (None, "int8"):
+        raise CpcdrlError("--quantize takes int8")
+    t0 = time.perf_counter()
+    entry = get_entry(plan["model"])
+    analysis = analyze(pruned, entry.input_size, plan["model"])
+    cut = int(plan["cut"])
+    b = analysis.points[cut].unit_boundary
+    units, orig_units = pruned.units(), original.units()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    x_check, y_check = ds.test.tensors(subset(len(ds.test), check_images, int(plan.get("seed", 0))))
+    with torch.no_grad():
+        h = x_check
+        for u in units[:b]:
+            h = u(h)
+        cut_shape = tuple(h.shape[1:])
+        want = pruned(x_check).numpy()
+    head_b = _onnx_bytes(nn.Sequential(*units[:b]), tuple(x_check.shape[1:]), "input", "cut") if b > 0 else None
+    tail_b = _onnx_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
+    full_b = _onnx_bytes(nn.Sequential(*units), tuple(x_check.shape[1:]), "input", "logits")
+
+    # the float split must be the pruned model before anything lossy is applied
+    xs = x_check.numpy()
+    got = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
+    split_diff = float(np.abs(got - want).max())
+    if split_diff > 1e-4:
+        raise CpcdrlError(f"exported split differs from the pruned PyTorch model by {split_diff:.2e} (> 1e-4)")
+    untouched_diff = 0.0
+    if tail_b and b + 1 < len(units):
+        with torch.no_grad():
+            first = units[b](h)
+            ref = nn.Sequential(*orig_units[b + 1 :])(first).numpy()
+        tail_rest = ort_session(_onnx_bytes(nn.Sequential(*units[b + 1 :]), tuple(first.shape[1:]), "cut", "logits"))
+        untouched_diff = float(np.abs(tail_rest.run(None, {"cut": first.numpy()})[0] - ref).max())
+        if untouched_diff > 1e-4:
+            raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
+    log(f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched layers {untouched_diff:.1e}")
+
+    if head_b and quantize == "int8":
+        _, calib_idx = split_train(len(ds.train), 0, min(256, len(ds.train)), int(plan.get("seed", 0)) + 1)
+        head_b = _quantize_head(head_b, ds.train.tensors(calib_idx)[0].numpy(), out)
+        log("head quantised to int8 (QDQ, 256 training images)")
+    if head_b and tail_b and transfer != "fp32":
+        head_b = _compress_output(onnx.load_from_string(head_b), transfer).SerializeToString()
+        tail_b = _decompress_input(onnx.load_from_string(tail_b), transfer).SerializeToString()
+    lossy = quantize is not None or (transfer != "fp32" and head_b and tail_b)
+    final = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
+    agree = float((final.argmax(1) == want.argmax(1)).mean() * 100.0)
+    acc_final = float((final.argmax(1) == y_check.numpy()).mean() * 100.0)
+
+    name = plan["model"].replace("-", "_")
+    files: dict[str, dict] = {}
+    for role, blob in (("head", head_b), ("tail", tail_b), ("full", full_b)):
+        path = out / f"{role}.onnx"
+        if blob is None:
+            path.unlink(missing_ok=True)
+            continue
+        onnx.checker.check_model(onnx.load_from_string(blob))
+        atomic_write_bytes(path, blob)
+        files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}", **io_specs(onnx.load_from_string(blob))}
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kind": "cpcdrl-export",
+        "cpcdrl_version": __version__,
+        "model": plan["model"],
+        "cut": cut,
+        "n_layers": analysis.n_layers,
+        "cut_shape": list(cut_shape),
+        "transfer": transfer if head_b and tail_b else "fp32",
+        "quantize": quantize if head_b else None,
+        "preprocess": {"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.data.normalize)"},
+        "files": files,
+        "check": {
+            "images": len(xs), "split_vs_pytorch_max_abs": split_diff, "untouched_layers_max_abs": untouched_diff,
+            "agreement_with_pytorch_pct": agree, "accuracy_pct": acc_final, "pytorch_accuracy_pct": float((want.argmax(1) == y_check.numpy()).mean() * 100.0),
+            "lossy": bool(lossy),
+        },
+        "plan": plan,
+        "export_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    if triton and tail_b:
+        write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
+    log(f"wrote {', '.join(sorted(files))} + manifest.json to {out} (agreement with PyTorch {agree:.1f} % on {len(xs)} images)")
+    return manifest
+
+
+_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8", "INT64": "TYPE_INT64"}
+
+
+def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
+    """``repo/<name>/config.pbtxt`` + ``repo/<name>/1/model.onnx`` for NVIDIA Triton's onnxruntime backend.
+
+    max_batch_size 0 with an explicit -1 batch dimension: the int8 transfer's
+    per-request scale is shape [1], which Triton's implicit batching would
+    otherwise require to carry a batch dimension too.
+    """
+
+    def block(kind: str, items: list[dict]) -> str:
+        rows = [f'  {{ name: "{t["name"]}" data_type: {_TRITON_TYPES[t["datatype"]]} dims: [ {", ".join(str(d) for d in t["shape"])} ] }}' for t in items]
+        return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+
+    name = spec["model_name"]
+    config = f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + block("input", spec["inputs"]) + block("output", spec["outputs"])
+    atomic_write_bytes(repo / name / "config.pbtxt", config.encode())
+    atomic_write_bytes(repo / name / "1" / "model.onnx", onnx_path.read_bytes())
+    return repo / name
+
+
+def load_manifest(export_dir: str | Path) -> dict:
+    """The manifest of an export directory, with every file's SHA-256 checked."""
+    d = Path(export_dir)
+    p = d / "manifest.json"
+    if not p.is_file():
+        raise CpcdrlError(f"{d} has no manifest.json (run cpcdrl export first)")
+    try:
+        m = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CpcdrlError(f"cannot read {p}: {exc}") from None
+    if m.get("kind") != "cpcdrl-export" or m.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        raise CpcdrlError(f"{p} is not a cpcdrl export manifest (schema_version {MANIFEST_SCHEMA_VERSION})")
+    for role, f in m["files"].items():
+        fp = d / f["file"]
+        if not fp.is_file():
+            raise CpcdrlError(f"{role} model {fp} is missing")
+        if file_sha256(fp) != f["sha256"]:
+            raise CpcdrlError(f"{fp} does not match the manifest's SHA-256 (modified or corrupt)")
+    return m

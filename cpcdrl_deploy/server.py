@@ -1,0 +1,336 @@
+"""The cloud half: an ONNX model served over HTTP with the KServe v2 / Open Inference Protocol.
+
+Endpoints (https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/):
+``GET /v2/health/live|ready``, ``GET /v2`` (server metadata),
+``GET /v2/models/NAME[/versions/1]`` (model metadata), ``.../ready``, and
+``POST .../infer`` with JSON tensors or the binary tensor data extension
+(``Inference-Header-Content-Length``), which is what ``tritonclient[http]``
+sends; so the official client works against this server and our edge runner
+works against a real Triton server.
+
+Standard library only (``ThreadingHTTPServer``: one thread per connection,
+HTTP/1.1 keep-alive); ONNX Runtime sessions are safe to run from several
+threads. Every request is validated -- body size, JSON, input names, datatypes,
+shapes, byte counts -- and a bad one gets a 4xx with ``{"error": ...}`` while
+the server keeps serving. Binds to 127.0.0.1 unless told otherwise; with a
+token, every endpoint but health needs ``Authorization: Bearer TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from cpcdrl_deploy import __version__
+
+DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
+MAX_BODY = 64 * 1024 * 1024  # bytes; a CIFAR cut tensor is at most a few hundred KB per image
+MAX_BATCH = 256
+_ROUTE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config)?$")
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServedModel:
+    name: str
+    session: object  # onnxruntime.InferenceSession
+    inputs: list[dict]
+    outputs: list[dict]
+    version: str = "1"
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    errors: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def load_served_model(path: str | Path, name: str, threads: int = 1) -> ServedModel:
+    import onnx
+
+    from cpcdrl_deploy.export import io_specs, ort_session
+
+    sess = ort_session(path, threads)
+    specs = io_specs(onnx.load(str(path), load_external_data=False))
+    return ServedModel(name, sess, specs["inputs"], specs["outputs"])
+
+
+def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict, list[str], bool]:
+    """Validate an infer request; returns (feeds, request json, requested outputs, binary replies?)."""
+    if header_len is not None:
+        if not 0 < header_len <= len(body):
+            raise RequestError(400, f"Inference-Header-Content-Length {header_len} outside the body ({len(body)} bytes)")
+        head, binary = body[:header_len], body[header_len:]
+    else:
+        head, binary = body, b""
+    try:
+        req = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError(400, "request header is not JSON") from None
+    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
+        raise RequestError(400, "request needs an 'inputs' list")
+    expected = {t["name"]: t for t in model.inputs}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for t in req["inputs"]:
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise RequestError(400, "each input needs a name")
+        name = t["name"]
+        spec = expected.get(name)
+        if spec is None:
+            raise RequestError(400, f"unknown input {name!r}; model {model.name} takes {sorted(expected)}")
+        if name in feeds:
+            raise RequestError(400, f"input {name!r} given twice")
+        if t.get("datatype") != spec["datatype"]:
+            raise RequestError(400, f"input {name!r}: datatype {t.get('datatype')!r}, expected {spec['datatype']}")
+        shape = t.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers")
+        want = spec["shape"]
+        if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)):
+            raise RequestError(400, f"input {name!r}: shape {shape}, expected {want}")
+        if want and want[0] == -1 and not 1 <= shape[0] <= MAX_BATCH:
+            raise RequestError(400, f"input {name!r}: batch {shape[0]} outside 1..{MAX_BATCH}")
+        dtype = np.dtype(DTYPES[spec["datatype"]])
+        count = int(np.prod(shape)) if shape else 1
+        params = t.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise RequestError(400, f"input {name!r}: parameters must be an object")
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or size != count * dtype.itemsize:
+                raise RequestError(400, f"input {name!r}: binary_data_size {size} != {count} x {dtype.itemsize} bytes")
+            if offset + size > len(binary):
+                raise RequestError(400, f"input {name!r}: body ends before its {size} bytes")
+            arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
+            offset += size
+        elif "data" in t:
+            try:
+                arr = np.asarray(t["data"], dtype=dtype)
+            except (TypeError, ValueError, OverflowError):
+                raise RequestError(400, f"input {name!r}: data is not a list of {spec['datatype']} numbers") from None
+            if arr.size != count:
+                raise RequestError(400, f"input {name!r}: {arr.size} values for shape {shape}")
+            arr = arr.reshape(shape)
+        else:
+            raise RequestError(400, f"input {name!r} has neither data nor binary_data_size")
+        feeds[name] = arr
+    if offset != len(binary):
+        raise RequestError(400, f"{len(binary) - offset} bytes of binary data not claimed by any input")
+    missing = sorted(set(expected) - set(feeds))
+    if missing:
+        raise RequestError(400, f"missing inputs {missing}")
+    out_names = [o["name"] for o in model.outputs]
+    wanted = req.get("outputs")
+    binary_default = bool((req.get("parameters") or {}).get("binary_data_output", False)) if isinstance(req.get("parameters"), dict) else False
+    binary_out = binary_default
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in out_names for o in wanted):
+            raise RequestError(400, f"outputs must name some of {out_names}")
+        out_names = [o["name"] for o in wanted]
+        binary_out = any(bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in wanted)
+    return feeds, req, out_names, binary_out
+
+
+def encode_infer(model: ServedModel, req: dict, names: list[str], results: dict[str, np.ndarray], binary: bool, compute_ms: float) -> tuple[bytes, int | None]:
+    outputs, blobs = [], []
+    for n in names:
+        arr = np.ascontiguousarray(results[n])
+        spec = next(o for o in model.outputs if o["name"] == n)
+        o: dict = {"name": n, "datatype": spec["datatype"], "shape": list(arr.shape)}
+        if binary:
+            b = arr.tobytes()
+            o["parameters"] = {"binary_data_size": len(b)}
+            blobs.append(b)
+        else:
+            o["data"] = arr.ravel().tolist()
+        outputs.append(o)
+    resp = {"model_name": model.name, "model_version": model.version, "outputs": outputs, "parameters": {"cpcdrl_compute_ms": compute_ms}}
+    if "id" in req:
+        resp["id"] = req["id"]
+    head = json.dumps(resp).encode()
+    return (head + b"".join(blobs), len(head)) if binary else (head, None)
+
+
+def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats, max_body: int = MAX_BODY):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection per client, as tritonclient expects
+        server_version = f"cpcdrl/{__version__}"
+
+        def log_message(self, fmt: str, *args) -> None:  # quiet: the counters tell the story
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            # headers and body go out in two writes: without TCP_NODELAY, Nagle's
+            # algorithm holds the body until the client's delayed ACK (~40 ms)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def _send(self, status: int, body: bytes, header_len: int | None = None, close: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream" if header_len is not None else "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if header_len is not None:
+                self.send_header("Inference-Header-Content-Length", str(header_len))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: object, close: bool = False) -> None:
+            self._send(status, json.dumps(obj).encode(), close=close)
+
+        def _error(self, status: int, msg: str, close: bool = False) -> None:
+            with stats.lock:
+                stats.errors += 1
+            self._json(status, {"error": msg}, close)
+
+        def _authorised(self) -> bool:
+            if token is None or self.path.startswith("/v2/health/"):
+                return True
+            got = self.headers.get("Authorization", "")
+            return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
+
+        def _model(self) -> tuple[ServedModel, str | None]:
+            m = _ROUTE.match(self.path.split("?", 1)[0])
+            if not m:
+                raise RequestError(404, f"no route {self.path}")
+            model = models.get(m["name"])
+            if model is None:
+                raise RequestError(404, f"unknown model {m['name']!r}; serving {sorted(models)}")
+            if m["version"] not in (None, model.version):
+                raise RequestError(404, f"model {model.name} has version {model.version} only")
+            return model, m["rest"]
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            try:
+                if not self._authorised():
+                    raise RequestError(401, "missing or wrong bearer token")
+                if self.path in ("/v2/health/live", "/v2/health/ready"):
+                    return self._json(200, {"live": True} if self.path.endswith("live") else {"ready": True})
+                if self.path == "/v2":
+                    return self._json(200, {"name": "cpcdrl", "version": __version__, "extensions": ["binary_tensor_data"]})
+                model, rest = self._model()
+                if rest == "/ready":
+                    return self._json(200, {"name": model.name, "ready": True})
+                if rest == "/config":
+                    return self._json(200, {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": 0, "input": model.inputs, "output": model.outputs})
+                if rest is None:
+                    meta = {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx", "inputs": model.inputs, "outputs": model.outputs}
+                    return self._json(200, meta)
+                raise RequestError(405, f"{self.path} takes POST")
+            except RequestError as exc:
+                self._error(exc.status, str(exc))
+
+        def do_POST(self) -> None:  # noqa: N802
+            length_h = self.headers.get("Content-Length")
+            try:
+                length = int(length_h) if length_h is not None else -1
+            except ValueError:
+                length = -2
+            # refuse before reading: an oversized or unsized body is never buffered
+            if length == -1:
+                return self._error(411, "Content-Length required (chunked bodies are not accepted)", close=True)
+            if length < 0 or length > max_body:
+                return self._error(413 if length > max_body else 400, f"body of {length_h} bytes refused (limit {max_body})", close=True)
+            body = self.rfile.read(length)
+            try:
+                if not self._authorised():
+                    raise RequestError(401, "missing or wrong bearer token")
+                if self.headers.get("Content-Encoding", "identity") not in ("identity", ""):
+                    raise RequestError(415, "compressed requests are not supported")
+                model, rest = self._model()
+                if rest != "/infer":
+                    raise RequestError(405, f"{self.path} takes GET")
+                hl = self.headers.get("Inference-Header-Content-Length")
+                try:
+                    header_len = int(hl) if hl is not None else None
+                except ValueError:
+                    raise RequestError(400, "Inference-Header-Content-Length is not an integer") from None
+                feeds, req, names, binary = decode_infer(model, body, header_len)
+                t0 = time.perf_counter()
+                try:
+                    outs = model.session.run(names, feeds)  # type: ignore[attr-defined]
+                except Exception as exc:  # ORT rejects values it cannot run (e.g. inconsistent batch)
+                    raise RequestError(400, f"inference failed: {str(exc).splitlines()[0]}") from None
+                compute_ms = (time.perf_counter() - t0) * 1000.0
+                payload, header_len_out = encode_infer(model, req, names, dict(zip(names, outs)), binary, compute_ms)
+                with stats.lock:
+                    stats.requests += 1
+                self._send(200, payload, header_len_out)
+            except RequestError as exc:
+                self._error(exc.status, str(exc))
+
+    return Handler
+
+
+def make_server(export_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, threads: int = 1, max_body: int = MAX_BODY):
+    """A ready (not yet serving) server for the tail of an export directory."""
+    from cpcdrl_deploy.errors import CpcdrlError
+    from cpcdrl_deploy.export import load_manifest
+
+    manifest = load_manifest(export_dir)
+    tail = manifest["files"].get("tail")
+    if tail is None:
+        raise CpcdrlError(f"{export_dir}: the plan's cut is N (all on the edge): there is no tail to serve")
+    model = load_served_model(Path(export_dir) / tail["file"], tail["model_name"], threads)
+    stats = Stats()
+    try:
+        httpd = ThreadingHTTPServer((host, port), make_handler({model.name: model}, token, stats, max_body))
+    except OSError as exc:
+        raise CpcdrlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    httpd.daemon_threads = True
+    httpd.cpcdrl_stats = stats  # type: ignore[attr-defined]
+    httpd.cpcdrl_model = model  # type: ignore[attr-defined]
+    return httpd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cpcdrl_deploy.server DIR``: what ``cpcdrl serve`` runs (and ``deploy`` starts)."""
+    from cpcdrl_deploy.errors import CpcdrlError
+
+    ap = argparse.ArgumentParser(description="Serve an export's tail over the KServe v2 protocol")
+    ap.add_argument("export_dir")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-body", type=int, default=MAX_BODY)
+    args = ap.parse_args(argv)
+    token = os.environ.get("CPCDRL_TOKEN") or None  # from the environment: a token on the command line shows in `ps`
+    try:
+        httpd = make_server(args.export_dir, args.host, args.port, token, args.threads, args.max_body)
+    except CpcdrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    host, port = httpd.server_address[:2]
+    print(f"serving {httpd.cpcdrl_model.name} on http://{host}:{port} (KServe v2{', bearer token' if token else ''})", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
