@@ -253,7 +253,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "cpcdrl-deploy-report",
         "model": plan["model"], "method": plan["method"], "cut": plan["cut"], "n_layers": plan["n_layers"],
-        "plan": str(req.plan), "edge": dev.name, "cloud": "local", "server": bind,
+        "plan": str(req.plan), "edge": dev.name, "cloud": "local", "server": server.url if server else None,
         "transfer": manifest["transfer"], "quantize": manifest["quantize"],
         "requests": len(idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
         "aborted": runner["aborted"], "server_alive_at_end": server_alive, "warmup_requests": runner["warmup"],

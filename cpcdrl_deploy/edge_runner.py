@@ -84,10 +84,28 @@ class Remote:
             arr = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
         return arr, (head.get("parameters") or {}).get("cpcdrl_compute_ms"), len(body)
 
+    def metadata(self, model: str) -> dict:
+        """The server's model metadata (GET /v2/models/NAME): what it will accept."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("GET", f"/v2/models/{model}", headers=self.headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"server answered {resp.status} for model {model!r}: {data[:200]!r}")
+        return json.loads(data)
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _onnx_type(t: str) -> str:
+    """ONNX Runtime's 'tensor(float)' as a KServe datatype."""
+    return {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int64)": "INT64"}.get(t, t)
 
 
 def _session(path: str, threads: int):
@@ -106,6 +124,19 @@ def run(args: argparse.Namespace) -> dict:
     remote = Remote(args.url, args.model, args.timeout, os.environ.get("CPCDRL_TOKEN") or None, args.output) if args.url else None
     if head is None and remote is None:
         raise ValueError("nothing to run: give --head, --url or both")
+
+    if head is not None and remote is not None:
+        # refuse a head that does not fit the served tail before sending anything
+        try:
+            meta = remote.metadata(args.model)
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            meta = None  # unreachable now: the requests below fail (or fall back) one by one
+            print(f"warning: no model metadata from the server ({type(exc).__name__}: {exc})", file=sys.stderr)
+        if meta is not None:
+            want = {t["name"]: (t["datatype"], t["shape"][1:]) for t in meta["inputs"]}
+            have = {o.name: (_onnx_type(o.type), list(o.shape)[1:]) for o in head.get_outputs()}
+            if want != have:
+                raise ValueError(f"head outputs {have} do not match the server's inputs {want}")
 
     def edge(xi: np.ndarray) -> dict[str, np.ndarray]:
         if head is None:

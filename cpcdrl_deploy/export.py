@@ -89,6 +89,10 @@ def rebuild(plan: dict, data: str | Path | None = None, checkpoint: str | Path |
 
 
 def _onnx_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
+    # eval() first: the exporter restores the wrapper's mode afterwards, recursively,
+    # and a fresh nn.Sequential is in training mode -- it would flip the model's
+    # batch norms (shared with the units) to training
+    m.eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
@@ -210,7 +214,7 @@ def ort_session(model: bytes | str | Path, threads: int = 1):
 
 def run_split(head, tail, x: np.ndarray) -> np.ndarray:
     """tail(head(x)) with ONNX Runtime sessions; either may be None (cut N / cut 0)."""
-    feeds = {"input": x}
+    feeds = {"cut": x}  # cut 0: the input itself is the cut tensor
     if head is not None:
         outs = head.run(None, {"input": x})
         feeds = {o.name: v for o, v in zip(head.get_outputs(), outs)}
@@ -377,4 +381,15 @@ def load_manifest(export_dir: str | Path) -> dict:
             raise CpcdrlError(f"{role} model {fp} is missing")
         if file_sha256(fp) != f["sha256"]:
             raise CpcdrlError(f"{fp} does not match the manifest's SHA-256 (modified or corrupt)")
+    check_pair(m["files"].get("head"), m["files"].get("tail"))
     return m
+
+
+def check_pair(head: dict | None, tail: dict | None) -> None:
+    """A head's outputs must be exactly its tail's inputs (names, datatypes, per-sample shapes)."""
+    if head is None or tail is None:
+        return
+    outs = {t["name"]: (t["datatype"], t["shape"][1:]) for t in head["outputs"]}
+    ins = {t["name"]: (t["datatype"], t["shape"][1:]) for t in tail["inputs"]}
+    if outs != ins:
+        raise CpcdrlError(f"head and tail do not match: head gives {outs}, tail takes {ins}")

@@ -183,3 +183,25 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     assert any("resuming: 10 of" in line for line in logs)
     assert out.exists() and not Path(str(out) + ".partial").exists()
     assert len(prof.tables["tinyvgg"]["layers"]) == 7
+
+
+def test_deploy_on_the_testbed(bed, tmp_path) -> None:
+    """A small split over the shaped link: every request answered, same predictions, cloud server stopped."""
+    from cpcdrl_deploy.deploy import DeployRequest, deploy
+    from tests.conftest import make_plan
+
+    plan = make_plan(tmp_path / "plan.json", 3, 0.75)
+    rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d"), log=print)
+    assert rep["edge"] == NAME and rep["server"].startswith(f"http://{bed.host_ip}:")
+    assert rep["answered"] == 8 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
+    # the cut tensor crossed the 200 KB/s link: at least its bytes / bandwidth, within the protocol's overhead
+    floor_ms = 1000.0 * rep["bytes_per_request"] / bed.bandwidth_bytes_per_s
+    assert rep["measured"]["transfer_and_cloud_ms"]["p50"] >= 0.8 * floor_ms
+    assert abs(rep["protocol_overhead"]["pct_of_e2e_p50"]) < 25.0
+    assert rep["server_alive_at_end"] is True
+    import socket
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(rep["server"])
+    with socket.socket() as s:  # stopped afterwards
+        assert s.connect_ex((u.hostname, u.port)) != 0

@@ -1,0 +1,42 @@
+"""`cpcdrl deploy` with the edge on this machine (the testbed version is in test_device_testbed.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.parse
+
+from typer.testing import CliRunner
+
+from cli import app
+from tests.conftest import make_plan
+
+
+def test_deploy_locally_end_to_end(tmp_path) -> None:
+    plan = make_plan(tmp_path / "plan.json", 3, 0.75)
+    res = CliRunner().invoke(app, ["deploy", str(plan), "--edge", "local", "-n", "12", "--out", str(tmp_path / "d"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "d" / "deploy-report.json").read_text())
+    assert rep["answered"] == 12 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
+    e2e = rep["measured"]["e2e_ms"]
+    assert 0 < e2e["p50"] <= e2e["p90"] <= e2e["p99"]
+    assert rep["bytes_per_request"] > 24 * 16 * 16 * 4  # the cut tensor plus the protocol's JSON header
+    assert (tmp_path / "d" / "deploy.png").stat().st_size > 0
+    # the server it started is gone
+    u = urllib.parse.urlsplit(rep["server"])
+    with socket.socket() as s:
+        assert s.connect_ex((u.hostname, u.port)) != 0
+
+
+def test_deploy_bad_inputs_are_one_line(tmp_path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["deploy", str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and "plan not found" in res.output and "Traceback" not in res.output
+    plan = make_plan(tmp_path / "plan.json", 3, 0.75)
+    d = json.loads(plan.read_text())
+    d["model"] = "mobilenet"  # a plan from another model than its checkpoint
+    plan.write_text(json.dumps(d))
+    res = runner.invoke(app, ["deploy", str(plan), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and res.output.startswith("error:") and len(res.output.strip().splitlines()) == 1, res.output
+    res = runner.invoke(app, ["deploy", str(make_plan(tmp_path / "p2.json", 3, 0.75)), "--edge", "nosuchhost.invalid:22", "--out", str(tmp_path / "d2")])
+    assert res.exit_code == 2 and "--bind" in res.output

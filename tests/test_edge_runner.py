@@ -1,0 +1,105 @@
+"""The edge runner: self-contained, time-outs, local fallback, a server that dies mid-run, a head that does not fit."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cpcdrl_deploy.data import load_cifar10
+from cpcdrl_deploy.deploy import RUNNER, CloudServer
+from cpcdrl_deploy.export import export_plan, ort_session
+from tests.conftest import make_plan
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
+    d = tmp_path_factory.mktemp("runner")
+    export_plan(make_plan(d / "p3.json", 3, 0.75), d / "e3", check_images=16)
+    export_plan(make_plan(d / "p4.json", 4, 0.75), d / "e4", check_images=16)
+    x, _ = load_cifar10("builtin").test.tensors(np.arange(40))
+    np.save(d / "x.npy", x.numpy())
+    return d / "e3", d / "e4", d / "x.npy"
+
+
+def _run(tmp: Path, *args: str, token: str | None = None, timeout: float = 120) -> tuple[int, str, dict | None]:
+    out = tmp / "report.json"
+    env = dict(os.environ, CPCDRL_TOKEN=token or "")
+    p = subprocess.run([sys.executable, str(RUNNER), *args, "--out", str(out)], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp)
+    return p.returncode, p.stdout + p.stderr, json.loads(out.read_text()) if out.exists() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_runner_imports_only_numpy_and_onnxruntime() -> None:
+    tree = ast.parse(RUNNER.read_text())
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert roots - set(sys.stdlib_module_names) - {"__future__"} == {"numpy", "onnxruntime"}
+
+
+def test_end_to_end_against_the_server(exported, tmp_path) -> None:
+    e3, _, x = exported
+    srv = CloudServer(e3, "127.0.0.1", "tok")
+    try:
+        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", srv.url, "--model", "tinyvgg_tail", token="tok")
+    finally:
+        srv.stop()
+    assert rc == 0, log
+    full = ort_session(e3 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
+    assert [r["prediction"] for r in rep["records"]] == full.tolist()
+    r0 = rep["records"][0]
+    assert r0["e2e_ms"] >= r0["edge_ms"] + r0["server_compute_ms"] and r0["bytes_sent"] > 24 * 16 * 16 * 4
+
+
+def test_server_down_at_start(exported, tmp_path) -> None:
+    e3, _, x = exported
+    url = f"http://127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail", "--timeout", "2")
+    assert rc == 1 and rep["aborted"] and "3 consecutive" in rep["aborted"] and rep["answered"] == 0
+    assert time.perf_counter() - t0 < 60
+    rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail", "--timeout", "2",
+                        "--fallback", "local", "--full", str(e3 / "full.onnx"))
+    assert rc == 0 and rep["answered"] == 40 and rep["fallbacks"] == 40
+    full = ort_session(e3 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
+    assert [r["prediction"] for r in rep["records"]] == full.tolist()
+
+
+def test_server_killed_mid_run(exported, tmp_path) -> None:
+    e3, _, x = exported
+    big = tmp_path / "many.npy"
+    np.save(big, np.repeat(np.load(x), 100, axis=0))  # 4,000 requests: far longer than the kill delay
+    srv = CloudServer(e3, "127.0.0.1", "")
+    out = tmp_path / "report.json"
+    p = subprocess.Popen([sys.executable, str(RUNNER), "--inputs", str(big), "--head", str(e3 / "head.onnx"), "--url", srv.url,
+                          "--model", "tinyvgg_tail", "--timeout", "2", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(3.0)
+    srv.proc.kill()
+    t0 = time.perf_counter()
+    log, _ = p.communicate(timeout=60)
+    assert time.perf_counter() - t0 < 30, "no hang after the server died"
+    rep = json.loads(out.read_text())
+    assert p.returncode == 1 and rep["aborted"] and 0 < rep["answered"] < 4000 and rep["errors"] == 3, log
+
+
+def test_head_that_does_not_fit_the_tail_is_refused(exported, tmp_path) -> None:
+    e3, e4, x = exported
+    srv = CloudServer(e3, "127.0.0.1", "")
+    try:
+        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e4 / "head.onnx"), "--url", srv.url, "--model", "tinyvgg_tail")
+    finally:
+        srv.stop()
+    assert rc == 2 and "do not match" in log and len(log.strip().splitlines()) == 1 and rep is None

@@ -1,0 +1,92 @@
+"""Export: ONNX head/tail/full checked against PyTorch, lossy options measured, Triton layout, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild, run_split
+from tests.conftest import make_plan
+
+
+@pytest.fixture(scope="module")
+def cut3(tmp_path_factory) -> tuple[Path, Path, dict]:
+    d = tmp_path_factory.mktemp("export")
+    plan = make_plan(d / "plan.json", 3, 0.75)
+    return plan, d / "out", export_plan(plan, d / "out", check_images=64)
+
+
+def test_split_matches_pruned_pytorch_with_dynamic_batch(cut3) -> None:
+    plan_path, out, m = cut3
+    assert sorted(p.name for p in out.iterdir()) == ["full.onnx", "head.onnx", "manifest.json", "tail.onnx"]  # single-file ONNX
+    assert m["check"]["split_vs_pytorch_max_abs"] <= 1e-4 and m["check"]["untouched_layers_max_abs"] <= 1e-4
+    _, pruned, ds = rebuild(json.loads(plan_path.read_text()))
+    x, _ = ds.test.tensors(np.arange(7))  # a batch size the export never saw
+    with torch.no_grad():
+        want = pruned(x).numpy()
+    got = run_split(ort_session(out / "head.onnx"), ort_session(out / "tail.onnx"), x.numpy())
+    assert got.shape == (7, 10) and np.abs(got - want).max() <= 1e-4
+    assert m["files"]["head"]["outputs"][0]["shape"] == [-1, *m["cut_shape"]]
+    assert m["cut_shape"][0] == round(32 * 0.75)  # features.7 of tinyvgg: 32 channels, 3/4 kept
+
+
+def test_cut_0_has_no_head_and_cut_n_no_tail(tmp_path) -> None:
+    m0 = export_plan(make_plan(tmp_path / "p0.json", 0, 1.0), tmp_path / "e0", check_images=16)
+    assert set(m0["files"]) == {"tail", "full"}
+    mn = export_plan(make_plan(tmp_path / "pn.json", 7, 0.5), tmp_path / "en", check_images=16)
+    assert set(mn["files"]) == {"head", "full"}
+    assert not (tmp_path / "en" / "tail.onnx").exists()
+
+
+@pytest.mark.parametrize("transfer,dtype", [("fp16", "FP16"), ("int8", "UINT8")])
+def test_compressed_transfer(tmp_path, transfer: str, dtype: str) -> None:
+    m = export_plan(make_plan(tmp_path / "p.json", 3, 0.75), tmp_path / "e", transfer=transfer, triton=tmp_path / "triton", check_images=64)
+    assert m["files"]["head"]["outputs"][0]["datatype"] == dtype and m["files"]["tail"]["inputs"][0]["datatype"] == dtype
+    assert m["check"]["lossy"] and m["check"]["agreement_with_pytorch_pct"] >= 95.0
+    cfg = (tmp_path / "triton" / "tinyvgg_tail" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and f"TYPE_{dtype}" in cfg
+    assert onnx.load(str(tmp_path / "triton" / "tinyvgg_tail" / "1" / "model.onnx")).graph.input[0].name == "cut"
+
+
+def test_int8_head_is_quantised_and_close(tmp_path) -> None:
+    m = export_plan(make_plan(tmp_path / "p.json", 3, 0.75), tmp_path / "e", quantize="int8", check_images=64)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "e" / "head.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert m["quantize"] == "int8" and m["check"]["agreement_with_pytorch_pct"] >= 90.0
+
+
+def test_tampered_file_and_mismatched_pair_are_refused(cut3, tmp_path) -> None:
+    _, out, m = cut3
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    (bad / "tail.onnx").write_bytes(b"not onnx")
+    with pytest.raises(CpcdrlError, match="SHA-256"):
+        load_manifest(bad)
+    with pytest.raises(CpcdrlError, match="ONNX Runtime cannot load"):
+        ort_session(bad / "tail.onnx")
+    # a head from another cut: manifest consistent on its own, pair does not fit
+    other = export_plan(make_plan(tmp_path / "p4.json", 4, 0.75), tmp_path / "e4", check_images=16)
+    mixed = json.loads((bad / "manifest.json").read_text())
+    shutil.copy(tmp_path / "e4" / "head.onnx", bad / "head.onnx")
+    shutil.copy(out / "tail.onnx", bad / "tail.onnx")
+    mixed["files"]["head"] = other["files"]["head"]
+    (bad / "manifest.json").write_text(json.dumps(mixed))
+    with pytest.raises(CpcdrlError, match="do not match"):
+        load_manifest(bad)
+
+
+def test_plan_from_another_model_is_refused(tmp_path) -> None:
+    p = make_plan(tmp_path / "p.json", 3, 0.75)
+    d = json.loads(p.read_text())
+    d["model"] = "vgg16"
+    p.write_text(json.dumps(d))
+    with pytest.raises(CpcdrlError):
+        export_plan(p, tmp_path / "e")
