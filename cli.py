@@ -125,7 +125,7 @@ def evaluate_cmd(
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="least-squares reconstruction (Eq. 2)")] = True,
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images from the training split")] = 256,
     importance: Annotated[str, typer.Option("--importance", help="channel ranking: l1 or l2")] = "l1",
-    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this")] = 1,
+    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -186,7 +186,7 @@ def optimize_cmd(
     val_size: Annotated[int, typer.Option("--val-size", min=1, help="validation images from the training split")] = 2000,
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images for the refit")] = 256,
     test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
-    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this")] = 1,
+    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the plan (first method listed) here")] = None,

@@ -70,7 +70,7 @@ def rebuild(plan: dict, data: str | Path | None = None, checkpoint: str | Path |
     ds = load_cifar10(source)
     cut, ratios = int(plan["cut"]), [float(r) for r in plan["ratios"]]
     pcfg = plan.get("prune") or {}
-    cfg = PruneConfig(importance=pcfg.get("importance", "l1"), round_to=int(pcfg.get("round_to", 1)), refit=bool(pcfg.get("refit", True)))
+    cfg = PruneConfig(importance=pcfg.get("importance", "l1"), round_to=int(pcfg.get("round_to", 8)), refit=bool(pcfg.get("refit", True)))
     pruned = original
     if any(r < 1.0 for r in ratios):
         calib = None

@@ -28,6 +28,7 @@ class SearchConfig:
     r_min: float = 0.2  # smallest keep ratio an action maps to
     warmup_sigma: float = 0.15  # spread of warm-up actions around the episode's random level
     greedy_ratios: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+    mask_cuts: bool = True  # A_p (and random search) choose among promising_cuts() only
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
@@ -73,9 +74,26 @@ def keep_ratio(action: float, r_min: float) -> float:
     return r_min + (1.0 - r_min) * float(np.clip(action, 0.0, 1.0))
 
 
-def reference_latencies(ev: PlanEvaluator) -> tuple[float, float]:
-    """(T_ref, T_max) of the reward: the fastest and the slowest unpruned split."""
-    t = [ev.price(c, [1.0] * c)[1].total_ms for c in ev.analysis.cuttable_points()]
+def promising_cuts(ev: PlanEvaluator, r_min: float) -> list[int]:
+    """The cuts A_p may choose: those whose fastest conceivable plan beats the fastest unpruned split.
+
+    An action mask computed from the latency model alone (no accuracy is
+    measured): a cut whose plan with every edge layer at r_min is still slower
+    than T_ref (typically one that sends a large feature map over the link)
+    cannot give a useful plan, and every episode spent there is lost to A_c.
+    The paper's A_p chooses among all N+1 cuts; with 100-300 episodes for 15-29
+    cuts that spreads A_c's few episodes too thin. The best unpruned cut stays
+    allowed, so Neurosurgeon's answer is always within reach.
+    """
+    allowed = ev.analysis.cuttable_points()
+    unpruned = {c: ev.price(c, [1.0] * c)[1].total_ms for c in allowed}
+    t_ref = min(unpruned.values())
+    return [c for c in allowed if unpruned[c] == t_ref or ev.price(c, [r_min] * c)[1].total_ms < t_ref]
+
+
+def reference_latencies(ev: PlanEvaluator, cuts: list[int] | None = None) -> tuple[float, float]:
+    """(T_ref, T_max) of the reward: the fastest and the slowest unpruned split among ``cuts``."""
+    t = [ev.price(c, [1.0] * c)[1].total_ms for c in (cuts if cuts is not None else ev.analysis.cuttable_points())]
     return min(t), max(t)
 
 
@@ -92,14 +110,14 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
     t_start = time.perf_counter()
     a = evaluator.analysis
     n = a.n_layers
-    allowed = a.cuttable_points()
+    allowed = promising_cuts(evaluator, cfg.r_min) if cfg.mask_cuts else a.cuttable_points()
     method = "cpcdrl" if fixed_cut is None else "edge-pruned"
     track = _Tracker(method, a0)
     states = CompressionStates(a)
     ddpg = DDPGAgent(states.dim, _with_seed(cfg.ddpg, cfg.seed))
     dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
     rng = np.random.default_rng(cfg.seed + 2)
-    t_ref = reference_latencies(evaluator)
+    t_ref = reference_latencies(evaluator, allowed if fixed_cut is None else [*allowed, fixed_cut])
     s_p = partition_state([], n, n)
     warm = cfg.warmup_episodes
     # A_p is paid for the best strategy A_c has found at its cut so far (Alg. 1
@@ -108,6 +126,18 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
     # every cut whose layers A_c is still exploring looks worse than cut 0, the
     # one cut with nothing to compress, and A_p settles there.
     best_at_cut: dict[int, float] = {}
+    if dqn is not None:
+        if progress:
+            progress(f"[cpcdrl] A_p chooses among cuts {allowed} (the others cannot beat {t_ref[0]:.1f} ms even at keep {cfg.r_min})")
+        # Free prior knowledge: the unpruned model's accuracy is measured once, so
+        # every unpruned split's reward costs no evaluation. A_p starts from those
+        # (Neurosurgeon's view), and the best of them is a known feasible plan.
+        for c in allowed:
+            ev0 = evaluator.evaluate(c, [1.0] * c)
+            best_at_cut[c] = _episode_reward(ev0, a0, t_ref, cfg)
+            dqn.observe(s_p, c, best_at_cut[c], s_p, False)
+            if ev0.latency.total_ms == t_ref[0]:
+                track.add(ev0)
     for episode in range(cfg.episodes):
         t_agent = time.perf_counter()
         exploring = episode < warm
@@ -195,7 +225,8 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + 3)
     track = _Tracker("random", a0)
-    allowed = evaluator.analysis.cuttable_points()
+    # the same action space as CPCDRL's A_p, so the comparison isolates what the agents learn
+    allowed = promising_cuts(evaluator, cfg.r_min) if cfg.mask_cuts else evaluator.analysis.cuttable_points()
     tries = 0
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
         tries += 1

@@ -52,7 +52,7 @@ def make_plan(path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpo
         "data": {"source": data, "val_size": 200, "calib_size": 64}, "cut": cut, "n_layers": a.n_layers, "ratios": [keep] * cut,
         "channels": [max(1, int(round(layer.out_channels * k))) for layer, k in zip(a.layers, shape.out_keep)],
         "latency_ms": {"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "return_ms": 0.0, "total_ms": 0.0},
-        "cut_bytes": shape.cut_bytes, "prune": {"importance": "l1", "round_to": 1, "refit": True, "calibration_images": 64},
+        "cut_bytes": shape.cut_bytes, "prune": {"importance": "l1", "round_to": 8, "refit": True, "calibration_images": 64},
     }
     atomic_write_json(path, plan)
     return path

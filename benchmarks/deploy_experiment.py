@@ -1,0 +1,144 @@
+"""Deployed vs predicted latency on the emulated Pi, for the plan of every method, both CIFAR models.
+
+    cpcdrl testbed up                      # once (root): the emulated Pi 'pi'
+    python benchmarks/deploy_experiment.py --out benchmarks/results/deploy
+
+For each model: `optimize` every method against the *measured* profiles
+(benchmarks/results/profile/pi.json, local.json; at most --loss points below
+the unpruned model), then `deploy` each distinct plan on the testbed with
+--requests CIFAR test images, one per request. On the first plan that offloads
+(0 < cut, or cut 0), also the lossy options: --transfer fp16 / int8 and
+--quantize int8. Writes results.json, table.md and a measured-vs-predicted plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cpcdrl_deploy.deploy import DeployRequest, deploy
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
+from cpcdrl_deploy.search import METHODS, SearchConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mobilenet,vgg16")
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--edge-profile", default=str(REPO / "benchmarks/results/profile/pi.json"))
+    ap.add_argument("--cloud-profile", default=str(REPO / "benchmarks/results/profile/local.json"))
+    ap.add_argument("--host", default="pi", help="testbed (or ssh alias) the heads run on")
+    ap.add_argument("--loss", type=float, default=2.0)
+    ap.add_argument("--episodes", type=int, default=30)
+    ap.add_argument("--val-size", type=int, default=1000)
+    ap.add_argument("--test-limit", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/deploy")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    out = Path(args.out)
+    rows: list[dict] = []
+    for model in args.models.split(","):
+        t0 = time.perf_counter()
+        req = OptimizeRequest(
+            model=model, checkpoint=SHARED / "models" / f"{model}-cifar10.pth", data=args.data, edge=args.edge_profile, cloud=args.cloud_profile,
+            max_accuracy_loss=args.loss, methods=METHODS, val_size=args.val_size, test_limit=args.test_limit, search=SearchConfig(episodes=args.episodes),
+        )
+        res = optimize(req, log)
+        log(f"{model}: optimize took {time.perf_counter() - t0:.0f} s")
+        seen: dict[tuple, dict] = {}
+        offload_plan = None
+        for plan in res["plans"]:
+            if not plan["feasible"]:
+                rows.append({"model": model, "method": plan["method"], "feasible": False})
+                continue
+            path = write_plan(out / model / "plans" / f"{plan['method']}.json", plan)
+            key = (plan["cut"], tuple(plan["channels"][: plan["cut"]]))
+            if key not in seen:
+                rep = deploy(DeployRequest(path, edge=args.host, requests=args.requests, data=args.data, out=out / model / plan["method"],
+                                           edge_profile=args.edge_profile, cloud_profile=args.cloud_profile), log)
+                seen[key] = rep
+                if offload_plan is None and plan["cut"] < plan["n_layers"]:
+                    offload_plan = path
+            rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
+        if offload_plan is not None:
+            for transfer, quantize in (("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
+                tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
+                rep = deploy(DeployRequest(offload_plan, edge=args.host, requests=args.requests, data=args.data, out=out / model / tag,
+                                           transfer=transfer, quantize=quantize, edge_profile=args.edge_profile, cloud_profile=args.cloud_profile), log)
+                rows.append(_row(model, offload_plan.stem, transfer, quantize, rep, None))
+        atomic_write_json(out / "results.json", {"args": vars(args), "rows": rows})
+    atomic_write_bytes(out / "table.md", table(rows).encode())
+    plot(rows, out / "measured_vs_predicted.png")
+    print(table(rows))
+
+
+def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict, plan: dict | None) -> dict:
+    m = rep["measured"]
+    return {
+        "model": model, "method": method, "feasible": True, "cut": rep["cut"], "n_layers": rep["n_layers"], "transfer": transfer, "quantize": quantize,
+        "requests": rep["requests"], "answered": rep["answered"], "errors": rep["errors"],
+        "p50_ms": m["e2e_ms"]["p50"], "p90_ms": m["e2e_ms"]["p90"], "p99_ms": m["e2e_ms"]["p99"],
+        "edge_p50_ms": m["edge_ms"]["p50"], "remote_p50_ms": m["transfer_and_cloud_ms"].get("p50", 0.0),
+        "table_ms": rep["predicted"].get("table", {}).get("total_ms"), "table_err_pct": rep["prediction_error_pct"].get("table"),
+        "analytic_ms": rep["predicted"].get("analytic", {}).get("total_ms"), "analytic_err_pct": rep["prediction_error_pct"].get("analytic"),
+        "overhead_pct": rep["protocol_overhead"]["pct_of_e2e_p50"] if rep["protocol_overhead"] else None,
+        "bytes_per_request": rep["bytes_per_request"],
+        "agreement_pct": rep["agreement_with_pytorch_pct"], "accuracy_pct": rep["accuracy_pct"],
+        "plan_val_acc": plan["accuracy"]["validation"] if plan else None,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)
+    lines = [
+        "| model | method | cut | wire | p50 ms | p90 | p99 | edge p50 | transfer+cloud p50 | table ms (err) | MAC est. ms (err) "
+        "| protocol overhead | bytes/request | agreement | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r["feasible"]:
+            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 | | | | | | | | | | | | |")
+            continue
+        wire = r["transfer"] + (" + int8 head" if r["quantize"] else "")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['edge_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | {f(r['table_ms'], '.2f')} ({f(r['table_err_pct'], '+.1f')} %) | "
+            f"{f(r['analytic_ms'], '.2f')} ({f(r['analytic_err_pct'], '+.1f')} %) | {f(r['overhead_pct'], '.1f')} % | {f(r['bytes_per_request'], 'd')} | "
+            f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from cpcdrl_deploy.report import _save, plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    pts = [r for r in rows if r["feasible"] and r["transfer"] == "fp32" and not r["quantize"]]
+    for key, marker, label in (("table_ms", "o", "per-layer tables"), ("analytic_ms", "^", "MAC estimate (F fitted)")):
+        xs = [r["p50_ms"] for r in pts if r[key] is not None]
+        ax.scatter(xs, [r[key] for r in pts if r[key] is not None], marker=marker, label=label)
+    lim = max([r["p50_ms"] for r in pts] + [1.0]) * 1.2
+    ax.plot([0.1, lim], [0.1, lim], "k:", lw=1)
+    ax.fill_between([0.1, lim], [0.085, 0.85 * lim], [0.115, 1.15 * lim], color="0.9", label="+-15 %")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("deployed p50 (ms), emulated Pi + this host")
+    ax.set_ylabel("predicted (ms)")
+    ax.legend(fontsize=8)
+    ax.set_title("every method's plan, MobileNet and VGG16")
+    _save(fig, path)
+
+
+if __name__ == "__main__":
+    main()
