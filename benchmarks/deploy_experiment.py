@@ -22,7 +22,7 @@ import torch
 
 from cpcdrl_deploy.deploy import DeployRequest, deploy
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
-from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
+from cpcdrl_deploy.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
 from cpcdrl_deploy.search import METHODS, SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,15 +68,20 @@ def main() -> None:
                 rep = deploy(DeployRequest(path, edge=args.host, requests=args.requests, data=args.data, out=out / model / plan["method"],
                                            edge_profile=args.edge_profile, cloud_profile=args.cloud_profile), log)
                 seen[key] = rep
-                if offload_plan is None and plan["cut"] < plan["n_layers"]:
+                if offload_plan is None and 0 < plan["cut"] < plan["n_layers"]:
                     offload_plan = path
             rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
+        if offload_plan is None:
+            # no method split the model: the lossy options need a head and a tail, so take the last cut, unpruned
+            n = next(p["n_layers"] for p in res["plans"] if p["feasible"])
+            up = uniform_plan(model, n - 1, 1.0, req.checkpoint, args.data)
+            offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
         if offload_plan is not None:
             for transfer, quantize in (("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
                 tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
                 rep = deploy(DeployRequest(offload_plan, edge=args.host, requests=args.requests, data=args.data, out=out / model / tag,
                                            transfer=transfer, quantize=quantize, edge_profile=args.edge_profile, cloud_profile=args.cloud_profile), log)
-                rows.append(_row(model, offload_plan.stem, transfer, quantize, rep, None))
+                rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
         atomic_write_json(out / "results.json", {"args": vars(args), "rows": rows})
     atomic_write_bytes(out / "table.md", table(rows).encode())
     plot(rows, out / "measured_vs_predicted.png")
@@ -92,6 +97,8 @@ def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict
         "edge_p50_ms": m["edge_ms"]["p50"], "remote_p50_ms": m["transfer_and_cloud_ms"].get("p50", 0.0),
         "table_ms": rep["predicted"].get("table", {}).get("total_ms"), "table_err_pct": rep["prediction_error_pct"].get("table"),
         "analytic_ms": rep["predicted"].get("analytic", {}).get("total_ms"), "analytic_err_pct": rep["prediction_error_pct"].get("analytic"),
+        "mean_ms": m["e2e_ms"]["mean"], "table_err_vs_mean_pct": rep["prediction_error_vs_mean_pct"].get("table"),
+        "table_median_ms": rep["predicted"].get("table_median", {}).get("total_ms"), "table_median_err_pct": rep["prediction_error_pct"].get("table_median"),
         "overhead_pct": rep["protocol_overhead"]["pct_of_e2e_p50"] if rep["protocol_overhead"] else None,
         "bytes_per_request": rep["bytes_per_request"],
         "agreement_pct": rep["agreement_with_pytorch_pct"], "accuracy_pct": rep["accuracy_pct"],
@@ -102,19 +109,21 @@ def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict
 def table(rows: list[dict]) -> str:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)
     lines = [
-        "| model | method | cut | wire | p50 ms | p90 | p99 | edge p50 | transfer+cloud p50 | table ms (err) | MAC est. ms (err) "
-        "| protocol overhead | bytes/request | agreement | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | cut | wire | p50 ms | p90 | p99 | mean | edge p50 | transfer+cloud p50 | table (sustained) ms: err vs p50 / vs mean "
+        "| table (per-run medians) ms: err vs p50 | MAC est. ms: err vs p50 | protocol overhead | bytes/request | agreement | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r["feasible"]:
-            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 | | | | | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 |" + " |" * 14)
             continue
         wire = r["transfer"] + (" + int8 head" if r["quantize"] else "")
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{r['edge_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | {f(r['table_ms'], '.2f')} ({f(r['table_err_pct'], '+.1f')} %) | "
-            f"{f(r['analytic_ms'], '.2f')} ({f(r['analytic_err_pct'], '+.1f')} %) | {f(r['overhead_pct'], '.1f')} % | {f(r['bytes_per_request'], 'd')} | "
+            f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
+            f"{r['edge_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | "
+            f"{f(r['table_ms'], '.2f')}: {f(r['table_err_pct'], '+.1f')} % / {f(r['table_err_vs_mean_pct'], '+.1f')} % | "
+            f"{f(r['table_median_ms'], '.2f')}: {f(r['table_median_err_pct'], '+.1f')} % | "
+            f"{f(r['analytic_ms'], '.2f')}: {f(r['analytic_err_pct'], '+.1f')} % | {f(r['overhead_pct'], '.1f')} % | {f(r['bytes_per_request'], 'd')} | "
             f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % |"
         )
     return "\n".join(lines) + "\n"

@@ -87,7 +87,7 @@ def _lerp(xs: list[float], ys: list[float], x: float) -> float:
     return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
-def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> float:
+def interpolate_layer(points: list[dict], in_keep: float, out_keep: float, stat: str = "ms") -> float:
     """Latency (ms) of one layer at (in_keep, out_keep) from its measured grid.
 
     Bilinear on a full (in, out) grid; linear along the one axis that varies
@@ -96,7 +96,7 @@ def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> fl
     """
     ins = sorted({p["in_keep"] for p in points})
     outs = sorted({p["out_keep"] for p in points})
-    val = {(p["in_keep"], p["out_keep"]): p["ms"] for p in points}
+    val = {(p["in_keep"], p["out_keep"]): p[stat] for p in points}
     if len(ins) > 1 and len(outs) > 1 and len(val) == len(ins) * len(outs):
         col = [_lerp(outs, [val[(i, o)] for o in outs], out_keep) for i in ins]
         return _lerp(ins, col, in_keep)
@@ -105,7 +105,7 @@ def interpolate_layer(points: list[dict], in_keep: float, out_keep: float) -> fl
     if len(ins) == 1:
         return _lerp(outs, [val[(ins[0], o)] for o in outs], out_keep)
     diag = sorted(points, key=lambda p: p["out_keep"])  # coupled in == out
-    return _lerp([p["out_keep"] for p in diag], [p["ms"] for p in diag], out_keep)
+    return _lerp([p["out_keep"] for p in diag], [p[stat] for p in diag], out_keep)
 
 
 @dataclass(frozen=True)
@@ -120,13 +120,17 @@ class TableLatencyModel:
     count_result_return: bool = False
     edge_name: str = "edge"  # profile names, for messages
     cloud_name: str = "cloud"
+    # "ms": each entry's sustained mean (what a CPU quota allows over time, the
+    # optimiser's default); "median_ms": the per-run median, which is what a
+    # single request sees when it fits in one quota window (deploy reports both)
+    stat: str = "ms"
 
     def _sum(self, tables: dict, host: str, model: str, shape: PlanShape, layers: range) -> float:
         """Sum of the layers' times, each less the per-run overhead, plus that overhead once."""
         if model not in tables:
             raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {model}")
         rows, ov = tables[model]["layers"], tables[model].get("run_overhead_ms", 0.0)
-        return ov + sum(max(0.0, interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1]) - ov) for t in layers)
+        return ov + sum(max(0.0, interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1], self.stat) - ov) for t in layers)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)
@@ -139,7 +143,8 @@ class TableLatencyModel:
         )
 
     def describe(self) -> str:
-        return f"measured tables: edge {self.edge_name}, cloud {self.cloud_name}, B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms"
+        kind = "per-run medians" if self.stat == "median_ms" else "sustained means"
+        return f"measured tables ({kind}): edge {self.edge_name}, cloud {self.cloud_name}, B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms"
 
 
 def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None = None) -> LatencyModel:

@@ -28,7 +28,7 @@ from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.profiles import load_profile
-from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, prune
+from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
@@ -241,6 +241,33 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
             prune={"importance": req.prune.importance, "round_to": req.prune.round_to, "refit": req.prune.refit, "calibration_images": req.calib_size},
         )
     return d
+
+
+def uniform_plan(
+    model: str, cut: int, keep: float, checkpoint: str | Path | None = None, data: str = "builtin", val_size: int = 2000, calib_size: int = 256,
+) -> dict:
+    """A plan for a given cut and one keep ratio, without search or accuracy measurement.
+
+    For tests, benchmarks and "what if" deployments; ``feasible`` is asserted,
+    not measured, so its accuracy fields stay empty.
+    """
+    from cpcdrl_deploy.workflows import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(model, checkpoint, required=True)
+    net = load_model(model, ckpt)
+    a = analyze(net, get_entry(model).input_size, model)
+    cfg = PruneConfig()
+    shape = plan_shape(a, channel_groups(net, a), cut, [keep] * cut, cfg.round_to)
+    return {
+        "schema_version": PLAN_SCHEMA_VERSION, "kind": "cpcdrl-plan", "cpcdrl_version": __version__, "model": model, "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_sha256(ckpt), "method": "uniform", "feasible": True, "profiles": {"edge": "paper", "cloud": "paper", "link": None},
+        "accuracy": {}, "seed": 0, "data": {"source": str(data), "val_size": val_size, "calib_size": calib_size},
+        "cut": cut, "cut_name": a.points[cut].name, "n_layers": a.n_layers, "ratios": [keep] * cut,
+        "channels": [max(1, int(round(layer.out_channels * k))) for layer, k in zip(a.layers, shape.out_keep)],
+        "latency_ms": {"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "return_ms": 0.0, "total_ms": 0.0},
+        "cut_bytes": shape.cut_bytes,
+        "prune": {"importance": cfg.importance, "round_to": cfg.round_to, "refit": cfg.refit, "calibration_images": calib_size},
+    }
 
 
 def write_plan(path: str | Path, plan: dict) -> Path:
