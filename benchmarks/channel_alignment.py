@@ -11,6 +11,7 @@ the models are built without refit.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             jobs = []
             for i, (name, keep, rt) in enumerate(variants):
-                m = net if keep == 1.0 else prune(net, a, a.n_layers, [keep] * a.n_layers, None, PruneConfig(refit=False, round_to=rt)).model
+                m = copy.deepcopy(net) if keep == 1.0 else prune(net, a, a.n_layers, [keep] * a.n_layers, None, PruneConfig(refit=False, round_to=rt)).model
                 f = Path(tmp) / f"m{i}.onnx.gz"
                 f.write_bytes(_export(_make_constant(nn.Sequential(*m.units())), (3, 32, 32)))
                 dev.put(f, f"{remote}/{f.name}")

@@ -14,6 +14,7 @@ the unpruned model), then `deploy` each distinct plan on the testbed with
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,21 +44,38 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/deploy")
+    ap.add_argument("--offload-cut", default="mobilenet=27,vgg16=7", help="MODEL=CUT: the unpruned split the lossy options are measured on")
+    ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = Path(args.out)
+    offload_cut = {k: int(v) for k, v in (kv.split("=") for kv in args.offload_cut.split(","))}
     rows: list[dict] = []
+
+    def run(plan_path: Path, tag: str, **kw) -> dict:
+        rep_path = out / plan_path.parent.parent.name / tag / "deploy-report.json"
+        if args.resume and rep_path.exists():
+            return json.loads(rep_path.read_text())
+        return deploy(DeployRequest(plan_path, edge=args.host, requests=args.requests, data=args.data, out=rep_path.parent,
+                                    edge_profile=args.edge_profile, cloud_profile=args.cloud_profile, **kw), log)
+
     for model in args.models.split(","):
         t0 = time.perf_counter()
-        req = OptimizeRequest(
-            model=model, checkpoint=SHARED / "models" / f"{model}-cifar10.pth", data=args.data, edge=args.edge_profile, cloud=args.cloud_profile,
-            max_accuracy_loss=args.loss, methods=METHODS, val_size=args.val_size, test_limit=args.test_limit, search=SearchConfig(episodes=args.episodes),
-        )
-        res = optimize(req, log)
-        log(f"{model}: optimize took {time.perf_counter() - t0:.0f} s")
+        ckpt = SHARED / "models" / f"{model}-cifar10.pth"
+        opt_path = out / model / "optimize.json"
+        if args.resume and opt_path.exists():
+            res = json.loads(opt_path.read_text())
+        else:
+            req = OptimizeRequest(
+                model=model, checkpoint=ckpt, data=args.data, edge=args.edge_profile, cloud=args.cloud_profile, max_accuracy_loss=args.loss,
+                methods=METHODS, val_size=args.val_size, test_limit=args.test_limit, search=SearchConfig(episodes=args.episodes),
+            )
+            res = optimize(req, log)
+            res.pop("history")
+            atomic_write_json(opt_path, res)
+            log(f"{model}: optimize took {time.perf_counter() - t0:.0f} s")
         seen: dict[tuple, dict] = {}
-        offload_plan = None
         for plan in res["plans"]:
             if not plan["feasible"]:
                 rows.append({"model": model, "method": plan["method"], "feasible": False})
@@ -65,23 +83,14 @@ def main() -> None:
             path = write_plan(out / model / "plans" / f"{plan['method']}.json", plan)
             key = (plan["cut"], tuple(plan["channels"][: plan["cut"]]))
             if key not in seen:
-                rep = deploy(DeployRequest(path, edge=args.host, requests=args.requests, data=args.data, out=out / model / plan["method"],
-                                           edge_profile=args.edge_profile, cloud_profile=args.cloud_profile), log)
-                seen[key] = rep
-                if offload_plan is None and 0 < plan["cut"] < plan["n_layers"]:
-                    offload_plan = path
+                seen[key] = run(path, plan["method"])
             rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
-        if offload_plan is None:
-            # no method split the model: the lossy options need a head and a tail, so take the last cut, unpruned
-            n = next(p["n_layers"] for p in res["plans"] if p["feasible"])
-            up = uniform_plan(model, n - 1, 1.0, req.checkpoint, args.data)
-            offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
-        if offload_plan is not None:
-            for transfer, quantize in (("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
-                tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
-                rep = deploy(DeployRequest(offload_plan, edge=args.host, requests=args.requests, data=args.data, out=out / model / tag,
-                                           transfer=transfer, quantize=quantize, edge_profile=args.edge_profile, cloud_profile=args.cloud_profile), log)
-                rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
+        # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
+        up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
+        offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
+        for transfer, quantize in (("fp32", None), ("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
+            rep = run(offload_plan, f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else ""), transfer=transfer, quantize=quantize)
+            rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
         atomic_write_json(out / "results.json", {"args": vars(args), "rows": rows})
     atomic_write_bytes(out / "table.md", table(rows).encode())
     plot(rows, out / "measured_vs_predicted.png")

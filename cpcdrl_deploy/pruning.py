@@ -53,9 +53,9 @@ class PruneConfig:
     importance: str = "l1"  # key of IMPORTANCE
     # Kept channel counts are multiples of this. 8, not 1: ONNX Runtime's CPU
     # convolutions use an 8-channel blocked layout (NCHWc) and fall back to a
-    # slower path for other counts -- measured on CIFAR MobileNet with every
-    # layer at keep 0.8: 2.32 ms with free counts, 0.87 ms rounded to 8, 1.44 ms
-    # unpruned (benchmarks/results/deploy/README in the main README).
+    # slower path for other counts. CIFAR MobileNet, every layer at keep 0.8
+    # (benchmarks/channel_alignment.py): 2.61 ms with free counts, 1.07 ms
+    # rounded to 8, 1.03 ms unpruned here; 11.4 / 3.6 / 6.2 ms on the emulated Pi.
     round_to: int = 8
     refit: bool = True  # least-squares reconstruction of consumers (Eq. 2)
     points_per_image: int = 10  # feature-map positions sampled per calibration image (AMC uses 10)
