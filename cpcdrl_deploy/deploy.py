@@ -327,7 +327,7 @@ def summary_lines(report: dict) -> list[str]:
         )
     for k, v in report["predicted"].items():
         lines.append(
-            f"{k} prediction {v['total_ms']:.2f} ms (error vs p50 {report['prediction_error_pct'].get(k, float('nan')):+.1f} %, "
+            f"{k} prediction {v['total_ms']:.2f} ms [{v['model']}] (error vs p50 {report['prediction_error_pct'].get(k, float('nan')):+.1f} %, "
             f"vs mean {report['prediction_error_vs_mean_pct'].get(k, float('nan')):+.1f} %)"
         )
     if report["protocol_overhead"]:
