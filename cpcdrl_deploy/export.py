@@ -21,7 +21,6 @@ serves it unchanged).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 import warnings
@@ -38,7 +37,7 @@ from cpcdrl_deploy import __version__
 from cpcdrl_deploy.analysis import analyze
 from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_document
 from cpcdrl_deploy.optimize import load_plan
 from cpcdrl_deploy.pruning import Calibration, PruneConfig, prune
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
@@ -366,15 +365,9 @@ def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
 def load_manifest(export_dir: str | Path) -> dict:
     """The manifest of an export directory, with every file's SHA-256 checked."""
     d = Path(export_dir)
-    p = d / "manifest.json"
-    if not p.is_file():
+    if not (d / "manifest.json").is_file():
         raise CpcdrlError(f"{d} has no manifest.json (run cpcdrl export first)")
-    try:
-        m = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CpcdrlError(f"cannot read {p}: {exc}") from None
-    if m.get("kind") != "cpcdrl-export" or m.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise CpcdrlError(f"{p} is not a cpcdrl export manifest (schema_version {MANIFEST_SCHEMA_VERSION})")
+    m = read_document(d / "manifest.json", "cpcdrl-export", MANIFEST_SCHEMA_VERSION, "export manifest")
     for role, f in m["files"].items():
         fp = d / f["file"]
         if not fp.is_file():

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from cpcdrl_deploy.errors import CpcdrlError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
@@ -30,3 +32,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_json(path: str | Path, obj: object) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_document(path: str | Path, kind: str, version: int, what: str) -> dict:
+    """A versioned JSON document (``{"kind": kind, "schema_version": version, ...}``), or one error line."""
+    p = Path(path)
+    if not p.is_file():
+        raise CpcdrlError(f"{what} not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CpcdrlError(f"cannot read {what} {p}: {exc}") from None
+    if not isinstance(d, dict) or d.get("kind") != kind or d.get("schema_version") != version:
+        raise CpcdrlError(f"{p} is not a {kind} file (schema_version {version})")
+    return d

@@ -25,7 +25,7 @@ from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
-from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_json, read_document
 from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.profiles import load_profile
 from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, plan_shape, prune
@@ -275,17 +275,8 @@ def write_plan(path: str | Path, plan: dict) -> Path:
 
 
 def load_plan(path: str | Path) -> dict:
-    import json
-
+    d = read_document(path, "cpcdrl-plan", PLAN_SCHEMA_VERSION, "plan")
     p = Path(path)
-    if not p.is_file():
-        raise CpcdrlError(f"plan not found: {p}")
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CpcdrlError(f"cannot read plan {p}: {exc}") from None
-    if not isinstance(d, dict) or d.get("kind") != "cpcdrl-plan" or d.get("schema_version") != PLAN_SCHEMA_VERSION:
-        raise CpcdrlError(f"{p} is not a cpcdrl plan (schema_version {PLAN_SCHEMA_VERSION})")
     if not d.get("feasible"):
         raise CpcdrlError(f"{p}: method {d.get('method')} found no plan meeting the accuracy constraint")
     return d

@@ -32,6 +32,11 @@ def test_deploy_bad_inputs_are_one_line(tmp_path) -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["deploy", str(tmp_path / "missing.json")])
     assert res.exit_code == 2 and "plan not found" in res.output and "Traceback" not in res.output
+    (tmp_path / "corrupt.json").write_text("{not json")
+    res = runner.invoke(app, ["export", str(tmp_path / "corrupt.json")])
+    assert res.exit_code == 2 and "cannot read plan" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(app, ["serve", str(tmp_path)])  # not an export directory
+    assert res.exit_code == 2 and "no manifest.json" in res.output
     plan = make_plan(tmp_path / "plan.json", 3, 0.75)
     d = json.loads(plan.read_text())
     d["model"] = "mobilenet"  # a plan from another model than its checkpoint
