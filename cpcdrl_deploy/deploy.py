@@ -38,10 +38,10 @@ from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, transfer_ms
 from cpcdrl_deploy.optimize import load_plan
 from cpcdrl_deploy.profiles import LinkProfile, load_profile
-from cpcdrl_deploy.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.pruning import PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
 from cpcdrl_deploy.testbed import load_state
-from cpcdrl_deploy.zoo import get_entry
+from cpcdrl_deploy.zoo import build_model, get_entry
 
 RUNNER = Path(__file__).resolve().parent / "edge_runner.py"
 REPORT_SCHEMA_VERSION = 1
@@ -119,7 +119,7 @@ def _pct(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
-def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None) -> dict[str, dict]:
+def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None) -> dict[str, dict]:
     """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
 
     The transfer term uses the bytes actually sent per request (``payload_bytes``:
@@ -130,12 +130,10 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
     link: LinkProfile | None = ep.link or cp.link
     if link is None:
         raise CpcdrlError(f"neither {edge_profile!r} nor {cloud_profile!r} has a link measurement")
-    entry = get_entry(model)
-    from cpcdrl_deploy.zoo import build_model
-
-    net = build_model(model)
-    a = analyze(net, entry.input_size, model)
-    shape = plan_shape(a, channel_groups(net, a), int(plan["cut"]), [float(r) for r in plan["ratios"]])
+    net = net if net is not None else build_model(model)  # the unpruned architecture; weights do not matter here
+    a = analyze(net, get_entry(model).input_size, model)
+    round_to = int((plan.get("prune") or {}).get("round_to", PruneConfig.round_to))  # as the plan was pruned
+    shape = plan_shape(a, channel_groups(net, a), int(plan["cut"]), [float(r) for r in plan["ratios"]], round_to)
     out: dict[str, dict] = {}
     models: dict[str, object] = {}
     if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
@@ -232,7 +230,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     preds = np.array([r["prediction"] for r in answered], dtype=np.int64)
     at = np.array([r["i"] for r in answered], dtype=np.int64)
     payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
-    pred = predictions(plan, edge_profile, cloud_profile, payload)
+    pred = predictions(plan, edge_profile, cloud_profile, payload, original)
     link = pred.pop("_link")
     measured = {
         "e2e_ms": _pct([r["e2e_ms"] for r in ok]),

@@ -222,6 +222,13 @@ def run_split(head, tail, x: np.ndarray) -> np.ndarray:
     return tail.run(None, feeds)[0]
 
 
+def _check_options(quantize: str | None, transfer: str) -> None:
+    if transfer not in TRANSFERS:
+        raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)}")
+    if quantize not in (None, "int8"):
+        raise CpcdrlError("--quantize takes int8")
+
+
 def export_plan(
     plan_path: str | Path,
     out: str | Path,
@@ -234,10 +241,7 @@ def export_plan(
     log: Log = lambda s: None,
 ) -> dict:
     """Write head.onnx / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest."""
-    if transfer not in TRANSFERS:
-        raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)}")
-    if quantize not in (None, "int8"):
-        raise CpcdrlError("--quantize takes int8")
+    _check_options(quantize, transfer)
     plan = load_plan(plan_path)
     t0 = time.perf_counter()
     original, pruned, ds = rebuild(plan, data, checkpoint)
@@ -250,10 +254,7 @@ def export_models(
     quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256, log: Log = lambda s: None,
 ) -> dict:
     """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check)."""
-    if transfer not in TRANSFERS:
-        raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)}")
-    if quantize not in (None, "int8"):
-        raise CpcdrlError("--quantize takes int8")
+    _check_options(quantize, transfer)
     t0 = time.perf_counter()
     entry = get_entry(plan["model"])
     analysis = analyze(pruned, entry.input_size, plan["model"])

@@ -28,7 +28,7 @@ from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_json, read_document
 from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.profiles import load_profile
-from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, plan_shape, prune
+from cpcdrl_deploy.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
@@ -234,13 +234,18 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
             cut_name=analysis.points[b.cut].name,
             n_layers=n,
             ratios=[round(r, 6) for r in b.ratios],
-            channels=[max(1, int(round(layer.out_channels * k))) for layer, k in zip(analysis.layers, b.shape.out_keep)],
+            channels=plan_channels(analysis, b.shape),
             latency_ms=b.latency.to_dict(),
             macs={"edge": b.shape.edge_macs, "cloud": b.shape.cloud_macs, "total": b.shape.edge_macs + b.shape.cloud_macs, "unpruned": analysis.total_macs},
             cut_bytes=b.shape.cut_bytes,
             prune={"importance": req.prune.importance, "round_to": req.prune.round_to, "refit": req.prune.refit, "calibration_images": req.calib_size},
         )
     return d
+
+
+def plan_channels(analysis: ModelAnalysis, shape: PlanShape) -> list[int]:
+    """Output channels each layer keeps under ``shape`` (what a plan records and export checks)."""
+    return [max(1, int(round(layer.out_channels * k))) for layer, k in zip(analysis.layers, shape.out_keep)]
 
 
 def uniform_plan(
@@ -263,7 +268,7 @@ def uniform_plan(
         "checkpoint_sha256": file_sha256(ckpt), "method": "uniform", "feasible": True, "profiles": {"edge": "paper", "cloud": "paper", "link": None},
         "accuracy": {}, "seed": 0, "data": {"source": str(data), "val_size": val_size, "calib_size": calib_size},
         "cut": cut, "cut_name": a.points[cut].name, "n_layers": a.n_layers, "ratios": [keep] * cut,
-        "channels": [max(1, int(round(layer.out_channels * k))) for layer, k in zip(a.layers, shape.out_keep)],
+        "channels": plan_channels(a, shape),
         "latency_ms": {"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "return_ms": 0.0, "total_ms": 0.0},
         "cut_bytes": shape.cut_bytes,
         "prune": {"importance": cfg.importance, "round_to": cfg.round_to, "refit": cfg.refit, "calibration_images": calib_size},

@@ -74,6 +74,11 @@ def keep_ratio(action: float, r_min: float) -> float:
     return r_min + (1.0 - r_min) * float(np.clip(action, 0.0, 1.0))
 
 
+def _unpruned_ms(ev: PlanEvaluator, cuts: list[int]) -> dict[int, float]:
+    """Predicted latency of every unpruned split in ``cuts`` (the latency model only)."""
+    return {c: ev.price(c, [1.0] * c)[1].total_ms for c in cuts}
+
+
 def promising_cuts(ev: PlanEvaluator, r_min: float) -> list[int]:
     """The cuts A_p may choose: those whose fastest conceivable plan beats the fastest unpruned split.
 
@@ -85,15 +90,19 @@ def promising_cuts(ev: PlanEvaluator, r_min: float) -> list[int]:
     cuts that spreads A_c's few episodes too thin. The best unpruned cut stays
     allowed, so Neurosurgeon's answer is always within reach.
     """
-    allowed = ev.analysis.cuttable_points()
-    unpruned = {c: ev.price(c, [1.0] * c)[1].total_ms for c in allowed}
+    unpruned = _unpruned_ms(ev, ev.analysis.cuttable_points())
     t_ref = min(unpruned.values())
-    return [c for c in allowed if unpruned[c] == t_ref or ev.price(c, [r_min] * c)[1].total_ms < t_ref]
+    return [c for c, t in unpruned.items() if t == t_ref or ev.price(c, [r_min] * c)[1].total_ms < t_ref]
+
+
+def partition_actions(ev: PlanEvaluator, cfg: SearchConfig) -> list[int]:
+    """A_p's action space, which the random baseline shares so the comparison isolates what the agents learn."""
+    return promising_cuts(ev, cfg.r_min) if cfg.mask_cuts else ev.analysis.cuttable_points()
 
 
 def reference_latencies(ev: PlanEvaluator, cuts: list[int] | None = None) -> tuple[float, float]:
     """(T_ref, T_max) of the reward: the fastest and the slowest unpruned split among ``cuts``."""
-    t = [ev.price(c, [1.0] * c)[1].total_ms for c in (cuts if cuts is not None else ev.analysis.cuttable_points())]
+    t = _unpruned_ms(ev, cuts if cuts is not None else ev.analysis.cuttable_points()).values()
     return min(t), max(t)
 
 
@@ -110,7 +119,7 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
     t_start = time.perf_counter()
     a = evaluator.analysis
     n = a.n_layers
-    allowed = promising_cuts(evaluator, cfg.r_min) if cfg.mask_cuts else a.cuttable_points()
+    allowed = partition_actions(evaluator, cfg)
     method = "cpcdrl" if fixed_cut is None else "edge-pruned"
     track = _Tracker(method, a0)
     states = CompressionStates(a)
@@ -225,8 +234,7 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + 3)
     track = _Tracker("random", a0)
-    # the same action space as CPCDRL's A_p, so the comparison isolates what the agents learn
-    allowed = promising_cuts(evaluator, cfg.r_min) if cfg.mask_cuts else evaluator.analysis.cuttable_points()
+    allowed = partition_actions(evaluator, cfg)
     tries = 0
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
         tries += 1
