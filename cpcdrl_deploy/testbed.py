@@ -119,6 +119,31 @@ def _free_index() -> int:
     raise CpcdrlError("no free testbed address")
 
 
+def _clear_leftovers(name: str) -> None:
+    """Remove a namespace and cgroup of this name that a killed run left without state (its CPCDRL_HOME is gone)."""
+    ns = f"cpcdrl-{name}"
+    if ns in _run(["ip", "netns", "list"], check=False).stdout.split():
+        for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        _run(["ip", "netns", "del", ns], check=False)  # its veth end goes with it, and so does the host end
+    cg = CGROUP_CPU / ns
+    if cg.exists():
+        for p in (cg / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for _ in range(20):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 def provision_python(venv: Path, log=print) -> Path:
     """A venv with numpy + onnxruntime for the device side, built from the host (which reaches PyPI)."""
     py = venv / "bin" / "python"
@@ -139,6 +164,7 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
     if existing is not None:
         raise CpcdrlError(f"testbed {name!r} is already up (cpcdrl testbed down --name {name})")
     bps = parse_bandwidth(bandwidth)
+    _clear_leftovers(name)
     k = _free_index()
     d = state_dir(name)
     d.mkdir(parents=True, exist_ok=True)
@@ -180,11 +206,14 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
         Path("/run/sshd").mkdir(exist_ok=True)
         # enter the cgroup first, then exec sshd inside the namespace: every session inherits both
         _run(["sh", "-c", f"echo $$ > {cg / 'cgroup.procs'} && exec ip netns exec {ns} /usr/sbin/sshd -f {d / 'sshd_config'}"])
-        for _ in range(50):
-            if (d / "sshd.pid").exists():
+        # sshd creates its pid file before it writes the number: wait for the number, not the file
+        for _ in range(100):
+            st.sshd_pid = _read_pid(d / "sshd.pid")
+            if st.sshd_pid:
                 break
             time.sleep(0.1)
-        st.sshd_pid = int((d / "sshd.pid").read_text().strip())
+        else:
+            raise CpcdrlError(f"sshd did not start inside the testbed (no pid in {d / 'sshd.pid'} after 10 s)")
         st.save()
         _register(st)
         log(f"testbed {name!r} up: ssh {st.user}@{st.device_ip} (cpu {cpu} core, link {bps / 1e3:g} KB/s); device python {st.python}")
@@ -192,6 +221,14 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
     except BaseException:
         down(name, quiet=True)
         raise
+
+
+def _read_pid(path: Path) -> int:
+    """The pid in ``path``; 0 while the file is missing, empty or half-written."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def _register(st: TestbedState) -> None:
@@ -223,7 +260,7 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
         raise CpcdrlError(f"no testbed named {name!r} is up")
     removed = []
     d = Path(st.dir)
-    pid = st.sshd_pid or (int((d / "sshd.pid").read_text()) if (d / "sshd.pid").exists() else 0)
+    pid = st.sshd_pid or _read_pid(d / "sshd.pid")
     cg = Path(st.cgroup)
     pids = {pid} if pid else set()
     if (cg / "cgroup.procs").exists():

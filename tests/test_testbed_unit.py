@@ -37,3 +37,13 @@ def test_down_of_unknown_testbed(tmp_path, monkeypatch) -> None:
     res = CliRunner().invoke(app, ["testbed", "down", "--name", "ghost"])
     assert res.exit_code == 2 and "no testbed named 'ghost'" in res.stderr
     assert testbed.status() == []
+
+
+def test_read_pid_waits_out_a_half_written_pid_file(tmp_path) -> None:
+    # sshd creates its pid file before writing the number (a CI run once read it empty)
+    f = tmp_path / "sshd.pid"
+    assert testbed._read_pid(f) == 0
+    f.write_text("")
+    assert testbed._read_pid(f) == 0
+    f.write_text("4242\n")
+    assert testbed._read_pid(f) == 4242
