@@ -42,6 +42,7 @@ class Timers:
     refit_s: float = 0.0
     accuracy_s: float = 0.0
     agents_s: float = 0.0
+    test_s: float = 0.0  # the chosen plans' final test accuracy (outside the search)
     evaluations: int = 0
     cache_hits: int = 0
     early_stops: int = 0

@@ -1,0 +1,79 @@
+"""Wall time of `cpcdrl optimize` (CPCDRL only) and where it goes.
+
+    python benchmarks/optimize_walltime.py                 # CIFAR VGG16, 300 episodes, CLI defaults
+    python benchmarks/optimize_walltime.py --model mobilenet --episodes 30
+
+Runs what `cpcdrl optimize vgg16 --method cpcdrl --episodes 300 --max-accuracy-loss 2`
+runs (same defaults: 2,000 validation images, 256 calibration images, all
+10,000 test images, the `paper` profiles) and splits its wall time into
+loading + unpruned baselines, refit (pruning surgery + least-squares
+reconstruction), accuracy evaluation, agent updates and the rest. Run it on
+an otherwise idle machine: it is a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.optimize import OptimizeRequest, prepare, run_methods
+from cpcdrl_deploy.search import SearchConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vgg16")
+    ap.add_argument("--episodes", type=int, default=300)
+    ap.add_argument("--loss", type=float, default=2.0, help="accuracy points the plan may lose")
+    ap.add_argument("--val-size", type=int, default=OptimizeRequest.val_size)
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write the figures as JSON here too")
+    args = ap.parse_args()
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    req = OptimizeRequest(
+        model=args.model, checkpoint=SHARED / "models" / f"{args.model}-cifar10.pth", data=args.data, max_accuracy_loss=args.loss,
+        methods=("cpcdrl",), val_size=args.val_size, search=SearchConfig(episodes=args.episodes, seed=args.seed),
+    )
+    t0 = time.perf_counter()
+    session = prepare(req, log)
+    t_prepare = time.perf_counter() - t0
+    # the unpruned validation score in prepare() is one evaluation: count the search's own from here
+    before = dict(session.evaluator.timers.to_dict())
+    res = run_methods(session, args.loss, log)
+    wall = time.perf_counter() - t0
+    tm = {k: v - before.get(k, 0) for k, v in res["timers"].items()}
+    plan = res["plans"][0]
+    search_s = res["wall_s"]
+    parts = {
+        "load + unpruned test/validation accuracy": t_prepare,
+        "refit (surgery + least squares)": tm["refit_s"] + tm["prune_s"],
+        "accuracy on validation": tm["accuracy_s"],
+        "agent updates (DQN + DDPG)": tm["agents_s"],
+        "final plan's test accuracy (refit + 10k images)": tm["test_s"],
+    }
+    parts["rest (states, latency model, bookkeeping)"] = wall - sum(parts.values())
+    lines = [
+        f"optimize {args.model}, cpcdrl, {args.episodes} episodes, {req.val_size} validation images, torch threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}",
+        f"wall time: {wall:.0f} s ({wall / 60:.1f} min; goal < 15 min); search alone {search_s:.0f} s",
+        f"plans scored: {tm['evaluations']} (cache hits {tm['cache_hits']}, stopped early {tm['early_stops']})",
+    ]
+    lines += [f"  {k:<48} {v:7.1f} s  {100 * v / wall:5.1f} %" for k, v in parts.items()]
+    best = plan.get("latency_ms", {}).get("total_ms")
+    lines.append(f"best plan: cut {plan.get('cut')}, {best if best is None else round(best, 2)} ms, test {plan['accuracy'].get('test')}")
+    print("\n".join(lines))
+    if args.out:
+        atomic_write_json(Path(args.out), {"args": vars(args), "wall_s": wall, "parts_s": parts, "timers": tm, "plan": plan, "report": lines})
+
+
+if __name__ == "__main__":
+    main()
