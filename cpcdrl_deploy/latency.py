@@ -129,7 +129,10 @@ class TableLatencyModel:
         """Sum of the layers' times, each less the per-run overhead, plus that overhead once."""
         if model not in tables:
             raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {model}")
-        rows, ov = tables[model]["layers"], tables[model].get("run_overhead_ms", 0.0)
+        t = tables[model]
+        # each layer was timed as its own ONNX Runtime session: take one run's fixed cost off each
+        # (measured with the same statistic; profiles older than that only hold the sustained one)
+        rows, ov = t["layers"], t.get("run_overhead", {}).get(self.stat, t.get("run_overhead_ms", 0.0))
         return ov + sum(max(0.0, interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1], self.stat) - ov) for t in layers)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:

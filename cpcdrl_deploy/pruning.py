@@ -313,21 +313,23 @@ def _solve_layer(
         xs = x_in.reshape(x_in.shape[0], -1)
     w0 = mod.weight.detach().reshape(mod.weight.shape[0], -1)
     has_bias = mod.bias is not None
-    X = xs.double()
+    X = xs.float()
     if has_bias:
         X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
         w0 = torch.cat([w0, mod.bias.detach().unsqueeze(1)], 1)
-    Y = y.double()
-    W0 = w0.double()
-    before = _rel_err(X, Y, W0)
-    gram = X.T @ X
+    Y = y.float()
+    before = _rel_err(X, Y, w0)
+    # the normal equations' products in float32 (the bulk of the work: points x D^2),
+    # their solve in float64 by Cholesky (the ridge makes the system positive definite)
+    gram = (X.T @ X).double()
     lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
-    W = torch.linalg.solve(gram + lam * eye, X.T @ Y + lam * W0.T).T  # C_out x D
+    gram.diagonal().add_(lam)
+    rhs = (X.T @ Y).double() + lam * w0.T.double()
+    chol, info = torch.linalg.cholesky_ex(gram)
+    W = (torch.cholesky_solve(rhs, chol) if int(info) == 0 else torch.linalg.solve(gram, rhs)).T.float()  # C_out x D
     after = _rel_err(X, Y, W)
     if after > before:  # never make a layer worse than plain pruning
         return before, before
-    W = W.float()
     if has_bias:
         mod.bias.data.copy_(W[:, -1])
         W = W[:, :-1]

@@ -65,8 +65,15 @@ class _Tracker:
             self.result.evaluations += 1
         self.result.history.append((ev.cut, ev.accuracy, ev.latency.total_ms))
         best = self.result.best
+        if ev.screened:  # scored on one chunk because it was no faster than the best: it cannot replace it
+            return
         if ev.accuracy >= self.a0 and (best is None or ev.latency.total_ms < best.latency.total_ms - 1e-9):
             self.result.best = ev
+
+    @property
+    def incumbent_ms(self) -> float | None:
+        """Latency of the best feasible plan so far: slower plans are only screened (see env.py)."""
+        return self.result.best.latency.total_ms if self.result.best is not None else None
 
 
 def keep_ratio(action: float, r_min: float) -> float:
@@ -169,7 +176,7 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
             ratios.append(keep_ratio(act, cfg.r_min))
             prev = act
         evaluator.timers.agents_s += time.perf_counter() - t_agent
-        ev = evaluator.evaluate(cut, ratios)
+        ev = evaluator.evaluate(cut, ratios, incumbent_ms=track.incumbent_ms)
         t_agent = time.perf_counter()
         r = _episode_reward(ev, a0, t_ref, cfg)
         track.add(ev)
@@ -224,7 +231,7 @@ def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig) -> Search
     track = _Tracker("greedy", a0)
     for r in cfg.greedy_ratios:
         cut = min(evaluator.analysis.cuttable_points(), key=lambda c: evaluator.price(c, [r] * c)[1].total_ms)
-        track.add(evaluator.evaluate(cut, [r] * cut))
+        track.add(evaluator.evaluate(cut, [r] * cut, incumbent_ms=track.incumbent_ms))
     track.result.wall_s = time.perf_counter() - t0
     return track.result
 
@@ -239,7 +246,7 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
         tries += 1
         cut = int(rng.choice(allowed))
-        track.add(evaluator.evaluate(cut, [keep_ratio(rng.uniform(), cfg.r_min) for _ in range(cut)]))
+        track.add(evaluator.evaluate(cut, [keep_ratio(rng.uniform(), cfg.r_min) for _ in range(cut)], incumbent_ms=track.incumbent_ms))
     track.result.wall_s = time.perf_counter() - t0
     return track.result
 

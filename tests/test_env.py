@@ -54,3 +54,21 @@ def test_evaluator_caches_identical_plans() -> None:
     assert full_a.accuracy == full_b.accuracy and ev.timers.evaluations == 2  # unpruned: scored once for every cut
     assert full_b.latency.total_ms != full_a.latency.total_ms
     assert e1.images == 40 and 0 <= e1.accuracy <= 100
+
+
+def test_plans_no_faster_than_the_incumbent_are_screened_on_one_chunk() -> None:
+    torch.manual_seed(0)
+    model = build_model("tinyvgg")
+    a = analyze(model, 32, "tinyvgg")
+    x = torch.randn(40, 3, 32, 32)
+    y = torch.randint(0, 10, (40,))
+    ev = PlanEvaluator(model, a, channel_groups(model, a), AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5), x, y, None, PruneConfig(refit=False), chunk=16)
+    ms = ev.price(3, [0.5, 0.5, 0.5])[1].total_ms
+    slow = ev.evaluate(3, [0.5, 0.5, 0.5], incumbent_ms=ms)  # no faster than the incumbent: one chunk
+    assert slow.screened and slow.images == 16 and ev.timers.screened == 1
+    assert ev.evaluate(3, [0.5, 0.5, 0.5], incumbent_ms=ms - 1.0) is slow  # still screened: the cached estimate serves
+    full = ev.evaluate(3, [0.5, 0.5, 0.5], incumbent_ms=ms + 1.0)  # could now become the answer: scored in full
+    assert not full.screened and full.images == 40 and ev.timers.evaluations == 2
+    assert ev.evaluate(3, [0.5, 0.5, 0.5], incumbent_ms=ms) is full  # a full score serves every later caller
+    unpruned = ev.evaluate(a.n_layers, [1.0] * a.n_layers, incumbent_ms=0.0)
+    assert not unpruned.screened and unpruned.images == 40  # the reference is always scored in full

@@ -99,3 +99,21 @@ def test_table_model_charges_run_overhead_once(vgg) -> None:
     assert b.transfer_ms == pytest.approx(1000 * 128 * 8 * 8 * 4 / 2e5 + 1.0)
     with pytest.raises(CpcdrlError, match="no table for mobilenet"):
         lm.predict("mobilenet", plan_shape(a, groups, 4, [1.0] * 4))
+
+
+def test_table_model_takes_the_overhead_in_the_statistic_it_sums(vgg) -> None:
+    # per-run medians must be corrected with the median overhead, not the sustained mean
+    # (a quota-throttled device's sustained overhead is several times its median)
+    import dataclasses
+
+    from cpcdrl_deploy.latency import TableLatencyModel
+
+    a, groups = vgg
+    pt = {"in_keep": 1.0, "out_keep": 1.0, "ms": 2.0, "median_ms": 0.5}
+    rows = [{"index": t, "points": [pt]} for t in range(1, 15)]
+    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.2, "run_overhead": {"ms": 0.2, "median_ms": 0.05}}}
+    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    shape = plan_shape(a, groups, 4, [1.0] * 4)
+    assert lm.predict("vgg16", shape).edge_ms == pytest.approx(0.2 + 4 * 1.8)
+    med = dataclasses.replace(lm, stat="median_ms")
+    assert med.predict("vgg16", shape).edge_ms == pytest.approx(0.05 + 4 * 0.45)

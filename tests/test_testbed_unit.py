@@ -47,3 +47,13 @@ def test_read_pid_waits_out_a_half_written_pid_file(tmp_path) -> None:
     assert testbed._read_pid(f) == 0
     f.write_text("4242\n")
     assert testbed._read_pid(f) == 4242
+
+
+def test_cfs_period_is_the_shortest_the_kernel_accepts() -> None:
+    # quota = share x period must be >= 1 ms; shorter periods spread the stalls finer
+    assert testbed.cfs_period_us(0.25) == 4000
+    assert testbed.cfs_period_us(2.0) == 1000
+    for share in (0.01, 0.1, 0.3, 0.25, 0.5, 0.9, 1.0, 1.5):
+        period = testbed.cfs_period_us(share)
+        assert round(share * period) >= testbed.MIN_QUOTA_US
+        assert period == testbed.MIN_QUOTA_US or round(share * (period - 1)) <= testbed.MIN_QUOTA_US
