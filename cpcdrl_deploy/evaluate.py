@@ -10,7 +10,6 @@ from torch import nn
 
 from cpcdrl_deploy.data import ImageSet
 
-
 # small batches keep a layer's activations in cache: 64 ran VGG16 20 % and MobileNet
 # up to 2x faster than 250 on a 2-core CPU
 BATCH = 64
