@@ -35,9 +35,9 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.export import export_models, rebuild
 from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, transfer_ms
+from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, throttled_latencies, transfer_ms
 from cpcdrl_deploy.optimize import load_plan
-from cpcdrl_deploy.profiles import LinkProfile, load_profile
+from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.pruning import PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
 from cpcdrl_deploy.testbed import load_state
@@ -151,8 +151,33 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
             d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
         d["model"] = lm.describe()  # type: ignore[attr-defined]
         out[name] = d
+    quota = device_quota(ep)
+    if "table_median" in out and quota is not None:
+        # per-request latency on a quota-limited device: the unthrottled run time (per-run
+        # medians) through CFS bandwidth control, the device idling while the cloud answers
+        share, period_ms = quota
+        med = out["table_median"]
+        idle = med["transfer_ms"] + med["cloud_ms"] + med["return_ms"]
+        lat = np.array(throttled_latencies(med["edge_ms"], idle, share, period_ms)[50:])  # past the first periods
+        d = {**med, "edge_ms": float(np.percentile(lat, 50)), "edge_p90_ms": float(np.percentile(lat, 90)), "edge_mean_ms": float(lat.mean())}
+        d["total_ms"] = d["edge_ms"] + idle
+        d["total_p90_ms"] = d["edge_p90_ms"] + idle
+        d["model"] = f"{med['model']} through a CPU quota of {share:g} core per {period_ms:g} ms"
+        out["table_quota"] = d
     out["_link"] = {"uplink_bytes_per_s": link.uplink_bytes_per_s, "rtt_ms": link.rtt_ms}
     return out
+
+
+def device_quota(profile: Profile) -> tuple[float, float] | None:
+    """(CPU share, CFS period in ms) of the device that measured ``profile``, or None if it ran unthrottled."""
+    host = profile.host or {}
+    tb = host.get("testbed")
+    if tb and tb.get("cpu_share"):
+        return float(tb["cpu_share"]), float(tb.get("cfs_period_us", 10_000)) / 1000.0  # testbeds before 4 ms periods used 10 ms
+    q = str(host.get("cpu_quota") or "").split()  # what the profiler read from the device's cgroup: "quota period" in us
+    if len(q) == 2 and q[0].lstrip("-").isdigit() and int(q[0]) > 0 and q[1].isdigit() and int(q[1]) > 0:
+        return int(q[0]) / int(q[1]), int(q[1]) / 1000.0
+    return None
 
 
 def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
@@ -286,7 +311,10 @@ def plot_deploy(report: dict, path: Path) -> None:
     e2e = sorted(r["e2e_ms"] for r in ok)
     ax1.plot(np.arange(1, len(e2e) + 1) / len(e2e) * 100.0, e2e, "k-")
     for k, v in report["predicted"].items():
-        ax1.axhline(v["total_ms"], ls={"table": "--", "table_median": "-."}.get(k, ":"), color={"table": "b", "table_median": "g"}.get(k, "r"), label=f"{k} prediction")
+        ax1.axhline(
+            v["total_ms"], ls={"table": "--", "table_median": "-.", "table_quota": "-"}.get(k, ":"),
+            color={"table": "b", "table_median": "g", "table_quota": "m"}.get(k, "r"), label=f"{k} prediction",
+        )
     ax1.set_xlabel("requests (%)")
     ax1.set_ylabel("end-to-end latency (ms)")
     ax1.set_title("measured, every request")

@@ -12,6 +12,7 @@ protocol, so the optimiser does not care which one it gets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -46,6 +47,39 @@ class LatencyModel(Protocol):
 def transfer_ms(n_bytes: int, bytes_per_s: float, rtt_ms: float = 0.0) -> float:
     """Time to move ``n_bytes`` over a link of ``bytes_per_s`` (Eq. 6), plus one RTT."""
     return 1000.0 * n_bytes / bytes_per_s + rtt_ms
+
+
+def throttled_latencies(work_ms: float, idle_ms: float, share: float, period_ms: float, requests: int = 500) -> list[float]:
+    """Latency of each of ``requests`` runs of ``work_ms`` of CPU time on a device under a CFS quota.
+
+    Linux CFS bandwidth control lets a cgroup run ``share x period_ms`` per
+    period; once that is spent, it stalls until the period ends (no carry-over).
+    Between runs the device idles ``idle_ms`` (waiting for the cloud's answer).
+    One thread. This is how a CPU-limited container, and the emulated Pi of
+    ``cpcdrl testbed``, turn an unthrottled run time into per-request latency:
+    runs shorter than the quota are often as fast as the host, the rest stall.
+    """
+    if not (share > 0 and period_ms > 0 and work_ms >= 0 and idle_ms >= 0):
+        raise ValueError("share, period_ms must be > 0 and work_ms, idle_ms >= 0")
+    quota = share * period_ms
+    if quota >= period_ms:
+        return [work_ms] * requests  # one thread can never spend more than a period per period
+    t, end, budget = 0.0, period_ms, quota
+    out = []
+    for _ in range(requests):
+        start, need = t, work_ms
+        while need > 1e-12:
+            if t >= end:  # a new period: a fresh quota
+                end += period_ms * (math.floor((t - end) / period_ms) + 1)
+                budget = quota
+            if budget <= 1e-12:  # throttled to the end of the period
+                t = end
+                continue
+            run = min(need, budget, end - t)
+            t, need, budget = t + run, need - run, budget - run
+        out.append(t - start)
+        t += idle_ms
+    return out
 
 
 @dataclass(frozen=True)

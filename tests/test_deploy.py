@@ -6,6 +6,7 @@ import json
 import socket
 import urllib.parse
 
+import pytest
 from typer.testing import CliRunner
 
 from cli import app
@@ -45,3 +46,25 @@ def test_deploy_bad_inputs_are_one_line(tmp_path) -> None:
     assert res.exit_code == 2 and res.output.startswith("error:") and len(res.output.strip().splitlines()) == 1, res.output
     res = runner.invoke(app, ["deploy", str(make_plan(tmp_path / "p2.json", 3, 0.75)), "--edge", "nosuchhost.invalid:22", "--out", str(tmp_path / "d2")])
     assert res.exit_code == 2 and "--bind" in res.output
+
+
+def test_predictions_run_the_medians_through_the_devices_cpu_quota() -> None:
+    from pathlib import Path
+
+    from cpcdrl_deploy.deploy import device_quota, predictions
+    from cpcdrl_deploy.profiles import Profile, load_profile
+
+    prof = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profile"
+    pi = load_profile(prof / "pi.json")  # measured on the emulated Pi (0.25 CPU)
+    assert device_quota(pi) is not None and device_quota(pi)[0] == 0.25
+    assert device_quota(load_profile(prof / "local.json")) is None  # this host, unthrottled
+    assert device_quota(Profile("x", "measured", host={"cpu_quota": "50000 100000"})) == (0.5, 100.0)  # read from a cgroup
+    assert device_quota(Profile("x", "measured", host={"cpu_quota": "-1 100000"})) is None
+    assert device_quota(Profile("x", "measured", host={"cpu_quota": "max 100000"})) is None
+    for cut in (0, 14, 28):
+        pred = predictions({"model": "mobilenet", "cut": cut, "ratios": [1.0] * cut}, str(prof / "pi.json"), str(prof / "local.json"), None)
+        q, med = pred["table_quota"], pred["table_median"]
+        assert med["edge_ms"] <= q["edge_ms"] + 1e-9 <= q["edge_p90_ms"] + 1e-9  # a quota only ever delays
+        assert q["cloud_ms"] == med["cloud_ms"] and q["total_ms"] == pytest.approx(q["edge_ms"] + q["transfer_ms"] + q["cloud_ms"] + q["return_ms"])
+        if cut == 0:
+            assert q["edge_ms"] == 0.0

@@ -117,3 +117,21 @@ def test_table_model_takes_the_overhead_in_the_statistic_it_sums(vgg) -> None:
     assert lm.predict("vgg16", shape).edge_ms == pytest.approx(0.2 + 4 * 1.8)
     med = dataclasses.replace(lm, stat="median_ms")
     assert med.predict("vgg16", shape).edge_ms == pytest.approx(0.05 + 4 * 0.45)
+
+
+def test_throttled_latencies_follow_cfs_bandwidth_control() -> None:
+    from cpcdrl_deploy.latency import throttled_latencies
+
+    # a whole core: never throttled
+    assert throttled_latencies(3.0, 0.0, 1.0, 4.0, requests=5) == [3.0] * 5
+    # 0.25 CPU, 1 ms per 4 ms period, 0.5 ms runs back to back: two fit in each quota, the third stalls
+    lat = throttled_latencies(0.5, 0.0, 0.25, 4.0, requests=6)
+    assert lat[:3] == pytest.approx([0.5, 0.5, 3.5])
+    # sustained, the device delivers exactly its share: mean latency = work / share
+    for work in (0.3, 0.5, 2.0, 7.0):
+        steady = throttled_latencies(work, 0.0, 0.25, 4.0, requests=400)[100:]
+        assert sum(steady) / len(steady) == pytest.approx(work / 0.25, rel=0.02)
+    # idle time between requests refills the quota: a run that fits in it is never throttled
+    assert max(throttled_latencies(0.8, 4.0, 0.25, 4.0, requests=50)) == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        throttled_latencies(1.0, 0.0, 0.0, 4.0)
