@@ -188,6 +188,7 @@ def optimize_cmd(
     test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
     round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
+    device: Annotated[str, typer.Option("--device", help="where refits and accuracy checks run: cpu, cuda, cuda:N")] = "cpu",
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the plan (first method listed) here")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write results.json, table.md and plots here")] = None,
@@ -205,6 +206,7 @@ def optimize_cmd(
         model=model, checkpoint=resolve_checkpoint(model, checkpoint, required=True), data=data, edge=edge, cloud=cloud, link=link,
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
+        device=device,
     )
     result = optimize(req, log=_err)
     if out is not None:
@@ -220,7 +222,7 @@ def optimize_cmd(
     typer.echo(methods_table(result["plans"]))
     t = result["timers"]
     typer.echo(f"wall {result['wall_s']:.1f} s: refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
-               f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early")
+               f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early, {t['screened']} screened")
 
 
 testbed_app = typer.Typer(help="An emulated Raspberry Pi on this machine (root): network namespace, CPU quota, shaped link, sshd.", no_args_is_help=True)

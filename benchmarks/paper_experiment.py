@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/paper")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (accuracy results do not depend on it)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where refits and accuracy checks run")
+    ap.add_argument("--checkpoints", default=str(SHARED / "models"), help="folder of <model>-cifar10.pth")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     losses = [float(x) for x in args.losses.split(",")]
@@ -45,9 +47,9 @@ def main() -> None:
     for model in args.models.split(","):
         out = Path(args.out) / model
         req = OptimizeRequest(
-            model=model, checkpoint=SHARED / "models" / f"{model}-cifar10.pth", data=args.data, max_accuracy_loss=max(losses),
+            model=model, checkpoint=Path(args.checkpoints) / f"{model}-cifar10.pth", data=args.data, max_accuracy_loss=max(losses),
             methods=METHODS, val_size=args.val_size, calib_size=args.calib, test_limit=args.limit,
-            search=SearchConfig(episodes=args.episodes, seed=args.seed),
+            search=SearchConfig(episodes=args.episodes, seed=args.seed), device=args.device,
         )
         t0 = time.perf_counter()
         session = prepare(req, log)
@@ -61,7 +63,8 @@ def main() -> None:
         lines = [f"## {model}: unpruned {session.base_test:.2f}% test ({len(session.test_idx)} images), {session.base_val:.2f}% validation", ""]
         for res in runs:
             lines += [f"### at most {res['max_accuracy_loss']:g} points lost (A0 = {res['a0_test']:.2f}% test)", "", methods_table(res["plans"]), ""]
-        lines.append(f"wall time {time.perf_counter() - t0:.0f} s on this host; evaluator: {runs[-1]['timers']}")
+        where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+        lines.append(f"wall time {time.perf_counter() - t0:.0f} s ({where}); evaluator: {runs[-1]['timers']}")
         atomic_write_bytes(out / "table.md", ("\n".join(lines) + "\n").encode())
         series = {m: [next(p for p in r["plans"] if p["method"] == m).get("latency_ms", {}).get("total_ms") for r in runs] for m in METHODS}
         plot_latency_vs([r["a0_test"] for r in runs], series, "accuracy requirement A0 (test top-1, %)", out / "latency_vs_requirement.png",

@@ -19,7 +19,8 @@ BATCH = 64
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = BATCH) -> torch.Tensor:
     """Class predictions (int64) for normalised NCHW ``images``."""
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    dev = next(model.parameters()).device
+    return torch.cat([model(images[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = BATCH) -> float:

@@ -52,6 +52,7 @@ class OptimizeRequest:
     test_limit: int | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    device: str = "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
 
 
 def _validate(req: OptimizeRequest) -> None:
@@ -66,6 +67,14 @@ def _validate(req: OptimizeRequest) -> None:
         raise CpcdrlError(f"unknown method {bad[0]!r}; known: {', '.join(METHODS)}, all")
     if not 0.0 < req.search.r_min <= 1.0:
         raise CpcdrlError("--r-min must be in (0, 1]")
+    try:
+        dev = torch.device(req.device)
+    except RuntimeError:
+        raise CpcdrlError(f"--device {req.device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CpcdrlError(f"--device {req.device}: no CUDA device on this host")
+    if dev.type not in ("cpu", "cuda"):
+        raise CpcdrlError(f"--device {req.device!r}: expected cpu, cuda or cuda:N")
 
 
 @dataclass
@@ -100,6 +109,11 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
     torch.manual_seed(req.search.seed)
     analysis = analyze(model, entry.input_size, req.model)
     groups = channel_groups(model, analysis)
+    if torch.device(req.device).type == "cuda":
+        # full float32 on the GPU (no TF32), so that accuracies match a CPU run up to float rounding
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        model = model.to(req.device)
     data = load_cifar10(req.data)
     val_size = min(req.val_size, len(data.train) // 2)
     val_idx, calib_idx = split_train(len(data.train), val_size, min(req.calib_size, len(data.train) - val_size), req.search.seed)

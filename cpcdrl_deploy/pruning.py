@@ -77,6 +77,11 @@ class ChannelGroup:
         return all(j <= cut for j in self.dense_producers)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights live (search may run on a GPU; export and the tests on the CPU)."""
+    return next(model.parameters()).device
+
+
 def _layer_modules(model: nn.Module, analysis: ModelAnalysis) -> list[nn.Module]:
     mods = dict(model.named_modules())
     return [mods[layer.name] for layer in analysis.layers]
@@ -84,7 +89,7 @@ def _layer_modules(model: nn.Module, analysis: ModelAnalysis) -> list[nn.Module]
 
 def channel_groups(model: UnitModel, analysis: ModelAnalysis) -> list[ChannelGroup]:
     """The coupled channel groups of ``model``, one per leading layer (classifier excluded)."""
-    example = torch.zeros(1, *analysis.input_shape)
+    example = torch.zeros(1, *analysis.input_shape, device=device_of(model))
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     index_of = {id(m): i for i, m in enumerate(_layer_modules(model, analysis), start=1)}
     groups: list[ChannelGroup] = []
@@ -148,7 +153,7 @@ class Calibration:
         handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach())) for n in missing]
         try:
             with torch.no_grad():
-                original(self.images)
+                original(self.images.to(device_of(original)))
         finally:
             for h in handles:
                 h.remove()
@@ -158,7 +163,7 @@ class Calibration:
             if y.dim() == 4:
                 nb, c, h, w = y.shape
                 m = min(self.points_per_image, h * w)
-                pos = torch.stack([torch.randperm(h * w, generator=gen)[:m] for _ in range(nb)])  # N x m
+                pos = torch.stack([torch.randperm(h * w, generator=gen)[:m] for _ in range(nb)]).to(y.device)  # N x m, drawn on the CPU: same points anywhere
                 self._positions[n] = pos
                 flat = y.reshape(nb, c, h * w)
                 self._targets[n] = torch.gather(flat, 2, pos.unsqueeze(1).expand(nb, c, m)).permute(0, 2, 1).reshape(-1, c)
@@ -228,7 +233,7 @@ def prune(
 
     kept_idx: dict[int, list[int]] = {}  # layer index -> kept output channel indices (original numbering)
     if plans:
-        dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=torch.zeros(1, *analysis.input_shape))
+        dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=torch.zeros(1, *analysis.input_shape, device=device_of(pruned)))
         for g, drop in plans:
             leader = mods[g.leader - 1]
             fn = tp.prune_linear_out_channels if isinstance(leader, nn.Linear) else tp.prune_conv_out_channels
@@ -275,7 +280,7 @@ def _refit(
     for c in consumers:
         by_unit.setdefault(analysis.layers[c - 1].unit, []).append(c)
     errors: dict[str, tuple[float, float]] = {}
-    x = calib.images
+    x = calib.images.to(device_of(pruned))
     with torch.no_grad():
         for u, unit in enumerate(pruned.units()):
             for c in by_unit.get(u, []):
@@ -315,7 +320,7 @@ def _solve_layer(
     has_bias = mod.bias is not None
     X = xs.float()
     if has_bias:
-        X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
+        X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
         w0 = torch.cat([w0, mod.bias.detach().unsqueeze(1)], 1)
     Y = y.float()
     before = _rel_err(X, Y, w0)
