@@ -206,7 +206,8 @@ def profile_host(
         tb = load_state(dev.name) if dev.name != "local" else None
         if tb is not None:  # say so: this "device" is this machine under a CPU quota and a shaped link
             facts["testbed"] = {
-                "cpu_share": tb.cpu, "cfs_period_us": tb.cfs_period_us, "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
+                "cpu_share": tb.cpu, "cfs_period_us": tb.cfs_period_us, "cpu_pin": tb.cpu_pin,
+                "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
             }
         tables: dict[str, dict] = {}
         for model_name in models:
