@@ -27,6 +27,13 @@
   then scored below a gutted plan, and the agents learned to gut. With the
   charge, a gutted plan scores no better than the slowest feasible one, and
   the exponential still ranks near misses above hopeless ones.
+- infeasible_slope (default 0.05 per point, a deviation): below A0 a linear
+  term is added, infeasible_slope x (A - A0). Without it the region below A0
+  is flat (the exponential is e^-5 = 0.007 five points down), the critic
+  learns a constant there, and an actor that wandered in has no direction
+  out: in the paper experiment the AMC-style agent spent its last 53 of 100
+  episodes on plans below A0. The term is 0 at A0, so Eq. 10 is untouched for
+  feasible plans.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class RewardConfig:
     mu: float = 1.0  # per unit of T / T_ref
     clip_surplus: bool = True
     no_speed_credit_when_infeasible: bool = True
+    infeasible_slope: float = 0.05  # per accuracy point below A0
 
 
 def reward(
@@ -56,4 +64,5 @@ def reward(
         gap = min(gap, 0.0)
     if cfg.no_speed_credit_when_infeasible and accuracy < a0:
         latency_ms = max(latency_ms, ref_latency_ms if infeasible_ms is None else infeasible_ms)
-    return math.exp(cfg.eta * gap) * (1.0 - kept_macs_fraction) - cfg.mu * latency_ms / ref_latency_ms
+    slope = cfg.infeasible_slope * min(accuracy - a0, 0.0)
+    return math.exp(cfg.eta * gap) * (1.0 - kept_macs_fraction) - cfg.mu * latency_ms / ref_latency_ms + slope

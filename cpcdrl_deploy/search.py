@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -130,7 +130,11 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
     method = "cpcdrl" if fixed_cut is None else "edge-pruned"
     track = _Tracker(method, a0)
     states = CompressionStates(a)
-    ddpg = DDPGAgent(states.dim, _with_seed(cfg.ddpg, cfg.seed))
+    ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
+    if ddpg_cfg.sigma_decay is None:  # explore until the last episode, then exploit (sigma_min)
+        learning = max(1, cfg.episodes - cfg.warmup_episodes)
+        ddpg_cfg = replace(ddpg_cfg, sigma_decay=(ddpg_cfg.sigma_min / ddpg_cfg.sigma_start) ** (1.0 / learning))
+    ddpg = DDPGAgent(states.dim, ddpg_cfg)
     dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
     rng = np.random.default_rng(cfg.seed + 2)
     t_ref = reference_latencies(evaluator, allowed if fixed_cut is None else [*allowed, fixed_cut])

@@ -8,7 +8,7 @@ from cpcdrl_deploy.reward import RewardConfig, reward
 
 
 def test_reward_matches_eq10() -> None:
-    cfg = RewardConfig(eta=0.5, mu=2.0, clip_surplus=False, no_speed_credit_when_infeasible=False)
+    cfg = RewardConfig(eta=0.5, mu=2.0, clip_surplus=False, no_speed_credit_when_infeasible=False, infeasible_slope=0.0)
     assert reward(90.0, 91.0, 0.4, 50.0, 100.0, cfg) == pytest.approx(math.exp(-0.5) * 0.6 - 1.0)
     assert reward(93.0, 91.0, 0.4, 50.0, 100.0, cfg) == pytest.approx(math.exp(1.0) * 0.6 - 1.0)
 
@@ -31,7 +31,7 @@ def test_infeasible_plans_get_no_credit_for_speed() -> None:
     feasible = reward(91.0, 91.0, 0.8, 80.0, 100.0)  # removes 20 % of MACs, 20 % faster than T_ref
     gutted = reward(20.0, 91.0, 0.05, 5.0, 100.0)  # removes 95 %, 20x faster, useless
     assert feasible > gutted
-    literal = RewardConfig(no_speed_credit_when_infeasible=False)
+    literal = RewardConfig(no_speed_credit_when_infeasible=False, infeasible_slope=0.0)
     assert reward(20.0, 91.0, 0.05, 5.0, 100.0, literal) > reward(91.0, 91.0, 0.8, 80.0, 100.0, literal)
     # near misses still rank above hopeless ones
     assert reward(90.5, 91.0, 0.7, 60.0, 100.0) > reward(60.0, 91.0, 0.7, 60.0, 100.0)
@@ -42,4 +42,13 @@ def test_a_slow_feasible_plan_beats_a_gutted_one_when_charged_the_slowest_split(
     slow_feasible = reward(91.0, 91.0, 0.9, 150.0, 70.0, infeasible_ms=160.0)  # a deep cut, still being compressed
     gutted = reward(30.0, 91.0, 0.1, 10.0, 70.0, infeasible_ms=160.0)
     assert slow_feasible > gutted
-    assert reward(30.0, 91.0, 0.1, 10.0, 70.0) > reward(91.0, 91.0, 0.9, 150.0, 70.0)  # what T_ref alone did
+    flat = RewardConfig(infeasible_slope=0.0)
+    assert reward(30.0, 91.0, 0.1, 10.0, 70.0, flat) > reward(91.0, 91.0, 0.9, 150.0, 70.0, flat)  # what T_ref alone did
+
+
+def test_below_a0_more_accuracy_always_scores_higher() -> None:
+    """The infeasible region is not flat: an actor that wandered in has a direction out."""
+    far, farther = reward(70.0, 91.0, 0.6, 50.0, 100.0, infeasible_ms=160.0), reward(60.0, 91.0, 0.6, 50.0, 100.0, infeasible_ms=160.0)
+    assert far - farther == pytest.approx(0.05 * 10, rel=1e-3)  # the exponential alone differs by ~1e-9 here
+    # and nothing changes at or above A0
+    assert reward(91.0, 91.0, 0.5, 80.0, 100.0) == pytest.approx(0.5 - 0.8)
