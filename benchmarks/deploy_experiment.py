@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.deploy import DeployRequest, deploy
+from cpcdrl_deploy.deploy import DeployRequest, deploy, repredict
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
 from cpcdrl_deploy.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
 from cpcdrl_deploy.search import METHODS, SearchConfig
@@ -46,7 +46,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/deploy")
     ap.add_argument("--offload-cut", default="mobilenet=27,vgg16=7", help="MODEL=CUT: the unpruned split the lossy options are measured on")
     ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
+    ap.add_argument("--repredict", action="store_true", help="with --resume: recompute every report's predictions (no testbed needed)")
     args = ap.parse_args()
+    args.resume = args.resume or args.repredict
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = Path(args.out)
@@ -55,6 +57,8 @@ def main() -> None:
 
     def run(plan_path: Path, tag: str, **kw) -> dict:
         rep_path = out / plan_path.parent.parent.name / tag / "deploy-report.json"
+        if args.repredict:
+            return repredict(rep_path)
         if args.resume and rep_path.exists():
             return json.loads(rep_path.read_text())
         return deploy(DeployRequest(plan_path, edge=args.host, requests=args.requests, data=args.data, out=rep_path.parent,

@@ -155,28 +155,30 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
     if "table_median" in out and quota is not None:
         # per-request latency on a quota-limited device: the unthrottled run time (per-run
         # medians) through CFS bandwidth control, the device idling while the cloud answers
-        share, period_ms = quota
+        share, period_ms, tick_ms = quota
         med = out["table_median"]
         idle = med["transfer_ms"] + med["cloud_ms"] + med["return_ms"]
-        lat = np.array(throttled_latencies(med["edge_ms"], idle, share, period_ms)[50:])  # past the first periods
+        lat = np.array(throttled_latencies(med["edge_ms"], idle, share, period_ms, tick_ms)[50:])  # past the first periods
         d = {**med, "edge_ms": float(np.percentile(lat, 50)), "edge_p90_ms": float(np.percentile(lat, 90)), "edge_mean_ms": float(lat.mean())}
         d["total_ms"] = d["edge_ms"] + idle
         d["total_p90_ms"] = d["edge_p90_ms"] + idle
-        d["model"] = f"{med['model']} through a CPU quota of {share:g} core per {period_ms:g} ms"
+        d["model"] = f"{med['model']} through a CPU quota of {share:g} core per {period_ms:g} ms, {tick_ms:g} ms ticks"
         out["table_quota"] = d
     out["_link"] = {"uplink_bytes_per_s": link.uplink_bytes_per_s, "rtt_ms": link.rtt_ms}
     return out
 
 
-def device_quota(profile: Profile) -> tuple[float, float] | None:
-    """(CPU share, CFS period in ms) of the device that measured ``profile``, or None if it ran unthrottled."""
+def device_quota(profile: Profile) -> tuple[float, float, float] | None:
+    """(CPU share, CFS period ms, scheduler tick ms) of the device that measured ``profile``; None if unthrottled."""
     host = profile.host or {}
+    hz = host.get("kernel_hz")
+    tick = 1000.0 / float(hz) if hz else 4.0  # not recorded: HZ=250, the common default (and this project's build VMs)
     tb = host.get("testbed")
     if tb and tb.get("cpu_share"):
-        return float(tb["cpu_share"]), float(tb.get("cfs_period_us", 10_000)) / 1000.0  # testbeds before 4 ms periods used 10 ms
+        return float(tb["cpu_share"]), float(tb.get("cfs_period_us", 10_000)) / 1000.0, tick  # testbeds before 4 ms periods used 10 ms
     q = str(host.get("cpu_quota") or "").split()  # what the profiler read from the device's cgroup: "quota period" in us
     if len(q) == 2 and q[0].lstrip("-").isdigit() and int(q[0]) > 0 and q[1].isdigit() and int(q[1]) > 0:
-        return int(q[0]) / int(q[1]), int(q[1]) / 1000.0
+        return int(q[0]) / int(q[1]), int(q[1]) / 1000.0, tick
     return None
 
 
@@ -270,11 +272,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         per = [r["e2e_ms"] - r["edge_ms"] - (1000.0 * r["bytes_sent"] / bw if bw else 0.0) - (r.get("server_compute_ms") or 0.0) for r in ok]
         p50 = float(np.percentile(per, 50))
         overhead = {"p50_ms": p50, "pct_of_e2e_p50": 100.0 * p50 / measured["e2e_ms"]["p50"], "bandwidth_bytes_per_s": bw}
-    errors, errors_mean = {}, {}
-    if ok:
-        m, mean = measured["e2e_ms"]["p50"], measured["e2e_ms"]["mean"]
-        errors = {k: 100.0 * (v["total_ms"] - m) / m for k, v in pred.items()}
-        errors_mean = {k: 100.0 * (v["total_ms"] - mean) / mean for k, v in pred.items()}
+    errors, errors_mean = _errors(pred, measured)
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "cpcdrl-deploy-report",
@@ -299,6 +297,27 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     atomic_write_json(out / "deploy-report.json", report)
     if ok:
         plot_deploy(report, out / "deploy.png")
+    return report
+
+
+def _errors(pred: dict, measured: dict) -> tuple[dict, dict]:
+    """(predicted - measured) / measured in percent, against the p50 and against the mean."""
+    if not measured["e2e_ms"]:
+        return {}, {}
+    m, mean = measured["e2e_ms"]["p50"], measured["e2e_ms"]["mean"]
+    return {k: 100.0 * (v["total_ms"] - m) / m for k, v in pred.items()}, {k: 100.0 * (v["total_ms"] - mean) / mean for k, v in pred.items()}
+
+
+def repredict(report_path: Path) -> dict:
+    """Recompute a deploy report's predictions with today's latency models (the measurements stay)."""
+    report = json.loads(Path(report_path).read_text())
+    pred = predictions(load_plan(Path(report["plan"])), report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"])
+    pred.pop("_link")
+    report["predicted"] = pred
+    report["prediction_error_pct"], report["prediction_error_vs_mean_pct"] = _errors(pred, report["measured"])
+    atomic_write_json(report_path, report)
+    if report["measured"]["e2e_ms"]:
+        plot_deploy(report, Path(report_path).parent / "deploy.png")
     return report
 
 

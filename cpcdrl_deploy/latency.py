@@ -49,19 +49,25 @@ def transfer_ms(n_bytes: int, bytes_per_s: float, rtt_ms: float = 0.0) -> float:
     return 1000.0 * n_bytes / bytes_per_s + rtt_ms
 
 
-def throttled_latencies(work_ms: float, idle_ms: float, share: float, period_ms: float, requests: int = 500) -> list[float]:
+def throttled_latencies(
+    work_ms: float, idle_ms: float, share: float, period_ms: float, tick_ms: float = 0.0, requests: int = 500,
+) -> list[float]:
     """Latency of each of ``requests`` runs of ``work_ms`` of CPU time on a device under a CFS quota.
 
     Linux CFS bandwidth control lets a cgroup run ``share x period_ms`` per
     period; once that is spent, it stalls until the period ends (no carry-over).
-    Between runs the device idles ``idle_ms`` (waiting for the cloud's answer).
-    One thread. This is how a CPU-limited container, and the emulated Pi of
-    ``cpcdrl testbed``, turn an unthrottled run time into per-request latency:
-    runs shorter than the quota are often as fast as the host, the rest stall.
+    The kernel notices the quota is spent only at a scheduler tick (1/CONFIG_HZ,
+    4 ms at HZ=250), so a quota shorter than a tick is overrun, and the debt is
+    repaid by staying throttled for as many periods as it takes: in effect the
+    device runs in bursts of max(quota, tick) and stalls burst/share - burst.
+    That is what is modelled (``tick_ms`` = 0: an ideal CFS). Between runs the
+    device idles ``idle_ms`` (waiting for the cloud's answer). One thread.
+    Runs shorter than a burst are usually as fast as the host; the rest stall.
     """
-    if not (share > 0 and period_ms > 0 and work_ms >= 0 and idle_ms >= 0):
-        raise ValueError("share, period_ms must be > 0 and work_ms, idle_ms >= 0")
-    quota = share * period_ms
+    if not (share > 0 and period_ms > 0 and work_ms >= 0 and idle_ms >= 0 and tick_ms >= 0):
+        raise ValueError("share, period_ms must be > 0 and work_ms, idle_ms, tick_ms >= 0")
+    quota = max(share * period_ms, tick_ms)  # the burst the kernel actually lets through
+    period_ms = quota / share
     if quota >= period_ms:
         return [work_ms] * requests  # one thread can never spend more than a period per period
     t, end, budget = 0.0, period_ms, quota

@@ -64,8 +64,15 @@ def facts() -> dict:
                 quota = f"{q.read().strip()} {p.read().strip()}"
     except (OSError, IndexError):
         pass
+    hz = None  # the scheduler tick: a CPU quota is enforced at tick granularity
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            hz = next((int(line.split("=")[1]) for line in f if line.startswith("CONFIG_HZ=")), None)
+    except (OSError, ValueError):
+        pass
     return {
         "hostname": platform.node(),
+        "kernel_hz": hz,
         "cpu_model": cpu,
         "cores": os.cpu_count(),
         "arch": platform.machine(),

@@ -58,7 +58,7 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota() -> None:
     pi = load_profile(prof / "pi.json")  # measured on the emulated Pi (0.25 CPU)
     assert device_quota(pi) is not None and device_quota(pi)[0] == 0.25
     assert device_quota(load_profile(prof / "local.json")) is None  # this host, unthrottled
-    assert device_quota(Profile("x", "measured", host={"cpu_quota": "50000 100000"})) == (0.5, 100.0)  # read from a cgroup
+    assert device_quota(Profile("x", "measured", host={"cpu_quota": "50000 100000", "kernel_hz": 1000})) == (0.5, 100.0, 1.0)  # read from a cgroup
     assert device_quota(Profile("x", "measured", host={"cpu_quota": "-1 100000"})) is None
     assert device_quota(Profile("x", "measured", host={"cpu_quota": "max 100000"})) is None
     for cut in (0, 14, 28):

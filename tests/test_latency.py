@@ -133,5 +133,10 @@ def test_throttled_latencies_follow_cfs_bandwidth_control() -> None:
         assert sum(steady) / len(steady) == pytest.approx(work / 0.25, rel=0.02)
     # idle time between requests refills the quota: a run that fits in it is never throttled
     assert max(throttled_latencies(0.8, 4.0, 0.25, 4.0, requests=50)) == pytest.approx(0.8)
+    # a 1 ms quota enforced at 4 ms ticks lets 4 ms bursts through, then stalls 12 ms
+    lat = throttled_latencies(1.0, 0.0, 0.25, 4.0, tick_ms=4.0, requests=8)
+    assert lat[:5] == pytest.approx([1.0, 1.0, 1.0, 1.0, 13.0])
+    steady = throttled_latencies(1.0, 0.0, 0.25, 4.0, tick_ms=4.0, requests=400)[100:]
+    assert sum(steady) / len(steady) == pytest.approx(4.0, rel=0.02)  # still the share, in coarser bursts
     with pytest.raises(ValueError):
         throttled_latencies(1.0, 0.0, 0.0, 4.0)
