@@ -39,13 +39,19 @@ def test_keep_ratio_maps_actions_into_range() -> None:
     assert keep_ratio(1.7, 0.2) == 1.0
 
 
-def test_evaluator_caches_identical_plans() -> None:
+def _tiny_evaluator() -> PlanEvaluator:
+    """tinyvgg, 40 random images in chunks of 16, no refit: cheap and deterministic."""
     torch.manual_seed(0)
     model = build_model("tinyvgg")
     a = analyze(model, 32, "tinyvgg")
     x = torch.randn(40, 3, 32, 32)
     y = torch.randint(0, 10, (40,))
-    ev = PlanEvaluator(model, a, channel_groups(model, a), AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5), x, y, None, PruneConfig(refit=False), chunk=16)
+    return PlanEvaluator(model, a, channel_groups(model, a), AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5), x, y, None, PruneConfig(refit=False), chunk=16)
+
+
+def test_evaluator_caches_identical_plans() -> None:
+    ev = _tiny_evaluator()
+    a = ev.analysis
     e1 = ev.evaluate(3, [0.5, 0.5, 0.5])
     e2 = ev.evaluate(3, [0.51, 0.49, 0.5])  # same channel counts after rounding
     assert e2 is e1 and ev.timers.cache_hits == 1 and ev.timers.evaluations == 1
@@ -57,12 +63,8 @@ def test_evaluator_caches_identical_plans() -> None:
 
 
 def test_plans_no_faster_than_the_incumbent_are_screened_on_one_chunk() -> None:
-    torch.manual_seed(0)
-    model = build_model("tinyvgg")
-    a = analyze(model, 32, "tinyvgg")
-    x = torch.randn(40, 3, 32, 32)
-    y = torch.randint(0, 10, (40,))
-    ev = PlanEvaluator(model, a, channel_groups(model, a), AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5), x, y, None, PruneConfig(refit=False), chunk=16)
+    ev = _tiny_evaluator()
+    a = ev.analysis
     ms = ev.price(3, [0.5, 0.5, 0.5])[1].total_ms
     slow = ev.evaluate(3, [0.5, 0.5, 0.5], incumbent_ms=ms)  # no faster than the incumbent: one chunk
     assert slow.screened and slow.images == 16 and ev.timers.screened == 1
