@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli import app
@@ -84,6 +85,8 @@ def test_cli_optimize_writes_plan_and_report(tmp_path) -> None:
         (["--max-accuracy-loss", "1", "--episodes", "0"], "episodes"),
         (["--max-accuracy-loss", "1", "--method", "magic"], "unknown method"),
         ([], "exactly one of"),
+        (["--max-accuracy-loss", "1", "--device", "tpu"], "expected cpu, cuda"),
+        *([] if torch.cuda.is_available() else [(["--max-accuracy-loss", "1", "--device", "cuda"], "no CUDA device")]),
     ],
 )
 def test_cli_optimize_bad_inputs(args, message) -> None:
