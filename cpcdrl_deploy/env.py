@@ -104,10 +104,11 @@ class PlanEvaluator:
         self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
         self.timers.accuracy_s += t2 - t1
         self.timers.evaluations += 1
-        self.timers.screened += int(screen and n < len(self.val_y))
+        screened = screen and n < len(self.val_y)  # a one-chunk validation set is scored in full anyway
+        self.timers.screened += int(screened)
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
         kept = sum(shape.layer_macs) / self.analysis.total_macs
-        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screen and n < len(self.val_y))
+        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened)
         self._cache[key] = ev
         return ev
 

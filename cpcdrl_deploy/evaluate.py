@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cpcdrl_deploy.data import ImageSet
+from cpcdrl_deploy.pruning import device_of
 
 # small batches keep a layer's activations in cache: 64 ran VGG16 20 % and MobileNet
 # up to 2x faster than 250 on a 2-core CPU
@@ -19,7 +20,7 @@ BATCH = 64
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = BATCH) -> torch.Tensor:
     """Class predictions (int64) for normalised NCHW ``images``."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     return torch.cat([model(images[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
 
 

@@ -66,10 +66,10 @@ def throttled_latencies(
     """
     if not (share > 0 and period_ms > 0 and work_ms >= 0 and idle_ms >= 0 and tick_ms >= 0):
         raise ValueError("share, period_ms must be > 0 and work_ms, idle_ms, tick_ms >= 0")
+    if share >= 1.0:
+        return [work_ms] * requests  # one thread can never spend more than a period per period
     quota = max(share * period_ms, tick_ms)  # the burst the kernel actually lets through
     period_ms = quota / share
-    if quota >= period_ms:
-        return [work_ms] * requests  # one thread can never spend more than a period per period
     t, end, budget = 0.0, period_ms, quota
     out = []
     for _ in range(requests):

@@ -213,8 +213,6 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
 
 
 def _with_seed(c, seed: int):
-    from dataclasses import replace
-
     return replace(c, seed=seed)
 
 

@@ -142,26 +142,44 @@ def _free_index() -> int:
 def _clear_leftovers(name: str) -> None:
     """Remove a namespace and cgroup of this name that a killed run left without state (its CPCDRL_HOME is gone)."""
     ns = f"cpcdrl-{name}"
-    if ns in _run(["ip", "netns", "list"], check=False).stdout.split():
-        for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split():
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
+    if _netns_exists(ns):
+        _signal({int(p) for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split()}, signal.SIGKILL)
         _run(["ip", "netns", "del", ns], check=False)  # its veth end goes with it, and so does the host end
     cg = CGROUP_CPU / ns
     if cg.exists():
-        for p in (cg / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for _ in range(20):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        _signal(_cgroup_pids(cg), signal.SIGKILL)
+        _remove_cgroup(cg)
+
+
+def _netns_exists(ns: str) -> bool:
+    return ns in _run(["ip", "netns", "list"], check=False).stdout.split()  # whole names: "cpcdrl-pi" is not in "cpcdrl-pi2"
+
+
+def _cgroup_pids(cg: Path) -> set[int]:
+    return {int(p) for p in (cg / "cgroup.procs").read_text().split()} if (cg / "cgroup.procs").exists() else set()
+
+
+def _signal(pids: set[int], sig: int) -> list[int]:
+    """Send ``sig`` to each pid; returns those that were still there."""
+    hit = []
+    for p in sorted(pids):
+        try:
+            os.kill(p, sig)
+            hit.append(p)
+        except ProcessLookupError:
+            pass
+    return hit
+
+
+def _remove_cgroup(cg: Path) -> bool:
+    """rmdir the cgroup, retrying while its last processes exit."""
+    for _ in range(20):
+        try:
+            cg.rmdir()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def provision_python(venv: Path, log=print) -> Path:
@@ -288,34 +306,20 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
     d = Path(st.dir)
     pid = st.sshd_pid or _read_pid(d / "sshd.pid")
     cg = Path(st.cgroup)
-    pids = {pid} if pid else set()
-    if (cg / "cgroup.procs").exists():
-        pids |= {int(p) for p in (cg / "cgroup.procs").read_text().split()}
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGTERM)
-            removed.append(f"process {p}")
-        except ProcessLookupError:
-            pass
+    removed += [f"process {p}" for p in _signal(({pid} if pid else set()) | _cgroup_pids(cg), signal.SIGTERM)]
     for _ in range(50):
-        if not (cg / "cgroup.procs").exists() or not (cg / "cgroup.procs").read_text().strip():
+        if not _cgroup_pids(cg):
             break
         time.sleep(0.1)
     if _run(["ip", "link", "show", st.host_veth], check=False).returncode == 0:
         _run(["ip", "link", "del", st.host_veth], check=False)
         removed.append(f"veth {st.host_veth}")
     ns = f"cpcdrl-{name}"
-    if ns in _run(["ip", "netns", "list"], check=False).stdout:
+    if _netns_exists(ns):
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(f"netns {ns}")
-    if cg.exists():
-        for _ in range(20):
-            try:
-                cg.rmdir()
-                removed.append(f"cgroup {cg}")
-                break
-            except OSError:
-                time.sleep(0.2)
+    if cg.exists() and _remove_cgroup(cg):
+        removed.append(f"cgroup {cg}")
     home = cpcdrl_home()
     for f in ("known_hosts", "ssh_config"):
         if (home / f).exists():
