@@ -233,6 +233,46 @@ class SSHDevice:
             chan.close()
         return statistics.median(times)
 
+    def stream_s(self, n_bytes: int, upload: bool) -> float:
+        """Seconds to move ``n_bytes`` through a process that is already running on the device.
+
+        A one-byte handshake first proves the process is up, so neither the SSH session nor process
+        start-up (slow on a quota-limited device, and variable) is charged to the link. ``upload``
+        means device -> host (the cut tensor's direction); otherwise host -> device, which the
+        device acknowledges with one byte once it has read everything.
+        """
+        # ``head -c 1`` reads the single handshake byte: nothing else is in the pipe yet to over-read
+        cmd = f"head -c 1 >/dev/null; head -c {n_bytes} /dev/zero" if upload else f"head -c 1; head -c {n_bytes} >/dev/null; echo"
+        chan = self.client.get_transport().open_session(timeout=30)  # type: ignore[union-attr]
+        chan.settimeout(120)
+        try:
+            chan.exec_command(cmd)
+            if upload:
+                t0 = time.perf_counter()
+                chan.sendall(b"x")
+                got = 0
+                while got < n_bytes:
+                    chunk = chan.recv(65536)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                elapsed = time.perf_counter() - t0
+            else:
+                chan.sendall(b"x")
+                if chan.recv(1) != b"x":
+                    raise CpcdrlError(f"link test to {self.name} failed")
+                t0 = time.perf_counter()
+                chan.sendall(b"\0" * n_bytes)
+                got = n_bytes if chan.recv(1) == b"\n" else 0
+                elapsed = time.perf_counter() - t0
+        except OSError as exc:
+            raise CpcdrlError(f"link test to {self.name} failed: {exc}") from None
+        finally:
+            chan.close()
+        if got != n_bytes:
+            raise CpcdrlError(f"link test to {self.name} failed: {got} of {n_bytes} bytes")
+        return elapsed
+
     def _sftp_client(self):
         if self._sftp is None:
             self._sftp = self.client.open_sftp()
