@@ -225,7 +225,7 @@ def optimize_cmd(
                f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early, {t['screened']} screened")
 
 
-testbed_app = typer.Typer(help="An emulated Raspberry Pi on this machine (root): network namespace, CPU quota, shaped link, sshd.", no_args_is_help=True)
+testbed_app = typer.Typer(help="An emulated Raspberry Pi on this machine (root): network namespace, slow CPU, shaped link, sshd.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
 NameOpt = Annotated[str, typer.Option("--name", help="testbed host name (its SSH alias)")]
 
@@ -236,11 +236,12 @@ def testbed_up(
     name: NameOpt = "pi",
     cpu: Annotated[float, typer.Option("--cpu", help="share of one core")] = 0.25,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="link rate, e.g. 200KB/s or 1.6Mbit")] = "200KB/s",
+    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: duty (freeze/thaw every 1 ms) or quota (CFS quota)")] = "duty",
 ) -> None:
     """Create the emulated device and register it as an SSH host."""
     from cpcdrl_deploy import testbed
 
-    st = testbed.up(name, cpu, bandwidth, log=_err)
+    st = testbed.up(name, cpu, bandwidth, log=_err, throttle=throttle)
     typer.echo(f"{st.name}: {st.user}@{st.device_ip}, cpu {st.cpu}, {st.bandwidth_bytes_per_s / 1e3:g} KB/s; try: cpcdrl profile --host {st.name}")
 
 
@@ -268,7 +269,8 @@ def testbed_status(fmt: FormatOpt = Format.table) -> None:
         typer.echo("no testbed is up")
     for r in rows:
         sshd = "running" if r["sshd_running"] else "NOT running"
-        typer.echo(f"{r['name']}: {r['user']}@{r['device_ip']} cpu {r['cpu']} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s, sshd {sshd}")
+        cpu = f"cpu {r['cpu']} ({r['throttle']}" + (f", duty cycle {'running' if r['duty_cycle_running'] else 'NOT running'})" if r["throttle"] == "duty" else ")")
+        typer.echo(f"{r['name']}: {r['user']}@{r['device_ip']} {cpu} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s, sshd {sshd}")
 
 
 @app.command("profile")

@@ -169,11 +169,16 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
 
 
 def device_quota(profile: Profile) -> tuple[float, float, float] | None:
-    """(CPU share, CFS period ms, scheduler tick ms) of the device that measured ``profile``; None if unthrottled."""
+    """(CPU share, CFS period ms, scheduler tick ms) of the device that measured ``profile``; None if not quota-limited.
+
+    A duty-cycled testbed is not quota-limited: its stalls are 1 ms long and its per-layer tables already show them.
+    """
     host = profile.host or {}
     hz = host.get("kernel_hz")
     tick = 1000.0 / float(hz) if hz else 4.0  # not recorded: HZ=250, the common default (and this project's build VMs)
     tb = host.get("testbed")
+    if tb and tb.get("throttle", "quota") != "quota":
+        return None
     if tb and tb.get("cpu_share"):
         return float(tb["cpu_share"]), float(tb.get("cfs_period_us", 10_000)) / 1000.0, tick  # testbeds before 4 ms periods used 10 ms
     q = str(host.get("cpu_quota") or "").split()  # what the profiler read from the device's cgroup: "quota period" in us

@@ -198,11 +198,15 @@ def profile_host(
         facts = json.loads(facts_out.strip().splitlines()[-1])
         facts.update(threads=threads, warmup=warmup, repeats=repeats)
         tb = load_state(dev.name) if dev.name != "local" else None
-        if tb is not None:  # say so: this "device" is this machine under a CPU quota and a shaped link
+        if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
             facts["testbed"] = {
-                "cpu_share": tb.cpu, "cfs_period_us": tb.cfs_period_us, "cpu_pin": tb.cpu_pin,
+                "cpu_share": tb.cpu, "throttle": tb.throttle, "cpu_pin": tb.cpu_pin,
                 "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
             }
+            if tb.throttle == "quota":
+                facts["testbed"]["cfs_period_us"] = tb.cfs_period_us
+            else:
+                facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share)
         tables: dict[str, dict] = {}
         for model_name in models:
             with tempfile.TemporaryDirectory() as tmp:

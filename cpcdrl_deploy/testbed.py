@@ -4,9 +4,12 @@
 - a network namespace with a veth pair, 198.18.<k>.1 on the host side and
   198.18.<k>.2 inside (the benchmarking range, RFC 2544);
 - a token-bucket filter on both veth ends (``tc ... tbf rate``): the link;
-- a cgroup-v1 CPU quota (``cpu.cfs_quota_us``/``cfs_period_us``) that sshd and
-  everything it starts inherit: the slow CPU. The shortest period the kernel
-  accepts for the share (4 ms at 0.25) keeps throttling as smooth as it gets;
+- the slow CPU, which sshd and everything it starts inherit: by default a duty
+  cycle (``--throttle duty``): the device's freezer cgroup is thawed for its
+  share of every 1 ms, by a small real-time process on another CPU
+  (cpcdrl_deploy/throttle.py, which says why); or a cgroup-v1 CPU quota
+  (``--throttle quota``, ``cpu.cfs_quota_us``) with the shortest period the
+  kernel accepts (4 ms at 0.25), whose ~1 ms requests come out bimodal;
 - one CPU for the device (sshd's affinity, inherited): a quota is handed out
   to each CPU's run queue in slices, and a process that migrates between
   CPUs leaves runtime stranded on the one it left. Measured on a 2-core VM
@@ -36,6 +39,9 @@ from pathlib import Path
 from cpcdrl_deploy.errors import CpcdrlError
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_FREEZER = Path("/sys/fs/cgroup/freezer")
+THROTTLES = ("duty", "quota")
+DUTY_PERIOD_US = 1000
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us (and period)
 
 
@@ -73,6 +79,12 @@ class TestbedState:
     sshd_pid: int = 0
     cfs_period_us: int = 10_000  # testbeds made before the period followed the share used 10 ms
     cpu_pin: int | None = None  # the one CPU the device runs on (None: testbeds made before pinning)
+    throttle: str = "quota"  # how the slow CPU is made (THROTTLES); testbeds made before "duty" used the quota
+    freezer: str | None = None  # the freezer cgroup a duty cycle drives
+    duty_period_us: int | None = None
+    duty_on_us: float | None = None  # thawed time per period, calibrated so a busy loop gets ``cpu``
+    measured_share: float | None = None  # what the busy loop got with it
+    throttle_pid: int = 0
 
     def save(self) -> None:
         (Path(self.dir) / "state.json").write_text(json.dumps(asdict(self), indent=2))
@@ -101,7 +113,7 @@ def _run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProces
     return res
 
 
-def _preflight() -> None:
+def _preflight(throttle: str = "quota") -> None:
     if os.geteuid() != 0:
         raise CpcdrlError("the testbed needs root (network namespaces, tc, cgroups)")
     for tool, hint in (("ip", "apt-get install iproute2"), ("tc", "apt-get install iproute2")):
@@ -111,6 +123,8 @@ def _preflight() -> None:
         raise CpcdrlError("the testbed needs sshd: apt-get install openssh-server")
     if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
         raise CpcdrlError(f"the testbed needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
+    if throttle == "duty" and not (CGROUP_FREEZER / "cgroup.procs").exists():
+        raise CpcdrlError(f"--throttle duty needs the cgroup-v1 freezer at {CGROUP_FREEZER} (or use --throttle quota)")
 
 
 def state_dir(name: str) -> Path:
@@ -145,10 +159,14 @@ def _clear_leftovers(name: str) -> None:
     if _netns_exists(ns):
         _signal({int(p) for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split()}, signal.SIGKILL)
         _run(["ip", "netns", "del", ns], check=False)  # its veth end goes with it, and so does the host end
-    cg = CGROUP_CPU / ns
-    if cg.exists():
-        _signal(_cgroup_pids(cg), signal.SIGKILL)
-        _remove_cgroup(cg)
+    for cg in (CGROUP_CPU / ns, CGROUP_FREEZER / ns):
+        if cg.exists():
+            if cg.parent == CGROUP_FREEZER:
+                # its duty-cycle process first (it would freeze the cgroup again), then thaw: SIGKILL waits for a thaw
+                _signal(_throttle_pids(cg), signal.SIGKILL)
+                _thaw(cg)
+            _signal(_cgroup_pids(cg), signal.SIGKILL)
+            _remove_cgroup(cg)
 
 
 def _netns_exists(ns: str) -> bool:
@@ -194,10 +212,16 @@ def provision_python(venv: Path, log=print) -> Path:
     return py
 
 
-def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print) -> TestbedState:
-    _preflight()
+def up(
+    name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "duty",
+) -> TestbedState:
+    if throttle not in THROTTLES:
+        raise CpcdrlError(f"--throttle {throttle}: expected one of {', '.join(THROTTLES)}")
+    _preflight(throttle)
     if not 0.01 <= cpu <= os.cpu_count():  # type: ignore[operator]
         raise CpcdrlError(f"--cpu {cpu}: expected a share of one core, e.g. 0.25")
+    if throttle == "duty" and cpu >= 1:
+        raise CpcdrlError(f"--cpu {cpu}: a duty cycle slows one CPU; give a share below 1 or --throttle quota")
     existing = load_state(name)
     if existing is not None:
         raise CpcdrlError(f"testbed {name!r} is already up (cpcdrl testbed down --name {name})")
@@ -208,7 +232,8 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
     d.mkdir(parents=True, exist_ok=True)
     st = TestbedState(
         name=name, index=k, host_ip=f"198.18.{k}.1", device_ip=f"198.18.{k}.2", port=22, cpu=cpu, bandwidth_bytes_per_s=bps,
-        user="root", dir=str(d), python="", host_veth=f"cpv{k}h", cgroup=str(CGROUP_CPU / f"cpcdrl-{name}"),
+        user="root", dir=str(d), python="", host_veth=f"cpv{k}h", cgroup=str(CGROUP_CPU / f"cpcdrl-{name}"), throttle=throttle,
+        freezer=str(CGROUP_FREEZER / f"cpcdrl-{name}") if throttle == "duty" else None,
     )
     st.save()  # from here on, `down` can clean up whatever was made
     try:
@@ -229,10 +254,21 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
             _run(prefix + ["tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "16kb", "latency", "200ms"])
         cg = Path(st.cgroup)
         cg.mkdir(exist_ok=True)
-        st.cfs_period_us = cfs_period_us(cpu)
         (cg / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota first: the kernel checks quota <= period's budget
-        (cg / "cpu.cfs_period_us").write_text(str(st.cfs_period_us))
-        (cg / "cpu.cfs_quota_us").write_text(str(int(round(cpu * st.cfs_period_us))))
+        st.cpu_pin = (os.cpu_count() or 1) - 1  # the last CPU: the host's own work tends to start on CPU 0
+        enter = f"echo $$ > {cg / 'cgroup.procs'}"
+        if throttle == "quota":
+            st.cfs_period_us = cfs_period_us(cpu)
+            (cg / "cpu.cfs_period_us").write_text(str(st.cfs_period_us))
+            (cg / "cpu.cfs_quota_us").write_text(str(int(round(cpu * st.cfs_period_us))))
+        else:
+            fz = Path(st.freezer)  # type: ignore[arg-type]
+            fz.mkdir(exist_ok=True)
+            enter += f" && echo $$ > {fz / 'cgroup.procs'}"
+            st.duty_period_us = DUTY_PERIOD_US
+            st.duty_on_us, st.measured_share, st.throttle_pid = _start_duty_cycle(fz, cpu, DUTY_PERIOD_US, st.cpu_pin, d)
+            st.save()
+            log(f"duty cycle: thawed {st.duty_on_us:.0f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU")
         # keys: the device's host key and the client key that may log in
         for key in ("host_key", "client_key"):
             if not (d / key).exists():
@@ -244,10 +280,9 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
             "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)
-        # enter the cgroup first, then exec sshd inside the namespace: every session inherits both
-        st.cpu_pin = (os.cpu_count() or 1) - 1  # the last CPU: the host's own work tends to start on CPU 0
+        # enter the cgroup(s) first, then exec sshd inside the namespace: every session inherits them all
         _run(
-            ["sh", "-c", f"echo $$ > {cg / 'cgroup.procs'} && exec ip netns exec {ns} /usr/sbin/sshd -f {d / 'sshd_config'}"],
+            ["sh", "-c", f"{enter} && exec ip netns exec {ns} /usr/sbin/sshd -f {d / 'sshd_config'}"],
             preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin}),
         )
         # sshd creates its pid file before it writes the number: wait for the number, not the file
@@ -265,6 +300,61 @@ def up(name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_v
     except BaseException:
         down(name, quiet=True)
         raise
+
+
+def _start_duty_cycle(freezer: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, int]:
+    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (on_us, measured share, pid)."""
+    cmd = [sys.executable, "-m", "cpcdrl_deploy.throttle", str(freezer), "--share", str(share), "--period-us", str(period_us), "--device-cpu", str(device_cpu)]
+    res = _run(cmd + ["--calibrate-only"], timeout=60)
+    fields = dict(kv.split("=") for kv in res.stdout.split())
+    on_us, measured = float(fields["on_us"]), float(fields["measured_share"])
+    with open(d / "throttle.log", "ab") as logf:
+        # its own session: it outlives `testbed up`, and a Ctrl-C in this terminal does not reach it
+        proc = subprocess.Popen(cmd + ["--on-us", f"{on_us:.1f}"], stdout=logf, stderr=logf, start_new_session=True)
+    time.sleep(0.2)
+    if proc.poll() is not None:
+        raise CpcdrlError(f"the duty-cycle process exited at once (see {d / 'throttle.log'})")
+    return on_us, measured, proc.pid
+
+
+def _stop_duty_cycle(st: TestbedState) -> list[str]:
+    """Stop the duty cycle and leave the device thawed: a frozen process cannot even die."""
+    stopped = []
+    if st.throttle_pid and _is_throttle(st.throttle_pid):
+        os.kill(st.throttle_pid, signal.SIGTERM)
+        for _ in range(50):
+            if not _is_throttle(st.throttle_pid):
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(st.throttle_pid, signal.SIGKILL)
+        stopped.append(f"process {st.throttle_pid} (duty cycle)")
+    if st.freezer:
+        _thaw(Path(st.freezer))
+    return stopped
+
+
+def _cmdline(pid: int | str) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore").split("\0")
+    except OSError:
+        return []
+
+
+def _is_throttle(pid: int) -> bool:
+    return "cpcdrl_deploy.throttle" in _cmdline(pid)
+
+
+def _throttle_pids(freezer: Path) -> set[int]:
+    """Duty-cycle processes driving ``freezer`` (one a killed run left behind has no state file to name it)."""
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and "cpcdrl_deploy.throttle" in (c := _cmdline(p.name)) and str(freezer) in c}
+
+
+def _thaw(fz: Path) -> None:
+    try:
+        (fz / "freezer.state").write_text("THAWED")
+    except OSError:
+        pass
 
 
 def _read_pid(path: Path) -> int:
@@ -306,6 +396,7 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
     d = Path(st.dir)
     pid = st.sshd_pid or _read_pid(d / "sshd.pid")
     cg = Path(st.cgroup)
+    removed += _stop_duty_cycle(st)
     removed += [f"process {p}" for p in _signal(({pid} if pid else set()) | _cgroup_pids(cg), signal.SIGTERM)]
     for _ in range(50):
         if not _cgroup_pids(cg):
@@ -318,8 +409,9 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
     if _netns_exists(ns):
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(f"netns {ns}")
-    if cg.exists() and _remove_cgroup(cg):
-        removed.append(f"cgroup {cg}")
+    for group in (cg, Path(st.freezer) if st.freezer else None):
+        if group is not None and group.exists() and _remove_cgroup(group):
+            removed.append(f"cgroup {group}")
     home = cpcdrl_home()
     for f in ("known_hosts", "ssh_config"):
         if (home / f).exists():
@@ -337,5 +429,8 @@ def status() -> list[dict[str, object]]:
             if st is None:
                 continue
             alive = st.sshd_pid > 0 and Path(f"/proc/{st.sshd_pid}").exists()
-            out.append({**asdict(st), "sshd_running": alive})
+            row: dict[str, object] = {**asdict(st), "sshd_running": alive}
+            if st.throttle == "duty":
+                row["duty_cycle_running"] = _is_throttle(st.throttle_pid)
+            out.append(row)
     return out

@@ -48,7 +48,8 @@ def bed(tmp_path_factory):
     # nothing left behind: namespace, veth, cgroup, sshd
     assert f"cpcdrl-{NAME}" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", st.host_veth], capture_output=True).returncode != 0
-    assert not Path(st.cgroup).exists()
+    assert not Path(st.cgroup).exists() and not (st.freezer and Path(st.freezer).exists())
+    assert not testbed._is_throttle(st.throttle_pid)
     assert not Path(f"/proc/{st.sshd_pid}").exists() or "sshd" not in Path(f"/proc/{st.sshd_pid}/cmdline").read_text(errors="ignore")
     assert testbed.status() == []
     if old is None:
@@ -74,13 +75,15 @@ def profiles(bed, tmp_path_factory):
 
 def test_status_lists_the_testbed(bed) -> None:
     rows = testbed.status()
-    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"]
+    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"] and rows[0]["duty_cycle_running"]
 
 
 def test_profile_over_ssh(profiles) -> None:
     pi_path, _, pi, local = profiles
     assert pi.kind == "measured" and pi.name == NAME
     assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
+    # the duty cycle was calibrated: a busy loop on the device got its share within 15 %
+    assert pi.host["testbed"]["throttle"] == "duty" and abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375
     t = pi.tables["mobilenet"]
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
     # the whole model: a quarter of a core is several times slower than this host
