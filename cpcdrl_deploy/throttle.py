@@ -7,12 +7,10 @@ back from the next periods. A ~1 ms inference then either fits in one quota
 CPU, per-run p10/p50/p90 1.5/1.7/14.1 ms, and which mode the median lands on
 changed between two runs of the same plan (p50 1.97 vs 11.42 ms). No Pi behaves
 like that. Freezing and thawing the cgroup from a timer here spreads the stalls
-over 1 ms periods (hrtimer sleeps, not ticks): the same head ran 5.0-6.2 /
-6.0-9.0 / 8.0-11.0 ms p10/p50/p90 in blocks of 100 runs, one mode, its median
-near its mean -- a slower CPU. Slower than the share alone says, though: 1.25 ms
-on the host became 6-9 ms at 0.25 (5-7x, where a busy loop gets exactly 4x),
-as every thaw starts on caches the frozen 0.7 ms let go cold. Profiles measured
-on the testbed carry that, which is what the latency model needs.
+over 1 ms periods (hrtimer sleeps, not ticks), and a SCHED_IDLE busy loop keeps
+the device's CPU from halting in between (``keep_awake``): the same head then
+averaged 4.8-5.1 ms over one-second blocks, its median near its mean, 4x the
+host's 1.25 ms -- a slower CPU.
 
 Run by ``cpcdrl testbed up`` as its own process:
 ``python -m cpcdrl_deploy.throttle FREEZER_CGROUP --share 0.25 --period-us 1000``.
@@ -73,6 +71,28 @@ def _sleep_until(t: float) -> None:
     # if late (preempted), the next deadline stays put: the share over many periods holds
 
 
+_AWAKE = """
+import ctypes, os, signal
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: go when the duty cycle goes
+os.sched_setaffinity(0, {%d})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    pass
+"""
+
+
+def keep_awake(cpu: int) -> subprocess.Popen:
+    """A SCHED_IDLE busy loop on the device's CPU, so the (virtual) CPU never halts while the device is frozen.
+
+    Without it, every thaw waited for an idle vCPU to wake, for as long as the
+    hypervisor took that second: the same MobileNet head averaged 6.9 to
+    12.5 ms over one-second blocks. With it: 4.8 to 5.1 ms in five blocks of
+    six, 4x the host's 1.25 ms, as a 0.25 share should give. Any runnable task,
+    the device's included, preempts a SCHED_IDLE one at once.
+    """
+    return subprocess.Popen([sys.executable, "-c", _AWAKE % cpu])
+
+
 def _cpu_ns(pid: int) -> int:
     """Time ``pid`` has spent on a CPU (schedstat: nanoseconds, unlike /proc/PID/stat's 10 ms ticks)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
@@ -129,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate-only", action="store_true", help="print the calibrated on-time and measured share, then exit")
     args = ap.parse_args(argv)
     period = args.period_us / 1e6
+    awake = keep_awake(args.device_cpu) if args.device_cpu is not None else None
     if args.calibrate_only or args.on_us is None:
         _pin_away_from(args.device_cpu)
         on, measured = calibrate(args.freezer, args.share, period, args.device_cpu)
         print(f"on_us={on * 1e6:.1f} measured_share={measured:.4f}", flush=True)
         if args.calibrate_only:
+            if awake is not None:
+                awake.kill()
             return 0
     else:
         on = args.on_us / 1e6
@@ -148,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         duty.run()
     except OSError:
-        return 0  # the cgroup was removed under us: the testbed is gone
+        pass  # the cgroup was removed under us: the testbed is gone
+    finally:
+        if awake is not None:
+            awake.kill()
     return 0
 
 

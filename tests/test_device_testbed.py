@@ -208,3 +208,24 @@ def test_deploy_on_the_testbed(bed, tmp_path) -> None:
     u = urllib.parse.urlsplit(rep["server"])
     with socket.socket() as s:  # stopped afterwards
         assert s.connect_ex((u.hostname, u.port)) != 0
+
+
+def test_up_clears_a_frozen_leftover_and_its_duty_cycle(tmp_path) -> None:
+    # a run killed with SIGKILL leaves its cgroups, a frozen process and the duty-cycle process behind
+    why = _can_run() or (None if (testbed.CGROUP_FREEZER / "cgroup.procs").exists() else "needs the cgroup-v1 freezer")
+    if why:
+        pytest.skip(why)
+    import sys
+    import time
+
+    ns = "cpcdrl-cileft"
+    cg, fz = testbed.CGROUP_CPU / ns, testbed.CGROUP_FREEZER / ns
+    cg.mkdir()
+    fz.mkdir()
+    victim = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: (Path(cg, "cgroup.procs").write_text(str(os.getpid())), Path(fz, "cgroup.procs").write_text(str(os.getpid()))))
+    duty = subprocess.Popen([sys.executable, "-m", "cpcdrl_deploy.throttle", str(fz), "--share", "0.25", "--on-us", "250"], start_new_session=True)
+    time.sleep(0.3)
+    (fz / "freezer.state").write_text("FROZEN")
+    testbed._clear_leftovers("cileft")
+    assert duty.wait(timeout=5) is not None and victim.wait(timeout=5) is not None
+    assert not cg.exists() and not fz.exists()
