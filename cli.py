@@ -236,7 +236,7 @@ def testbed_up(
     name: NameOpt = "pi",
     cpu: Annotated[float, typer.Option("--cpu", help="share of one core")] = 0.25,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="link rate, e.g. 200KB/s or 1.6Mbit")] = "200KB/s",
-    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: duty (freeze/thaw every 1 ms) or quota (CFS quota)")] = "duty",
+    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: quota (CFS quota) or duty (freeze/thaw every 1 ms)")] = "quota",
 ) -> None:
     """Create the emulated device and register it as an SSH host."""
     from cpcdrl_deploy import testbed

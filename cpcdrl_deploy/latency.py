@@ -166,14 +166,22 @@ class TableLatencyModel:
     stat: str = "ms"
 
     def _sum(self, tables: dict, host: str, model: str, shape: PlanShape, layers: range) -> float:
-        """Sum of the layers' times, each less the per-run overhead, plus that overhead once."""
+        """Sum of the layers' times, each less its run overhead, plus the fixed part of that overhead once."""
         if model not in tables:
             raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {model}")
         t = tables[model]
-        # each layer was timed as its own ONNX Runtime session: take one run's fixed cost off each
-        # (measured with the same statistic; profiles older than that only hold the sustained one)
+        # each layer was timed as its own ONNX Runtime run: take that run's cost off each, the fixed
+        # part and the part that grows with the bytes copied in and out (measured with the same
+        # statistic; older profiles hold only the fixed part, or only the sustained one)
         rows, ov = t["layers"], t.get("run_overhead", {}).get(self.stat, t.get("run_overhead_ms", 0.0))
-        return ov + sum(max(0.0, interpolate_layer(rows[t - 1]["points"], shape.in_keep[t - 1], shape.out_keep[t - 1], self.stat) - ov) for t in layers)
+        per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
+
+        def alone(i: int) -> float:
+            pts = rows[i - 1]["points"]
+            io = interpolate_layer(pts, shape.in_keep[i - 1], shape.out_keep[i - 1], "io_bytes") if per_byte else 0.0
+            return max(0.0, interpolate_layer(pts, shape.in_keep[i - 1], shape.out_keep[i - 1], self.stat) - ov - per_byte * io)
+
+        return ov + sum(alone(i) for i in layers)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)

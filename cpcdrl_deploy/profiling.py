@@ -113,8 +113,13 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
                     x = u(x)
             jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
             f = f"{jid}.onnx.gz"
-            (workdir / f).write_bytes(_export(units[analysis.layers[t - 1].unit], tuple(x.shape[1:])))
-            jobs.append({"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo})
+            unit = units[analysis.layers[t - 1].unit]
+            with torch.no_grad():
+                io_bytes = 4 * (x.numel() + unit(x).numel())  # float32 in and out: what a run alone copies across ORT's boundary
+            (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:])))
+            jobs.append({
+                "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
+            })
         log(f"exported layer {t}/{analysis.n_layers}")
     units = _make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
@@ -135,13 +140,20 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
             f = f"tail{p.index}.onnx.gz"
             (workdir / f).write_bytes(_export(nn.Sequential(*units[b:]), shapes[b]))
             jobs.append({"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index})
-    # ONNX Runtime's fixed cost of one run() call: each layer was timed as its own
-    # run, so the latency model charges this once per side, not once per layer
-    f = "overhead.onnx.gz"
-    (workdir / f).write_bytes(_export(nn.ReLU(), (1, 1, 1)))
-    jobs.append({"id": "overhead", "file": f, "input_shape": [1, 1, 1, 1], "kind": "overhead"})
+    # ONNX Runtime's cost of one run() call: each layer was timed as its own run,
+    # so the latency model charges this once per side, not once per layer. Part of
+    # it grows with the tensors copied in and out (a layer alone gets its input
+    # from numpy and hands its output back; inside a model they stay put), so a
+    # ReLU is timed at several sizes and the latency model fits fixed + per byte
+    for n in OVERHEAD_ELEMENTS:
+        f = f"overhead{n}.onnx.gz"
+        (workdir / f).write_bytes(_export(nn.ReLU(), (n, 1, 1)))
+        jobs.append({"id": "overhead" if n == 1 else f"overhead{n}", "file": f, "input_shape": [1, n, 1, 1], "kind": "overhead", "io_bytes": 8 * n})
     log(f"exported {len(jobs)} models")
     return jobs, analysis
+
+
+OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out
 
 
 def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None) -> LinkProfile:
@@ -251,18 +263,31 @@ def profile_host(
     return prof
 
 
+def _slope(points: list[dict], stat: str) -> float:
+    """Least-squares ms per byte of ``stat`` over the overhead points (0 with fewer than two, never negative)."""
+    if len(points) < 2:
+        return 0.0
+    xs, ys = [p["io_bytes"] for p in points], [p[stat] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx) if sxx > 0 else 0.0
+
+
 def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> dict:
     layers: dict[int, list[dict]] = {}
     heads, tails = [], []
     overhead: dict[str, float] = {}
+    overhead_points: list[dict] = []
     for j in jobs:
         r = done[j["id"]]
         # "ms" is the sustained mean (see profilers/ort_profiler.py); the per-run spread is kept beside it
         stats = {"ms": r["mean_ms"], **{k: r[k] for k in ("median_ms", "p10_ms", "p90_ms")}}
         if j["kind"] == "layer":
-            layers.setdefault(j["layer"], []).append({"in_keep": j["in_keep"], "out_keep": j["out_keep"], **stats})
+            layers.setdefault(j["layer"], []).append({"in_keep": j["in_keep"], "out_keep": j["out_keep"], "io_bytes": j["io_bytes"], **stats})
         elif j["kind"] == "overhead":
-            overhead = stats
+            overhead_points.append({"io_bytes": j["io_bytes"], **stats})
+            if j["id"] == "overhead":
+                overhead = stats
         elif j["kind"] == "head":
             heads.append({"cut": j["cut"], **stats})
         else:
@@ -273,6 +298,8 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         "total_macs": analysis.total_macs,
         "run_overhead_ms": overhead.get("ms", 0.0),
         "run_overhead": overhead,  # per statistic: medians are corrected with the median overhead
+        "run_overhead_points": sorted(overhead_points, key=lambda p: p["io_bytes"]),
+        "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in overhead},
         "layers": [{"index": t, "name": analysis.layers[t - 1].name, "points": pts} for t, pts in sorted(layers.items())],
         "heads": sorted(heads, key=lambda h: h["cut"]),
         "tails": sorted(tails, key=lambda h: h["cut"]),

@@ -3,14 +3,14 @@
 ``cpcdrl testbed up`` makes (as root):
 - a network namespace with a veth pair, 198.18.<k>.1 on the host side and
   198.18.<k>.2 inside (the benchmarking range, RFC 2544);
-- a token-bucket filter on both veth ends (``tc ... tbf rate``, a two-frame
-  burst): the link;
-- the slow CPU, which sshd and everything it starts inherit: by default a duty
-  cycle (``--throttle duty``): the device's freezer cgroup is thawed for its
-  share of every 1 ms, by a small real-time process on another CPU
-  (cpcdrl_deploy/throttle.py, which says why); or a cgroup-v1 CPU quota
-  (``--throttle quota``, ``cpu.cfs_quota_us``) with the shortest period the
-  kernel accepts (4 ms at 0.25), whose ~1 ms requests come out bimodal;
+- a token-bucket filter on both veth ends (``tc ... tbf rate``, a one-frame
+  burst and a peak rate 1 % above the rate): the link, near a serial one;
+- the slow CPU, which sshd and everything it starts inherit: a cgroup-v1 CPU
+  quota (``cpu.cfs_quota_us``/``cfs_period_us``, the default) with the shortest
+  period the kernel accepts for the share (4 ms at 0.25); or, with
+  ``--throttle duty``, a duty cycle: the device's freezer cgroup thawed for its
+  share of every 1 ms by a small real-time process on another CPU
+  (cpcdrl_deploy/throttle.py says what each is good and bad at);
 - one CPU for the device (sshd's affinity, inherited): a quota is handed out
   to each CPU's run queue in slices, and a process that migrates between
   CPUs leaves runtime stranded on the one it left. Measured on a 2-core VM
@@ -43,7 +43,7 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_FREEZER = Path("/sys/fs/cgroup/freezer")
 THROTTLES = ("duty", "quota")
 DUTY_PERIOD_US = 1000
-TBF_BURST_BYTES = 3028  # two 1514-byte Ethernet frames: a serial link's worth, not a free head start
+TBF_FRAME_BYTES = 1514  # one Ethernet frame: the token bucket's burst and its peak-rate bucket
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us (and period)
 
 
@@ -215,7 +215,7 @@ def provision_python(venv: Path, log=print) -> Path:
 
 
 def up(
-    name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "duty",
+    name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "quota",
 ) -> TestbedState:
     if throttle not in THROTTLES:
         raise CpcdrlError(f"--throttle {throttle}: expected one of {', '.join(THROTTLES)}")
@@ -251,11 +251,17 @@ def up(
         _run(["ip", "netns", "exec", ns, "ip", "link", "set", dv, "up"])
         _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
         rate = f"{int(bps * 8)}bit"
-        # burst: two full frames. The 16 KB burst used before let a request that fit in the bucket
-        # leave at veth speed after the link idled (VGG16's 4.5 KB int8 requests: -63 % "overhead")
+        # a serial link, as near as tbf gets (no netem here): a one-frame bucket, drained at no more
+        # than 1 % over the rate (peakrate), so after the link idles a request still leaves at the
+        # rate. With a 16 KB burst a request that fit in the bucket left at veth speed (VGG16's 4.5 KB
+        # int8 requests: -63 % "overhead"); now 4.3 KB sent and echoed back takes 32 ms of a serial 43
+        peak = f"{int(bps * 8 * 1.01)}bit"
         for prefix in ([], ["ip", "netns", "exec", ns]):
             dev = hv if not prefix else dv
-            _run(prefix + ["tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", str(TBF_BURST_BYTES), "latency", "200ms"])
+            _run(prefix + [
+                "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", str(TBF_FRAME_BYTES),
+                "peakrate", peak, "mtu", str(TBF_FRAME_BYTES), "latency", "200ms",
+            ])
         cg = Path(st.cgroup)
         cg.mkdir(exist_ok=True)
         (cg / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota first: the kernel checks quota <= period's budget

@@ -1,16 +1,21 @@
-"""The testbed's slow CPU as a duty cycle: the device's freezer cgroup is thawed for ``share`` of every period.
+"""An alternative slow CPU for the testbed (``--throttle duty``): a freezer cgroup thawed for ``share`` of every period.
 
-Why not the CFS quota (``cpu.cfs_quota_us``)? The kernel refuses a quota below
-1 ms and enforces it at scheduler ticks (4 ms at HZ=250), and an overrun is paid
+Why try it: the default CFS quota (``cpu.cfs_quota_us``) cannot be shorter than
+1 ms, is enforced at scheduler ticks (4 ms at HZ=250) and an overrun is paid
 back from the next periods. A ~1 ms inference then either fits in one quota
-(host speed) or overruns and stalls for ~12 ms: measured on MobileNet at 0.25
-CPU, per-run p10/p50/p90 1.5/1.7/14.1 ms, and which mode the median lands on
-changed between two runs of the same plan (p50 1.97 vs 11.42 ms). No Pi behaves
-like that. Freezing and thawing the cgroup from a timer here spreads the stalls
-over 1 ms periods (hrtimer sleeps, not ticks), and a SCHED_IDLE busy loop keeps
-the device's CPU from halting in between (``keep_awake``): the same head then
-averaged 4.8-5.1 ms over one-second blocks, its median near its mean, 4x the
-host's 1.25 ms -- a slower CPU.
+(host speed) or overruns and stalls for ~12 ms: MobileNet at 0.25 CPU ran
+p10/p50/p90 1.5/1.7/14.1 ms, and which mode the median landed on changed between
+two runs of the same plan (p50 1.97 vs 11.42 ms). Freezing and thawing from a
+timer spreads the stalls over 1 ms (hrtimer sleeps, not ticks), and a SCHED_IDLE
+busy loop keeps the device's CPU from halting in between (``keep_awake``;
+without it the same head averaged 6.9 to 12.5 ms over one-second blocks).
+
+Why it is not the default (measured on this project's 2-core VM): per request
+it is one mode, but the device's speed still drifts between one-second blocks
+(the same MobileNet head averaged 4.8 to 8.2 ms), and tiny runs suffer most: a
+profiled MobileNet layer of 34 us on the host took 0.61 ms sustained (18x at a
+0.25 share), so the per-layer tables overshot the directly timed heads by 89 %
+at the median (27.5 % before ``keep_awake``), against 6.9 % under the quota.
 
 Run by ``cpcdrl testbed up`` as its own process:
 ``python -m cpcdrl_deploy.throttle FREEZER_CGROUP --share 0.25 --period-us 1000``.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,15 +76,14 @@ def profiles(bed, tmp_path_factory):
 
 def test_status_lists_the_testbed(bed) -> None:
     rows = testbed.status()
-    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"] and rows[0]["duty_cycle_running"]
+    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"] and rows[0]["throttle"] == "quota"
 
 
 def test_profile_over_ssh(profiles) -> None:
     pi_path, _, pi, local = profiles
     assert pi.kind == "measured" and pi.name == NAME
     assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
-    # the duty cycle was calibrated: a busy loop on the device got its share within 15 %
-    assert pi.host["testbed"]["throttle"] == "duty" and abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375
+    assert pi.host["testbed"]["throttle"] == "quota" and pi.host["testbed"]["cfs_period_us"] == 4000
     t = pi.tables["mobilenet"]
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
     # the whole model: a quarter of a core is several times slower than this host
@@ -222,10 +222,38 @@ def test_up_clears_a_frozen_leftover_and_its_duty_cycle(tmp_path) -> None:
     cg, fz = testbed.CGROUP_CPU / ns, testbed.CGROUP_FREEZER / ns
     cg.mkdir()
     fz.mkdir()
-    victim = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: (Path(cg, "cgroup.procs").write_text(str(os.getpid())), Path(fz, "cgroup.procs").write_text(str(os.getpid()))))
+    enter = lambda: [Path(g, "cgroup.procs").write_text(str(os.getpid())) for g in (cg, fz)]  # noqa: E731
+    victim = subprocess.Popen(["sleep", "600"], preexec_fn=enter)
     duty = subprocess.Popen([sys.executable, "-m", "cpcdrl_deploy.throttle", str(fz), "--share", "0.25", "--on-us", "250"], start_new_session=True)
     time.sleep(0.3)
     (fz / "freezer.state").write_text("FROZEN")
     testbed._clear_leftovers("cileft")
     assert duty.wait(timeout=5) is not None and victim.wait(timeout=5) is not None
     assert not cg.exists() and not fz.exists()
+
+
+def test_duty_cycled_testbed_gives_a_busy_loop_its_share(tmp_path) -> None:
+    # --throttle duty: the freezer cgroup thawed for 0.25 of every 1 ms; a busy loop over SSH must see ~0.25
+    why = _can_run() or (None if (testbed.CGROUP_FREEZER / "cgroup.procs").exists() else "needs the cgroup-v1 freezer")
+    if why:
+        pytest.skip(why)
+    from cpcdrl_deploy.remote import connect
+
+    home = Path(os.environ.get("CPCDRL_HOME", Path.home() / ".cpcdrl"))
+    st = testbed.up("cpcdrlduty", cpu=0.25, throttle="duty", python_venv=Path(os.environ.get("CPCDRL_DEVICE_VENV", home / "venv")), log=print)
+    try:
+        assert abs(st.measured_share - 0.25) < 0.0375, st.measured_share  # calibrated at up
+        assert next(r for r in testbed.status() if r["name"] == "cpcdrlduty")["duty_cycle_running"]
+        dev = connect("cpcdrlduty")
+        try:
+            spin = "import time; w, c = time.perf_counter(), time.process_time()\nwhile time.perf_counter() - w < 2: pass\n"
+            spin += "print((time.process_time() - c) / (time.perf_counter() - w))"
+            rc, out, err = dev.run(f"{st.python} -c {shlex.quote(spin)}", timeout=60)
+        finally:
+            dev.close()
+        assert rc == 0, err
+        assert 0.18 < float(out.strip()) < 0.32, out
+    finally:
+        removed = testbed.down("cpcdrlduty")
+    assert any("duty cycle" in r for r in removed)
+    assert not Path(st.freezer).exists() and not testbed._is_throttle(st.throttle_pid)

@@ -119,6 +119,27 @@ def test_table_model_takes_the_overhead_in_the_statistic_it_sums(vgg) -> None:
     assert med.predict("vgg16", shape).edge_ms == pytest.approx(0.05 + 4 * 0.45)
 
 
+def test_table_model_takes_the_per_byte_run_overhead_off_each_layer(vgg) -> None:
+    # a layer timed alone copies its input in and its output out; inside the model it does not
+    from cpcdrl_deploy.latency import TableLatencyModel
+    from cpcdrl_deploy.profiling import _slope
+
+    a, groups = vgg
+    # the overhead points: 0.1 ms fixed + 1e-6 ms per byte
+    pts = [{"io_bytes": b, "ms": 0.1 + 1e-6 * b} for b in (8, 32_768, 262_144, 2_097_152)]
+    assert _slope(pts, "ms") == pytest.approx(1e-6)
+    assert _slope(pts[:1], "ms") == 0.0 and _slope([{"io_bytes": 8, "ms": 2.0}, {"io_bytes": 16, "ms": 1.0}], "ms") == 0.0  # never negative
+    full = {"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0, "io_bytes": 200_000}
+    half = {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.6, "io_bytes": 100_000}
+    rows = [{"index": t, "points": [full, half]} for t in range(1, 15)]
+    tables = {"vgg16": {"layers": rows, "run_overhead": {"ms": 0.1}, "run_overhead_per_io_byte": {"ms": 1e-6}}}
+    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(0.1 + 4 * (1.0 - 0.1 - 0.2))
+    # the io bytes are interpolated at the plan's kept fractions like the times (0.75 keep: 150 KB, 0.8 ms)
+    lm_pruned = lm.predict("vgg16", plan_shape(a, groups, 4, [0.75] * 4, round_to=1))
+    assert lm_pruned.edge_ms < lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms
+
+
 def test_throttled_latencies_follow_cfs_bandwidth_control() -> None:
     from cpcdrl_deploy.latency import throttled_latencies
 
