@@ -158,12 +158,6 @@ OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead:
 
 def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None) -> LinkProfile:
     """Bandwidth each way from timed transfers of several sizes (least-squares slope), RTT from tiny round trips."""
-    def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
-        return (1.0 / slope if slope > 0 else float("inf")), my - slope * mx
-
     echo, stream = getattr(dev, "echo_rtt_ms", None), getattr(dev, "stream_s", None)
     if echo is None or stream is None:
         raise CpcdrlError(f"{dev.name}: the link can only be measured over SSH")
@@ -174,9 +168,10 @@ def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000
         up.append((n, min(stream(n, upload=True) for _ in range(2))))
         down.append((n, min(stream(n, upload=False) for _ in range(2))))
         log(f"link: {n} bytes up {up[-1][1]:.2f} s, down {down[-1][1]:.2f} s")
-    up_bps, _ = fit(up)
-    down_bps, _ = fit(down)
-    return LinkProfile(uplink_bytes_per_s=up_bps, downlink_bytes_per_s=down_bps, rtt_ms=rtt)
+    up_s, down_s = _ls_slope(up), _ls_slope(down)  # seconds per byte
+    return LinkProfile(
+        uplink_bytes_per_s=1.0 / up_s if up_s > 0 else float("inf"), downlink_bytes_per_s=1.0 / down_s if down_s > 0 else float("inf"), rtt_ms=rtt,
+    )
 
 
 def profile_host(
@@ -263,14 +258,16 @@ def profile_host(
     return prof
 
 
+def _ls_slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x (0 when all x are equal)."""
+    mx, my = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
+
+
 def _slope(points: list[dict], stat: str) -> float:
     """Least-squares ms per byte of ``stat`` over the overhead points (0 with fewer than two, never negative)."""
-    if len(points) < 2:
-        return 0.0
-    xs, ys = [p["io_bytes"] for p in points], [p[stat] for p in points]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx) if sxx > 0 else 0.0
+    return max(0.0, _ls_slope([(p["io_bytes"], p[stat]) for p in points])) if len(points) >= 2 else 0.0
 
 
 def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> dict:

@@ -161,12 +161,13 @@ def _clear_leftovers(name: str) -> None:
     if _netns_exists(ns):
         _signal({int(p) for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split()}, signal.SIGKILL)
         _run(["ip", "netns", "del", ns], check=False)  # its veth end goes with it, and so does the host end
-    for cg in (CGROUP_CPU / ns, CGROUP_FREEZER / ns):
+    fz = CGROUP_FREEZER / ns
+    if fz.exists():
+        # its duty-cycle process first (it would freeze the cgroup again), then thaw: SIGKILL waits for a thaw
+        _signal(_throttle_pids(fz), signal.SIGKILL)
+        _thaw(fz)
+    for cg in (CGROUP_CPU / ns, fz):
         if cg.exists():
-            if cg.parent == CGROUP_FREEZER:
-                # its duty-cycle process first (it would freeze the cgroup again), then thaw: SIGKILL waits for a thaw
-                _signal(_throttle_pids(cg), signal.SIGKILL)
-                _thaw(cg)
             _signal(_cgroup_pids(cg), signal.SIGKILL)
             _remove_cgroup(cg)
 
@@ -330,14 +331,13 @@ def _start_duty_cycle(freezer: Path, share: float, period_us: int, device_cpu: i
 def _stop_duty_cycle(st: TestbedState) -> list[str]:
     """Stop the duty cycle and leave the device thawed: a frozen process cannot even die."""
     stopped = []
-    if st.throttle_pid and _is_throttle(st.throttle_pid):
-        os.kill(st.throttle_pid, signal.SIGTERM)
+    if st.throttle_pid and _is_throttle(st.throttle_pid) and _signal({st.throttle_pid}, signal.SIGTERM):
         for _ in range(50):
             if not _is_throttle(st.throttle_pid):
                 break
             time.sleep(0.05)
         else:
-            os.kill(st.throttle_pid, signal.SIGKILL)
+            _signal({st.throttle_pid}, signal.SIGKILL)
         stopped.append(f"process {st.throttle_pid} (duty cycle)")
     if st.freezer:
         _thaw(Path(st.freezer))
@@ -351,13 +351,15 @@ def _cmdline(pid: int | str) -> list[str]:
         return []
 
 
-def _is_throttle(pid: int) -> bool:
-    return "cpcdrl_deploy.throttle" in _cmdline(pid)
+def _is_throttle(pid: int | str, freezer: Path | None = None) -> bool:
+    """Is ``pid`` a duty-cycle process (driving ``freezer``, if given)?"""
+    cmd = _cmdline(pid)
+    return "cpcdrl_deploy.throttle" in cmd and (freezer is None or str(freezer) in cmd)
 
 
 def _throttle_pids(freezer: Path) -> set[int]:
     """Duty-cycle processes driving ``freezer`` (one a killed run left behind has no state file to name it)."""
-    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and "cpcdrl_deploy.throttle" in (c := _cmdline(p.name)) and str(freezer) in c}
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_throttle(p.name, freezer)}
 
 
 def _thaw(fz: Path) -> None:

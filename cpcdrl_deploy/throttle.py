@@ -107,13 +107,18 @@ def calibrate(freezer: Path, share: float, period_s: float, cpu: int | None, sec
     """The thawed time per period that gives a busy process ``share`` of a CPU, and the share measured with it.
 
     Thawing is not instant (a frozen task must be woken and scheduled), so a
-    nominal 25 % duty gives a busy loop about 20-22 %; the on-time is scaled
-    until a spinner inside the cgroup measures the requested share.
+    nominal 25 % duty gave a busy loop 20-22 % (calibrated on-time then
+    275-287 us of 1000; with ``keep_awake`` running, 253-263 us); the on-time
+    is scaled until a spinner inside the cgroup measures the requested share.
     """
-    spin = subprocess.Popen(
-        [sys.executable, "-c", "while True: pass"],
-        preexec_fn=lambda: (Path(freezer, "cgroup.procs").write_text(str(os.getpid())), os.sched_setaffinity(0, {cpu}) if cpu is not None else None),
-    )
+
+    def enter() -> None:
+        Path(freezer, "cgroup.procs").write_text(str(os.getpid()))
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # an ordinary task, like the device's: not this process's SCHED_FIFO
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=enter)
     on = share * period_s
     measured = 0.0
     try:
@@ -154,34 +159,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate-only", action="store_true", help="print the calibrated on-time and measured share, then exit")
     args = ap.parse_args(argv)
     period = args.period_us / 1e6
-    awake = keep_awake(args.device_cpu) if args.device_cpu is not None else None
-    if args.calibrate_only or args.on_us is None:
-        _pin_away_from(args.device_cpu)
-        on, measured = calibrate(args.freezer, args.share, period, args.device_cpu)
-        print(f"on_us={on * 1e6:.1f} measured_share={measured:.4f}", flush=True)
-        if args.calibrate_only:
-            if awake is not None:
-                awake.kill()
-            return 0
-    else:
-        on = args.on_us / 1e6
     _pin_away_from(args.device_cpu)
-    duty = DutyCycle(args.freezer, on, period)
-
-    def _stop(*_: object) -> None:
-        duty.stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    awake = keep_awake(args.device_cpu) if args.device_cpu is not None else None
     try:
-        duty.run()
-    except OSError:
-        pass  # the cgroup was removed under us: the testbed is gone
+        if args.calibrate_only or args.on_us is None:
+            on, measured = calibrate(args.freezer, args.share, period, args.device_cpu)
+            print(f"on_us={on * 1e6:.1f} measured_share={measured:.4f}", flush=True)
+            if args.calibrate_only:
+                return 0
+        else:
+            on = args.on_us / 1e6
+        duty = DutyCycle(args.freezer, on, period)
+
+        def _stop(*_: object) -> None:
+            duty.stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            duty.run()
+        except OSError:
+            pass  # the cgroup was removed under us: the testbed is gone
     finally:
         if awake is not None:
             awake.kill()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

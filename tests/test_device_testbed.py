@@ -210,11 +210,15 @@ def test_deploy_on_the_testbed(bed, tmp_path) -> None:
         assert s.connect_ex((u.hostname, u.port)) != 0
 
 
-def test_up_clears_a_frozen_leftover_and_its_duty_cycle(tmp_path) -> None:
-    # a run killed with SIGKILL leaves its cgroups, a frozen process and the duty-cycle process behind
+def _skip_without_freezer() -> None:
     why = _can_run() or (None if (testbed.CGROUP_FREEZER / "cgroup.procs").exists() else "needs the cgroup-v1 freezer")
     if why:
         pytest.skip(why)
+
+
+def test_up_clears_a_frozen_leftover_and_its_duty_cycle(tmp_path) -> None:
+    # a run killed with SIGKILL leaves its cgroups, a frozen process and the duty-cycle process behind
+    _skip_without_freezer()
     import sys
     import time
 
@@ -234,9 +238,7 @@ def test_up_clears_a_frozen_leftover_and_its_duty_cycle(tmp_path) -> None:
 
 def test_duty_cycled_testbed_gives_a_busy_loop_its_share(tmp_path) -> None:
     # --throttle duty: the freezer cgroup thawed for 0.25 of every 1 ms; a busy loop over SSH must see ~0.25
-    why = _can_run() or (None if (testbed.CGROUP_FREEZER / "cgroup.procs").exists() else "needs the cgroup-v1 freezer")
-    if why:
-        pytest.skip(why)
+    _skip_without_freezer()
     from cpcdrl_deploy.remote import connect
 
     home = Path(os.environ.get("CPCDRL_HOME", Path.home() / ".cpcdrl"))
