@@ -236,7 +236,7 @@ def testbed_up(
     name: NameOpt = "pi",
     cpu: Annotated[float, typer.Option("--cpu", help="share of one core")] = 0.25,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="link rate, e.g. 200KB/s or 1.6Mbit")] = "200KB/s",
-    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: quota (CFS quota) or duty (freeze/thaw every 1 ms)")] = "quota",
+    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: quota (CFS quota) or duty (a real-time process takes the rest of every 250 us)")] = "duty",
 ) -> None:
     """Create the emulated device and register it as an SSH host."""
     from cpcdrl_deploy import testbed
@@ -283,6 +283,7 @@ def profile_cmd(
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
     repeats: Annotated[int, typer.Option("--repeats", min=1)] = 20,
     warmup: Annotated[int, typer.Option("--warmup", min=0)] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="passes over all layers, a few seconds apart; each keeps its fastest (the host's speed wanders)")] = 2,
     python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + onnxruntime")] = None,
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="SSH connect time-out, s")] = 10.0,
@@ -301,7 +302,7 @@ def profile_cmd(
     dest = out or Path("device_profiles") / f"{host.replace('@', '_').replace(':', '_')}.json"
     dev = connect(host, python, trust_host_key, timeout)
     try:
-        prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", log=_err)
+        prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err)
     finally:
         dev.close()
     if fmt is Format.json:

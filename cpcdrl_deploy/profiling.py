@@ -183,6 +183,7 @@ def profile_host(
     warmup: int = 5,
     repeats: int = 20,
     measure_link_too: bool = True,
+    rounds: int = 2,
     batch: int = 40,
     log: Log = lambda s: None,
 ) -> Profile:
@@ -203,7 +204,7 @@ def profile_host(
         if rc != 0:
             raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
         facts = json.loads(facts_out.strip().splitlines()[-1])
-        facts.update(threads=threads, warmup=warmup, repeats=repeats)
+        facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds)
         tb = load_state(dev.name) if dev.name != "local" else None
         if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
             facts["testbed"] = {
@@ -230,7 +231,7 @@ def profile_host(
                     job_file.write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in chunk]))
                     dev.put(job_file, f"{remote}/job.json")
                     rc, res_out, err = dev.run(
-                        f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json --threads {threads} --warmup {warmup} --repeats {repeats}",
+                        f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json --threads {threads} --warmup {warmup} --repeats {repeats} --rounds {rounds}",
                         timeout=1800,
                     )
                     if rc != 0:

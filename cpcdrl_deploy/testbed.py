@@ -8,9 +8,9 @@
 - the slow CPU, which sshd and everything it starts inherit: a cgroup-v1 CPU
   quota (``cpu.cfs_quota_us``/``cfs_period_us``, the default) with the shortest
   period the kernel accepts for the share (4 ms at 0.25); or, with
-  ``--throttle duty``, a duty cycle: the device's freezer cgroup thawed for its
-  share of every 1 ms by a small real-time process on another CPU
-  (cpcdrl_deploy/throttle.py says what each is good and bad at);
+  ``--throttle duty``, a duty cycle: a real-time process on the device's CPU
+  that leaves it to the device for its share of every 250 us and spins
+  through the rest (cpcdrl_deploy/throttle.py says what each is good and bad at);
 - one CPU for the device (sshd's affinity, inherited): a quota is handed out
   to each CPU's run queue in slices, and a process that migrates between
   CPUs leaves runtime stranded on the one it left. Measured on a 2-core VM
@@ -40,9 +40,9 @@ from pathlib import Path
 from cpcdrl_deploy.errors import CpcdrlError
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-CGROUP_FREEZER = Path("/sys/fs/cgroup/freezer")
 THROTTLES = ("duty", "quota")
-DUTY_PERIOD_US = 1000
+DUTY_PERIOD_US = 250  # short, so a 1 ms request sees many windows, not a few long stalls
+MAX_CPU_SHARES = 262144  # the kernel's largest cpu.shares
 TBF_FRAME_BYTES = 1514  # one Ethernet frame: the token bucket's burst and its peak-rate bucket
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller cpu.cfs_quota_us (and period)
 
@@ -82,9 +82,9 @@ class TestbedState:
     cfs_period_us: int = 10_000  # testbeds made before the period followed the share used 10 ms
     cpu_pin: int | None = None  # the one CPU the device runs on (None: testbeds made before pinning)
     throttle: str = "quota"  # how the slow CPU is made (THROTTLES); testbeds made before "duty" used the quota
-    freezer: str | None = None  # the freezer cgroup a duty cycle drives
+    freezer: str | None = None  # only in testbeds made when the duty cycle froze a freezer cgroup
     duty_period_us: int | None = None
-    duty_on_us: float | None = None  # thawed time per period, calibrated so a busy loop gets ``cpu``
+    duty_on_us: float | None = None  # the device's window per period, calibrated so a busy loop gets ``cpu``
     measured_share: float | None = None  # what the busy loop got with it
     throttle_pid: int = 0
 
@@ -125,8 +125,8 @@ def _preflight(throttle: str = "quota") -> None:
         raise CpcdrlError("the testbed needs sshd: apt-get install openssh-server")
     if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
         raise CpcdrlError(f"the testbed needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
-    if throttle == "duty" and not (CGROUP_FREEZER / "cgroup.procs").exists():
-        raise CpcdrlError(f"--throttle duty needs the cgroup-v1 freezer at {CGROUP_FREEZER} (or use --throttle quota)")
+    if throttle == "duty" and (os.cpu_count() or 1) < 2:
+        raise CpcdrlError("--throttle duty takes one CPU for the device and needs another for the host (or use --throttle quota)")
 
 
 def state_dir(name: str) -> Path:
@@ -161,15 +161,11 @@ def _clear_leftovers(name: str) -> None:
     if _netns_exists(ns):
         _signal({int(p) for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split()}, signal.SIGKILL)
         _run(["ip", "netns", "del", ns], check=False)  # its veth end goes with it, and so does the host end
-    fz = CGROUP_FREEZER / ns
-    if fz.exists():
-        # its duty-cycle process first (it would freeze the cgroup again), then thaw: SIGKILL waits for a thaw
-        _signal(_throttle_pids(fz), signal.SIGKILL)
-        _thaw(fz)
-    for cg in (CGROUP_CPU / ns, fz):
-        if cg.exists():
-            _signal(_cgroup_pids(cg), signal.SIGKILL)
-            _remove_cgroup(cg)
+    cg = CGROUP_CPU / ns
+    _signal(_throttle_pids(cg), signal.SIGKILL)  # its duty-cycle process lives outside the cgroup, named by it
+    if cg.exists():
+        _signal(_cgroup_pids(cg), signal.SIGKILL)
+        _remove_cgroup(cg)
 
 
 def _netns_exists(ns: str) -> bool:
@@ -216,7 +212,7 @@ def provision_python(venv: Path, log=print) -> Path:
 
 
 def up(
-    name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "quota",
+    name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "duty",
 ) -> TestbedState:
     if throttle not in THROTTLES:
         raise CpcdrlError(f"--throttle {throttle}: expected one of {', '.join(THROTTLES)}")
@@ -228,6 +224,10 @@ def up(
     existing = load_state(name)
     if existing is not None:
         raise CpcdrlError(f"testbed {name!r} is already up (cpcdrl testbed down --name {name})")
+    # every testbed runs on the last CPU, and a duty cycle takes the rest of it: two would slow each other
+    others = [r["name"] for r in status() if throttle == "duty" or r["throttle"] == "duty"]
+    if others:
+        raise CpcdrlError(f"a duty-cycled testbed needs the device CPU to itself: take {others[0]!r} down first (cpcdrl testbed down --name {others[0]})")
     bps = parse_bandwidth(bandwidth)
     _clear_leftovers(name)
     k = _free_index()
@@ -236,7 +236,6 @@ def up(
     st = TestbedState(
         name=name, index=k, host_ip=f"198.18.{k}.1", device_ip=f"198.18.{k}.2", port=22, cpu=cpu, bandwidth_bytes_per_s=bps,
         user="root", dir=str(d), python="", host_veth=f"cpv{k}h", cgroup=str(CGROUP_CPU / f"cpcdrl-{name}"), throttle=throttle,
-        freezer=str(CGROUP_FREEZER / f"cpcdrl-{name}") if throttle == "duty" else None,
     )
     st.save()  # from here on, `down` can clean up whatever was made
     try:
@@ -273,13 +272,12 @@ def up(
             (cg / "cpu.cfs_period_us").write_text(str(st.cfs_period_us))
             (cg / "cpu.cfs_quota_us").write_text(str(int(round(cpu * st.cfs_period_us))))
         else:
-            fz = Path(st.freezer)  # type: ignore[arg-type]
-            fz.mkdir(exist_ok=True)
-            enter += f" && echo $$ > {fz / 'cgroup.procs'}"
+            # in its windows the device comes first: a host task the balancer left on this CPU must not halve them
+            (cg / "cpu.shares").write_text(str(MAX_CPU_SHARES))
             st.duty_period_us = DUTY_PERIOD_US
-            st.duty_on_us, st.measured_share, st.throttle_pid = _start_duty_cycle(fz, cpu, DUTY_PERIOD_US, st.cpu_pin, d)
+            st.duty_on_us, st.measured_share, st.throttle_pid = _start_duty_cycle(cg, cpu, DUTY_PERIOD_US, st.cpu_pin, d)
             st.save()
-            log(f"duty cycle: thawed {st.duty_on_us:.0f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU")
+            log(f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU")
         # keys: the device's host key and the client key that may log in
         for key in ("host_key", "client_key"):
             if not (d / key).exists():
@@ -313,23 +311,23 @@ def up(
         raise
 
 
-def _start_duty_cycle(freezer: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, int]:
-    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (on_us, measured share, pid)."""
-    cmd = [sys.executable, "-m", "cpcdrl_deploy.throttle", str(freezer), "--share", str(share), "--period-us", str(period_us), "--device-cpu", str(device_cpu)]
+def _start_duty_cycle(cg: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, int]:
+    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (window_us, measured share, pid)."""
+    cmd = [sys.executable, "-m", "cpcdrl_deploy.throttle", str(cg), "--share", str(share), "--period-us", str(period_us), "--device-cpu", str(device_cpu)]
     res = _run(cmd + ["--calibrate-only"], timeout=60)
     fields = dict(kv.split("=") for kv in res.stdout.split())
-    on_us, measured = float(fields["on_us"]), float(fields["measured_share"])
+    window_us, measured = float(fields["window_us"]), float(fields["measured_share"])
     with open(d / "throttle.log", "ab") as logf:
         # its own session: it outlives `testbed up`, and a Ctrl-C in this terminal does not reach it
-        proc = subprocess.Popen(cmd + ["--on-us", f"{on_us:.1f}"], stdout=logf, stderr=logf, start_new_session=True)
+        proc = subprocess.Popen(cmd + ["--window-us", f"{window_us:.1f}"], stdout=logf, stderr=logf, start_new_session=True)
     time.sleep(0.2)
     if proc.poll() is not None:
         raise CpcdrlError(f"the duty-cycle process exited at once (see {d / 'throttle.log'})")
-    return on_us, measured, proc.pid
+    return window_us, measured, proc.pid
 
 
 def _stop_duty_cycle(st: TestbedState) -> list[str]:
-    """Stop the duty cycle and leave the device thawed: a frozen process cannot even die."""
+    """Stop the duty cycle (SIGTERM, then SIGKILL after 2.5 s)."""
     stopped = []
     if st.throttle_pid and _is_throttle(st.throttle_pid) and _signal({st.throttle_pid}, signal.SIGTERM):
         for _ in range(50):
@@ -339,8 +337,6 @@ def _stop_duty_cycle(st: TestbedState) -> list[str]:
         else:
             _signal({st.throttle_pid}, signal.SIGKILL)
         stopped.append(f"process {st.throttle_pid} (duty cycle)")
-    if st.freezer:
-        _thaw(Path(st.freezer))
     return stopped
 
 
@@ -351,22 +347,15 @@ def _cmdline(pid: int | str) -> list[str]:
         return []
 
 
-def _is_throttle(pid: int | str, freezer: Path | None = None) -> bool:
-    """Is ``pid`` a duty-cycle process (driving ``freezer``, if given)?"""
+def _is_throttle(pid: int | str, cg: Path | None = None) -> bool:
+    """Is ``pid`` a duty-cycle process (slowing the device in cgroup ``cg``, if given)?"""
     cmd = _cmdline(pid)
-    return "cpcdrl_deploy.throttle" in cmd and (freezer is None or str(freezer) in cmd)
+    return "cpcdrl_deploy.throttle" in cmd and (cg is None or str(cg) in cmd)
 
 
-def _throttle_pids(freezer: Path) -> set[int]:
-    """Duty-cycle processes driving ``freezer`` (one a killed run left behind has no state file to name it)."""
-    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_throttle(p.name, freezer)}
-
-
-def _thaw(fz: Path) -> None:
-    try:
-        (fz / "freezer.state").write_text("THAWED")
-    except OSError:
-        pass
+def _throttle_pids(cg: Path) -> set[int]:
+    """Duty-cycle processes for the device in ``cg`` (one a killed run left behind has no state file to name it)."""
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_throttle(p.name, cg)}
 
 
 def _read_pid(path: Path) -> int:
@@ -421,9 +410,8 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
     if _netns_exists(ns):
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(f"netns {ns}")
-    for group in (cg, Path(st.freezer) if st.freezer else None):
-        if group is not None and group.exists() and _remove_cgroup(group):
-            removed.append(f"cgroup {group}")
+    if cg.exists() and _remove_cgroup(cg):
+        removed.append(f"cgroup {cg}")
     home = cpcdrl_home()
     for f in ("known_hosts", "ssh_config"):
         if (home / f).exists():

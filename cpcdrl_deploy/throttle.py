@@ -1,25 +1,33 @@
-"""An alternative slow CPU for the testbed (``--throttle duty``): a freezer cgroup thawed for ``share`` of every period.
+"""The testbed's slow CPU with ``--throttle duty``: a real-time process that takes the device's CPU for the rest of every short period.
 
-Why try it: the default CFS quota (``cpu.cfs_quota_us``) cannot be shorter than
-1 ms, is enforced at scheduler ticks (4 ms at HZ=250) and an overrun is paid
-back from the next periods. A ~1 ms inference then either fits in one quota
-(host speed) or overruns and stalls for ~12 ms: MobileNet at 0.25 CPU ran
-p10/p50/p90 1.5/1.7/14.1 ms, and which mode the median landed on changed between
-two runs of the same plan (p50 1.97 vs 11.42 ms). Freezing and thawing from a
-timer spreads the stalls over 1 ms (hrtimer sleeps, not ticks), and a SCHED_IDLE
-busy loop keeps the device's CPU from halting in between (``keep_awake``;
-without it the same head averaged 6.9 to 12.5 ms over one-second blocks).
+A Raspberry Pi is slow all the time. The other emulator, a CFS quota
+(``cpu.cfs_quota_us``), is slow only on average: its period cannot be shorter
+than 1 ms of quota (4 ms at 0.25), it is enforced at scheduler ticks (4 ms at
+HZ=250) and an overrun is paid back from the next periods, and a device that
+idles banks a whole quota. Measured on this project's 2-core VM with a 1 ms
+(host) busy loop at 0.25: back to back p10/p50/p90 0.79/1.10/10.3 ms; with
+5 ms idle between runs 0.83/1.11/1.20 ms -- host speed, where a Pi would take
+4 ms. MobileNet requests were "1 ms or 13 ms", and which mode the median landed
+on changed from run to run.
 
-Why it is not the default (measured on this project's 2-core VM): per request
-it is one mode, but the device's speed still drifts between one-second blocks
-(the same MobileNet head averaged 4.8 to 8.2 ms), and tiny runs suffer most: a
-profiled MobileNet layer of 34 us on the host took 0.61 ms sustained (18x at a
-0.25 share), so the per-layer tables overshot the directly timed heads by 89 %
-at the median (27.5 % before ``keep_awake``), against 6.9 % under the quota.
+Here a SCHED_FIFO process pinned to the device's CPU sleeps for the device's
+window of every period (``share`` x 250 us) and spins for the rest; nothing
+the device runs (an ordinary task) can preempt it, and an idle device banks
+nothing. The same 1 ms busy loop: back to back p10/p50/p90 4.21-4.27 /
+4.26-4.50 / 4.50-4.77 ms over three one-second blocks, with 3 ms idle between
+runs 4.0-4.3 / 4.3-4.5 ms; a 50 us loop 4.4x its host time on average.
+
+Tried before and dropped: freezing and thawing the device's freezer cgroup
+from a timer on the other CPU (1 ms period). Thawing a task takes tens of
+microseconds, so a profiled 34 us MobileNet layer took 0.61 ms sustained (18x
+at a 0.25 share) and per-layer tables overshot whole heads by 89 %.
+
+What it costs: the device's CPU is busy all the time (the spinning is the
+point), so the host's own work runs on its other CPUs.
 
 Run by ``cpcdrl testbed up`` as its own process:
-``python -m cpcdrl_deploy.throttle FREEZER_CGROUP --share 0.25 --period-us 1000``.
-It thaws the cgroup and exits on SIGTERM/SIGINT, or when the cgroup goes away.
+``python -m cpcdrl_deploy.throttle CPU_CGROUP --share 0.25 --period-us 250 --device-cpu 1``.
+It exits on SIGTERM/SIGINT, or when the device's cgroup goes away.
 """
 
 from __future__ import annotations
@@ -32,70 +40,35 @@ import sys
 import time
 from pathlib import Path
 
+RT_PRIORITY = 10  # above every ordinary task; below the kernel's own real-time threads (migration, watchdogs: 99)
+
 
 class DutyCycle:
-    """Thaw for ``on_s`` of every ``period_s``, on absolute deadlines so the share does not drift.
+    """Leave the CPU to others for ``window_s`` of every ``period_s`` and spin through the rest, on absolute deadlines."""
 
-    Tried and dropped: correcting each on-time by the CPU time the device's
-    cpuacct cgroup says it used (a busy loop then got 0.226-0.231 instead of
-    0.24-0.25 from the calibrated fixed on-time, and inference was no steadier).
-    """
-
-    def __init__(self, freezer: Path, on_s: float, period_s: float) -> None:
-        self.fd = os.open(freezer / "freezer.state", os.O_WRONLY)
-        self.on_s, self.period_s = on_s, period_s
+    def __init__(self, window_s: float, period_s: float, cgroup: Path | None = None) -> None:
+        self.window_s, self.period_s = window_s, period_s
+        self.cgroup = cgroup
         self.stop = False
 
     def run(self, seconds: float | None = None) -> None:
-        t = time.perf_counter()
+        now = time.perf_counter
+        t = now()
         end = None if seconds is None else t + seconds
-        try:
-            while not self.stop and (end is None or t < end):
-                os.write(self.fd, b"THAWED")
-                _sleep_until(t + self.on_s)
-                os.write(self.fd, b"FROZEN")
-                t += self.period_s
-                _sleep_until(t)
-        finally:
-            self.thaw()
-
-    def thaw(self) -> None:
-        try:
-            os.write(self.fd, b"THAWED")
-        except OSError:
-            pass  # the cgroup is gone: nothing left to thaw
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _sleep_until(t: float) -> None:
-    d = t - time.perf_counter()
-    if d > 0:
-        time.sleep(d)  # nanosleep: an hrtimer, so sub-tick periods work at HZ=250
-    # if late (preempted), the next deadline stays put: the share over many periods holds
-
-
-_AWAKE = """
-import ctypes, os, signal
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: go when the duty cycle goes
-os.sched_setaffinity(0, {%d})
-os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-while True:
-    pass
-"""
-
-
-def keep_awake(cpu: int) -> subprocess.Popen:
-    """A SCHED_IDLE busy loop on the device's CPU, so the (virtual) CPU never halts while the device is frozen.
-
-    Without it, every thaw waited for an idle vCPU to wake, for as long as the
-    hypervisor took that second: the same MobileNet head averaged 6.9 to
-    12.5 ms over one-second blocks. With it: 4.8 to 5.1 ms in five blocks of
-    six, 4x the host's 1.25 ms, as a 0.25 share should give. Any runnable task,
-    the device's included, preempts a SCHED_IDLE one at once.
-    """
-    return subprocess.Popen([sys.executable, "-c", _AWAKE % cpu])
+        check = t + 1.0
+        while not self.stop and (end is None or t < end):
+            d = t + self.window_s - now()
+            if d > 0:
+                time.sleep(d)  # nanosleep: an hrtimer (no slack for a real-time task), so 50 us windows work at HZ=250
+            t += self.period_s
+            while now() < t:
+                pass
+            if now() - t > self.period_s:
+                t = now()  # held up for a whole period (the kernel's real-time limit, a stall): restart the grid, do not spin to catch up
+            if t > check:
+                check = t + 1.0
+                if self.cgroup is not None and not self.cgroup.exists():
+                    return  # the testbed is gone
 
 
 def _cpu_ns(pid: int) -> int:
@@ -103,87 +76,78 @@ def _cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-def calibrate(freezer: Path, share: float, period_s: float, cpu: int | None, seconds: float = 1.0, rounds: int = 3) -> tuple[float, float]:
-    """The thawed time per period that gives a busy process ``share`` of a CPU, and the share measured with it.
+def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seconds: float = 1.0, rounds: int = 3) -> tuple[float, float]:
+    """The window per period that gives a busy process ``share`` of the CPU, and the share measured with it.
 
-    Thawing is not instant (a frozen task must be woken and scheduled), so a
-    nominal 25 % duty gave a busy loop 20-22 % (calibrated on-time then
-    275-287 us of 1000; with ``keep_awake`` running, 253-263 us); the on-time
-    is scaled until a spinner inside the cgroup measures the requested share.
+    Waking from the window's sleep takes a few microseconds the device gets on
+    top of its window (a nominal 62.5 us of 250 gave a busy loop about 0.27),
+    so the window is scaled until a spinner placed like the device's tasks
+    (its cgroup, its CPU, ordinary scheduling) measures the requested share.
     """
 
     def enter() -> None:
-        Path(freezer, "cgroup.procs").write_text(str(os.getpid()))
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # an ordinary task, like the device's: not this process's SCHED_FIFO
+        # an ordinary task, like the device's (not this process's SCHED_FIFO) -- first: a cgroup without
+        # real-time runtime refuses a real-time task
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.sched_setaffinity(0, {cpu})
+        if cgroup is not None:
+            Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
 
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=enter)
-    on = share * period_s
+    window = share * period_s
     measured = 0.0
     try:
         time.sleep(0.2)  # let the interpreter start
         for _ in range(rounds):
-            duty = DutyCycle(freezer, on, period_s)
             c0, t0 = _cpu_ns(spin.pid), time.perf_counter()
-            duty.run(seconds)
-            duty.close()
+            DutyCycle(window, period_s).run(seconds)
             measured = (_cpu_ns(spin.pid) - c0) / 1e9 / (time.perf_counter() - t0)
             if measured <= 0:
                 break
-            on = min(period_s, on * share / measured)
+            window = min(period_s, window * share / measured)
     finally:
         spin.kill()
         spin.wait()
-    return on, measured
+    return window, measured
 
 
-def _pin_away_from(cpu: int | None) -> None:
-    """Run on the host's other CPUs, as a real-time task so its deadlines are kept while the host is busy."""
-    others = set(range(os.cpu_count() or 1)) - ({cpu} if cpu is not None else set())
-    if others:
-        os.sched_setaffinity(0, others)
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    except (PermissionError, OSError):
-        pass  # not root: ordinary scheduling, looser deadlines
+def _become_realtime(cpu: int) -> None:
+    os.sched_setaffinity(0, {cpu})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))  # PermissionError without root: main says so
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="duty-cycle a freezer cgroup: the testbed's slow CPU")
-    ap.add_argument("freezer", type=Path)
+    ap = argparse.ArgumentParser(description="duty-cycle one CPU: the testbed's slow CPU")
+    ap.add_argument("cgroup", type=Path, help="the device's cpu cgroup (calibration runs in it; this process exits when it goes)")
     ap.add_argument("--share", type=float, required=True)
-    ap.add_argument("--period-us", type=int, default=1000)
-    ap.add_argument("--on-us", type=float, help="thawed time per period (default: calibrate to --share)")
-    ap.add_argument("--device-cpu", type=int, help="the CPU the device is pinned to (this process avoids it)")
-    ap.add_argument("--calibrate-only", action="store_true", help="print the calibrated on-time and measured share, then exit")
+    ap.add_argument("--period-us", type=int, default=250)
+    ap.add_argument("--window-us", type=float, help="the device's time per period (default: calibrate to --share)")
+    ap.add_argument("--device-cpu", type=int, required=True, help="the CPU the device is pinned to")
+    ap.add_argument("--calibrate-only", action="store_true", help="print the calibrated window and measured share, then exit")
     args = ap.parse_args(argv)
     period = args.period_us / 1e6
-    _pin_away_from(args.device_cpu)
-    awake = keep_awake(args.device_cpu) if args.device_cpu is not None else None
     try:
-        if args.calibrate_only or args.on_us is None:
-            on, measured = calibrate(args.freezer, args.share, period, args.device_cpu)
-            print(f"on_us={on * 1e6:.1f} measured_share={measured:.4f}", flush=True)
-            if args.calibrate_only:
-                return 0
-        else:
-            on = args.on_us / 1e6
-        duty = DutyCycle(args.freezer, on, period)
+        _become_realtime(args.device_cpu)
+    except (PermissionError, OSError) as e:
+        print(f"cannot run as a real-time task on CPU {args.device_cpu}: {e}", file=sys.stderr)
+        return 1
+    if args.calibrate_only or args.window_us is None:
+        window, measured = calibrate(args.cgroup, args.share, period, args.device_cpu)
+        print(f"window_us={window * 1e6:.1f} measured_share={measured:.4f}", flush=True)
+        if args.calibrate_only:
+            return 0
+    else:
+        window = args.window_us / 1e6
+    duty = DutyCycle(window, period, args.cgroup)
 
-        def _stop(*_: object) -> None:
-            duty.stop = True
+    def _stop(*_: object) -> None:
+        duty.stop = True
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        try:
-            duty.run()
-        except OSError:
-            pass  # the cgroup was removed under us: the testbed is gone
-    finally:
-        if awake is not None:
-            awake.kill()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    duty.run()
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

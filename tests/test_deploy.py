@@ -48,7 +48,7 @@ def test_deploy_bad_inputs_are_one_line(tmp_path) -> None:
     assert res.exit_code == 2 and "--bind" in res.output
 
 
-def test_predictions_run_the_medians_through_the_devices_cpu_quota() -> None:
+def test_predictions_run_the_medians_through_the_devices_cpu_quota(tmp_path) -> None:
     import json
     from pathlib import Path
 
@@ -56,20 +56,23 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota() -> None:
     from cpcdrl_deploy.profiles import Profile, load_profile
 
     prof = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profile"
-    pi = json.loads((prof / "pi.json").read_text())  # measured on the emulated Pi (0.25 CPU under a CFS quota)
-    assert pi["host"]["testbed"]["throttle"] == "quota"
-    quota = device_quota(load_profile(prof / "pi.json"))
-    assert quota is not None and quota[:2] == (0.25, 4.0)
+    # the facts a profile on a quota testbed records (cpcdrl testbed up --throttle quota)
+    pi = {"host": {"kernel_hz": 250, "testbed": {"cpu_share": 0.25, "throttle": "quota", "cfs_period_us": 4000}}}
+    quota = device_quota(Profile("x", "measured", host=pi["host"]))
+    assert quota == (0.25, 4.0, 4.0)
     del pi["host"]["testbed"]["throttle"]  # profiles from before --throttle: a quota
     assert device_quota(Profile("x", "measured", host=pi["host"])) == quota
-    pi["host"]["testbed"]["throttle"] = "duty"  # 1 ms stalls: already in the tables, no quota model
+    pi["host"]["testbed"]["throttle"] = "duty"  # 250 us windows: already in the tables, no quota model
     assert device_quota(Profile("x", "measured", host=pi["host"])) is None
     assert device_quota(load_profile(prof / "local.json")) is None  # this host, unthrottled
     assert device_quota(Profile("x", "measured", host={"cpu_quota": "50000 100000", "kernel_hz": 1000})) == (0.5, 100.0, 1.0)  # read from a cgroup
     assert device_quota(Profile("x", "measured", host={"cpu_quota": "-1 100000"})) is None
     assert device_quota(Profile("x", "measured", host={"cpu_quota": "max 100000"})) is None
+    measured = json.loads((prof / "pi.json").read_text())  # the emulated Pi's tables, as if measured under a quota
+    measured["host"]["testbed"] = {**measured["host"].get("testbed", {}), **pi["host"]["testbed"], "throttle": "quota"}
+    (tmp_path / "pi.json").write_text(json.dumps(measured))
     for cut in (0, 14, 28):
-        pred = predictions({"model": "mobilenet", "cut": cut, "ratios": [1.0] * cut}, str(prof / "pi.json"), str(prof / "local.json"), None)
+        pred = predictions({"model": "mobilenet", "cut": cut, "ratios": [1.0] * cut}, str(tmp_path / "pi.json"), str(prof / "local.json"), None)
         q, med = pred["table_quota"], pred["table_median"]
         assert med["edge_ms"] <= q["edge_ms"] + 1e-9 <= q["edge_p90_ms"] + 1e-9  # a quota only ever delays
         assert q["cloud_ms"] == med["cloud_ms"] and q["total_ms"] == pytest.approx(q["edge_ms"] + q["transfer_ms"] + q["cloud_ms"] + q["return_ms"])

@@ -49,7 +49,7 @@ def bed(tmp_path_factory):
     # nothing left behind: namespace, veth, cgroup, sshd
     assert f"cpcdrl-{NAME}" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", st.host_veth], capture_output=True).returncode != 0
-    assert not Path(st.cgroup).exists() and not (st.freezer and Path(st.freezer).exists())
+    assert not Path(st.cgroup).exists()
     assert not testbed._is_throttle(st.throttle_pid)
     assert not Path(f"/proc/{st.sshd_pid}").exists() or "sshd" not in Path(f"/proc/{st.sshd_pid}/cmdline").read_text(errors="ignore")
     assert testbed.status() == []
@@ -76,14 +76,16 @@ def profiles(bed, tmp_path_factory):
 
 def test_status_lists_the_testbed(bed) -> None:
     rows = testbed.status()
-    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"] and rows[0]["throttle"] == "quota"
+    assert [r["name"] for r in rows] == [NAME] and rows[0]["sshd_running"] and rows[0]["throttle"] == "duty"
+    assert rows[0]["duty_cycle_running"]
 
 
 def test_profile_over_ssh(profiles) -> None:
     pi_path, _, pi, local = profiles
     assert pi.kind == "measured" and pi.name == NAME
     assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
-    assert pi.host["testbed"]["throttle"] == "quota" and pi.host["testbed"]["cfs_period_us"] == 4000
+    assert pi.host["rounds"] == 2 and pi.host["testbed"]["throttle"] == "duty" and pi.host["testbed"]["duty_period_us"] == 250
+    assert abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375  # calibrated at up
     t = pi.tables["mobilenet"]
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
     # the whole model: a quarter of a core is several times slower than this host
@@ -210,52 +212,43 @@ def test_deploy_on_the_testbed(bed, tmp_path) -> None:
         assert s.connect_ex((u.hostname, u.port)) != 0
 
 
-def _skip_without_freezer() -> None:
-    why = _can_run() or (None if (testbed.CGROUP_FREEZER / "cgroup.procs").exists() else "needs the cgroup-v1 freezer")
+def test_up_clears_a_leftover_and_its_duty_cycle(tmp_path) -> None:
+    # a run killed with SIGKILL leaves its cgroup, its processes and the duty-cycle process behind
+    why = _can_run()
     if why:
         pytest.skip(why)
-
-
-def test_up_clears_a_frozen_leftover_and_its_duty_cycle(tmp_path) -> None:
-    # a run killed with SIGKILL leaves its cgroups, a frozen process and the duty-cycle process behind
-    _skip_without_freezer()
     import sys
     import time
 
-    ns = "cpcdrl-cileft"
-    cg, fz = testbed.CGROUP_CPU / ns, testbed.CGROUP_FREEZER / ns
+    cg = testbed.CGROUP_CPU / "cpcdrl-cileft"
     cg.mkdir()
-    fz.mkdir()
-    enter = lambda: [Path(g, "cgroup.procs").write_text(str(os.getpid())) for g in (cg, fz)]  # noqa: E731
-    victim = subprocess.Popen(["sleep", "600"], preexec_fn=enter)
-    duty = subprocess.Popen([sys.executable, "-m", "cpcdrl_deploy.throttle", str(fz), "--share", "0.25", "--on-us", "250"], start_new_session=True)
+    victim = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: Path(cg, "cgroup.procs").write_text(str(os.getpid())))
+    cpu = (os.cpu_count() or 1) - 1
+    duty = subprocess.Popen(
+        [sys.executable, "-m", "cpcdrl_deploy.throttle", str(cg), "--share", "0.25", "--window-us", "60", "--device-cpu", str(cpu)], start_new_session=True
+    )
     time.sleep(0.3)
-    (fz / "freezer.state").write_text("FROZEN")
+    assert duty.poll() is None and testbed._is_throttle(duty.pid, cg)
     testbed._clear_leftovers("cileft")
     assert duty.wait(timeout=5) is not None and victim.wait(timeout=5) is not None
-    assert not cg.exists() and not fz.exists()
+    assert not cg.exists()
 
 
-def test_duty_cycled_testbed_gives_a_busy_loop_its_share(tmp_path) -> None:
-    # --throttle duty: the freezer cgroup thawed for 0.25 of every 1 ms; a busy loop over SSH must see ~0.25
-    _skip_without_freezer()
+def _busy_loop_share(host: str, python: str) -> float:
+    """The share of a CPU a 2 s busy loop gets over SSH on ``host``."""
     from cpcdrl_deploy.remote import connect
 
-    home = Path(os.environ.get("CPCDRL_HOME", Path.home() / ".cpcdrl"))
-    st = testbed.up("cpcdrlduty", cpu=0.25, throttle="duty", python_venv=Path(os.environ.get("CPCDRL_DEVICE_VENV", home / "venv")), log=print)
+    dev = connect(host)
     try:
-        assert abs(st.measured_share - 0.25) < 0.0375, st.measured_share  # calibrated at up
-        assert next(r for r in testbed.status() if r["name"] == "cpcdrlduty")["duty_cycle_running"]
-        dev = connect("cpcdrlduty")
-        try:
-            spin = "import time; w, c = time.perf_counter(), time.process_time()\nwhile time.perf_counter() - w < 2: pass\n"
-            spin += "print((time.process_time() - c) / (time.perf_counter() - w))"
-            rc, out, err = dev.run(f"{st.python} -c {shlex.quote(spin)}", timeout=60)
-        finally:
-            dev.close()
-        assert rc == 0, err
-        assert 0.18 < float(out.strip()) < 0.32, out
+        spin = "import time; w, c = time.perf_counter(), time.process_time()\nwhile time.perf_counter() - w < 2: pass\n"
+        spin += "print((time.process_time() - c) / (time.perf_counter() - w))"
+        rc, out, err = dev.run(f"{python} -c {shlex.quote(spin)}", timeout=60)
     finally:
-        removed = testbed.down("cpcdrlduty")
-    assert any("duty cycle" in r for r in removed)
-    assert not Path(st.freezer).exists() and not testbed._is_throttle(st.throttle_pid)
+        dev.close()
+    assert rc == 0, err
+    return float(out.strip())
+
+
+def test_duty_cycled_testbed_gives_a_busy_loop_its_share(bed) -> None:
+    # the default testbed: the device's CPU left to it for 0.25 of every 250 us
+    assert 0.18 < _busy_loop_share(NAME, bed.python) < 0.32
