@@ -236,7 +236,7 @@ def testbed_up(
     name: NameOpt = "pi",
     cpu: Annotated[float, typer.Option("--cpu", help="share of one core")] = 0.25,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="link rate, e.g. 200KB/s or 1.6Mbit")] = "200KB/s",
-    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: quota (CFS quota) or duty (a real-time process takes the rest of every 250 us)")] = "duty",
+    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: duty (a real-time task takes the rest of every 250 us) or quota (CFS)")] = "duty",
 ) -> None:
     """Create the emulated device and register it as an SSH host."""
     from cpcdrl_deploy import testbed
