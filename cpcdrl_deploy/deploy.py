@@ -138,6 +138,7 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
     models: dict[str, object] = {}
     if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
         models["table"] = table = build_latency_model(ep, cp, link)
+        models["table_sum"] = dataclasses.replace(table, anchor=False)  # type: ignore[type-var]
         models["table_median"] = dataclasses.replace(table, stat="median_ms")  # type: ignore[type-var]
         f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
         models["analytic"] = AnalyticLatencyModel(f_e, f_c, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return)
@@ -336,8 +337,8 @@ def plot_deploy(report: dict, path: Path) -> None:
     ax1.plot(np.arange(1, len(e2e) + 1) / len(e2e) * 100.0, e2e, "k-")
     for k, v in report["predicted"].items():
         ax1.axhline(
-            v["total_ms"], ls={"table": "--", "table_median": "-.", "table_quota": "-"}.get(k, ":"),
-            color={"table": "b", "table_median": "g", "table_quota": "m"}.get(k, "r"), label=f"{k} prediction",
+            v["total_ms"], ls={"table": "--", "table_sum": (0, (1, 1)), "table_median": "-.", "table_quota": "-"}.get(k, ":"),
+            color={"table": "b", "table_sum": "c", "table_median": "g", "table_quota": "m"}.get(k, "r"), label=f"{k} prediction",
         )
     ax1.set_xlabel("requests (%)")
     ax1.set_ylabel("end-to-end latency (ms)")

@@ -13,14 +13,15 @@ on changed from run to run.
 Here a SCHED_FIFO process pinned to the device's CPU sleeps for the device's
 window of every period (``share`` x 250 us) and spins for the rest; nothing
 the device runs (an ordinary task) can preempt it, and an idle device banks
-nothing. The same 1 ms busy loop: back to back p10/p50/p90 4.21-4.27 /
-4.26-4.50 / 4.50-4.77 ms over three one-second blocks, with 3 ms idle between
-runs 4.0-4.3 / 4.3-4.5 ms; a 50 us loop 4.4x its host time on average.
+nothing. The same 1 ms busy loop (a 50 us window of 250, before calibration
+existed): back to back p10/p50/p90 4.21-4.27 / 4.26-4.50 / 4.50-4.77 ms over
+three one-second blocks; with 3 ms idle between runs p10/p50 4.0-4.3 /
+4.3-4.5 ms.
 
 Tried before and dropped: freezing and thawing the device's freezer cgroup
-from a timer on the other CPU (1 ms period). Thawing a task takes tens of
-microseconds, so a profiled 34 us MobileNet layer took 0.61 ms sustained (18x
-at a 0.25 share) and per-layer tables overshot whole heads by 89 %.
+from a timer on the other CPU (1 ms period): a profiled 34 us MobileNet layer
+took 0.61 ms sustained (18x at a 0.25 share, where 4x was due), and per-layer
+tables overshot whole heads by 89 %.
 
 What it costs: the device's CPU is busy all the time (the spinning is the
 point), so the host's own work runs on its other CPUs.
@@ -79,10 +80,11 @@ def _cpu_ns(pid: int) -> int:
 def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seconds: float = 1.0, rounds: int = 3) -> tuple[float, float]:
     """The window per period that gives a busy process ``share`` of the CPU, and the share measured with it.
 
-    Waking from the window's sleep takes a few microseconds the device gets on
-    top of its window (a nominal 62.5 us of 250 gave a busy loop about 0.27),
-    so the window is scaled until a spinner placed like the device's tasks
-    (its cgroup, its CPU, ordinary scheduling) measures the requested share.
+    Waking from the window's sleep takes microseconds the device gets on top
+    of its window, and switching in and out costs it some, so the window is
+    scaled until a spinner placed like the device's tasks (its cgroup, its
+    CPU, ordinary scheduling) measures the requested share (0.25 of 250 us:
+    a 63.8 us window, measured 0.250).
     """
 
     def enter() -> None:

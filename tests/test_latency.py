@@ -161,3 +161,26 @@ def test_throttled_latencies_follow_cfs_bandwidth_control() -> None:
     assert sum(steady) / len(steady) == pytest.approx(4.0, rel=0.02)  # still the share, in coarser bursts
     with pytest.raises(ValueError):
         throttled_latencies(1.0, 0.0, 0.0, 4.0)
+
+
+def test_table_model_anchors_each_side_to_its_whole_timing(vgg) -> None:
+    # measured head at the cut x (table sum of the plan / table sum unpruned); the same for the tail
+    import dataclasses
+
+    from cpcdrl_deploy.latency import TableLatencyModel
+
+    a, groups = vgg
+    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
+    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.0, "heads": [{"cut": 4, "ms": 5.0}], "tails": [{"cut": 4, "ms": 8.0}]}}
+    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    b = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
+    assert b.edge_ms == pytest.approx(5.0) and b.cloud_ms == pytest.approx(8.0)  # unpruned: the measured head and tail
+    pruned = plan_shape(a, groups, 4, [0.5] * 4, round_to=1)
+    plain = dataclasses.replace(lm, anchor=False).predict("vgg16", pruned)
+    assert plain.edge_ms == pytest.approx(4 * 0.5)  # the sums alone (compare checks these)
+    assert lm.predict("vgg16", pruned).edge_ms == pytest.approx(5.0 * (4 * 0.5) / (4 * 1.0))
+    # the tail's first layer sees the pruned cut tensor (in 0.5, out 1.0): interpolated along the diagonal here, 0.5 ms
+    assert lm.predict("vgg16", pruned).cloud_ms == pytest.approx(8.0 * plain.cloud_ms / 10.0)
+    # a cut with no whole timing (older profiles): the plain sums
+    assert lm.predict("vgg16", plan_shape(a, groups, 6, [1.0] * 6)).edge_ms == pytest.approx(6.0)
+    assert "anchored" in lm.describe() and "plain sums" in dataclasses.replace(lm, anchor=False).describe()
