@@ -7,7 +7,8 @@
 For each model: `optimize` every method against the *measured* profiles
 (benchmarks/results/profile/pi.json, local.json; at most --loss points below
 the unpruned model), then `deploy` each distinct plan on the testbed with
---requests CIFAR test images, one per request. On the first plan that offloads
+--requests CIFAR test images, one per request (more for short plans: at least
+--min-seconds of requests by the plan's predicted latency). On the first plan that offloads
 (0 < cut, or cut 0), also the lossy options: --transfer fp16 / int8 and
 --quantize int8. Writes results.json, table.md and a measured-vs-predicted plot.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from cpcdrl_deploy.search import METHODS, SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+MAX_REQUESTS = 1_000  # each request's image goes to the device first, 12 KB of float32 over the 200 KB/s link: 1 min
 
 
 def main() -> None:
@@ -43,6 +46,7 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=1000)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--min-seconds", type=float, default=4.0, help="at least this long of requests per plan, by the plan's predicted latency")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/deploy")
     ap.add_argument("--offload-cut", default="mobilenet=27,vgg16=7", help="MODEL=CUT: the unpruned split the lossy options are measured on")
@@ -63,7 +67,11 @@ def main() -> None:
             return repredict(rep_path)
         if args.resume and rep_path.exists():
             return json.loads(rep_path.read_text())
-        return deploy(DeployRequest(plan_path, edge=args.host, requests=args.requests, data=args.data, out=rep_path.parent,
+        # short requests get more of them: this VM has slow spells of 0.5-5 s, and 300 requests of
+        # 4 ms (1.2 s) can fall wholly inside one (a plan without a prediction: --requests)
+        predicted = float((json.loads(plan_path.read_text()).get("latency_ms") or {}).get("total_ms") or 0.0)
+        n = max(args.requests, min(MAX_REQUESTS, math.ceil(args.min_seconds * 1000.0 / predicted))) if predicted > 0 else args.requests
+        return deploy(DeployRequest(plan_path, edge=args.host, requests=n, data=args.data, out=rep_path.parent,
                                     edge_profile=args.edge_profile, cloud_profile=args.cloud_profile, **kw), log)
 
     for model in args.models.split(","):

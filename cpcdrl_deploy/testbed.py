@@ -5,12 +5,13 @@
   198.18.<k>.2 inside (the benchmarking range, RFC 2544);
 - a token-bucket filter on both veth ends (``tc ... tbf rate``, a one-frame
   burst and a peak rate 1 % above the rate): the link, near a serial one;
-- the slow CPU, which sshd and everything it starts inherit: a cgroup-v1 CPU
-  quota (``cpu.cfs_quota_us``/``cfs_period_us``, the default) with the shortest
-  period the kernel accepts for the share (4 ms at 0.25); or, with
-  ``--throttle duty``, a duty cycle: a real-time process on the device's CPU
-  that leaves it to the device for its share of every 250 us and spins
-  through the rest (cpcdrl_deploy/throttle.py says what each is good and bad at);
+- the slow CPU: a duty cycle (the default, ``--throttle duty``), a real-time
+  process on the device's CPU that leaves it to the device for its share of
+  every 250 us and spins through the rest; or, with ``--throttle quota``, a
+  cgroup-v1 CPU quota (``cpu.cfs_quota_us``/``cfs_period_us``) with the
+  shortest period the kernel accepts for the share (4 ms at 0.25), which
+  sshd and everything it starts inherit (cpcdrl_deploy/throttle.py says what
+  each is good and bad at);
 - one CPU for the device (sshd's affinity, inherited): a quota is handed out
   to each CPU's run queue in slices, and a process that migrates between
   CPUs leaves runtime stranded on the one it left. Measured on a 2-core VM
@@ -81,7 +82,7 @@ class TestbedState:
     sshd_pid: int = 0
     cfs_period_us: int = 10_000  # testbeds made before the period followed the share used 10 ms
     cpu_pin: int | None = None  # the one CPU the device runs on (None: testbeds made before pinning)
-    throttle: str = "quota"  # how the slow CPU is made (THROTTLES); testbeds made before "duty" used the quota
+    throttle: str = "quota"  # how the slow CPU is made (THROTTLES); state files from before --throttle are quota testbeds
     freezer: str | None = None  # only in testbeds made when the duty cycle froze a freezer cgroup
     duty_period_us: int | None = None
     duty_on_us: float | None = None  # the device's window per period, calibrated so a busy loop gets ``cpu``
