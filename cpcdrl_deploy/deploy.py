@@ -172,7 +172,7 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
 def device_quota(profile: Profile) -> tuple[float, float, float] | None:
     """(CPU share, CFS period ms, scheduler tick ms) of the device that measured ``profile``; None if not quota-limited.
 
-    A duty-cycled testbed is not quota-limited: its stalls are 1 ms long and its per-layer tables already show them.
+    A duty-cycled testbed is not quota-limited: it is slowed in 250 us windows, which its per-layer tables already show.
     """
     host = profile.host or {}
     hz = host.get("kernel_hz")
