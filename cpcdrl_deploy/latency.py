@@ -200,8 +200,10 @@ class TableLatencyModel:
         if not (self.anchor and whole):
             return plan
         measured = next((w.get(self.stat) for w in t.get(whole[0], []) if w["cut"] == whole[1]), None)
+        if not measured:
+            return plan
         unpruned = ov + sum(alone(i, 1.0, 1.0) for i in layers)
-        return plan * measured / unpruned if measured and unpruned > 0 else plan
+        return plan * measured / unpruned if unpruned > 0 else plan
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)

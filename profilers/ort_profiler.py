@@ -140,16 +140,15 @@ def time_jobs(jobs: list[dict], base: str, threads: int, warmup: int, repeats: i
     seconds apart rarely both do, and noise only ever adds time.
     """
     sessions = [load_session(os.path.join(base, j["file"]), threads) for j in jobs]
-    best: list[dict | None] = [None] * len(jobs)
+    best: list[dict] = [{} for _ in jobs]
+    means: list[list[float]] = [[] for _ in jobs]
     for r in range(rounds):
         for i, (job, sess) in enumerate(zip(jobs, sessions)):
             res = time_session(sess, job["input_shape"], warmup if r == 0 else 1, max(1, repeats // rounds), min_time_s / rounds)
-            res["round_means_ms"] = (best[i] or {}).get("round_means_ms", []) + [res["mean_ms"]]
-            if best[i] is None or res["mean_ms"] < best[i]["mean_ms"]:
+            means[i].append(res["mean_ms"])
+            if not best[i] or res["mean_ms"] < best[i]["mean_ms"]:
                 best[i] = res
-            else:
-                best[i]["round_means_ms"] = res["round_means_ms"]
-    return [{"id": j["id"], **b} for j, b in zip(jobs, best)]  # type: ignore[dict-item]
+    return [{"id": j["id"], **b, "round_means_ms": m} for j, b, m in zip(jobs, best, means)]
 
 
 def main(argv: list[str]) -> int:
