@@ -9,12 +9,22 @@
 5. report accuracy, agreement with the pruned PyTorch model, end-to-end
    p50/p90/p99 with the edge / transfer+cloud split, the protocol overhead,
    and the analytic and measured-table predictions with their errors.
+
+The speed probe: a host's speed drifts (a Pi heats up and throttles; this
+project's build VM ran 1.6x slower for a while between a profile and a
+deploy), and a table is only as true as the speed its host had when it was
+measured. So ``deploy`` times a fixed reference model (the whole unpruned
+model, the profile's own ``head{N}`` entry, made the same way) on the edge
+between the requests and on the cloud host before and after them, and adds a
+``table_drift`` prediction: the tables with each side scaled by (probe now) /
+(probe in the profile). The raw predictions stay beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import secrets
 import shlex
 import subprocess
@@ -38,6 +48,7 @@ from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, throttled_latencies, transfer_ms
 from cpcdrl_deploy.optimize import load_plan
 from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
+from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
 from cpcdrl_deploy.pruning import PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
 from cpcdrl_deploy.testbed import load_state
@@ -65,6 +76,7 @@ class DeployRequest:
     cloud_profile: str | None = None
     trust_host_key: bool = False
     seed: int = 0
+    probe: bool = True  # time the reference model beside the requests (when the profiles have it)
 
 
 class CloudServer:
@@ -119,11 +131,16 @@ def _pct(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
-def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None) -> dict[str, dict]:
+def predictions(
+    plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None,
+    drift: dict[str, float | None] | None = None,
+) -> dict[str, dict]:
     """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
 
     The transfer term uses the bytes actually sent per request (``payload_bytes``:
     the cut tensor as transferred, plus the protocol's JSON header) where known.
+    ``drift`` ({"edge": factor, "cloud": factor}, from the speed probe) adds
+    ``table_drift``: the anchored tables with each side's compute scaled by its factor.
     """
     model = plan["model"]
     ep, cp = load_profile(edge_profile), load_profile(cloud_profile)
@@ -152,6 +169,12 @@ def predictions(plan: dict, edge_profile: str, cloud_profile: str, payload_bytes
             d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
         d["model"] = lm.describe()  # type: ignore[attr-defined]
         out[name] = d
+    if "table" in out and drift and any(drift.values()):
+        fe, fc = drift.get("edge") or 1.0, drift.get("cloud") or 1.0
+        d = {**out["table"], "edge_ms": out["table"]["edge_ms"] * fe, "cloud_ms": out["table"]["cloud_ms"] * fc}
+        d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
+        d["model"] = f"{out['table']['model']}; edge x{fe:.3f}, cloud x{fc:.3f} (speed probe now / in the profile)"
+        out["table_drift"] = d
     quota = device_quota(ep)
     if "table_median" in out and quota is not None:
         # per-request latency on a quota-limited device: the unthrottled run time (per-run
@@ -188,6 +211,40 @@ def device_quota(profile: Profile) -> tuple[float, float, float] | None:
     return None
 
 
+def probe_reference(profile: Profile, model: str, n_layers: int) -> dict | None:
+    """How ``profile`` timed the speed probe (its whole-model head): ms and the settings of one round; None without one.
+
+    Profiles made before the probe's weights were (WEIGHTS) timed a different model: None.
+    """
+    t = profile.tables.get(model) if profile.kind == "measured" else None
+    if not t or t.get("weights") != WEIGHTS:
+        return None
+    head = next((h for h in t.get("heads", []) if h["cut"] == n_layers), None)
+    if head is None:
+        return None
+    host = profile.host or {}
+    rounds = max(1, int(host.get("rounds") or 1))
+    return {
+        "ms": float(head["ms"]), "threads": int(t.get("threads", 1)), "repeats": max(1, int(host.get("repeats") or 20) // rounds),
+        "min_ms": 200.0 / rounds, "profiled_at": host.get("measured_at"),  # the profiler's 200 ms window, split over its rounds
+    }
+
+
+def _time_probe_here(path: Path, shape: list[int], ref: dict, blocks: int = 2) -> list[dict]:
+    """Time the probe on this machine as the profiler does, ``blocks`` rounds."""
+    from profilers.ort_profiler import load_session, time_session
+
+    sess = load_session(str(path), ref["threads"])
+    time_session(sess, shape, 5, 1, 0.0)
+    return [time_session(sess, shape, 1, ref["repeats"], ref["min_ms"] / 1000.0) for _ in range(blocks)]
+
+
+def _drift(blocks: list[dict], ref: dict) -> dict:
+    means = [b["mean_ms"] for b in blocks]
+    med = float(np.median(means))
+    return {"reference_ms": ref["ms"], "profiled_at": ref["profiled_at"], "block_means_ms": means, "median_ms": med, "factor": med / ref["ms"]}
+
+
 def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     t_start = time.perf_counter()
     plan = load_plan(req.plan)
@@ -214,6 +271,20 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     np.save(inputs, x.numpy().astype(np.float32))
 
+    # the speed probe, on each side that computes something and whose profile timed it
+    n_layers, cut = int(plan["n_layers"]), int(plan["cut"])
+    refs: dict[str, dict | None] = {"edge": None, "cloud": None}
+    if req.probe:
+        refs["edge"] = probe_reference(load_profile(edge_profile), plan["model"], n_layers) if cut > 0 else None
+        refs["cloud"] = probe_reference(load_profile(cloud_profile), plan["model"], n_layers) if cut < n_layers else None
+        if not any(refs.values()):
+            log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
+    probe_path = out / "probe.onnx.gz"
+    if any(refs.values()):
+        probe_bytes, probe_shape, _ = probe_model(plan["model"])
+        probe_path.write_bytes(probe_bytes)
+    probes: dict[str, list[dict]] = {}
+
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
     server: CloudServer | None = None
     remote_dir = None
@@ -230,14 +301,25 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         if req.fallback:
             dev.put(export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
             args += ["--fallback local", f"--full {remote_dir}/full.onnx"]
+        budget = 120.0 + len(idx) * (req.timeout_s + 5.0)
+        if (ref := refs["edge"]) is not None:
+            dev.put(PROFILER, f"{remote_dir}/ort_profiler.py")
+            dev.put(probe_path, f"{remote_dir}/{probe_path.name}")
+            every = max(1, math.ceil(len(idx) / 8))  # ~10 blocks, before, between and after the requests
+            args += [
+                f"--probe {remote_dir}/{probe_path.name}", f"--probe-shape {','.join(map(str, probe_shape))}", f"--probe-every {every}",
+                f"--probe-repeats {ref['repeats']}", f"--probe-min-ms {ref['min_ms']:g}", f"--threads {ref['threads']}",
+            ]
+            budget += 10 * (ref["min_ms"] / 1000.0 + 10 * ref["repeats"] * ref["ms"] / 1000.0)
         if "tail" in files:
             server = CloudServer(export_dir, bind, token)
             log(f"cloud server {server.url} ({files['tail']['model_name']})")
             args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
-        log(f"running {len(idx)} requests from {dev.name}")
+        if refs["cloud"] is not None:
+            probes["cloud"] = _time_probe_here(probe_path, probe_shape, refs["cloud"])  # before the requests; again after
+        log(f"running {len(idx)} requests from {dev.name}" + (" with the speed probe between them" if refs["edge"] else ""))
         # the token travels on stdin, not the command line (visible in ps on the device)
         cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {remote_dir}/edge_runner.py " + " ".join(args)
-        budget = 120.0 + len(idx) * (req.timeout_s + 5.0)
         rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
         if rc not in (0, 1):
             why = (stderr or stdout).strip().splitlines()
@@ -247,6 +329,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
             raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
         runner = json.loads(report_text)
         server_alive = server.alive() if server else None
+        if refs["cloud"] is not None:
+            probes["cloud"] += _time_probe_here(probe_path, probe_shape, refs["cloud"])
     finally:
         if server is not None:
             server.stop()
@@ -263,7 +347,11 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     preds = np.array([r["prediction"] for r in answered], dtype=np.int64)
     at = np.array([r["i"] for r in answered], dtype=np.int64)
     payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
-    pred = predictions(plan, edge_profile, cloud_profile, payload, original)
+    if refs["edge"] is not None and (runner.get("probe") or {}).get("blocks"):
+        probes["edge"] = runner["probe"]["blocks"]
+    speed_probe = {role: _drift(blocks, refs[role]) for role, blocks in probes.items()}  # type: ignore[arg-type]
+    drift = {role: d["factor"] for role, d in speed_probe.items()}
+    pred = predictions(plan, edge_profile, cloud_profile, payload, original, drift)
     link = pred.pop("_link")
     measured = {
         "e2e_ms": _pct([r["e2e_ms"] for r in ok]),
@@ -292,6 +380,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         "bytes_per_request": payload,
         "measured": measured,
         "protocol_overhead": overhead,
+        "speed_probe": speed_probe,  # per side: the reference model's time now vs in the profile
         "predicted": pred,
         "prediction_error_pct": errors,  # (predicted - measured p50) / measured p50
         "prediction_error_vs_mean_pct": errors_mean,  # against the measured mean: what sustained-mean tables predict under a CPU quota
@@ -317,7 +406,8 @@ def _errors(pred: dict, measured: dict) -> tuple[dict, dict]:
 def repredict(report_path: Path) -> dict:
     """Recompute a deploy report's predictions with today's latency models (the measurements stay)."""
     report = json.loads(Path(report_path).read_text())
-    pred = predictions(load_plan(Path(report["plan"])), report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"])
+    drift = {role: d["factor"] for role, d in (report.get("speed_probe") or {}).items()}
+    pred = predictions(load_plan(Path(report["plan"])), report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"], drift=drift)
     pred.pop("_link")
     report["predicted"] = pred
     report["prediction_error_pct"], report["prediction_error_vs_mean_pct"] = _errors(pred, report["measured"])
@@ -337,8 +427,8 @@ def plot_deploy(report: dict, path: Path) -> None:
     ax1.plot(np.arange(1, len(e2e) + 1) / len(e2e) * 100.0, e2e, "k-")
     for k, v in report["predicted"].items():
         ax1.axhline(
-            v["total_ms"], ls={"table": "--", "table_sum": (0, (1, 1)), "table_median": "-.", "table_quota": "-"}.get(k, ":"),
-            color={"table": "b", "table_sum": "c", "table_median": "g", "table_quota": "m"}.get(k, "r"), label=f"{k} prediction",
+            v["total_ms"], ls={"table": "--", "table_sum": (0, (1, 1)), "table_median": "-.", "table_quota": "-", "table_drift": "-"}.get(k, ":"),
+            color={"table": "b", "table_sum": "c", "table_median": "g", "table_quota": "m", "table_drift": "k"}.get(k, "r"), label=f"{k} prediction",
         )
     ax1.set_xlabel("requests (%)")
     ax1.set_ylabel("end-to-end latency (ms)")
@@ -380,6 +470,11 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             f"{k} prediction {v['total_ms']:.2f} ms [{v['model']}] (error vs p50 {report['prediction_error_pct'].get(k, float('nan')):+.1f} %, "
             f"vs mean {report['prediction_error_vs_mean_pct'].get(k, float('nan')):+.1f} %)"
+        )
+    for role, d in (report.get("speed_probe") or {}).items():
+        lines.append(
+            f"speed probe, {role}: the whole model took {d['median_ms']:.2f} ms now, {d['reference_ms']:.2f} ms when profiled "
+            f"(x{d['factor']:.3f}; blocks {min(d['block_means_ms']):.2f}-{max(d['block_means_ms']):.2f} ms)"
         )
     if report["protocol_overhead"]:
         o = report["protocol_overhead"]

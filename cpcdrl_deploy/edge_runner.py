@@ -14,6 +14,12 @@ reached and ``--fallback local`` is given with ``--full full.onnx``, the image
 is answered on the device and the request is marked ``fallback``. Without a
 fallback, ``--max-failures`` consecutive failures end the run; the report says
 why. This file is copied to the device alone: it imports nothing from cpcdrl.
+
+``--probe probe.onnx.gz`` times a fixed reference model (the whole unpruned
+model, as ``cpcdrl profile`` timed it) before the first request, after every
+``--probe-every`` requests and after the last, with the profiler's own timing
+code (``ort_profiler.py``, copied beside this file): the device's speed now
+against its speed when it was profiled, measured in the same run.
 """
 
 from __future__ import annotations
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     remote = Remote(args.url, args.model, args.timeout, os.environ.get("CPCDRL_TOKEN") or None, args.output) if args.url else None
     if head is None and remote is None:
         raise ValueError("nothing to run: give --head, --url or both")
+    probe = _Probe(args) if args.probe else None
 
     if head is not None and remote is not None:
         # refuse a head that does not fit the served tail before sending anything
@@ -154,6 +161,9 @@ def run(args: argparse.Namespace) -> dict:
     records, failures, aborted = [], 0, None
     for i in range(len(x)):
         xi = x[i : i + 1]
+        if probe is not None and i % probe.every == 0:
+            probe.block(i)
+            edge(xi)  # the probe evicted the head's weights from the caches: one unrecorded run brings them back
         t0 = time.perf_counter()
         feeds = edge(xi)
         t1 = time.perf_counter()
@@ -182,11 +192,38 @@ def run(args: argparse.Namespace) -> dict:
         records.append(rec)
     if remote is not None:
         remote.close()
+    if probe is not None:
+        probe.block(len(records))
     return {
         "records": records, "requests": len(x), "answered": sum(1 for r in records if "prediction" in r),
         "fallbacks": sum(1 for r in records if r.get("fallback")), "errors": sum(1 for r in records if "error" in r),
         "aborted": aborted, "warmup": args.warmup, "host": socket.gethostname(),
+        "probe": probe.report() if probe is not None else None,
     }
+
+
+class _Probe:
+    """Blocks of timed runs of the reference model, each as one round of the profiler times a model."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import ort_profiler  # beside this file on the device; only needed with --probe
+
+        self.time_session = ort_profiler.time_session
+        self.sess = ort_profiler.load_session(args.probe, args.threads)
+        self.file = os.path.basename(args.probe)
+        self.shape = [int(v) for v in args.probe_shape.split(",")]
+        self.every = max(1, args.probe_every)
+        self.repeats, self.min_time_s = args.probe_repeats, args.probe_min_ms / 1000.0
+        self.blocks: list[dict] = []
+        self.time_session(self.sess, self.shape, 5, 1, 0.0)  # warm-up, as the profiler's first round has
+
+    def block(self, before_request: int) -> None:
+        r = self.time_session(self.sess, self.shape, 1, self.repeats, self.min_time_s)
+        self.blocks.append({"before_request": before_request, **r})
+
+    def report(self) -> dict:
+        return {"file": self.file, "input_shape": self.shape, "blocks": self.blocks}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-failures", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe", help="reference model (.onnx or .onnx.gz) to time between requests; needs ort_profiler.py beside this file")
+    ap.add_argument("--probe-shape", default="1,3,32,32", help="its input shape, comma-separated")
+    ap.add_argument("--probe-every", type=int, default=50, help="requests between probe blocks")
+    ap.add_argument("--probe-repeats", type=int, default=10, help="at least this many runs per block")
+    ap.add_argument("--probe-min-ms", type=float, default=100.0, help="and at least this long per block")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:

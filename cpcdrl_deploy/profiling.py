@@ -36,6 +36,7 @@ from cpcdrl_deploy.zoo import UnitModel, build_model, get_entry
 
 PROFILER = Path(__file__).resolve().parents[1] / "profilers" / "ort_profiler.py"
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
+WEIGHTS = "constant-per-tensor"  # see _make_constant; older profiles shared one constant (and one tensor) between layers
 Log = Callable[[str], None]
 
 
@@ -49,13 +50,22 @@ def _export(m: nn.Module, shape: tuple[int, ...]) -> bytes:
 
 
 def _make_constant(m: nn.Module) -> nn.Module:
-    """In place: every weight 0.01, batch-norm statistics neutral, no gradients (units close over the model's modules)."""
+    """In place: each weight tensor one constant of its own (~0.01), batch-norm statistics neutral, no gradients.
+
+    Units close over the model's modules, so this changes the model. Why one
+    constant *per tensor*: the ONNX exporter merges initializers that are
+    equal, so with one value for all, layers of the same shape shared one
+    weight tensor and a whole model ran from a fraction of its real working
+    set: the VGG16 head timed 8-25 % and MobileNet's ~7 % faster than the
+    same graph with trained (or random) weights, here on the host. Distinct
+    constants keep every tensor and still gzip to almost nothing (VGG16: 59 KB).
+    """
     m.eval()
     for p in m.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        for p in m.parameters():
-            p.fill_(0.01)
+        for i, p in enumerate(m.parameters()):
+            p.fill_(0.01 * (1.0 + i / 1024.0))
         for name, b in m.named_buffers():
             if b.is_floating_point():
                 b.fill_(1.0 if name.endswith("running_var") else 0.0)
@@ -151,6 +161,20 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
         jobs.append({"id": "overhead" if n == 1 else f"overhead{n}", "file": f, "input_shape": [1, n, 1, 1], "kind": "overhead", "io_bytes": 8 * n})
     log(f"exported {len(jobs)} models")
     return jobs, analysis
+
+
+def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
+    """(gzipped ONNX, input shape, cut) of the speed probe: the whole unpruned model, as the profiler times it.
+
+    It is the profile's ``head{N}`` model byte for byte (same constant weights,
+    same export), so ``deploy`` can time it again beside the requests and
+    compare with the profile's entry: how much faster or slower the host is
+    now than when it was profiled.
+    """
+    entry = get_entry(model_name)
+    model = _make_constant(build_model(model_name))
+    a = analyze(model, entry.input_size, model_name)
+    return _export(nn.Sequential(*model.units()), tuple(a.input_shape)), [1, *a.input_shape], a.n_layers
 
 
 OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out
@@ -293,6 +317,7 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
     return {
         "grid": list(grid),
         "threads": threads,
+        "weights": WEIGHTS,  # how the timed models were made: the speed probe must be made the same way
         "total_macs": analysis.total_macs,
         "run_overhead_ms": overhead.get("ms", 0.0),
         "run_overhead": overhead,  # per statistic: medians are corrected with the median overhead

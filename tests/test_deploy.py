@@ -78,3 +78,42 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota(tmp_path) -> 
         assert q["cloud_ms"] == med["cloud_ms"] and q["total_ms"] == pytest.approx(q["edge_ms"] + q["transfer_ms"] + q["cloud_ms"] + q["return_ms"])
         if cut == 0:
             assert q["edge_ms"] == 0.0
+
+
+def test_speed_probe_is_the_profiles_whole_model(tmp_path) -> None:
+    import gzip
+
+    from cpcdrl_deploy.profiling import build_jobs, probe_model
+
+    jobs, analysis = build_jobs("tinyvgg", (1.0,), tmp_path, lambda s: None)
+    data, shape, n = probe_model("tinyvgg")
+    head = next(j for j in jobs if j["id"] == f"head{n}")
+    assert n == analysis.n_layers and head["input_shape"] == shape
+    assert gzip.decompress(data) == gzip.decompress((tmp_path / head["file"]).read_bytes())
+
+
+def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
+    """Both sides time the profile's whole-model entry again; table_drift is the anchored tables times each side's factor."""
+    from cpcdrl_deploy.deploy import DeployRequest, deploy, probe_reference
+    from cpcdrl_deploy.profiles import load_profile
+    from cpcdrl_deploy.profiling import profile_host
+    from cpcdrl_deploy.remote import connect
+
+    path = tmp_path / "local.json"
+    profile_host(connect("local"), ["tinyvgg"], path, (1.0,), warmup=2, repeats=6, measure_link_too=False)
+    d = json.loads(path.read_text())
+    d["link"] = {"uplink_bytes_per_s": 1e9, "downlink_bytes_per_s": 1e9, "rtt_ms": 0.05}  # edge and cloud are this machine: loopback
+    path.write_text(json.dumps(d))
+    plan = make_plan(tmp_path / "plan.json", 3, 0.75)
+    rep = deploy(DeployRequest(plan, edge="local", requests=24, out=tmp_path / "d", edge_profile=str(path), cloud_profile=str(path)))
+    sp = rep["speed_probe"]
+    assert len(sp["edge"]["block_means_ms"]) == 9 and len(sp["cloud"]["block_means_ms"]) == 4  # every 3 requests and after; 2 before, 2 after
+    for role in ("edge", "cloud"):
+        assert 0.3 < sp[role]["factor"] < 3.0, sp  # the same machine minutes apart: not a different model
+    t, td = rep["predicted"]["table"], rep["predicted"]["table_drift"]
+    assert td["edge_ms"] == pytest.approx(t["edge_ms"] * sp["edge"]["factor"]) and td["cloud_ms"] == pytest.approx(t["cloud_ms"] * sp["cloud"]["factor"])
+    assert td["total_ms"] == pytest.approx(td["edge_ms"] + td["transfer_ms"] + td["cloud_ms"] + td["return_ms"])
+    # a profile made before the probe's weights: no reference, so no probe (and no scaled prediction)
+    del d["tables"]["tinyvgg"]["weights"]
+    path.write_text(json.dumps(d))
+    assert probe_reference(load_profile(path), "tinyvgg", rep["n_layers"]) is None

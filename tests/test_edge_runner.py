@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from cpcdrl_deploy.data import load_cifar10
 from cpcdrl_deploy.deploy import RUNNER, CloudServer
 from cpcdrl_deploy.export import export_plan, ort_session
+from cpcdrl_deploy.profiling import PROFILER, probe_model
 from tests.conftest import make_plan
 
 
@@ -43,11 +45,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_runner_imports_only_numpy_and_onnxruntime() -> None:
-    tree = ast.parse(RUNNER.read_text())
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert roots - set(sys.stdlib_module_names) - {"__future__"} == {"numpy", "onnxruntime"}
+    return roots - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_runner_imports_only_numpy_and_onnxruntime() -> None:
+    # ort_profiler: the profiler's device-side file, copied beside the runner for --probe
+    assert _imports(RUNNER) == {"numpy", "onnxruntime", "ort_profiler"}
+    assert _imports(PROFILER) == {"numpy", "onnxruntime"}
+
+
+def test_speed_probe_between_requests(exported, tmp_path) -> None:
+    """--probe times the reference model before, between and after the requests, as the profiler does; answers unchanged."""
+    _, e4, x = exported
+    for f in (RUNNER, PROFILER):  # on the device the two files lie side by side
+        shutil.copy(f, tmp_path / f.name)
+    data, shape, _ = probe_model("tinyvgg")
+    (tmp_path / "probe.onnx.gz").write_bytes(data)
+    p = subprocess.run(
+        [sys.executable, str(tmp_path / RUNNER.name), "--inputs", str(x), "--head", str(e4 / "full.onnx"), "--probe", str(tmp_path / "probe.onnx.gz"),
+         "--probe-shape", ",".join(map(str, shape)), "--probe-every", "16", "--probe-repeats", "5", "--probe-min-ms", "20", "--out", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    blocks = rep["probe"]["blocks"]
+    assert [b["before_request"] for b in blocks] == [0, 16, 32, 40]
+    assert all(b["repeats"] >= 5 and b["mean_ms"] > 0 and b["repeats"] * b["mean_ms"] >= 20.0 for b in blocks)
+    full = ort_session(e4 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
+    assert [r["prediction"] for r in rep["records"]] == full.tolist()
 
 
 def test_end_to_end_against_the_server(exported, tmp_path) -> None:
