@@ -429,14 +429,16 @@ def deploy_cmd(
     cloud_profile: Annotated[str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the plan's)")] = None,
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     seed: SeedOpt = 0,
-    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="time the whole model beside the requests and scale the tables by the host's speed now vs when profiled")] = True,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="time the whole model beside the requests; scale the tables by the speed now vs profiled")] = True,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Run a plan for real: head on the edge, tail on this machine; measured vs estimated latency."""
     from cpcdrl_deploy.deploy import DeployRequest, deploy, summary_lines
 
     rep = deploy(
-        DeployRequest(plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed, probe),
+        DeployRequest(
+            plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed, probe,
+        ),
         log=_err,
     )
     if fmt is Format.json:

@@ -129,6 +129,8 @@ def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict
         "table_median_ms": rep["predicted"].get("table_median", {}).get("total_ms"), "table_median_err_pct": rep["prediction_error_pct"].get("table_median"),
         "quota_ms": rep["predicted"].get("table_quota", {}).get("total_ms"), "quota_err_pct": rep["prediction_error_pct"].get("table_quota"),
         "quota_p90_ms": rep["predicted"].get("table_quota", {}).get("total_p90_ms"),
+        "drift_ms": rep["predicted"].get("table_drift", {}).get("total_ms"), "drift_err_pct": rep["prediction_error_pct"].get("table_drift"),
+        "drift_edge": (rep.get("speed_probe") or {}).get("edge", {}).get("factor"), "drift_cloud": (rep.get("speed_probe") or {}).get("cloud", {}).get("factor"),
         "overhead_pct": rep["protocol_overhead"]["pct_of_e2e_p50"] if rep["protocol_overhead"] else None,
         "bytes_per_request": rep["bytes_per_request"],
         "agreement_pct": rep["agreement_with_pytorch_pct"], "accuracy_pct": rep["accuracy_pct"],
@@ -140,19 +142,20 @@ def table(rows: list[dict]) -> str:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)
     lines = [
         "| model | method | cut | wire | p50 ms | p90 | p99 | mean | edge p50 | transfer+cloud p50 "
-        "| **tables, anchored** (the optimiser's) ms: err vs p50 / vs mean | tables, plain sums ms: err vs p50 "
-        "| MAC est. ms: err vs p50 | protocol overhead | bytes/request | agreement | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| **tables, anchored** (the optimiser's) ms: err vs p50 / vs mean | speed probe: now / profiled, edge, cloud | **tables x probe** ms: err vs p50 "
+        "| tables, plain sums ms: err vs p50 | MAC est. ms: err vs p50 | protocol overhead | bytes/request | agreement | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r["feasible"]:
-            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 |" + " |" * 14)
+            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 |" + " |" * 16)
             continue
         wire = r["transfer"] + (" + int8 head" if r["quantize"] else "")
         lines.append(
             f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
             f"{r['edge_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | "
             f"**{f(r['table_ms'], '.2f')}: {f(r['table_err_pct'], '+.1f')} %** / {f(r['table_err_vs_mean_pct'], '+.1f')} % | "
+            f"{f(r.get('drift_edge'), '.2f')}, {f(r.get('drift_cloud'), '.2f')} | **{f(r.get('drift_ms'), '.2f')}: {f(r.get('drift_err_pct'), '+.1f')} %** | "
             f"{f(r.get('table_sum_ms'), '.2f')}: {f(r.get('table_sum_err_pct'), '+.1f')} % | "
             f"{f(r['analytic_ms'], '.2f')}: {f(r['analytic_err_pct'], '+.1f')} % | {f(r['overhead_pct'], '.1f')} % | {f(r['bytes_per_request'], 'd')} | "
             f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % |"
@@ -166,7 +169,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 5))
     pts = [r for r in rows if r["feasible"] and r["transfer"] == "fp32" and not r["quantize"]]
     for key, marker, label in (
-        ("table_ms", "o", "tables anchored to whole heads/tails"), ("table_sum_ms", "s", "tables, plain sums"), ("analytic_ms", "^", "MAC estimate (F fitted)"),
+        ("table_ms", "o", "tables anchored to whole heads/tails"), ("drift_ms", "D", "anchored tables x speed probe"),
+        ("table_sum_ms", "s", "tables, plain sums"), ("analytic_ms", "^", "MAC estimate (F fitted)"),
     ):
         xs = [r["p50_ms"] for r in pts if r.get(key) is not None]
         ax.scatter(xs, [r[key] for r in pts if r.get(key) is not None], marker=marker, label=label)

@@ -18,6 +18,7 @@ import io
 import json
 import platform
 import statistics
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -266,6 +267,7 @@ def profile_host(
                     atomic_write_json(partial_path, partial)
                     log(f"{model_name}: {len(done)}/{len(jobs)} models timed on {dev.name}")
                 tables[model_name] = _table(jobs, done, analysis, grid, threads)
+                tables[model_name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
         link = measure_link(dev, log=log) if measure_link_too else None
     finally:
         dev.remove(remote)

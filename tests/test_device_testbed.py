@@ -67,10 +67,13 @@ def profiles(bed, tmp_path_factory):
     out = tmp_path_factory.mktemp("profiles")
     dev = connect(NAME)
     try:
-        pi = profile_host(dev, ["mobilenet"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print)
+        # tinyvgg too: the deploy test's plan, so that its speed probe has a reference on both sides
+        pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print)
     finally:
         dev.close()
-    local = profile_host(connect("local"), ["mobilenet"], out / "local.json", GRID, threads=1, warmup=3, repeats=7, measure_link_too=False, log=print)
+    local = profile_host(
+        connect("local"), ["mobilenet", "tinyvgg"], out / "local.json", GRID, threads=1, warmup=3, repeats=7, measure_link_too=False, log=print,
+    )
     return out / "pi.json", out / "local.json", pi, local
 
 
@@ -190,13 +193,18 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     assert len(prof.tables["tinyvgg"]["layers"]) == 7
 
 
-def test_deploy_on_the_testbed(bed, tmp_path) -> None:
-    """A small split over the shaped link: every request answered, same predictions, cloud server stopped."""
+def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
+    """A small split over the shaped link: every request answered, same predictions, speed probe on both sides, cloud server stopped."""
     from cpcdrl_deploy.deploy import DeployRequest, deploy
     from tests.conftest import make_plan
 
+    pi_path, local_path, _, _ = profiles
     plan = make_plan(tmp_path / "plan.json", 3, 0.75)
-    rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d"), log=print)
+    rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d", edge_profile=str(pi_path), cloud_profile=str(local_path)), log=print)
+    sp = rep["speed_probe"]
+    assert len(sp["edge"]["block_means_ms"]) == 9 and len(sp["cloud"]["block_means_ms"]) == 4  # ran on the device, beside the requests
+    assert 0.3 < sp["edge"]["factor"] < 3.0 and 0.3 < sp["cloud"]["factor"] < 3.0, sp  # the same hosts minutes later
+    assert rep["predicted"]["table_drift"]["edge_ms"] > 0
     assert rep["edge"] == NAME and rep["server"].startswith(f"http://{bed.host_ip}:")
     assert rep["answered"] == 8 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
     # the cut tensor crossed the 200 KB/s link: at least its bytes / bandwidth, within the protocol's overhead
