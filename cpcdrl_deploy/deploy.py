@@ -17,11 +17,13 @@ measured. So ``deploy`` times a fixed reference model (the whole unpruned
 model, the profile's own ``head{N}`` entry, made the same way) on the edge
 between the requests and on the cloud host before and after them, and adds a
 ``table_drift`` prediction: the tables with each side scaled by (probe now) /
-(probe in the profile). The raw predictions stay beside it.
+(probe in the profile), on the edge request by request (``_drift``). The raw
+predictions stay beside it.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -239,10 +241,24 @@ def _time_probe_here(path: Path, shape: list[int], ref: dict, blocks: int = 2) -
     return [time_session(sess, shape, 1, ref["repeats"], ref["min_ms"] / 1000.0) for _ in range(blocks)]
 
 
-def _drift(blocks: list[dict], ref: dict) -> dict:
+def _drift(blocks: list[dict], ref: dict, request_ids: list[int] | None = None) -> dict:
+    """The speed factor: probe time now / in the profile.
+
+    With ``request_ids`` (the edge, probed between the requests) each request
+    gets the mean of the blocks just before and just after it, and the factor
+    is the median over the requests: this VM's speed comes in spells of
+    seconds (blocks of one run went 7.4, 14.4, 14.5, 15.7, 7.8 ms), and a
+    request is as slow as the spell it fell in. Without them (the cloud,
+    probed before and after), the median of the blocks.
+    """
     means = [b["mean_ms"] for b in blocks]
     med = float(np.median(means))
-    return {"reference_ms": ref["ms"], "profiled_at": ref["profiled_at"], "block_means_ms": means, "median_ms": med, "factor": med / ref["ms"]}
+    d = {"reference_ms": ref["ms"], "profiled_at": ref["profiled_at"], "block_means_ms": means, "median_ms": med, "factor": med / ref["ms"]}
+    if request_ids and len(blocks) > 1:
+        starts = [b["before_request"] for b in blocks]
+        per = [(means[k] + means[min(k + 1, len(means) - 1)]) / 2.0 for k in (max(0, bisect.bisect_right(starts, i) - 1) for i in request_ids)]
+        d.update(block_before_request=starts, median_ms=float(np.median(per)), factor=float(np.median(per)) / ref["ms"], per_request=True)
+    return d
 
 
 def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
@@ -349,7 +365,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
     if refs["edge"] is not None and (runner.get("probe") or {}).get("blocks"):
         probes["edge"] = runner["probe"]["blocks"]
-    speed_probe = {role: _drift(blocks, refs[role]) for role, blocks in probes.items()}  # type: ignore[arg-type]
+    ok_ids = [r["i"] for r in ok]
+    speed_probe = {role: _drift(blocks, refs[role], ok_ids if role == "edge" else None) for role, blocks in probes.items()}  # type: ignore[arg-type]
     drift = {role: d["factor"] for role, d in speed_probe.items()}
     pred = predictions(plan, edge_profile, cloud_profile, payload, original, drift)
     link = pred.pop("_link")
@@ -406,7 +423,15 @@ def _errors(pred: dict, measured: dict) -> tuple[dict, dict]:
 def repredict(report_path: Path) -> dict:
     """Recompute a deploy report's predictions with today's latency models (the measurements stay)."""
     report = json.loads(Path(report_path).read_text())
-    drift = {role: d["factor"] for role, d in (report.get("speed_probe") or {}).items()}
+    sp = report.get("speed_probe") or {}
+    if "edge" in sp:  # today's way of turning the probe blocks into a factor
+        e = sp["edge"]
+        # the blocks' positions; reports that did not keep them probed every ceil(N/8) requests and after the last
+        starts = e.get("block_before_request") or [min(k * math.ceil(report["requests"] / 8), report["requests"]) for k in range(len(e["block_means_ms"]))]
+        blocks = [{"before_request": b, "mean_ms": m} for b, m in zip(starts, e["block_means_ms"])]
+        ids = [r["i"] for r in report["records"] if "prediction" in r and not r.get("fallback")]
+        sp["edge"] = _drift(blocks, {"ms": e["reference_ms"], "profiled_at": e["profiled_at"]}, ids)
+    drift = {role: d["factor"] for role, d in sp.items()}
     pred = predictions(load_plan(Path(report["plan"])), report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"], drift=drift)
     pred.pop("_link")
     report["predicted"] = pred

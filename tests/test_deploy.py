@@ -117,3 +117,13 @@ def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
     del d["tables"]["tinyvgg"]["weights"]
     path.write_text(json.dumps(d))
     assert probe_reference(load_profile(path), "tinyvgg", rep["n_layers"]) is None
+
+
+def test_edge_speed_factor_follows_the_requests_between_probe_blocks() -> None:
+    from cpcdrl_deploy.deploy import _drift
+
+    blocks = [{"before_request": 0, "mean_ms": 10.0}, {"before_request": 2, "mean_ms": 10.0}, {"before_request": 4, "mean_ms": 30.0}]
+    ref = {"ms": 10.0, "profiled_at": None}
+    assert _drift(blocks, ref)["factor"] == 1.0  # the blocks' median
+    # requests 0-1 fell between two 10 ms blocks, 2-3 between a 10 and a 30 ms one: 10, 10, 20, 20 ms -> median 15
+    assert _drift(blocks, ref, [0, 1, 2, 3])["factor"] == 1.5
