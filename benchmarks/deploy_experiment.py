@@ -67,10 +67,7 @@ def main() -> None:
             return repredict(rep_path)
         if args.resume and rep_path.exists():
             return json.loads(rep_path.read_text())
-        # short requests get more of them: this VM has slow spells of 0.5-5 s, and 300 requests of
-        # 4 ms (1.2 s) can fall wholly inside one (a plan without a prediction: --requests)
-        predicted = float((json.loads(plan_path.read_text()).get("latency_ms") or {}).get("total_ms") or 0.0)
-        n = max(args.requests, min(MAX_REQUESTS, math.ceil(args.min_seconds * 1000.0 / predicted))) if predicted > 0 else args.requests
+        n = request_count(plan_path, args.requests, args.min_seconds)
         return deploy(DeployRequest(plan_path, edge=args.host, requests=n, data=args.data, out=rep_path.parent,
                                     edge_profile=args.edge_profile, cloud_profile=args.cloud_profile, **kw), log)
 
@@ -113,6 +110,16 @@ def main() -> None:
     atomic_write_bytes(out / "table.md", table(rows).encode())
     plot(rows, out / "measured_vs_predicted.png")
     print(table(rows))
+
+
+def request_count(plan_path: Path, requests: int, min_seconds: float) -> int:
+    """At least ``requests``, and enough for ``min_seconds`` at the plan's predicted latency (up to MAX_REQUESTS).
+
+    Short requests get more of them: this VM has slow spells of 0.5-5 s, and 300
+    requests of 4 ms (1.2 s) can fall wholly inside one.
+    """
+    predicted = float((json.loads(plan_path.read_text()).get("latency_ms") or {}).get("total_ms") or 0.0)
+    return max(requests, min(MAX_REQUESTS, math.ceil(min_seconds * 1000.0 / predicted))) if predicted > 0 else requests
 
 
 def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict, plan: dict | None) -> dict:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+from deploy_experiment import request_count  # beside this file: the same number of requests per plan
 
 from cpcdrl_deploy.deploy import DeployRequest, deploy
 from cpcdrl_deploy.fileio import atomic_write_json
@@ -39,8 +39,7 @@ def main() -> None:
     rows = []
     for name in args.plans:
         plan = RESULTS / "deploy" / args.model / "plans" / f"{name}.json"
-        predicted = json.loads(plan.read_text())["latency_ms"]["total_ms"]
-        n = max(100, min(1000, math.ceil(4000.0 / predicted)))  # as deploy_experiment.py: >= 4 s of requests
+        n = request_count(plan, 100, 4.0)  # deploy_experiment.py's defaults
         rep = deploy(DeployRequest(plan, edge=args.host, requests=n, data=args.data, out=out / args.model / name,
                                    edge_profile=str(RESULTS / "profile" / "pi.json"), cloud_profile=str(RESULTS / "profile" / "local.json")))
         sp = rep["speed_probe"].get("edge", {})

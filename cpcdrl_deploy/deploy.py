@@ -270,7 +270,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         raise CpcdrlError("--cloud: only 'local' (this machine) is supported; serve elsewhere with `cpcdrl serve` and run the edge runner by hand")
     edge_profile = req.edge_profile or plan["profiles"]["edge"]
     cloud_profile = req.cloud_profile or plan["profiles"]["cloud"]
-    load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
+    ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
     bind = _server_address(req)
     out = Path(req.out)
     export_dir = out / "export"
@@ -291,8 +291,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     n_layers, cut = int(plan["n_layers"]), int(plan["cut"])
     refs: dict[str, dict | None] = {"edge": None, "cloud": None}
     if req.probe:
-        refs["edge"] = probe_reference(load_profile(edge_profile), plan["model"], n_layers) if cut > 0 else None
-        refs["cloud"] = probe_reference(load_profile(cloud_profile), plan["model"], n_layers) if cut < n_layers else None
+        refs["edge"] = probe_reference(ep, plan["model"], n_layers) if cut > 0 else None
+        refs["cloud"] = probe_reference(cp, plan["model"], n_layers) if cut < n_layers else None
         if not any(refs.values()):
             log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
     probe_path = out / "probe.onnx.gz"
@@ -424,11 +424,9 @@ def repredict(report_path: Path) -> dict:
     """Recompute a deploy report's predictions with today's latency models (the measurements stay)."""
     report = json.loads(Path(report_path).read_text())
     sp = report.get("speed_probe") or {}
-    if "edge" in sp:  # today's way of turning the probe blocks into a factor
+    if "block_before_request" in sp.get("edge", {}):  # today's way of turning the probe blocks into a factor
         e = sp["edge"]
-        # the blocks' positions; reports that did not keep them probed every ceil(N/8) requests and after the last
-        starts = e.get("block_before_request") or [min(k * math.ceil(report["requests"] / 8), report["requests"]) for k in range(len(e["block_means_ms"]))]
-        blocks = [{"before_request": b, "mean_ms": m} for b, m in zip(starts, e["block_means_ms"])]
+        blocks = [{"before_request": b, "mean_ms": m} for b, m in zip(e["block_before_request"], e["block_means_ms"])]
         ids = [r["i"] for r in report["records"] if "prediction" in r and not r.get("fallback")]
         sp["edge"] = _drift(blocks, {"ms": e["reference_ms"], "profiled_at": e["profiled_at"]}, ids)
     drift = {role: d["factor"] for role, d in sp.items()}

@@ -157,8 +157,9 @@ class TableLatencyModel:
     it: measured_head(cut) x table_sum(plan) / table_sum(unpruned, cut). The
     tables alone see each layer as its own run; inside one model the layers
     share caches and one run's overhead, and on the emulated Pi their sums
-    came out 1-24 % (MobileNet) and 1-21 % (VGG16) below the heads, always
-    below. An unpruned plan is then predicted by its own measured head; a
+    came out 10.8 % (MobileNet) and 9.2 % (VGG16) off the heads at the
+    median, below at 22 of 28 and 11 of 14 cuts (benchmarks/results/profile).
+    An unpruned plan is then predicted by its own measured head; a
     pruned one by the tables' ratio. Profiles without head/tail timings, and
     ``anchor=False`` (what ``compare`` checks), use the plain sums.
     """
