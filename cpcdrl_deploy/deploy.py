@@ -237,7 +237,7 @@ def _time_probe_here(path: Path, shape: list[int], ref: dict, blocks: int = 2) -
     from profilers.ort_profiler import load_session, time_session
 
     sess = load_session(str(path), ref["threads"])
-    time_session(sess, shape, 5, 1, 0.0)
+    time_session(sess, shape, 5, 1, ref["min_ms"] / 1000.0)  # one untimed block: the first one after loading read up to 6x the rest
     return [time_session(sess, shape, 1, ref["repeats"], ref["min_ms"] / 1000.0) for _ in range(blocks)]
 
 
@@ -327,12 +327,13 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
                 f"--probe-repeats {ref['repeats']}", f"--probe-min-ms {ref['min_ms']:g}", f"--threads {ref['threads']}",
             ]
             budget += 10 * (ref["min_ms"] / 1000.0 + 10 * ref["repeats"] * ref["ms"] / 1000.0)
+        if refs["cloud"] is not None:
+            # before the server starts: its start-up (a Python process importing ORT) would share this host's CPUs
+            probes["cloud"] = _time_probe_here(probe_path, probe_shape, refs["cloud"])  # again after the requests
         if "tail" in files:
             server = CloudServer(export_dir, bind, token)
             log(f"cloud server {server.url} ({files['tail']['model_name']})")
             args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
-        if refs["cloud"] is not None:
-            probes["cloud"] = _time_probe_here(probe_path, probe_shape, refs["cloud"])  # before the requests; again after
         log(f"running {len(idx)} requests from {dev.name}" + (" with the speed probe between them" if refs["edge"] else ""))
         # the token travels on stdin, not the command line (visible in ps on the device)
         cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {remote_dir}/edge_runner.py " + " ".join(args)

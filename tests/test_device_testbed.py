@@ -195,15 +195,21 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
 
 def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
     """A small split over the shaped link: every request answered, same predictions, speed probe on both sides, cloud server stopped."""
-    from cpcdrl_deploy.deploy import DeployRequest, deploy
+    from cpcdrl_deploy.deploy import DeployRequest, deploy, probe_reference
     from tests.conftest import make_plan
 
-    pi_path, local_path, _, _ = profiles
+    pi_path, local_path, pi, local = profiles
     plan = make_plan(tmp_path / "plan.json", 3, 0.75)
     rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d", edge_profile=str(pi_path), cloud_profile=str(local_path)), log=print)
     sp = rep["speed_probe"]
     assert len(sp["edge"]["block_means_ms"]) == 9 and len(sp["cloud"]["block_means_ms"]) == 4  # ran on the device, beside the requests
-    assert 0.3 < sp["edge"]["factor"] < 3.0 and 0.3 < sp["cloud"]["factor"] < 3.0, sp  # the same hosts minutes later
+    # each side against its own profile's whole tinyvgg
+    assert sp["edge"]["reference_ms"] == probe_reference(pi, "tinyvgg", rep["n_layers"])["ms"]
+    assert sp["cloud"]["reference_ms"] == probe_reference(local, "tinyvgg", rep["n_layers"])["ms"]
+    # Loose: the whole tinyvgg takes ~0.19 ms on this host, and beside the duty cycle its
+    # blocks read 0.16-1.11 ms within minutes (median factors 0.86-3.1 in seven runs).
+    # The references are pinned above; this catches a probe that timed something else.
+    assert 0.2 < sp["edge"]["factor"] < 5.0 and 0.2 < sp["cloud"]["factor"] < 5.0, sp
     assert rep["predicted"]["table_drift"]["edge_ms"] > 0
     assert rep["edge"] == NAME and rep["server"].startswith(f"http://{bed.host_ip}:")
     assert rep["answered"] == 8 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
