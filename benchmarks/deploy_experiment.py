@@ -11,6 +11,14 @@ the unpruned model), then `deploy` each distinct plan on the testbed with
 --min-seconds of requests by the plan's predicted latency). On the first plan that offloads
 (0 < cut, or cut 0), also the lossy options: --transfer fp16 / int8 and
 --quantize int8. Writes results.json, table.md and a measured-vs-predicted plot.
+
+The tables say how fast the device was when it was profiled, and this VM's
+speed comes in spells. A plan with a head is deployed again (up to --attempts
+times) while the speed probe says its device ran outside the profiled speed
++-(--speed-band): the criterion reads only the probe, never the prediction
+error. Every attempt is kept (tag/, tag/retry2/, ...) and listed in the table;
+the row's figures are those of the first attempt within the band, else of the
+one nearest it.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--min-seconds", type=float, default=4.0, help="at least this long of requests per plan, by the plan's predicted latency")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--attempts", type=int, default=3, help="deploys per method plan at most, while the edge probe is outside --speed-band")
+    ap.add_argument("--speed-band", type=float, default=0.10, help="the edge is at its profiled speed when |probe factor - 1| <= this")
     ap.add_argument("--out", default="benchmarks/results/deploy")
     ap.add_argument("--offload-cut", default="mobilenet=27,vgg16=7", help="MODEL=CUT: the unpruned split the lossy options are measured on")
     ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
@@ -61,8 +71,12 @@ def main() -> None:
     offload_cut = {k: int(v) for k, v in (kv.split("=") for kv in args.offload_cut.split(","))}
     rows: list[dict] = []
 
-    def run(plan_path: Path, tag: str, **kw) -> dict:
-        rep_path = out / plan_path.parent.parent.name / tag / "deploy-report.json"
+    def report_path(plan_path: Path, tag: str, attempt: int) -> Path:
+        tag_dir = out / plan_path.parent.parent.name / tag
+        return (tag_dir if attempt == 1 else tag_dir / f"retry{attempt}") / "deploy-report.json"
+
+    def run(plan_path: Path, tag: str, attempt: int = 1, **kw) -> dict:
+        rep_path = report_path(plan_path, tag, attempt)
         if args.repredict:
             return repredict(rep_path)
         if args.resume and rep_path.exists():
@@ -70,6 +84,17 @@ def main() -> None:
         n = request_count(plan_path, args.requests, args.min_seconds)
         return deploy(DeployRequest(plan_path, edge=args.host, requests=n, data=args.data, out=rep_path.parent,
                                     edge_profile=args.edge_profile, cloud_profile=args.cloud_profile, **kw), log)
+
+    def run_at_speed(plan_path: Path, tag: str) -> dict:
+        reps = [run(plan_path, tag)]
+        while len(reps) < args.attempts and speed_off(reps[-1]) > args.speed_band:
+            if args.repredict and not report_path(plan_path, tag, len(reps) + 1).exists():
+                break  # recompute what was measured, measure nothing new
+            log(f"{tag}: edge probe factor {edge_factor(reps[-1]):.2f}, outside 1 +- {args.speed_band:g}: deploying again")
+            reps.append(run(plan_path, tag, attempt=len(reps) + 1))
+        chosen = next((r for r in reps if speed_off(r) <= args.speed_band), min(reps, key=speed_off))
+        chosen = dict(chosen, attempts=[_attempt(r) for r in reps], chosen_attempt=reps.index(chosen) + 1)
+        return chosen
 
     for model in args.models.split(","):
         t0 = time.perf_counter()
@@ -96,7 +121,7 @@ def main() -> None:
             path = write_plan(out / model / "plans" / f"{plan['method']}.json", plan)
             key = (plan["cut"], tuple(plan["channels"][: plan["cut"]]))
             if key not in seen:
-                seen[key] = run(path, plan["method"])
+                seen[key] = run_at_speed(path, plan["method"])
             rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
         # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
         up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
@@ -122,9 +147,28 @@ def request_count(plan_path: Path, requests: int, min_seconds: float) -> int:
     return max(requests, min(MAX_REQUESTS, math.ceil(min_seconds * 1000.0 / predicted))) if predicted > 0 else requests
 
 
+def edge_factor(rep: dict) -> float | None:
+    """The edge speed probe's factor (probe now / in the profile), None without a head or a probe."""
+    return ((rep.get("speed_probe") or {}).get("edge") or {}).get("factor")
+
+
+def speed_off(rep: dict) -> float:
+    """How far the edge ran from its profiled speed: |factor - 1|, 0 when there is nothing to compare."""
+    f = edge_factor(rep)
+    return 0.0 if f is None else abs(f - 1.0)
+
+
+def _attempt(rep: dict) -> dict:
+    return {
+        "p50_ms": rep["measured"]["e2e_ms"]["p50"], "edge_factor": edge_factor(rep),
+        "table_err_pct": rep["prediction_error_pct"].get("table"), "drift_err_pct": rep["prediction_error_pct"].get("table_drift"),
+    }
+
+
 def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict, plan: dict | None) -> dict:
     m = rep["measured"]
     return {
+        "attempts": rep.get("attempts", [_attempt(rep)]), "chosen_attempt": rep.get("chosen_attempt", 1),
         "model": model, "method": method, "feasible": True, "cut": rep["cut"], "n_layers": rep["n_layers"], "transfer": transfer, "quantize": quantize,
         "requests": rep["requests"], "answered": rep["answered"], "errors": rep["errors"],
         "p50_ms": m["e2e_ms"]["p50"], "p90_ms": m["e2e_ms"]["p90"], "p99_ms": m["e2e_ms"]["p99"],
@@ -150,12 +194,13 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| model | method | cut | wire | p50 ms | p90 | p99 | mean | edge p50 | transfer+cloud p50 "
         "| **tables, anchored** (the optimiser's) ms: err vs p50 / vs mean | speed probe: now / profiled, edge, cloud | **tables x probe** ms: err vs p50 "
-        "| tables, plain sums ms: err vs p50 | MAC est. ms: err vs p50 | protocol overhead | bytes/request | agreement | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tables, plain sums ms: err vs p50 | MAC est. ms: err vs p50 | protocol overhead | bytes/request | agreement | accuracy "
+        "| attempts: edge probe factor (tables err), **used** |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r["feasible"]:
-            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 |" + " |" * 16)
+            lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 |" + " |" * 17)
             continue
         wire = r["transfer"] + (" + int8 head" if r["quantize"] else "")
         lines.append(
@@ -165,9 +210,17 @@ def table(rows: list[dict]) -> str:
             f"{f(r.get('drift_edge'), '.2f')}, {f(r.get('drift_cloud'), '.2f')} | **{f(r.get('drift_ms'), '.2f')}: {f(r.get('drift_err_pct'), '+.1f')} %** | "
             f"{f(r.get('table_sum_ms'), '.2f')}: {f(r.get('table_sum_err_pct'), '+.1f')} % | "
             f"{f(r['analytic_ms'], '.2f')}: {f(r['analytic_err_pct'], '+.1f')} % | {f(r['overhead_pct'], '.1f')} % | {f(r['bytes_per_request'], 'd')} | "
-            f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % |"
+            f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % | {_attempts(r)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _attempts(r: dict) -> str:
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)
+    cells = [f"{f(a['edge_factor'], '.2f')} ({f(a['table_err_pct'], '+.1f')} %)" for a in r["attempts"]]
+    k = r["chosen_attempt"] - 1
+    cells[k] = f"**{cells[k]}**"
+    return ", ".join(cells)
 
 
 def plot(rows: list[dict], path: Path) -> None:
