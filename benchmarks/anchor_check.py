@@ -16,12 +16,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.deploy import shape_of
 from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.profiles import LinkProfile, load_profile
-from cpcdrl_deploy.pruning import PruneConfig, channel_groups, plan_shape
-from cpcdrl_deploy.zoo import build_model, get_entry
+from cpcdrl_deploy.zoo import build_model
 from profilers.ort_profiler import load_session, time_session
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -43,15 +42,12 @@ def main() -> None:
     heads = []  # (model, plan, shape, session, input shape)
     for model in args.models.split(","):
         net = build_model(model)
-        a = analyze(net, get_entry(model).input_size, model)
-        groups = channel_groups(net, a)
         for plan_path in sorted((Path(args.deploy_dir) / model / "plans").glob("*.json")):
             plan = json.loads(plan_path.read_text())
             head = plan_path.parent.parent / plan["method"] / "export" / "head.onnx"
             if not plan.get("feasible") or plan["cut"] == 0 or not head.exists():
                 continue
-            round_to = int((plan.get("prune") or {}).get("round_to", PruneConfig.round_to))
-            shape = plan_shape(a, groups, int(plan["cut"]), [float(r) for r in plan["ratios"]], round_to)
+            shape, _ = shape_of(plan, net)
             sess = load_session(str(head), threads[model])
             x_shape = [1, *sess.get_inputs()[0].shape[1:]]
             time_session(sess, x_shape, 5, 1, 0.1)

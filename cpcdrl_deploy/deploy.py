@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.compare import _fitted_rate
 from cpcdrl_deploy.data import subset
 from cpcdrl_deploy.errors import CpcdrlError
@@ -51,7 +51,7 @@ from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, thr
 from cpcdrl_deploy.optimize import load_plan
 from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
-from cpcdrl_deploy.pruning import PruneConfig, channel_groups, plan_shape
+from cpcdrl_deploy.pruning import PlanShape, PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
 from cpcdrl_deploy.testbed import load_state
 from cpcdrl_deploy.zoo import build_model, get_entry
@@ -133,6 +133,15 @@ def _pct(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
+def shape_of(plan: dict, net: torch.nn.Module | None = None) -> tuple[PlanShape, ModelAnalysis]:
+    """The plan's channel counts, MACs and cut size (what the latency models price), and the model's analysis."""
+    model = plan["model"]
+    net = net if net is not None else build_model(model)  # the unpruned architecture; weights do not matter here
+    a = analyze(net, get_entry(model).input_size, model)
+    round_to = int((plan.get("prune") or {}).get("round_to", PruneConfig.round_to))  # as the plan was pruned
+    return plan_shape(a, channel_groups(net, a), int(plan["cut"]), [float(r) for r in plan["ratios"]], round_to), a
+
+
 def predictions(
     plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None,
     drift: dict[str, float | None] | None = None,
@@ -149,10 +158,7 @@ def predictions(
     link: LinkProfile | None = ep.link or cp.link
     if link is None:
         raise CpcdrlError(f"neither {edge_profile!r} nor {cloud_profile!r} has a link measurement")
-    net = net if net is not None else build_model(model)  # the unpruned architecture; weights do not matter here
-    a = analyze(net, get_entry(model).input_size, model)
-    round_to = int((plan.get("prune") or {}).get("round_to", PruneConfig.round_to))  # as the plan was pruned
-    shape = plan_shape(a, channel_groups(net, a), int(plan["cut"]), [float(r) for r in plan["ratios"]], round_to)
+    shape, a = shape_of(plan, net)
     out: dict[str, dict] = {}
     models: dict[str, object] = {}
     if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
