@@ -189,8 +189,12 @@ def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict
     }
 
 
+def _f(v: float | int | None, fmt: str) -> str:
+    """A table cell: ``v`` formatted, "-" where there is none."""
+    return "-" if v is None else format(v, fmt)
+
+
 def table(rows: list[dict]) -> str:
-    f = lambda v, fmt: "-" if v is None else format(v, fmt)
     lines = [
         "| model | method | cut | wire | p50 ms | p90 | p99 | mean | edge p50 | transfer+cloud p50 "
         "| **tables, anchored** (the optimiser's) ms: err vs p50 / vs mean | speed probe: now / profiled, edge, cloud | **tables x probe** ms: err vs p50 "
@@ -206,18 +210,17 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
             f"{r['edge_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | "
-            f"**{f(r['table_ms'], '.2f')}: {f(r['table_err_pct'], '+.1f')} %** / {f(r['table_err_vs_mean_pct'], '+.1f')} % | "
-            f"{f(r.get('drift_edge'), '.2f')}, {f(r.get('drift_cloud'), '.2f')} | **{f(r.get('drift_ms'), '.2f')}: {f(r.get('drift_err_pct'), '+.1f')} %** | "
-            f"{f(r.get('table_sum_ms'), '.2f')}: {f(r.get('table_sum_err_pct'), '+.1f')} % | "
-            f"{f(r['analytic_ms'], '.2f')}: {f(r['analytic_err_pct'], '+.1f')} % | {f(r['overhead_pct'], '.1f')} % | {f(r['bytes_per_request'], 'd')} | "
+            f"**{_f(r['table_ms'], '.2f')}: {_f(r['table_err_pct'], '+.1f')} %** / {_f(r['table_err_vs_mean_pct'], '+.1f')} % | "
+            f"{_f(r.get('drift_edge'), '.2f')}, {_f(r.get('drift_cloud'), '.2f')} | **{_f(r.get('drift_ms'), '.2f')}: {_f(r.get('drift_err_pct'), '+.1f')} %** | "
+            f"{_f(r.get('table_sum_ms'), '.2f')}: {_f(r.get('table_sum_err_pct'), '+.1f')} % | "
+            f"{_f(r['analytic_ms'], '.2f')}: {_f(r['analytic_err_pct'], '+.1f')} % | {_f(r['overhead_pct'], '.1f')} % | {_f(r['bytes_per_request'], 'd')} | "
             f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % | {_attempts(r)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _attempts(r: dict) -> str:
-    f = lambda v, fmt: "-" if v is None else format(v, fmt)
-    cells = [f"{f(a['edge_factor'], '.2f')} ({f(a['table_err_pct'], '+.1f')} %)" for a in r["attempts"]]
+    cells = [f"{_f(a['edge_factor'], '.2f')} ({_f(a['table_err_pct'], '+.1f')} %)" for a in r["attempts"]]
     k = r["chosen_attempt"] - 1
     cells[k] = f"**{cells[k]}**"
     return ", ".join(cells)
