@@ -132,6 +132,33 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
                 "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
             })
         log(f"exported layer {t}/{analysis.n_layers}")
+    # whole heads pruned uniformly to each grid keep below 1 at every cut: the
+    # per-layer tables alone under-predicted pruned heads on the emulated Pi
+    # (three pruned VGG16 plans 19-20 % slower than the tables said while the
+    # unpruned head was within 1 % of its own), so the latency model anchors a
+    # pruned plan to these instead of scaling the unpruned head
+    for p in analysis.points:
+        if not p.cuttable or p.index == 0:
+            continue
+        for keep in (k for k in grid if k < 1.0):
+            ratios = [keep] * p.index
+            shape = plan_shape(analysis, groups, p.index, ratios)
+            pruned = _make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
+            jid = f"head{p.index}_k{keep:.4f}"
+            f = f"{jid}.onnx.gz"
+            (workdir / f).write_bytes(_export(nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape)))
+            jobs.append({
+                "id": jid, "file": f, "input_shape": [1, *analysis.input_shape], "kind": "pruned_head", "cut": p.index, "keep": keep,
+                "in_keep": list(shape.in_keep[: p.index]), "out_keep": list(shape.out_keep[: p.index]),
+            })
+        log(f"exported pruned heads at cut {p.index}")
+    # the host's channel block (see latency.blocked_keep): one 3x3 conv timed at output
+    # channel counts on both sides of the block boundaries a CPU might use
+    for c in BLOCK_PROBE_CHANNELS:
+        f = f"block{c}.onnx.gz"
+        conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
+        (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16)))
+        jobs.append({"id": f"block{c}", "file": f, "input_shape": [1, 64, 16, 16], "kind": "block", "channels": c})
     units = _make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
     shapes = [tuple(x.shape[1:])]
@@ -179,6 +206,23 @@ def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
 
 
 OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out
+BLOCK_PROBE_CHANNELS = (32, 33, 48, 49, 56, 57, 60, 61, 64)  # 64 - b and 65 - b for b = 32, 16, 8, 4, and 64
+
+
+def channel_block(ms_by_channels: dict[int, float]) -> int:
+    """The channel block a host's convolutions compute in, from one conv timed at ``BLOCK_PROBE_CHANNELS``.
+
+    With blocks of b channels, 65 - b output channels cost a whole block more
+    than 64 - b (most of the step from 64 - b to 64); with no blocks, one
+    channel more costs 1/64 of the conv. The largest b whose step is at least
+    3/4 of the way to 64 is the block; 1 when there is none.
+    """
+    t = ms_by_channels
+    for b in (32, 16, 8, 4):
+        lo, hi, full = t[64 - b], t[65 - b], t[64]
+        if full > lo and hi - lo >= 0.75 * (full - lo):
+            return b
+    return 1
 
 
 def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None) -> LinkProfile:
@@ -299,7 +343,8 @@ def _slope(points: list[dict], stat: str) -> float:
 
 def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> dict:
     layers: dict[int, list[dict]] = {}
-    heads, tails = [], []
+    heads, tails, pruned_heads = [], [], []
+    block_ms: dict[int, float] = {}
     overhead: dict[str, float] = {}
     overhead_points: list[dict] = []
     for j in jobs:
@@ -314,6 +359,10 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
                 overhead = stats
         elif j["kind"] == "head":
             heads.append({"cut": j["cut"], **stats})
+        elif j["kind"] == "pruned_head":
+            pruned_heads.append({k: j[k] for k in ("cut", "keep", "in_keep", "out_keep")} | stats)
+        elif j["kind"] == "block":
+            block_ms[j["channels"]] = r["median_ms"]  # one run's cost: the block shows per run, not in throttled means
         else:
             tails.append({"cut": j["cut"], **stats})
     return {
@@ -325,7 +374,14 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         "run_overhead": overhead,  # per statistic: medians are corrected with the median overhead
         "run_overhead_points": sorted(overhead_points, key=lambda p: p["io_bytes"]),
         "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in overhead},
-        "layers": [{"index": t, "name": analysis.layers[t - 1].name, "points": pts} for t, pts in sorted(layers.items())],
+        "channel_block": channel_block(block_ms) if block_ms else 1,
+        "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
+        "layers": [
+            {"index": t, "name": L.name, "kind": L.kind, "in_channels": L.in_channels, "out_channels": L.out_channels, "points": pts}
+            for t, pts in sorted(layers.items())
+            for L in (analysis.layers[t - 1],)
+        ],
         "heads": sorted(heads, key=lambda h: h["cut"]),
+        "pruned_heads": sorted(pruned_heads, key=lambda h: (h["cut"], h["keep"])),
         "tails": sorted(tails, key=lambda h: h["cut"]),
     }

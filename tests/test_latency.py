@@ -184,3 +184,51 @@ def test_table_model_anchors_each_side_to_its_whole_timing(vgg) -> None:
     # a cut with no whole timing (older profiles): the plain sums
     assert lm.predict("vgg16", plan_shape(a, groups, 6, [1.0] * 6)).edge_ms == pytest.approx(6.0)
     assert "anchored" in lm.describe() and "plain sums" in dataclasses.replace(lm, anchor=False).describe()
+
+
+def test_table_model_interpolates_between_uniformly_pruned_whole_heads(vgg) -> None:
+    # heads timed unpruned (5 ms, tables 4) and at keep 0.5 (3 ms, tables 2): a pruned head costs more than
+    # the plain ratio says (a fixed part that pruning does not shrink); plans between them interpolate
+    from cpcdrl_deploy.latency import TableLatencyModel, anchored
+
+    a, groups = vgg
+    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
+    half = plan_shape(a, groups, 4, [0.5] * 4, round_to=1)
+    pruned_head = {"cut": 4, "keep": 0.5, "in_keep": list(half.in_keep[:4]), "out_keep": list(half.out_keep[:4]), "ms": 3.0}
+    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.0, "heads": [{"cut": 4, "ms": 5.0}], "pruned_heads": [pruned_head]}}
+    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    assert lm.predict("vgg16", half).edge_ms == pytest.approx(3.0)  # the timed pruned head itself, not 5 x 2/4 = 2.5
+    assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(5.0)
+    three_q = plan_shape(a, groups, 4, [0.75] * 4, round_to=1)  # tables: 4 x 0.75 = 3, halfway between 2 and 4
+    assert lm.predict("vgg16", three_q).edge_ms == pytest.approx(4.0)
+    # below the smallest timed head: that head's measured / table ratio
+    assert lm.predict("vgg16", plan_shape(a, groups, 4, [0.25] * 4, round_to=1)).edge_ms == pytest.approx(1.0 * 3.0 / 2.0)
+    # a pruned head at another cut is not used
+    assert lm.predict("vgg16", plan_shape(a, groups, 6, [1.0] * 6)).edge_ms == pytest.approx(6.0)
+    assert anchored(2.0, []) == 2.0 and anchored(2.0, [(4.0, 5.0)]) == pytest.approx(2.5)
+
+
+def test_blocked_channels_cost_a_whole_block() -> None:
+    from cpcdrl_deploy.latency import blocked_keep
+
+    assert blocked_keep(56 / 64, 64, 16) == pytest.approx(1.0)  # 56 channels run as 64 with blocks of 16
+    assert blocked_keep(48 / 64, 64, 16) == pytest.approx(0.75)  # a whole number of blocks: unchanged
+    assert blocked_keep(56 / 64, 64, 8) == pytest.approx(56 / 64)
+    assert blocked_keep(0.3, 64, 1) == 0.3 and blocked_keep(0.01, 3, 16) == 1.0  # at most all channels
+
+
+def test_table_model_prices_conv_channels_in_blocks_where_the_host_has_them(vgg) -> None:
+    from cpcdrl_deploy.latency import TableLatencyModel
+
+    a, groups = vgg
+    rows = [
+        {"index": L.index, "kind": L.kind, "in_channels": L.in_channels, "out_channels": L.out_channels,
+         "points": [{"in_keep": k, "out_keep": k, "ms": k} for k in (0.25, 0.5, 0.75, 1.0)]}
+        for L in a.layers
+    ]
+    shape = plan_shape(a, groups, 2, [0.875, 0.875])  # layer 1: 3 -> 56, layer 2: 56 -> 56 of 64
+    plain_t, blocked_t = {"vgg16": {"layers": rows}}, {"vgg16": {"layers": rows, "channel_block": 16}}
+    plain = TableLatencyModel(plain_t, plain_t, 2e5, 2e5).predict("vgg16", shape).edge_ms
+    blocked = TableLatencyModel(blocked_t, blocked_t, 2e5, 2e5).predict("vgg16", shape).edge_ms
+    assert plain == pytest.approx(0.875 + 0.875)  # diagonal grid: each layer at its out keep
+    assert blocked == pytest.approx(1.0 + 1.0)  # 56 channels cost 64

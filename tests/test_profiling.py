@@ -36,3 +36,35 @@ def test_measure_link_needs_ssh() -> None:
 
     with pytest.raises(CpcdrlError, match="only be measured over SSH"):
         measure_link(Local())
+
+
+def test_channel_block_is_read_off_the_step_in_conv_time() -> None:
+    from cpcdrl_deploy.profiling import BLOCK_PROBE_CHANNELS, channel_block
+
+    def times(block: int) -> dict[int, float]:  # 0.05 ms per run plus 0.01 ms per channel, in whole blocks
+        return {c: 0.05 + 0.01 * (-(-c // block) * block) for c in BLOCK_PROBE_CHANNELS}
+
+    assert [channel_block(times(b)) for b in (1, 4, 8, 16, 32)] == [1, 4, 8, 16, 32]
+    noisy = {c: t * (1.03 if c % 2 else 0.97) for c, t in times(16).items()}  # +-3 % per timing
+    assert channel_block(noisy) == 16
+
+
+def test_profile_jobs_include_pruned_heads_and_the_block_probe(tmp_path) -> None:
+    from cpcdrl_deploy.profiling import BLOCK_PROBE_CHANNELS, _table, build_jobs
+
+    grid = (0.5, 1.0)
+    jobs, analysis = build_jobs("tinyvgg", grid, tmp_path, lambda s: None)
+    pruned = [j for j in jobs if j["kind"] == "pruned_head"]
+    cuts = [p.index for p in analysis.points if p.cuttable and p.index > 0]
+    assert sorted(j["cut"] for j in pruned) == cuts and all(j["keep"] == 0.5 for j in pruned)
+    assert all(len(j["in_keep"]) == j["cut"] and min(j["out_keep"]) < 1.0 for j in pruned)
+    assert sorted(j["channels"] for j in jobs if j["kind"] == "block") == sorted(BLOCK_PROBE_CHANNELS)
+    assert all((tmp_path / j["file"]).stat().st_size > 0 for j in jobs)
+    # fake timings: every model 1 ms, the block probe with blocks of 8
+    done = {j["id"]: {"mean_ms": 1.0, "median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0} for j in jobs}
+    for j in jobs:
+        if j["kind"] == "block":
+            done[j["id"]]["median_ms"] = 0.1 + 0.01 * (-(-j["channels"] // 8) * 8)
+    t = _table(jobs, done, analysis, grid, 1)
+    assert t["channel_block"] == 8 and len(t["pruned_heads"]) == len(cuts)
+    assert {"kind", "in_channels", "out_channels"} <= set(t["layers"][0])
