@@ -11,6 +11,7 @@ compare-<model>.json/.png and summary.md. Takes the testbed down if it made it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from cpcdrl_deploy import testbed
 from cpcdrl_deploy.compare import compare, plot_compare
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.profiles import load_profile
 from cpcdrl_deploy.profiling import DEFAULT_GRID, profile_host
 from cpcdrl_deploy.remote import connect
 
@@ -27,26 +29,31 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet,vgg16")
     ap.add_argument("--host", default="pi")
     ap.add_argument("--out", default="benchmarks/results/profile")
+    ap.add_argument("--compare-only", action="store_true", help="profile nothing: redo the comparisons from the profiles and walltime.json under --out")
     args = ap.parse_args()
     out = Path(args.out)
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    made = testbed.load_state(args.host) is None
+    made = not args.compare_only and testbed.load_state(args.host) is None
     if made:
         testbed.up(args.host, 0.25, "200KB/s", log=log)
-    lines = ["| model | profiler wall time on the emulated Pi (0.25 CPU) | models timed |", "|---|---|---|"]
+    walls_path = out / "walltime.json"
+    walls = json.loads(walls_path.read_text()) if walls_path.exists() else {}
     try:
-        for model in args.models.split(","):
+        for model in [] if args.compare_only else args.models.split(","):
             dev = connect(args.host)
             t0 = time.perf_counter()
             try:
                 prof = profile_host(dev, [model], out / f"{args.host}.json", DEFAULT_GRID, log=log)
             finally:
                 dev.close()
-            wall = time.perf_counter() - t0
-            n = sum(len(lay["points"]) for lay in prof.tables[model]["layers"]) + len(prof.tables[model]["heads"]) + len(prof.tables[model]["tails"])
-            lines.append(f"| {model} | {wall:.0f} s | {n} |")
-            log(f"profiled {model} on {args.host} in {wall:.0f} s")
+            t = prof.tables[model]
+            walls[model] = {"wall_s": time.perf_counter() - t0, "models_timed": sum(len(lay["points"]) for lay in t["layers"]) + sum(
+                len(t.get(k, [])) for k in ("heads", "tails", "pruned_heads"))}
+            atomic_write_json(walls_path, walls)
+            log(f"profiled {model} on {args.host} in {walls[model]['wall_s']:.0f} s")
             profile_host(connect("local"), [model], out / "local.json", DEFAULT_GRID, measure_link_too=False, log=log)
+        lines = ["| model | profiler wall time on the emulated Pi (0.25 CPU) | models timed |", "|---|---|---|"]
+        lines += [f"| {m} | {w['wall_s']:.0f} s | {w['models_timed']} |" for m, w in walls.items()]
         lines += ["", "| model | end to end: tables | end to end: MAC estimate (F fitted) | edge side: tables | edge side: MAC estimate |",
                   "|---|---|---|---|---|"]
         for model in args.models.split(","):
@@ -57,8 +64,19 @@ def main() -> None:
             lines.append(f"| {model} | " + " | ".join(
                 f"{f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %" for k in ("total_table", "total_analytic", "edge_table", "edge_analytic")
             ) + " |")
+        lines += ["", "| model | channel block (edge / cloud) | pruned heads timed "
+                  "| predicted from the unpruned head by the tables' ratio: median / median abs / worst | "
+                  "interpolated between the other timed heads (leave one out) |", "|---|---|---|---|---|"]
+        for model in args.models.split(","):
+            res = json.loads((out / f"compare-{model}.json").read_text())
+            f = res["fidelity"]
+            blocks = " / ".join(str(load_profile(out / f"{h}.json").tables[model].get("channel_block", 1)) for h in (args.host, "local"))
+            lines.append(f"| {model} | {blocks} | {len(res['pruned_heads'])} | " + " | ".join(
+                f"{f[k]['median_pct']:+.1f} % / {f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %" if f[k] else "-"
+                for k in ("pruned_head_ratio", "pruned_head_interpolated")
+            ) + " |")
         lines.append("")
-        lines.append("Errors vs the direct measurement, median / worst absolute, over all cuts.")
+        lines.append("Errors vs the direct measurement, median / worst absolute, over all cuts; pruned heads: every cut at each grid keep below 1.")
         atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
         print("\n".join(lines))
     finally:

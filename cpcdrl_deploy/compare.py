@@ -74,6 +74,8 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
             "analytic_edge_error_pct": 100.0 * (est.edge_ms - direct_edge) / direct_edge if direct_edge else 0.0,
         })
 
+    pruned = _pruned_head_rows(model, a, groups, dataclasses.replace(table, anchor=True))
+
     def summary(key: str) -> dict[str, float]:
         errs = [abs(r[key]) for r in rows if r[key] != 0.0 or key.startswith(("table_error", "analytic_error"))]
         return {"median_abs_pct": statistics.median(errs), "worst_abs_pct": max(errs)} if errs else {}
@@ -84,12 +86,50 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
         "fitted_macs_per_s": {"edge": f_e, "cloud": f_c},
         "link": {"uplink_bytes_per_s": lp.uplink_bytes_per_s, "downlink_bytes_per_s": lp.downlink_bytes_per_s, "rtt_ms": lp.rtt_ms},
         "rows": rows,
+        "pruned_heads": pruned,
         "fidelity": {
+            "pruned_head_ratio": _abs_summary([r["ratio_error_pct"] for r in pruned]),
+            "pruned_head_interpolated": _abs_summary([r["interpolated_error_pct"] for r in pruned if r["interpolated_error_pct"] is not None]),
             "total_table": summary("table_error_pct"), "total_analytic": summary("analytic_error_pct"),
             "edge_table": summary("table_edge_error_pct"), "cloud_table": summary("table_cloud_error_pct"),
             "edge_analytic": summary("analytic_edge_error_pct"),
         },
     }
+
+
+def _abs_summary(errs: list[float]) -> dict[str, float]:
+    return {"median_abs_pct": statistics.median(abs(e) for e in errs), "median_pct": statistics.median(errs), "worst_abs_pct": max(abs(e) for e in errs)} if errs else {}
+
+
+def _pruned_head_rows(model: str, a, groups, table: TableLatencyModel) -> list[dict]:
+    """How well the anchored edge tables predict the uniformly pruned heads the profile timed.
+
+    Each is predicted twice without its own timing: from the unpruned head by
+    the tables' ratio (the model before pruned heads were timed), and by
+    interpolating between the other timed heads at that cut (leave one out:
+    what the latency model does for a plan between grid keeps).
+    """
+    t = table.edge_tables[model]
+    heads = t.get("pruned_heads", [])
+    rows = []
+    for h in heads:
+        shape = plan_shape(a, groups, h["cut"], [h["keep"]] * h["cut"])
+        others = [o for o in heads if o is not h]
+
+        def edge(pruned_heads: list[dict]) -> float:
+            tables = {**table.edge_tables, model: {**t, "pruned_heads": pruned_heads}}
+            return dataclasses.replace(table, edge_tables=tables).predict(model, shape).edge_ms
+
+        ratio = edge([])
+        # interpolation needs a timed head on each side: below it at this cut, there is one only above keep 0.25
+        inside = any(o["cut"] == h["cut"] and o["keep"] < h["keep"] for o in others)
+        interp = edge(others) if inside else None
+        rows.append({
+            "cut": h["cut"], "keep": h["keep"], "measured_ms": h["ms"], "ratio_ms": ratio, "interpolated_ms": interp,
+            "ratio_error_pct": 100.0 * (ratio - h["ms"]) / h["ms"],
+            "interpolated_error_pct": 100.0 * (interp - h["ms"]) / h["ms"] if interp is not None else None,
+        })
+    return rows
 
 
 def plot_compare(res: dict, path) -> None:

@@ -95,6 +95,11 @@ def test_profile_over_ssh(profiles) -> None:
     whole_pi = next(h["ms"] for h in t["heads"] if h["cut"] == 28)
     whole_local = next(h["ms"] for h in local.tables["mobilenet"]["heads"] if h["cut"] == 28)
     assert 2.0 < whole_pi / whole_local < 10.0, (whole_pi, whole_local)
+    # every cut's head again, pruned to each grid keep below 1: at half the channels the whole model is faster
+    assert sorted((h["cut"], h["keep"]) for h in t["pruned_heads"]) == [(c, k) for c in range(1, 29) for k in GRID if k < 1.0]
+    half = next(h["ms"] for h in t["pruned_heads"] if h["cut"] == 28 and h["keep"] == 0.5)
+    assert half < whole_pi, (half, whole_pi)
+    assert t["channel_block"] in (1, 4, 8, 16, 32) and len(t["channel_block_probe_ms"]) == 9
     # the shaped link is 200 KB/s each way
     assert 160_000 < pi.link.uplink_bytes_per_s < 240_000
     assert 160_000 < pi.link.downlink_bytes_per_s < 240_000
@@ -114,6 +119,7 @@ def test_compare_and_optimize_against_measured_tables(profiles, tmp_path) -> Non
     d = json.loads(res.stdout)
     assert len(d["rows"]) == 29 and (tmp_path / "c.png").exists()
     assert d["fidelity"]["total_table"]["median_abs_pct"] < 25.0
+    assert len(d["pruned_heads"]) == 28 and d["fidelity"]["pruned_head_ratio"]["worst_abs_pct"] >= 0.0
     from cpcdrl_deploy.latency import TableLatencyModel, build_latency_model
     from cpcdrl_deploy.profiles import load_profile
 
