@@ -53,7 +53,7 @@ from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
 from cpcdrl_deploy.pruning import PlanShape, PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
-from cpcdrl_deploy.testbed import load_state
+from cpcdrl_deploy.testbed import load_state, on_host_cpus, pin_to_host_cpus
 from cpcdrl_deploy.zoo import build_model, get_entry
 
 RUNNER = Path(__file__).resolve().parent / "edge_runner.py"
@@ -89,7 +89,8 @@ class CloudServer:
 
         env = dict(os.environ, CPCDRL_TOKEN=token)
         cmd = [sys.executable, "-m", "cpcdrl_deploy.server", str(export_dir), "--host", host, "--port", str(port), "--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        # the cloud host must not share a duty-cycled device's CPU (testbed.host_cpus)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=pin_to_host_cpus)
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -242,9 +243,10 @@ def _time_probe_here(path: Path, shape: list[int], ref: dict, blocks: int = 2) -
     """Time the probe on this machine as the profiler does, ``blocks`` rounds."""
     from profilers.ort_profiler import load_session, time_session
 
-    sess = load_session(str(path), ref["threads"])
-    time_session(sess, shape, 5, 1, ref["min_ms"] / 1000.0)  # one untimed block: the first one after loading read up to 6x the rest
-    return [time_session(sess, shape, 1, ref["repeats"], ref["min_ms"] / 1000.0) for _ in range(blocks)]
+    with on_host_cpus():  # this thread plays the cloud here: off the device's CPU, as the server is
+        sess = load_session(str(path), ref["threads"])
+        time_session(sess, shape, 5, 1, ref["min_ms"] / 1000.0)  # one untimed block: the first one after loading read up to 6x the rest
+        return [time_session(sess, shape, 1, ref["repeats"], ref["min_ms"] / 1000.0) for _ in range(blocks)]
 
 
 def _drift(blocks: list[dict], ref: dict, request_ids: list[int] | None = None) -> dict:

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -421,17 +423,47 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
     return removed
 
 
-def status() -> list[dict[str, object]]:
+def host_cpus() -> set[int]:
+    """The CPUs the host's own work (cloud server, local profiling) should run on: all but the duty-cycled devices'.
+
+    A duty-cycled device's CPU belongs to a real-time spinner for 3/4 of every
+    period; a host process the scheduler leaves there runs at a quarter of its
+    speed. Seen: the cloud side of a profile taken with the testbed up timed
+    VGG16's tails at about twice their layers' sum. With no such testbed up,
+    every CPU.
+    """
+    cpus = set(range(os.cpu_count() or 1))
+    held = {st.cpu_pin for st in _states() if st.throttle == "duty" and st.cpu_pin is not None}
+    return (cpus - held) or cpus
+
+
+def pin_to_host_cpus() -> None:
+    """Move the calling thread (and what it starts from now on) off the testbeds' device CPUs."""
+    os.sched_setaffinity(0, host_cpus())
+
+
+@contextlib.contextmanager
+def on_host_cpus() -> Iterator[None]:
+    """The calling thread on ``host_cpus()`` for the block, then back where it was."""
+    before = os.sched_getaffinity(0)
+    pin_to_host_cpus()
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _states() -> list[TestbedState]:
     root = cpcdrl_home() / "testbed"
+    return [st for d in sorted(root.iterdir()) if (st := load_state(d.name)) is not None] if root.exists() else []
+
+
+def status() -> list[dict[str, object]]:
     out = []
-    if root.exists():
-        for d in sorted(root.iterdir()):
-            st = load_state(d.name)
-            if st is None:
-                continue
-            alive = st.sshd_pid > 0 and Path(f"/proc/{st.sshd_pid}").exists()
-            row: dict[str, object] = {**asdict(st), "sshd_running": alive}
-            if st.throttle == "duty":
-                row["duty_cycle_running"] = _is_throttle(st.throttle_pid)
-            out.append(row)
+    for st in _states():
+        alive = st.sshd_pid > 0 and Path(f"/proc/{st.sshd_pid}").exists()
+        row: dict[str, object] = {**asdict(st), "sshd_running": alive}
+        if st.throttle == "duty":
+            row["duty_cycle_running"] = _is_throttle(st.throttle_pid)
+        out.append(row)
     return out

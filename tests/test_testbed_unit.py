@@ -57,3 +57,22 @@ def test_cfs_period_is_the_shortest_the_kernel_accepts() -> None:
         period = testbed.cfs_period_us(share)
         assert round(share * period) >= testbed.MIN_QUOTA_US
         assert period == testbed.MIN_QUOTA_US or round(share * (period - 1)) <= testbed.MIN_QUOTA_US
+
+
+def test_host_work_stays_off_a_duty_cycled_device_cpu(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
+    monkeypatch.setattr(testbed.os, "cpu_count", lambda: 4)
+    assert testbed.host_cpus() == {0, 1, 2, 3}  # no testbed: every CPU
+    for name, pin, throttle in (("a", 3, "duty"), ("b", 2, "quota")):
+        st = testbed.TestbedState(name=name, index=1, host_ip="", device_ip="", port=22, cpu=0.25, bandwidth_bytes_per_s=1.0, user="root",
+                                  dir=str(testbed.state_dir(name)), python="", host_veth="", cgroup="", throttle=throttle, cpu_pin=pin)
+        testbed.state_dir(name).mkdir(parents=True)
+        st.save()
+    assert testbed.host_cpus() == {0, 1, 2}  # a quota testbed shares its CPU fairly: only the spinner's is held
+    import os
+
+    before = os.sched_getaffinity(0)
+    monkeypatch.setattr(testbed, "host_cpus", lambda: {min(before)})
+    with testbed.on_host_cpus():
+        assert os.sched_getaffinity(0) == {min(before)}
+    assert os.sched_getaffinity(0) == before
