@@ -343,6 +343,11 @@ def compare_cmd(
     typer.echo(f"per-layer tables vs measured: median {fi['total_table']['median_abs_pct']:.1f}%, worst {fi['total_table']['worst_abs_pct']:.1f}% "
                f"(edge side median {fi['edge_table'].get('median_abs_pct', 0):.1f}%); MAC estimate: median {fi['total_analytic']['median_abs_pct']:.1f}%, "
                f"worst {fi['total_analytic']['worst_abs_pct']:.1f}%")
+    ratio, interp = fi.get("pruned_head_ratio"), fi.get("pruned_head_interpolated")
+    if ratio:  # profiles that timed pruned heads
+        typer.echo(f"{len(res['pruned_heads'])} pruned heads: the unpruned head x the tables' ratio median {ratio['median_pct']:+.1f}%, "
+                   f"worst {ratio['worst_abs_pct']:.1f}%" + (f"; interpolated from the other heads (leave one out) median {interp['median_pct']:+.1f}%, "
+                                                             f"worst {interp['worst_abs_pct']:.1f}%" if interp else ""))
 
 
 class Transfer(str, Enum):
