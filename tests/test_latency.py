@@ -232,3 +232,20 @@ def test_table_model_prices_conv_channels_in_blocks_where_the_host_has_them(vgg)
     blocked = TableLatencyModel(blocked_t, blocked_t, 2e5, 2e5).predict("vgg16", shape).edge_ms
     assert plain == pytest.approx(0.875 + 0.875)  # diagonal grid: each layer at its out keep
     assert blocked == pytest.approx(1.0 + 1.0)  # 56 channels cost 64
+
+
+def test_whole_timings_are_bounded_by_every_larger_model() -> None:
+    # a slow spell only adds time: a head is no slower than a later head, nor a pruned head than a less pruned one
+    from cpcdrl_deploy.latency import whole_timings
+
+    t = {
+        "heads": [{"cut": 1, "ms": 1.0}, {"cut": 2, "ms": 9.0}, {"cut": 3, "ms": 4.0}],
+        "pruned_heads": [{"cut": 1, "keep": 0.5, "ms": 2.0}, {"cut": 3, "keep": 0.5, "ms": 5.0}, {"cut": 2, "keep": 0.5, "ms": 1.5}],
+        "tails": [{"cut": 0, "ms": 6.0}, {"cut": 1, "ms": 8.0}, {"cut": 2, "ms": 3.0}],
+    }
+    h = whole_timings(t, "heads")
+    assert h[(2, 1.0)] == 4.0 and h[(1, 1.0)] == 1.0  # cut 2 bounded by cut 3
+    assert h[(3, 0.5)] == 4.0 and h[(1, 0.5)] == 1.0 and h[(2, 0.5)] == 1.5  # by the unpruned head, then by the later cut
+    tl = whole_timings(t, "tails")
+    assert tl == {(0, 1.0): 6.0, (1, 1.0): 6.0, (2, 1.0): 3.0}  # the tail at cut 1 is part of the one at cut 0
+    assert whole_timings({}, "heads") == {}
