@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.latency import AnalyticLatencyModel, TableLatencyModel, build_latency_model, transfer_ms
 from cpcdrl_deploy.profiles import Profile, load_profile
-from cpcdrl_deploy.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.pruning import ChannelGroup, channel_groups, plan_shape
 from cpcdrl_deploy.zoo import build_model, get_entry
 
 
@@ -101,7 +101,7 @@ def _abs_summary(errs: list[float]) -> dict[str, float]:
     return {"median_abs_pct": statistics.median(abs(e) for e in errs), "median_pct": statistics.median(errs), "worst_abs_pct": max(abs(e) for e in errs)} if errs else {}
 
 
-def _pruned_head_rows(model: str, a, groups, table: TableLatencyModel) -> list[dict]:
+def _pruned_head_rows(model: str, a: ModelAnalysis, groups: list[ChannelGroup], table: TableLatencyModel) -> list[dict]:
     """How well the anchored edge tables predict the uniformly pruned heads the profile timed.
 
     Each is predicted twice without its own timing: from the unpruned head by

@@ -217,18 +217,18 @@ def blocked_keep(keep: float, channels: int, block: int) -> float:
 class TableLatencyModel:
     """Latency from per-layer tables measured on each host (``cpcdrl profile``).
 
-    With ``anchor`` (the default) each side is the whole head (or tail) timed
-    at the plan's cut, scaled by what the per-layer tables say pruning does to
-    it: measured_head(cut) x table_sum(plan) / table_sum(unpruned, cut). The
-    tables alone see each layer as its own run; inside one model the layers
-    share caches and one run's overhead, and on the emulated Pi their sums
-    came out 10.8 % (MobileNet) and 9.2 % (VGG16) off the heads at the
-    median, below at 22 of 28 and 11 of 14 cuts (benchmarks/results/profile).
-    An unpruned plan is then predicted by its own measured head; a
-    pruned one, where the profile timed the head pruned uniformly to each
-    grid keep, by interpolating between those heads at the plan's table sum
-    (``anchored``), else by the tables' ratio. The whole timings are first
-    bounded by every larger model's (``whole_timings``). Profiles without head/tail timings, and
+    With ``anchor`` (the default) each side is tied to whole models timed at
+    the plan's cut. The tables alone see each layer as its own run; inside one
+    model the layers share caches and one run's overhead, and on the emulated
+    Pi their sums came out 23.4 % (MobileNet) and 4.7 % (VGG16) off the heads
+    at the median (benchmarks/results/profile). An unpruned plan is predicted
+    by its own measured head (tail). A pruned head, where the profile timed
+    the head pruned uniformly to each grid keep, is placed between those
+    heads by its table sum (``anchored``); without them it is the unpruned
+    head x table_sum(plan) / table_sum(unpruned), which missed the uniformly
+    pruned heads by a median +38.0 % (MobileNet) and -3.0 % (VGG16, median
+    absolute 16.4 %). The whole timings are first bounded by every larger
+    model's (``whole_timings``). Profiles without head/tail timings, and
     ``anchor=False`` (what ``compare`` checks), use the plain sums. Where the
     profile measured the host's ``channel_block``, a convolution's kept
     channels are priced as whole blocks (``blocked_keep``).
@@ -261,7 +261,6 @@ class TableLatencyModel:
         # statistic; older profiles hold only the fixed part, or only the sustained one)
         rows, ov = t["layers"], t.get("run_overhead", {}).get(self.stat, t.get("run_overhead_ms", 0.0))
         per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
-
         block = int(t.get("channel_block", 1))
 
         def alone(i: int, in_keep: float, out_keep: float) -> float:

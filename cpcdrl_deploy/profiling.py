@@ -133,10 +133,10 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
             })
         log(f"exported layer {t}/{analysis.n_layers}")
     # whole heads pruned uniformly to each grid keep below 1 at every cut: the
-    # per-layer tables alone under-predicted pruned heads on the emulated Pi
-    # (three pruned VGG16 plans 19-20 % slower than the tables said while the
-    # unpruned head was within 1 % of its own), so the latency model anchors a
-    # pruned plan to these instead of scaling the unpruned head
+    # per-layer tables alone mispredict pruned heads (on the emulated Pi the
+    # unpruned head x the tables' ratio put three pruned VGG16 plans 18.6-20.0 %
+    # below their deployed p50), so the latency model anchors a pruned plan to
+    # these instead of scaling the unpruned head
     for p in analysis.points:
         if not p.cuttable or p.index == 0:
             continue
