@@ -62,7 +62,6 @@ def main() -> None:
     ap.add_argument("--offload-cut", default="mobilenet=27,vgg16=7", help="MODEL=CUT: the unpruned split the lossy options are measured on")
     ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
     ap.add_argument("--optimize-only", action="store_true", help="write each model's optimize.json and stop (run it with the testbed down: its duty cycle takes a CPU)")
-    ap.add_argument("--skip-options", action="store_true", help="deploy only the methods' plans, not the lossy options on the unpruned split")
     ap.add_argument("--repredict", action="store_true", help="with --resume: recompute every report's predictions (no testbed needed)")
     args = ap.parse_args()
     args.resume = args.resume or args.repredict
@@ -124,8 +123,6 @@ def main() -> None:
             if key not in seen:
                 seen[key] = run_at_speed(path, plan["method"])
             rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
-        if args.skip_options:
-            continue
         # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
         up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
         offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)

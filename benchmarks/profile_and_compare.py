@@ -56,8 +56,9 @@ def main() -> None:
         lines += [f"| {m} | {w['wall_s']:.0f} s | {w['models_timed']} |" for m, w in walls.items()]
         lines += ["", "| model | end to end: tables | end to end: MAC estimate (F fitted) | edge side: tables | edge side: MAC estimate |",
                   "|---|---|---|---|---|"]
+        results = {}
         for model in args.models.split(","):
-            res = compare(model, str(out / f"{args.host}.json"), str(out / "local.json"))
+            res = results[model] = compare(model, str(out / f"{args.host}.json"), str(out / "local.json"))
             atomic_write_json(out / f"compare-{model}.json", res)
             plot_compare(res, out / f"compare-{model}.png")
             f = res["fidelity"]
@@ -67,10 +68,10 @@ def main() -> None:
         lines += ["", "| model | channel block (edge / cloud) | pruned heads timed "
                   "| predicted from the unpruned head by the tables' ratio: median / median abs / worst | "
                   "interpolated between the other timed heads (leave one out) |", "|---|---|---|---|---|"]
-        for model in args.models.split(","):
-            res = json.loads((out / f"compare-{model}.json").read_text())
+        profiles = [load_profile(out / f"{h}.json") for h in (args.host, "local")]
+        for model, res in results.items():
             f = res["fidelity"]
-            blocks = " / ".join(str(load_profile(out / f"{h}.json").tables[model].get("channel_block", 1)) for h in (args.host, "local"))
+            blocks = " / ".join(str(p.tables[model].get("channel_block", 1)) for p in profiles)
             lines.append(f"| {model} | {blocks} | {len(res['pruned_heads'])} | " + " | ".join(
                 f"{f[k]['median_pct']:+.1f} % / {f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %" if f[k] else "-"
                 for k in ("pruned_head_ratio", "pruned_head_interpolated")

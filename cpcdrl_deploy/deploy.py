@@ -53,7 +53,7 @@ from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
 from cpcdrl_deploy.pruning import PlanShape, PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
-from cpcdrl_deploy.testbed import load_state, on_host_cpus, pin_to_host_cpus
+from cpcdrl_deploy.testbed import host_cpus_preexec, load_state, on_host_cpus
 from cpcdrl_deploy.zoo import build_model, get_entry
 
 RUNNER = Path(__file__).resolve().parent / "edge_runner.py"
@@ -90,7 +90,7 @@ class CloudServer:
         env = dict(os.environ, CPCDRL_TOKEN=token)
         cmd = [sys.executable, "-m", "cpcdrl_deploy.server", str(export_dir), "--host", host, "--port", str(port), "--threads", str(threads)]
         # the cloud host must not share a duty-cycled device's CPU (testbed.host_cpus)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=pin_to_host_cpus)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=host_cpus_preexec())
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
         reader.start()

@@ -13,7 +13,7 @@ protocol, so the optimiser does not care which one it gets.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from cpcdrl_deploy.errors import CpcdrlError
@@ -247,6 +247,9 @@ class TableLatencyModel:
     # single request sees when it fits in one quota window (deploy reports both)
     stat: str = "ms"
     anchor: bool = True
+    # (side, model, cut) -> the whole models' (table sum, measured) points; per instance, so that
+    # dataclasses.replace (another stat, other tables) starts empty
+    _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _sum(self, tables: dict, host: str, model: str, shape: PlanShape, layers: range, whole: tuple[str, int] | None = None) -> float:
         """Sum of the layers' times, each less its run overhead, plus the fixed part of that overhead once.
@@ -275,16 +278,19 @@ class TableLatencyModel:
         plan = ov + sum(alone(i, shape.in_keep[i - 1], shape.out_keep[i - 1]) for i in layers)
         if not (self.anchor and whole):
             return plan
-        timed = whole_timings(t, whole[0], self.stat)
-        measured = timed.get((whole[1], 1.0))
-        if not measured:
-            return plan
-        # (table sum, measured) of every whole model timed at this cut: the unpruned one, and on the
-        # edge side the same head pruned uniformly to each grid keep (newer profiles)
-        points = [(ov + sum(alone(i, 1.0, 1.0) for i in layers), measured)]
-        for h in t.get("pruned_heads", []) if whole[0] == "heads" else []:
-            if h["cut"] == whole[1] and timed.get((h["cut"], h["keep"])):
-                points.append((ov + sum(alone(i, h["in_keep"][i - 1], h["out_keep"][i - 1]) for i in layers), timed[(h["cut"], h["keep"])]))
+        key = (whole[0], model, whole[1])
+        if key not in self._anchor_points:  # they depend on the tables and the cut, not on the plan: once each
+            # (table sum, measured) of every whole model timed at this cut: the unpruned one, and on the
+            # edge side the same head pruned uniformly to each grid keep (newer profiles); none untimed
+            timed = whole_timings(t, whole[0], self.stat)
+            points = []
+            if timed.get((whole[1], 1.0)):
+                points.append((ov + sum(alone(i, 1.0, 1.0) for i in layers), timed[(whole[1], 1.0)]))
+                for h in t.get("pruned_heads", []) if whole[0] == "heads" else []:
+                    if h["cut"] == whole[1] and timed.get((h["cut"], h["keep"])):
+                        points.append((ov + sum(alone(i, h["in_keep"][i - 1], h["out_keep"][i - 1]) for i in layers), timed[(h["cut"], h["keep"])]))
+            self._anchor_points[key] = points
+        points = self._anchor_points[key]
         return anchored(plan, points)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:

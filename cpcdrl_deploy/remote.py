@@ -21,7 +21,7 @@ from typing import Protocol
 import paramiko
 
 from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.testbed import cpcdrl_home, load_state, pin_to_host_cpus
+from cpcdrl_deploy.testbed import cpcdrl_home, host_cpus_preexec, load_state
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class LocalDevice:
     def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]:
         try:
             # off any duty-cycled testbed's CPU: this machine plays the cloud (or an unthrottled device)
-            res = subprocess.run(command, shell=True, capture_output=True, timeout=timeout, input=stdin, preexec_fn=pin_to_host_cpus)
+            res = subprocess.run(command, shell=True, capture_output=True, timeout=timeout, input=stdin, preexec_fn=host_cpus_preexec())
         except subprocess.TimeoutExpired:
             raise CpcdrlError(f"local command timed out after {timeout:g} s") from None
         return res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")

@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -144,13 +145,7 @@ def load_state(name: str) -> TestbedState | None:
 
 
 def _free_index() -> int:
-    used = set()
-    root = cpcdrl_home() / "testbed"
-    if root.exists():
-        for d in root.iterdir():
-            st = load_state(d.name)
-            if st:
-                used.add(st.index)
+    used = {st.index for st in _states()}
     for k in range(10, 250):
         # another CPCDRL_HOME may hold testbeds too: skip addresses whose veth exists
         if k not in used and _run(["ip", "link", "show", f"cpv{k}h"], check=False).returncode != 0:
@@ -437,16 +432,16 @@ def host_cpus() -> set[int]:
     return (cpus - held) or cpus
 
 
-def pin_to_host_cpus() -> None:
-    """Move the calling thread (and what it starts from now on) off the testbeds' device CPUs."""
-    os.sched_setaffinity(0, host_cpus())
+def host_cpus_preexec() -> Callable[[], None]:
+    """A ``preexec_fn`` that puts a child process on ``host_cpus()``, read now: no file I/O after fork."""
+    return functools.partial(os.sched_setaffinity, 0, host_cpus())
 
 
 @contextlib.contextmanager
 def on_host_cpus() -> Iterator[None]:
     """The calling thread on ``host_cpus()`` for the block, then back where it was."""
     before = os.sched_getaffinity(0)
-    pin_to_host_cpus()
+    os.sched_setaffinity(0, host_cpus())
     try:
         yield
     finally:
