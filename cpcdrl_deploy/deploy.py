@@ -235,7 +235,8 @@ def probe_reference(profile: Profile, model: str, n_layers: int) -> dict | None:
     rounds = max(1, int(host.get("rounds") or 1))
     return {
         "ms": float(head["ms"]), "threads": int(t.get("threads", 1)), "repeats": max(1, int(host.get("repeats") or 20) // rounds),
-        "min_ms": 200.0 / rounds, "profiled_at": t.get("measured_at") or host.get("measured_at"),  # the profiler's 200 ms window, split over its rounds
+        # one round's window: recorded by newer profilers; older ones split 200 ms over their rounds
+        "min_ms": float(host.get("round_window_ms") or 200.0 / rounds), "profiled_at": t.get("measured_at") or host.get("measured_at"),
     }
 
 

@@ -87,7 +87,7 @@ def test_profile_over_ssh(profiles) -> None:
     pi_path, _, pi, local = profiles
     assert pi.kind == "measured" and pi.name == NAME
     assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
-    assert pi.host["rounds"] == 2 and pi.host["testbed"]["throttle"] == "duty" and pi.host["testbed"]["duty_period_us"] == 250
+    assert pi.host["rounds"] == 4 and pi.host["round_window_ms"] == 100.0 and pi.host["testbed"]["throttle"] == "duty" and pi.host["testbed"]["duty_period_us"] == 250
     assert abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375  # calibrated at up
     t = pi.tables["mobilenet"]
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
