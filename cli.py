@@ -283,7 +283,7 @@ def profile_cmd(
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
     repeats: Annotated[int, typer.Option("--repeats", min=1)] = 20,
     warmup: Annotated[int, typer.Option("--warmup", min=0)] = 5,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="passes over each batch of models, seconds apart; each model keeps its fastest (the host's speed wanders)")] = 4,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="passes over each batch of models, seconds apart; each reports its median pass")] = 4,
     python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + onnxruntime")] = None,
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="SSH connect time-out, s")] = 10.0,

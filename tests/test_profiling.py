@@ -71,3 +71,31 @@ def test_profile_jobs_include_pruned_heads_and_the_block_probe(tmp_path) -> None
     t = _table(jobs, done, analysis, grid, 1)
     assert t["channel_block"] == 8 and len(t["pruned_heads"]) == len(cuts)
     assert {"kind", "in_channels", "out_channels"} <= set(t["layers"][0])
+
+
+def _round(mean: float) -> dict:
+    return {"mean_ms": mean, "median_ms": mean - 0.1, "p10_ms": mean - 0.2, "p90_ms": mean + 0.3, "min_ms": mean - 0.3, "repeats": 5}
+
+
+def test_profiler_reports_the_median_round_not_the_fastest() -> None:
+    from profilers.ort_profiler import middle_round
+
+    # four rounds, one in a slow spell and one unusually fast: the two middle ones, averaged
+    even = middle_round([_round(9.0), _round(5.0), _round(6.0), _round(30.0)])
+    assert even["mean_ms"] == pytest.approx(7.5) and even["p90_ms"] == pytest.approx(7.8) and even["repeats"] == 10
+    odd = middle_round([_round(3.0), _round(1.0), _round(2.0)])
+    assert odd["mean_ms"] == 2.0 and odd["p10_ms"] == pytest.approx(1.8) and odd["repeats"] == 5
+    assert middle_round([_round(4.0)])["mean_ms"] == 4.0
+
+
+def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
+    import torch.nn as nn
+
+    from cpcdrl_deploy.profiling import _export
+    from profilers.ort_profiler import time_jobs
+
+    (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
+    (res,) = time_jobs([{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}], str(tmp_path), 1, 1, 8, 0.02, rounds=4)
+    assert res["id"] == "relu" and len(res["round_means_ms"]) == 4
+    ranked = sorted(res["round_means_ms"])
+    assert res["mean_ms"] == pytest.approx((ranked[1] + ranked[2]) / 2)
