@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
     ap.add_argument("--optimize-only", action="store_true", help="write each model's optimize.json and stop (run it with the testbed down: its duty cycle takes a CPU)")
     ap.add_argument("--repredict", action="store_true", help="with --resume: recompute every report's predictions (no testbed needed)")
+    ap.add_argument("--skip-missing", action="store_true", help="with --resume: deploy nothing new; plans and options with no report are listed as not deployed")
     args = ap.parse_args()
     args.resume = args.resume or args.repredict
     torch.set_num_threads(args.threads)
@@ -88,7 +89,7 @@ def main() -> None:
     def run_at_speed(plan_path: Path, tag: str) -> dict:
         reps = [run(plan_path, tag)]
         while len(reps) < args.attempts and speed_off(reps[-1]) > args.speed_band:
-            if args.repredict and not report_path(plan_path, tag, len(reps) + 1).exists():
+            if (args.repredict or args.skip_missing) and not report_path(plan_path, tag, len(reps) + 1).exists():
                 break  # recompute what was measured, measure nothing new
             log(f"{tag}: edge probe factor {edge_factor(reps[-1]):.2f}, outside 1 +- {args.speed_band:g}: deploying again")
             reps.append(run(plan_path, tag, attempt=len(reps) + 1))
@@ -120,6 +121,10 @@ def main() -> None:
                 continue
             path = write_plan(out / model / "plans" / f"{plan['method']}.json", plan)
             key = (plan["cut"], tuple(plan["channels"][: plan["cut"]]))
+            if args.resume and args.skip_missing and key not in seen and not report_path(path, plan["method"], 1).exists():
+                log(f"{model}: {plan['method']} not deployed yet: listed as such (--skip-missing)")
+                rows.append({"model": model, "method": plan["method"], "feasible": True, "not_deployed": True})
+                continue
             if key not in seen:
                 seen[key] = run_at_speed(path, plan["method"])
             rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
@@ -127,7 +132,11 @@ def main() -> None:
         up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
         offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
         for transfer, quantize in (("fp32", None), ("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
-            rep = run(offload_plan, f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else ""), transfer=transfer, quantize=quantize)
+            tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
+            if args.resume and args.skip_missing and not report_path(offload_plan, tag, 1).exists():
+                log(f"{model}: {tag} not deployed yet: left out (--skip-missing)")
+                continue
+            rep = run(offload_plan, tag, transfer=transfer, quantize=quantize)
             rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
         atomic_write_json(out / "results.json", {"args": vars(args), "rows": rows})
     if args.optimize_only:
@@ -203,6 +212,9 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r.get("not_deployed"):
+            lines.append(f"| {r['model']} | {r['method']} | not deployed in this run |" + " |" * 17)
+            continue
         if not r["feasible"]:
             lines.append(f"| {r['model']} | {r['method']} | no plan meets A0 |" + " |" * 17)
             continue
@@ -230,7 +242,7 @@ def plot(rows: list[dict], path: Path) -> None:
     from cpcdrl_deploy.report import _save, plt
 
     fig, ax = plt.subplots(figsize=(6, 5))
-    pts = [r for r in rows if r["feasible"] and r["transfer"] == "fp32" and not r["quantize"]]
+    pts = [r for r in rows if r["feasible"] and not r.get("not_deployed") and r["transfer"] == "fp32" and not r["quantize"]]
     for key, marker, label in (
         ("table_ms", "o", "tables anchored to whole heads/tails"), ("drift_ms", "D", "anchored tables x speed probe"),
         ("table_sum_ms", "s", "tables, plain sums"), ("analytic_ms", "^", "MAC estimate (F fitted)"),
