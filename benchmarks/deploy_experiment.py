@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--repredict", action="store_true", help="with --resume: recompute every report's predictions (no testbed needed)")
     ap.add_argument("--skip-missing", action="store_true", help="with --resume: deploy nothing new; plans and options with no report are listed as not deployed")
     args = ap.parse_args()
-    args.resume = args.resume or args.repredict
+    args.resume = args.resume or args.repredict or args.skip_missing
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = Path(args.out)
@@ -121,7 +121,7 @@ def main() -> None:
                 continue
             path = write_plan(out / model / "plans" / f"{plan['method']}.json", plan)
             key = (plan["cut"], tuple(plan["channels"][: plan["cut"]]))
-            if args.resume and args.skip_missing and key not in seen and not report_path(path, plan["method"], 1).exists():
+            if args.skip_missing and key not in seen and not report_path(path, plan["method"], 1).exists():
                 log(f"{model}: {plan['method']} not deployed yet: listed as such (--skip-missing)")
                 rows.append({"model": model, "method": plan["method"], "feasible": True, "not_deployed": True})
                 continue
@@ -133,7 +133,7 @@ def main() -> None:
         offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
         for transfer, quantize in (("fp32", None), ("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
             tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
-            if args.resume and args.skip_missing and not report_path(offload_plan, tag, 1).exists():
+            if args.skip_missing and not report_path(offload_plan, tag, 1).exists():
                 log(f"{model}: {tag} not deployed yet: left out (--skip-missing)")
                 continue
             rep = run(offload_plan, tag, transfer=transfer, quantize=quantize)

@@ -216,6 +216,7 @@ def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
 OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out
 BLOCK_PROBE_CHANNELS = (32, 33, 48, 49, 56, 57, 60, 61, 64)  # 64 - b and 65 - b for b = 32, 16, 8, 4, and 64
 BLOCK_PROBE_PASSES = 3
+STATS = ("ms", "median_ms", "p10_ms", "p90_ms")  # the statistics a table entry holds ("ms": the sustained mean)
 
 
 def channel_block(ms_by_channels: dict[int, float]) -> int:
@@ -369,7 +370,7 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
     for j in jobs:
         r = done[j["id"]]
         # "ms" is the sustained mean (see profilers/ort_profiler.py); the per-run spread is kept beside it
-        stats = {"ms": r["mean_ms"], **{k: r[k] for k in ("median_ms", "p10_ms", "p90_ms")}}
+        stats = {"ms": r["mean_ms"], **{k: r[k] for k in STATS[1:]}}
         if "round_means_ms" in r:  # every pass's mean, for a reader asking how much the host wandered
             stats["round_means_ms"] = r["round_means_ms"]
         if j["kind"] == "layer":
@@ -396,7 +397,7 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         "run_overhead_ms": overhead.get("ms", 0.0),
         "run_overhead": overhead,  # per statistic: medians are corrected with the median overhead
         "run_overhead_points": sorted(overhead_points, key=lambda p: p["io_bytes"]),
-        "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in overhead if k != "round_means_ms"},
+        "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in STATS if k in overhead},
         "channel_block": channel_block(block_ms) if block_ms else 1,
         "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
         "layers": [
