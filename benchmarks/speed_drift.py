@@ -41,8 +41,10 @@ def _rounds(lines: str) -> list[float]:
 
 
 def _per_minute(means: list[float]) -> list[float]:
+    """Each minute's median window; a run shorter than half a minute is one block."""
     per = int(60_000 / WINDOW_MS)
-    return [float(np.median(means[i : i + per])) for i in range(0, len(means), per) if len(means[i : i + per]) >= per // 2]
+    blocks = [float(np.median(means[i : i + per])) for i in range(0, len(means), per) if len(means[i : i + per]) >= per // 2]
+    return blocks or [float(np.median(means))]
 
 
 def main() -> int:
