@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
     ap.add_argument("--optimize-only", action="store_true", help="write each model's optimize.json and stop (run it with the testbed down: its duty cycle takes a CPU)")
     ap.add_argument("--repredict", action="store_true", help="with --resume: recompute every report's predictions (no testbed needed)")
+    ap.add_argument("--no-options", action="store_true", help="deploy the methods' plans only, not the lossy options")
     ap.add_argument("--skip-missing", action="store_true", help="with --resume: deploy nothing new; plans and options with no report are listed as not deployed")
     args = ap.parse_args()
     args.resume = args.resume or args.repredict or args.skip_missing
@@ -128,16 +129,17 @@ def main() -> None:
             if key not in seen:
                 seen[key] = run_at_speed(path, plan["method"])
             rows.append(_row(model, plan["method"], "fp32", None, seen[key], plan))
-        # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
-        up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
-        offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
-        for transfer, quantize in (("fp32", None), ("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
-            tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
-            if args.skip_missing and not report_path(offload_plan, tag, 1).exists():
-                log(f"{model}: {tag} not deployed yet: left out (--skip-missing)")
-                continue
-            rep = run(offload_plan, tag, transfer=transfer, quantize=quantize)
-            rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
+        if not args.no_options:
+            # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
+            up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
+            offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
+            for transfer, quantize in (("fp32", None), ("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
+                tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
+                if args.skip_missing and not report_path(offload_plan, tag, 1).exists():
+                    log(f"{model}: {tag} not deployed yet: left out (--skip-missing)")
+                    continue
+                rep = run(offload_plan, tag, transfer=transfer, quantize=quantize)
+                rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
         atomic_write_json(out / "results.json", {"args": vars(args), "rows": rows})
     if args.optimize_only:
         return
