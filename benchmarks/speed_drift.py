@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +30,6 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.profiling import PROFILER, probe_model
 from cpcdrl_deploy.remote import check_runtime, connect
-from cpcdrl_deploy.testbed import host_cpus_preexec
 
 WINDOW_MS = 100  # the profiler's window per round (profiling.measure_tables' round_window_ms)
 
@@ -66,32 +64,28 @@ def main() -> int:
         Path(tmp, "probe.onnx.gz").write_bytes(gz)
         job.write_text(json.dumps([{"id": "probe", "file": "probe.onnx.gz", "input_shape": shape}]))
 
-        def here() -> None:
-            p = subprocess.run([sys.executable, str(PROFILER), "time", str(job), *opts.split()], capture_output=True, text=True, preexec_fn=host_cpus_preexec())
-            if p.returncode != 0:
-                errors.append(f"local: {p.stderr.strip()[-300:]}")
-            else:
-                results["host"] = _rounds(p.stdout)
-
-        def edge() -> None:
+        def time_on(host: str, side: str) -> None:
+            # this host through the same Device interface as the edge: LocalDevice runs off the testbed's CPU, as the server does
             try:
-                dev = connect(args.host)
+                dev = connect(host)
+                try:
+                    check_runtime(dev)
+                    remote = dev.mkdtemp()
+                    try:
+                        for f in (PROFILER, job, Path(tmp, "probe.onnx.gz")):
+                            dev.put(f, f"{remote}/{f.name}")
+                        rc, out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json {opts}", timeout=args.minutes * 60 * 2 + 300)
+                    finally:
+                        dev.remove(remote)
+                finally:
+                    dev.close()
             except (CpcdrlError, OSError) as e:
-                errors.append(f"{args.host}: {e}")
+                errors.append(f"{host}: {e}")
                 return
-            try:
-                check_runtime(dev)
-                remote = dev.mkdtemp()
-                for f in (PROFILER, job, Path(tmp, "probe.onnx.gz")):
-                    dev.put(f, f"{remote}/{f.name}")
-                rc, out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json {opts}", timeout=args.minutes * 60 * 2 + 300)
-                dev.remove(remote)
-                if rc != 0:
-                    errors.append(f"{args.host}: {err.strip()[-300:]}")
-                else:
-                    results["edge"] = _rounds(out)
-            finally:
-                dev.close()
+            if rc != 0:
+                errors.append(f"{host}: {err.strip()[-300:]}")
+            else:
+                results[side] = _rounds(out)
 
         t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         print(
@@ -99,7 +93,8 @@ def main() -> int:
             + ("" if args.host == "local" else f" and on {args.host} at once"),
             flush=True,
         )
-        threads = [threading.Thread(target=here)] + ([] if args.host == "local" else [threading.Thread(target=edge)])
+        sides = {"host": "local"} | ({} if args.host == "local" else {"edge": args.host})
+        threads = [threading.Thread(target=time_on, args=(host, side)) for side, host in sides.items()]
         for t in threads:
             t.start()
         for t in threads:
