@@ -177,6 +177,8 @@ def optimize_cmd(
     edge: Annotated[str, typer.Option("--edge", help="edge profile: file or name in device_profiles/")] = "paper",
     cloud: Annotated[str, typer.Option("--cloud", help="cloud profile: file or name")] = "paper",
     link: Annotated[str | None, typer.Option("--link", help="profile whose link to use (default: the edge profile's)")] = None,
+    bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="what-if link rate both ways, e.g. 1MB/s or 8Mbit (overrides the profile's)")] = None,
+    rtt: Annotated[str | None, typer.Option("--rtt", help="what-if round-trip time, e.g. 10ms (overrides the profile's)")] = None,
     accuracy: Annotated[float | None, typer.Option("--accuracy", help="A0: required test top-1, percent")] = None,
     max_loss: Annotated[float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")] = None,
     method: Annotated[str, typer.Option("--method", help="cpcdrl|neurosurgeon|greedy|edge-pruned|edge-only|cloud-only|random|all, or a comma list")] = "cpcdrl",
@@ -189,12 +191,15 @@ def optimize_cmd(
     round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
     device: Annotated[str, typer.Option("--device", help="where refits and accuracy checks run: cpu, cuda, cuda:N")] = "cpu",
+    cache: Annotated[Path | None, typer.Option("--cache", help="persistent accuracy cache (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="score every plan afresh and store nothing")] = False,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the plan (first method listed) here")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write results.json, table.md and plots here")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Choose the partition point and the edge layers' keep ratios (CPCDRL) or run a baseline."""
+    from cpcdrl_deploy.accuracy_cache import default_cache_dir
     from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
     from cpcdrl_deploy.pruning import PruneConfig
     from cpcdrl_deploy.report import methods_table, write_report
@@ -202,15 +207,19 @@ def optimize_cmd(
     from cpcdrl_deploy.workflows import resolve_checkpoint
 
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
+    from cpcdrl_deploy.testbed import parse_bandwidth, parse_duration_ms
+
     req = OptimizeRequest(
         model=model, checkpoint=resolve_checkpoint(model, checkpoint, required=True), data=data, edge=edge, cloud=cloud, link=link,
+        bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None, rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
-        device=device,
+        device=device, cache=None if no_cache else (cache or default_cache_dir()),
     )
     result = optimize(req, log=_err)
     if out is not None:
-        write_plan(out, result["plans"][0])
+        # the first method listed, whatever order they ran in
+        write_plan(out, next(p for p in result["plans"] if p["method"] == methods[0]))
         _err(f"wrote {out}")
     if report is not None:
         write_report(result, report)
@@ -223,6 +232,34 @@ def optimize_cmd(
     t = result["timers"]
     typer.echo(f"wall {result['wall_s']:.1f} s: refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
                f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early, {t['screened']} screened")
+
+
+cache_app = typer.Typer(help="The persistent accuracy cache that optimize shares across links, devices and methods.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+CacheDirOpt = Annotated[Path | None, typer.Option("--cache", help="cache directory (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)")]
+
+
+@cache_app.command("info")
+@command
+def cache_info_cmd(cache: CacheDirOpt = None, fmt: FormatOpt = Format.table) -> None:
+    """Where the cache is, how many plans it holds and its size."""
+    from cpcdrl_deploy.accuracy_cache import cache_info, default_cache_dir
+
+    info = cache_info(cache or default_cache_dir())
+    if fmt is Format.json:
+        _print_json(info)
+        return
+    typer.echo(f"{info['path']}: {info['entries']} plan accuracies in {info['contexts']} contexts (model, data, pruning set-up), {info['bytes'] / 1e3:.1f} KB")
+
+
+@cache_app.command("clear")
+@command
+def cache_clear_cmd(cache: CacheDirOpt = None) -> None:
+    """Remove every stored accuracy."""
+    from cpcdrl_deploy.accuracy_cache import clear_cache, default_cache_dir
+
+    root = cache or default_cache_dir()
+    typer.echo(f"removed {clear_cache(root)} plan accuracies from {root}")
 
 
 testbed_app = typer.Typer(help="An emulated Raspberry Pi on this machine (root): network namespace, slow CPU, shaped link, sshd.", no_args_is_help=True)

@@ -53,6 +53,26 @@ class ImageSet:
                 out[j] = np.asarray(im.convert("RGB"))
         return out
 
+    def digest(self, indices: np.ndarray | list[int]) -> str:
+        """Identity of the images at ``indices`` and their labels, for the accuracy cache.
+
+        Pixels in memory are hashed; image files by name, size and
+        modification time (decoding 10,000 JPEGs only to hash them would cost
+        more than a cache hit saves).
+        """
+        import hashlib
+
+        idx = np.asarray(indices, dtype=np.int64)
+        h = hashlib.sha256(self.labels[idx].astype(np.int64).tobytes())
+        if self.pixels is not None:
+            h.update(np.ascontiguousarray(self.pixels[idx]).tobytes())
+        else:
+            assert self.files is not None
+            for i in idx:
+                st = self.files[i].stat()
+                h.update(f"{self.files[i].parent.name}/{self.files[i].name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
     def tensors(self, indices: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float32 NCHW images and int64 labels for ``indices``."""
         return normalize(self.uint8(indices)), torch.as_tensor(self.labels[np.asarray(indices, dtype=np.int64)], dtype=torch.int64)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore
 from cpcdrl_deploy.analysis import ModelAnalysis
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.latency import LatencyBreakdown, LatencyModel
@@ -52,7 +53,8 @@ class Timers:
     agents_s: float = 0.0
     test_s: float = 0.0  # the chosen plans' final test accuracy (outside the search)
     evaluations: int = 0
-    cache_hits: int = 0
+    cache_hits: int = 0  # plans this run had already scored
+    store_hits: int = 0  # plans read from the persistent cache instead of being pruned and scored
     early_stops: int = 0
     screened: int = 0
 
@@ -73,6 +75,7 @@ class PlanEvaluator:
     a0: float | None = None  # enables early stopping of infeasible plans
     chunk: int = 500
     timers: Timers = field(default_factory=Timers)
+    store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
 
     def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:
@@ -92,18 +95,27 @@ class PlanEvaluator:
                 hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0)
             return hit
         t0 = time.perf_counter()
-        net = self.model
-        if pruned_any:
-            res = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups)
-            net = res.model
-        t1 = time.perf_counter()
-        acc, n = self._accuracy(net, one_chunk=screen)
-        t2 = time.perf_counter()
+        store_key = (cut, shape.out_keep[:cut]) if pruned_any else (0, ())
+        stored = self.store.get(*store_key) if self.store is not None else None
+        net: torch.nn.Module | None = None if pruned_any else self.model
+        acc, n, counts, sizes = self._replay(stored, one_chunk=screen)
+        t1 = t2 = time.perf_counter()
+        if acc is None:  # not in the persistent cache, or not far enough: prune and score
+            if pruned_any:
+                net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
+            t1 = time.perf_counter()
+            acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net)
+            t2 = time.perf_counter()
+            if self.store is not None:
+                self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes)))
+            self.timers.evaluations += 1
+        else:
+            self.timers.store_hits += 1
+            t0 = t1 = t2  # nothing pruned or scored
         # prune() does both the surgery and the refit; the refit dominates when enabled
         self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
         self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
         self.timers.accuracy_s += t2 - t1
-        self.timers.evaluations += 1
         screened = screen and n < len(self.val_y)  # a one-chunk validation set is scored in full anyway
         self.timers.screened += int(screened)
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
@@ -112,11 +124,26 @@ class PlanEvaluator:
         self._cache[key] = ev
         return ev
 
-    def _accuracy(self, net: torch.nn.Module, one_chunk: bool = False) -> tuple[float, int]:
+    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None) -> tuple:
+        """Score chunk by chunk under the stopping rules, taking each chunk's count from ``stored`` where it has one.
+
+        Without ``net``, returns (None, ...) as soon as a chunk is needed that
+        ``stored`` lacks. Returns (accuracy %, images scored, counts, sizes).
+        """
+        counts: list[int] = []
+        sizes: list[int] = []
         correct, seen = 0, 0
-        for start in range(0, len(self.val_y), self.chunk):
+        for i, start in enumerate(range(0, len(self.val_y), self.chunk)):
             y = self.val_y[start : start + self.chunk]
-            correct += int((predict(net, self.val_x[start : start + self.chunk]) == y).sum())
+            if stored is not None and i < len(stored.chunk_correct) and stored.chunk_sizes[i] == len(y):
+                c = stored.chunk_correct[i]
+            elif net is None:
+                return None, 0, [], []
+            else:
+                c = int((predict(net, self.val_x[start : start + self.chunk]) == y).sum())
+            counts.append(c)
+            sizes.append(len(y))
+            correct += c
             seen += len(y)
             if one_chunk:
                 break
@@ -126,7 +153,7 @@ class PlanEvaluator:
                 if ucb < self.a0:
                     self.timers.early_stops += 1
                     break
-        return 100.0 * correct / max(1, seen), seen
+        return 100.0 * correct / max(1, seen), seen, counts, sizes
 
 
 class CompressionStates:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cpcdrl_deploy import __version__
+from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore, context_key, tensor_digest
 from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator
@@ -27,7 +28,7 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_json, read_document
 from cpcdrl_deploy.latency import build_latency_model
-from cpcdrl_deploy.profiles import load_profile
+from cpcdrl_deploy.profiles import LinkProfile, load_profile
 from cpcdrl_deploy.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
@@ -44,6 +45,8 @@ class OptimizeRequest:
     edge: str = "paper"
     cloud: str = "paper"
     link: str | None = None
+    bandwidth_bytes_per_s: float | None = None  # what-if: overrides the link's rate both ways
+    rtt_ms: float | None = None  # what-if: overrides the link's round-trip time
     accuracy: float | None = None  # A0 on the test scale, percent
     max_accuracy_loss: float | None = None  # D, points
     methods: tuple[str, ...] = ("cpcdrl",)
@@ -52,6 +55,7 @@ class OptimizeRequest:
     test_limit: int | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    cache: Path | None = None  # persistent accuracy cache directory (None: off)
     device: str = "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
 
 
@@ -93,6 +97,7 @@ class Session:
     base_test: float
     checkpoint_sha: str
     t_start: float
+    test_store: AccuracyCache | None = None
 
 
 def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
@@ -103,7 +108,7 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
     if entry.dataset != "cifar10":
         raise CpcdrlError(f"optimize needs a CIFAR-10 model for its accuracy checks; {req.model} is not one")
     edge_p, cloud_p = load_profile(req.edge), load_profile(req.cloud)
-    link_p = load_profile(req.link).link if req.link else None
+    link_p = what_if_link(load_profile(req.link).link if req.link else (edge_p.link or cloud_p.link), req.bandwidth_bytes_per_s, req.rtt_ms)
     latency_model = build_latency_model(edge_p, cloud_p, link_p)
     model = load_model(req.model, req.checkpoint)
     torch.manual_seed(req.search.seed)
@@ -124,10 +129,53 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
     )
     val_x, val_y = data.train.tensors(val_idx)
     calib = Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed) if req.prune.refit else None
-    base_test = accuracy_on(model, data.test, test_idx)
-    evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune)
+    sha = file_sha256(req.checkpoint)
+    val_store, test_store = _stores(req, sha, val_x, val_y, calib, data.test.digest(test_idx))
+    base_test = _cached_test_accuracy(test_store, 0, (), len(test_idx), lambda: accuracy_on(model, data.test, test_idx))
+    evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store)
     base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
-    return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, file_sha256(req.checkpoint), t_start)
+    return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, sha, t_start, test_store)
+
+
+def _stores(req: OptimizeRequest, sha: str, val_x, val_y, calib: Calibration | None, test_digest: str) -> tuple[AccuracyCache | None, AccuracyCache | None]:
+    """The persistent accuracy caches of this model, pruning set-up and image sets (validation, test); None when disabled."""
+    if req.cache is None:
+        return None, None
+    common = {
+        "model": req.model, "checkpoint_sha256": sha, "prune": asdict(req.prune), "seed": req.search.seed,
+        "calibration": tensor_digest(calib.images) if calib is not None else None, "device": torch.device(req.device).type,
+    }
+    val = AccuracyCache(req.cache, context_key(split="validation", images=tensor_digest(val_x, val_y), chunk=500, **common))
+    tst = AccuracyCache(req.cache, context_key(split="test", images=test_digest, **common))
+    return val, tst
+
+
+def _cached_test_accuracy(store: AccuracyCache | None, cut: int, out_keep: tuple, n: int, score: Callable[[], float]) -> float:
+    """Top-1 (percent) on ``n`` test images from the persistent cache, else ``score()``, stored as one chunk."""
+    hit = store.get(cut, out_keep) if store is not None else None
+    if hit is not None and hit.chunk_sizes == (n,):
+        return 100.0 * hit.chunk_correct[0] / n
+    acc = score()
+    if store is not None:
+        store.put(cut, out_keep, CachedScore((int(round(acc * n / 100.0)),), (n,)))
+    return acc
+
+
+def what_if_link(link: LinkProfile | None, bandwidth_bytes_per_s: float | None, rtt_ms: float | None) -> LinkProfile | None:
+    """The link with its rate (both ways) and/or RTT replaced: "what if the Pi moved to Wi-Fi", without re-profiling."""
+    if bandwidth_bytes_per_s is None and rtt_ms is None:
+        return link
+    if bandwidth_bytes_per_s is not None and not bandwidth_bytes_per_s > 0:
+        raise CpcdrlError("--bandwidth must be > 0")
+    if rtt_ms is not None and not rtt_ms >= 0:
+        raise CpcdrlError("--rtt must be >= 0")
+    base = link or LinkProfile(1.0, 1.0, 0.0, False)
+    return replace(
+        base,
+        uplink_bytes_per_s=bandwidth_bytes_per_s or base.uplink_bytes_per_s,
+        downlink_bytes_per_s=bandwidth_bytes_per_s or base.downlink_bytes_per_s,
+        rtt_ms=base.rtt_ms if rtt_ms is None else rtt_ms,
+    )
 
 
 def constraint_loss(session: Session, accuracy: float | None, max_loss: float | None) -> float:
@@ -212,8 +260,12 @@ def _test_accuracy(session: Session, ev: Evaluation) -> float:
         return session.base_test  # the unpruned model, already scored on these images in prepare()
     e = session.evaluator
     t0 = time.perf_counter()
-    net = prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
-    acc = accuracy_on(net, session.data.test, session.test_idx)
+
+    def score() -> float:
+        net = prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
+        return accuracy_on(net, session.data.test, session.test_idx)
+
+    acc = _cached_test_accuracy(session.test_store, ev.cut, ev.shape.out_keep[: ev.cut], len(session.test_idx), score)
     e.timers.test_s += time.perf_counter() - t0
     return acc
 
@@ -229,7 +281,7 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
         "checkpoint_sha256": sha,
         "method": res.method,
         "feasible": b is not None,
-        "profiles": {"edge": req.edge, "cloud": req.cloud, "link": req.link},
+        "profiles": {"edge": req.edge, "cloud": req.cloud, "link": req.link, "bandwidth_bytes_per_s": req.bandwidth_bytes_per_s, "rtt_ms": req.rtt_ms},
         "latency_model": latency_desc,
         "accuracy": {
             "a0_test": base_test - loss, "a0_validation": a0_val, "max_accuracy_loss": loss,

@@ -107,6 +107,15 @@ def resolve_host(host: str, python: str | None = None) -> HostSpec:
     return HostSpec(host, hostname, port_n, user or None, (), python or "python3")
 
 
+def _known_host_keys() -> paramiko.HostKeys:
+    """Every key the SSH client trusts: the user's ``~/.ssh/known_hosts`` and cpcdrl's own."""
+    keys = paramiko.HostKeys()
+    for f in (Path("~/.ssh/known_hosts").expanduser(), cpcdrl_home() / "known_hosts"):
+        if f.exists():
+            keys.load(str(f))
+    return keys
+
+
 class SSHDevice:
     """A device over SSH (paramiko). Every network call has a time-out."""
 
@@ -123,13 +132,18 @@ class SSHDevice:
         key_name = spec.hostname if spec.port == 22 else f"[{spec.hostname}]:{spec.port}"
         try:
             if trust_new_host_key:
-                self._trust_on_first_use(key_name, connect_timeout)
+                self._trust_on_first_use(key_name, connect_timeout, _known_host_keys())
                 client.load_host_keys(str(ours))
             client.connect(
                 spec.hostname, port=spec.port, username=spec.user, key_filename=list(spec.identity_files) or None,
                 timeout=connect_timeout, banner_timeout=connect_timeout, auth_timeout=connect_timeout,
                 allow_agent=not spec.identity_files, look_for_keys=not spec.identity_files,
             )
+        except paramiko.BadHostKeyException as exc:
+            raise CpcdrlError(
+                f"host key for {spec.alias} ({spec.hostname}:{spec.port}) has CHANGED: known {self._fp(exc.expected_key)}, "
+                f"offered {self._fp(exc.key)}; refusing to connect (possible man-in-the-middle)"
+            ) from None
         except paramiko.SSHException as exc:
             msg = str(exc)
             if "not found in known_hosts" in msg or "Unknown server" in msg:
@@ -159,26 +173,43 @@ class SSHDevice:
         finally:
             t.close()
 
-    @classmethod
-    def _fingerprint(cls, spec: HostSpec, timeout: float) -> str:
+    @staticmethod
+    def _fp(key) -> str:
         import base64
         import hashlib
 
-        try:
-            key = cls._remote_key(spec, timeout)
-        except Exception:
-            return "fingerprint unavailable"
         digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
         return f"{key.get_name()} SHA256:{digest}"
 
-    def _trust_on_first_use(self, key_name: str, timeout: float) -> None:
+    @classmethod
+    def _fingerprint(cls, spec: HostSpec, timeout: float) -> str:
+        try:
+            return cls._fp(cls._remote_key(spec, timeout))
+        except Exception:
+            return "fingerprint unavailable"
+
+    def _trust_on_first_use(self, key_name: str, timeout: float, known: paramiko.HostKeys) -> None:
+        """Record the host's key only when no key is known for it; a changed key is never replaced.
+
+        ``known`` holds every key the client loaded (system and ours). The
+        fingerprint printed is that of the very key object saved.
+        """
         key = self._remote_key(self.spec, timeout)
+        entry = known.lookup(key_name)
+        if entry:
+            if entry.get(key.get_name()) == key:
+                return  # already trusted: nothing to record
+            old = next(iter(entry.values()))
+            raise CpcdrlError(
+                f"host key for {self.spec.alias} ({key_name}) has CHANGED: known {self._fp(old)}, offered {self._fp(key)}; "
+                "--trust-host-key only adds keys for new hosts: if the change is expected, remove the old entry from known_hosts first"
+            )
         path = cpcdrl_home() / "known_hosts"
         hk = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
         hk.add(key_name, key.get_name(), key)
         path.parent.mkdir(parents=True, exist_ok=True)
         hk.save(str(path))
-        print(f"trusted {key_name} {self._fingerprint(self.spec, timeout)} (saved to {path})", file=sys.stderr)
+        print(f"trusted {key_name} {self._fp(key)} (saved to {path})", file=sys.stderr)
 
     def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]:
         """Run ``command``; never blocks past ``timeout`` (polls exit_status_ready)."""

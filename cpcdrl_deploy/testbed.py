@@ -32,6 +32,8 @@ import contextlib
 import functools
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -112,6 +114,24 @@ def parse_bandwidth(text: str) -> float:
         raise CpcdrlError(f"cannot read bandwidth {text!r}; try 200KB/s or 1.6Mbit") from None
 
 
+def parse_duration_ms(text: str) -> float:
+    """'10ms', '0.02s', '15' -> milliseconds (a bare number is milliseconds)."""
+    t = text.strip().lower()
+    for unit, mult in (("ms", 1.0), ("us", 1e-3), ("s", 1000.0)):
+        if t.endswith(unit):
+            t, scale = t[: -len(unit)], mult
+            break
+    else:
+        scale = 1.0
+    try:
+        v = float(t) * scale
+    except ValueError:
+        raise CpcdrlError(f"cannot read duration {text!r}; try 10ms or 0.02s") from None
+    if not v >= 0 or v == float("inf"):
+        raise CpcdrlError(f"duration {text!r} must be a finite number >= 0")
+    return v
+
+
 def _run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if check and res.returncode != 0:
@@ -133,11 +153,23 @@ def _preflight(throttle: str = "quota") -> None:
         raise CpcdrlError("--throttle duty takes one CPU for the device and needs another for the host (or use --throttle quota)")
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}")
+
+
+def check_name(name: str) -> str:
+    """A testbed name becomes a directory, an interface, a cgroup and an SSH alias: letters, digits, ``_``, ``-`` only."""
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
+        raise CpcdrlError(f"bad testbed name {name!r}: 1-31 letters, digits, '_' or '-', starting with a letter or digit")
+    return name
+
+
 def state_dir(name: str) -> Path:
-    return cpcdrl_home() / "testbed" / name
+    return cpcdrl_home() / "testbed" / check_name(name)
 
 
 def load_state(name: str) -> TestbedState | None:
+    if NAME_RE.fullmatch(name) is None:
+        return None  # not a testbed name (e.g. user@host): no testbed can hold it
     f = state_dir(name) / "state.json"
     if not f.exists():
         return None
@@ -155,7 +187,7 @@ def _free_index() -> int:
 
 def _clear_leftovers(name: str) -> None:
     """Remove a namespace and cgroup of this name that a killed run left without state (its CPCDRL_HOME is gone)."""
-    ns = f"cpcdrl-{name}"
+    ns = f"cpcdrl-{check_name(name)}"
     if _netns_exists(ns):
         _signal({int(p) for p in _run(["ip", "netns", "pids", ns], check=False).stdout.split()}, signal.SIGKILL)
         _run(["ip", "netns", "del", ns], check=False)  # its veth end goes with it, and so does the host end
@@ -212,6 +244,7 @@ def provision_python(venv: Path, log=print) -> Path:
 def up(
     name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "duty",
 ) -> TestbedState:
+    check_name(name)  # first: the name becomes paths and shell arguments
     if throttle not in THROTTLES:
         raise CpcdrlError(f"--throttle {throttle}: expected one of {', '.join(THROTTLES)}")
     _preflight(throttle)
@@ -264,7 +297,7 @@ def up(
         cg.mkdir(exist_ok=True)
         (cg / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota first: the kernel checks quota <= period's budget
         st.cpu_pin = (os.cpu_count() or 1) - 1  # the last CPU: the host's own work tends to start on CPU 0
-        enter = f"echo $$ > {cg / 'cgroup.procs'}"
+        enter = f"echo $$ > {shlex.quote(str(cg / 'cgroup.procs'))}"
         if throttle == "quota":
             st.cfs_period_us = cfs_period_us(cpu)
             (cg / "cpu.cfs_period_us").write_text(str(st.cfs_period_us))
@@ -289,7 +322,7 @@ def up(
         Path("/run/sshd").mkdir(exist_ok=True)
         # enter the cgroup(s) first, then exec sshd inside the namespace: every session inherits them all
         _run(
-            ["sh", "-c", f"{enter} && exec ip netns exec {ns} /usr/sbin/sshd -f {d / 'sshd_config'}"],
+            ["sh", "-c", f"{enter} && exec ip netns exec {shlex.quote(ns)} /usr/sbin/sshd -f {shlex.quote(str(d / 'sshd_config'))}"],
             preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin}),
         )
         # sshd creates its pid file before it writes the number: wait for the number, not the file
@@ -386,7 +419,7 @@ def _replace_block(path: Path, name: str, text: str | None) -> None:
 
 def down(name: str = "pi", quiet: bool = False) -> list[str]:
     """Remove everything ``up`` made; returns what was removed."""
-    st = load_state(name)
+    st = load_state(check_name(name))
     if st is None:
         if quiet:
             return []
@@ -404,7 +437,7 @@ def down(name: str = "pi", quiet: bool = False) -> list[str]:
     if _run(["ip", "link", "show", st.host_veth], check=False).returncode == 0:
         _run(["ip", "link", "del", st.host_veth], check=False)
         removed.append(f"veth {st.host_veth}")
-    ns = f"cpcdrl-{name}"
+    ns = f"cpcdrl-{check_name(name)}"
     if _netns_exists(ns):
         _run(["ip", "netns", "del", ns], check=False)
         removed.append(f"netns {ns}")

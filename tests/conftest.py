@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ DATASET_TGZ = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 CHECKPOINTS = {"vgg16": SHARED / "models" / "vgg16-cifar10.pth", "mobilenet": SHARED / "models" / "mobilenet-cifar10.pth"}
 
 torch.set_num_threads(2)
+# every test session gets its own caches (unpacked data, accuracies): never the user's
+os.environ.setdefault("CPCDRL_CACHE", tempfile.mkdtemp(prefix="cpcdrl-test-cache-"))
 
 
 def need_shared(path: Path) -> Path:

@@ -144,6 +144,46 @@ def test_unknown_host_key_is_refused_with_fingerprint(bed, tmp_path, monkeypatch
         connect(f"root@{bed.device_ip}", timeout=5.0)
 
 
+def test_changed_host_key_is_refused_even_with_trust(bed, tmp_path, monkeypatch, capsys) -> None:
+    """A known host offering another key is refused with both fingerprints; --trust-host-key never overwrites it."""
+    import paramiko
+
+    from cpcdrl_deploy.remote import connect
+
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
+    kh = tmp_path / "known_hosts"
+    impostor = paramiko.Ed25519Key.from_private_key_file(str(Path(bed.dir) / "client_key"))  # any other ed25519 key
+    hk = paramiko.HostKeys()
+    hk.add(bed.device_ip, impostor.get_name(), impostor)
+    hk.save(str(kh))
+    before = kh.read_bytes()
+    for trust in (False, True):
+        with pytest.raises(CpcdrlError, match=r"CHANGED: known ssh-ed25519 SHA256:\S+, offered ssh-ed25519 SHA256:\S+") as e:
+            connect(f"root@{bed.device_ip}", timeout=5.0, trust_host_key=trust)
+        fps = [w.rstrip(",;") for w in str(e.value).split() if w.startswith("SHA256:")]
+        assert len(fps) == 2 and fps[0] != fps[1]
+        assert kh.read_bytes() == before
+
+
+def test_trust_records_new_key_and_prints_its_fingerprint(bed, tmp_path, monkeypatch, capsys) -> None:
+    import base64
+    import hashlib
+
+    import paramiko
+
+    from cpcdrl_deploy.remote import connect
+
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
+    with pytest.raises(CpcdrlError):  # the key is trusted, but this stranger has no login key
+        connect(f"root@{bed.device_ip}", timeout=5.0, trust_host_key=True)
+    saved = paramiko.HostKeys(str(tmp_path / "known_hosts")).lookup(bed.device_ip)
+    assert saved is not None and len(saved) == 1
+    key = next(iter(saved.values()))
+    fp = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    assert f"SHA256:{fp}" in capsys.readouterr().err
+    assert key.asbytes() == paramiko.Ed25519Key.from_private_key_file(str(Path(bed.dir) / "host_key")).asbytes()
+
+
 def test_refused_authentication(bed, tmp_path) -> None:
     from cpcdrl_deploy.remote import HostSpec, SSHDevice
 

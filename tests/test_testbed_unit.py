@@ -76,3 +76,27 @@ def test_host_work_stays_off_a_duty_cycled_device_cpu(tmp_path, monkeypatch) -> 
     with testbed.on_host_cpus():
         assert os.sched_getaffinity(0) == {min(before)}
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.parametrize("bad", ["../..", "..", "a/b", "pi;rm -rf ~", "-x", "", "a" * 32, "pi name", "$(id)"])
+def test_bad_testbed_names_are_refused_before_any_work(bad: str, tmp_path, monkeypatch) -> None:
+    """A name becomes a state directory (removed recursively on a failed up) and shell words: refuse it first."""
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(testbed, "_preflight", lambda *a, **k: pytest.fail("preflight ran for a bad name"))
+    with pytest.raises(CpcdrlError, match="bad testbed name"):
+        testbed.up(bad)
+    with pytest.raises(CpcdrlError, match="bad testbed name"):
+        testbed.down(bad)
+    with pytest.raises(CpcdrlError, match="bad testbed name"):
+        testbed.state_dir(bad)
+    assert testbed.load_state(bad) is None
+    for args in (["testbed", "up", "--name", bad], ["testbed", "down", "--name", bad]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "bad testbed name" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("good", ["pi", "pi2", "edge_1", "Pi-4", "a" * 31])
+def test_good_testbed_names_pass(good: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
+    assert testbed.state_dir(good) == tmp_path / "testbed" / good
