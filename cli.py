@@ -181,7 +181,7 @@ def optimize_cmd(
     rtt: Annotated[str | None, typer.Option("--rtt", help="what-if round-trip time, e.g. 10ms (overrides the profile's)")] = None,
     accuracy: Annotated[float | None, typer.Option("--accuracy", help="A0: required test top-1, percent")] = None,
     max_loss: Annotated[float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")] = None,
-    method: Annotated[str, typer.Option("--method", help="cpcdrl|neurosurgeon|greedy|edge-pruned|edge-only|cloud-only|random|all, or a comma list")] = "cpcdrl",
+    method: Annotated[str, typer.Option("--method", help="cpcdrl|cpcdrl-paper|neurosurgeon|greedy|edge-pruned|edge-only|cloud-only|random|all, or a list")] = "cpcdrl",
     episodes: Annotated[int, typer.Option("--episodes", help="RL episodes")] = 300,
     warmup: Annotated[int | None, typer.Option("--warmup", help="random-action episodes first (default episodes/5)")] = None,
     r_min: Annotated[float, typer.Option("--r-min", help="smallest keep ratio")] = 0.2,

@@ -209,6 +209,8 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
     for m in sorted(methods, key=lambda x: 0 if x == "cpcdrl" else 1):
         if m == "cpcdrl":
             results.append(run_rl(evaluator, a0_val, req.search, progress=log))
+        elif m == "cpcdrl-paper":
+            results.append(run_rl(evaluator, a0_val, req.search.paper(), progress=log, method="cpcdrl-paper"))
         elif m == "edge-pruned":
             results.append(run_rl(evaluator, a0_val, req.search, fixed_cut=analysis.n_layers, progress=log))
         elif m == "neurosurgeon":
@@ -221,7 +223,7 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
             rl = next((r for r in results if r.method == "cpcdrl"), None)
             budget = rl.evaluations if rl else req.search.episodes
             results.append(run_random(evaluator, a0_val, req.search, budget))
-        if results[-1].method in ("cpcdrl", "edge-pruned", "random", "greedy"):
+        if results[-1].method in ("cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy"):
             b = results[-1].best
             log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
 

@@ -17,7 +17,8 @@ from cpcdrl_deploy.agents.ddpg import truncated_normal
 from cpcdrl_deploy.env import CompressionStates, Evaluation, PlanEvaluator, partition_state
 from cpcdrl_deploy.reward import RewardConfig, reward
 
-METHODS = ("cpcdrl", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
+METHODS = ("cpcdrl", "cpcdrl-paper", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
+RL_METHODS = ("cpcdrl", "cpcdrl-paper", "edge-pruned")
 Progress = Callable[[str], None]
 
 
@@ -28,7 +29,15 @@ class SearchConfig:
     r_min: float = 0.2  # smallest keep ratio an action maps to
     warmup_sigma: float = 0.15  # spread of warm-up actions around the episode's random level
     greedy_ratios: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+    # CPCDRL's departures from the paper, each switchable for the ablation (benchmarks/optimizer_grid.py --ablation);
+    # SearchConfig.paper() switches them all off
     mask_cuts: bool = True  # A_p (and random search) choose among promising_cuts() only
+    pay_best_at_cut: bool = True  # A_p is rewarded with the best plan A_c found at the cut, not A_c's latest try
+    unpruned_prior: bool = True  # A_p starts from every allowed cut's unpruned reward (free: one accuracy for all)
+    uniform_start: bool = True  # bisect a uniform keep at the most promising cuts first; A_c and A_p learn from it
+    uniform_start_cuts: int = 3
+    uniform_start_steps: int = 3
+    refine_fraction: float = 0.2  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
@@ -37,6 +46,19 @@ class SearchConfig:
     @property
     def warmup_episodes(self) -> int:
         return self.warmup if self.warmup is not None else max(1, self.episodes // 5)
+
+    def paper(self) -> SearchConfig:
+        """The paper's Alg. 1-2 and Eq. 10 as written: every departure off, the literal reward."""
+        return replace(
+            self, mask_cuts=False, pay_best_at_cut=False, unpruned_prior=False, uniform_start=False, refine_fraction=0.0,
+            reward=RewardConfig(eta=self.reward.eta, mu=self.reward.mu, clip_surplus=False, no_speed_credit_when_infeasible=False, infeasible_slope=0.0),
+        )
+
+    def budget_split(self) -> tuple[int, int, int]:
+        """(uniform-start, RL, refinement) proposals: together ``episodes``, each scoring at most one plan."""
+        start = min(self.uniform_start_cuts * self.uniform_start_steps, self.episodes // 4) if self.uniform_start else 0
+        refine = int(self.episodes * self.refine_fraction) if self.refine_fraction > 0 else 0
+        return start, max(1, self.episodes - start - refine), refine
 
 
 @dataclass
@@ -117,36 +139,43 @@ def _episode_reward(ev: Evaluation, a0: float, t_ref: tuple[float, float], cfg: 
     return reward(ev.accuracy, a0, ev.kept_macs_fraction, ev.latency.total_ms, t_ref[0], cfg.reward, infeasible_ms=t_ref[1])
 
 
-def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None) -> SearchResult:
+def run_rl(
+    evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None, method: str | None = None,
+) -> SearchResult:
     """CPCDRL: A_p (DQN) proposes the cut, A_c (DDPG) the edge layers' ratios; both learn from Eq. 10.
 
     With ``fixed_cut`` set, A_p is switched off: that is the Edge(pruned) /
-    AMC baseline when ``fixed_cut = N``.
+    AMC baseline when ``fixed_cut = N`` (without CPCDRL's uniform start and
+    refinement, which are this project's additions). ``cfg.episodes`` is the
+    whole budget of proposals, the uniform start and the refinement included.
     """
     t_start = time.perf_counter()
     a = evaluator.analysis
     n = a.n_layers
     allowed = partition_actions(evaluator, cfg)
-    method = "cpcdrl" if fixed_cut is None else "edge-pruned"
+    method = method or ("cpcdrl" if fixed_cut is None else "edge-pruned")
+    if fixed_cut is not None:
+        cfg = replace(cfg, uniform_start=False, refine_fraction=0.0)
+    n_start, n_rl, n_refine = cfg.budget_split()
     track = _Tracker(method, a0)
     states = CompressionStates(a)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
+    warm = min(cfg.warmup_episodes, max(0, n_rl - 1))
     if ddpg_cfg.sigma_decay is None:  # explore until the last episode, then exploit (sigma_min)
-        learning = max(1, cfg.episodes - cfg.warmup_episodes)
+        learning = max(1, n_rl - warm)
         ddpg_cfg = replace(ddpg_cfg, sigma_decay=(ddpg_cfg.sigma_min / ddpg_cfg.sigma_start) ** (1.0 / learning))
     ddpg = DDPGAgent(states.dim, ddpg_cfg)
     dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
     rng = np.random.default_rng(cfg.seed + 2)
     t_ref = reference_latencies(evaluator, allowed if fixed_cut is None else [*allowed, fixed_cut])
     s_p = partition_state([], n, n)
-    warm = cfg.warmup_episodes
     # A_p is paid for the best strategy A_c has found at its cut so far (Alg. 1
     # line 5 "receive compression ratios from A_c", Alg. 2's output "the optimal
     # compression strategy"), not for A_c's latest exploratory try: otherwise
     # every cut whose layers A_c is still exploring looks worse than cut 0, the
     # one cut with nothing to compress, and A_p settles there.
     best_at_cut: dict[int, float] = {}
-    if dqn is not None:
+    if dqn is not None and cfg.unpruned_prior:
         if progress:
             progress(f"[cpcdrl] A_p chooses among cuts {allowed} (the others cannot beat {t_ref[0]:.1f} ms even at keep {cfg.r_min})")
         # Free prior knowledge: the unpruned model's accuracy is measured once, so
@@ -158,11 +187,23 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
             dqn.observe(s_p, c, best_at_cut[c], s_p, False)
             if ev0.latency.total_ms == t_ref[0]:
                 track.add(ev0)
-    for episode in range(cfg.episodes):
+    if n_start:
+        for ev in _uniform_start(evaluator, a0, cfg, allowed, track, n_start):
+            r = _episode_reward(ev, a0, t_ref, cfg)
+            track.result.rewards.append(r)
+            acts = [float(np.clip((k - cfg.r_min) / max(1e-9, 1.0 - cfg.r_min), 0.0, 1.0)) for k in ev.ratios]
+            _observe_episode(ddpg, states, ev.cut, acts, r)
+            best_at_cut[ev.cut] = max(best_at_cut.get(ev.cut, -np.inf), r)
+            if dqn is not None:
+                dqn.observe(s_p, ev.cut, best_at_cut[ev.cut], partition_state(ev.ratios, ev.cut, n), False)
+        if progress:
+            b = track.result.best
+            progress(f"[{method}] uniform start: {n_start} plans; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else "none yet"))
+    for episode in range(n_rl):
         t_agent = time.perf_counter()
         exploring = episode < warm
         if dqn is not None:
-            dqn.set_exploration((episode - warm) / max(1, cfg.episodes - warm - 1) if not exploring else 0.0)
+            dqn.set_exploration((episode - warm) / max(1, n_rl - warm - 1) if not exploring else 0.0)
             cut = int(rng.choice(allowed)) if exploring else dqn.act(s_p, allowed)
         else:
             cut = int(fixed_cut)  # type: ignore[arg-type]
@@ -192,7 +233,7 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
         next_s_p = partition_state(ev.ratios, cut, n)
         best_at_cut[cut] = max(best_at_cut.get(cut, -np.inf), r)
         if dqn is not None:
-            dqn.observe(s_p, cut, best_at_cut[cut], next_s_p, False)
+            dqn.observe(s_p, cut, best_at_cut[cut] if cfg.pay_best_at_cut else r, next_s_p, False)
         s_p = next_s_p
         if not exploring:
             ddpg.learn()
@@ -200,16 +241,118 @@ def run_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: in
             if dqn is not None:
                 dqn.learn()
         evaluator.timers.agents_s += time.perf_counter() - t_agent
-        if progress and (episode + 1) % max(1, cfg.episodes // 20) == 0 or progress and episode + 1 == cfg.episodes:
+        if progress and (episode + 1) % max(1, n_rl // 20) == 0 or progress and episode + 1 == n_rl:
             b = track.result.best
             progress(
-                f"[{method}] episode {episode + 1}/{cfg.episodes}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, "
+                f"[{method}] episode {episode + 1}/{n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, "
                 f"{ev.latency.total_ms:.1f} ms; best feasible "
                 + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
             )
-    track.result.episodes = cfg.episodes
+    if n_refine:
+        _refine(evaluator, a0, cfg, track, n_refine, lambda ev: _episode_reward(ev, a0, t_ref, cfg))
+        if progress:
+            b = track.result.best
+            progress(f"[{method}] refinement: {n_refine} proposals; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else "none"))
+    track.result.episodes = len(track.result.rewards)  # proposals made: the refinement stops early when nothing is left to try
     track.result.wall_s = time.perf_counter() - t_start
     return track.result
+
+
+def _observe_episode(ddpg: DDPGAgent, states: CompressionStates, cut: int, actions: list[float], r: float) -> None:
+    """Store one episode's transitions in A_c's replay buffer: reward 0 until the last step, Eq. 10 there (Alg. 2, line 9)."""
+    prev = 1.0
+    obs_list = []
+    for t in range(1, cut + 1):
+        obs_list.append(states.state(t, prev, cut))
+        prev = actions[t - 1]
+    for i, obs in enumerate(obs_list):
+        last = i == len(obs_list) - 1
+        ddpg.observe(obs, actions[i], r if last else 0.0, obs_list[i + 1] if not last else obs, last)
+
+
+def _uniform_start(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, allowed: list[int], track: _Tracker, budget: int) -> list[Evaluation]:
+    """Bisect one keep ratio for all edge layers at the few cuts where that is fastest.
+
+    Two families of plans: uniform (Greedy's), and uniform with the cut
+    layer at r_min ("thin"), which shrinks the tensor sent over the link. For
+    each keep of a coarse ladder and each family, the allowed cut that is
+    fastest (latency model only) is a candidate; the fastest few are
+    bisected between r_min and 1 in ``uniform_start_steps`` evaluations each. Cheap, and it hands both agents
+    feasible plans at the right cuts before they explore: the paper's agents
+    start from nothing, and with 100-300 episodes they seldom find the
+    constraint's edge (see the ablation in benchmarks/results/optimizer_grid).
+    """
+    ladder = (0.3, 0.45, 0.6, 0.75, 0.9)
+    n = evaluator.analysis.n_layers
+
+    def family(c: int, k: float, thin: bool) -> list[float]:
+        # "thin": the cut layer itself at r_min, which shrinks the tensor sent (S_i) the most for its accuracy
+        return [k] * (c - 1) + [cfg.r_min if thin and c < n else k] if c else []
+
+    scored: dict[tuple[int, bool], float] = {}
+    for k in ladder:
+        for thin in (False, True):
+            c = min((c for c in allowed if c > 0), key=lambda c: evaluator.price(c, family(c, k, thin))[1].total_ms, default=None)
+            if c is not None and not (thin and c == n):
+                t = evaluator.price(c, family(c, k, thin))[1].total_ms
+                scored[(c, thin)] = min(scored.get((c, thin), np.inf), t)
+    starts = sorted(scored, key=scored.__getitem__)[: cfg.uniform_start_cuts]
+    out: list[Evaluation] = []
+    steps = max(1, budget // max(1, len(starts))) if starts else 0
+    for c, thin in starts:
+        lo, hi = cfg.r_min, 1.0  # lo: assumed infeasible, hi: feasible (the unpruned model)
+        for _ in range(steps):
+            if len(out) >= budget:
+                return out
+            mid = 0.5 * (lo + hi)
+            ev = evaluator.evaluate(c, family(c, mid, thin), incumbent_ms=track.incumbent_ms)
+            track.add(ev)
+            out.append(ev)
+            if ev.accuracy >= a0:
+                hi = mid
+            else:
+                lo = mid
+    return out
+
+
+def _refine(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, track: _Tracker, budget: int, reward_of: Callable[[Evaluation], float]) -> None:
+    """Coordinate descent from the best feasible plan: lower one layer's keep by a block, keep it if still feasible.
+
+    Each step tries the change that saves the most predicted latency; a
+    change that breaks A0 blocks that layer. Also tries the neighbouring
+    cuts with the same ratios. Every try is one proposal of the budget.
+    """
+    blocked: set[tuple[int, int]] = set()
+    for _ in range(budget):
+        best = track.result.best
+        if best is None:
+            return
+        cut, ratios, best_ms = best.cut, list(best.ratios), best.latency.total_ms
+        cands: list[tuple[float, tuple[int, int], int, list[float]]] = []
+        for t in range(cut):
+            ch = evaluator.analysis.layers[t].out_channels
+            step = max(0.1, evaluator.prune_config.round_to / max(1, ch))
+            if (cut, t) in blocked or ratios[t] - step < cfg.r_min - 1e-9:
+                continue
+            r2 = ratios.copy()
+            r2[t] = max(cfg.r_min, ratios[t] - step)
+            gain = best_ms - evaluator.price(cut, r2)[1].total_ms
+            if gain > 1e-6:
+                cands.append((gain, (cut, t), cut, r2))
+        for c2 in (cut - 1, cut + 1):  # the same ratios one cut earlier or later
+            if 0 < c2 <= evaluator.analysis.n_layers and c2 in evaluator.analysis.cuttable_points() and (c2, -1) not in blocked:
+                r2 = ratios[:c2] if c2 < cut else [*ratios, ratios[-1] if ratios else 1.0]
+                gain = best_ms - evaluator.price(c2, r2)[1].total_ms
+                if gain > 1e-6:
+                    cands.append((gain, (c2, -1), c2, r2))
+        if not cands:
+            return
+        _, key, c2, r2 = max(cands, key=lambda x: x[0])
+        ev = evaluator.evaluate(c2, r2, incumbent_ms=track.incumbent_ms)
+        track.add(ev)
+        track.result.rewards.append(reward_of(ev))
+        if track.result.best is not ev:
+            blocked.add(key)
 
 
 def _with_seed(c, seed: int):
