@@ -185,7 +185,8 @@ def optimize_cmd(
     episodes: Annotated[int, typer.Option("--episodes", help="RL episodes")] = 300,
     warmup: Annotated[int | None, typer.Option("--warmup", help="random-action episodes first (default episodes/5)")] = None,
     r_min: Annotated[float, typer.Option("--r-min", help="smallest keep ratio")] = 0.2,
-    val_size: Annotated[int, typer.Option("--val-size", min=1, help="validation images from the training split")] = 2000,
+    val_size: Annotated[int, typer.Option("--val-size", min=1, help="validation images (from --val-source)")] = 2000,
+    val_source: Annotated[str, typer.Option("--val-source", help="train (seen in training) or test (half the test split; final test on the rest)")] = "train",
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images for the refit")] = 256,
     test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
     round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
@@ -214,7 +215,7 @@ def optimize_cmd(
         bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None, rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
-        device=device, cache=None if no_cache else (cache or default_cache_dir()),
+        device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source,
     )
     result = optimize(req, log=_err)
     if out is not None:

@@ -56,6 +56,9 @@ class OptimizeRequest:
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     cache: Path | None = None  # persistent accuracy cache directory (None: off)
+    # where validation images come from: "train" (images the network was trained on) or "test" (half of the
+    # test split, unseen in training; the final test accuracy is then taken on the other half)
+    val_source: str = "train"
     device: str = "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
 
 
@@ -123,11 +126,23 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
     val_size = min(req.val_size, len(data.train) // 2)
     val_idx, calib_idx = split_train(len(data.train), val_size, min(req.calib_size, len(data.train) - val_size), req.search.seed)
     test_idx = subset(len(data.test), req.test_limit, req.search.seed)
+    val_set = data.train
+    if req.val_source == "test":
+        # validation from unseen images: half of a seeded shuffle of the test split, the final test on the other half
+        if len(data.test) < 2:
+            raise CpcdrlError("--val-source test needs at least two test images")
+        perm = np.random.default_rng(req.search.seed + 7).permutation(len(data.test))
+        half = min(req.val_size, len(data.test) // 2)
+        val_idx, rest = np.sort(perm[:half]), np.sort(perm[half:])
+        test_idx = rest[subset(len(rest), req.test_limit, req.search.seed)]
+        val_set = data.test
+    elif req.val_source != "train":
+        raise CpcdrlError(f"--val-source {req.val_source!r}: expected train or test")
     log(
         f"{req.model}: {analysis.n_layers} layers, {len(analysis.cuttable_points())} cuts; "
         f"{len(val_idx)} validation, {len(calib_idx)} calibration, {len(test_idx)} test images ({data.source})"
     )
-    val_x, val_y = data.train.tensors(val_idx)
+    val_x, val_y = val_set.tensors(val_idx)
     calib = Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed) if req.prune.refit else None
     sha = file_sha256(req.checkpoint)
     val_store, test_store = _stores(req, sha, val_x, val_y, calib, data.test.digest(test_idx))
@@ -292,7 +307,7 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
         },
         "seed": req.search.seed,
         # what `cpcdrl export` needs to rebuild the same pruned, refitted weights
-        "data": {"source": str(req.data), "val_size": req.val_size, "calib_size": req.calib_size},
+        "data": {"source": str(req.data), "val_size": req.val_size, "calib_size": req.calib_size, "val_source": req.val_source},
         "episodes": res.episodes,
         "evaluations": res.evaluations,
         "search_s": res.wall_s,

@@ -37,7 +37,7 @@ class SearchConfig:
     uniform_start: bool = True  # bisect a uniform keep at the most promising cuts first; A_c and A_p learn from it
     uniform_start_cuts: int = 3
     uniform_start_steps: int = 3
-    refine_fraction: float = 0.2  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
+    refine_fraction: float = 0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
@@ -315,44 +315,48 @@ def _uniform_start(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, allow
     return out
 
 
-def _refine(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, track: _Tracker, budget: int, reward_of: Callable[[Evaluation], float]) -> None:
-    """Coordinate descent from the best feasible plan: lower one layer's keep by a block, keep it if still feasible.
+def _refine(
+    evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, track: _Tracker, budget: int, reward_of: Callable[[Evaluation], float],
+) -> None:
+    """Coordinate descent from the best feasible plan: lower one layer's keep, keep the change if still feasible.
 
-    Each step tries the change that saves the most predicted latency; a
-    change that breaks A0 blocks that layer. Also tries the neighbouring
-    cuts with the same ratios. Every try is one proposal of the budget.
+    Each step tries the change that saves the most predicted latency. A
+    layer's step starts at 0.2 and halves each time a change breaks A0, down
+    to one channel block (``round_to`` channels); below that the layer is
+    left alone. Moving the cut one point either way, with the same ratios, is
+    a candidate too. Every try is one proposal of the budget.
     """
-    blocked: set[tuple[int, int]] = set()
+    steps: dict[tuple[int, int], float] = {}
     for _ in range(budget):
         best = track.result.best
         if best is None:
             return
         cut, ratios, best_ms = best.cut, list(best.ratios), best.latency.total_ms
-        cands: list[tuple[float, tuple[int, int], int, list[float]]] = []
+        cands: list[tuple[float, tuple[int, int], int, list[float], float]] = []
         for t in range(cut):
-            ch = evaluator.analysis.layers[t].out_channels
-            step = max(0.1, evaluator.prune_config.round_to / max(1, ch))
-            if (cut, t) in blocked or ratios[t] - step < cfg.r_min - 1e-9:
+            block = evaluator.prune_config.round_to / max(1, evaluator.analysis.layers[t].out_channels)
+            step = steps.get((cut, t), 0.2)
+            if step < block - 1e-9 or ratios[t] - block < cfg.r_min - 1e-9:
                 continue
             r2 = ratios.copy()
-            r2[t] = max(cfg.r_min, ratios[t] - step)
+            r2[t] = max(cfg.r_min, ratios[t] - max(step, block))
             gain = best_ms - evaluator.price(cut, r2)[1].total_ms
             if gain > 1e-6:
-                cands.append((gain, (cut, t), cut, r2))
+                cands.append((gain, (cut, t), cut, r2, step))
         for c2 in (cut - 1, cut + 1):  # the same ratios one cut earlier or later
-            if 0 < c2 <= evaluator.analysis.n_layers and c2 in evaluator.analysis.cuttable_points() and (c2, -1) not in blocked:
+            if 0 < c2 <= evaluator.analysis.n_layers and c2 in evaluator.analysis.cuttable_points() and steps.get((c2, -1), 1.0) > 0:
                 r2 = ratios[:c2] if c2 < cut else [*ratios, ratios[-1] if ratios else 1.0]
                 gain = best_ms - evaluator.price(c2, r2)[1].total_ms
                 if gain > 1e-6:
-                    cands.append((gain, (c2, -1), c2, r2))
+                    cands.append((gain, (c2, -1), c2, r2, 1.0))
         if not cands:
             return
-        _, key, c2, r2 = max(cands, key=lambda x: x[0])
+        _, key, c2, r2, step = max(cands, key=lambda x: x[0])
         ev = evaluator.evaluate(c2, r2, incumbent_ms=track.incumbent_ms)
         track.add(ev)
         track.result.rewards.append(reward_of(ev))
         if track.result.best is not ev:
-            blocked.add(key)
+            steps[key] = 0.0 if key[1] < 0 else step / 2
 
 
 def _with_seed(c, seed: int):

@@ -1,0 +1,299 @@
+"""Does CPCDRL win where splitting matters? Every method on a grid of models, devices, links and accuracy levels.
+
+    python benchmarks/optimizer_grid.py --out benchmarks/results/optimizer_grid       # the grid (hours on 2 cores)
+    python benchmarks/optimizer_grid.py --tiny --out /tmp/grid                        # what CI runs: tinyvgg, seconds
+    python benchmarks/optimizer_grid.py --ablation --models mobilenet --out ...       # each departure switched off alone
+
+A setting is (model, edge/cloud profile pair, link, accuracy loss). Profile
+pairs: ``paper`` (the paper's analytic edge and cloud) and ``pi`` (the
+emulated Raspberry Pi and this host, measured: benchmarks/results/profile).
+A link ``1MB/s+20ms`` is 1 MB/s with a 20 ms RTT; a bare rate keeps the
+profile's RTT. Per setting: CPCDRL, cpcdrl-paper and Edge(pruned) with every
+seed; random search with each CPCDRL seed's evaluation count; Greedy,
+Neurosurgeon, edge-only, cloud-only; and a reference search with 10x CPCDRL's
+mean evaluation budget (keep bisection at every cut, uniform and with a thin
+cut layer, then coordinate descent), to estimate the best reachable plan.
+
+Rules: a plan counts only if it meets A0 on the *test* images; every
+accuracy evaluation a method makes counts toward its budget. One model
+session (data, calibration, accuracy cache) serves all its settings: a plan's
+accuracy does not depend on the link or the device, so the persistent cache
+(``--cache``) scores each plan once for the whole grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cpcdrl_deploy.accuracy_cache import default_cache_dir
+from cpcdrl_deploy.env import Evaluation, PlanEvaluator, Timers
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.latency import build_latency_model
+from cpcdrl_deploy.optimize import OptimizeRequest, Session, _test_accuracy, prepare, what_if_link
+from cpcdrl_deploy.profiles import load_profile
+from cpcdrl_deploy.search import (
+    SearchConfig,
+    SearchResult,
+    _refine,
+    _Tracker,
+    partition_actions,
+    run_fixed,
+    run_greedy,
+    run_neurosurgeon,
+    run_random,
+    run_rl,
+)
+from cpcdrl_deploy.testbed import parse_bandwidth, parse_duration_ms
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PAIRS = {
+    "paper": ("paper", "paper"),
+    "pi": (str(REPO / "benchmarks/results/profile/pi.json"), str(REPO / "benchmarks/results/profile/local.json")),
+}
+RL = ("cpcdrl", "cpcdrl-paper", "edge-pruned")
+ABLATIONS = {  # name -> what is switched off alone
+    "no-mask": dict(mask_cuts=False),
+    "no-best-at-cut": dict(pay_best_at_cut=False),
+    "no-unpruned-prior": dict(unpruned_prior=False),
+    "no-uniform-start": dict(uniform_start=False),
+    "no-refine": dict(refine_fraction=0.0),
+}
+
+
+def parse_link(text: str) -> tuple[float, float | None]:
+    rate, _, rtt = text.partition("+")
+    return parse_bandwidth(rate), parse_duration_ms(rtt) if rtt else None
+
+
+def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int) -> SearchResult:
+    """The best plan we can find with ``budget`` evaluations, independently of the agents.
+
+    Every cut's smallest feasible keep, bisected for a uniform plan and for
+    one with the cut layer at r_min (4 steps each, cached across links), then
+    coordinate descent from the best with what is left.
+    """
+    t0 = time.perf_counter()
+    track = _Tracker("reference", a0)
+    n = ev.analysis.n_layers
+    for c in ev.analysis.cuttable_points():
+        for thin in (False, True) if c not in (0, n) else (False,):
+            lo, hi = cfg.r_min, 1.0
+            for _ in range(4 if c else 1):
+                mid = 0.5 * (lo + hi) if c else 1.0
+                ratios = [mid] * (c - 1) + [cfg.r_min if thin else mid] if c else []
+                e = ev.evaluate(c, ratios, incumbent_ms=track.incumbent_ms)
+                track.add(e)
+                hi, lo = (mid, lo) if e.accuracy >= a0 else (hi, mid)
+    left = max(0, budget - track.result.evaluations)
+    _refine(ev, a0, cfg, track, left, lambda e: 0.0)
+    track.result.wall_s = time.perf_counter() - t0
+    return track.result
+
+
+def _row(session: Session, res: SearchResult, loss: float) -> dict:
+    b: Evaluation | None = res.best
+    d: dict = {"method": res.method, "evaluations": res.evaluations, "wall_s": round(res.wall_s, 2)}
+    if b is None:
+        return {**d, "feasible_val": False, "feasible_test": False}
+    test = _test_accuracy(session, b)
+    return {
+        **d, "feasible_val": True, "cut": b.cut, "latency_ms": b.latency.total_ms, "edge_ms": b.latency.edge_ms,
+        "transfer_ms": b.latency.transfer_ms, "cloud_ms": b.latency.cloud_ms, "val_acc": b.accuracy, "test_acc": test,
+        "feasible_test": test >= session.base_test - loss, "keep_mean": float(np.mean(b.ratios)) if b.ratios else 1.0,
+        "keep_min": float(min(b.ratios)) if b.ratios else 1.0, "kept_macs": b.kept_macs_fraction,
+    }
+
+
+def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: list[int], log, ablation: bool = False) -> dict:
+    ev = replace(session.evaluator, latency_model=lm, timers=Timers(), _cache={})
+    a0 = session.base_val - loss
+    ev.a0 = a0
+    rows: list[dict] = []
+    cp_evals: dict[int, int] = {}
+    for seed in seeds:
+        c = replace(cfg, seed=seed)
+        r = run_rl(ev, a0, c)
+        cp_evals[seed] = r.evaluations
+        rows.append({**_row(session, r, loss), "seed": seed})
+        if ablation:
+            for name, off in ABLATIONS.items():
+                rows.append({**_row(session, run_rl(ev, a0, replace(c, **off), method=name), loss), "seed": seed})
+            continue
+        rows.append({**_row(session, run_rl(ev, a0, c.paper(), method="cpcdrl-paper"), loss), "seed": seed})
+        rows.append({**_row(session, run_rl(ev, a0, c, fixed_cut=ev.analysis.n_layers), loss), "seed": seed})
+        rows.append({**_row(session, run_random(ev, a0, c, cp_evals[seed]), loss), "seed": seed})
+    if not ablation:
+        rows.append(_row(session, run_greedy(ev, a0, cfg), loss))
+        rows.append(_row(session, run_neurosurgeon(ev, a0), loss))
+        for m in ("edge-only", "cloud-only"):
+            rows.append(_row(session, run_fixed(ev, a0, m), loss))
+        budget = 10 * int(round(statistics.mean(cp_evals.values())))
+        rows.append({**_row(session, reference_search(ev, a0, cfg, budget), loss), "budget": budget})
+    allowed = partition_actions(ev, cfg)
+    return {"loss": loss, "a0_test": session.base_test - loss, "a0_validation": a0, "rows": rows, "allowed_cuts": allowed,
+            "n_layers": ev.analysis.n_layers, "timers": ev.timers.to_dict()}
+
+
+def summarise(setting: dict) -> dict:
+    """Per method: mean and worst latency over seeds (a plan missing A0 on test counts as none), best cut overall."""
+    by: dict[str, list[dict]] = {}
+    for r in setting["rows"]:
+        by.setdefault(r["method"], []).append(r)
+    out: dict[str, dict] = {}
+    for m, rs in by.items():
+        lat = [r["latency_ms"] if r.get("feasible_test") else None for r in rs]
+        ok = [x for x in lat if x is not None]
+        out[m] = {"runs": len(rs), "ok": len(ok), "mean_ms": statistics.mean(ok) if ok else None,
+                  "worst_ms": max(ok) if len(ok) == len(rs) else None, "cuts": sorted({r.get("cut") for r in rs if r.get("feasible_test")}),
+                  "evaluations": statistics.mean(r["evaluations"] for r in rs)}
+    feas = [r for r in setting["rows"] if r.get("feasible_test")]
+    best = min(feas, key=lambda r: r["latency_ms"]) if feas else None
+    return {"methods": out, "best_ms": best["latency_ms"] if best else None, "best_cut": best["cut"] if best else None,
+            "best_method": best["method"] if best else None}
+
+
+def acceptance(settings: list[dict]) -> dict:
+    """The issue's acceptance figures over the grid."""
+    n = len(settings)
+    no_slower = beat_random = near_ref = miss_where_other_ok = 0
+    interior = interior_win = 0
+    for s in settings:
+        sm = s["summary"]["methods"]
+        cp = sm.get("cpcdrl", {})
+        worst = cp.get("worst_ms")
+        base = [v["mean_ms"] for m, v in sm.items() if m not in ("cpcdrl", "reference") and v["mean_ms"] is not None and m in BASELINES]
+        others_ok = any(v["ok"] for m, v in sm.items() if m not in ("cpcdrl", "reference"))
+        if worst is None:
+            miss_where_other_ok += int(others_ok)
+        if worst is not None and all(worst <= b + 1e-9 for b in base):
+            no_slower += 1
+        rnd = sm.get("random", {}).get("mean_ms")
+        if cp.get("mean_ms") is not None and (rnd is None or cp["mean_ms"] < rnd - 1e-9):
+            beat_random += 1
+        ref = min(x for x in (sm.get("reference", {}).get("mean_ms"), s["summary"]["best_ms"]) if x is not None) if s["summary"]["best_ms"] else None
+        if cp.get("mean_ms") is not None and ref is not None and cp["mean_ms"] <= 1.03 * ref:
+            near_ref += 1
+        bc = s["summary"]["best_cut"]
+        if bc is not None and 0 < bc < s["n_layers"]:
+            interior += 1
+            ns = [sm.get(m, {}).get("mean_ms") for m in ("neurosurgeon", "greedy")]
+            ns = [x for x in ns if x is not None]
+            if cp.get("mean_ms") is not None and ns and cp["mean_ms"] <= 0.9 * min(ns):
+                interior_win += 1
+    return {"settings": n, "cpcdrl_no_slower_than_every_baseline": no_slower, "cpcdrl_misses_where_another_meets": miss_where_other_ok,
+            "interior_best_cut": interior, "interior_cpcdrl_10pct_faster_than_ns_and_greedy": interior_win,
+            "cpcdrl_within_3pct_of_reference": near_ref, "cpcdrl_beats_random": beat_random}
+
+
+BASELINES = ("cpcdrl-paper", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
+
+
+def table(settings: list[dict], methods: list[str]) -> str:
+    head = "| model | pair | link | loss | best cut (method) | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (5 + len(methods))]
+    for s in settings:
+        sm = s["summary"]
+        cells = []
+        for m in methods:
+            v = sm["methods"].get(m)
+            if v is None:
+                cells.append("")
+            elif v["mean_ms"] is None:
+                cells.append(f"misses A0 ({v['ok']}/{v['runs']})")
+            else:
+                w = f" / {v['worst_ms']:.1f}" if v["runs"] > 1 and v["worst_ms"] is not None else (f" ({v['ok']}/{v['runs']} ok)" if v["ok"] < v["runs"] else "")
+                cells.append(f"{v['mean_ms']:.1f}{w} c{','.join(str(c) for c in v['cuts'])}")
+        bc = f"{sm['best_cut']} ({sm['best_method']})" if sm["best_cut"] is not None else "-"
+        lines.append(f"| {s['model']} | {s['pair']} | {s['link']} | {s['loss']:g} | {bc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mobilenet,vgg16")
+    ap.add_argument("--pairs", default="paper,pi")
+    ap.add_argument("--links", default="50KB/s,200KB/s,1MB/s,5MB/s,1MB/s+20ms")
+    ap.add_argument("--losses", default="0.5,1,2,3")
+    ap.add_argument("--episodes", type=int, default=60)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--val-size", type=int, default=2000)
+    ap.add_argument("--val-source", default="test", help="test: validation from half the test split (unseen images), the final test on the rest")
+    ap.add_argument("--calib", type=int, default=128)
+    ap.add_argument("--limit", type=int, default=None, help="test images (default: all that validation leaves)")
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--checkpoints", default=str(SHARED / "models"))
+    ap.add_argument("--cache", default=str(default_cache_dir()))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ablation", action="store_true", help="CPCDRL with each departure off alone, instead of the baselines")
+    ap.add_argument("--tiny", action="store_true", help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed")
+    ap.add_argument("--out", default="benchmarks/results/optimizer_grid")
+    args = ap.parse_args()
+    if args.tiny:
+        args.models, args.pairs, args.links, args.losses, args.episodes, args.seeds = "tinyvgg", "paper", "50KB/s,5MB/s", "2", 8, "0"
+        args.val_size, args.calib, args.limit, args.data = 250, 32, 250, "builtin"
+    torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    out = Path(args.out)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    losses = [float(x) for x in args.losses.split(",")]
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    settings: list[dict] = []
+    done = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() else []
+    key = lambda s: (s["model"], s["pair"], s["link"], s["loss"])
+    have = {key(s): s for s in done}
+    t0 = time.perf_counter()
+    for model in args.models.split(","):
+        ckpt = "builtin" if model == "tinyvgg" else str(Path(args.checkpoints) / f"{model}-cifar10.pth")
+        from cpcdrl_deploy.workflows import resolve_checkpoint
+
+        req = OptimizeRequest(
+            model=model, checkpoint=resolve_checkpoint(model, None if ckpt == "builtin" else ckpt, required=True), data=args.data,
+            max_accuracy_loss=max(losses), val_size=args.val_size, calib_size=args.calib, test_limit=args.limit,
+            search=SearchConfig(episodes=args.episodes), cache=Path(args.cache), device=args.device, val_source=args.val_source,
+        )
+        session = prepare(req, log)
+        for pair in args.pairs.split(","):
+            edge, cloud = (load_profile(p) for p in PAIRS[pair])
+            for link_text in args.links.split(","):
+                bw, rtt = parse_link(link_text)
+                lm = build_latency_model(edge, cloud, what_if_link(edge.link or cloud.link, bw, rtt))
+                for loss in losses:
+                    k = (model, pair, link_text, loss)
+                    if k in have:
+                        settings.append(have[k])
+                        continue
+                    s = {"model": model, "pair": pair, "link": link_text, **run_setting(session, lm, loss, req.search, seeds, log, args.ablation)}
+                    s["summary"] = summarise(s)
+                    settings.append(s)
+                    sm = s["summary"]
+                    log(f"{model} {pair} {link_text} loss {loss:g}: best cut {sm['best_cut']} ({sm['best_method']}); "
+                        + ", ".join(f"{m} {v['mean_ms']:.1f}" if v["mean_ms"] is not None else f"{m} -" for m, v in sm["methods"].items())
+                        + f" [{time.perf_counter() - t0:.0f} s]")
+                    atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
+                                                             "where": where, "settings": settings})
+    methods = list(dict.fromkeys(m for s in settings for m in s["summary"]["methods"]))
+    acc = acceptance(settings) if not args.ablation else {}
+    text = [f"# Optimizer grid ({where}; {time.perf_counter() - t0:.0f} s this run)", "",
+            "Latency in ms: mean over seeds / worst seed, then the cuts chosen; a plan that misses A0 on test counts as none.", "",
+            table(settings, methods), ""]
+    if acc:
+        text += ["## Acceptance figures", "", *(f"- {k}: {v}" for k, v in acc.items()), ""]
+    atomic_write_bytes(out / "table.md", ("\n".join(text) + "\n").encode())
+    atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
+                                             "where": where, "settings": settings, "acceptance": acc})
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
