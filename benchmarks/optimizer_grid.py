@@ -239,9 +239,11 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed")
     ap.add_argument("--out", default="benchmarks/results/optimizer_grid")
     args = ap.parse_args()
-    if args.tiny:
-        args.models, args.pairs, args.links, args.losses, args.episodes, args.seeds = "tinyvgg", "paper", "50KB/s,5MB/s", "2", 8, "0"
-        args.val_size, args.calib, args.limit, args.data = 250, 32, 250, "builtin"
+    if args.tiny:  # CI's size, where the command line left the defaults
+        tiny = dict(models="tinyvgg", pairs="paper", links="50KB/s,5MB/s", losses="2", episodes=8, seeds="0", val_size=250, calib=32, data="builtin")
+        for k, v in tiny.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     out = Path(args.out)

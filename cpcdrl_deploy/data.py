@@ -106,8 +106,28 @@ def _image_folder(split_dir: Path) -> ImageSet:
     return ImageSet(labels=np.asarray(labels, dtype=np.int64), files=files)
 
 
+_PICKLE_GLOBALS = {  # all a CIFAR-10 batch pickles: numpy arrays inside a dict of lists
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+def _restricted_load(f) -> object:
+    """``pickle.load`` that builds only numpy arrays and plain containers: a file given by --data cannot run code."""
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+            if (module, name) in _PICKLE_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays belong in a CIFAR-10 batch)")
+
+    return Restricted(f, encoding="latin1").load()
+
+
 def _python_format(root: Path) -> Cifar10:
-    """torchvision's ``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 rows and labels."""
+    """torchvision's ``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 rows and labels (read with a restricted unpickler)."""
     import pickle
 
     base = root / "cifar-10-batches-py"
@@ -117,10 +137,10 @@ def _python_format(root: Path) -> Cifar10:
         for n in names:
             try:
                 with open(base / n, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
+                    entry = _restricted_load(f)
                 xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
                 ys += list(entry["labels"])
-            except (OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+            except (OSError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as exc:
                 raise CpcdrlError(f"cannot read {base / n}: {exc}") from None
         return ImageSet(np.asarray(ys, dtype=np.int64), pixels=np.ascontiguousarray(np.concatenate(xs)))
 

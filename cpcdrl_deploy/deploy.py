@@ -319,20 +319,20 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         remote_dir = dev.mkdtemp()
         dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
         dev.put(inputs, f"{remote_dir}/inputs.npy")
-        args = [f"--inputs {remote_dir}/inputs.npy", f"--out {remote_dir}/report.json", f"--timeout {req.timeout_s:g}"]
+        args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--out {shlex.quote(remote_dir + '/report.json')}", f"--timeout {req.timeout_s:g}"]
         if "head" in files:
             dev.put(export_dir / files["head"]["file"], f"{remote_dir}/head.onnx")
-            args.append(f"--head {remote_dir}/head.onnx")
+            args.append(f"--head {shlex.quote(remote_dir + '/head.onnx')}")
         if req.fallback:
             dev.put(export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
-            args += ["--fallback local", f"--full {remote_dir}/full.onnx"]
+            args += ["--fallback local", f"--full {shlex.quote(remote_dir + '/full.onnx')}"]
         budget = 120.0 + len(idx) * (req.timeout_s + 5.0)
         if (ref := refs["edge"]) is not None:
             dev.put(PROFILER, f"{remote_dir}/ort_profiler.py")
             dev.put(probe_path, f"{remote_dir}/{probe_path.name}")
             every = max(1, math.ceil(len(idx) / 8))  # ~10 blocks, before, between and after the requests
             args += [
-                f"--probe {remote_dir}/{probe_path.name}", f"--probe-shape {','.join(map(str, probe_shape))}", f"--probe-every {every}",
+                f"--probe {shlex.quote(remote_dir + '/' + probe_path.name)}", f"--probe-shape {','.join(map(str, probe_shape))}", f"--probe-every {every}",
                 f"--probe-repeats {ref['repeats']}", f"--probe-min-ms {ref['min_ms']:g}", f"--threads {ref['threads']}",
             ]
             budget += 10 * (ref["min_ms"] / 1000.0 + 10 * ref["repeats"] * ref["ms"] / 1000.0)
@@ -345,12 +345,12 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
             args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
         log(f"running {len(idx)} requests from {dev.name}" + (" with the speed probe between them" if refs["edge"] else ""))
         # the token travels on stdin, not the command line (visible in ps on the device)
-        cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {remote_dir}/edge_runner.py " + " ".join(args)
+        cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/edge_runner.py')} " + " ".join(args)
         rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
         if rc not in (0, 1):
             why = (stderr or stdout).strip().splitlines()
             raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
-        rc2, report_text, err2 = dev.run(f"cat {remote_dir}/report.json", timeout=60)
+        rc2, report_text, err2 = dev.run(f"cat {shlex.quote(remote_dir + '/report.json')}", timeout=60)
         if rc2 != 0:
             raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
         runner = json.loads(report_text)

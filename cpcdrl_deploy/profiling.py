@@ -17,6 +17,7 @@ import gzip
 import io
 import json
 import platform
+import shlex
 import statistics
 import time
 import warnings
@@ -291,7 +292,7 @@ def profile_host(
     remote = dev.mkdtemp()
     try:
         dev.put(PROFILER, f"{remote}/ort_profiler.py")
-        rc, facts_out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py facts", timeout=120)
+        rc, facts_out, err = dev.run(f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} facts", timeout=120)
         if rc != 0:
             raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
         facts = json.loads(facts_out.strip().splitlines()[-1])
@@ -322,7 +323,8 @@ def profile_host(
                     job_file.write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in chunk]))
                     dev.put(job_file, f"{remote}/job.json")
                     opts = f"--threads {threads} --warmup {warmup} --repeats {repeats} --rounds {rounds} --min-time-ms {round(window_ms * rounds)}"
-                    rc, res_out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json {opts}", timeout=1800)
+                    cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} time {shlex.quote(remote + '/job.json')} {opts}"
+                    rc, res_out, err = dev.run(cmd, timeout=1800)
                     if rc != 0:
                         raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
                     for line in res_out.strip().splitlines():

@@ -9,7 +9,12 @@ which records it in ``~/.cpcdrl/known_hosts``. No password is ever stored.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -57,12 +62,20 @@ class LocalDevice:
         self.python = python or sys.executable
 
     def run(self, command: str, timeout: float = 600.0, stdin: bytes | None = None) -> tuple[int, str, str]:
+        # off any duty-cycled testbed's CPU: this machine plays the cloud (or an unthrottled device);
+        # in its own session, so that a time-out kills everything the command started, not only the shell
+        p = subprocess.Popen(
+            command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=host_cpus_preexec(), start_new_session=True,
+        )
         try:
-            # off any duty-cycled testbed's CPU: this machine plays the cloud (or an unthrottled device)
-            res = subprocess.run(command, shell=True, capture_output=True, timeout=timeout, input=stdin, preexec_fn=host_cpus_preexec())
+            out, err = p.communicate(input=stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
             raise CpcdrlError(f"local command timed out after {timeout:g} s") from None
-        return res.returncode, res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+        return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     def put(self, local: Path, remote: str) -> None:
         import shutil
@@ -219,7 +232,7 @@ class SSHDevice:
         try:
             chan = transport.open_session(timeout=30)
             chan.settimeout(timeout)
-            chan.exec_command(command)
+            chan.exec_command(remote_command(command, timeout))
             if stdin is not None:
                 chan.sendall(stdin)
                 chan.shutdown_write()
@@ -324,7 +337,7 @@ class SSHDevice:
         rc, out, err = self.run("mktemp -d /tmp/cpcdrl-XXXXXX", timeout=30)
         if rc != 0:
             raise CpcdrlError(f"cannot make a temporary directory on {self.name}: {err.strip()}")
-        return out.strip()
+        return checked_tempdir(out, self.name)
 
     def remove(self, path: str) -> None:
         if path.startswith("/tmp/cpcdrl-"):
@@ -339,6 +352,22 @@ class SSHDevice:
                 self._sftp.close()
         finally:
             self.client.close()
+
+
+TEMPDIR_RE = re.compile(r"/tmp/cpcdrl-[A-Za-z0-9]{6,}")
+
+
+def checked_tempdir(out: str, name: str) -> str:
+    """The directory ``mktemp`` printed, found among any other lines (a login banner); refused if it is not one."""
+    dirs = [line.strip() for line in out.splitlines() if TEMPDIR_RE.fullmatch(line.strip())]
+    if len(dirs) != 1:
+        raise CpcdrlError(f"{name}: mktemp answered {out.strip()[:200]!r}, not one /tmp/cpcdrl-XXXXXX directory")
+    return dirs[0]
+
+
+def remote_command(command: str, timeout: float) -> str:
+    """``command`` under coreutils ``timeout`` on the device: when our deadline passes, its whole process group is killed there too."""
+    return f"timeout -k 5 {int(math.ceil(timeout)) + 1} sh -c {shlex.quote(command)}"
 
 
 def connect(host: str, python: str | None = None, trust_host_key: bool = False, timeout: float = 10.0) -> Device:

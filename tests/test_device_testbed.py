@@ -184,6 +184,24 @@ def test_trust_records_new_key_and_prints_its_fingerprint(bed, tmp_path, monkeyp
     assert key.asbytes() == paramiko.Ed25519Key.from_private_key_file(str(Path(bed.dir) / "host_key")).asbytes()
 
 
+def test_timed_out_command_is_killed_on_the_device(bed) -> None:
+    import time
+    import uuid
+
+    from cpcdrl_deploy.remote import connect
+
+    n = uuid.uuid4().int % 10**8
+    dev = connect(NAME)
+    try:
+        with pytest.raises(CpcdrlError, match="timed out"):
+            dev.run(f"sh -c 'sleep 31.{n}' & wait", timeout=2.0)
+        time.sleep(6)  # timeout -k 5: TERM at the deadline, KILL 5 s later at worst
+        rc, out, _ = dev.run(f"pgrep -f 'slee[p] 31.{n}' || true", timeout=20)
+        assert out.strip() == "", f"left running on the device: {out}"
+    finally:
+        dev.close()
+
+
 def test_refused_authentication(bed, tmp_path) -> None:
     from cpcdrl_deploy.remote import HostSpec, SSHDevice
 

@@ -1,0 +1,33 @@
+"""The optimizer grid benchmark at CI size: every method, the reference search, the acceptance figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
+    out = tmp_path / "grid"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--tiny", "--out", str(out), "--cache", str(tmp_path / "c")],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = json.loads((out / "results.json").read_text())
+    assert len(d["settings"]) == 2
+    for s in d["settings"]:
+        methods = {r["method"] for r in s["rows"]}
+        assert methods == {"cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy", "neurosurgeon", "edge-only", "cloud-only", "reference"}
+        ref = next(r for r in s["rows"] if r["method"] == "reference")
+        cp = next(r for r in s["rows"] if r["method"] == "cpcdrl")
+        assert ref["budget"] == 10 * cp["evaluations"]
+        for r in s["rows"]:
+            if r["feasible_test"]:
+                assert r["test_acc"] >= s["a0_test"] and r["val_acc"] >= s["a0_validation"]
+    # the fast link sends everything to the cloud, the slow one keeps everything on the edge
+    best = {s["link"]: s["summary"]["best_cut"] for s in d["settings"]}
+    assert best == {"5MB/s": 0, "50KB/s": 7}
+    assert set(d["acceptance"]) >= {"cpcdrl_no_slower_than_every_baseline", "cpcdrl_within_3pct_of_reference", "interior_best_cut"}
+    assert "| tinyvgg | paper | 50KB/s |" in (out / "table.md").read_text()
