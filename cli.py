@@ -228,11 +228,21 @@ def optimize_cmd(
     if fmt is Format.json:
         _print_json({k: v for k, v in result.items() if k not in ("history",)})
         return
-    typer.echo(f"{model}: A0 = {result['a0_test']:.2f}% test ({result['a0_validation']:.2f}% validation), unpruned {result['unpruned']['test']:.2f}% test")
+    n_layers = next((p["n_layers"] for p in result["plans"] if p.get("n_layers")), None)
+    typer.echo(f"{model}: the plan must keep test accuracy >= {result['a0_test']:.2f}% (unpruned {result['unpruned']['test']:.2f}%, "
+               f"at most {result['max_accuracy_loss']:g} points lost)")
+    src = result["latency_model"]
+    typer.echo(f"latencies from {src}" + (" -- a model, not a measurement (cpcdrl profile measures your hosts)" if src.startswith("the analytic") else ""))
+    typer.echo(f"cut = layers run on the edge: 0 = all on the server, {n_layers} = all on the edge; the edge sends the cut tensor to the server")
     typer.echo(methods_table(result["plans"]))
+    missed = [p["method"] for p in result["plans"] if p.get("accuracy", {}).get("meets_a0_on_test") is False]
+    if missed:
+        typer.echo(f"{', '.join(missed)}: met the target on the search's validation images but not on the test images; "
+                   "use a smaller --max-accuracy-loss, more --val-size images or --val-source test")
     t = result["timers"]
-    typer.echo(f"wall {result['wall_s']:.1f} s: refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
-               f"{t['evaluations']} plans scored, {t['cache_hits']} cache hits, {t['early_stops']} stopped early, {t['screened']} screened")
+    typer.echo(f"{result['since_start_s']:.1f} s in all (loading {result['since_start_s'] - result['wall_s']:.1f} s); "
+               f"pruning+refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
+               f"{t['evaluations']} plans scored, {t['store_hits']} read from the accuracy cache")
 
 
 cache_app = typer.Typer(help="The persistent accuracy cache that optimize shares across links, devices and methods.", no_args_is_help=True)

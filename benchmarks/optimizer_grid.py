@@ -51,6 +51,7 @@ from cpcdrl_deploy.search import (
     run_neurosurgeon,
     run_random,
     run_rl,
+    selection_margin,
 )
 from cpcdrl_deploy.testbed import parse_bandwidth, parse_duration_ms
 
@@ -67,6 +68,7 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-unpruned-prior": dict(unpruned_prior=False),
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
+    "no-margin": dict(margin_se=0.0),
 }
 
 
@@ -83,6 +85,7 @@ def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: in
     coordinate descent from the best with what is left.
     """
     t0 = time.perf_counter()
+    a0 = a0 + selection_margin(a0, len(ev.val_y), cfg.margin_se)  # the same selection rule as CPCDRL
     track = _Tracker("reference", a0)
     n = ev.analysis.n_layers
     for c in ev.analysis.cuttable_points():

@@ -111,8 +111,8 @@ class AnalyticLatencyModel:
 
     def describe(self) -> str:
         return (
-            f"analytic: F_e={self.edge_macs_per_s / 1e6:g} MMAC/s, F_c={self.cloud_macs_per_s / 1e6:g} MMAC/s, "
-            f"B={self.uplink_bytes_per_s / 1e3:g} KB/s up"
+            f"the analytic MAC model (Eq. 5-7): edge {self.edge_macs_per_s / 1e6:g} MMAC/s, cloud {self.cloud_macs_per_s / 1e6:g} MMAC/s, "
+            f"link {self.uplink_bytes_per_s / 1e3:g} KB/s up, RTT {self.rtt_ms:g} ms"
         )
 
 

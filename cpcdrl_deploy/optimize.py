@@ -262,6 +262,7 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
         "a0_validation": a0_val,
         "max_accuracy_loss": loss,
         "unpruned": {"validation": base_val, "test": base_test},
+        "latency_model": session.latency_desc,
         "plans": plans,
         "rewards": {r.method: r.rewards for r in results if r.rewards},
         "history": {r.method: r.history for r in results},

@@ -37,6 +37,9 @@ class SearchConfig:
     uniform_start: bool = True  # bisect a uniform keep at the most promising cuts first; A_c and A_p learn from it
     uniform_start_cuts: int = 3
     uniform_start_steps: int = 3
+    # the plan must beat A0 on validation by this many standard errors of the validation accuracy: the search
+    # picks the fastest of many noisy estimates, and the one at A0's edge is as likely as not below it on test
+    margin_se: float = 0.5
     refine_fraction: float = 0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -50,7 +53,7 @@ class SearchConfig:
     def paper(self) -> SearchConfig:
         """The paper's Alg. 1-2 and Eq. 10 as written: every departure off, the literal reward."""
         return replace(
-            self, mask_cuts=False, pay_best_at_cut=False, unpruned_prior=False, uniform_start=False, refine_fraction=0.0,
+            self, mask_cuts=False, pay_best_at_cut=False, unpruned_prior=False, uniform_start=False, refine_fraction=0.0, margin_se=0.0,
             reward=RewardConfig(eta=self.reward.eta, mu=self.reward.mu, clip_surplus=False, no_speed_credit_when_infeasible=False, infeasible_slope=0.0),
         )
 
@@ -155,8 +158,9 @@ def run_rl(
     allowed = partition_actions(evaluator, cfg)
     method = method or ("cpcdrl" if fixed_cut is None else "edge-pruned")
     if fixed_cut is not None:
-        cfg = replace(cfg, uniform_start=False, refine_fraction=0.0)
+        cfg = replace(cfg, uniform_start=False, refine_fraction=0.0, margin_se=0.0)
     n_start, n_rl, n_refine = cfg.budget_split()
+    a0 = a0 + selection_margin(a0, len(evaluator.val_y), cfg.margin_se)
     track = _Tracker(method, a0)
     states = CompressionStates(a)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
@@ -357,6 +361,12 @@ def _refine(
         track.result.rewards.append(reward_of(ev))
         if track.result.best is not ev:
             steps[key] = 0.0 if key[1] < 0 else step / 2
+
+
+def selection_margin(a0: float, n_images: int, z: float) -> float:
+    """``z`` binomial standard errors of an accuracy near ``a0`` (percent) measured on ``n_images``, in points."""
+    p = min(max(a0 / 100.0, 0.0), 1.0)
+    return 100.0 * z * float(np.sqrt(p * (1.0 - p) / max(1, n_images))) if z > 0 else 0.0
 
 
 def _with_seed(c, seed: int):
