@@ -160,7 +160,10 @@ def train_cmd(
 ) -> None:
     """Train a zoo model on CIFAR-10 and write a checkpoint with its test accuracy."""
     from cpcdrl_deploy.data import load_cifar10
+    from cpcdrl_deploy.fileio import check_writable
     from cpcdrl_deploy.train import TrainConfig, train
+
+    check_writable(out, "--out")
     res = train(model, load_cifar10(data), out, TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit), log=_err)
     if fmt is Format.json:
         _print_json(res)
@@ -201,12 +204,15 @@ def optimize_cmd(
 ) -> None:
     """Choose the partition point and the edge layers' keep ratios (CPCDRL) or run a baseline."""
     from cpcdrl_deploy.accuracy_cache import default_cache_dir
+    from cpcdrl_deploy.fileio import check_writable
     from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
     from cpcdrl_deploy.pruning import PruneConfig
     from cpcdrl_deploy.report import methods_table, write_report
     from cpcdrl_deploy.search import METHODS, SearchConfig
     from cpcdrl_deploy.workflows import resolve_checkpoint
 
+    check_writable(out, "--out")
+    check_writable(report, "--report", directory=True)
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
     from cpcdrl_deploy.testbed import parse_bandwidth, parse_duration_ms
 
@@ -338,8 +344,11 @@ def profile_cmd(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
+    from cpcdrl_deploy.fileio import check_writable
     from cpcdrl_deploy.profiling import profile_host
     from cpcdrl_deploy.remote import connect
+
+    check_writable(out, "--out")
 
     try:
         fractions = tuple(sorted(float(g) for g in grid.split(",")))
@@ -423,7 +432,10 @@ def export_cmd(
 ) -> None:
     """Export a plan as ONNX head (pruned, edge) and tail (cloud), checked in ONNX Runtime."""
     from cpcdrl_deploy.export import export_plan
+    from cpcdrl_deploy.fileio import check_writable
 
+    check_writable(out, "--out", directory=True)
+    check_writable(triton, "--triton", directory=True)
     m = export_plan(plan, out, data, checkpoint, quantize, transfer.value, triton, log=_err)
     if fmt is Format.json:
         _print_json(m)
@@ -487,7 +499,9 @@ def deploy_cmd(
 ) -> None:
     """Run a plan for real: head on the edge, tail on this machine; measured vs estimated latency."""
     from cpcdrl_deploy.deploy import DeployRequest, deploy, summary_lines
+    from cpcdrl_deploy.fileio import check_writable
 
+    check_writable(out, "--out", directory=True)
     rep = deploy(
         DeployRequest(
             plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed, probe,
@@ -501,6 +515,21 @@ def deploy_cmd(
         _err(f"wrote {out / 'deploy-report.json'}" + (f" and {out / 'deploy.png'}" if (out / "deploy.png").exists() else ""))
     if rep["aborted"]:
         raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cpcdrl_deploy import __version__
+
+        typer.echo(f"cpcdrl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Split a DNN between an edge device and a cloud server, prune the edge half (CPCDRL)."""
 
 
 def main() -> None:

@@ -46,3 +46,34 @@ def read_document(path: str | Path, kind: str, version: int, what: str) -> dict:
     if not isinstance(d, dict) or d.get("kind") != kind or d.get("schema_version") != version:
         raise CpcdrlError(f"{p} is not a {kind} file (schema_version {version})")
     return d
+
+
+def check_writable(path: str | Path | None, what: str, directory: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a missing or read-only parent, a path of the wrong kind.
+
+    Checked by creating and removing a probe file, which is what the final
+    atomic write will need; nothing is left behind.
+    """
+    if path is None:
+        return
+    p = Path(path)
+    if directory:
+        if p.exists() and not p.is_dir():
+            raise CpcdrlError(f"{what} {p} exists and is not a directory")
+        target = p if p.is_dir() else p.parent
+    else:
+        if p.is_dir():
+            raise CpcdrlError(f"{what} {p} is a directory; give a file name")
+        target = p.parent
+    # the nearest existing ancestor must be a writable directory (a file or nothing there means mkdir will fail)
+    probe_dir = target
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise CpcdrlError(f"cannot write {what} {p}: {probe_dir} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cpcdrl-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CpcdrlError(f"cannot write {what} {p}: {exc.strerror or exc}") from None

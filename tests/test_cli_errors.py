@@ -1,0 +1,51 @@
+"""Bad output paths are refused before any work: one line, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def blocker(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("not a directory")
+    return f
+
+
+def _cases(blocker, tmp_path) -> list[list[str]]:
+    plan = tmp_path / "plan.json"  # never read: the output check comes first
+    return [
+        ["optimize", "--out", str(blocker / "plan.json")],
+        ["optimize", "--report", str(blocker / "report")],
+        ["optimize", "--report", str(blocker)],
+        ["optimize", "--out", str(tmp_path)],  # a directory where a file is wanted
+        ["train", "tinyvgg", "--out", str(blocker / "x.pth")],
+        ["export", str(plan), "--out", str(blocker)],
+        ["export", str(plan), "--out", str(tmp_path / "ok"), "--triton", str(blocker / "repo")],
+        ["deploy", str(plan), "--out", str(blocker / "d")],
+        ["profile", "--host", "local", "--out", str(blocker / "p.json")],
+    ]
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_bad_output_path_is_refused_first(i, blocker, tmp_path) -> None:
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = _cases(blocker, tmp_path)[i]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, (args, res.output)
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output
+    assert "--out" in lines[0] or "--report" in lines[0] or "--triton" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written, no probe file left
+
+
+def test_version() -> None:
+    from cpcdrl_deploy import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"cpcdrl {__version__}"
