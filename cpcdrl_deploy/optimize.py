@@ -367,9 +367,61 @@ def write_plan(path: str | Path, plan: dict) -> Path:
 
 
 def load_plan(path: str | Path) -> dict:
+    """A plan file, validated: every field export and deploy use has the right type and range, or one error line."""
     d = read_document(path, "cpcdrl-plan", PLAN_SCHEMA_VERSION, "plan")
     p = Path(path)
     if not d.get("feasible"):
         raise CpcdrlError(f"{p}: method {d.get('method')} found no plan meeting the accuracy constraint")
+    validate_plan(d, str(p))
     return d
+
+
+def validate_plan(d: dict, where: str = "plan") -> None:
+    """Check a (possibly hand-edited) feasible plan's fields; raise CpcdrlError naming the first bad one."""
+
+    def bad(field: str, why: str) -> CpcdrlError:
+        return CpcdrlError(f"{where}: field {field!r} {why}")
+
+    def need(field: str, kind: type | tuple[type, ...], container: dict = d, name: str | None = None):
+        if field not in container:
+            raise bad(name or field, "is missing")
+        v = container[field]
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise bad(name or field, f"must be {kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}, not {type(v).__name__}")
+        return v
+
+    model = need("model", str)
+    try:
+        get_entry(model)
+    except CpcdrlError:
+        raise bad("model", f"names no zoo model ({model!r})") from None
+    need("checkpoint", str)
+    sha = d.get("checkpoint_sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise bad("checkpoint_sha256", "must be 64 lowercase hex digits")
+    n = need("n_layers", int)
+    cut = need("cut", int)
+    if not 0 <= cut <= n:
+        raise bad("cut", f"must be in 0..{n}, not {cut}")
+    ratios = need("ratios", list)
+    if len(ratios) != cut or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 < r <= 1.0 for r in ratios):
+        raise bad("ratios", f"must be {cut} keep ratios in (0, 1]")
+    channels = need("channels", list)
+    if len(channels) != n or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
+        raise bad("channels", f"must be {n} positive integers")
+    data = need("data", dict)
+    need("source", str, data, "data.source")
+    for k in ("val_size", "calib_size"):
+        if k in data and (not isinstance(data[k], int) or isinstance(data[k], bool) or data[k] < 1):
+            raise bad(f"data.{k}", "must be a positive integer")
+    if "seed" in d and (not isinstance(d["seed"], int) or isinstance(d["seed"], bool)):
+        raise bad("seed", "must be an integer")
+    prune_cfg = d.get("prune", {})
+    if not isinstance(prune_cfg, dict):
+        raise bad("prune", "must be an object")
+    if "round_to" in prune_cfg and (not isinstance(prune_cfg["round_to"], int) or prune_cfg["round_to"] < 1):
+        raise bad("prune.round_to", "must be a positive integer")
+    lat = d.get("latency_ms", {})
+    if not isinstance(lat, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in lat.values()):
+        raise bad("latency_ms", "must map parts to non-negative milliseconds")
 

@@ -49,3 +49,47 @@ def test_version() -> None:
 
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.stdout.strip() == f"cpcdrl {__version__}"
+
+
+_EDITS = [
+    ("cut", 99, "'cut' must be in 0..7"),
+    ("cut", "3", "'cut' must be int"),
+    ("ratios", [0.5, 0.5], "'ratios' must be 3 keep ratios"),
+    ("ratios", [0.5, 1.5, 0.5], "'ratios' must be 3 keep ratios"),
+    ("channels", [16, 16], "'channels' must be 7 positive integers"),
+    ("model", "resnet9000", "'model' names no zoo model"),
+    ("checkpoint_sha256", "xyz", "'checkpoint_sha256' must be 64"),
+    ("data", "builtin", "'data' must be dict"),
+    ("seed", 1.5, "'seed' must be an integer"),
+    ("latency_ms", {"total_ms": -1}, "'latency_ms' must map"),
+]
+
+
+@pytest.mark.parametrize("field,value,msg", _EDITS)
+def test_hand_edited_plan_is_refused_in_one_line(field, value, msg, tmp_path) -> None:
+    import json
+
+    from .conftest import make_plan
+
+    path = make_plan(tmp_path / "plan.json", 3, 0.5)
+    d = json.loads(path.read_text())
+    d[field] = value
+    path.write_text(json.dumps(d))
+    for args in (["export", str(path), "--out", str(tmp_path / "exp")], ["deploy", str(path), "--out", str(tmp_path / "dep")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert msg in res.stderr and "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "dep").exists()
+
+
+def test_plan_missing_a_field_is_refused(tmp_path) -> None:
+    import json
+
+    from .conftest import make_plan
+
+    path = make_plan(tmp_path / "plan.json", 3, 0.5)
+    d = json.loads(path.read_text())
+    del d["channels"]
+    path.write_text(json.dumps(d))
+    res = runner.invoke(app, ["export", str(path), "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 2 and "'channels' is missing" in res.stderr
