@@ -73,6 +73,29 @@ def load_served_model(path: str | Path, name: str, threads: int = 1) -> ServedMo
     return ServedModel(name, sess, specs["inputs"], specs["outputs"])
 
 
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes, what: str) -> object:
+    """Standard JSON only: NaN/Infinity, nesting deep enough to exhaust the stack and integers past
+    Python's digit limit are 400s, not a dropped connection."""
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise RequestError(400, f"{what} is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError, and so is the int digit limit
+        raise RequestError(400, f"{what} is not JSON ({str(exc)[:120]})") from None
+
+
+def dumps(obj: object) -> bytes:
+    """JSON out: never NaN or Infinity (not JSON); a non-finite value is the request's fault (non-finite inputs)."""
+    try:
+        return json.dumps(obj, allow_nan=False).encode()
+    except ValueError:
+        raise RequestError(400, "the result is not finite (NaN or Infinity): check the inputs") from None
+
+
 def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict, list[str], bool]:
     """Validate an infer request; returns (feeds, request json, requested outputs, binary replies?)."""
     if header_len is not None:
@@ -81,10 +104,7 @@ def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tup
         head, binary = body[:header_len], body[header_len:]
     else:
         head, binary = body, b""
-    try:
-        req = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RequestError(400, "request header is not JSON") from None
+    req = parse_json(head, "request header")
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
         raise RequestError(400, "request needs an 'inputs' list")
     expected = {t["name"]: t for t in model.inputs}
@@ -140,11 +160,16 @@ def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tup
         raise RequestError(400, f"missing inputs {missing}")
     out_names = [o["name"] for o in model.outputs]
     wanted = req.get("outputs")
-    binary_default = bool((req.get("parameters") or {}).get("binary_data_output", False)) if isinstance(req.get("parameters"), dict) else False
+    rparams = req.get("parameters")
+    if rparams is not None and not isinstance(rparams, dict):
+        raise RequestError(400, "parameters must be an object")
+    binary_default = bool((rparams or {}).get("binary_data_output", False))
     binary_out = binary_default
     if wanted is not None:
         if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in out_names for o in wanted):
             raise RequestError(400, f"outputs must name some of {out_names}")
+        if not all(o.get("parameters") is None or isinstance(o.get("parameters"), dict) for o in wanted):
+            raise RequestError(400, "outputs[].parameters must be an object")
         out_names = [o["name"] for o in wanted]
         binary_out = any(bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in wanted)
     return feeds, req, out_names, binary_out
@@ -166,14 +191,35 @@ def encode_infer(model: ServedModel, req: dict, names: list[str], results: dict[
     resp = {"model_name": model.name, "model_version": model.version, "outputs": outputs, "parameters": {"cpcdrl_compute_ms": compute_ms}}
     if "id" in req:
         resp["id"] = req["id"]
-    head = json.dumps(resp).encode()
+    head = dumps(resp)
     return (head + b"".join(blobs), len(head)) if binary else (head, None)
 
 
-def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats, max_body: int = MAX_BODY):
+IDLE_TIMEOUT_S = 15.0  # a connection silent this long (idle keep-alive, or a body that stopped arriving) is closed
+
+
+def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats, max_body: int = MAX_BODY, timeout_s: float = IDLE_TIMEOUT_S):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection per client, as tritonclient expects
         server_version = f"cpcdrl/{__version__}"
+        timeout = timeout_s  # every read and write on the connection: a slow or silent client cannot hold a thread forever
+
+        def __getattr__(self, name: str):
+            # any other method (PUT, HEAD, OPTIONS, FOO, ...): a JSON 405 naming what is allowed, not http.server's 501 page
+            if name.startswith("do_"):
+                return self._not_allowed
+            raise AttributeError(name)
+
+        def _not_allowed(self) -> None:
+            # a body we will not read must not be taken for the next request: close after answering
+            self._error(405, f"method {self.command} not allowed", close=True, allow="GET, POST", body=self.command != "HEAD")
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # http.server's own refusals (bad request line, header too long, ...): JSON too
+            try:
+                self._error(code, message or "bad request", close=True)
+            except OSError:
+                self.close_connection = True
 
         def log_message(self, fmt: str, *args) -> None:  # quiet: the counters tell the story
             pass
@@ -184,25 +230,31 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
             # algorithm holds the body until the client's delayed ACK (~40 ms)
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def _send(self, status: int, body: bytes, header_len: int | None = None, close: bool = False) -> None:
+        def _send(self, status: int, body: bytes, header_len: int | None = None, close: bool = False, allow: str | None = None, send_body: bool = True) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream" if header_len is not None else "application/json")
             self.send_header("Content-Length", str(len(body)))
+            if allow:
+                self.send_header("Allow", allow)
             if header_len is not None:
                 self.send_header("Inference-Header-Content-Length", str(header_len))
             if close:
                 self.send_header("Connection", "close")
                 self.close_connection = True
             self.end_headers()
-            self.wfile.write(body)
+            if send_body:
+                self.wfile.write(body)
 
         def _json(self, status: int, obj: object, close: bool = False) -> None:
-            self._send(status, json.dumps(obj).encode(), close=close)
+            self._send(status, dumps(obj), close=close)
 
-        def _error(self, status: int, msg: str, close: bool = False) -> None:
+        def _error(self, status: int, msg: str, close: bool = False, allow: str | None = None, body: bool = True) -> None:
             with stats.lock:
                 stats.errors += 1
-            self._json(status, {"error": msg}, close)
+            self._send(status, json.dumps({"error": msg}).encode(), close=close, allow=allow, send_body=body)
+
+        def _has_body(self) -> bool:
+            return self.headers.get("Transfer-Encoding") is not None or self.headers.get("Content-Length", "0").strip() not in ("0", "")
 
         def _authorised(self) -> bool:
             if token is None or self.path.startswith("/v2/health/"):
@@ -222,6 +274,9 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
             return model, m["rest"]
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            # a GET never has a body we read: close after answering, so it is not parsed as a pipelined request
+            if self._has_body():
+                self.close_connection = True
             try:
                 if not self._authorised():
                     raise RequestError(401, "missing or wrong bearer token")
@@ -239,7 +294,7 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
                     return self._json(200, meta)
                 raise RequestError(405, f"{self.path} takes POST")
             except RequestError as exc:
-                self._error(exc.status, str(exc))
+                self._error(exc.status, str(exc), close=self.close_connection, allow="POST" if exc.status == 405 else None)
 
         def do_POST(self) -> None:  # noqa: N802
             length_h = self.headers.get("Content-Length")
@@ -252,8 +307,8 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
                 return self._error(411, "Content-Length required (chunked bodies are not accepted)", close=True)
             if length < 0 or length > max_body:
                 return self._error(413 if length > max_body else 400, f"body of {length_h} bytes refused (limit {max_body})", close=True)
-            body = self.rfile.read(length)
             try:
+                # route and token before the body: an unauthenticated client never makes us buffer its upload
                 if not self._authorised():
                     raise RequestError(401, "missing or wrong bearer token")
                 if self.headers.get("Content-Encoding", "identity") not in ("identity", ""):
@@ -261,6 +316,16 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
                 model, rest = self._model()
                 if rest != "/infer":
                     raise RequestError(405, f"{self.path} takes GET")
+            except RequestError as exc:
+                return self._error(exc.status, str(exc), close=True, allow="GET" if exc.status == 405 else None)  # its body stays unread: close
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                return self._error(408, f"body not received within {timeout_s:g} s", close=True)
+            if len(body) < length:
+                self.close_connection = True
+                return
+            try:
                 hl = self.headers.get("Inference-Header-Content-Length")
                 try:
                     header_len = int(hl) if hl is not None else None
@@ -279,11 +344,60 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
                 self._send(200, payload, header_len_out)
             except RequestError as exc:
                 self._error(exc.status, str(exc))
+            except Exception as exc:  # a bug, not the client's fault: still JSON, still serving
+                self._error(500, f"internal error: {type(exc).__name__}", close=True)
 
     return Handler
 
 
-def make_server(export_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, threads: int = 1, max_body: int = MAX_BODY):
+MAX_CONNECTIONS = 64
+
+
+class CappedHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` at once; beyond that a 503 and the connection closed."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": "server busy: too many connections, retry later"}).encode()
+            try:
+                request.settimeout(1.0)
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        # a client that resets or stalls is routine here, not a traceback on stderr
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def make_server(
+    export_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, threads: int = 1, max_body: int = MAX_BODY,
+    max_connections: int = MAX_CONNECTIONS, timeout_s: float = IDLE_TIMEOUT_S,
+):
     """A ready (not yet serving) server for the tail of an export directory."""
     from cpcdrl_deploy.errors import CpcdrlError
     from cpcdrl_deploy.export import load_manifest
@@ -295,10 +409,9 @@ def make_server(export_dir: str | Path, host: str = "127.0.0.1", port: int = 800
     model = load_served_model(Path(export_dir) / tail["file"], tail["model_name"], threads)
     stats = Stats()
     try:
-        httpd = ThreadingHTTPServer((host, port), make_handler({model.name: model}, token, stats, max_body))
+        httpd = CappedHTTPServer((host, port), make_handler({model.name: model}, token, stats, max_body, timeout_s), max_connections)
     except OSError as exc:
         raise CpcdrlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    httpd.daemon_threads = True
     httpd.cpcdrl_stats = stats  # type: ignore[attr-defined]
     httpd.cpcdrl_model = model  # type: ignore[attr-defined]
     return httpd
