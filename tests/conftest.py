@@ -43,3 +43,13 @@ def make_plan(path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpo
     from cpcdrl_deploy.optimize import uniform_plan
 
     return atomic_write_json(path, uniform_plan(model, cut, keep, checkpoint, data, val_size=200, calib_size=64))
+
+
+@pytest.fixture(scope="module")
+def tail_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tinyvgg split after layer 3 at keep 0.75, exported: what the server tests serve."""
+    from cpcdrl_deploy.export import export_plan
+
+    d = tmp_path_factory.mktemp("tail")
+    export_plan(make_plan(d / "plan.json", 3, 0.75), d / "e", check_images=16)
+    return d / "e"

@@ -6,7 +6,6 @@ import http.client
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,15 +18,8 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("srv")
-    export_plan(make_plan(d / "plan.json", 3, 0.75), d / "e", check_images=16)
-    return d / "e"
-
-
-@pytest.fixture(scope="module")
-def server(export_dir):
-    httpd = make_server(export_dir, "127.0.0.1", 0, token=TOKEN, max_body=1_000_000)
+def server(tail_export):
+    httpd = make_server(tail_export, "127.0.0.1", 0, token=TOKEN, max_body=1_000_000)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield httpd
@@ -62,7 +54,7 @@ def _x(n: int = 1) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, 24, 16, 16)).astype(np.float32)
 
 
-def test_tritonclient_binary_and_json(server, export_dir) -> None:
+def test_tritonclient_binary_and_json(server, tail_export) -> None:
     import tritonclient.http as th
 
     host, port = server.server_address[:2]
@@ -71,7 +63,7 @@ def test_tritonclient_binary_and_json(server, export_dir) -> None:
     assert client.is_server_live() and client.is_model_ready("tinyvgg_tail", headers=auth)
     meta = client.get_model_metadata("tinyvgg_tail", headers=auth)
     assert meta["inputs"] == [{"name": "cut", "datatype": "FP32", "shape": [-1, 24, 16, 16]}]
-    want = ort_session(export_dir / "tail.onnx").run(None, {"cut": _x(3)})[0]
+    want = ort_session(tail_export / "tail.onnx").run(None, {"cut": _x(3)})[0]
     for binary in (True, False):
         inp = th.InferInput("cut", [3, 24, 16, 16], "FP32")
         inp.set_data_from_numpy(_x(3), binary_data=binary)
@@ -118,8 +110,8 @@ def test_oversized_unsized_unknown_and_unauthorised(server) -> None:
     assert code == 401 and "token" in err["error"]
 
 
-def test_concurrent_clients_all_answered(server, export_dir) -> None:
-    want = ort_session(export_dir / "tail.onnx").run(None, {"cut": _x()})[0]
+def test_concurrent_clients_all_answered(server, tail_export) -> None:
+    want = ort_session(tail_export / "tail.onnx").run(None, {"cut": _x()})[0]
 
     def client(_: int) -> float:
         from cpcdrl_deploy.edge_runner import Remote

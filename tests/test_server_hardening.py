@@ -7,15 +7,12 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from cpcdrl_deploy.export import export_plan
 from cpcdrl_deploy.server import make_server
-from tests.conftest import make_plan
 
 TOKEN = "fuzz-token"
 CAP = 12
@@ -23,15 +20,8 @@ TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("srvh")
-    export_plan(make_plan(d / "plan.json", 3, 0.75), d / "e", check_images=8)
-    return d / "e"
-
-
-@pytest.fixture(scope="module")
-def server(export_dir):
-    httpd = make_server(export_dir, "127.0.0.1", 0, token=TOKEN, max_body=1_000_000, max_connections=CAP, timeout_s=TIMEOUT_S)
+def server(tail_export):
+    httpd = make_server(tail_export, "127.0.0.1", 0, token=TOKEN, max_body=1_000_000, max_connections=CAP, timeout_s=TIMEOUT_S)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield httpd
