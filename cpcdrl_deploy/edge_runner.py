@@ -30,6 +30,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -37,6 +38,49 @@ import numpy as np
 
 _DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT8": np.int8, "INT64": np.int64}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+MAX_REPLY = 16 * 1024 * 1024  # bytes: logits are a few dozen; anything near this is not a reply to us
+
+
+class BadReply(RuntimeError):
+    """A reply the runner cannot use: counted as a failed request, like a refused connection."""
+
+
+def parse_reply(data: bytes, header_len: str | None, output: str) -> tuple[np.ndarray, float | None]:
+    """The named output of a KServe v2 reply (JSON or binary tensor data), validated; BadReply otherwise."""
+    try:
+        hl = None if header_len is None else int(header_len)
+        if hl is not None and not 0 < hl <= len(data):
+            raise BadReply(f"Inference-Header-Content-Length {header_len} outside the {len(data)}-byte reply")
+        head = json.loads(data[:hl] if hl else data)
+        outs = head.get("outputs") if isinstance(head, dict) else None
+        if not isinstance(outs, list) or not outs:
+            raise BadReply("reply has no outputs")
+        out = next((o for o in outs if isinstance(o, dict) and o.get("name") == output), outs[0])
+        if not isinstance(out, dict) or out.get("datatype") not in _DTYPES:
+            raise BadReply(f"reply output datatype {out.get('datatype') if isinstance(out, dict) else out!r} is not one of {sorted(_DTYPES)}")
+        shape = out.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise BadReply(f"reply output shape {shape!r} is not a list of sizes")
+        count = int(np.prod(shape)) if shape else 1
+        dtype = np.dtype(_DTYPES[out["datatype"]])
+        if hl:
+            size = (out.get("parameters") or {}).get("binary_data_size", count * dtype.itemsize)
+            offset = hl  # the first (only requested) output's blob follows the header
+            if size != count * dtype.itemsize or offset + size > len(data):
+                raise BadReply(f"binary reply holds {len(data) - offset} bytes for {count} x {dtype.itemsize}")
+            arr = np.frombuffer(data, dtype=dtype, offset=offset, count=count).reshape(shape)
+        else:
+            arr = np.asarray(out.get("data"), dtype=dtype)
+            if arr.size != count:
+                raise BadReply(f"reply holds {arr.size} values for shape {shape}")
+            arr = arr.reshape(shape)
+        params = head.get("parameters")
+        ms = params.get("cpcdrl_compute_ms") if isinstance(params, dict) else None
+        return arr, ms if isinstance(ms, (int, float)) else None
+    except BadReply:
+        raise
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise BadReply(f"malformed reply: {type(exc).__name__}: {str(exc)[:150]}") from None
 
 
 class Remote:
@@ -52,6 +96,7 @@ class Remote:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.output = output
         self.conn: http.client.HTTPConnection | None = None
+        self.sent = 0  # request ids: KServe's response type requires one, Triton echoes it
 
     def infer(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, float | None, int]:
         """(first output, server compute ms or None, bytes sent)."""
@@ -60,35 +105,50 @@ class Remote:
             b = np.ascontiguousarray(arr).tobytes()
             inputs.append({"name": name, "shape": list(arr.shape), "datatype": _NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
             blobs.append(b)
-        header = json.dumps({"inputs": inputs, "outputs": [{"name": self.output, "parameters": {"binary_data": True}}]}).encode()
+        self.sent += 1
+        header = json.dumps({"id": str(self.sent), "inputs": inputs, "outputs": [{"name": self.output, "parameters": {"binary_data": True}}]}).encode()
         body = header + b"".join(blobs)
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header)), **self.headers}
         if self.conn is None:
             self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self.conn.connect()
             self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on small requests
+        # --timeout bounds the whole request, not each socket read: a server trickling its reply byte by byte
+        # would otherwise hold us timeout x bytes. At the deadline the socket is shut, and the read fails.
+        conn = self.conn
+        fired = threading.Event()
+        timer = threading.Timer(self.timeout, _shut, (conn, fired))
+        timer.start()
         try:
-            self.conn.request("POST", self.path, body, headers)
-            resp = self.conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException):
+            conn.request("POST", self.path, body, headers)
+            resp = conn.getresponse()
+            length = resp.getheader("Content-Length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_REPLY):
+                raise BadReply(f"reply of {length} bytes refused (limit {MAX_REPLY})")
+            data = resp.read(MAX_REPLY + 1)
+            if len(data) > MAX_REPLY:
+                raise BadReply(f"reply over {MAX_REPLY} bytes refused")
+            if fired.is_set() or (length is not None and len(data) < int(length)):
+                raise TimeoutError(f"no complete reply within {self.timeout:g} s")
+        except (OSError, http.client.HTTPException, BadReply) as exc:
             self.close()
+            if fired.is_set() and not isinstance(exc, BadReply):
+                raise TimeoutError(f"no complete reply within {self.timeout:g} s") from None
             raise
+        finally:
+            timer.cancel()
         if resp.status != 200:
             try:
                 msg = json.loads(data).get("error", data[:200])
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 msg = data[:200]
             raise RuntimeError(f"server answered {resp.status}: {msg}")
-        hl = resp.getheader("Inference-Header-Content-Length")
-        head = json.loads(data[: int(hl)] if hl else data)
-        out = head["outputs"][0]
-        dtype = _DTYPES[out["datatype"]]
-        if hl:
-            arr = np.frombuffer(data, dtype=dtype, offset=int(hl), count=int(np.prod(out["shape"]))).reshape(out["shape"])
-        else:
-            arr = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
-        return arr, (head.get("parameters") or {}).get("cpcdrl_compute_ms"), len(body)
+        try:
+            arr, ms = parse_reply(data, resp.getheader("Inference-Header-Content-Length"), self.output)
+        except BadReply:
+            self.close()  # the connection's framing can no longer be trusted
+            raise
+        return arr, ms, len(body)
 
     def metadata(self, model: str) -> dict:
         """The server's model metadata (GET /v2/models/NAME): what it will accept."""
@@ -101,12 +161,28 @@ class Remote:
             conn.close()
         if resp.status != 200:
             raise RuntimeError(f"server answered {resp.status} for model {model!r}: {data[:200]!r}")
-        return json.loads(data)
+        try:
+            meta = json.loads(data[:MAX_REPLY])
+        except (ValueError, RecursionError):
+            raise BadReply(f"model metadata is not JSON: {data[:100]!r}") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("inputs", []), list):
+            raise BadReply("model metadata is not a KServe v2 model object")
+        return meta
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _shut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
+    fired.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _onnx_type(t: str) -> str:
@@ -131,6 +207,7 @@ def run(args: argparse.Namespace) -> dict:
     if head is None and remote is None:
         raise ValueError("nothing to run: give --head, --url or both")
     probe = _Probe(args) if args.probe else None
+    metadata_check = None
 
     if head is not None and remote is not None:
         # refuse a head that does not fit the served tail before sending anything
@@ -139,11 +216,16 @@ def run(args: argparse.Namespace) -> dict:
         except (OSError, http.client.HTTPException, RuntimeError) as exc:
             meta = None  # unreachable now: the requests below fail (or fall back) one by one
             print(f"warning: no model metadata from the server ({type(exc).__name__}: {exc})", file=sys.stderr)
-        if meta is not None:
+        if meta is not None and not (isinstance(meta, dict) and meta.get("inputs")):
+            # KServe's Python server lists no inputs by default: nothing to check against before the first reply
+            metadata_check = "the server's model metadata lists no inputs: the head was not checked against the tail"
+            print(f"warning: {metadata_check}", file=sys.stderr)
+        elif meta is not None:
             want = {t["name"]: (t["datatype"], t["shape"][1:]) for t in meta["inputs"]}
             have = {o.name: (_onnx_type(o.type), list(o.shape)[1:]) for o in head.get_outputs()}
             if want != have:
                 raise ValueError(f"head outputs {have} do not match the server's inputs {want}")
+            metadata_check = "head outputs match the server's inputs"
 
     def edge(xi: np.ndarray) -> dict[str, np.ndarray]:
         if head is None:
@@ -176,6 +258,10 @@ def run(args: argparse.Namespace) -> dict:
                 logits, server_ms, sent = remote.infer(feeds)
                 rec.update(remote_ms=(time.perf_counter() - t1) * 1000.0, bytes_sent=sent, server_compute_ms=server_ms)
                 failures = 0
+                if metadata_check is not None and metadata_check.endswith("not checked against the tail"):
+                    metadata_check += f"; checked the first reply instead: {_NAMES[logits.dtype]} {list(logits.shape)}"
+                    if logits.ndim != 2 or logits.shape[0] != 1:
+                        raise ValueError(f"the server's first reply has shape {list(logits.shape)}, not [1, classes]: wrong model?")
             except (OSError, http.client.HTTPException, RuntimeError) as exc:
                 failures += 1
                 rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -197,7 +283,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "records": records, "requests": len(x), "answered": sum(1 for r in records if "prediction" in r),
         "fallbacks": sum(1 for r in records if r.get("fallback")), "errors": sum(1 for r in records if "error" in r),
-        "aborted": aborted, "warmup": args.warmup, "host": socket.gethostname(),
+        "aborted": aborted, "warmup": args.warmup, "host": socket.gethostname(), "metadata_check": metadata_check,
         "probe": probe.report() if probe is not None else None,
     }
 
