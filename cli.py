@@ -463,9 +463,11 @@ def serve_cmd(
     """Serve the tail over the KServe v2 / Open Inference Protocol (tritonclient works unchanged)."""
     import os
 
-    from cpcdrl_deploy.server import make_server
+    from cpcdrl_deploy.server import exposure_warning, make_server
 
     token = os.environ.get(token_env) or None
+    if (warn := exposure_warning(host, token)) is not None:
+        _err(f"warning: {warn}")
     httpd = make_server(export_dir, host, port, token, threads)
     h, p = httpd.server_address[:2]
     _err(f"serving {httpd.cpcdrl_model.name} on http://{h}:{p} (KServe v2{', bearer token' if token else ''}); Ctrl-C stops")

@@ -353,6 +353,21 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
 MAX_CONNECTIONS = 64
 
 
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """What a user binding to ``host`` should know: no token on a reachable address, or a token sent in clear."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    if token is None:
+        return f"serving on {host} without a token: anyone who reaches this address can use the model (set $CPCDRL_TOKEN)"
+    return f"serving on {host} over plain HTTP: the bearer token crosses the network in clear (put a TLS-terminating proxy in front)"
+
+
 class CappedHTTPServer(ThreadingHTTPServer):
     """One thread per connection, at most ``max_connections`` at once; beyond that a 503 and the connection closed."""
 
@@ -434,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     except CpcdrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if (warn := exposure_warning(args.host, token)) is not None:
+        print(f"warning: {warn}", file=sys.stderr, flush=True)
     host, port = httpd.server_address[:2]
     print(f"serving {httpd.cpcdrl_model.name} on http://{host}:{port} (KServe v2{', bearer token' if token else ''})", flush=True)
     try:

@@ -206,3 +206,11 @@ def test_slow_clients_time_out_and_the_cap_holds_while_others_are_served(server)
     c.request("GET", "/v2/health/ready")
     assert c.getresponse().status == 200
     c.close()
+
+
+def test_exposure_warnings() -> None:
+    from cpcdrl_deploy.server import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", "t") is None and exposure_warning("localhost", None) is None
+    assert "without a token" in exposure_warning("0.0.0.0", None)
+    assert "plain HTTP" in exposure_warning("198.18.10.1", "t")
