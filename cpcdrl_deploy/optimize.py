@@ -263,6 +263,7 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
         "max_accuracy_loss": loss,
         "unpruned": {"validation": base_val, "test": base_test},
         "latency_model": session.latency_desc,
+        "link": {k: getattr(evaluator.latency_model, k, None) for k in ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms")},
         "plans": plans,
         "rewards": {r.method: r.rewards for r in results if r.rewards},
         "history": {r.method: r.history for r in results},

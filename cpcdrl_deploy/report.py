@@ -89,6 +89,38 @@ def plot_latency_vs(xs: list[float], series: dict[str, list[float | None]], xlab
     _save(fig, path)
 
 
+def latency_at_bandwidth(plan: dict, link: dict, bytes_per_s: float) -> float | None:
+    """A plan's predicted latency if the link ran at ``bytes_per_s`` (its compute and RTT unchanged); None if infeasible."""
+    if not plan.get("feasible"):
+        return None
+    lat = plan["latency_ms"]
+    if plan["cut"] >= plan["n_layers"]:
+        return lat["total_ms"]  # nothing crosses the link
+    rtt = link["rtt_ms"]
+    wire = max(0.0, lat["transfer_ms"] - rtt) * link["uplink_bytes_per_s"] / bytes_per_s
+    ret = lat.get("return_ms", 0.0) * link.get("downlink_bytes_per_s", link["uplink_bytes_per_s"]) / bytes_per_s
+    return lat["edge_ms"] + wire + rtt + lat["cloud_ms"] + ret
+
+
+def plot_latency_vs_bandwidth(result: dict, path: Path) -> None:
+    """Each method's plan priced across link speeds (the split-computing papers' figure), the run's link marked."""
+    link = result["link"]
+    bws = [10 ** (3.5 + 0.1 * i) for i in range(36)]  # ~3 KB/s .. ~10 MB/s
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for p in result["plans"]:
+        ys = [latency_at_bandwidth(p, link, b) for b in bws]
+        if any(y is not None for y in ys):
+            ax.plot([b / 1e3 for b in bws], ys, label=f"{p['method']} (cut {p.get('cut')})")
+    ax.axvline(link["uplink_bytes_per_s"] / 1e3, color="k", linestyle=":", linewidth=1, label="this run's link")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("link bandwidth (KB/s)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(f"{result['model']}: each method's plan vs bandwidth (plans fixed; --bandwidth re-optimises)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def write_report(result: dict, out_dir: str | Path) -> list[Path]:
     """results.json, table.md and the plots of one optimize run."""
     out = Path(out_dir)
@@ -100,4 +132,7 @@ def write_report(result: dict, out_dir: str | Path) -> list[Path]:
         written.append(out / "rewards.png")
     plot_search_space(result["history"], result["a0_validation"], result["plans"], out / "plans.png", f"{result['model']}: plans tried")
     written.append(out / "plans.png")
+    if result.get("link"):
+        plot_latency_vs_bandwidth(result, out / "latency_vs_bandwidth.png")
+        written.append(out / "latency_vs_bandwidth.png")
     return written
