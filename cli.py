@@ -223,7 +223,8 @@ def optimize_cmd(
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
         device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source,
     )
-    result = optimize(req, log=_err)
+    # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
+    result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None)
     if out is not None:
         # the first method listed, whatever order they ran in
         write_plan(out, next(p for p in result["plans"] if p["method"] == methods[0]))

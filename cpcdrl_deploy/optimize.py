@@ -222,6 +222,7 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
     methods = list(req.methods)
     # run the RL method first so random search can match its evaluation count
     for m in sorted(methods, key=lambda x: 0 if x == "cpcdrl" else 1):
+        log(f"[{m}] started ({time.perf_counter() - t_start:.0f} s so far)")
         if m == "cpcdrl":
             results.append(run_rl(evaluator, a0_val, req.search, progress=log))
         elif m == "cpcdrl-paper":

@@ -247,8 +247,10 @@ def run_rl(
         evaluator.timers.agents_s += time.perf_counter() - t_agent
         if progress and (episode + 1) % max(1, n_rl // 20) == 0 or progress and episode + 1 == n_rl:
             b = track.result.best
+            spent = time.perf_counter() - t_start
+            eta = spent / (n_start + episode + 1) * (n_rl - episode - 1 + n_refine)  # every proposal costs about the same
             progress(
-                f"[{method}] episode {episode + 1}/{n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, "
+                f"[{method}] episode {episode + 1}/{n_rl} (ETA {eta:.0f} s): reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, "
                 f"{ev.latency.total_ms:.1f} ms; best feasible "
                 + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
             )
