@@ -226,12 +226,17 @@ def optimize_cmd(
     # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
     result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None)
     if out is not None:
-        # the first method listed, whatever order they ran in
-        write_plan(out, next(p for p in result["plans"] if p["method"] == methods[0]))
-        _err(f"wrote {out}")
+        # the first method listed, whatever order they ran in (after Ctrl-C: the first that got to run)
+        chosen = next((p for p in result["plans"] if p["method"] == methods[0]), result["plans"][0] if result["plans"] else None)
+        if chosen is not None:
+            write_plan(out, chosen)
+            _err(f"wrote {out}" + (f" ({chosen['method']}'s best plan when interrupted)" if result["interrupted"] else ""))
     if report is not None:
         write_report(result, report)
         _err(f"wrote report to {report}")
+    if result["interrupted"]:
+        _err("interrupted")
+        raise typer.Exit(130)
     if fmt is Format.json:
         _print_json({k: v for k, v in result.items() if k not in ("history",)})
         return

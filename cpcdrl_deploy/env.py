@@ -75,6 +75,7 @@ class PlanEvaluator:
     a0: float | None = None  # enables early stopping of infeasible plans
     chunk: int = 500
     timers: Timers = field(default_factory=Timers)
+    live: list = field(default_factory=list)  # every search's SearchResult as it runs (search._Tracker): the best so far on Ctrl-C
     store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
 

@@ -220,34 +220,43 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
 
     results: list[SearchResult] = []
     methods = list(req.methods)
-    # run the RL method first so random search can match its evaluation count
-    for m in sorted(methods, key=lambda x: 0 if x == "cpcdrl" else 1):
-        log(f"[{m}] started ({time.perf_counter() - t_start:.0f} s so far)")
-        if m == "cpcdrl":
-            results.append(run_rl(evaluator, a0_val, req.search, progress=log))
-        elif m == "cpcdrl-paper":
-            results.append(run_rl(evaluator, a0_val, req.search.paper(), progress=log, method="cpcdrl-paper"))
-        elif m == "edge-pruned":
-            results.append(run_rl(evaluator, a0_val, req.search, fixed_cut=analysis.n_layers, progress=log))
-        elif m == "neurosurgeon":
-            results.append(run_neurosurgeon(evaluator, a0_val))
-        elif m == "greedy":
-            results.append(run_greedy(evaluator, a0_val, req.search))
-        elif m in ("edge-only", "cloud-only"):
-            results.append(run_fixed(evaluator, a0_val, m))
-        elif m == "random":
-            rl = next((r for r in results if r.method == "cpcdrl"), None)
-            budget = rl.evaluations if rl else req.search.episodes
-            results.append(run_random(evaluator, a0_val, req.search, budget))
-        if results[-1].method in ("cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy"):
-            b = results[-1].best
-            log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
+    evaluator.live = []
+    interrupted = False
+    try:
+        # run the RL method first so random search can match its evaluation count
+        for m in sorted(methods, key=lambda x: 0 if x == "cpcdrl" else 1):
+            log(f"[{m}] started ({time.perf_counter() - t_start:.0f} s so far)")
+            if m == "cpcdrl":
+                results.append(run_rl(evaluator, a0_val, req.search, progress=log))
+            elif m == "cpcdrl-paper":
+                results.append(run_rl(evaluator, a0_val, req.search.paper(), progress=log, method="cpcdrl-paper"))
+            elif m == "edge-pruned":
+                results.append(run_rl(evaluator, a0_val, req.search, fixed_cut=analysis.n_layers, progress=log))
+            elif m == "neurosurgeon":
+                results.append(run_neurosurgeon(evaluator, a0_val))
+            elif m == "greedy":
+                results.append(run_greedy(evaluator, a0_val, req.search))
+            elif m in ("edge-only", "cloud-only"):
+                results.append(run_fixed(evaluator, a0_val, m))
+            elif m == "random":
+                rl = next((r for r in results if r.method == "cpcdrl"), None)
+                budget = rl.evaluations if rl else req.search.episodes
+                results.append(run_random(evaluator, a0_val, req.search, budget))
+            if results[-1].method in ("cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy"):
+                b = results[-1].best
+                log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was found, the finished methods and the best plan so far of the one running
+        interrupted = True
+        finished = {id(r) for r in results}
+        results += [r for r in evaluator.live if id(r) not in finished]
+        log("interrupted: reporting each method's best plan so far (test accuracy not measured)")
 
     plans = []
     test_cache: dict[tuple, float] = {}
     for res in results:
         plan = _plan_dict(req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val)
-        if res.best is not None:
+        if res.best is not None and not interrupted:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
             if key not in test_cache:
                 test_cache[key] = _test_accuracy(session, res.best)
@@ -259,6 +268,7 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
         p["wall_s"] = wall
     return {
         "model": req.model,
+        "interrupted": interrupted,
         "a0_test": base_test - loss,
         "a0_validation": a0_val,
         "max_accuracy_loss": loss,

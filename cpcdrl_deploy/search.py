@@ -76,10 +76,16 @@ class SearchResult:
 
 
 class _Tracker:
-    """Keeps the best feasible plan and the history of a method."""
+    """Keeps the best feasible plan and the history of a method.
 
-    def __init__(self, method: str, a0: float) -> None:
+    With ``live``, the result is appended there as soon as the search starts:
+    a run interrupted (Ctrl-C) can still hand over the best plan so far.
+    """
+
+    def __init__(self, method: str, a0: float, live: list[SearchResult] | None = None) -> None:
         self.result = SearchResult(method, None, 0)
+        if live is not None:
+            live.append(self.result)
         self.a0 = a0
         self.seen: set[tuple] = set()
 
@@ -161,7 +167,7 @@ def run_rl(
         cfg = replace(cfg, uniform_start=False, refine_fraction=0.0, margin_se=0.0)
     n_start, n_rl, n_refine = cfg.budget_split()
     a0 = a0 + selection_margin(a0, len(evaluator.val_y), cfg.margin_se)
-    track = _Tracker(method, a0)
+    track = _Tracker(method, a0, evaluator.live)
     states = CompressionStates(a)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
     warm = min(cfg.warmup_episodes, max(0, n_rl - 1))
@@ -389,7 +395,7 @@ def run_fixed(evaluator: PlanEvaluator, a0: float, method: str) -> SearchResult:
 def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig) -> SearchResult:
     """For each uniform keep ratio, the cut that minimises latency; the fastest that meets A0."""
     t0 = time.perf_counter()
-    track = _Tracker("greedy", a0)
+    track = _Tracker("greedy", a0, evaluator.live)
     for r in cfg.greedy_ratios:
         cut = min(evaluator.analysis.cuttable_points(), key=lambda c: evaluator.price(c, [r] * c)[1].total_ms)
         track.add(evaluator.evaluate(cut, [r] * cut, incumbent_ms=track.incumbent_ms))
@@ -401,7 +407,7 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
     """Uniform random plans until ``budget`` distinct plans have been scored (CPCDRL's count)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + 3)
-    track = _Tracker("random", a0)
+    track = _Tracker("random", a0, evaluator.live)
     allowed = partition_actions(evaluator, cfg)
     tries = 0
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
@@ -414,7 +420,7 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
 
 def _best_of(evaluator: PlanEvaluator, a0: float, method: str, plans: list[tuple[int, list[float]]]) -> SearchResult:
     t0 = time.perf_counter()
-    track = _Tracker(method, a0)
+    track = _Tracker(method, a0, evaluator.live)
     for cut, ratios in plans:
         track.add(evaluator.evaluate(cut, ratios))
     track.result.wall_s = time.perf_counter() - t0

@@ -93,3 +93,27 @@ def test_plan_missing_a_field_is_refused(tmp_path) -> None:
     path.write_text(json.dumps(d))
     res = runner.invoke(app, ["export", str(path), "--out", str(tmp_path / "exp")])
     assert res.exit_code == 2 and "'channels' is missing" in res.stderr
+
+
+def test_ctrl_c_during_optimize_keeps_the_best_plan_so_far(tmp_path, monkeypatch) -> None:
+    import json
+
+    from cpcdrl_deploy.env import PlanEvaluator
+
+    real = PlanEvaluator.evaluate
+    calls = {"n": 0}
+
+    def evaluate(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 14:  # mid-search, after the uniform start found feasible plans
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(PlanEvaluator, "evaluate", evaluate)
+    out = tmp_path / "plan.json"
+    res = runner.invoke(app, ["optimize", "--max-accuracy-loss", "3", "--episodes", "30", "--method", "cpcdrl,greedy", "--out", str(out), "--no-cache"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.stderr and "best plan when interrupted" in res.stderr and "Traceback" not in res.output
+    plan = json.loads(out.read_text())
+    assert plan["method"] == "cpcdrl" and plan["feasible"] and plan["accuracy"]["test"] is None
+    assert plan["accuracy"]["validation"] >= plan["accuracy"]["a0_validation"]
