@@ -201,9 +201,21 @@ def acceptance(settings: list[dict]) -> dict:
 BASELINES = ("cpcdrl-paper", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
 
 
+def _vs(sm: dict) -> tuple[str, str]:
+    """CPCDRL's mean latency against the best baseline's and the reference's, as signed percentages."""
+    cp = sm["methods"].get("cpcdrl", {}).get("mean_ms")
+    base = [v["mean_ms"] for m, v in sm["methods"].items() if m in BASELINES and v["mean_ms"] is not None]
+    ref = [x for x in (sm["methods"].get("reference", {}).get("mean_ms"), sm["best_ms"]) if x is not None]
+    if cp is None:
+        return "misses", "misses"
+    vb = f"{100 * (cp / min(base) - 1):+.1f} %" if base else "-"
+    vr = f"{100 * (cp / min(ref) - 1):+.1f} %" if ref else "-"
+    return vb, vr
+
+
 def table(settings: list[dict], methods: list[str]) -> str:
-    head = "| model | pair | link | loss | best cut (method) | " + " | ".join(methods) + " |"
-    lines = [head, "|" + "---|" * (5 + len(methods))]
+    head = "| model | pair | link | loss | best cut (method) | CPCDRL vs best baseline | CPCDRL vs best known | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (7 + len(methods))]
     for s in settings:
         sm = s["summary"]
         cells = []
@@ -217,7 +229,8 @@ def table(settings: list[dict], methods: list[str]) -> str:
                 w = f" / {v['worst_ms']:.1f}" if v["runs"] > 1 and v["worst_ms"] is not None else (f" ({v['ok']}/{v['runs']} ok)" if v["ok"] < v["runs"] else "")
                 cells.append(f"{v['mean_ms']:.1f}{w} c{','.join(str(c) for c in v['cuts'])}")
         bc = f"{sm['best_cut']} ({sm['best_method']})" if sm["best_cut"] is not None else "-"
-        lines.append(f"| {s['model']} | {s['pair']} | {s['link']} | {s['loss']:g} | {bc} | " + " | ".join(cells) + " |")
+        vb, vr = _vs(sm) if "cpcdrl" in sm["methods"] else ("-", "-")
+        lines.append(f"| {s['model']} | {s['pair']} | {s['link']} | {s['loss']:g} | {bc} | {vb} | {vr} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -241,7 +254,12 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="CPCDRL with each departure off alone, instead of the baselines")
     ap.add_argument("--tiny", action="store_true", help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed")
     ap.add_argument("--out", default="benchmarks/results/optimizer_grid")
+    ap.add_argument("--table-only", action="store_true", help="rewrite table.md from OUT/results.json; run nothing")
     args = ap.parse_args()
+    if args.table_only:
+        d = json.loads((Path(args.out) / "results.json").read_text())
+        write_table(Path(args.out), d["settings"], d.get("where", "?"), None, bool(d["args"].get("ablation")))
+        return
     if args.tiny:  # CI's size, where the command line left the defaults
         tiny = dict(models="tinyvgg", pairs="paper", links="50KB/s,5MB/s", losses="2", episodes=8, seeds="0", val_size=250, calib=32, data="builtin")
         for k, v in tiny.items():
@@ -287,17 +305,23 @@ def main() -> None:
                         + f" [{time.perf_counter() - t0:.0f} s]")
                     atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
                                                              "where": where, "settings": settings})
+    acc = write_table(out, settings, where, time.perf_counter() - t0, args.ablation)
+    atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
+                                             "where": where, "settings": settings, "acceptance": acc})
+
+
+def write_table(out: Path, settings: list[dict], where: str, wall_s: float | None, ablation: bool) -> dict:
     methods = list(dict.fromkeys(m for s in settings for m in s["summary"]["methods"]))
-    acc = acceptance(settings) if not args.ablation else {}
-    text = [f"# Optimizer grid ({where}; {time.perf_counter() - t0:.0f} s this run)", "",
+    acc = acceptance(settings) if not ablation else {}
+    took = f"; {wall_s:.0f} s this run" if wall_s is not None else ""
+    text = [f"# Optimizer grid ({where}{took})", "",
             "Latency in ms: mean over seeds / worst seed, then the cuts chosen; a plan that misses A0 on test counts as none.", "",
             table(settings, methods), ""]
     if acc:
         text += ["## Acceptance figures", "", *(f"- {k}: {v}" for k, v in acc.items()), ""]
     atomic_write_bytes(out / "table.md", ("\n".join(text) + "\n").encode())
-    atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
-                                             "where": where, "settings": settings, "acceptance": acc})
     print("\n".join(text))
+    return acc
 
 
 if __name__ == "__main__":
