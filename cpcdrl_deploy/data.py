@@ -6,8 +6,9 @@ Accepted ``--data`` values:
 - that ``.tar.gz`` archive itself (unpacked once into ``~/.cache/cpcdrl``);
 - a directory holding torchvision's python format (``cifar-10-batches-py``);
 - ``builtin``: the few hundred images shipped inside the package (demo and tests).
-A directory with none of these is downloaded into by torchvision where a
-network exists.
+An existing *empty* directory is downloaded into by torchvision where a
+network exists; a path that does not exist is an error (a typo must not
+start a download).
 """
 
 from __future__ import annotations
@@ -187,11 +188,19 @@ def load_cifar10(data: str | Path) -> Cifar10:
                 return _python_format(c)
     elif root.exists():
         raise CpcdrlError(f"--data {data}: not a directory or a .tar.gz archive")
-    # Nothing usable: torchvision's own download path, where a network exists.
+    else:
+        # a typo must not start a download or leave a directory behind
+        raise CpcdrlError(
+            f"--data {data}: no such file or directory (give 'builtin', a CIFAR-10 ImageFolder or its .tar.gz, "
+            "or an existing empty directory to download CIFAR-10 into)"
+        )
+    if any(root.iterdir()):
+        raise CpcdrlError(f"--data {data}: no CIFAR-10 here (ImageFolder train/ and test/, cifar-10-batches-py, or a .tar.gz); "
+                          "an empty directory is downloaded into")
+    # An existing empty directory: torchvision's own download path, where a network exists.
     try:
         import torchvision
 
-        root.mkdir(parents=True, exist_ok=True)
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         torchvision.datasets.CIFAR10(str(root), train=False, download=True)
     except Exception as exc:

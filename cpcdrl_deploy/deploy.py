@@ -280,37 +280,41 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     edge_profile = req.edge_profile or plan["profiles"]["edge"]
     cloud_profile = req.cloud_profile or plan["profiles"]["cloud"]
     ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
-    bind = _server_address(req)
-    out = Path(req.out)
-    export_dir = out / "export"
-    original, pruned, ds = rebuild(plan, req.data)
-    manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log)
-    files = manifest["files"]
-
-    # the images, and what the pruned PyTorch model says about them
-    idx = subset(len(ds.test), req.requests, req.seed)
-    x, y = ds.test.tensors(idx)
-    with torch.no_grad():
-        torch_pred = predict(pruned, x).numpy()
-    inputs = out / "inputs.npy"
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(inputs, x.numpy().astype(np.float32))
-
-    # the speed probe, on each side that computes something and whose profile timed it
-    n_layers, cut = int(plan["n_layers"]), int(plan["cut"])
-    refs: dict[str, dict | None] = {"edge": None, "cloud": None}
-    if req.probe:
-        refs["edge"] = probe_reference(ep, plan["model"], n_layers) if cut > 0 else None
-        refs["cloud"] = probe_reference(cp, plan["model"], n_layers) if cut < n_layers else None
-        if not any(refs.values()):
-            log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
-    probe_path = out / "probe.onnx.gz"
-    if any(refs.values()):
-        probe_bytes, probe_shape, _ = probe_model(plan["model"])
-        probe_path.write_bytes(probe_bytes)
-    probes: dict[str, list[dict]] = {}
-
+    # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
+    try:
+        bind = _server_address(req)
+        out = Path(req.out)
+        export_dir = out / "export"
+        original, pruned, ds = rebuild(plan, req.data)
+        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log)
+        files = manifest["files"]
+
+        # the images, and what the pruned PyTorch model says about them
+        idx = subset(len(ds.test), req.requests, req.seed)
+        x, y = ds.test.tensors(idx)
+        with torch.no_grad():
+            torch_pred = predict(pruned, x).numpy()
+        inputs = out / "inputs.npy"
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(inputs, x.numpy().astype(np.float32))
+
+        # the speed probe, on each side that computes something and whose profile timed it
+        n_layers, cut = int(plan["n_layers"]), int(plan["cut"])
+        refs: dict[str, dict | None] = {"edge": None, "cloud": None}
+        if req.probe:
+            refs["edge"] = probe_reference(ep, plan["model"], n_layers) if cut > 0 else None
+            refs["cloud"] = probe_reference(cp, plan["model"], n_layers) if cut < n_layers else None
+            if not any(refs.values()):
+                log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
+        probe_path = out / "probe.onnx.gz"
+        if any(refs.values()):
+            probe_bytes, probe_shape, _ = probe_model(plan["model"])
+            probe_path.write_bytes(probe_bytes)
+        probes: dict[str, list[dict]] = {}
+    except BaseException:
+        dev.close()
+        raise
     server: CloudServer | None = None
     remote_dir = None
     token = secrets.token_urlsafe(24)

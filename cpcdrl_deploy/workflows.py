@@ -29,6 +29,7 @@ def builtin_checkpoint(model: str) -> Path | None:
 
 
 def resolve_checkpoint(model: str, checkpoint: str | Path | None, required: bool) -> Path | None:
+    get_entry(model)  # an unknown model is named as such, not as a missing checkpoint
     if checkpoint is not None and str(checkpoint) != "builtin":
         return Path(checkpoint)
     found = builtin_checkpoint(model)

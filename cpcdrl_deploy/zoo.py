@@ -242,7 +242,8 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, object]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a torch file
-        raise CpcdrlError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).splitlines() or [""])[0]
+        raise CpcdrlError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})") from None
     sd = extract_state_dict(raw)
     if isinstance(model, TorchvisionUnits) and not any(k.startswith("net.") for k in sd):
         sd = {f"net.{k}": v for k, v in sd.items()}  # plain torchvision checkpoints

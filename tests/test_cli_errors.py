@@ -117,3 +117,25 @@ def test_ctrl_c_during_optimize_keeps_the_best_plan_so_far(tmp_path, monkeypatch
     plan = json.loads(out.read_text())
     assert plan["method"] == "cpcdrl" and plan["feasible"] and plan["accuracy"]["test"] is None
     assert plan["accuracy"]["validation"] >= plan["accuracy"]["a0_validation"]
+
+
+def test_messages_a_newcomer_can_act_on(tmp_path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    nonempty = tmp_path / "junk"
+    nonempty.mkdir()
+    (nonempty / "x").write_text("x")
+    from .conftest import make_plan
+
+    plan = make_plan(tmp_path / "p.json", 3, 0.75)
+    cases = [
+        (["evaluate", "mobilenet", "-c", str(text), "--limit", "5"], "is not a PyTorch checkpoint"),
+        (["optimize", "nosuchmodel"], "unknown model 'nosuchmodel'; known: vgg16"),
+        (["evaluate", "tinyvgg", "--data", str(tmp_path / "typo"), "--limit", "5"], "no such file or directory"),
+        (["evaluate", "tinyvgg", "--data", str(nonempty), "--limit", "5"], "no CIFAR-10 here"),
+        (["deploy", str(plan), "--edge", "nosuchhost.invalid", "--out", str(tmp_path / "d")], "cannot reach nosuchhost.invalid"),
+    ]
+    for args, msg in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and msg in res.stderr and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()  # no download directory, no half-filled output
