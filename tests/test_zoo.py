@@ -82,7 +82,7 @@ def test_wrong_architecture_is_refused_naming_keys(tmp_path) -> None:
 def test_corrupt_and_missing_checkpoints(tmp_path) -> None:
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CpcdrlError, match="cannot read checkpoint"):
+    with pytest.raises(CpcdrlError, match="is not a PyTorch checkpoint"):
         load_checkpoint(build_model("tinyvgg"), bad)
     with pytest.raises(CpcdrlError, match="not found"):
         load_checkpoint(build_model("tinyvgg"), tmp_path / "nope.pth")
