@@ -221,7 +221,7 @@ def optimize_cmd(
         bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None, rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
-        device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source,
+        device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source, keep_models=out is not None,
     )
     # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
     result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None)
@@ -229,7 +229,7 @@ def optimize_cmd(
         # the first method listed, whatever order they ran in (after Ctrl-C: the first that got to run)
         chosen = next((p for p in result["plans"] if p["method"] == methods[0]), result["plans"][0] if result["plans"] else None)
         if chosen is not None:
-            write_plan(out, chosen)
+            write_plan(out, chosen, result["models"].get(chosen["method"]))
             _err(f"wrote {out}" + (f" ({chosen['method']}'s best plan when interrupted)" if result["interrupted"] else ""))
     if report is not None:
         write_report(result, report)
@@ -238,7 +238,7 @@ def optimize_cmd(
         _err("interrupted")
         raise typer.Exit(130)
     if fmt is Format.json:
-        _print_json({k: v for k, v in result.items() if k not in ("history",)})
+        _print_json({k: v for k, v in result.items() if k not in ("history", "models")})
         return
     n_layers = next((p["n_layers"] for p in result["plans"] if p.get("n_layers")), None)
     typer.echo(f"{model}: the plan must keep test accuracy >= {result['a0_test']:.2f}% (unpruned {result['unpruned']['test']:.2f}%, "

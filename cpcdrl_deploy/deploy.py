@@ -286,7 +286,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         bind = _server_address(req)
         out = Path(req.out)
         export_dir = out / "export"
-        original, pruned, ds = rebuild(plan, req.data)
+        original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
         manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log)
         files = manifest["files"]
 

@@ -20,11 +20,13 @@ serves it unchanged).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +51,15 @@ Log = Callable[[str], None]
 _ONNX_DTYPES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.UINT8: "UINT8", TensorProto.INT8: "INT8", TensorProto.INT64: "INT64"}
 
 
-def rebuild(plan: dict, data: str | Path | None = None, checkpoint: str | Path | None = None) -> tuple[UnitModel, UnitModel, Cifar10]:
-    """(original, pruned) models of ``plan`` and the dataset, pruned and refitted as ``optimize`` did."""
+def rebuild(
+    plan: dict, data: str | Path | None = None, checkpoint: str | Path | None = None, plan_path: str | Path | None = None,
+) -> tuple[UnitModel, UnitModel, Cifar10]:
+    """(original, pruned) models of ``plan`` and the dataset.
+
+    With the plan's saved weights (``plan["weights"]``, beside ``plan_path``),
+    the pruned model carries exactly those; without, pruning and the refit are
+    replayed as ``optimize`` ran them.
+    """
     model_name = plan["model"]
     entry = get_entry(model_name)
     ckpt = Path(checkpoint or plan["checkpoint"])
@@ -71,7 +80,21 @@ def rebuild(plan: dict, data: str | Path | None = None, checkpoint: str | Path |
     pcfg = plan.get("prune") or {}
     cfg = PruneConfig(importance=pcfg.get("importance", "l1"), round_to=int(pcfg.get("round_to", 8)), refit=bool(pcfg.get("refit", True)))
     pruned = original
-    if any(r < 1.0 for r in ratios):
+    weights = plan.get("weights")
+    if weights is not None and plan_path is not None and any(r < 1.0 for r in ratios):
+        # the very weights the search scored: the structure from the surgery alone, then the saved tensors
+        wfile = Path(plan_path).parent / weights["file"]
+        if not wfile.is_file():
+            raise CpcdrlError(f"the plan's weights {wfile} are missing")
+        data = wfile.read_bytes()
+        if hashlib.sha256(data).hexdigest() != weights["sha256"]:
+            raise CpcdrlError(f"{wfile} does not match the plan's SHA-256: refusing weights that are not the ones the search scored")
+        pruned = prune(original, analysis, cut, ratios, None, replace(cfg, refit=False)).model
+        try:
+            pruned.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), strict=True)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CpcdrlError(f"{wfile} does not fit the plan's pruned model: {str(exc).splitlines()[0]}") from None
+    elif any(r < 1.0 for r in ratios):
         calib = None
         if cfg.refit:
             seed = int(plan.get("seed", 0))
@@ -244,7 +267,7 @@ def export_plan(
     _check_options(quantize, transfer)
     plan = load_plan(plan_path)
     t0 = time.perf_counter()
-    original, pruned, ds = rebuild(plan, data, checkpoint)
+    original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)
     log(f"rebuilt {plan['model']} cut {plan['cut']} in {time.perf_counter() - t0:.1f} s; exporting")
     return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log)
 

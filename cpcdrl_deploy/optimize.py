@@ -10,6 +10,7 @@ at the end; ``--accuracy A0`` is turned into D = (unpruned test accuracy - A0).
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
-from cpcdrl_deploy.fileio import atomic_write_json, read_document
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_document
 from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.profiles import LinkProfile, load_profile
 from cpcdrl_deploy.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
@@ -56,6 +57,7 @@ class OptimizeRequest:
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     cache: Path | None = None  # persistent accuracy cache directory (None: off)
+    keep_models: bool = False  # return each chosen plan's pruned, refitted module (result["models"]) to save beside the plan
     # where validation images come from: "train" (images the network was trained on) or "test" (half of the
     # test split, unseen in training; the final test accuracy is then taken on the other half)
     val_source: str = "train"
@@ -266,8 +268,19 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
     wall = time.perf_counter() - t_start
     for p in plans:
         p["wall_s"] = wall
+    models = {}
+    if req.keep_models and not interrupted:
+        e = session.evaluator
+        for res in results:
+            if res.best is not None:
+                b = res.best
+                pruned_any = any(f < 1.0 for f in b.shape.out_keep)
+                models[res.method] = (
+                    prune(session.model, analysis, b.cut, list(b.ratios), e.calibration, e.prune_config, session.groups).model if pruned_any else session.model
+                )
     return {
         "model": req.model,
+        "models": models,
         "interrupted": interrupted,
         "a0_test": base_test - loss,
         "a0_validation": a0_val,
@@ -374,7 +387,23 @@ def uniform_plan(
     }
 
 
-def write_plan(path: str | Path, plan: dict) -> Path:
+def write_plan(path: str | Path, plan: dict, model: torch.nn.Module | None = None) -> Path:
+    """The plan, and with ``model`` its pruned, refitted weights beside it (``<name>.weights.pt``, SHA-256 in the plan).
+
+    Export and deploy then load those very weights instead of replaying the
+    refit. The weights go first: a plan never names a file that is not there.
+    """
+    path = Path(path)
+    plan = dict(plan)
+    if model is not None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+        data = buf.getvalue()
+        wpath = path.with_name(path.stem + ".weights.pt")
+        atomic_write_bytes(wpath, data)
+        plan["weights"] = {"file": wpath.name, "sha256": hashlib.sha256(data).hexdigest()}
     return atomic_write_json(path, plan)
 
 
@@ -433,6 +462,9 @@ def validate_plan(d: dict, where: str = "plan") -> None:
         raise bad("prune", "must be an object")
     if "round_to" in prune_cfg and (not isinstance(prune_cfg["round_to"], int) or prune_cfg["round_to"] < 1):
         raise bad("prune.round_to", "must be a positive integer")
+    w = d.get("weights")
+    if w is not None and not (isinstance(w, dict) and isinstance(w.get("file"), str) and "/" not in w["file"] and isinstance(w.get("sha256"), str)):
+        raise bad("weights", "must be {file: a name beside the plan, sha256}")
     lat = d.get("latency_ms", {})
     if not isinstance(lat, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in lat.values()):
         raise bad("latency_ms", "must map parts to non-negative milliseconds")

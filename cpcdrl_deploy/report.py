@@ -125,7 +125,7 @@ def write_report(result: dict, out_dir: str | Path) -> list[Path]:
     """results.json, table.md and the plots of one optimize run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [atomic_write_json(out / "results.json", result)]
+    written = [atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "models"})]  # modules are not JSON
     written.append(atomic_write_bytes(out / "table.md", (methods_table(result["plans"]) + "\n").encode()))
     if result.get("rewards"):
         plot_rewards(result["rewards"], out / "rewards.png", f"{result['model']}: reward vs episode")

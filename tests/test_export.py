@@ -95,3 +95,47 @@ def test_plan_from_another_model_is_refused(tmp_path) -> None:
     p.write_text(json.dumps(d))
     with pytest.raises(CpcdrlError):
         export_plan(p, tmp_path / "e")
+
+
+def test_saved_weights_are_loaded_not_refitted_and_checked(tmp_path, monkeypatch) -> None:
+    """optimize --out saves the chosen plan's refitted weights; export loads them (same ONNX outputs), a tampered file is refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from cpcdrl_deploy import export as export_mod
+    from cpcdrl_deploy.errors import CpcdrlError
+
+    plan = tmp_path / "plan.json"
+    res = CliRunner().invoke(app, ["optimize", "--max-accuracy-loss", "3", "--episodes", "8", "--method", "greedy", "--out", str(plan),
+                                   "--no-cache", "--val-size", "200", "--calib", "32", "--limit", "100"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(plan.read_text())
+    if all(r == 1.0 for r in d["ratios"]):
+        pytest.skip("greedy kept the model unpruned: no weights to compare")
+    wfile = tmp_path / d["weights"]["file"]
+    assert wfile.is_file() and len(d["weights"]["sha256"]) == 64
+    # replayed (no weights in the plan) vs loaded
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps({k: v for k, v in d.items() if k != "weights"}))
+    export_plan(replay, tmp_path / "a", check_images=16)
+
+    def no_refit(*a, **k):
+        raise AssertionError("the refit was replayed although the plan carries its weights")
+
+    monkeypatch.setattr(export_mod, "Calibration", no_refit)
+    export_plan(plan, tmp_path / "b", check_images=16)
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    ya = ort_session(tmp_path / "a" / "full.onnx").run(None, {"input": x})[0]
+    yb = ort_session(tmp_path / "b" / "full.onnx").run(None, {"input": x})[0]
+    assert np.abs(ya - yb).max() <= 1e-5
+    # a weights file that is not the one the plan names is refused
+    data = bytearray(wfile.read_bytes())
+    data[-20] ^= 0xFF
+    wfile.write_bytes(bytes(data))
+    with pytest.raises(CpcdrlError, match="does not match the plan's SHA-256"):
+        export_plan(plan, tmp_path / "c", check_images=16)
+    wfile.unlink()
+    with pytest.raises(CpcdrlError, match="weights .* are missing"):
+        export_plan(plan, tmp_path / "d", check_images=16)
