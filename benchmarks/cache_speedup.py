@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_json, portable_args
 from cpcdrl_deploy.optimize import OptimizeRequest, optimize
 from cpcdrl_deploy.search import SearchConfig
 from cpcdrl_deploy.testbed import parse_bandwidth
@@ -69,7 +69,7 @@ def main() -> None:
               f"{r['pruned_and_scored']} | {r['from_cache']} | - |" for r in rows]
     print("\n".join(lines))
     if args.out:
-        atomic_write_json(args.out, {"model": args.model, "args": vars(args), "runs": rows})
+        atomic_write_json(args.out, {"model": args.model, "args": portable_args(args), "runs": rows})
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from cpcdrl_deploy.deploy import DeployRequest, deploy, repredict
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args
 from cpcdrl_deploy.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
 from cpcdrl_deploy.search import METHODS, SearchConfig
 
@@ -140,7 +140,7 @@ def main() -> None:
                     continue
                 rep = run(offload_plan, tag, transfer=transfer, quantize=quantize)
                 rows.append(_row(model, offload_plan.stem, rep["transfer"], rep["quantize"], rep, None))
-        atomic_write_json(out / "results.json", {"args": vars(args), "rows": rows})
+        atomic_write_json(out / "results.json", {"args": portable_args(args), "rows": rows})
     if args.optimize_only:
         return
     atomic_write_bytes(out / "table.md", table(rows).encode())

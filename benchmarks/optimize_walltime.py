@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_json, portable_args
 from cpcdrl_deploy.optimize import OptimizeRequest, prepare, run_methods
 from cpcdrl_deploy.search import SearchConfig
 
@@ -72,7 +72,7 @@ def main() -> None:
     lines.append(f"best plan: cut {plan.get('cut')}, {best if best is None else round(best, 2)} ms, test {plan['accuracy'].get('test')}")
     print("\n".join(lines))
     if args.out:
-        atomic_write_json(Path(args.out), {"args": vars(args), "wall_s": wall, "parts_s": parts, "timers": tm, "plan": plan, "report": lines})
+        atomic_write_json(Path(args.out), {"args": portable_args(args), "wall_s": wall, "parts_s": parts, "timers": tm, "plan": plan, "report": lines})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch
 
 from cpcdrl_deploy.accuracy_cache import default_cache_dir
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator, Timers
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args
 from cpcdrl_deploy.latency import build_latency_model
 from cpcdrl_deploy.optimize import OptimizeRequest, Session, _test_accuracy, prepare, what_if_link
 from cpcdrl_deploy.profiles import load_profile
@@ -306,11 +306,14 @@ def main() -> None:
                     log(f"{model} {pair} {link_text} loss {loss:g}: best cut {sm['best_cut']} ({sm['best_method']}); "
                         + ", ".join(f"{m} {v['mean_ms']:.1f}" if v["mean_ms"] is not None else f"{m} -" for m, v in sm["methods"].items())
                         + f" [{time.perf_counter() - t0:.0f} s]")
-                    atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
-                                                             "where": where, "settings": settings})
+                    _save(out, args, where, settings)  # after every setting: an interrupted grid resumes
     acc = write_table(out, settings, where, time.perf_counter() - t0, args.ablation)
-    atomic_write_json(out / "results.json", {"args": {k: v for k, v in vars(args).items() if k not in ("data", "checkpoints", "cache")},
-                                             "where": where, "settings": settings, "acceptance": acc})
+    _save(out, args, where, settings, acc)
+
+
+def _save(out: Path, args: argparse.Namespace, where: str, settings: list[dict], acceptance: dict | None = None) -> None:
+    doc = {"args": portable_args(args, drop=("cache",)), "where": where, "settings": settings}
+    atomic_write_json(out / "results.json", doc if acceptance is None else {**doc, "acceptance": acceptance})
 
 
 def write_table(out: Path, settings: list[dict], where: str, wall_s: float | None, ablation: bool) -> dict:

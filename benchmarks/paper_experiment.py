@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args
 from cpcdrl_deploy.optimize import OptimizeRequest, prepare, run_methods
 from cpcdrl_deploy.report import methods_table, plot_latency_vs, plot_rewards
 from cpcdrl_deploy.search import METHODS, SearchConfig
@@ -80,7 +80,7 @@ def main() -> None:
             runs.append(res)
             log(f"{model} loss {loss}: done at {time.perf_counter() - t0:.0f} s")
             atomic_write_json(dest / "results.json", {
-                "model": model, "args": vars(args), "runs": runs, "test_images": len(session.test_idx), "where": where,
+                "model": model, "args": portable_args(args), "runs": runs, "test_images": len(session.test_idx), "where": where,
                 "wall_s": time.perf_counter() - t0,
             })
         if not args.part:

@@ -30,6 +30,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def portable_args(args: object, drop: tuple[str, ...] = ()) -> dict:
+    """A script's arguments for a committed result: absolute paths made relative to the working directory
+    (the repository, where benchmarks run), so results name no machine's folders; ``drop``: arguments that
+    say nothing about the result (a cache directory)."""
+    d = dict(vars(args)) if not isinstance(args, dict) else dict(args)
+    return {k: os.path.relpath(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in d.items() if k not in drop}
+
+
 def atomic_write_json(path: str | Path, obj: object) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
