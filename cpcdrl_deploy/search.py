@@ -18,7 +18,6 @@ from cpcdrl_deploy.env import CompressionStates, Evaluation, PlanEvaluator, part
 from cpcdrl_deploy.reward import RewardConfig, reward
 
 METHODS = ("cpcdrl", "cpcdrl-paper", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
-RL_METHODS = ("cpcdrl", "cpcdrl-paper", "edge-pruned")
 Progress = Callable[[str], None]
 
 
@@ -236,10 +235,7 @@ def run_rl(
         r = _episode_reward(ev, a0, t_ref, cfg)
         track.add(ev)
         track.result.rewards.append(r)
-        # A_c: reward 0 at intermediate steps, Eq. 10 at the last one (Alg. 2, line 9)
-        for i, obs in enumerate(obs_list):
-            last = i == len(obs_list) - 1
-            ddpg.observe(obs, actions[i], r if last else 0.0, obs_list[i + 1] if not last else obs, last)
+        _store_transitions(ddpg, obs_list, actions, r)
         next_s_p = partition_state(ev.ratios, cut, n)
         best_at_cut[cut] = max(best_at_cut.get(cut, -np.inf), r)
         if dqn is not None:
@@ -270,16 +266,21 @@ def run_rl(
     return track.result
 
 
+def _store_transitions(ddpg: DDPGAgent, obs_list: list[np.ndarray], actions: list[float], r: float) -> None:
+    """One episode into A_c's replay buffer: reward 0 at intermediate steps, Eq. 10 at the last one (Alg. 2, line 9)."""
+    for i, obs in enumerate(obs_list):
+        last = i == len(obs_list) - 1
+        ddpg.observe(obs, actions[i], r if last else 0.0, obs_list[i + 1] if not last else obs, last)
+
+
 def _observe_episode(ddpg: DDPGAgent, states: CompressionStates, cut: int, actions: list[float], r: float) -> None:
-    """Store one episode's transitions in A_c's replay buffer: reward 0 until the last step, Eq. 10 there (Alg. 2, line 9)."""
+    """An episode A_c did not act in (the uniform start), as if it had: states rebuilt from the actions."""
     prev = 1.0
     obs_list = []
     for t in range(1, cut + 1):
         obs_list.append(states.state(t, prev, cut))
         prev = actions[t - 1]
-    for i, obs in enumerate(obs_list):
-        last = i == len(obs_list) - 1
-        ddpg.observe(obs, actions[i], r if last else 0.0, obs_list[i + 1] if not last else obs, last)
+    _store_transitions(ddpg, obs_list, actions, r)
 
 
 def _uniform_start(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, allowed: list[int], track: _Tracker, budget: int) -> list[Evaluation]:
