@@ -47,6 +47,13 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _progress(fmt: Format):
+    """Progress bars on stderr for people; none for scripts (--format json) or when stderr is not a terminal."""
+    from cpcdrl_deploy.progress import progress_bars
+
+    return progress_bars(fmt is Format.table and sys.stderr.isatty())
+
+
 def command(fn: F) -> F:
     """Turn CpcdrlError / Ctrl-C into one line and a non-zero exit."""
 
@@ -119,6 +126,7 @@ def evaluate_cmd(
     model: Annotated[str, typer.Argument(help="zoo model name")] = "tinyvgg",
     checkpoint: CheckpointOpt = None,
     data: DataOpt = "builtin",
+    plan: Annotated[Path | None, typer.Option("--plan", help="a saved plan: score its own pruned weights (model, --cut, --ratios come from it)")] = None,
     ratios: Annotated[str | None, typer.Option("--ratios", help="keep ratio(s) of layers 1..cut: one value or a comma list")] = None,
     cut: Annotated[int | None, typer.Option("--cut", help="partition point P (default N: all on the edge)")] = None,
     limit: LimitOpt = None,
@@ -131,17 +139,27 @@ def evaluate_cmd(
 ) -> None:
     """Top-1 accuracy of a model, optionally pruned, and its MACs before and after."""
     from cpcdrl_deploy.pruning import PruneConfig
-    from cpcdrl_deploy.workflows import evaluate_plan
+    from cpcdrl_deploy.workflows import evaluate_plan, evaluate_saved_plan
 
-    res = evaluate_plan(
-        model, checkpoint, data, ratios, cut, limit, calib, PruneConfig(importance=importance, round_to=round_to, refit=refit), seed, log=_err
-    )
+    with _progress(fmt) as tick:
+        if plan is not None:
+            if ratios is not None or cut is not None:
+                raise CpcdrlError("--plan brings its own cut and ratios: drop --cut/--ratios")
+            res = evaluate_saved_plan(plan, None if data == "builtin" else data, checkpoint, limit, seed, tick=tick)
+        else:
+            res = evaluate_plan(
+                model, checkpoint, data, ratios, cut, limit, calib, PruneConfig(importance=importance, round_to=round_to, refit=refit), seed,
+                log=_err, tick=tick,
+            )
     if fmt is Format.json:
         _print_json(res)
         return
     typer.echo(f"{res['model']} cut {res['cut']}: top-1 {res['accuracy']:.2f}% on {res['test_images']} test images")
+    if plan is not None:
+        was = res["plan_test_accuracy"]
+        typer.echo(f"the plan's {res['weights']} weights" + (f"; optimize measured {was:.2f}% on its own test images" if was is not None else ""))
     typer.echo(f"MACs {res['macs_before']:,} -> {res['macs_after']:,} ({100 * res['macs_after'] / res['macs_before']:.1f}%), edge MACs {res['edge_macs']:,}")
-    if res["refitted_layers"]:
+    if res.get("refitted_layers"):
         typer.echo(f"refitted by least squares: {len(res['refitted_layers'])} layers")
 
 
@@ -164,7 +182,8 @@ def train_cmd(
     from cpcdrl_deploy.train import TrainConfig, train
 
     check_writable(out, "--out")
-    res = train(model, load_cifar10(data), out, TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit), log=_err)
+    with _progress(fmt) as tick:
+        res = train(model, load_cifar10(data), out, TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit), log=_err, tick=tick)
     if fmt is Format.json:
         _print_json(res)
     else:
@@ -224,7 +243,8 @@ def optimize_cmd(
         device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source, keep_models=out is not None,
     )
     # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
-    result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None)
+    with _progress(fmt) as tick:
+        result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None, tick=tick)
     if out is not None:
         # the first method listed, whatever order they ran in (after Ctrl-C: the first that got to run)
         chosen = next((p for p in result["plans"] if p["method"] == methods[0]), result["plans"][0] if result["plans"] else None)
@@ -365,7 +385,8 @@ def profile_cmd(
     dest = out or Path("device_profiles") / f"{host.replace('@', '_').replace(':', '_')}.json"
     dev = connect(host, python, trust_host_key, timeout)
     try:
-        prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err)
+        with _progress(fmt) as tick:
+            prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick)
     finally:
         dev.close()
     if fmt is Format.json:
@@ -442,7 +463,8 @@ def export_cmd(
 
     check_writable(out, "--out", directory=True)
     check_writable(triton, "--triton", directory=True)
-    m = export_plan(plan, out, data, checkpoint, quantize, transfer.value, triton, log=_err)
+    with _progress(fmt) as tick:
+        m = export_plan(plan, out, data, checkpoint, quantize, transfer.value, triton, log=_err, tick=tick)
     if fmt is Format.json:
         _print_json(m)
         return
@@ -510,12 +532,13 @@ def deploy_cmd(
     from cpcdrl_deploy.fileio import check_writable
 
     check_writable(out, "--out", directory=True)
-    rep = deploy(
-        DeployRequest(
-            plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed, probe,
-        ),
-        log=_err,
-    )
+    with _progress(fmt) as tick:
+        rep = deploy(
+            DeployRequest(
+                plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed, probe,
+            ),
+            log=_err, tick=tick,
+        )
     if fmt is Format.json:
         _print_json({k: v for k, v in rep.items() if k != "records"})
     else:

@@ -214,12 +214,16 @@ def split_train(n_train: int, val_size: int, calib_size: int, seed: int = 0) -> 
     """Disjoint validation and calibration indices, both from the training split.
 
     Accuracy during search is measured on ``val``; the least-squares refit samples
-    its feature maps from ``calib``; neither touches the test images.
+    its feature maps from ``calib``; neither touches the test images. The
+    calibration images are the first of the seeded shuffle and validation
+    comes after them, so every command that refits or quantises (optimize,
+    evaluate, export, deploy) calibrates on the same images for a seed,
+    whatever its validation size.
     """
     if val_size + calib_size > n_train:
         raise CpcdrlError(f"validation ({val_size}) + calibration ({calib_size}) images exceed the {n_train} training images")
     perm = np.random.default_rng(seed).permutation(n_train)
-    return np.sort(perm[:val_size]), np.sort(perm[val_size : val_size + calib_size])
+    return np.sort(perm[calib_size : calib_size + val_size]), np.sort(perm[:calib_size])
 
 
 def subset(n: int, limit: int | None, seed: int = 0) -> np.ndarray:

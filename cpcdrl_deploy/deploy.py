@@ -24,6 +24,7 @@ predictions stay beside it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +49,10 @@ from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.export import export_models, rebuild
 from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, throttled_latencies, transfer_ms
-from cpcdrl_deploy.optimize import load_plan
+from cpcdrl_deploy.plan import load_plan
 from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import PlanShape, PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
 from cpcdrl_deploy.testbed import host_cpus_preexec, load_state, on_host_cpus
@@ -84,11 +86,13 @@ class DeployRequest:
 class CloudServer:
     """The tail server as a child process (so it can be stopped, or killed, like a real one)."""
 
-    def __init__(self, export_dir: Path, host: str, token: str, port: int = 0, threads: int = 1, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, export_dir: Path, host: str, token: str, port: int = 0, threads: int = 1, start_timeout: float = 60.0, extra_args: list[str] | None = None,
+    ) -> None:
         import os
 
         env = dict(os.environ, CPCDRL_TOKEN=token)
-        cmd = [sys.executable, "-m", "cpcdrl_deploy.server", str(export_dir), "--host", host, "--port", str(port), "--threads", str(threads)]
+        cmd = [sys.executable, "-m", "cpcdrl_deploy.server", str(export_dir), "--host", host, "--port", str(port), "--threads", str(threads), *(extra_args or [])]
         # the cloud host must not share a duty-cycled device's CPU (testbed.host_cpus)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=host_cpus_preexec())
         line: list[str] = []
@@ -114,6 +118,39 @@ class CloudServer:
                 self.proc.wait()
 
 
+@contextlib.contextmanager
+def _count_requests(server: CloudServer | None, files: dict, token: str, n: int, tick: Ticker):
+    """While the edge runs its requests, tick the number the server has answered (its stats, polled twice a second).
+
+    The runner's own output arrives only when it ends; the server is the
+    one place that sees requests as they happen. Nothing is polled when no
+    one draws the bar (scripts, --format json), so measurements stay alone.
+    """
+    if server is None or tick is no_ticker:
+        yield
+        return
+    import urllib.request
+
+    stop = threading.Event()
+    url = f"{server.url}/v2/models/{files['tail']['model_name']}/stats"
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=2) as r:
+                    tick("requests answered by the server", min(n, json.loads(r.read())["model_stats"][0]["inference_count"]), n)
+            except (OSError, ValueError, KeyError, IndexError):
+                pass  # a progress bar is not worth failing a deploy over
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(3)
+
+
 def _server_address(req: DeployRequest) -> str:
     if req.bind:
         if req.bind in ("0.0.0.0", "::"):
@@ -134,18 +171,16 @@ def _pct(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
-def shape_of(plan: dict, net: torch.nn.Module | None = None) -> tuple[PlanShape, ModelAnalysis]:
-    """The plan's channel counts, MACs and cut size (what the latency models price), and the model's analysis."""
-    model = plan["model"]
+def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: torch.nn.Module | None = None) -> tuple[PlanShape, ModelAnalysis]:
+    """A plan's channel counts, MACs and cut size (what the latency models price), and the model's analysis."""
     net = net if net is not None else build_model(model)  # the unpruned architecture; weights do not matter here
     a = analyze(net, get_entry(model).input_size, model)
-    round_to = int((plan.get("prune") or {}).get("round_to", PruneConfig.round_to))  # as the plan was pruned
-    return plan_shape(a, channel_groups(net, a), int(plan["cut"]), [float(r) for r in plan["ratios"]], round_to), a
+    return plan_shape(a, channel_groups(net, a), cut, [float(r) for r in ratios], round_to), a
 
 
 def predictions(
-    plan: dict, edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None,
-    drift: dict[str, float | None] | None = None,
+    model: str, cut: int, ratios: Sequence[float], edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None,
+    drift: dict[str, float | None] | None = None, round_to: int = PruneConfig.round_to,
 ) -> dict[str, dict]:
     """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
 
@@ -154,12 +189,11 @@ def predictions(
     ``drift`` ({"edge": factor, "cloud": factor}, from the speed probe) adds
     ``table_drift``: the anchored tables with each side's compute scaled by its factor.
     """
-    model = plan["model"]
     ep, cp = load_profile(edge_profile), load_profile(cloud_profile)
     link: LinkProfile | None = ep.link or cp.link
     if link is None:
         raise CpcdrlError(f"neither {edge_profile!r} nor {cloud_profile!r} has a link measurement")
-    shape, a = shape_of(plan, net)
+    shape, a = shape_of(model, cut, ratios, round_to, net)
     out: dict[str, dict] = {}
     models: dict[str, object] = {}
     if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
@@ -270,15 +304,17 @@ def _drift(blocks: list[dict], ref: dict, request_ids: list[int] | None = None) 
     return d
 
 
-def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
+def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict:
     t_start = time.perf_counter()
     plan = load_plan(req.plan)
     if req.requests < 1:
         raise CpcdrlError("--requests must be at least 1")
     if req.cloud != "local":
         raise CpcdrlError("--cloud: only 'local' (this machine) is supported; serve elsewhere with `cpcdrl serve` and run the edge runner by hand")
-    edge_profile = req.edge_profile or plan["profiles"]["edge"]
-    cloud_profile = req.cloud_profile or plan["profiles"]["cloud"]
+    edge_profile = req.edge_profile or plan.profiles.get("edge")
+    cloud_profile = req.cloud_profile or plan.profiles.get("cloud")
+    if not edge_profile or not cloud_profile:
+        raise CpcdrlError(f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass --edge-profile/--cloud-profile")
     ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
     # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
@@ -287,7 +323,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         out = Path(req.out)
         export_dir = out / "export"
         original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
-        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log)
+        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log, tick=tick)
         files = manifest["files"]
 
         # the images, and what the pruned PyTorch model says about them
@@ -300,16 +336,16 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         np.save(inputs, x.numpy().astype(np.float32))
 
         # the speed probe, on each side that computes something and whose profile timed it
-        n_layers, cut = int(plan["n_layers"]), int(plan["cut"])
+        n_layers, cut = plan.n_layers, plan.cut
         refs: dict[str, dict | None] = {"edge": None, "cloud": None}
         if req.probe:
-            refs["edge"] = probe_reference(ep, plan["model"], n_layers) if cut > 0 else None
-            refs["cloud"] = probe_reference(cp, plan["model"], n_layers) if cut < n_layers else None
+            refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 else None
+            refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
             if not any(refs.values()):
                 log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
         probe_path = out / "probe.onnx.gz"
         if any(refs.values()):
-            probe_bytes, probe_shape, _ = probe_model(plan["model"])
+            probe_bytes, probe_shape, _ = probe_model(plan.model)
             probe_path.write_bytes(probe_bytes)
         probes: dict[str, list[dict]] = {}
     except BaseException:
@@ -350,7 +386,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         log(f"running {len(idx)} requests from {dev.name}" + (" with the speed probe between them" if refs["edge"] else ""))
         # the token travels on stdin, not the command line (visible in ps on the device)
         cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/edge_runner.py')} " + " ".join(args)
-        rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
+        with _count_requests(server, files, token, len(idx), tick):
+            rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
         if rc not in (0, 1):
             why = (stderr or stdout).strip().splitlines()
             raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
@@ -382,7 +419,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     ok_ids = [r["i"] for r in ok]
     speed_probe = {role: _drift(blocks, refs[role], ok_ids if role == "edge" else None) for role, blocks in probes.items()}  # type: ignore[arg-type]
     drift = {role: d["factor"] for role, d in speed_probe.items()}
-    pred = predictions(plan, edge_profile, cloud_profile, payload, original, drift)
+    pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, original, drift, plan.prune.round_to)
     link = pred.pop("_link")
     measured = {
         "e2e_ms": _pct([r["e2e_ms"] for r in ok]),
@@ -401,7 +438,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "cpcdrl-deploy-report",
-        "model": plan["model"], "method": plan["method"], "cut": plan["cut"], "n_layers": plan["n_layers"],
+        "model": plan.model, "method": plan.method, "cut": plan.cut, "n_layers": plan.n_layers,
         "plan": str(req.plan), "edge": dev.name, "cloud": "local", "server": server.url if server else None,
         "transfer": manifest["transfer"], "quantize": manifest["quantize"],
         "requests": len(idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
@@ -415,7 +452,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None) -> dict:
         "predicted": pred,
         "prediction_error_pct": errors,  # (predicted - measured p50) / measured p50
         "prediction_error_vs_mean_pct": errors_mean,  # against the measured mean: what sustained-mean tables predict under a CPU quota
-        "plan_estimate_ms": plan["latency_ms"],
+        "plan_estimate_ms": plan.latency_ms,
         "profiles": {"edge": edge_profile, "cloud": cloud_profile},
         "records": records,
         "wall_s": time.perf_counter() - t_start,
@@ -444,7 +481,11 @@ def repredict(report_path: Path) -> dict:
         ids = [r["i"] for r in report["records"] if "prediction" in r and not r.get("fallback")]
         sp["edge"] = _drift(blocks, {"ms": e["reference_ms"], "profiled_at": e["profiled_at"]}, ids)
     drift = {role: d["factor"] for role, d in sp.items()}
-    pred = predictions(load_plan(Path(report["plan"])), report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"], drift=drift)
+    plan = load_plan(Path(report["plan"]))
+    pred = predictions(
+        plan.model, plan.cut, plan.ratios, report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"], drift=drift,
+        round_to=plan.prune.round_to,
+    )
     pred.pop("_link")
     report["predicted"] = pred
     report["prediction_error_pct"], report["prediction_error_vs_mean_pct"] = _errors(pred, report["measured"])

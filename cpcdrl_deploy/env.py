@@ -27,6 +27,7 @@ from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore
 from cpcdrl_deploy.analysis import ModelAnalysis
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.latency import LatencyBreakdown, LatencyModel
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
 from cpcdrl_deploy.zoo import UnitModel
 
@@ -77,6 +78,7 @@ class PlanEvaluator:
     timers: Timers = field(default_factory=Timers)
     live: list = field(default_factory=list)  # every search's SearchResult as it runs (search._Tracker): the best so far on Ctrl-C
     store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
+    tick: Ticker = no_ticker  # progress of the running search (progress.py): each method's proposals
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
 
     def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:

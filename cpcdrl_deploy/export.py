@@ -40,8 +40,9 @@ from cpcdrl_deploy.analysis import analyze
 from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_document
-from cpcdrl_deploy.optimize import load_plan
-from cpcdrl_deploy.pruning import Calibration, PruneConfig, prune
+from cpcdrl_deploy.plan import Plan, load_plan
+from cpcdrl_deploy.progress import Ticker, no_ticker
+from cpcdrl_deploy.pruning import Calibration, prune
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -52,62 +53,59 @@ _ONNX_DTYPES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorPr
 
 
 def rebuild(
-    plan: dict, data: str | Path | None = None, checkpoint: str | Path | None = None, plan_path: str | Path | None = None,
+    plan: Plan, data: str | Path | None = None, checkpoint: str | Path | None = None, plan_path: str | Path | None = None,
 ) -> tuple[UnitModel, UnitModel, Cifar10]:
     """(original, pruned) models of ``plan`` and the dataset.
 
-    With the plan's saved weights (``plan["weights"]``, beside ``plan_path``),
+    With the plan's saved weights (``plan.weights``, beside ``plan_path``),
     the pruned model carries exactly those; without, pruning and the refit are
     replayed as ``optimize`` ran them.
     """
-    model_name = plan["model"]
-    entry = get_entry(model_name)
-    ckpt = Path(checkpoint or plan["checkpoint"])
+    entry = get_entry(plan.model)
+    ckpt = Path(checkpoint or plan.checkpoint)
     if not ckpt.is_file():
         raise CpcdrlError(f"checkpoint {ckpt} not found (the plan names it; pass --checkpoint to point elsewhere)")
-    if plan.get("checkpoint_sha256") and file_sha256(ckpt) != plan["checkpoint_sha256"]:
+    if plan.checkpoint_sha256 and file_sha256(ckpt) != plan.checkpoint_sha256:
         raise CpcdrlError(f"{ckpt} is not the checkpoint the plan was made from (SHA-256 differs)")
-    original = load_model(model_name, ckpt)
-    analysis = analyze(original, entry.input_size, model_name)
-    if plan.get("n_layers") != analysis.n_layers or len(plan.get("channels", [])) != analysis.n_layers:
-        raise CpcdrlError(f"the plan's layers do not match {model_name} ({analysis.n_layers} layers)")
-    split = plan.get("data") or {}
-    source = data or split.get("source")
-    if source is None:
-        raise CpcdrlError("the plan does not say which data it was made on: pass --data")
-    ds = load_cifar10(source)
-    cut, ratios = int(plan["cut"]), [float(r) for r in plan["ratios"]]
-    pcfg = plan.get("prune") or {}
-    cfg = PruneConfig(importance=pcfg.get("importance", "l1"), round_to=int(pcfg.get("round_to", 8)), refit=bool(pcfg.get("refit", True)))
+    original = load_model(plan.model, ckpt)
+    analysis = analyze(original, entry.input_size, plan.model)
+    if plan.n_layers != analysis.n_layers or len(plan.channels) != analysis.n_layers:
+        raise CpcdrlError(f"the plan's layers do not match {plan.model} ({analysis.n_layers} layers)")
+    ds = load_cifar10(data or plan.data_source)
+    cut, ratios, cfg = plan.cut, list(plan.ratios), plan.prune
     pruned = original
-    weights = plan.get("weights")
-    if weights is not None and plan_path is not None and any(r < 1.0 for r in ratios):
+    if plan.weights is not None and plan_path is not None and plan.pruned:
         # the very weights the search scored: the structure from the surgery alone, then the saved tensors
-        wfile = Path(plan_path).parent / weights["file"]
+        wfile = Path(plan_path).parent / plan.weights.file
         if not wfile.is_file():
             raise CpcdrlError(f"the plan's weights {wfile} are missing")
-        data = wfile.read_bytes()
-        if hashlib.sha256(data).hexdigest() != weights["sha256"]:
+        blob = wfile.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != plan.weights.sha256:
             raise CpcdrlError(f"{wfile} does not match the plan's SHA-256: refusing weights that are not the ones the search scored")
         pruned = prune(original, analysis, cut, ratios, None, replace(cfg, refit=False)).model
         try:
-            pruned.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), strict=True)
+            pruned.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True), strict=True)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CpcdrlError(f"{wfile} does not fit the plan's pruned model: {str(exc).splitlines()[0]}") from None
-    elif any(r < 1.0 for r in ratios):
-        calib = None
-        if cfg.refit:
-            seed = int(plan.get("seed", 0))
-            val_size = min(int(split.get("val_size", 2000)), len(ds.train) // 2)
-            calib_size = min(int(split.get("calib_size", pcfg.get("calibration_images", 256))), len(ds.train) - val_size)
-            _, calib_idx = split_train(len(ds.train), val_size, calib_size, seed)
-            calib = Calibration(ds.train.tensors(calib_idx)[0], cfg.points_per_image, seed)
+    elif plan.pruned:
+        calib = Calibration(_calibration_images(plan, ds), cfg.points_per_image, plan.seed) if cfg.refit else None
         pruned = prune(original, analysis, cut, ratios, calib, cfg).model
-    after = analyze(pruned, entry.input_size, model_name)
+    after = analyze(pruned, entry.input_size, plan.model)
     channels = [layer.out_channels for layer in after.layers]
-    if channels != list(plan["channels"]):
-        raise CpcdrlError(f"rebuilding the plan gave channels {channels}, the plan says {plan['channels']}")
+    if channels != list(plan.channels):
+        raise CpcdrlError(f"rebuilding the plan gave channels {channels}, the plan says {list(plan.channels)}")
     return original, pruned, ds
+
+
+EXPORT_STEPS = "export: rebuild, ONNX, check, quantise/write"
+
+
+def _calibration_images(plan: Plan, ds: Cifar10) -> torch.Tensor:
+    """The training images the plan's refit was calibrated on (optimize's recipe, data.split_train)."""
+    val_size = min(plan.val_size or 0, len(ds.train) // 2)  # optimize shrinks calibration only where both do not fit
+    size = min(plan.calib_size or 256, len(ds.train) - val_size)
+    _, idx = split_train(len(ds.train), 0, size, plan.seed)
+    return ds.train.tensors(idx)[0]
 
 
 def _onnx_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
@@ -262,32 +260,36 @@ def export_plan(
     triton: str | Path | None = None,
     check_images: int = 256,
     log: Log = lambda s: None,
+    tick: Ticker = no_ticker,
 ) -> dict:
     """Write head.onnx / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest."""
     _check_options(quantize, transfer)
     plan = load_plan(plan_path)
     t0 = time.perf_counter()
+    tick(EXPORT_STEPS, 0, 4)
     original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)
-    log(f"rebuilt {plan['model']} cut {plan['cut']} in {time.perf_counter() - t0:.1f} s; exporting")
-    return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log)
+    log(f"rebuilt {plan.model} cut {plan.cut} in {time.perf_counter() - t0:.1f} s; exporting")
+    return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log, tick)
 
 
 def export_models(
-    plan: dict, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
+    plan: Plan, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
     quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256, log: Log = lambda s: None,
+    tick: Ticker = no_ticker,
 ) -> dict:
     """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check)."""
     _check_options(quantize, transfer)
     t0 = time.perf_counter()
-    entry = get_entry(plan["model"])
-    analysis = analyze(pruned, entry.input_size, plan["model"])
-    cut = int(plan["cut"])
+    tick(EXPORT_STEPS, 1, 4)
+    entry = get_entry(plan.model)
+    analysis = analyze(pruned, entry.input_size, plan.model)
+    cut = plan.cut
     b = analysis.points[cut].unit_boundary
     units, orig_units = pruned.units(), original.units()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    x_check, y_check = ds.test.tensors(subset(len(ds.test), check_images, int(plan.get("seed", 0))))
+    x_check, y_check = ds.test.tensors(subset(len(ds.test), check_images, plan.seed))
     with torch.no_grad():
         h = x_check
         for u in units[:b]:
@@ -298,6 +300,7 @@ def export_models(
     tail_b = _onnx_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
     full_b = _onnx_bytes(nn.Sequential(*units), tuple(x_check.shape[1:]), "input", "logits")
 
+    tick(EXPORT_STEPS, 2, 4)
     # the float split must be the pruned model before anything lossy is applied
     xs = x_check.numpy()
     got = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
@@ -315,10 +318,12 @@ def export_models(
             raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
     log(f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched layers {untouched_diff:.1e}")
 
+    tick(EXPORT_STEPS, 3, 4)
     if head_b and quantize == "int8":
-        _, calib_idx = split_train(len(ds.train), 0, min(256, len(ds.train)), int(plan.get("seed", 0)) + 1)
-        head_b = _quantize_head(head_b, ds.train.tensors(calib_idx)[0].numpy(), out)
-        log("head quantised to int8 (QDQ, 256 training images)")
+        # activations calibrated on the refit's own images (data.split_train), not a second draw
+        calib_x = _calibration_images(plan, ds)
+        head_b = _quantize_head(head_b, calib_x.numpy(), out)
+        log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
     if head_b and tail_b and transfer != "fp32":
         head_b = _compress_output(onnx.load_from_string(head_b), transfer).SerializeToString()
         tail_b = _decompress_input(onnx.load_from_string(tail_b), transfer).SerializeToString()
@@ -327,7 +332,7 @@ def export_models(
     agree = float((final.argmax(1) == want.argmax(1)).mean() * 100.0)
     acc_final = float((final.argmax(1) == y_check.numpy()).mean() * 100.0)
 
-    name = plan["model"].replace("-", "_")
+    name = plan.model.replace("-", "_")
     files: dict[str, dict] = {}
     for role, blob in (("head", head_b), ("tail", tail_b), ("full", full_b)):
         path = out / f"{role}.onnx"
@@ -341,7 +346,7 @@ def export_models(
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "cpcdrl-export",
         "cpcdrl_version": __version__,
-        "model": plan["model"],
+        "model": plan.model,
         "cut": cut,
         "n_layers": analysis.n_layers,
         "cut_shape": list(cut_shape),
@@ -354,12 +359,13 @@ def export_models(
             "agreement_with_pytorch_pct": agree, "accuracy_pct": acc_final, "pytorch_accuracy_pct": float((want.argmax(1) == y_check.numpy()).mean() * 100.0),
             "lossy": bool(lossy),
         },
-        "plan": plan,
+        "plan": plan.to_dict(),
         "export_s": time.perf_counter() - t0,
     }
     atomic_write_json(out / "manifest.json", manifest)
     if triton and tail_b:
         write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
+    tick(EXPORT_STEPS, 4, 4)
     log(f"wrote {', '.join(sorted(files))} + manifest.json to {out} (agreement with PyTorch {agree:.1f} % on {len(xs)} images)")
     return manifest
 

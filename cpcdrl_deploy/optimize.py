@@ -27,14 +27,15 @@ from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_document
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
 from cpcdrl_deploy.latency import build_latency_model
+from cpcdrl_deploy.plan import PLAN_SCHEMA_VERSION
 from cpcdrl_deploy.profiles import LinkProfile, load_profile
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
-PLAN_SCHEMA_VERSION = 1
 Log = Callable[[str], None]
 
 
@@ -105,7 +106,7 @@ class Session:
     test_store: AccuracyCache | None = None
 
 
-def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
+def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> Session:
     """Load model, profiles and data; measure the unpruned model on validation and test images."""
     _validate(req)
     t_start = time.perf_counter()
@@ -148,7 +149,9 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None) -> Session:
     calib = Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed) if req.prune.refit else None
     sha = file_sha256(req.checkpoint)
     val_store, test_store = _stores(req, sha, val_x, val_y, calib, data.test.digest(test_idx))
-    base_test = _cached_test_accuracy(test_store, 0, (), len(test_idx), lambda: accuracy_on(model, data.test, test_idx))
+    base_test = _cached_test_accuracy(
+        test_store, 0, (), len(test_idx), lambda: accuracy_on(model, data.test, test_idx, progress=lambda d, t: tick("unpruned model, test images", d, t))
+    )
     evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store)
     base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
     return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, sha, t_start, test_store)
@@ -205,15 +208,21 @@ def constraint_loss(session: Session, accuracy: float | None, max_loss: float | 
     return loss
 
 
-def optimize(req: OptimizeRequest, log: Log = lambda s: None) -> dict[str, object]:
-    """Run the requested methods; returns {"plans": [...], "rewards", "history", "timers", ...}."""
-    session = prepare(req, log)
-    return run_methods(session, constraint_loss(session, req.accuracy, req.max_accuracy_loss), log)
+def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict[str, object]:
+    """Run the requested methods; returns {"plans": [...], "rewards", "history", "timers", ...}.
+
+    ``log`` gets milestones, ``tick`` counters: each method's proposals, then the test images.
+    """
+    session = prepare(req, log, tick)
+    return run_methods(session, constraint_loss(session, req.accuracy, req.max_accuracy_loss), log, tick=tick)
 
 
-def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_stop_a0: float | None = None) -> dict[str, object]:
+def run_methods(
+    session: Session, loss: float, log: Log = lambda s: None, early_stop_a0: float | None = None, tick: Ticker = no_ticker,
+) -> dict[str, object]:
     """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
     req, analysis, evaluator = session.req, session.analysis, session.evaluator
+    evaluator.tick = tick
     t_start = time.perf_counter()
     base_val, base_test = session.base_val, session.base_test
     a0_val = base_val - loss
@@ -256,7 +265,8 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
 
     plans = []
     test_cache: dict[tuple, float] = {}
-    for res in results:
+    tick("plans on the test images", 0, len(results))
+    for i, res in enumerate(results):
         plan = _plan_dict(req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val)
         if res.best is not None and not interrupted:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
@@ -265,6 +275,7 @@ def run_methods(session: Session, loss: float, log: Log = lambda s: None, early_
             plan["accuracy"]["test"] = test_cache[key]
             plan["accuracy"]["meets_a0_on_test"] = test_cache[key] >= base_test - loss
         plans.append(plan)
+        tick("plans on the test images", i + 1, len(results))
     wall = time.perf_counter() - t_start
     for p in plans:
         p["wall_s"] = wall
@@ -406,66 +417,4 @@ def write_plan(path: str | Path, plan: dict, model: torch.nn.Module | None = Non
         plan["weights"] = {"file": wpath.name, "sha256": hashlib.sha256(data).hexdigest()}
     return atomic_write_json(path, plan)
 
-
-def load_plan(path: str | Path) -> dict:
-    """A plan file, validated: every field export and deploy use has the right type and range, or one error line."""
-    d = read_document(path, "cpcdrl-plan", PLAN_SCHEMA_VERSION, "plan")
-    p = Path(path)
-    if not d.get("feasible"):
-        raise CpcdrlError(f"{p}: method {d.get('method')} found no plan meeting the accuracy constraint")
-    validate_plan(d, str(p))
-    return d
-
-
-def validate_plan(d: dict, where: str = "plan") -> None:
-    """Check a (possibly hand-edited) feasible plan's fields; raise CpcdrlError naming the first bad one."""
-
-    def bad(field: str, why: str) -> CpcdrlError:
-        return CpcdrlError(f"{where}: field {field!r} {why}")
-
-    def need(field: str, kind: type | tuple[type, ...], container: dict = d, name: str | None = None):
-        if field not in container:
-            raise bad(name or field, "is missing")
-        v = container[field]
-        if isinstance(v, bool) or not isinstance(v, kind):
-            raise bad(name or field, f"must be {kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}, not {type(v).__name__}")
-        return v
-
-    model = need("model", str)
-    try:
-        get_entry(model)
-    except CpcdrlError:
-        raise bad("model", f"names no zoo model ({model!r})") from None
-    need("checkpoint", str)
-    sha = d.get("checkpoint_sha256")
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise bad("checkpoint_sha256", "must be 64 lowercase hex digits")
-    n = need("n_layers", int)
-    cut = need("cut", int)
-    if not 0 <= cut <= n:
-        raise bad("cut", f"must be in 0..{n}, not {cut}")
-    ratios = need("ratios", list)
-    if len(ratios) != cut or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 < r <= 1.0 for r in ratios):
-        raise bad("ratios", f"must be {cut} keep ratios in (0, 1]")
-    channels = need("channels", list)
-    if len(channels) != n or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-        raise bad("channels", f"must be {n} positive integers")
-    data = need("data", dict)
-    need("source", str, data, "data.source")
-    for k in ("val_size", "calib_size"):
-        if k in data and (not isinstance(data[k], int) or isinstance(data[k], bool) or data[k] < 1):
-            raise bad(f"data.{k}", "must be a positive integer")
-    if "seed" in d and (not isinstance(d["seed"], int) or isinstance(d["seed"], bool)):
-        raise bad("seed", "must be an integer")
-    prune_cfg = d.get("prune", {})
-    if not isinstance(prune_cfg, dict):
-        raise bad("prune", "must be an object")
-    if "round_to" in prune_cfg and (not isinstance(prune_cfg["round_to"], int) or prune_cfg["round_to"] < 1):
-        raise bad("prune.round_to", "must be a positive integer")
-    w = d.get("weights")
-    if w is not None and not (isinstance(w, dict) and isinstance(w.get("file"), str) and "/" not in w["file"] and isinstance(w.get("sha256"), str)):
-        raise bad("weights", "must be {file: a name beside the plan, sha256}")
-    lat = d.get("latency_ms", {})
-    if not isinstance(lat, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in lat.values()):
-        raise bad("latency_ms", "must map parts to non-negative milliseconds")
 

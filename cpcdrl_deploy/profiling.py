@@ -31,6 +31,7 @@ from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_profile
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import ChannelGroup, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.remote import Device, check_runtime
 from cpcdrl_deploy.testbed import load_state
@@ -103,7 +104,7 @@ def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, 
     return plans
 
 
-def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log) -> tuple[list[dict], ModelAnalysis]:
+def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker) -> tuple[list[dict], ModelAnalysis]:
     """Write the gzipped ONNX files and return the job list (id, file, input_shape, meta)."""
     entry = get_entry(model_name)
     model: UnitModel = build_model(model_name)
@@ -132,7 +133,7 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
             jobs.append({
                 "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
             })
-        log(f"exported layer {t}/{analysis.n_layers}")
+        tick(f"{model_name}: exporting layers", t, analysis.n_layers)
     # whole heads pruned uniformly to each grid keep below 1 at every cut: the
     # per-layer tables alone mispredict pruned heads (on the emulated Pi the
     # unpruned head x the tables' ratio put three pruned VGG16 plans 18.6-20.0 %
@@ -267,6 +268,7 @@ def profile_host(
     batch: int = 60,
     window_ms: float = 100.0,
     log: Log = lambda s: None,
+    tick: Ticker = no_ticker,
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
@@ -310,11 +312,12 @@ def profile_host(
         tables: dict[str, dict] = {}
         for model_name in models:
             with tempfile.TemporaryDirectory() as tmp:
-                jobs, analysis = build_jobs(model_name, grid, Path(tmp), log)
+                jobs, analysis = build_jobs(model_name, grid, Path(tmp), log, tick)
                 done = partial["results"].setdefault(model_name, {})
                 todo = [j for j in jobs if j["id"] not in done]
                 if len(todo) < len(jobs):
                     log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} already measured")
+                tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
                 for start in range(0, len(todo), batch):
                     chunk = todo[start : start + batch]
                     for j in chunk:
@@ -331,7 +334,7 @@ def profile_host(
                         r = json.loads(line)
                         done[r.pop("id")] = r
                     atomic_write_json(partial_path, partial)
-                    log(f"{model_name}: {len(done)}/{len(jobs)} models timed on {dev.name}")
+                    tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
                 tables[model_name] = _table(jobs, done, analysis, grid, threads)
                 tables[model_name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
         link = measure_link(dev, log=log) if measure_link_too else None

@@ -15,6 +15,7 @@ import numpy as np
 from cpcdrl_deploy.agents import DDPGAgent, DDPGConfig, DQNAgent, DQNConfig
 from cpcdrl_deploy.agents.ddpg import truncated_normal
 from cpcdrl_deploy.env import CompressionStates, Evaluation, PlanEvaluator, partition_state
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.reward import RewardConfig, reward
 
 METHODS = ("cpcdrl", "cpcdrl-paper", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
@@ -81,12 +82,21 @@ class _Tracker:
     a run interrupted (Ctrl-C) can still hand over the best plan so far.
     """
 
-    def __init__(self, method: str, a0: float, live: list[SearchResult] | None = None) -> None:
+    def __init__(self, method: str, a0: float, live: list[SearchResult] | None = None, tick: Ticker = no_ticker, total: int | None = None) -> None:
         self.result = SearchResult(method, None, 0)
         if live is not None:
             live.append(self.result)
         self.a0 = a0
         self.seen: set[tuple] = set()
+        self.tick, self.total = tick, total
+        tick(method, 0, total)
+
+    def finish(self, wall_s: float) -> SearchResult:
+        """Close the method's progress bar (a search may stop before its budget) and return its result."""
+        self.result.wall_s = wall_s
+        n = len(self.result.history)
+        self.tick(self.result.method, max(n, self.total or 0), max(n, self.total or 0))
+        return self.result
 
     def add(self, ev: Evaluation) -> None:
         key = (ev.cut, ev.shape.out_keep[: ev.cut])
@@ -94,6 +104,8 @@ class _Tracker:
             self.seen.add(key)
             self.result.evaluations += 1
         self.result.history.append((ev.cut, ev.accuracy, ev.latency.total_ms))
+        n = len(self.result.history)
+        self.tick(self.result.method, min(n, self.total) if self.total else n, self.total)
         best = self.result.best
         if ev.screened:  # scored on one chunk because it was no faster than the best: it cannot replace it
             return
@@ -166,7 +178,7 @@ def run_rl(
         cfg = replace(cfg, uniform_start=False, refine_fraction=0.0, margin_se=0.0)
     n_start, n_rl, n_refine = cfg.budget_split()
     a0 = a0 + selection_margin(a0, len(evaluator.val_y), cfg.margin_se)
-    track = _Tracker(method, a0, evaluator.live)
+    track = _Tracker(method, a0, evaluator.live, evaluator.tick, cfg.episodes)
     states = CompressionStates(a)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
     warm = min(cfg.warmup_episodes, max(0, n_rl - 1))
@@ -247,13 +259,10 @@ def run_rl(
             if dqn is not None:
                 dqn.learn()
         evaluator.timers.agents_s += time.perf_counter() - t_agent
-        if progress and (episode + 1) % max(1, n_rl // 20) == 0 or progress and episode + 1 == n_rl:
+        if progress and ((episode + 1) % max(1, n_rl // 4) == 0 or episode + 1 == n_rl):  # the bar shows the count; this, what is found
             b = track.result.best
-            spent = time.perf_counter() - t_start
-            eta = spent / (n_start + episode + 1) * (n_rl - episode - 1 + n_refine)  # every proposal costs about the same
             progress(
-                f"[{method}] episode {episode + 1}/{n_rl} (ETA {eta:.0f} s): reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, "
-                f"{ev.latency.total_ms:.1f} ms; best feasible "
+                f"[{method}] episode {episode + 1}/{n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, {ev.latency.total_ms:.1f} ms; best feasible "
                 + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
             )
     if n_refine:
@@ -262,8 +271,7 @@ def run_rl(
             b = track.result.best
             progress(f"[{method}] refinement: {n_refine} proposals; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else "none"))
     track.result.episodes = len(track.result.rewards)  # proposals made: the refinement stops early when nothing is left to try
-    track.result.wall_s = time.perf_counter() - t_start
-    return track.result
+    return track.finish(time.perf_counter() - t_start)
 
 
 def _store_transitions(ddpg: DDPGAgent, obs_list: list[np.ndarray], actions: list[float], r: float) -> None:
@@ -396,33 +404,30 @@ def run_fixed(evaluator: PlanEvaluator, a0: float, method: str) -> SearchResult:
 def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig) -> SearchResult:
     """For each uniform keep ratio, the cut that minimises latency; the fastest that meets A0."""
     t0 = time.perf_counter()
-    track = _Tracker("greedy", a0, evaluator.live)
+    track = _Tracker("greedy", a0, evaluator.live, evaluator.tick, len(cfg.greedy_ratios))
     for r in cfg.greedy_ratios:
         cut = min(evaluator.analysis.cuttable_points(), key=lambda c: evaluator.price(c, [r] * c)[1].total_ms)
         track.add(evaluator.evaluate(cut, [r] * cut, incumbent_ms=track.incumbent_ms))
-    track.result.wall_s = time.perf_counter() - t0
-    return track.result
+    return track.finish(time.perf_counter() - t0)
 
 
 def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int) -> SearchResult:
     """Uniform random plans until ``budget`` distinct plans have been scored (CPCDRL's count)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + 3)
-    track = _Tracker("random", a0, evaluator.live)
+    track = _Tracker("random", a0, evaluator.live, evaluator.tick, budget)
     allowed = partition_actions(evaluator, cfg)
     tries = 0
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
         tries += 1
         cut = int(rng.choice(allowed))
         track.add(evaluator.evaluate(cut, [keep_ratio(rng.uniform(), cfg.r_min) for _ in range(cut)], incumbent_ms=track.incumbent_ms))
-    track.result.wall_s = time.perf_counter() - t0
-    return track.result
+    return track.finish(time.perf_counter() - t0)
 
 
 def _best_of(evaluator: PlanEvaluator, a0: float, method: str, plans: list[tuple[int, list[float]]]) -> SearchResult:
     t0 = time.perf_counter()
-    track = _Tracker(method, a0, evaluator.live)
+    track = _Tracker(method, a0, evaluator.live, evaluator.tick, len(plans))
     for cut, ratios in plans:
         track.add(evaluator.evaluate(cut, ratios))
-    track.result.wall_s = time.perf_counter() - t0
-    return track.result
+    return track.finish(time.perf_counter() - t0)

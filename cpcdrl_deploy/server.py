@@ -289,6 +289,10 @@ def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats
                     return self._json(200, {"name": model.name, "ready": True})
                 if rest == "/config":
                     return self._json(200, {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": 0, "input": model.inputs, "output": model.outputs})
+                if rest == "/stats":  # Triton's statistics extension, the counts only: what deploy's progress bar polls
+                    with stats.lock:
+                        counts = {"inference_count": stats.requests, "execution_count": stats.requests, "refused_count": stats.errors}
+                    return self._json(200, {"model_stats": [{"name": model.name, "version": model.version, **counts}]})
                 if rest is None:
                     meta = {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx", "inputs": model.inputs, "outputs": model.outputs}
                     return self._json(200, meta)

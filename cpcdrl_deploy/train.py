@@ -19,6 +19,7 @@ from cpcdrl_deploy.data import Cifar10, subset
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_bytes
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.zoo import build_model, get_entry
 
 
@@ -46,7 +47,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train(
-    model_name: str, data: Cifar10, out: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print
+    model_name: str, data: Cifar10, out: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print, tick: Ticker = no_ticker,
 ) -> dict[str, object]:
     """Train from scratch; write ``{"net", "acc", "epoch"}`` to ``out`` atomically."""
     if get_entry(model_name).dataset != "cifar10":
@@ -59,6 +60,7 @@ def train(
     steps = cfg.epochs * ((len(idx) + cfg.batch_size - 1) // cfg.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.max_lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=steps)
+    step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(len(idx), generator=gen)
@@ -71,11 +73,13 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            tick("training (batches, all epochs)", step, steps)
             total += len(sel)
             loss_sum += loss.item() * len(sel)
         log(f"epoch {epoch}/{cfg.epochs}: train loss {loss_sum / total:.3f}")
     model.eval()
-    acc = accuracy_on(model, data.test, np.arange(len(data.test)))
+    acc = accuracy_on(model, data.test, np.arange(len(data.test)), progress=lambda d, t: tick("test images", d, t))
     log(f"test top-1 {acc:.2f}% on {len(data.test)} images")
     import io
 

@@ -15,6 +15,7 @@ from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.data import load_cifar10, split_train, subset
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
+from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, PruneConfig, prune
 from cpcdrl_deploy.zoo import ZOO, UnitModel, file_sha256, get_entry, load_model
 
@@ -81,6 +82,7 @@ def evaluate_plan(
     prune_config: PruneConfig | None = None,
     seed: int = 0,
     log: Log | None = None,
+    tick: Ticker = no_ticker,
 ) -> dict[str, object]:
     """Accuracy of ``model`` (pruned by ``ratios`` up to ``cut``) on CIFAR-10 test images."""
     entry = get_entry(model)
@@ -111,7 +113,7 @@ def evaluate_plan(
     if log:
         log(f"evaluating on {len(test_idx)} test images ({ds.source})")
     t1 = time.perf_counter()
-    acc = accuracy_on(pruned, ds.test, test_idx)
+    acc = accuracy_on(pruned, ds.test, test_idx, progress=lambda d, t: tick("test images", d, t))
     return {
         "model": model,
         "checkpoint": str(ckpt),
@@ -131,3 +133,27 @@ def evaluate_plan(
         "eval_s": time.perf_counter() - t1,
     }
 
+
+
+def evaluate_saved_plan(
+    plan_path: str | Path, data: str | None = None, checkpoint: str | None = None, limit: int | None = None, seed: int = 0, tick: Ticker = no_ticker,
+) -> dict[str, object]:
+    """Accuracy of a saved plan's pruned model on CIFAR-10 test images: its saved weights, not a new refit."""
+    from cpcdrl_deploy.export import rebuild
+    from cpcdrl_deploy.plan import load_plan
+
+    plan = load_plan(plan_path)
+    original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)
+    entry = get_entry(plan.model)
+    base, after = analyze(original, entry.input_size, plan.model), analyze(pruned, entry.input_size, plan.model)
+    test_idx = subset(len(ds.test), limit, seed)
+    t1 = time.perf_counter()
+    acc = accuracy_on(pruned, ds.test, test_idx, progress=lambda d, t: tick("test images", d, t))
+    cut = plan.cut
+    return {
+        "model": plan.model, "plan": str(plan_path), "method": plan.method, "data": ds.source, "test_images": int(len(test_idx)), "cut": cut,
+        "ratios": list(plan.ratios), "weights": "saved" if plan.weights and plan.pruned else "unpruned or replayed",
+        "accuracy": acc, "plan_test_accuracy": plan.accuracy.get("test"),
+        "macs_before": base.total_macs, "macs_after": after.total_macs, "edge_macs": after.points[cut].cum_macs, "cut_bytes": after.points[cut].out_bytes,
+        "eval_s": time.perf_counter() - t1,
+    }

@@ -134,6 +134,9 @@ def test_messages_a_newcomer_can_act_on(tmp_path) -> None:
         (["evaluate", "tinyvgg", "--data", str(tmp_path / "typo"), "--limit", "5"], "no such file or directory"),
         (["evaluate", "tinyvgg", "--data", str(nonempty), "--limit", "5"], "no CIFAR-10 here"),
         (["deploy", str(plan), "--edge", "nosuchhost.invalid", "--out", str(tmp_path / "d")], "cannot reach nosuchhost.invalid"),
+        (["evaluate", "--plan", str(tmp_path / "nope.json")], "nope.json"),
+        (["evaluate", "--plan", str(text)], "notes.txt"),
+        (["evaluate", "--plan", str(plan), "--cut", "2"], "--plan brings its own cut and ratios"),
     ]
     for args, msg in cases:
         res = runner.invoke(app, args)

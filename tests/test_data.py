@@ -46,6 +46,9 @@ def test_normalisation_and_splits() -> None:
     assert normalize(px)[0, 0, 0, 0].item() == pytest.approx(-CIFAR_MEAN[0] / 0.2023)
     val, cal = split_train(1000, 100, 50, seed=1)
     assert len(set(val) & set(cal)) == 0 and len(val) == 100 and len(cal) == 50
+    # one calibration recipe: the same images whatever the validation size (optimize vs evaluate vs export)
+    assert list(split_train(1000, 0, 50, seed=1)[1]) == list(cal) == list(split_train(1000, 300, 50, seed=1)[1])
+    assert list(split_train(1000, 100, 50, seed=2)[1]) != list(cal)
     with pytest.raises(CpcdrlError):
         split_train(10, 8, 8)
     assert len(subset(100, 10)) == 10 and len(subset(100, None)) == 100

@@ -73,7 +73,7 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota(tmp_path) -> 
     measured["host"]["testbed"] = {**measured["host"].get("testbed", {}), **pi["host"]["testbed"], "throttle": "quota"}
     (tmp_path / "pi.json").write_text(json.dumps(measured))
     for cut in (0, 14, 28):
-        pred = predictions({"model": "mobilenet", "cut": cut, "ratios": [1.0] * cut}, str(tmp_path / "pi.json"), str(prof / "local.json"), None)
+        pred = predictions("mobilenet", cut, [1.0] * cut, str(tmp_path / "pi.json"), str(prof / "local.json"), None)
         q, med = pred["table_quota"], pred["table_median"]
         assert med["edge_ms"] <= q["edge_ms"] + 1e-9 <= q["edge_p90_ms"] + 1e-9  # a quota only ever delays
         assert q["cloud_ms"] == med["cloud_ms"] and q["total_ms"] == pytest.approx(q["edge_ms"] + q["transfer_ms"] + q["cloud_ms"] + q["return_ms"])

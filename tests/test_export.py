@@ -12,6 +12,7 @@ import torch
 
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild, run_split
+from cpcdrl_deploy.plan import load_plan
 from tests.conftest import make_plan
 
 
@@ -26,7 +27,7 @@ def test_split_matches_pruned_pytorch_with_dynamic_batch(cut3) -> None:
     plan_path, out, m = cut3
     assert sorted(p.name for p in out.iterdir()) == ["full.onnx", "head.onnx", "manifest.json", "tail.onnx"]  # single-file ONNX
     assert m["check"]["split_vs_pytorch_max_abs"] <= 1e-4 and m["check"]["untouched_layers_max_abs"] <= 1e-4
-    _, pruned, ds = rebuild(json.loads(plan_path.read_text()))
+    _, pruned, ds = rebuild(load_plan(plan_path))
     x, _ = ds.test.tensors(np.arange(7))  # a batch size the export never saw
     with torch.no_grad():
         want = pruned(x).numpy()
@@ -130,6 +131,11 @@ def test_saved_weights_are_loaded_not_refitted_and_checked(tmp_path, monkeypatch
     ya = ort_session(tmp_path / "a" / "full.onnx").run(None, {"input": x})[0]
     yb = ort_session(tmp_path / "b" / "full.onnx").run(None, {"input": x})[0]
     assert np.abs(ya - yb).max() <= 1e-5
+    # evaluate --plan scores the saved weights: the same test images give optimize's own figure
+    ev = CliRunner().invoke(app, ["evaluate", "--plan", str(plan), "--limit", "100", "--format", "json"])
+    assert ev.exit_code == 0, ev.output
+    got = json.loads(ev.stdout)
+    assert got["weights"] == "saved" and got["test_images"] == 100 and got["accuracy"] == pytest.approx(d["accuracy"]["test"])
     # a weights file that is not the one the plan names is refused
     data = bytearray(wfile.read_bytes())
     data[-20] ^= 0xFF

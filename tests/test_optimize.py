@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.optimize import OptimizeRequest, load_plan, optimize
+from cpcdrl_deploy.optimize import OptimizeRequest, optimize
+from cpcdrl_deploy.plan import load_plan
 from cpcdrl_deploy.search import SearchConfig
 
 from .conftest import CHECKPOINTS, need_shared
@@ -28,9 +29,24 @@ def _req(cifar_dir, **kw) -> OptimizeRequest:
     return OptimizeRequest(**base)
 
 
+TICKS: list[tuple[str, int, int | None]] = []  # what the progress bars of the module's main run were told
+
+
 @pytest.fixture(scope="module")
 def result(cifar_dir):
-    return optimize(_req(cifar_dir))
+    return optimize(_req(cifar_dir), tick=lambda *a: TICKS.append(a))
+
+
+def test_progress_reaches_each_methods_total(result) -> None:
+    plans = {p["method"]: p for p in result["plans"]}
+    for method in plans:
+        ticks = [(done, total) for task, done, total in TICKS if task == method]
+        assert ticks, f"no progress for {method}"
+        dones = [d for d, _ in ticks]
+        assert dones == sorted(dones) and ticks[-1][0] == ticks[-1][1], f"{method}: {ticks}"
+    assert [t for t in TICKS if t[0] == "cpcdrl"][0][2] == 6  # the whole budget of proposals, known up front
+    assert [t for t in TICKS if t[0] == "random"][0][2] == plans["cpcdrl"]["evaluations"]
+    assert TICKS[-1] == ("plans on the test images", len(plans), len(plans))
 
 
 def test_end_to_end_mobilenet(result) -> None:
@@ -74,7 +90,7 @@ def test_cli_optimize_writes_plan_and_report(tmp_path) -> None:
     d = json.loads(res.stdout)
     assert [p["method"] for p in d["plans"]] == ["cpcdrl", "neurosurgeon"]
     saved = load_plan(plan)
-    assert saved["model"] == "tinyvgg" and saved["method"] == "cpcdrl" and len(saved["checkpoint_sha256"]) == 64
+    assert saved.model == "tinyvgg" and saved.method == "cpcdrl" and len(saved.checkpoint_sha256 or "") == 64 and saved.cut == len(saved.ratios)
     assert (rep / "rewards.png").stat().st_size > 1000 and (rep / "plans.png").exists() and "| cpcdrl |" in (rep / "table.md").read_text()
 
 
