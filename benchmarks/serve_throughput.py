@@ -1,6 +1,6 @@
 """Tail server throughput vs raw ONNX Runtime on the same tail, measured side by side.
 
-    python benchmarks/serve_throughput.py [--clients 1,16] [--seconds 3] [--rounds 3] [--client tritonclient|runner]
+    python benchmarks/serve_throughput.py [--clients 1,16] [--seconds 3] [--rounds 3] [--client tritonclient|runner|raw]
         [--model tinyvgg --cut 3 --keep 0.75] [--out benchmarks/results/serve_throughput]
 
 Exports a uniform plan's tail, starts `cpcdrl serve` as its own process on
@@ -10,8 +10,8 @@ alike): raw ONNX Runtime batch-1 runs of the tail in a process of its own for
 on its own keep-alive connection, for ``--seconds``. The clients live in
 ``--client-procs`` processes so their own interpreter lock does not cap them.
 Reports per round and the median over rounds: requests/s, the ratio to raw
-ORT, client-side p50/p99 latency, the batch sizes the server formed, and the
-single-client overhead (client p50 minus the server's own compute p50).
+ORT, client-side p50/p99 latency, and the single-client overhead (client p50
+minus the server's own compute p50).
 Goal (issue 17): at 16 clients >= 0.5x raw ORT; one client's overhead < 0.25 ms.
 """
 
@@ -56,15 +56,15 @@ def _raw_ort(path: str, shape: list[int], seconds: float, q) -> None:
 
 
 def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: float, kind: str, start_at: float, q) -> None:
-    """``threads`` clients, each its own connection, sending until the shared deadline; (latencies ms, compute ms, batch sizes, failures)."""
+    """``threads`` clients, each its own connection, sending until the shared deadline; (latencies ms, server compute ms, failures)."""
     import threading
 
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    out: list[tuple[list[float], list[float], list[int], int]] = []
+    out: list[tuple[list[float], list[float], int]] = []
     lock = threading.Lock()
 
     def one() -> None:
-        lat, comp, batch, failed = [], [], [], 0
+        lat, comp, failed = [], [], 0
         if kind == "tritonclient":
             import tritonclient.http as th
 
@@ -76,7 +76,33 @@ def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: 
             def call():
                 r = c.infer(model, [inp], outputs=outs, headers={"Authorization": f"Bearer {TOKEN}"})
                 p = r.get_response().get("parameters", {})
-                return p.get("cpcdrl_compute_ms"), p.get("cpcdrl_batch")
+                return p.get("cpcdrl_compute_ms")
+        elif kind == "raw":  # the request encoded once, bytes over a socket: the server's capacity, least client cost
+            import json
+            import socket
+
+            host, port = url.split("://", 1)[1].rsplit(":", 1)
+            head = json.dumps({"inputs": [{"name": "cut", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": x.nbytes}}],
+                               "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+            req = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                   f"Inference-Header-Content-Length: {len(head)}\r\nContent-Length: {len(head) + x.nbytes}\r\n\r\n").encode() + head + x.tobytes()
+            c = socket.create_connection((host, int(port)), timeout=10)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            f = c.makefile("rb")
+
+            def call():
+                c.sendall(req)
+                if not f.readline().startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError("not a 200")
+                n = hl = 0
+                while (h := f.readline()) not in (b"\r\n", b""):
+                    k, _, v = h.partition(b":")
+                    if k.lower() == b"content-length":
+                        n = int(v)
+                    elif k.lower() == b"inference-header-content-length":
+                        hl = int(v)
+                body = f.read(n)
+                return json.loads(body[:hl])["parameters"]["cpcdrl_compute_ms"]
         else:
             from cpcdrl_deploy.edge_runner import Remote
 
@@ -84,7 +110,7 @@ def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: 
 
             def call():
                 _, compute_ms, _ = c.infer({"cut": x})
-                return compute_ms, None
+                return compute_ms
 
         while time.time() < start_at:
             time.sleep(0.001)
@@ -92,17 +118,15 @@ def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: 
         while time.time() < deadline:
             t0 = time.perf_counter()
             try:
-                cm, b = call()
+                cm = call()
                 lat.append(1000.0 * (time.perf_counter() - t0))
                 if cm is not None:
                     comp.append(cm)
-                if b is not None:
-                    batch.append(b)
             except Exception:  # noqa: BLE001 - counted: the point is how many
                 failed += 1
         c.close()
         with lock:
-            out.append((lat, comp, batch, failed))
+            out.append((lat, comp, failed))
 
     ts = [threading.Thread(target=one) for _ in range(threads)]
     for t in ts:
@@ -125,12 +149,10 @@ def _load(url: str, model: str, shape: list[int], clients: int, procs: int, seco
         p.join()
     lat = [t for r in res for t in r[0]]
     comp = [t for r in res for t in r[1]]
-    batch = [b for r in res for b in r[2]]
     return {
-        "clients": clients, "requests": len(lat), "failed": sum(r[3] for r in res), "req_per_s": len(lat) / seconds,
+        "clients": clients, "requests": len(lat), "failed": sum(r[2] for r in res), "req_per_s": len(lat) / seconds,
         "p50_ms": float(np.percentile(lat, 50)) if lat else None, "p99_ms": float(np.percentile(lat, 99)) if lat else None,
         "server_compute_p50_ms": float(np.percentile(comp, 50)) if comp else None,
-        "mean_batch": float(np.mean(batch)) if batch else None,
     }
 
 
@@ -142,11 +164,11 @@ def main() -> None:
     ap.add_argument("--cut", type=int, default=3)
     ap.add_argument("--keep", type=float, default=0.75)
     ap.add_argument("--clients", default="1,16")
-    ap.add_argument("--client", choices=("tritonclient", "runner"), default="tritonclient")
-    ap.add_argument("--client-procs", type=int, default=2, help="processes the clients are spread over")
+    ap.add_argument("--client", choices=("tritonclient", "runner", "raw"), default="tritonclient")
+    ap.add_argument("--client-procs", type=int, default=1, help="processes the clients are spread over (1: the clients take one core, the server the other)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--server-args", default="", help="extra options for the server, e.g. '--max-batch 1' to switch batching off")
+    ap.add_argument("--server-args", default="", help="extra options for `python -m cpcdrl_deploy.server`")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -172,7 +194,7 @@ def main() -> None:
                     rows.append(r)
                     print(f"round {rnd}: raw ORT {raw_rps:.0f} runs/s ({raw_p50:.3f} ms); {n} clients: {r['req_per_s']:.0f} req/s = "
                           f"{r['ratio_to_raw']:.2f}x raw, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, server compute p50 "
-                          f"{r['server_compute_p50_ms'] or float('nan'):.3f} ms, mean batch {r['mean_batch'] or float('nan'):.1f}, failed {r['failed']}", flush=True)
+                          f"{r['server_compute_p50_ms'] or float('nan'):.3f} ms, failed {r['failed']}", flush=True)
         finally:
             srv.stop()
     summary = []

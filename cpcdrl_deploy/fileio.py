@@ -35,6 +35,7 @@ def portable_args(args: object, drop: tuple[str, ...] = ()) -> dict:
     (the repository, where benchmarks run), so results name no machine's folders; ``drop``: arguments that
     say nothing about the result (a cache directory)."""
     d = dict(vars(args)) if not isinstance(args, dict) else dict(args)
+    d = {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}  # argparse's type=Path, as JSON text
     return {k: os.path.relpath(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in d.items() if k not in drop}
 
 
