@@ -35,7 +35,7 @@ import torch
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_bytes
 
-ALGO_VERSION = 1  # bump when pruning, the refit or the accuracy measurement changes what a plan scores
+ALGO_VERSION = 2  # 2: the refit solved in its dual form where smaller (float rounding differs); bump when pruning, the refit or the accuracy measurement changes what a plan scores
 SCHEMA_VERSION = 1
 
 

@@ -101,3 +101,32 @@ def test_refit_lowers_reconstruction_error_and_output_error(name: str, cifar_dir
         err_plain = (plain.model(x) - ref).norm() / ref.norm()
         err_fit = (fitted.model(x) - ref).norm() / ref.norm()
     assert err_fit < 0.6 * err_plain
+
+
+def test_patches_at_sampled_positions_equal_unfold() -> None:
+    """The refit reads only the sampled windows; they must be exactly F.unfold's columns at those positions."""
+    import torch.nn.functional as F
+
+    from cpcdrl_deploy.pruning import patches_at
+
+    torch.manual_seed(0)
+    for k, s, p, d, h in [(3, 1, 1, 1, 8), (3, 2, 1, 1, 9), (1, 1, 0, 1, 6), (3, 2, 0, 1, 10), (5, 1, 2, 2, 12)]:
+        conv = torch.nn.Conv2d(4, 6, k, stride=s, padding=p, dilation=d)
+        x = torch.randn(3, 4, h, h)
+        u = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+        pos = torch.stack([torch.randperm(u.shape[2])[:5] for _ in range(3)])
+        want = torch.gather(u, 2, pos.unsqueeze(1).expand(3, u.shape[1], 5)).permute(0, 2, 1).reshape(-1, u.shape[1])
+        assert torch.equal(patches_at(x, conv, pos), want), (k, s, p, d)
+
+
+@pytest.mark.parametrize("n,d", [(50, 20), (20, 50)])
+def test_ridge_dual_and_primal_forms_agree(n: int, d: int) -> None:
+    """Fewer points than columns: the dual (n x n) form; more: the primal (D x D). Both are the same ridge solution."""
+    from cpcdrl_deploy.pruning import ridge_toward
+
+    torch.manual_seed(1)
+    x, y, w0 = torch.randn(n, d), torch.randn(n, 7), torch.randn(7, d)
+    lam = 0.1 * float(x.square().sum()) / d
+    a = x.double().T @ x.double() + lam * torch.eye(d, dtype=torch.float64)
+    want = torch.linalg.solve(a, x.double().T @ y.double() + lam * w0.double().T).T
+    assert (ridge_toward(x, y, w0, 0.1).double() - want).abs().max() < 1e-4
