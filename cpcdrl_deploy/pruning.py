@@ -331,9 +331,7 @@ def _solve_layer(
         X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
         w0 = torch.cat([w0, mod.bias.detach().unsqueeze(1)], 1)
     Y = y.float()
-    before = _rel_err(X, Y, w0)
-    W = ridge_toward(X, Y, w0, ridge)
-    after = _rel_err(X, Y, W)
+    W, before, after = ridge_toward(X, Y, w0, ridge)
     if after > before:  # never make a layer worse than plain pruning
         return before, before
     if has_bias:
@@ -362,31 +360,37 @@ def patches_at(x: torch.Tensor, conv: nn.Conv2d, pos: torch.Tensor) -> torch.Ten
     return win.permute(0, 1, 4, 2, 3).reshape(nb * pos.shape[1], c * kh * kw)
 
 
-def ridge_toward(X: torch.Tensor, Y: torch.Tensor, w0: torch.Tensor, ridge: float) -> torch.Tensor:
+def ridge_toward(X: torch.Tensor, Y: torch.Tensor, w0: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float, float]:
     """argmin_W ||Y - X W^T||^2 + lam ||W - w0||^2, lam = ``ridge`` x the mean of diag(X^T X); W is C_out x D.
 
+    Returns W and the relative errors ||Y - X W^T|| / ||Y|| at w0 and at W.
     Solved in whichever form is smaller. Primal: (X^T X + lam I) W^T = X^T Y
-    + lam w0^T, D x D. Dual (push-through identity): V = X^T (X X^T + lam I)^-1 R, n x n,
-    with R = Y - X w0^T and W^T = w0^T + V. VGG16's 512-channel 3x3 layers
-    have D = 4,609 columns and n = 2,560 calibration points: the dual's
-    products and factorisation are several times cheaper there. Products in
-    float32 (the bulk of the work), the solve in float64 by Cholesky (the
-    ridge makes the system positive definite).
+    + lam w0^T, D x D. Dual (push-through identity): W^T = w0^T + X^T alpha,
+    (X X^T + lam I) alpha = R, R = Y - X w0^T, n x n; its errors come from R
+    and X X^T alpha without another pass over X. VGG16's 512-channel 3x3
+    layers have D = 4,609 columns and n = 2,560 calibration points: the dual
+    is several times cheaper there. Products in float32 (the bulk of the
+    work), the solve in float64 by Cholesky (the ridge makes the system
+    positive definite).
     """
     n, d = X.shape
     lam = ridge * (X.square().sum() / d).clamp_min(1e-12).double()  # mean of diag(X^T X) without forming it
+    y_norm = float(torch.linalg.norm(Y).clamp_min(1e-12))
     if d <= n:
         gram = (X.T @ X).double()
         gram.diagonal().add_(lam)
         rhs = (X.T @ Y).double() + lam * w0.T.double()
         chol, info = torch.linalg.cholesky_ex(gram)
-        return (torch.cholesky_solve(rhs, chol) if int(info) == 0 else torch.linalg.solve(gram, rhs)).T.float()
-    gram = (X @ X.T).double()
+        W = (torch.cholesky_solve(rhs, chol) if int(info) == 0 else torch.linalg.solve(gram, rhs)).T.float()
+        return W, _rel_err(X, Y, w0), _rel_err(X, Y, W)
+    kernel = X @ X.T
+    resid = Y - X @ w0.T
+    gram = kernel.double()
     gram.diagonal().add_(lam)
-    resid = (Y - X @ w0.T).double()
     chol, info = torch.linalg.cholesky_ex(gram)
-    alpha = (torch.cholesky_solve(resid, chol) if int(info) == 0 else torch.linalg.solve(gram, resid)).float()  # n x C_out
-    return (w0.T + X.T @ alpha).T
+    alpha = (torch.cholesky_solve(resid.double(), chol) if int(info) == 0 else torch.linalg.solve(gram, resid.double())).float()  # n x C_out
+    W = (w0.T + X.T @ alpha).T
+    return W, float(torch.linalg.norm(resid)) / y_norm, float(torch.linalg.norm(resid - kernel @ alpha)) / y_norm
 
 
 def _rel_err(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor) -> float:

@@ -129,4 +129,7 @@ def test_ridge_dual_and_primal_forms_agree(n: int, d: int) -> None:
     lam = 0.1 * float(x.square().sum()) / d
     a = x.double().T @ x.double() + lam * torch.eye(d, dtype=torch.float64)
     want = torch.linalg.solve(a, x.double().T @ y.double() + lam * w0.double().T).T
-    assert (ridge_toward(x, y, w0, 0.1).double() - want).abs().max() < 1e-4
+    w, before, after = ridge_toward(x, y, w0, 0.1)
+    assert (w.double() - want).abs().max() < 1e-4
+    rel = lambda m: float(torch.linalg.norm(y - x @ m.T) / torch.linalg.norm(y))
+    assert before == pytest.approx(rel(w0), rel=1e-4) and after == pytest.approx(rel(w), rel=1e-4) and after < before
