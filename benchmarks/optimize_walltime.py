@@ -14,6 +14,7 @@ an otherwise idle machine: it is a timing.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -72,6 +73,7 @@ def main() -> None:
     lines.append(f"best plan: cut {plan.get('cut')}, {best if best is None else round(best, 2)} ms, test {plan['accuracy'].get('test')}")
     print("\n".join(lines))
     if args.out:
+        plan = {**plan, "checkpoint": os.path.relpath(plan["checkpoint"]), "data": {**plan["data"], "source": os.path.relpath(plan["data"]["source"])}}
         atomic_write_json(Path(args.out), {"args": portable_args(args), "wall_s": wall, "parts_s": parts, "timers": tm, "plan": plan, "report": lines})
 
 
