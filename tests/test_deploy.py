@@ -110,7 +110,8 @@ def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
     sp = rep["speed_probe"]
     assert len(sp["edge"]["block_means_ms"]) == 9 and len(sp["cloud"]["block_means_ms"]) == 4  # every 3 requests and after; 2 before, 2 after
     for role in ("edge", "cloud"):
-        assert 0.3 < sp[role]["factor"] < 3.0, sp  # the same machine minutes apart: not a different model
+        # the same machine minutes apart: not a different model (wide: a busy 2-core host has run this probe 3x slower)
+        assert 0.2 < sp[role]["factor"] < 5.0, sp
     t, td = rep["predicted"]["table"], rep["predicted"]["table_drift"]
     assert td["edge_ms"] == pytest.approx(t["edge_ms"] * sp["edge"]["factor"]) and td["cloud_ms"] == pytest.approx(t["cloud_ms"] * sp["cloud"]["factor"])
     assert td["total_ms"] == pytest.approx(td["edge_ms"] + td["transfer_ms"] + td["cloud_ms"] + td["return_ms"])
