@@ -35,7 +35,9 @@ import torch
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_bytes
 
-ALGO_VERSION = 2  # 2: the refit solved in its dual form where smaller (float rounding differs); bump when pruning, the refit or the accuracy measurement changes what a plan scores
+# bump when pruning, the refit or the accuracy measurement changes what a plan scores
+# (2: the refit solved in its dual form where that is smaller; float rounding differs)
+ALGO_VERSION = 2
 SCHEMA_VERSION = 1
 
 
