@@ -88,9 +88,11 @@ class Remote:
 
     def __init__(self, url: str, model: str, timeout: float, token: str | None, output: str = "logits") -> None:
         u = urllib.parse.urlsplit(url)
-        if u.scheme != "http" or not u.hostname:
-            raise ValueError(f"--url must be http://HOST:PORT, got {url!r}")
-        self.host, self.port = u.hostname, u.port or 80
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"--url must be http://HOST:PORT or https://HOST[:PORT], got {url!r}")
+        self.host, self.port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        # https: behind a TLS-terminating proxy; the default context verifies the certificate and the host name
+        self.connection_class = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
         self.path = f"/v2/models/{model}/infer"
         self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -110,7 +112,7 @@ class Remote:
         body = header + b"".join(blobs)
         headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header)), **self.headers}
         if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn = self.connection_class(self.host, self.port, timeout=self.timeout)
             self.conn.connect()
             self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on small requests
         # --timeout bounds the whole request, not each socket read: a server trickling its reply byte by byte
@@ -152,7 +154,7 @@ class Remote:
 
     def metadata(self, model: str) -> dict:
         """The server's model metadata (GET /v2/models/NAME): what it will accept."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = self.connection_class(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("GET", f"/v2/models/{model}", headers=self.headers)
             resp = conn.getresponse()

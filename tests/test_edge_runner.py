@@ -132,3 +132,39 @@ def test_head_that_does_not_fit_the_tail_is_refused(exported, tmp_path) -> None:
     finally:
         srv.stop()
     assert rc == 2 and "do not match" in log and len(log.strip().splitlines()) == 1 and rep is None
+
+
+def test_https_through_tls_verifies_the_certificate(exported, tmp_path) -> None:
+    """--url https://...: the runner speaks TLS (as behind a TLS-terminating proxy) and refuses a certificate it cannot verify."""
+    import ssl
+    import threading
+
+    from cpcdrl_deploy.server import make_server
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    e3, _, x = exported
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    httpd = make_server(e3, "127.0.0.1", 0, token="tok")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"https://localhost:{httpd.server_address[1]}"
+    base = ["--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail", "--timeout", "5"]
+    try:
+        os.environ["SSL_CERT_FILE"] = str(cert)  # the runner's default context trusts this test's own CA, as a device would trust a real one
+        try:
+            rc, log, rep = _run(tmp_path, *base, token="tok")
+        finally:
+            del os.environ["SSL_CERT_FILE"]
+        assert rc == 0, log
+        full = ort_session(e3 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
+        assert [r["prediction"] for r in rep["records"]] == full.tolist()
+        rc, log, rep = _run(tmp_path, *base, token="tok")  # a certificate nobody vouches for: refused, not used
+        assert rc == 1 and rep["answered"] == 0 and "CERTIFICATE_VERIFY_FAILED" in log + json.dumps(rep), log[-500:]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
