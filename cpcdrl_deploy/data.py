@@ -226,6 +226,13 @@ def split_train(n_train: int, val_size: int, calib_size: int, seed: int = 0) -> 
     return np.sort(perm[calib_size : calib_size + val_size]), np.sort(perm[:calib_size])
 
 
+def search_split(n_train: int, val_size: int, calib_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """optimize's validation and calibration indices: validation at most half the training split, calibration
+    shrunk to what is left; export replays a plan's refit from the same call."""
+    val_size = min(val_size, n_train // 2)
+    return split_train(n_train, val_size, min(calib_size, n_train - val_size), seed)
+
+
 def subset(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
     """The first ``limit`` of a seeded, class-balanced-in-expectation shuffle of range(n)."""
     if limit is None or limit >= n:

@@ -37,7 +37,7 @@ from torch import nn
 
 from cpcdrl_deploy import __version__
 from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
+from cpcdrl_deploy.data import Cifar10, load_cifar10, search_split, subset
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_document
 from cpcdrl_deploy.plan import Plan, load_plan
@@ -101,10 +101,8 @@ EXPORT_STEPS = "export: rebuild, ONNX, check, quantise/write"
 
 
 def _calibration_images(plan: Plan, ds: Cifar10) -> torch.Tensor:
-    """The training images the plan's refit was calibrated on (optimize's recipe, data.split_train)."""
-    val_size = min(plan.val_size or 0, len(ds.train) // 2)  # optimize shrinks calibration only where both do not fit
-    size = min(plan.calib_size or 256, len(ds.train) - val_size)
-    _, idx = split_train(len(ds.train), 0, size, plan.seed)
+    """The training images the plan's refit was calibrated on (optimize's recipe, data.search_split)."""
+    _, idx = search_split(len(ds.train), plan.val_size or 0, plan.calib_size or 256, plan.seed)
     return ds.train.tensors(idx)[0]
 
 
@@ -320,7 +318,7 @@ def export_models(
 
     tick(EXPORT_STEPS, 3, 4)
     if head_b and quantize == "int8":
-        # activations calibrated on the refit's own images (data.split_train), not a second draw
+        # activations calibrated on the refit's own images (data.search_split), not a second draw
         calib_x = _calibration_images(plan, ds)
         head_b = _quantize_head(head_b, calib_x.numpy(), out)
         log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")

@@ -23,7 +23,7 @@ import torch
 from cpcdrl_deploy import __version__
 from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore, context_key, tensor_digest
 from cpcdrl_deploy.analysis import ModelAnalysis, analyze
-from cpcdrl_deploy.data import Cifar10, load_cifar10, split_train, subset
+from cpcdrl_deploy.data import Cifar10, load_cifar10, search_split, subset
 from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
@@ -126,8 +126,7 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         torch.backends.cudnn.allow_tf32 = False
         model = model.to(req.device)
     data = load_cifar10(req.data)
-    val_size = min(req.val_size, len(data.train) // 2)
-    val_idx, calib_idx = split_train(len(data.train), val_size, min(req.calib_size, len(data.train) - val_size), req.search.seed)
+    val_idx, calib_idx = search_split(len(data.train), req.val_size, req.calib_size, req.search.seed)
     test_idx = subset(len(data.test), req.test_limit, req.search.seed)
     val_set = data.train
     if req.val_source == "test":
@@ -265,13 +264,24 @@ def run_methods(
 
     plans = []
     test_cache: dict[tuple, float] = {}
+    nets: dict[tuple, torch.nn.Module] = {}  # with keep_models: each chosen plan pruned and refitted once, for its test score and for saving
+
+    def net_of(ev: Evaluation) -> torch.nn.Module:
+        key = (ev.cut, ev.shape.out_keep[: ev.cut])
+        if key not in nets:
+            net = _pruned_net(session, ev)
+            if not req.keep_models:
+                return net
+            nets[key] = net
+        return nets[key]
+
     tick("plans on the test images", 0, len(results))
     for i, res in enumerate(results):
         plan = _plan_dict(req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val)
         if res.best is not None and not interrupted:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
             if key not in test_cache:
-                test_cache[key] = _test_accuracy(session, res.best)
+                test_cache[key] = _test_accuracy(session, res.best, net_of)
             plan["accuracy"]["test"] = test_cache[key]
             plan["accuracy"]["meets_a0_on_test"] = test_cache[key] >= base_test - loss
         plans.append(plan)
@@ -279,16 +289,7 @@ def run_methods(
     wall = time.perf_counter() - t_start
     for p in plans:
         p["wall_s"] = wall
-    models = {}
-    if req.keep_models and not interrupted:
-        e = session.evaluator
-        for res in results:
-            if res.best is not None:
-                b = res.best
-                pruned_any = any(f < 1.0 for f in b.shape.out_keep)
-                models[res.method] = (
-                    prune(session.model, analysis, b.cut, list(b.ratios), e.calibration, e.prune_config, session.groups).model if pruned_any else session.model
-                )
+    models = {res.method: net_of(res.best) for res in results if res.best is not None} if req.keep_models and not interrupted else {}
     return {
         "model": req.model,
         "models": models,
@@ -308,15 +309,23 @@ def run_methods(
     }
 
 
-def _test_accuracy(session: Session, ev: Evaluation) -> float:
-    """The chosen plan's top-1 on the test images (pruned and refitted exactly as in the search)."""
+def _pruned_net(session: Session, ev: Evaluation) -> torch.nn.Module:
+    """The plan's network, pruned and refitted exactly as in the search (the unpruned model where nothing is pruned)."""
+    if not any(f < 1.0 for f in ev.shape.out_keep):
+        return session.model
+    e = session.evaluator
+    return prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
+
+
+def _test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evaluation], torch.nn.Module] | None = None) -> float:
+    """The chosen plan's top-1 on the test images; ``net_of`` builds its network (default ``_pruned_net``)."""
     if not any(f < 1.0 for f in ev.shape.out_keep):
         return session.base_test  # the unpruned model, already scored on these images in prepare()
     e = session.evaluator
     t0 = time.perf_counter()
 
     def score() -> float:
-        net = prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
+        net = net_of(ev) if net_of is not None else _pruned_net(session, ev)
         return accuracy_on(net, session.data.test, session.test_idx)
 
     acc = _cached_test_accuracy(session.test_store, ev.cut, ev.shape.out_keep[: ev.cut], len(session.test_idx), score)

@@ -134,7 +134,6 @@ def evaluate_plan(
     }
 
 
-
 def evaluate_saved_plan(
     plan_path: str | Path, data: str | None = None, checkpoint: str | None = None, limit: int | None = None, seed: int = 0, tick: Ticker = no_ticker,
 ) -> dict[str, object]:
