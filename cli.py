@@ -190,6 +190,12 @@ def train_cmd(
         typer.echo(f"wrote {res['out']}: test top-1 {res['acc']:.2f}%")
 
 
+class Transfer(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
 @app.command("optimize")
 @command
 def optimize_cmd(
@@ -212,6 +218,7 @@ def optimize_cmd(
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images for the refit")] = 256,
     test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
     round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
+    transfer: Annotated[Transfer, typer.Option("--transfer", help="cut tensor on the wire, priced and scored: fp32, fp16, int8 (at cut 0: the image)")] = Transfer.fp32,
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
     device: Annotated[str, typer.Option("--device", help="where refits and accuracy checks run: cpu, cuda, cuda:N")] = "cpu",
     cache: Annotated[Path | None, typer.Option("--cache", help="persistent accuracy cache (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)")] = None,
@@ -241,6 +248,7 @@ def optimize_cmd(
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
         device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source, keep_models=out is not None,
+        transfer=transfer.value,
     )
     # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
     with _progress(fmt) as tick:
@@ -434,13 +442,9 @@ def compare_cmd(
                                                              f"worst {interp['worst_abs_pct']:.1f}%" if interp else ""))
 
 
-class Transfer(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-TransferOpt = Annotated[Transfer, typer.Option("--transfer", help="cut tensor on the wire: fp32, fp16 (cast), int8 (per-tensor quantised)")]
+TransferOpt = Annotated[
+    Transfer | None, typer.Option("--transfer", help="cut tensor on the wire: fp32, fp16 (cast), int8 (per-tensor quantised); default: the plan's")
+]
 QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: static quantisation of the head (ONNX Runtime, QDQ)")]
 PlanArg = Annotated[Path, typer.Argument(help="plan.json from cpcdrl optimize")]
 
@@ -453,7 +457,7 @@ def export_cmd(
     data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 the plan was made on (default: the plan's)")] = None,
     checkpoint: CheckpointOpt = None,
     quantize: QuantizeOpt = None,
-    transfer: TransferOpt = Transfer.fp32,
+    transfer: TransferOpt = None,
     triton: Annotated[Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -464,7 +468,7 @@ def export_cmd(
     check_writable(out, "--out", directory=True)
     check_writable(triton, "--triton", directory=True)
     with _progress(fmt) as tick:
-        m = export_plan(plan, out, data, checkpoint, quantize, transfer.value, triton, log=_err, tick=tick)
+        m = export_plan(plan, out, data, checkpoint, quantize, transfer.value if transfer else None, triton, log=_err, tick=tick)
     if fmt is Format.json:
         _print_json(m)
         return
@@ -515,7 +519,7 @@ def deploy_cmd(
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="test images sent end to end, one per request")] = 50,
     data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 (default: the plan's)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for the export, deploy-report.json and deploy.png")] = Path("deploy"),
-    transfer: TransferOpt = Transfer.fp32,
+    transfer: TransferOpt = None,
     quantize: QuantizeOpt = None,
     fallback: Annotated[bool, typer.Option("--fallback", help="answer on the edge (full model) when the server cannot be reached")] = False,
     bind: Annotated[str | None, typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)")] = None,
@@ -535,7 +539,8 @@ def deploy_cmd(
     with _progress(fmt) as tick:
         rep = deploy(
             DeployRequest(
-                plan, edge, cloud, requests, data, out, transfer.value, quantize, fallback, bind, timeout, edge_profile, cloud_profile, trust_host_key, seed, probe,
+                plan, edge, cloud, requests, data, out, transfer.value if transfer else None, quantize, fallback, bind, timeout, edge_profile, cloud_profile,
+                trust_host_key, seed, probe,
             ),
             log=_err, tick=tick,
         )

@@ -251,6 +251,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--checkpoints", default=str(SHARED / "models"))
     ap.add_argument("--cache", default=str(default_cache_dir()))
+    ap.add_argument("--transfer", default="fp32", help="the cut tensor's (and at cut 0 the image's) encoding on the wire: fp32, fp16, int8")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablation", action="store_true", help="CPCDRL with each departure off alone, instead of the baselines")
@@ -287,6 +288,7 @@ def main() -> None:
             model=model, checkpoint=resolve_checkpoint(model, None if ckpt == "builtin" else ckpt, required=True), data=args.data,
             max_accuracy_loss=max(losses), val_size=args.val_size, calib_size=args.calib, test_limit=args.limit,
             search=SearchConfig(episodes=args.episodes), cache=Path(args.cache), device=args.device, val_source=args.val_source,
+            transfer=args.transfer,
         )
         session = prepare(req, log)
         for pair in args.pairs.split(","):

@@ -71,7 +71,7 @@ class DeployRequest:
     requests: int = 50
     data: str | None = None
     out: Path = Path("deploy")
-    transfer: str = "fp32"
+    transfer: str | None = None  # the cut tensor's encoding; None: the one the plan was optimised for
     quantize: str | None = None
     fallback: bool = False
     bind: str | None = None  # address the server listens on; default: what the edge can reach
@@ -323,7 +323,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
         out = Path(req.out)
         export_dir = out / "export"
         original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
-        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer, log=log, tick=tick)
+        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer, log=log, tick=tick)
         files = manifest["files"]
 
         # the images, and what the pruned PyTorch model says about them

@@ -29,6 +29,7 @@ from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.latency import LatencyBreakdown, LatencyModel
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
+from cpcdrl_deploy.wire import WireModel, lossy_at
 from cpcdrl_deploy.zoo import UnitModel
 
 KIND_CODE = {"conv": 0.0, "dwconv": 0.5, "fc": 1.0}
@@ -79,17 +80,20 @@ class PlanEvaluator:
     live: list = field(default_factory=list)  # every search's SearchResult as it runs (search._Tracker): the best so far on Ctrl-C
     store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
     tick: Ticker = no_ticker  # progress of the running search (progress.py): each method's proposals
+    transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py): priced, and simulated when scoring
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
 
     def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:
-        shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to)
+        shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to, self.transfer)
         return shape, self.latency_model.predict(self.analysis.model, shape)
 
     def evaluate(self, cut: int, ratios: list[float] | tuple[float, ...], incumbent_ms: float | None = None) -> Evaluation:
         """Price and score a plan; ``incumbent_ms``: the caller's best feasible latency so far (enables screening)."""
         shape, lat = self.price(cut, ratios)
         pruned_any = any(f < 1.0 for f in shape.out_keep)
-        key: tuple = (cut, shape.out_keep[:cut]) if pruned_any else ("unpruned",)
+        # a lossy wire makes even the unpruned model's accuracy depend on where it is cut
+        per_cut = pruned_any or lossy_at(cut, self.analysis.n_layers, self.transfer)
+        key: tuple = (cut, shape.out_keep[:cut]) if per_cut else ("unpruned",)
         screen = pruned_any and incumbent_ms is not None and lat.total_ms >= incumbent_ms - 1e-9
         hit = self._cache.get(key)
         if hit is not None and (screen or not hit.screened):
@@ -98,7 +102,7 @@ class PlanEvaluator:
                 hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0)
             return hit
         t0 = time.perf_counter()
-        store_key = (cut, shape.out_keep[:cut]) if pruned_any else (0, ())
+        store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
         stored = self.store.get(*store_key) if self.store is not None else None
         net: torch.nn.Module | None = None if pruned_any else self.model
         acc, n, counts, sizes = self._replay(stored, one_chunk=screen)
@@ -106,6 +110,7 @@ class PlanEvaluator:
         if acc is None:  # not in the persistent cache, or not far enough: prune and score
             if pruned_any:
                 net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
+            net = self.on_wire(net if net is not None else self.model, cut)
             t1 = time.perf_counter()
             acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net)
             t2 = time.perf_counter()
@@ -126,6 +131,12 @@ class PlanEvaluator:
         ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened)
         self._cache[key] = ev
         return ev
+
+    def on_wire(self, net: torch.nn.Module, cut: int) -> torch.nn.Module:
+        """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""
+        if not lossy_at(cut, self.analysis.n_layers, self.transfer):
+            return net
+        return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
     def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None) -> tuple:
         """Score chunk by chunk under the stopping rules, taking each chunk's count from ``stored`` where it has one.

@@ -43,10 +43,10 @@ from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_doc
 from cpcdrl_deploy.plan import Plan, load_plan
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, prune
+from cpcdrl_deploy.wire import check_transfer
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
 MANIFEST_SCHEMA_VERSION = 1
-TRANSFERS = ("fp32", "fp16", "int8")
 OPSET = 17
 Log = Callable[[str], None]
 _ONNX_DTYPES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.UINT8: "UINT8", TensorProto.INT8: "INT8", TensorProto.INT64: "INT64"}
@@ -131,6 +131,16 @@ def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
 
     inits = {i.name for i in model.graph.initializer}
     return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits], "outputs": [spec(v) for v in model.graph.output]}
+
+
+def _identity_onnx(shape: tuple[int, ...]) -> bytes:
+    """A head that computes nothing: ``input`` -> ``cut`` (for a cut-0 plan whose wire encodes the image)."""
+    dims = ["batch", *shape]
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["cut"])], "cpcdrl_encoder",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)], [helper.make_tensor_value_info("cut", TensorProto.FLOAT, dims)],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
 
 
 def _compress_output(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
@@ -242,8 +252,7 @@ def run_split(head, tail, x: np.ndarray) -> np.ndarray:
 
 
 def _check_options(quantize: str | None, transfer: str) -> None:
-    if transfer not in TRANSFERS:
-        raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)}")
+    check_transfer(transfer)
     if quantize not in (None, "int8"):
         raise CpcdrlError("--quantize takes int8")
 
@@ -254,15 +263,19 @@ def export_plan(
     data: str | Path | None = None,
     checkpoint: str | Path | None = None,
     quantize: str | None = None,
-    transfer: str = "fp32",
+    transfer: str | None = None,
     triton: str | Path | None = None,
     check_images: int = 256,
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
 ) -> dict:
-    """Write head.onnx / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest."""
-    _check_options(quantize, transfer)
+    """Write head.onnx / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest.
+
+    ``transfer`` None: the wire the plan was optimised for.
+    """
     plan = load_plan(plan_path)
+    transfer = transfer or plan.transfer
+    _check_options(quantize, transfer)
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 0, 4)
     original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)
@@ -322,10 +335,12 @@ def export_models(
         calib_x = _calibration_images(plan, ds)
         head_b = _quantize_head(head_b, calib_x.numpy(), out)
         log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
-    if head_b and tail_b and transfer != "fp32":
+    if tail_b and transfer != "fp32":
+        # at cut 0 the head is only the encoder: the device quantises or casts the image it sends
+        head_b = head_b or _identity_onnx(tuple(x_check.shape[1:]))
         head_b = _compress_output(onnx.load_from_string(head_b), transfer).SerializeToString()
         tail_b = _decompress_input(onnx.load_from_string(tail_b), transfer).SerializeToString()
-    lossy = quantize is not None or (transfer != "fp32" and head_b and tail_b)
+    lossy = quantize is not None or (transfer != "fp32" and tail_b is not None)
     final = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
     agree = float((final.argmax(1) == want.argmax(1)).mean() * 100.0)
     acc_final = float((final.argmax(1) == y_check.numpy()).mean() * 100.0)
@@ -349,7 +364,7 @@ def export_models(
         "n_layers": analysis.n_layers,
         "cut_shape": list(cut_shape),
         "transfer": transfer if head_b and tail_b else "fp32",
-        "quantize": quantize if head_b else None,
+        "quantize": quantize if b > 0 else None,
         "preprocess": {"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.data.normalize)"},
         "files": files,
         "check": {

@@ -34,6 +34,7 @@ from cpcdrl_deploy.profiles import LinkProfile, load_profile
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
+from cpcdrl_deploy.wire import check_transfer, lossy_at
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
 Log = Callable[[str], None]
@@ -62,6 +63,7 @@ class OptimizeRequest:
     # where validation images come from: "train" (images the network was trained on) or "test" (half of the
     # test split, unseen in training; the final test accuracy is then taken on the other half)
     val_source: str = "train"
+    transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py), priced and simulated; export uses the plan's
     device: str = "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
 
 
@@ -70,6 +72,7 @@ def _validate(req: OptimizeRequest) -> None:
         raise CpcdrlError("give exactly one of --accuracy A0 or --max-accuracy-loss D")
     if req.max_accuracy_loss is not None and req.max_accuracy_loss < 0:
         raise CpcdrlError("--max-accuracy-loss must be >= 0")
+    check_transfer(req.transfer)
     if req.search.episodes < 1:
         raise CpcdrlError("--episodes must be at least 1")
     bad = [m for m in req.methods if m not in METHODS]
@@ -151,7 +154,7 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
     base_test = _cached_test_accuracy(
         test_store, 0, (), len(test_idx), lambda: accuracy_on(model, data.test, test_idx, progress=lambda d, t: tick("unpruned model, test images", d, t))
     )
-    evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store)
+    evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store, transfer=req.transfer)
     base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
     return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, sha, t_start, test_store)
 
@@ -164,6 +167,8 @@ def _stores(req: OptimizeRequest, sha: str, val_x, val_y, calib: Calibration | N
         "model": req.model, "checkpoint_sha256": sha, "prune": asdict(req.prune), "seed": req.search.seed,
         "calibration": tensor_digest(calib.images) if calib is not None else None, "device": torch.device(req.device).type,
     }
+    if req.transfer != "fp32":  # a lossy wire scores differently; fp32 keeps the keys it always had
+        common["transfer"] = req.transfer
     val = AccuracyCache(req.cache, context_key(split="validation", images=tensor_digest(val_x, val_y), chunk=500, **common))
     tst = AccuracyCache(req.cache, context_key(split="test", images=test_digest, **common))
     return val, tst
@@ -319,14 +324,14 @@ def _pruned_net(session: Session, ev: Evaluation) -> torch.nn.Module:
 
 def _test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evaluation], torch.nn.Module] | None = None) -> float:
     """The chosen plan's top-1 on the test images; ``net_of`` builds its network (default ``_pruned_net``)."""
-    if not any(f < 1.0 for f in ev.shape.out_keep):
-        return session.base_test  # the unpruned model, already scored on these images in prepare()
     e = session.evaluator
+    if not any(f < 1.0 for f in ev.shape.out_keep) and not lossy_at(ev.cut, session.analysis.n_layers, e.transfer):
+        return session.base_test  # the unpruned model, already scored on these images in prepare()
     t0 = time.perf_counter()
 
     def score() -> float:
         net = net_of(ev) if net_of is not None else _pruned_net(session, ev)
-        return accuracy_on(net, session.data.test, session.test_idx)
+        return accuracy_on(e.on_wire(net, ev.cut), session.data.test, session.test_idx)
 
     acc = _cached_test_accuracy(session.test_store, ev.cut, ev.shape.out_keep[: ev.cut], len(session.test_idx), score)
     e.timers.test_s += time.perf_counter() - t0
@@ -370,6 +375,7 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
             latency_ms=b.latency.to_dict(),
             macs={"edge": b.shape.edge_macs, "cloud": b.shape.cloud_macs, "total": b.shape.edge_macs + b.shape.cloud_macs, "unpruned": analysis.total_macs},
             cut_bytes=b.shape.cut_bytes,
+            transfer=req.transfer,
             prune={"importance": req.prune.importance, "round_to": req.prune.round_to, "refit": req.prune.refit, "calibration_images": req.calib_size},
         )
     return d

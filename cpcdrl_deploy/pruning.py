@@ -29,6 +29,7 @@ from torch import nn
 
 from cpcdrl_deploy.analysis import ModelAnalysis
 from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.wire import wire_bytes
 from cpcdrl_deploy.zoo import UnitModel
 
 Importance = Callable[[nn.Module], torch.Tensor]
@@ -422,9 +423,10 @@ class PlanShape:
 
 
 def plan_shape(
-    analysis: ModelAnalysis, groups: list[ChannelGroup], cut: int, ratios: Sequence[float], round_to: int = PruneConfig.round_to
+    analysis: ModelAnalysis, groups: list[ChannelGroup], cut: int, ratios: Sequence[float], round_to: int = PruneConfig.round_to,
+    transfer: str = "fp32",
 ) -> PlanShape:
-    """What :func:`prune` would produce for (cut, ratios), from the analysis alone."""
+    """What :func:`prune` would produce for (cut, ratios), from the analysis alone; ``cut_bytes`` as sent in ``transfer``."""
     n = analysis.n_layers
     if len(ratios) != cut:
         raise CpcdrlError(f"{len(ratios)} keep ratios given for cut {cut}: need exactly one per edge layer")
@@ -447,4 +449,6 @@ def plan_shape(
         macs.append(int(round(layer.macs * scale)))
     point = analysis.points[cut]
     cut_bytes = point.out_bytes if cut in (0, n) else int(round(point.out_bytes * out_keep[cut - 1]))
+    if cut < n:
+        cut_bytes = wire_bytes(cut_bytes, transfer)
     return PlanShape(cut, tuple(in_keep), tuple(out_keep), tuple(macs), cut_bytes, analysis.result_bytes)
