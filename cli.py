@@ -196,6 +196,14 @@ class Transfer(str, Enum):
     int8 = "int8"
 
 
+class EdgeRuntime(str, Enum):
+    onnxruntime = "onnxruntime"
+    litert = "litert"
+
+
+RuntimeOpt = Annotated[EdgeRuntime, typer.Option("--runtime", help="the head's runtime on the device: onnxruntime (head.onnx) or litert (head.tflite)")]
+
+
 @app.command("optimize")
 @command
 def optimize_cmd(
@@ -459,6 +467,7 @@ def export_cmd(
     quantize: QuantizeOpt = None,
     transfer: TransferOpt = None,
     triton: Annotated[Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")] = None,
+    runtime: RuntimeOpt = EdgeRuntime.onnxruntime,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Export a plan as ONNX head (pruned, edge) and tail (cloud), checked in ONNX Runtime."""
@@ -468,7 +477,8 @@ def export_cmd(
     check_writable(out, "--out", directory=True)
     check_writable(triton, "--triton", directory=True)
     with _progress(fmt) as tick:
-        m = export_plan(plan, out, data, checkpoint, quantize, transfer.value if transfer else None, triton, log=_err, tick=tick)
+        m = export_plan(plan, out, data, checkpoint, quantize, transfer.value if transfer else None, triton, log=_err, tick=tick,
+                      runtime=runtime.value)
     if fmt is Format.json:
         _print_json(m)
         return
@@ -529,6 +539,7 @@ def deploy_cmd(
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     seed: SeedOpt = 0,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="time the whole model beside the requests; scale the tables by the speed now vs profiled")] = True,
+    runtime: RuntimeOpt = EdgeRuntime.onnxruntime,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Run a plan for real: head on the edge, tail on this machine; measured vs estimated latency."""
@@ -540,7 +551,7 @@ def deploy_cmd(
         rep = deploy(
             DeployRequest(
                 plan, edge, cloud, requests, data, out, transfer.value if transfer else None, quantize, fallback, bind, timeout, edge_profile, cloud_profile,
-                trust_host_key, seed, probe,
+                trust_host_key, seed, probe, runtime.value,
             ),
             log=_err, tick=tick,
         )

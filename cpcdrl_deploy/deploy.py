@@ -55,6 +55,7 @@ from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import PlanShape, PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.remote import Device, check_runtime, connect
+from cpcdrl_deploy.runtimes import get_runtime
 from cpcdrl_deploy.testbed import host_cpus_preexec, load_state, on_host_cpus
 from cpcdrl_deploy.zoo import build_model, get_entry
 
@@ -81,6 +82,7 @@ class DeployRequest:
     trust_host_key: bool = False
     seed: int = 0
     probe: bool = True  # time the reference model beside the requests (when the profiles have it)
+    runtime: str = "onnxruntime"  # the head's runtime on the device (runtimes.py)
 
 
 class CloudServer:
@@ -316,6 +318,9 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     if not edge_profile or not cloud_profile:
         raise CpcdrlError(f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass --edge-profile/--cloud-profile")
     ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
+    litert = get_runtime(req.runtime).name == "litert" and plan.cut > 0
+    if litert and req.fallback:
+        raise CpcdrlError("--fallback runs the full model in ONNX Runtime; it is not built for --runtime litert yet")
     # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
     try:
@@ -323,7 +328,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
         out = Path(req.out)
         export_dir = out / "export"
         original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
-        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer, log=log, tick=tick)
+        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer, log=log, tick=tick,
+                                 runtime=req.runtime)
         files = manifest["files"]
 
         # the images, and what the pruned PyTorch model says about them
@@ -339,7 +345,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
         n_layers, cut = plan.n_layers, plan.cut
         refs: dict[str, dict | None] = {"edge": None, "cloud": None}
         if req.probe:
-            refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 else None
+            # the probe is the ONNX model the profile timed, run by ONNX Runtime: not for a LiteRT device
+            refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not litert else None
             refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
             if not any(refs.values()):
                 log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
@@ -355,14 +362,15 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     remote_dir = None
     token = secrets.token_urlsafe(24)
     try:
-        check_runtime(dev)
+        check_runtime(dev, manifest["runtime"]["head"] or "onnxruntime")
         remote_dir = dev.mkdtemp()
         dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
         dev.put(inputs, f"{remote_dir}/inputs.npy")
         args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--out {shlex.quote(remote_dir + '/report.json')}", f"--timeout {req.timeout_s:g}"]
         if "head" in files:
-            dev.put(export_dir / files["head"]["file"], f"{remote_dir}/head.onnx")
-            args.append(f"--head {shlex.quote(remote_dir + '/head.onnx')}")
+            head_name = files["head"]["file"]  # head.onnx or head.tflite: the runner picks the runtime by suffix
+            dev.put(export_dir / head_name, f"{remote_dir}/{head_name}")
+            args.append(f"--head {shlex.quote(remote_dir + '/' + head_name)}")
         if req.fallback:
             dev.put(export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
             args += ["--fallback local", f"--full {shlex.quote(remote_dir + '/full.onnx')}"]
@@ -440,7 +448,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
         "kind": "cpcdrl-deploy-report",
         "model": plan.model, "method": plan.method, "cut": plan.cut, "n_layers": plan.n_layers,
         "plan": str(req.plan), "edge": dev.name, "cloud": "local", "server": server.url if server else None,
-        "transfer": manifest["transfer"], "quantize": manifest["quantize"],
+        "transfer": manifest["transfer"], "quantize": manifest["quantize"], "runtime": manifest["runtime"],
         "requests": len(idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
         "aborted": runner["aborted"], "server_alive_at_end": server_alive, "warmup_requests": runner["warmup"],
         "accuracy_pct": float((preds == y.numpy()[at]).mean() * 100.0) if len(preds) else None,

@@ -1,8 +1,10 @@
-"""The edge half of a deployed split: runs on the device with only numpy and onnxruntime.
+"""The edge half of a deployed split: runs on the device with only numpy and one runtime.
 
     python3 edge_runner.py --inputs x.npy --head head.onnx --url http://HOST:PORT --model NAME --out report.json
 
-For each input image (batch 1, in order): run ``head.onnx`` (edge compute),
+The head's suffix picks the runtime (``load_model``): ``.onnx`` runs in ONNX
+Runtime, ``.tflite`` in LiteRT (``ai-edge-litert``); a device needs only the
+one its head uses. For each input image (batch 1, in order): run the head (edge compute),
 send its outputs to the cloud server as a KServe v2 infer request with the
 binary tensor data extension (``tritonclient`` and Triton speak the same), and
 read the logits back. Per request it records edge compute, transfer + cloud
@@ -192,19 +194,73 @@ def _onnx_type(t: str) -> str:
     return {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int64)": "INT64"}.get(t, t)
 
 
-def _session(path: str, threads: int):
-    import onnxruntime as ort
+class MissingRuntime(RuntimeError):
+    """The device lacks the package a model file needs: the message names what to install."""
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+class OrtModel:
+    """An ``.onnx`` model in ONNX Runtime, one intra-op thread pool of ``threads``."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str, threads: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingRuntime(f"{os.path.basename(path)} needs ONNX Runtime: python3 -m pip install onnxruntime") from None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        self.input = self.sess.get_inputs()[0].name
+        self.outputs = [(o.name, _onnx_type(o.type), list(o.shape)) for o in self.sess.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: v for (name, _, _), v in zip(self.outputs, self.sess.run(None, {self.input: x}))}
+
+
+class LiteRTModel:
+    """A ``.tflite`` model in LiteRT (``ai-edge-litert``; ``tflite-runtime`` as a fallback), batch 1.
+
+    Its one output is named ``cut``, the tail's input: LiteRT names tensors
+    after the converter's signature, not after the ONNX graph.
+    """
+
+    runtime = "litert"
+
+    def __init__(self, path: str, threads: int, output: str = "cut") -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            try:
+                from tflite_runtime.interpreter import Interpreter  # the old package (2.14, numpy < 2)
+            except ImportError:
+                raise MissingRuntime(f"{os.path.basename(path)} needs LiteRT: python3 -m pip install ai-edge-litert") from None
+        self.it = Interpreter(model_path=path, num_threads=threads)
+        self.it.allocate_tensors()
+        ins, outs = self.it.get_input_details(), self.it.get_output_details()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ValueError(f"{os.path.basename(path)}: expected one input and one output, found {len(ins)} and {len(outs)}")
+        self.inp, self.out = ins[0], outs[0]
+        self.outputs = [(output, _NAMES[np.dtype(self.out["dtype"])], [int(d) for d in self.out["shape"]])]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.it.set_tensor(self.inp["index"], np.ascontiguousarray(x, dtype=self.inp["dtype"]))
+        self.it.invoke()
+        return {self.outputs[0][0]: self.it.get_tensor(self.out["index"]).copy()}
+
+
+def load_model(path: str, threads: int = 1) -> OrtModel | LiteRTModel:
+    """The model file in the runtime its suffix names: ``.onnx`` (ONNX Runtime) or ``.tflite`` (LiteRT)."""
+    if path.endswith(".tflite"):
+        return LiteRTModel(path, threads)
+    return OrtModel(path, threads)
 
 
 def run(args: argparse.Namespace) -> dict:
     x = np.load(args.inputs)
-    head = _session(args.head, args.threads) if args.head else None
-    full = _session(args.full, args.threads) if args.full and args.fallback == "local" else None
+    head = load_model(args.head, args.threads) if args.head else None
+    full = load_model(args.full, args.threads) if args.full and args.fallback == "local" else None
     remote = Remote(args.url, args.model, args.timeout, os.environ.get("CPCDRL_TOKEN") or None, args.output) if args.url else None
     if head is None and remote is None:
         raise ValueError("nothing to run: give --head, --url or both")
@@ -224,7 +280,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"warning: {metadata_check}", file=sys.stderr)
         elif meta is not None:
             want = {t["name"]: (t["datatype"], t["shape"][1:]) for t in meta["inputs"]}
-            have = {o.name: (_onnx_type(o.type), list(o.shape)[1:]) for o in head.get_outputs()}
+            have = {name: (dtype, shape[1:]) for name, dtype, shape in head.outputs}
             if want != have:
                 raise ValueError(f"head outputs {have} do not match the server's inputs {want}")
             metadata_check = "head outputs match the server's inputs"
@@ -232,7 +288,7 @@ def run(args: argparse.Namespace) -> dict:
     def edge(xi: np.ndarray) -> dict[str, np.ndarray]:
         if head is None:
             return {"cut": xi}
-        return {o.name: v for o, v in zip(head.get_outputs(), head.run(None, {"input": xi}))}
+        return head.run(xi)
 
     # warm-up, not recorded: ORT's first runs allocate, and the first request opens the TCP connection
     for i in range(min(args.warmup, len(x))):
@@ -273,7 +329,7 @@ def run(args: argparse.Namespace) -> dict:
                         aborted = f"stopped after {failures} consecutive failed requests (last: {rec['error']})"
                         break
                     continue
-                logits = full.run(None, {"input": xi})[0]
+                logits = next(iter(full.run(xi).values()))
                 rec.update(fallback=True, remote_ms=0.0, bytes_sent=0)
         rec["e2e_ms"] = (time.perf_counter() - t0) * 1000.0
         rec["prediction"] = int(np.argmax(logits[0]))
@@ -315,9 +371,9 @@ class _Probe:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="cpcdrl edge runner (numpy + onnxruntime only)")
+    ap = argparse.ArgumentParser(description="cpcdrl edge runner (numpy + onnxruntime or ai-edge-litert only)")
     ap.add_argument("--inputs", required=True, help=".npy of N x C x H x W float32 images, preprocessed")
-    ap.add_argument("--head", help="head.onnx (absent for cut 0: the input itself is sent)")
+    ap.add_argument("--head", help="head.onnx or head.tflite (absent for cut 0: the input itself is sent)")
     ap.add_argument("--url", help="http://HOST:PORT of the KServe v2 server (absent for cut N)")
     ap.add_argument("--model", default="tail")
     ap.add_argument("--output", default="logits", help="the tail's output tensor")

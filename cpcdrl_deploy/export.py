@@ -38,11 +38,13 @@ from torch import nn
 from cpcdrl_deploy import __version__
 from cpcdrl_deploy.analysis import analyze
 from cpcdrl_deploy.data import Cifar10, load_cifar10, search_split, subset
+from cpcdrl_deploy.edge_runner import load_model as load_edge_model
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_document
 from cpcdrl_deploy.plan import Plan, load_plan
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, prune
+from cpcdrl_deploy.runtimes import RUNTIMES, get_runtime, tflite_bytes
 from cpcdrl_deploy.wire import check_transfer
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
@@ -131,6 +133,31 @@ def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
 
     inits = {i.name for i in model.graph.initializer}
     return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits], "outputs": [spec(v) for v in model.graph.output]}
+
+
+def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, tail_b: bytes | None, xs: np.ndarray, want: np.ndarray, out: Path) -> tuple[bytes, dict]:
+    """The head converted to LiteRT, checked image by image (batch 1) before the ONNX tail against the pruned PyTorch model."""
+    blob = tflite_bytes(head, in_shape)
+    tmp = out / ".head_check.tflite"
+    atomic_write_bytes(tmp, blob)
+    try:
+        model = load_edge_model(str(tmp))
+        tail = ort_session(tail_b) if tail_b else None
+        got = []
+        for i in range(len(xs)):
+            cut = model.run(xs[i : i + 1])["cut"]
+            got.append(tail.run(None, {"cut": cut})[0] if tail is not None else cut)
+    except Exception as exc:  # noqa: BLE001 - a head LiteRT cannot load or run is one line, not a traceback
+        raise CpcdrlError(f"the LiteRT head does not run here: {type(exc).__name__}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    diff = float(np.abs(np.concatenate(got) - want).max())
+    if diff > 1e-4:
+        raise CpcdrlError(f"the LiteRT head's split differs from the pruned PyTorch model by {diff:.2e} (> 1e-4)")
+    specs = io_specs(onnx.load_from_string(head_onnx))
+    for t in specs["inputs"] + specs["outputs"]:
+        t["shape"] = [1, *t["shape"][1:]]  # a LiteRT model has a fixed batch of 1
+    return blob, {"specs": specs, "max_abs_diff": diff}
 
 
 def _identity_onnx(shape: tuple[int, ...]) -> bytes:
@@ -268,28 +295,37 @@ def export_plan(
     check_images: int = 256,
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
+    runtime: str = "onnxruntime",
 ) -> dict:
-    """Write head.onnx / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest.
+    """Write head.onnx (or head.tflite) / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest.
 
     ``transfer`` None: the wire the plan was optimised for.
     """
     plan = load_plan(plan_path)
     transfer = transfer or plan.transfer
+    get_runtime(runtime)
     _check_options(quantize, transfer)
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 0, 4)
     original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)
     log(f"rebuilt {plan.model} cut {plan.cut} in {time.perf_counter() - t0:.1f} s; exporting")
-    return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log, tick)
+    return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log, tick, runtime)
 
 
 def export_models(
     plan: Plan, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
     quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256, log: Log = lambda s: None,
-    tick: Ticker = no_ticker,
+    tick: Ticker = no_ticker, runtime: str = "onnxruntime",
 ) -> dict:
-    """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check)."""
+    """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check).
+
+    ``runtime``: what the head is built for (runtimes.py); the tail is ONNX for the server either way.
+    """
     _check_options(quantize, transfer)
+    # at cut 0 the device runs no layers (at most the wire's encoder, in ONNX): the runtime choice is moot
+    rt = get_runtime(runtime) if plan.cut > 0 else RUNTIMES["onnxruntime"]
+    if rt.name == "litert" and (quantize or transfer != "fp32"):
+        raise CpcdrlError("--runtime litert builds fp32 heads with an fp32 wire for now; for --quantize or --transfer use --runtime onnxruntime")
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 1, 4)
     entry = get_entry(plan.model)
@@ -329,6 +365,11 @@ def export_models(
             raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
     log(f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched layers {untouched_diff:.1e}")
 
+    head_file: tuple[bytes, dict] | None = None  # a head in another runtime than ONNX: its file and I/O specs
+    if head_b and rt.name != "onnxruntime":
+        head_file = _litert_head(nn.Sequential(*units[:b]), tuple(x_check.shape[1:]), head_b, tail_b, xs, want, out)
+        log(f"LiteRT head checked on {len(xs)} test images: max |diff| {head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model")
+
     tick(EXPORT_STEPS, 3, 4)
     if head_b and quantize == "int8":
         # activations calibrated on the refit's own images (data.search_split), not a second draw
@@ -347,14 +388,23 @@ def export_models(
 
     name = plan.model.replace("-", "_")
     files: dict[str, dict] = {}
+    for stale in (out / f"head{r.suffix}" for r in RUNTIMES.values()):  # a head of another runtime from an earlier export
+        stale.unlink(missing_ok=True)
     for role, blob in (("head", head_b), ("tail", tail_b), ("full", full_b)):
         path = out / f"{role}.onnx"
         if blob is None:
             path.unlink(missing_ok=True)
             continue
+        if role == "head" and head_file is not None:
+            path = out / f"head{rt.suffix}"
+            atomic_write_bytes(path, head_file[0])
+            files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(head_file[0]), "model_name": f"{name}_{role}",
+                           "runtime": rt.name, "layout": "NCHW at the boundaries", **head_file[1]["specs"]}
+            continue
         onnx.checker.check_model(onnx.load_from_string(blob))
         atomic_write_bytes(path, blob)
-        files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}", **io_specs(onnx.load_from_string(blob))}
+        files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}",
+                       "runtime": "onnxruntime", "layout": "NCHW", **io_specs(onnx.load_from_string(blob))}
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "cpcdrl-export",
@@ -371,7 +421,9 @@ def export_models(
             "images": len(xs), "split_vs_pytorch_max_abs": split_diff, "untouched_layers_max_abs": untouched_diff,
             "agreement_with_pytorch_pct": agree, "accuracy_pct": acc_final, "pytorch_accuracy_pct": float((want.argmax(1) == y_check.numpy()).mean() * 100.0),
             "lossy": bool(lossy),
+            **({"litert_head_max_abs": head_file[1]["max_abs_diff"]} if head_file is not None else {}),
         },
+        "runtime": {"head": rt.name if head_b else None, "tail": "onnxruntime" if tail_b else None},
         "plan": plan.to_dict(),
         "export_s": time.perf_counter() - t0,
     }

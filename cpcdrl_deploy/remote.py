@@ -36,7 +36,7 @@ class HostSpec:
     port: int
     user: str | None
     identity_files: tuple[str, ...]
-    python: str  # the device-side interpreter with numpy + onnxruntime
+    python: str  # the device-side interpreter with numpy + a runtime (onnxruntime or ai-edge-litert)
 
 
 class Device(Protocol):
@@ -376,19 +376,22 @@ def connect(host: str, python: str | None = None, trust_host_key: bool = False, 
     return SSHDevice(resolve_host(host, python), timeout, trust_host_key)
 
 
-def check_runtime(dev: Device) -> dict[str, str]:
-    """The device's Python must import numpy and onnxruntime; say exactly what is missing."""
+def check_runtime(dev: Device, runtime: str = "onnxruntime") -> dict[str, str]:
+    """The device's Python must import numpy and the runtime's package (runtimes.py); say exactly what is missing."""
+    from cpcdrl_deploy.runtimes import get_runtime
+
+    rt = get_runtime(runtime)
     probe = (
-        "import sys, importlib; m = {}\nfor n in ('numpy', 'onnxruntime'):\n"
-        "  try: m[n] = importlib.import_module(n).__version__\n  except Exception: m[n] = None\n"
-        "print(sys.version.split()[0], m['numpy'], m['onnxruntime'])"
+        "import sys, importlib\ndef v(names):\n  for n in names:\n"
+        "    try: return getattr(importlib.import_module(n), '__version__', 'present')\n    except Exception: pass\n  return None\n"
+        f"print(sys.version.split()[0], v(['numpy']), v({list(rt.modules)!r}))"
     )
     rc, out, err = dev.run(f"{shlex.quote(dev.python)} -c {shlex.quote(probe)}", timeout=60)
     if rc != 0:
         why = (err or out).strip().splitlines()[-1] if (err or out).strip() else rc
         raise CpcdrlError(f"{dev.name}: cannot run {dev.python} ({why}); install Python 3 or pass --python")
-    py, np_v, ort_v = out.split()[-3:]
-    missing = [n for n, v in (("numpy", np_v), ("onnxruntime", ort_v)) if v == "None"]
+    py, np_v, rt_v = out.split()[-3:]
+    missing = [pkg for pkg, v in (("numpy", np_v), (rt.install, rt_v)) if v == "None"]
     if missing:
         raise CpcdrlError(f"{dev.name}: {dev.python} lacks {' and '.join(missing)}; on the device run: {dev.python} -m pip install {' '.join(missing)}")
-    return {"python": py, "numpy": np_v, "onnxruntime": ort_v}
+    return {"python": py, "numpy": np_v, rt.name: rt_v}

@@ -25,6 +25,17 @@ def need_shared(path: Path) -> Path:
     return path
 
 
+def need_litert() -> None:
+    """LiteRT tests need the converter and the runtime (``pip install -e ".[litert]"``); CI sets CPCDRL_REQUIRE_LITERT so they never skip there."""
+    try:
+        import ai_edge_litert  # noqa: F401
+        import litert_torch  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("CPCDRL_REQUIRE_LITERT"):
+            pytest.fail(f"CPCDRL_REQUIRE_LITERT is set but {exc.name} is not installed")
+        pytest.skip(f'{exc.name} not installed (pip install -e ".[litert]")')
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared CIFAR-10 JPEGs, unpacked once per test session."""

@@ -1,0 +1,89 @@
+"""The edge runtimes: a LiteRT head exported, checked and deployed beside ONNX Runtime; a device without the runtime is told what to install."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from cpcdrl_deploy import edge_runner
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild
+from cpcdrl_deploy.plan import load_plan
+from cpcdrl_deploy.remote import LocalDevice, check_runtime
+from tests.conftest import make_plan, need_litert
+
+
+@pytest.fixture(scope="module")
+def litert_export(tmp_path_factory):
+    need_litert()
+    d = tmp_path_factory.mktemp("litert")
+    plan = make_plan(d / "plan.json", 3, 0.75)
+    return plan, d / "e", export_plan(plan, d / "e", check_images=64, runtime="litert")
+
+
+def test_litert_head_is_exported_checked_and_recorded(litert_export) -> None:
+    plan_path, out, m = litert_export
+    assert sorted(p.name for p in out.iterdir()) == ["full.onnx", "head.tflite", "manifest.json", "tail.onnx"]
+    assert m["runtime"] == {"head": "litert", "tail": "onnxruntime"} and m["files"]["head"]["runtime"] == "litert"
+    assert m["check"]["litert_head_max_abs"] <= 1e-4 and m["check"]["agreement_with_pytorch_pct"] == 100.0
+    assert load_manifest(out)["files"]["head"]["file"] == "head.tflite"  # hashes and the head/tail pair check hold
+    # the head as the device runs it (edge_runner.load_model picks LiteRT by the suffix), before the ONNX tail
+    head, tail = edge_runner.load_model(str(out / "head.tflite")), ort_session(out / "tail.onnx")
+    assert head.runtime == "litert" and head.outputs[0][0] == "cut"
+    _, pruned, ds = rebuild(load_plan(plan_path))
+    x, _ = ds.test.tensors(np.arange(200))
+    with torch.no_grad():
+        want = pruned(x).numpy()
+    got = np.concatenate([tail.run(None, head.run(x[i : i + 1].numpy()))[0] for i in range(len(x))])
+    assert np.abs(got - want).max() <= 1e-4 and (got.argmax(1) == want.argmax(1)).mean() >= 0.999
+
+
+def test_deploy_with_a_litert_head(litert_export, tmp_path) -> None:
+    plan_path, _, _ = litert_export
+    res = CliRunner().invoke(app, ["deploy", str(plan_path), "--edge", "local", "--runtime", "litert", "-n", "20", "--no-probe",
+                                   "--out", str(tmp_path / "d"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "d" / "deploy-report.json").read_text())
+    assert rep["runtime"]["head"] == "litert" and rep["answered"] == 20 and rep["agreement_with_pytorch_pct"] == 100.0
+
+
+def test_missing_runtime_names_the_package(monkeypatch, tmp_path) -> None:
+    """On the device: a head whose runtime is not installed is one line naming what to install."""
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # None in sys.modules: the import fails
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with pytest.raises(edge_runner.MissingRuntime, match="pip install ai-edge-litert"):
+        edge_runner.load_model(str(tmp_path / "head.tflite"))
+
+    class NoLiteRT(LocalDevice):
+        def run(self, cmd, timeout=None, stdin=None):
+            return 0, "3.11.7 2.4.6 None\n", ""  # what the probe prints on a device without the package
+
+    with pytest.raises(CpcdrlError, match="lacks ai-edge-litert; on the device run: .* -m pip install ai-edge-litert"):
+        check_runtime(NoLiteRT(), "litert")
+    assert "onnxruntime" in check_runtime(LocalDevice(), "onnxruntime")  # this host has it
+
+
+def test_a_corrupt_tflite_head_is_reported_not_hung_on(tmp_path) -> None:
+    need_litert()
+    (tmp_path / "head.tflite").write_bytes(b"not a flatbuffer" * 8)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    rc = edge_runner.main(["--inputs", str(tmp_path / "x.npy"), "--head", str(tmp_path / "head.tflite"), "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and not (tmp_path / "r.json").exists()
+
+
+def test_litert_refuses_what_it_does_not_build_yet(tmp_path) -> None:
+    plan = make_plan(tmp_path / "plan.json", 3, 0.75)
+    with pytest.raises(CpcdrlError, match="--runtime litert builds fp32 heads"):
+        export_plan(plan, tmp_path / "e", quantize="int8", runtime="litert")
+    with pytest.raises(CpcdrlError, match="--runtime must be one of"):
+        export_plan(plan, tmp_path / "e", runtime="tensorrt")
+    res = CliRunner().invoke(app, ["deploy", str(plan), "--runtime", "litert", "--fallback", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "--fallback" in res.output and len(res.output.strip().splitlines()) == 1
