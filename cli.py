@@ -201,7 +201,9 @@ class EdgeRuntime(str, Enum):
     litert = "litert"
 
 
-RuntimeOpt = Annotated[EdgeRuntime, typer.Option("--runtime", help="the head's runtime on the device: onnxruntime (head.onnx) or litert (head.tflite)")]
+RuntimeOpt = Annotated[
+    EdgeRuntime | None, typer.Option("--runtime", help="the head's runtime on the device: onnxruntime (head.onnx) or litert (head.tflite); default: the plan's")
+]
 
 
 @app.command("optimize")
@@ -227,6 +229,7 @@ def optimize_cmd(
     test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
     round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
     transfer: Annotated[Transfer, typer.Option("--transfer", help="cut tensor on the wire, priced and scored: fp32, fp16, int8 (at cut 0: the image)")] = Transfer.fp32,
+    edge_runtime: Annotated[str, typer.Option("--edge-runtime", help="auto (the faster per plan of those the edge profile timed), onnxruntime or litert")] = "auto",
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
     device: Annotated[str, typer.Option("--device", help="where refits and accuracy checks run: cpu, cuda, cuda:N")] = "cpu",
     cache: Annotated[Path | None, typer.Option("--cache", help="persistent accuracy cache (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)")] = None,
@@ -256,7 +259,7 @@ def optimize_cmd(
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
         device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source, keep_models=out is not None,
-        transfer=transfer.value,
+        transfer=transfer.value, edge_runtime=edge_runtime,
     )
     # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
     with _progress(fmt) as tick:
@@ -380,9 +383,10 @@ def profile_cmd(
     repeats: Annotated[int, typer.Option("--repeats", min=1)] = 20,
     warmup: Annotated[int, typer.Option("--warmup", min=0)] = 5,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="passes over each batch of models, seconds apart; each reports its median pass")] = 4,
-    python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + onnxruntime")] = None,
+    python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + the runtime")] = None,
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="SSH connect time-out, s")] = 10.0,
+    runtime: Annotated[EdgeRuntime, typer.Option("--runtime", help="time the models in onnxruntime or litert (tables kept side by side)")] = EdgeRuntime.onnxruntime,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -402,7 +406,8 @@ def profile_cmd(
     dev = connect(host, python, trust_host_key, timeout)
     try:
         with _progress(fmt) as tick:
-            prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick)
+            prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick,
+                               runtime=runtime.value if runtime else None)
     finally:
         dev.close()
     if fmt is Format.json:
@@ -467,7 +472,7 @@ def export_cmd(
     quantize: QuantizeOpt = None,
     transfer: TransferOpt = None,
     triton: Annotated[Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")] = None,
-    runtime: RuntimeOpt = EdgeRuntime.onnxruntime,
+    runtime: RuntimeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Export a plan as ONNX head (pruned, edge) and tail (cloud), checked in ONNX Runtime."""
@@ -478,7 +483,7 @@ def export_cmd(
     check_writable(triton, "--triton", directory=True)
     with _progress(fmt) as tick:
         m = export_plan(plan, out, data, checkpoint, quantize, transfer.value if transfer else None, triton, log=_err, tick=tick,
-                      runtime=runtime.value)
+                      runtime=runtime.value if runtime else None)
     if fmt is Format.json:
         _print_json(m)
         return
@@ -539,7 +544,7 @@ def deploy_cmd(
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     seed: SeedOpt = 0,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="time the whole model beside the requests; scale the tables by the speed now vs profiled")] = True,
-    runtime: RuntimeOpt = EdgeRuntime.onnxruntime,
+    runtime: RuntimeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Run a plan for real: head on the edge, tail on this machine; measured vs estimated latency."""
@@ -551,7 +556,7 @@ def deploy_cmd(
         rep = deploy(
             DeployRequest(
                 plan, edge, cloud, requests, data, out, transfer.value if transfer else None, quantize, fallback, bind, timeout, edge_profile, cloud_profile,
-                trust_host_key, seed, probe, runtime.value,
+                trust_host_key, seed, probe, runtime.value if runtime else None,
             ),
             log=_err, tick=tick,
         )

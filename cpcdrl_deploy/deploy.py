@@ -82,7 +82,7 @@ class DeployRequest:
     trust_host_key: bool = False
     seed: int = 0
     probe: bool = True  # time the reference model beside the requests (when the profiles have it)
-    runtime: str = "onnxruntime"  # the head's runtime on the device (runtimes.py)
+    runtime: str | None = None  # the head's runtime on the device (runtimes.py); None: the plan's
 
 
 class CloudServer:
@@ -318,7 +318,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     if not edge_profile or not cloud_profile:
         raise CpcdrlError(f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass --edge-profile/--cloud-profile")
     ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
-    litert = get_runtime(req.runtime).name == "litert" and plan.cut > 0
+    runtime = req.runtime or plan.runtime
+    litert = get_runtime(runtime).name == "litert" and plan.cut > 0
     if litert and req.fallback:
         raise CpcdrlError("--fallback runs the full model in ONNX Runtime; it is not built for --runtime litert yet")
     # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
@@ -329,7 +330,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
         export_dir = out / "export"
         original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
         manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer, log=log, tick=tick,
-                                 runtime=req.runtime)
+                                 runtime=runtime)
         files = manifest["files"]
 
         # the images, and what the pruned PyTorch model says about them

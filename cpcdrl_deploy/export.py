@@ -295,14 +295,15 @@ def export_plan(
     check_images: int = 256,
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
-    runtime: str = "onnxruntime",
+    runtime: str | None = None,
 ) -> dict:
     """Write head.onnx (or head.tflite) / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest.
 
-    ``transfer`` None: the wire the plan was optimised for.
+    ``transfer`` / ``runtime`` None: the wire and the edge runtime the plan was optimised for.
     """
     plan = load_plan(plan_path)
     transfer = transfer or plan.transfer
+    runtime = runtime or plan.runtime
     get_runtime(runtime)
     _check_options(quantize, transfer)
     t0 = time.perf_counter()

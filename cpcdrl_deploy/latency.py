@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.profiles import LinkProfile, Profile
+from cpcdrl_deploy.profiles import LinkProfile, Profile, table_key
 from cpcdrl_deploy.pruning import PlanShape
 
 
@@ -247,6 +247,7 @@ class TableLatencyModel:
     # single request sees when it fits in one quota window (deploy reports both)
     stat: str = "ms"
     anchor: bool = True
+    edge_runtime: str = "onnxruntime"  # whose edge tables (profiles.table_key): the head's runtime on the device
     # (side, model, cut) -> the whole models' (table sum, measured) points; per instance, so that
     # dataclasses.replace (another stat, other tables) starts empty
     _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -257,7 +258,9 @@ class TableLatencyModel:
         ``whole``: ("heads", cut) or ("tails", cut), the whole-model timing to anchor the sum to.
         """
         if model not in tables:
-            raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {model}")
+            name, _, runtime = model.partition("@")
+            how = f" --runtime {runtime}" if runtime else ""
+            raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {name}{how}")
         t = tables[model]
         # each layer was timed as its own ONNX Runtime run: take that run's cost off each, the fixed
         # part and the part that grows with the bytes copied in and out (measured with the same
@@ -297,7 +300,8 @@ class TableLatencyModel:
         n = len(shape.layer_macs)
         offloads = shape.cut < n
         return LatencyBreakdown(
-            edge_ms=self._sum(self.edge_tables, self.edge_name, model, shape, range(1, shape.cut + 1), ("heads", shape.cut)) if shape.cut else 0.0,
+            edge_ms=self._sum(self.edge_tables, self.edge_name, table_key(model, self.edge_runtime), shape, range(1, shape.cut + 1), ("heads", shape.cut))
+            if shape.cut else 0.0,
             transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms) if offloads else 0.0,
             cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1), ("tails", shape.cut)) if offloads else 0.0,
             return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
@@ -305,13 +309,41 @@ class TableLatencyModel:
 
     def describe(self) -> str:
         kind = ("per-run medians" if self.stat == "median_ms" else "sustained means") + (", anchored to whole heads/tails" if self.anchor else ", plain sums")
-        return f"measured tables ({kind}): edge {self.edge_name}, cloud {self.cloud_name}, B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms"
+        rt = f" ({self.edge_runtime})" if self.edge_runtime != "onnxruntime" else ""
+        return f"measured tables ({kind}): edge {self.edge_name}{rt}, cloud {self.cloud_name}, B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms"
 
 
-def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None = None) -> LatencyModel:
+@dataclass(frozen=True)
+class FastestRuntime:
+    """One latency model per edge runtime; a plan is priced with the runtime that runs its head fastest."""
+
+    by_runtime: dict  # runtime name -> LatencyModel
+
+    def runtime_for(self, model: str, shape: PlanShape) -> str:
+        if shape.cut == 0:  # nothing runs on the device
+            return next(iter(self.by_runtime))
+        return min(self.by_runtime, key=lambda r: self.by_runtime[r].predict(model, shape).total_ms)
+
+    def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
+        return self.by_runtime[self.runtime_for(model, shape)].predict(model, shape)
+
+    def describe(self) -> str:
+        first = next(iter(self.by_runtime.values())).describe()
+        return f"{first}; each plan's head in the faster of {' and '.join(self.by_runtime)}"
+
+
+def edge_runtimes(edge: Profile, model: str) -> list[str]:
+    """The edge runtimes ``edge`` has tables for (ONNX Runtime first); an analytic profile prices none apart."""
+    if edge.kind != "measured":
+        return ["onnxruntime"]
+    return [r for r in ("onnxruntime", "litert") if table_key(model, r) in edge.tables]
+
+
+def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None = None, edge_runtime: str = "onnxruntime") -> LatencyModel:
     """The latency model the profiles call for: analytic if both are, else measured tables.
 
-    The link comes from ``link``, else the edge profile's, else the cloud profile's.
+    The link comes from ``link``, else the edge profile's, else the cloud
+    profile's. ``edge_runtime`` picks the edge tables of one runtime.
     """
     link = link or edge.link or cloud.link
     if link is None:
@@ -330,5 +362,6 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
             edge.tables,
             cloud.tables,
             link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return, edge.name, cloud.name,
+            edge_runtime=edge_runtime,
         )
     raise CpcdrlError(f"cannot mix an analytic and a measured profile ({edge.name!r} is {edge.kind}, {cloud.name!r} is {cloud.kind})")

@@ -28,11 +28,12 @@ from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
-from cpcdrl_deploy.latency import build_latency_model
+from cpcdrl_deploy.latency import FastestRuntime, LatencyModel, build_latency_model, edge_runtimes
 from cpcdrl_deploy.plan import PLAN_SCHEMA_VERSION
 from cpcdrl_deploy.profiles import LinkProfile, load_profile
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
+from cpcdrl_deploy.runtimes import get_runtime
 from cpcdrl_deploy.search import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
 from cpcdrl_deploy.wire import check_transfer, lossy_at
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
@@ -64,6 +65,9 @@ class OptimizeRequest:
     # test split, unseen in training; the final test accuracy is then taken on the other half)
     val_source: str = "train"
     transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py), priced and simulated; export uses the plan's
+    # the head's runtime on the device: "auto" prices each plan with every runtime the edge profile has tables for
+    # and takes the faster (latency.FastestRuntime); export and deploy use the plan's
+    edge_runtime: str = "auto"
     device: str = "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
 
 
@@ -118,7 +122,7 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         raise CpcdrlError(f"optimize needs a CIFAR-10 model for its accuracy checks; {req.model} is not one")
     edge_p, cloud_p = load_profile(req.edge), load_profile(req.cloud)
     link_p = what_if_link(load_profile(req.link).link if req.link else (edge_p.link or cloud_p.link), req.bandwidth_bytes_per_s, req.rtt_ms)
-    latency_model = build_latency_model(edge_p, cloud_p, link_p)
+    latency_model = _latency_model(req, edge_p, cloud_p, link_p, log)
     model = load_model(req.model, req.checkpoint)
     torch.manual_seed(req.search.seed)
     analysis = analyze(model, entry.input_size, req.model)
@@ -157,6 +161,32 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
     evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store, transfer=req.transfer)
     base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
     return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, sha, t_start, test_store)
+
+
+def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> LatencyModel:
+    """The profiles' latency model, with the edge runtime(s) the request allows (``edge_runtime``)."""
+    if req.edge_runtime == "auto":
+        runtimes = edge_runtimes(edge_p, req.model) or ["onnxruntime"]  # none: ONNX Runtime's missing table is the error to show
+        if req.transfer != "fp32" and "litert" in runtimes:
+            runtimes = [r for r in runtimes if r != "litert"] or runtimes
+            log(f"LiteRT heads are built with an fp32 wire only: pricing ONNX Runtime heads for --transfer {req.transfer}")
+    else:
+        get_runtime(req.edge_runtime)
+        if req.edge_runtime == "litert" and req.transfer != "fp32":
+            raise CpcdrlError(f"--edge-runtime litert builds fp32 heads with an fp32 wire only; drop --transfer {req.transfer} or use onnxruntime")
+        runtimes = [req.edge_runtime]
+    if len(runtimes) == 1:
+        return build_latency_model(edge_p, cloud_p, link_p, runtimes[0])
+    return FastestRuntime({r: build_latency_model(edge_p, cloud_p, link_p, r) for r in runtimes})
+
+
+def plan_runtime(latency_model: LatencyModel, model: str, shape: PlanShape) -> str:
+    """The edge runtime a plan's head is priced with (ONNX Runtime where nothing runs on the edge or the model does not say)."""
+    if shape.cut == 0:
+        return "onnxruntime"
+    if isinstance(latency_model, FastestRuntime):
+        return latency_model.runtime_for(model, shape)
+    return getattr(latency_model, "edge_runtime", "onnxruntime")
 
 
 def _stores(req: OptimizeRequest, sha: str, val_x, val_y, calib: Calibration | None, test_digest: str) -> tuple[AccuracyCache | None, AccuracyCache | None]:
@@ -283,6 +313,8 @@ def run_methods(
     tick("plans on the test images", 0, len(results))
     for i, res in enumerate(results):
         plan = _plan_dict(req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val)
+        if res.best is not None:
+            plan["runtime"] = plan_runtime(evaluator.latency_model, req.model, res.best.shape)
         if res.best is not None and not interrupted:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
             if key not in test_cache:

@@ -15,6 +15,7 @@ from pathlib import Path
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import read_document
 from cpcdrl_deploy.pruning import PruneConfig
+from cpcdrl_deploy.runtimes import RUNTIMES
 from cpcdrl_deploy.wire import TRANSFERS
 from cpcdrl_deploy.zoo import get_entry
 
@@ -49,6 +50,7 @@ class Plan:
     profiles: dict  # edge, cloud, link names as optimize was given them
     accuracy: dict  # a0_test, validation, test, ...
     transfer: str  # the cut tensor's encoding the plan was priced and scored with (wire.py); "fp32" in older plans
+    runtime: str  # the head's runtime on the device it was priced with (runtimes.py); "onnxruntime" in older plans
     document: dict  # the whole JSON document: reports and manifests embed it as it was
 
     @property
@@ -70,7 +72,8 @@ class Plan:
                               refit=bool(pcfg.get("refit", defaults.refit))),
             weights=PlanWeights(w["file"], w["sha256"]) if w is not None else None,
             latency_ms={k: float(v) for k, v in (d.get("latency_ms") or {}).items()}, profiles=dict(d.get("profiles") or {}),
-            accuracy=dict(d.get("accuracy") or {}), transfer=str(d.get("transfer", "fp32")), document=d,
+            accuracy=dict(d.get("accuracy") or {}), transfer=str(d.get("transfer", "fp32")),
+            runtime=str(d.get("runtime", "onnxruntime")), document=d,
         )
 
     def to_dict(self) -> dict:
@@ -133,6 +136,8 @@ def validate_plan(d: dict, where: str = "plan") -> None:
         raise bad("prune.round_to", "must be a positive integer")
     if d.get("transfer", "fp32") not in TRANSFERS:
         raise bad("transfer", f"must be one of {', '.join(TRANSFERS)}")
+    if d.get("runtime", "onnxruntime") not in RUNTIMES:
+        raise bad("runtime", f"must be one of {', '.join(RUNTIMES)}")
     w = d.get("weights")
     if w is not None and not (isinstance(w, dict) and isinstance(w.get("file"), str) and "/" not in w["file"] and isinstance(w.get("sha256"), str)):
         raise bad("weights", "must be {file: a name beside the plan, sha256}")

@@ -24,6 +24,12 @@ SCHEMA_VERSION = 1
 KINDS = ("analytic", "measured")
 
 
+def table_key(model: str, runtime: str = "onnxruntime") -> str:
+    """Where a measured profile keeps ``model``'s tables for an edge ``runtime``: ONNX Runtime's under the model's
+    name (as profiles always had them), another runtime's as ``model@runtime`` beside them."""
+    return model if runtime == "onnxruntime" else f"{model}@{runtime}"
+
+
 @dataclass(frozen=True)
 class ComputeRate:
     """The paper's F: MACs the host executes per second (Eq. 5, 7)."""

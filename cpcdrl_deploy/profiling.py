@@ -30,10 +30,11 @@ from torch import nn
 from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_profile
+from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_profile, table_key
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import ChannelGroup, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.remote import Device, check_runtime
+from cpcdrl_deploy.runtimes import RUNTIMES, get_runtime, tflite_bytes
 from cpcdrl_deploy.testbed import load_state
 from cpcdrl_deploy.zoo import UnitModel, build_model, get_entry
 
@@ -43,8 +44,10 @@ WEIGHTS = "constant-per-tensor"  # see _make_constant; older profiles shared one
 Log = Callable[[str], None]
 
 
-def _export(m: nn.Module, shape: tuple[int, ...]) -> bytes:
-    """ONNX bytes of ``m`` (a unit or units of a model made constant by ``_make_constant``), gzip-compressed."""
+def _export(m: nn.Module, shape: tuple[int, ...], runtime: str = "onnxruntime") -> bytes:
+    """``m`` (a unit or units of a model made constant by ``_make_constant``) as ``runtime`` runs it, gzip-compressed."""
+    if runtime == "litert":
+        return gzip.compress(tflite_bytes(m, shape), 6)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -104,8 +107,12 @@ def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, 
     return plans
 
 
-def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker) -> tuple[list[dict], ModelAnalysis]:
-    """Write the gzipped ONNX files and return the job list (id, file, input_shape, meta)."""
+def build_jobs(
+    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
+) -> tuple[list[dict], ModelAnalysis]:
+    """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file, input_shape, meta)."""
+    ext = RUNTIMES[runtime].suffix + ".gz"
+
     entry = get_entry(model_name)
     model: UnitModel = build_model(model_name)
     analysis = analyze(model, entry.input_size, model_name)
@@ -125,11 +132,11 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
                 for u in units[: analysis.layers[t - 1].unit]:
                     x = u(x)
             jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
-            f = f"{jid}.onnx.gz"
+            f = f"{jid}{ext}"
             unit = units[analysis.layers[t - 1].unit]
             with torch.no_grad():
                 io_bytes = 4 * (x.numel() + unit(x).numel())  # float32 in and out: what a run alone copies across ORT's boundary
-            (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:])))
+            (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
             jobs.append({
                 "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
             })
@@ -147,8 +154,8 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
             shape = plan_shape(analysis, groups, p.index, ratios)
             pruned = _make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
             jid = f"head{p.index}_k{keep:.4f}"
-            f = f"{jid}.onnx.gz"
-            (workdir / f).write_bytes(_export(nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape)))
+            f = f"{jid}{ext}"
+            (workdir / f).write_bytes(_export(nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape), runtime))
             jobs.append({
                 "id": jid, "file": f, "input_shape": [1, *analysis.input_shape], "kind": "pruned_head", "cut": p.index, "keep": keep,
                 "in_keep": list(shape.in_keep[: p.index]), "out_keep": list(shape.out_keep[: p.index]),
@@ -160,9 +167,9 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
     # has slow spells of 0.5-5 s, and one pass of these 1 ms models fits inside one
     block_files = []
     for c in BLOCK_PROBE_CHANNELS:
-        f = f"block{c}.onnx.gz"
+        f = f"block{c}{ext}"
         conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
-        (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16)))
+        (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16), runtime))
         block_files.append((c, f))
     units = _make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
@@ -176,12 +183,12 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
             continue
         b = p.unit_boundary
         if b > 0:
-            f = f"head{p.index}.onnx.gz"
-            (workdir / f).write_bytes(_export(nn.Sequential(*units[:b]), shapes[0]))
+            f = f"head{p.index}{ext}"
+            (workdir / f).write_bytes(_export(nn.Sequential(*units[:b]), shapes[0], runtime))
             jobs.append({"id": f"head{p.index}", "file": f, "input_shape": [1, *shapes[0]], "kind": "head", "cut": p.index})
         if b < len(units):
-            f = f"tail{p.index}.onnx.gz"
-            (workdir / f).write_bytes(_export(nn.Sequential(*units[b:]), shapes[b]))
+            f = f"tail{p.index}{ext}"
+            (workdir / f).write_bytes(_export(nn.Sequential(*units[b:]), shapes[b], runtime))
             jobs.append({"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index})
     # ONNX Runtime's cost of one run() call: each layer was timed as its own run,
     # so the latency model charges this once per side, not once per layer. Part of
@@ -189,8 +196,8 @@ def build_jobs(model_name: str, grid: tuple[float, ...], workdir: Path, log: Log
     # from numpy and hands its output back; inside a model they stay put), so a
     # ReLU is timed at several sizes and the latency model fits fixed + per byte
     for n in OVERHEAD_ELEMENTS:
-        f = f"overhead{n}.onnx.gz"
-        (workdir / f).write_bytes(_export(nn.ReLU(), (n, 1, 1)))
+        f = f"overhead{n}{ext}"
+        (workdir / f).write_bytes(_export(nn.ReLU(), (n, 1, 1), runtime))
         jobs.append({"id": "overhead" if n == 1 else f"overhead{n}", "file": f, "input_shape": [1, n, 1, 1], "kind": "overhead", "io_bytes": 8 * n})
     for k in range(BLOCK_PROBE_PASSES):
         at = (len(jobs) * k) // max(1, BLOCK_PROBE_PASSES - 1)
@@ -269,8 +276,12 @@ def profile_host(
     window_ms: float = 100.0,
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
+    runtime: str = "onnxruntime",
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
+
+    ``runtime``: which edge runtime runs the models (runtimes.py); its tables
+    go under ``table_key(model, runtime)``, beside the other runtime's.
 
     Each model is timed in ``rounds`` passes over a batch of ``batch`` models,
     for at least ``window_ms`` per pass, and reports its median pass
@@ -284,11 +295,13 @@ def profile_host(
     """
     import tempfile
 
-    check_runtime(dev)
+    get_runtime(runtime)
+    check_runtime(dev, runtime)
     partial_path = out.with_name(out.name + ".partial")
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
-    if partial and partial.get("host") != dev.name:
+    if partial and (partial.get("host") != dev.name or partial.get("runtime", "onnxruntime") != runtime):
         partial = {}
+    partial.setdefault("runtime", runtime)
     partial.setdefault("host", dev.name)
     partial.setdefault("results", {})
     remote = dev.mkdtemp()
@@ -312,7 +325,7 @@ def profile_host(
         tables: dict[str, dict] = {}
         for model_name in models:
             with tempfile.TemporaryDirectory() as tmp:
-                jobs, analysis = build_jobs(model_name, grid, Path(tmp), log, tick)
+                jobs, analysis = build_jobs(model_name, grid, Path(tmp), log, tick, runtime)
                 done = partial["results"].setdefault(model_name, {})
                 todo = [j for j in jobs if j["id"] not in done]
                 if len(todo) < len(jobs):
@@ -335,8 +348,10 @@ def profile_host(
                         done[r.pop("id")] = r
                     atomic_write_json(partial_path, partial)
                     tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
-                tables[model_name] = _table(jobs, done, analysis, grid, threads)
-                tables[model_name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
+                key = table_key(model_name, runtime)
+                tables[key] = _table(jobs, done, analysis, grid, threads)
+                tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
+                tables[key]["runtime"] = runtime
         link = measure_link(dev, log=log) if measure_link_too else None
     finally:
         dev.remove(remote)

@@ -15,7 +15,11 @@ the same code.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +51,41 @@ def get_runtime(name: str) -> Runtime:
 
 def tflite_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """``module`` (batch 1, float32) as a LiteRT flatbuffer, converted by litert-torch."""
-    try:
-        import litert_torch
-    except ImportError:
-        raise CpcdrlError('--runtime litert needs the converter on this host: pip install -e ".[litert]"') from None
     module.eval()
-    try:
-        converted = litert_torch.convert(module, (torch.zeros(1, *input_shape),))
-    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; one line says which step failed
-        raise CpcdrlError(f"litert-torch could not convert the head: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "head.tflite"
-        converted.export(str(path))
+    with tempfile.TemporaryDirectory() as d, _quiet(Path(d) / "converter.log"):
+        try:
+            import litert_torch  # inside: its import alone logs a dozen lines
+        except ImportError:
+            raise CpcdrlError('--runtime litert needs the converter on this host: pip install -e ".[litert]"') from None
+        # it imports JAX, whose threads make every later subprocess start warn about fork(); subprocess
+        # execs at once in the child, which is safe
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        try:
+            converted = litert_torch.convert(module, (torch.zeros(1, *input_shape),))
+            path = Path(d) / "head.tflite"
+            converted.export(str(path))
+        except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; one line says which step failed
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise CpcdrlError(f"litert-torch could not convert the model: {type(exc).__name__}: {first}") from None
         return path.read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet(log: Path):
+    """File descriptors 1 and 2 into ``log`` for the block: the converter prints its progress
+    and its C++ logs (MLIR passes, XNNPACK notices) there, dozens of lines per model."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "wb") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

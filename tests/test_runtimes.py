@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -12,11 +13,17 @@ from typer.testing import CliRunner
 
 from cli import app
 from cpcdrl_deploy import edge_runner
+from cpcdrl_deploy.analysis import analyze
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild
+from cpcdrl_deploy.latency import FastestRuntime, build_latency_model, edge_runtimes
+from cpcdrl_deploy.optimize import plan_runtime
 from cpcdrl_deploy.plan import load_plan
+from cpcdrl_deploy.profiles import Profile, load_profile, table_key
+from cpcdrl_deploy.pruning import channel_groups, plan_shape
 from cpcdrl_deploy.remote import LocalDevice, check_runtime
-from tests.conftest import make_plan, need_litert
+from cpcdrl_deploy.zoo import build_model
+from tests.conftest import REPO, make_plan, need_litert
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +94,49 @@ def test_litert_refuses_what_it_does_not_build_yet(tmp_path) -> None:
         export_plan(plan, tmp_path / "e", runtime="tensorrt")
     res = CliRunner().invoke(app, ["deploy", str(plan), "--runtime", "litert", "--fallback", "--out", str(tmp_path / "d")])
     assert res.exit_code == 2 and "--fallback" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def _two_runtime_profile(factor: float) -> Profile:
+    """The measured pi profile with a made-up second runtime: its VGG16 tables scaled by ``factor`` (a choice to test, not a measurement)."""
+    p = load_profile(str(REPO / "benchmarks" / "results" / "profile" / "pi.json"))
+    t = json.loads(json.dumps(p.tables["vgg16"]))
+    for row in t["layers"]:
+        for pt in row["points"]:
+            pt["ms"] *= factor
+            pt["median_ms"] = pt.get("median_ms", pt["ms"]) * factor
+    for side in ("heads", "pruned_heads"):
+        for h in t.get(side, []):
+            for k in ("ms", "median_ms"):
+                if h.get(k):
+                    h[k] *= factor
+    return dataclasses.replace(p, tables={**p.tables, table_key("vgg16", "litert"): t})
+
+
+@pytest.mark.parametrize("factor,expect", [(0.5, "litert"), (2.0, "onnxruntime")])
+def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, expect: str) -> None:
+    edge = _two_runtime_profile(factor)
+    cloud = load_profile(str(REPO / "benchmarks" / "results" / "profile" / "local.json"))
+    assert edge_runtimes(edge, "vgg16") == ["onnxruntime", "litert"] and edge_runtimes(edge, "mobilenet") == ["onnxruntime"]
+    m = build_model("vgg16")
+    a = analyze(m, 32, "vgg16")
+    shape = plan_shape(a, channel_groups(m, a), 6, [0.5] * 6)
+    lm = FastestRuntime({r: build_latency_model(edge, cloud, None, r) for r in edge_runtimes(edge, "vgg16")})
+    each = {r: lm.by_runtime[r].predict("vgg16", shape).edge_ms for r in lm.by_runtime}
+    assert lm.runtime_for("vgg16", shape) == expect == min(each, key=each.get)
+    assert lm.predict("vgg16", shape).edge_ms == pytest.approx(min(each.values()))
+    assert plan_runtime(lm, "vgg16", plan_shape(a, channel_groups(m, a), 0, [])) == "onnxruntime"  # nothing on the device at cut 0
+    with pytest.raises(CpcdrlError, match="--model mobilenet --runtime litert"):
+        build_latency_model(edge, cloud, None, "litert").predict("mobilenet", plan_shape(a, channel_groups(m, a), 2, [1.0, 1.0]))
+
+
+def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
+    need_litert()
+    out = tmp_path / "local.json"
+    res = CliRunner().invoke(app, ["profile", "--host", "local", "-m", "tinyvgg", "--runtime", "litert", "--grid", "1.0", "--repeats", "2",
+                                   "--rounds", "1", "--warmup", "1", "-o", str(out), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    prof = load_profile(out)
+    t = prof.tables["tinyvgg@litert"]
+    assert t["runtime"] == "litert" and prof.host["litert"] and len(t["layers"]) == 7
+    assert len(t["heads"]) == 7 and all(h["ms"] > 0 for h in t["heads"])
+    assert "tinyvgg" not in prof.tables  # ONNX Runtime's tables come from a run without --runtime
