@@ -48,7 +48,7 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.export import export_models, rebuild
 from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, throttled_latencies, transfer_ms
+from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model, edge_runtimes, throttled_latencies, transfer_ms
 from cpcdrl_deploy.plan import load_plan
 from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.profiling import PROFILER, WEIGHTS, probe_model
@@ -182,12 +182,14 @@ def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: 
 
 def predictions(
     model: str, cut: int, ratios: Sequence[float], edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None,
-    drift: dict[str, float | None] | None = None, round_to: int = PruneConfig.round_to,
+    drift: dict[str, float | None] | None = None, round_to: int = PruneConfig.round_to, edge_runtime: str = "onnxruntime",
 ) -> dict[str, dict]:
     """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
 
     The transfer term uses the bytes actually sent per request (``payload_bytes``:
     the cut tensor as transferred, plus the protocol's JSON header) where known.
+    ``edge_runtime``: the head's runtime; its edge tables where the profile has
+    them, else ONNX Runtime's (the description says which).
     ``drift`` ({"edge": factor, "cloud": factor}, from the speed probe) adds
     ``table_drift``: the anchored tables with each side's compute scaled by its factor.
     """
@@ -199,7 +201,8 @@ def predictions(
     out: dict[str, dict] = {}
     models: dict[str, object] = {}
     if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
-        models["table"] = table = build_latency_model(ep, cp, link)
+        runtime = edge_runtime if edge_runtime in edge_runtimes(ep, model) else "onnxruntime"
+        models["table"] = table = build_latency_model(ep, cp, link, runtime)
         models["table_sum"] = dataclasses.replace(table, anchor=False)  # type: ignore[type-var]
         models["table_median"] = dataclasses.replace(table, stat="median_ms")  # type: ignore[type-var]
         f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
@@ -428,7 +431,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     ok_ids = [r["i"] for r in ok]
     speed_probe = {role: _drift(blocks, refs[role], ok_ids if role == "edge" else None) for role, blocks in probes.items()}  # type: ignore[arg-type]
     drift = {role: d["factor"] for role, d in speed_probe.items()}
-    pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, original, drift, plan.prune.round_to)
+    pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, original, drift, plan.prune.round_to,
+                       manifest["runtime"]["head"] or "onnxruntime")
     link = pred.pop("_link")
     measured = {
         "e2e_ms": _pct([r["e2e_ms"] for r in ok]),
@@ -493,7 +497,7 @@ def repredict(report_path: Path) -> dict:
     plan = load_plan(Path(report["plan"]))
     pred = predictions(
         plan.model, plan.cut, plan.ratios, report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"], drift=drift,
-        round_to=plan.prune.round_to,
+        round_to=plan.prune.round_to, edge_runtime=(report.get("runtime") or {}).get("head") or "onnxruntime",
     )
     pred.pop("_link")
     report["predicted"] = pred

@@ -19,7 +19,7 @@
   10 ms, 34/44/52 pinned at 4 ms; MobileNet's p90-p50 spread 11.1 -> 3.7 ms;
 - an sshd inside the namespace with its own host key, accepting only a
   generated client key;
-- a Python virtual environment with numpy and onnxruntime for the device side
+- a Python virtual environment with numpy and both edge runtimes (onnxruntime, ai-edge-litert) for the device side
   (installed from the host side: the namespace has no route to PyPI);
 - an entry in ``~/.cpcdrl/ssh_config`` and ``~/.cpcdrl/known_hosts`` so that
   ``cpcdrl profile --host NAME`` connects, with the host key verified.
@@ -230,14 +230,15 @@ def _remove_cgroup(cg: Path) -> bool:
 
 
 def provision_python(venv: Path, log=print) -> Path:
-    """A venv with numpy + onnxruntime for the device side, built from the host (which reaches PyPI)."""
+    """A venv with numpy and both edge runtimes for the device side, built from the host (which reaches PyPI)."""
     py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import numpy, onnxruntime"], capture_output=True).returncode == 0:
+    if py.exists() and subprocess.run([str(py), "-c", "import numpy, onnxruntime, ai_edge_litert"], capture_output=True).returncode == 0:
         return py
-    log(f"provisioning the device's Python at {venv} (numpy, onnxruntime)...")
-    base = shutil.which("python3") or sys.executable
-    _run([base, "-m", "venv", "--clear", str(venv)])
-    _run([str(py), "-m", "pip", "install", "-q", "numpy", "onnxruntime"], timeout=900)
+    log(f"provisioning the device's Python at {venv} (numpy, onnxruntime, ai-edge-litert)...")
+    if not py.exists():
+        base = shutil.which("python3") or sys.executable
+        _run([base, "-m", "venv", "--clear", str(venv)])
+    _run([str(py), "-m", "pip", "install", "-q", "numpy", "onnxruntime", "ai-edge-litert"], timeout=900)
     return py
 
 
