@@ -525,6 +525,43 @@ def serve_cmd(
         _err(f"served {httpd.cpcdrl_stats.requests} requests, refused {httpd.cpcdrl_stats.errors}")
 
 
+@app.command("bench")
+@command
+def bench_cmd(
+    plans: Annotated[list[Path], typer.Argument(help="two or more plan.json files (the first is the reference of the ratios)")],
+    edge: Annotated[str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")] = "local",
+    seconds: Annotated[float, typer.Option("--seconds", help="requests' time per plan, at least")] = 10.0,
+    block: Annotated[int, typer.Option("--block", min=1, help="requests per plan per visit, at least")] = 3,
+    slice_ms: Annotated[float, typer.Option("--slice-ms", help="time per plan per visit, at least")] = 100.0,
+    min_rounds: Annotated[int, typer.Option("--min-rounds", min=1, help="interleaved rounds, at least")] = 5,
+    images: Annotated[int, typer.Option("--images", min=1, help="distinct test images, sent in turn")] = 64,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench-report.json, bench.png and the exports")] = Path("bench"),
+    bind: Annotated[str | None, typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds, every network call of the edge runner")] = 10.0,
+    edge_profile: Annotated[str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the first plan's)")] = None,
+    cloud_profile: Annotated[str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the first plan's)")] = None,
+    trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
+    runtime: RuntimeOpt = None,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Measure plans against each other on the device, interleaved; rank and ratio fidelity of each estimate."""
+    from cpcdrl_deploy.bench import BenchRequest, bench, summary_lines
+    from cpcdrl_deploy.fileio import check_writable
+
+    check_writable(out, "--out", directory=True)
+    req = BenchRequest(
+        list(plans), edge=edge, out=out, seconds=seconds, block=block, slice_ms=slice_ms, min_rounds=min_rounds, images=images, bind=bind, timeout_s=timeout,
+        edge_profile=edge_profile, cloud_profile=cloud_profile, trust_host_key=trust_host_key, seed=seed, runtime=runtime.value if runtime else None,
+    )
+    with _progress(fmt) as tick:
+        rep = bench(req, log=_err, tick=tick)
+    if fmt is Format.json:
+        _print_json({k: v for k, v in rep.items() if k != "records"})
+    else:
+        typer.echo("\n".join(summary_lines(rep)))
+
+
 @app.command("deploy")
 @command
 def deploy_cmd(

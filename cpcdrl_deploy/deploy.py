@@ -89,12 +89,14 @@ class CloudServer:
     """The tail server as a child process (so it can be stopped, or killed, like a real one)."""
 
     def __init__(
-        self, export_dir: Path, host: str, token: str, port: int = 0, threads: int = 1, start_timeout: float = 60.0, extra_args: list[str] | None = None,
+        self, export_dir: Path | list[Path], host: str, token: str, port: int = 0, threads: int = 1, start_timeout: float = 60.0,
+        extra_args: list[str] | None = None,
     ) -> None:
         import os
 
         env = dict(os.environ, CPCDRL_TOKEN=token)
-        cmd = [sys.executable, "-m", "cpcdrl_deploy.server", str(export_dir), "--host", host, "--port", str(port), "--threads", str(threads), *(extra_args or [])]
+        dirs = [str(d) for d in (export_dir if isinstance(export_dir, list) else [export_dir])]
+        cmd = [sys.executable, "-m", "cpcdrl_deploy.server", *dirs, "--host", host, "--port", str(port), "--threads", str(threads), *(extra_args or [])]
         # the cloud host must not share a duty-cycled device's CPU (testbed.host_cpus)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=host_cpus_preexec())
         line: list[str] = []
@@ -153,17 +155,18 @@ def _count_requests(server: CloudServer | None, files: dict, token: str, n: int,
         t.join(3)
 
 
-def _server_address(req: DeployRequest) -> str:
-    if req.bind:
-        if req.bind in ("0.0.0.0", "::"):
+def server_address(edge: str, bind: str | None) -> str:
+    """Where the tail server listens: ``bind``, else loopback for a local edge, else the testbed's link address."""
+    if bind:
+        if bind in ("0.0.0.0", "::"):
             raise CpcdrlError("--bind needs the concrete address the edge connects to, not a wildcard")
-        return req.bind
-    if req.edge == "local":
+        return bind
+    if edge == "local":
         return "127.0.0.1"
-    tb = load_state(req.edge)
+    tb = load_state(edge)
     if tb is not None:
         return tb.host_ip  # the testbed's host end of its veth link
-    raise CpcdrlError(f"the server binds to loopback unless told: pass --bind ADDRESS that {req.edge} can reach")
+    raise CpcdrlError(f"the server binds to loopback unless told: pass --bind ADDRESS that {edge} can reach")
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -328,7 +331,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
     try:
-        bind = _server_address(req)
+        bind = server_address(req.edge, req.bind)
         out = Path(req.out)
         export_dir = out / "export"
         original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)

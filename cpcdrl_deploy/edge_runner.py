@@ -346,6 +346,89 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def run_bench(args: argparse.Namespace) -> dict:
+    """Many plans against each other, drift cancelling: randomised interleaved blocks.
+
+    ``--bench plans.json`` lists {"id", "head" (file or null), "model" (served
+    tail or null), "output"}. Each round visits every plan once, in a fresh
+    shuffled order, for at least ``--block`` requests and ``--slice-ms`` (batch
+    1, images in turn), until every plan has ``--seconds`` of requests and
+    ``--min-rounds`` rounds. A
+    plan whose head fails to load or whose requests keep failing is reported
+    and dropped; the others go on.
+    """
+    import random
+
+    x = np.load(args.inputs)
+    with open(args.bench) as f:
+        plans = json.load(f)
+    remote = Remote(args.url, "_", args.timeout, os.environ.get("CPCDRL_TOKEN") or None, "logits") if args.url else None
+    heads, failed = {}, {}
+    for p in plans:
+        if p.get("model") and remote is None:
+            failed[p["id"]] = "no --url for a plan with a tail"
+            continue
+        try:
+            heads[p["id"]] = load_model(p["head"], args.threads) if p.get("head") else None
+        except Exception as exc:  # noqa: BLE001 - any load failure of one head drops that plan, not the bench
+            failed[p["id"]] = f"{type(exc).__name__}: {exc}"[:300]
+    live = [p for p in plans if p["id"] not in failed]
+
+    def one(p: dict, xi: np.ndarray) -> tuple[float, float, np.ndarray, int]:
+        t0 = time.perf_counter()
+        head = heads[p["id"]]
+        feeds = head.run(xi) if head is not None else {"cut": xi}
+        t1 = time.perf_counter()
+        if not p.get("model"):
+            return (t1 - t0) * 1000.0, 0.0, next(iter(feeds.values())), 0
+        remote.path, remote.output = f"/v2/models/{p['model']}/infer", p.get("output") or "logits"
+        logits, _, sent = remote.infer(feeds)
+        return (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0, logits, sent
+
+    for p in list(live):  # warm-up, not recorded: first runs allocate; a plan that cannot answer is dropped here
+        try:
+            for i in range(args.warmup):
+                one(p, x[i % len(x) : i % len(x) + 1])
+        except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:
+            failed[p["id"]] = f"{type(exc).__name__}: {exc}"[:300]
+            live.remove(p)
+    rng = random.Random(args.seed)
+    spent = {p["id"]: 0.0 for p in live}
+    fails = {p["id"]: 0 for p in live}
+    records, r, k = [], 0, 0
+    while live and (r < args.min_rounds or min(spent[p["id"]] for p in live) < args.seconds * 1000.0):
+        order = list(live)
+        rng.shuffle(order)
+        for p in order:
+            # a visit: at least --block requests and at least --slice-ms, so a fast plan gets as much time per round as a slow one
+            n, visit_start = 0, time.perf_counter()
+            while n < args.block or (time.perf_counter() - visit_start) * 1000.0 < args.slice_ms:
+                n += 1
+                i = k % len(x)
+                k += 1
+                rec = {"plan": p["id"], "round": r, "i": i}
+                try:
+                    edge_ms, remote_ms, logits, sent = one(p, x[i : i + 1])
+                    rec.update(edge_ms=edge_ms, remote_ms=remote_ms, e2e_ms=edge_ms + remote_ms, bytes_sent=sent, prediction=int(np.argmax(logits[0])))
+                    spent[p["id"]] += edge_ms + remote_ms
+                    fails[p["id"]] = 0
+                except (OSError, http.client.HTTPException, RuntimeError) as exc:
+                    rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    fails[p["id"]] += 1
+                records.append(rec)
+                if fails[p["id"]] >= args.max_failures:
+                    failed[p["id"]] = f"stopped after {fails[p['id']]} consecutive failed requests (last: {rec['error']})"
+                    live.remove(p)
+                    break
+        r += 1
+        if r >= args.max_rounds:
+            break
+    if remote is not None:
+        remote.close()
+    return {"bench": True, "records": records, "rounds": r, "failed": failed, "plans": [p["id"] for p in plans], "host": socket.gethostname(),
+            "block": args.block, "slice_ms": args.slice_ms, "seconds": args.seconds, "seed": args.seed}
+
+
 class _Probe:
     """Blocks of timed runs of the reference model, each as one round of the profiler times a model."""
 
@@ -373,6 +456,13 @@ class _Probe:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="cpcdrl edge runner (numpy + onnxruntime or ai-edge-litert only)")
     ap.add_argument("--inputs", required=True, help=".npy of N x C x H x W float32 images, preprocessed")
+    ap.add_argument("--bench", help="plans.json: run many plans in randomised interleaved blocks (run_bench) instead of one")
+    ap.add_argument("--seconds", type=float, default=10.0, help="--bench: requests' time per plan, at least")
+    ap.add_argument("--block", type=int, default=3, help="--bench: requests per plan per visit")
+    ap.add_argument("--slice-ms", type=float, default=100.0, help="--bench: time per plan per visit, at least")
+    ap.add_argument("--min-rounds", type=int, default=5, help="--bench: rounds at least")
+    ap.add_argument("--max-rounds", type=int, default=100000, help="--bench: rounds at most")
+    ap.add_argument("--seed", type=int, default=0, help="--bench: the visiting order's seed")
     ap.add_argument("--head", help="head.onnx or head.tflite (absent for cut 0: the input itself is sent)")
     ap.add_argument("--url", help="http://HOST:PORT of the KServe v2 server (absent for cut N)")
     ap.add_argument("--model", default="tail")
@@ -391,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        report = run(args)
+        report = run_bench(args) if args.bench else run(args)
     except Exception as exc:  # on the device: a one-line reason beats a traceback over SSH
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -399,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(tmp, "w") as f:
         json.dump(report, f)
     os.replace(tmp, args.out)
+    if args.bench:
+        ok = sum(1 for r in report["records"] if "prediction" in r)
+        print(f"{ok} requests answered over {report['rounds']} rounds; {len(report['failed'])} of {len(report['plans'])} plans failed")
+        return 1 if len(report["failed"]) == len(report["plans"]) else 0
     tail = f"; {report['aborted']}" if report["aborted"] else ""
     print(f"{report['answered']}/{report['requests']} answered, {report['fallbacks']} locally, {report['errors']} errors{tail}")
     return 1 if report["aborted"] else 0

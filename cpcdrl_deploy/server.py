@@ -491,25 +491,34 @@ class CappedHTTPServer(ThreadingHTTPServer):
 
 
 def make_server(
-    export_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, threads: int = 1, max_body: int = MAX_BODY,
+    export_dir: str | Path | list, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, threads: int = 1, max_body: int = MAX_BODY,
     max_connections: int = MAX_CONNECTIONS, timeout_s: float = IDLE_TIMEOUT_S,
 ):
-    """A ready (not yet serving) server for the tail of an export directory."""
+    """A ready (not yet serving) server for the tail of an export directory, or of each of several.
+
+    Several (``cpcdrl bench``): one KServe v2 model per tail, each named
+    ``p<i>`` after its directory's position, since plans of one model export
+    tails of the same name.
+    """
     from cpcdrl_deploy.errors import CpcdrlError
     from cpcdrl_deploy.export import load_manifest
 
-    manifest = load_manifest(export_dir)
-    tail = manifest["files"].get("tail")
-    if tail is None:
-        raise CpcdrlError(f"{export_dir}: the plan's cut is N (all on the edge): there is no tail to serve")
-    model = load_served_model(Path(export_dir) / tail["file"], tail["model_name"], threads)
+    dirs = export_dir if isinstance(export_dir, list) else [export_dir]
+    models = {}
+    for i, d in enumerate(dirs):
+        tail = load_manifest(d)["files"].get("tail")
+        if tail is None:
+            raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
+        name = tail["model_name"] if len(dirs) == 1 else f"p{i}"
+        models[name] = load_served_model(Path(d) / tail["file"], name, threads)
     stats = Stats()
     try:
-        httpd = CappedHTTPServer((host, port), make_handler({model.name: model}, token, stats, max_body, timeout_s), max_connections)
+        httpd = CappedHTTPServer((host, port), make_handler(models, token, stats, max_body, timeout_s), max_connections)
     except OSError as exc:
         raise CpcdrlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     httpd.cpcdrl_stats = stats  # type: ignore[attr-defined]
-    httpd.cpcdrl_model = model  # type: ignore[attr-defined]
+    httpd.cpcdrl_model = next(iter(models.values()))  # type: ignore[attr-defined]
+    httpd.cpcdrl_models = models  # type: ignore[attr-defined]
     return httpd
 
 
@@ -518,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     from cpcdrl_deploy.errors import CpcdrlError
 
     ap = argparse.ArgumentParser(description="Serve an export's tail over the KServe v2 protocol")
-    ap.add_argument("export_dir")
+    ap.add_argument("export_dir", nargs="+", help="one export directory, or several (one model p<i> per tail)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--threads", type=int, default=1)
@@ -526,14 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     token = os.environ.get("CPCDRL_TOKEN") or None  # from the environment: a token on the command line shows in `ps`
     try:
-        httpd = make_server(args.export_dir, args.host, args.port, token, args.threads, args.max_body)
+        httpd = make_server(args.export_dir if len(args.export_dir) > 1 else args.export_dir[0], args.host, args.port, token, args.threads, args.max_body)
     except CpcdrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if (warn := exposure_warning(args.host, token)) is not None:
         print(f"warning: {warn}", file=sys.stderr, flush=True)
     host, port = httpd.server_address[:2]
-    print(f"serving {httpd.cpcdrl_model.name} on http://{host}:{port} (KServe v2{', bearer token' if token else ''})", flush=True)
+    print(f"serving {', '.join(httpd.cpcdrl_models)} on http://{host}:{port} (KServe v2{', bearer token' if token else ''})", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -1,0 +1,393 @@
+"""``cpcdrl bench``: many plans measured against each other on the device, so that the host's drift cancels.
+
+A Pi heats up and throttles and this project's VM drifts 1.2x within minutes,
+so one plan's absolute p50 says more about the minute it was taken in than
+about the plan. Bench measures plans *together*, the way careful benchmark
+tools do (Google Benchmark's random interleaving, pyperf's paired
+comparisons): every plan is exported, every head uploaded, every tail served
+by one server (one KServe v2 model per tail), and the edge runner visits the
+plans in a freshly shuffled order each round, a few requests each, until
+every plan has ``seconds`` of requests (``edge_runner.run_bench``).
+
+It reports per plan p50/p90/p99 with bootstrap confidence intervals, the
+edge / transfer+cloud split, and the *paired ratio* to a reference plan: in
+each round, the plan's median over the reference's median (the two measured
+seconds apart), the median of those over rounds, with a bootstrap interval
+over rounds. Each latency estimate (the optimiser's anchored tables, their
+plain sums, the MAC model with F fitted per host, the paper's MAC model) is
+judged by what an optimiser needs from it: whether it orders the plans as the
+device does (Spearman, Kendall, and the share of plan pairs it predicts to
+differ by at least 10 % that it orders right), and how far its ratios are from
+the measured ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cpcdrl_deploy.data import subset
+from cpcdrl_deploy.deploy import RUNNER, CloudServer, predictions, server_address, shape_of
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.evaluate import predict
+from cpcdrl_deploy.export import export_models, rebuild
+from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.plan import Plan, load_plan
+from cpcdrl_deploy.profiles import load_profile
+from cpcdrl_deploy.progress import Ticker, no_ticker
+from cpcdrl_deploy.remote import check_runtime, connect
+
+REPORT_SCHEMA_VERSION = 1
+ESTIMATES = ("table", "table_sum", "analytic", "paper")  # the anchored tables (the optimiser's), plain sums, MACs with F fitted, the paper's MACs
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchRequest:
+    plans: list[Path]
+    edge: str = "local"
+    out: Path = Path("bench")
+    seconds: float = 10.0  # of requests per plan, at least
+    block: int = 3  # requests per plan per visit, at least
+    slice_ms: float = 100.0  # and time per plan per visit, at least: each round gives every plan about the same time
+    min_rounds: int = 5
+    images: int = 64  # distinct test images, sent in turn
+    reference: int = 0  # the plan the ratios are taken to
+    bind: str | None = None
+    timeout_s: float = 10.0
+    edge_profile: str | None = None  # default: the first plan's
+    cloud_profile: str | None = None
+    trust_host_key: bool = False
+    seed: int = 0
+    runtime: str | None = None  # every head's runtime; None: each plan's own
+
+
+def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float], reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over ``values`` (resampled with replacement)."""
+    if len(values) < 2:
+        v = float(stat(values)) if len(values) else float("nan")
+        return v, v
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(values[rng.integers(0, len(values), len(values))]) for _ in range(reps)])
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(boots, a)), float(np.quantile(boots, 1.0 - a))
+
+
+def ranks(x: list[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank."""
+    a = np.asarray(x, dtype=float)
+    order = np.argsort(a, kind="mergesort")
+    r = np.empty(len(a))
+    i = 0
+    while i < len(a):
+        j = i
+        while j + 1 < len(a) and a[order[j + 1]] == a[order[i]]:
+            j += 1
+        r[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return r
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = ranks(x), ranks(y)
+    if len(x) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def kendall(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b."""
+    n = len(x)
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tx += 1
+            elif dy == 0:
+                ty += 1
+            elif dx == dy:
+                conc += 1
+            else:
+                disc += 1
+    denom = np.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return float((conc - disc) / denom) if denom else float("nan")
+
+
+def pair_order(pred: list[float], meas: list[float], min_ratio: float = 1.10) -> tuple[float, int]:
+    """Among plan pairs the estimate says differ by at least ``min_ratio``, the share it orders as measured; and their count."""
+    right = total = 0
+    for i in range(len(pred)):
+        for j in range(i + 1, len(pred)):
+            lo, hi = sorted((pred[i], pred[j]))
+            if lo <= 0 or hi / lo < min_ratio:
+                continue
+            total += 1
+            right += int((pred[i] < pred[j]) == (meas[i] < meas[j]))
+    return (right / total if total else float("nan")), total
+
+
+def fidelity(pred_ms: list[float], meas_ms: list[float], pred_ratio: list[float], meas_ratio: list[float]) -> dict:
+    """How well one estimate serves an optimiser: rank agreement, pair order, paired-ratio error (%)."""
+    order, pairs = pair_order(pred_ms, meas_ms)
+    err = [abs(p / m - 1.0) * 100.0 for p, m in zip(pred_ratio, meas_ratio) if m > 0]
+    return {
+        "spearman": spearman(pred_ms, meas_ms), "kendall": kendall(pred_ms, meas_ms), "pair_order_right": order, "pairs_predicted_10pct_apart": pairs,
+        "ratio_error_median_pct": float(np.median(err)) if err else float("nan"), "ratio_error_p90_pct": float(np.percentile(err, 90)) if err else float("nan"),
+    }
+
+
+def paired_ratio(records: list[dict], plan: str, ref: str, seed: int = 0) -> dict:
+    """The plan's median end to end over the reference's, round by round (each pair measured seconds apart)."""
+    by: dict[tuple[str, int], list[float]] = {}
+    for r in records:
+        if "e2e_ms" in r:
+            by.setdefault((r["plan"], r["round"]), []).append(r["e2e_ms"])
+    rounds = sorted({rd for (p, rd) in by if p == plan} & {rd for (p, rd) in by if p == ref})
+    rs = np.array([np.median(by[(plan, rd)]) / np.median(by[(ref, rd)]) for rd in rounds])
+    if not len(rs):
+        return {"median": None, "ci95": None, "rounds": 0}
+    return {"median": float(np.median(rs)), "ci95": list(bootstrap_ci(rs, np.median, seed=seed)), "rounds": len(rs)}
+
+
+def _paper_model(model: str, shape, link_bytes_per_s: float, rtt_ms: float) -> float:
+    """The paper's MAC model as written (Sec. IV-A rates), over the measured link: the estimate the project started from."""
+    from cpcdrl_deploy.latency import AnalyticLatencyModel
+
+    p = load_profile("paper")
+    lm = AnalyticLatencyModel(p.compute_rate("edge").macs_per_s, p.compute_rate("cloud").macs_per_s, link_bytes_per_s, link_bytes_per_s, rtt_ms)
+    return lm.predict(model, shape).total_ms
+
+
+def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict:
+    """Export, upload, serve and run every plan interleaved; write ``out/bench-report.json`` and ``out/bench.png`` atomically."""
+    t_start = time.perf_counter()
+    if len(req.plans) < 2:
+        raise CpcdrlError("bench compares plans: give at least two")
+    if not 0 <= req.reference < len(req.plans):
+        raise CpcdrlError(f"--reference must be 0..{len(req.plans) - 1}")
+    if req.seconds <= 0 or req.block < 1 or req.images < 1:
+        raise CpcdrlError("--seconds must be > 0, --block and --images at least 1")
+    plans: list[Plan] = [load_plan(p) for p in req.plans]  # every plan valid before anything starts
+    edge_profile = req.edge_profile or plans[0].profiles.get("edge")
+    cloud_profile = req.cloud_profile or plans[0].profiles.get("cloud")
+    if not edge_profile or not cloud_profile:
+        raise CpcdrlError("the first plan names no profiles: pass --edge-profile/--cloud-profile")
+    load_profile(edge_profile), load_profile(cloud_profile)
+    dev = connect(req.edge, trust_host_key=req.trust_host_key)
+    out = Path(req.out)
+    server: CloudServer | None = None
+    remote_dir = None
+    token = secrets.token_urlsafe(24)
+    try:
+        bind = server_address(req.edge, req.bind)
+        entries, exports, failed = [], [], {}
+        x_all = None
+        for i, (path, plan) in enumerate(zip(req.plans, plans)):
+            tick("plans exported", i, len(plans))
+            pid = f"p{i}"
+            try:
+                original, pruned, ds = rebuild(plan, plan_path=path)
+                if x_all is None:
+                    idx = subset(len(ds.test), req.images, req.seed)
+                    x_all = ds.test.tensors(idx)[0]
+                runtime = req.runtime or plan.runtime
+                m = export_models(plan, original, pruned, ds, out / "exports" / pid, runtime=runtime, log=lambda s: None)
+                with torch.no_grad():
+                    want = predict(pruned, x_all).numpy()
+            except CpcdrlError as exc:
+                failed[pid] = f"export: {exc}"
+                log(f"{pid} ({path}): {exc}")
+                continue
+            entries.append({"id": pid, "path": str(path), "plan": plan, "manifest": m, "want": want})
+            if "tail" in m["files"]:
+                exports.append((pid, out / "exports" / pid))
+        tick("plans exported", len(plans), len(plans))
+        if x_all is None:
+            raise CpcdrlError("no plan could be exported")
+        inputs = out / "inputs.npy"
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(inputs, x_all.numpy().astype(np.float32))
+        runtimes = {e["manifest"]["runtime"]["head"] for e in entries if e["manifest"]["runtime"]["head"]}
+        for rt in sorted(runtimes):
+            check_runtime(dev, rt)
+        remote_dir = dev.mkdtemp()
+        dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
+        dev.put(inputs, f"{remote_dir}/inputs.npy")
+        if exports:
+            server = CloudServer([d for _, d in exports], bind, token)
+            log(f"cloud server {server.url}: {len(exports)} tails")
+        served = {pid: f"p{k}" for k, (pid, _) in enumerate(exports)}  # the server names the k-th tail p<k>
+        spec = []
+        for e in entries:
+            files = e["manifest"]["files"]
+            head = None
+            if "head" in files:
+                head = f"{remote_dir}/{e['id']}_{files['head']['file']}"
+                dev.put(out / "exports" / e["id"] / files["head"]["file"], head)
+            spec.append({"id": e["id"], "head": head, "model": served.get(e["id"]), "output": files["tail"]["outputs"][0]["name"] if "tail" in files else None})
+        (out / "bench-plans.json").write_text(json.dumps(spec))
+        dev.put(out / "bench-plans.json", f"{remote_dir}/bench-plans.json")
+        args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
+                f"--out {shlex.quote(remote_dir + '/report.json')}", f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}",
+                f"--block {req.block}", f"--slice-ms {req.slice_ms:g}", f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
+        if server is not None:
+            args.append(f"--url {server.url}")
+        log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
+        cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/edge_runner.py')} " + " ".join(args)
+        budget = 300.0 + len(spec) * (4 * req.seconds + 30.0)
+        rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
+        if rc not in (0, 1):
+            why = (stderr or stdout).strip().splitlines()
+            raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
+        rc2, report_text, err2 = dev.run(f"cat {shlex.quote(remote_dir + '/report.json')}", timeout=60)
+        if rc2 != 0:
+            raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
+        runner = json.loads(report_text)
+    finally:
+        if server is not None:
+            server.stop()
+        if remote_dir is not None:
+            try:
+                dev.remove(remote_dir)
+            except Exception:  # noqa: BLE001 - cleanup must not hide the real error
+                pass
+        dev.close()
+    failed.update(runner["failed"])
+    report = analyse(entries, runner, failed, req, edge_profile, cloud_profile, dev.name)
+    report["wall_s"] = time.perf_counter() - t_start
+    atomic_write_json(out / "bench-report.json", report)
+    try:
+        plot_bench(report, out / "bench.png")
+    except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the measurements
+        log(f"no plot: {exc}")
+    return report
+
+
+def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, edge_profile: str, cloud_profile: str, edge_name: str) -> dict:
+    """Per-plan statistics, paired ratios and each estimate's fidelity, from the runner's records."""
+    recs = runner["records"]
+    ok_ids = [e["id"] for e in entries if e["id"] not in failed]
+    ref = f"p{req.reference}"
+    if ref not in ok_ids:
+        ref = ok_ids[0] if ok_ids else ref
+    rows = []
+    for e in entries:
+        pid, plan = e["id"], e["plan"]
+        mine = [r for r in recs if r["plan"] == pid and "e2e_ms" in r]
+        row: dict = {"id": pid, "plan": e["path"], "model": plan.model, "method": plan.method, "cut": plan.cut, "n_layers": plan.n_layers,
+                     "ratios_mean": float(np.mean(plan.ratios)) if plan.ratios else 1.0, "runtime": e["manifest"]["runtime"], "failed": failed.get(pid)}
+        if pid in failed or not mine:
+            rows.append(row)
+            continue
+        e2e = np.array([r["e2e_ms"] for r in mine])
+        preds = np.array([r["prediction"] for r in mine])
+        agree = float((preds == e["want"][[r["i"] for r in mine]]).mean() * 100.0)
+        stats = {}
+        for q in (50, 90, 99):
+            stats[f"p{q}"] = float(np.percentile(e2e, q))
+            stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, lambda a, q=q: np.percentile(a, q), seed=req.seed))
+        payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"]["files"] else None
+        pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, round_to=plan.prune.round_to,
+                           edge_runtime=e["manifest"]["runtime"]["head"] or "onnxruntime")
+        link = pred.pop("_link")
+        shape_pred = {k: v["total_ms"] for k, v in pred.items() if k in ESTIMATES}
+        shape, _ = shape_of(plan.model, plan.cut, plan.ratios, plan.prune.round_to)
+        if payload is not None:
+            shape = dataclasses.replace(shape, cut_bytes=payload)
+        shape_pred["paper"] = _paper_model(plan.model, shape, link["uplink_bytes_per_s"], link["rtt_ms"])
+        row.update(requests=len(mine), e2e_ms=stats, edge_p50_ms=float(np.median([r["edge_ms"] for r in mine])),
+                   transfer_and_cloud_p50_ms=float(np.median([r["remote_ms"] for r in mine])), bytes_per_request=payload,
+                   agreement_with_pytorch_pct=agree, predicted_ms=shape_pred, ratio_to_reference=paired_ratio(recs, pid, ref, req.seed))
+        rows.append(row)
+    rows += [{"id": pid, "failed": why} for pid, why in failed.items() if pid not in {e["id"] for e in entries}]  # never exported
+    rows.sort(key=lambda r: int(r["id"][1:]))
+    good = [r for r in rows if r.get("e2e_ms")]
+    refrow = next((r for r in good if r["id"] == ref), None)
+    fid = {}
+    if refrow is not None and len(good) >= 2:
+        meas = [r["e2e_ms"]["p50"] for r in good]
+        meas_ratio = [r["ratio_to_reference"]["median"] or float("nan") for r in good]
+        for est in ESTIMATES:
+            if not all(est in r["predicted_ms"] for r in good):
+                continue
+            pr = [r["predicted_ms"][est] for r in good]
+            for r in good:
+                r.setdefault("predicted_ratio", {})[est] = r["predicted_ms"][est] / refrow["predicted_ms"][est]
+            fid[est] = fidelity(pr, meas, [r["predicted_ratio"][est] for r in good], meas_ratio)
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION, "kind": "cpcdrl-bench", "edge": edge_name, "profiles": {"edge": edge_profile, "cloud": cloud_profile},
+        "reference": ref, "rounds": runner["rounds"], "block": req.block, "seconds_per_plan": req.seconds, "seed": req.seed,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plans": rows, "failed": failed, "fidelity": fid,
+        "records": recs,
+    }
+
+
+def plot_bench(report: dict, path: Path) -> None:
+    """Predicted vs measured paired ratios per estimate, with the ±10 % band; axes fitted to the data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = [r for r in report["plans"] if r.get("predicted_ratio") and r["ratio_to_reference"]["median"]]
+    if not good:
+        return
+    fig, ax = plt.subplots(figsize=(6, 5))
+    meas = [r["ratio_to_reference"]["median"] for r in good]
+    allv = list(meas)
+    for est, mark in zip(ESTIMATES, "os^v"):
+        pr = [r["predicted_ratio"].get(est) for r in good]
+        if None in pr:
+            continue
+        allv += pr
+        f = report["fidelity"].get(est, {})
+        ax.scatter(meas, pr, marker=mark, label=f"{est} (Spearman {f.get('spearman', float('nan')):.2f})", alpha=0.7)
+    lo, hi = min(allv) * 0.9, max(allv) * 1.1
+    if hi / lo > 5:  # ratios spanning more than a factor of a few read better on log axes
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="±10 %")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"measured p50 / reference ({report['reference']}), paired by round")
+    ax.set_ylabel("predicted / reference")
+    ax.set_title(f"{len(good)} plans on {report['edge']}, {report['rounds']} interleaved rounds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = [f"{len(report['plans'])} plans on {report['edge']}, {report['rounds']} interleaved rounds; reference {report['reference']}"]
+    for r in report["plans"]:
+        if not r.get("e2e_ms"):
+            lines.append(f"  {r['id']}: failed ({r.get('failed')})")
+            continue
+        rr = r["ratio_to_reference"]
+        ci = f" [{rr['ci95'][0]:.2f}, {rr['ci95'][1]:.2f}]" if rr["ci95"] else ""
+        pr = r.get("predicted_ratio", {}).get("table")
+        lines.append(f"  {r['id']} {r['model']} cut {r['cut']}/{r['n_layers']}: p50 {r['e2e_ms']['p50']:.2f} ms, ratio {rr['median']:.3f}{ci}"
+                     + (f", tables predict {pr:.3f}" if pr is not None else ""))
+    for est, f in report["fidelity"].items():
+        lines.append(f"  {est}: Spearman {f['spearman']:.2f}, Kendall {f['kendall']:.2f}, pair order {f['pair_order_right']:.2f} of "
+                     f"{f['pairs_predicted_10pct_apart']}, ratio error median {f['ratio_error_median_pct']:.1f} % p90 {f['ratio_error_p90_pct']:.1f} %")
+    return lines

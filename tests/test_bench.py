@@ -1,0 +1,104 @@
+"""`cpcdrl bench`: plans interleaved on the device, paired ratios, fidelity statistics, failure paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from cpcdrl_deploy import bench as bench_mod
+from cpcdrl_deploy import edge_runner
+from cpcdrl_deploy.bench import BenchRequest, bench, bootstrap_ci, kendall, pair_order, paired_ratio, ranks, spearman
+from cpcdrl_deploy.export import export_plan
+from tests.conftest import make_plan
+
+
+def test_rank_statistics() -> None:
+    assert list(ranks([3.0, 1.0, 2.0, 1.0])) == [4.0, 1.5, 3.0, 1.5]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant, 1 discordant pair
+    # tau-b with a tie in y: 2 concordant, 0 discordant, one pair tied in y only -> 2 / sqrt(3 * 2)
+    assert kendall([1, 2, 3], [1, 2, 2]) == pytest.approx(2 / np.sqrt(6))
+    # pairs predicted >= 10 % apart: (1, 2) and (1, 3) and (2, 3); the estimate orders (2, 3) wrongly
+    assert pair_order([1.0, 2.0, 3.0], [1.0, 5.0, 4.0]) == (pytest.approx(2 / 3), 3)
+    assert pair_order([1.0, 1.05], [1.0, 2.0]) == (pytest.approx(float("nan"), nan_ok=True), 0)  # no pair far enough apart
+
+
+def test_paired_ratio_is_taken_round_by_round() -> None:
+    # the host doubles its speed between rounds; the plan is always 1.5x the reference within a round
+    recs = []
+    for rd, scale in enumerate((1.0, 0.5, 1.0, 0.5)):
+        recs += [{"plan": "p0", "round": rd, "e2e_ms": 10.0 * scale}, {"plan": "p1", "round": rd, "e2e_ms": 15.0 * scale}]
+    r = paired_ratio(recs, "p1", "p0")
+    assert r["median"] == pytest.approx(1.5) and r["rounds"] == 4 and r["ci95"] == [pytest.approx(1.5), pytest.approx(1.5)]
+    lo, hi = bootstrap_ci(np.arange(100.0), np.median)
+    assert lo < 49.5 < hi
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    return [make_plan(d / f"p{c}.json", c, k) for c, k in ((3, 0.75), (0, 1.0), (7, 0.5))]
+
+
+def test_bench_locally(plans, tmp_path) -> None:
+    res = CliRunner().invoke(app, ["bench", *map(str, plans), "--edge", "local", "--seconds", "0.5", "--min-rounds", "3", "--slice-ms", "20",
+                                   "--out", str(tmp_path / "b"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "b" / "bench-report.json").read_text())
+    assert rep["kind"] == "cpcdrl-bench" and rep["failed"] == {} and rep["rounds"] >= 3 and rep["reference"] == "p0"
+    rows = {r["id"]: r for r in rep["plans"]}
+    assert [rows[p]["cut"] for p in ("p0", "p1", "p2")] == [3, 0, 7]
+    for r in rows.values():
+        assert r["agreement_with_pytorch_pct"] == 100.0
+        assert r["e2e_ms"]["p50_ci95"][0] <= r["e2e_ms"]["p50"] <= r["e2e_ms"]["p50_ci95"][1]
+        assert sum(1 for x in rep["records"] if x["plan"] == r["id"] and "e2e_ms" in x) == r["requests"]
+    assert rows["p0"]["ratio_to_reference"]["median"] == pytest.approx(1.0)
+    assert rows["p2"]["bytes_per_request"] is None and rows["p2"]["transfer_and_cloud_p50_ms"] == 0.0  # cut N sends nothing
+    # every round visits every plan, in its own order
+    orders = {rd: [x["plan"] for x in rep["records"] if x["round"] == rd] for rd in range(rep["rounds"])}
+    assert all(set(o) == {"p0", "p1", "p2"} for o in orders.values())
+    assert len({tuple(dict.fromkeys(o)) for o in orders.values()}) > 1
+    assert "analytic" in rep["fidelity"] and -1.0 <= rep["fidelity"]["analytic"]["spearman"] <= 1.0
+    assert (tmp_path / "b" / "bench.png").stat().st_size > 0
+
+
+def test_an_interrupted_bench_leaves_the_last_report_whole(plans, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "b"
+    req = BenchRequest(plans[:2], out=out, seconds=0.2, min_rounds=2, slice_ms=10)
+    bench(req)
+    before = (out / "bench-report.json").read_bytes()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_mod, "analyse", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench(req)
+    assert (out / "bench-report.json").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+def test_a_plan_whose_head_fails_is_reported_and_the_others_go_on(tmp_path) -> None:
+    export_plan(make_plan(tmp_path / "p.json", 7, 0.5), tmp_path / "e", check_images=8)  # cut N: a head and no tail
+    (tmp_path / "bad.onnx").write_bytes(b"not an onnx model")
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 32, 32), np.float32))
+    spec = [{"id": "p0", "head": str(tmp_path / "e" / "head.onnx"), "model": None}, {"id": "p1", "head": str(tmp_path / "bad.onnx"), "model": None}]
+    (tmp_path / "plans.json").write_text(json.dumps(spec))
+    rc = edge_runner.main(["--inputs", str(tmp_path / "x.npy"), "--bench", str(tmp_path / "plans.json"), "--seconds", "0.05", "--min-rounds", "2",
+                           "--out", str(tmp_path / "r.json")])
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rc == 0 and list(rep["failed"]) == ["p1"] and rep["failed"]["p1"].startswith("InvalidProtobuf")  # ONNX Runtime's load error, one line
+    assert {r["plan"] for r in rep["records"]} == {"p0"} and all("prediction" in r for r in rep["records"])
+
+
+def test_bench_bad_inputs_are_one_line(plans, tmp_path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", str(plans[0]), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "at least two" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(app, ["bench", str(plans[0]), str(tmp_path / "missing.json"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "plan not found" in res.output and not (tmp_path / "b").exists()
