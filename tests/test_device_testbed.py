@@ -290,6 +290,38 @@ def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
         assert s.connect_ex((u.hostname, u.port)) != 0
 
 
+def test_bench_on_the_testbed(bed, profiles, tmp_path) -> None:
+    """Three tinyvgg plans interleaved over the shaped link: every round visits each, tables judged by rank and ratio."""
+    from cpcdrl_deploy.bench import BenchRequest, bench
+    from tests.conftest import make_plan
+
+    pi_path, local_path, _, _ = profiles
+    plans = [make_plan(tmp_path / f"p{c}.json", c, k) for c, k in ((3, 0.75), (5, 0.5), (7, 1.0))]
+    rep = bench(BenchRequest(plans, edge=NAME, out=tmp_path / "b", seconds=1.0, min_rounds=3, edge_profile=str(pi_path), cloud_profile=str(local_path)))
+    assert rep["failed"] == {} and rep["rounds"] >= 3 and rep["edge"] == NAME
+    rows = {r["id"]: r for r in rep["plans"]}
+    assert all(r["agreement_with_pytorch_pct"] == 100.0 and r["requests"] > 0 for r in rows.values())
+    # cut 3 sends 24x16x16 float32 over 200 KB/s: far slower than cut 7 (nothing sent), round by round too
+    assert rows["p0"]["e2e_ms"]["p50"] > 3 * rows["p2"]["e2e_ms"]["p50"]
+    assert rows["p2"]["ratio_to_reference"]["ci95"][1] < 0.5
+    assert {"table", "table_sum", "analytic", "paper"} <= set(rep["fidelity"])
+    assert (tmp_path / "b" / "bench.png").stat().st_size > 0
+
+
+def test_litert_head_on_the_testbed(bed, profiles, tmp_path) -> None:
+    """The device runs a LiteRT head (its Python has ai-edge-litert) before the ONNX tail served here; same answers."""
+    from cpcdrl_deploy.deploy import DeployRequest, deploy
+    from tests.conftest import make_plan, need_litert
+
+    need_litert()
+    pi_path, local_path, _, _ = profiles
+    plan = make_plan(tmp_path / "plan.json", 3, 0.75)
+    rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d", edge_profile=str(pi_path), cloud_profile=str(local_path), runtime="litert",
+                               probe=False))
+    assert rep["runtime"] == {"head": "litert", "tail": "onnxruntime"}
+    assert rep["answered"] == 8 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
+
+
 def test_up_clears_a_leftover_and_its_duty_cycle(tmp_path) -> None:
     # a run killed with SIGKILL leaves its cgroup, its processes and the duty-cycle process behind
     why = _can_run()
