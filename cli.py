@@ -453,6 +453,12 @@ def compare_cmd(
         typer.echo(f"{len(res['pruned_heads'])} pruned heads: the unpruned head x the tables' ratio median {ratio['median_pct']:+.1f}%, "
                    f"worst {ratio['worst_abs_pct']:.1f}%" + (f"; interpolated from the other heads (leave one out) median {interp['median_pct']:+.1f}%, "
                                                              f"worst {interp['worst_abs_pct']:.1f}%" if interp else ""))
+    for side in ("edge", "total"):
+        if f"ranks_{side}_table" in fi:
+            t, m = fi[f"ranks_{side}_table"], fi[f"ranks_{side}_analytic"]
+            typer.echo(f"order and ratios ({'heads on the edge' if side == 'edge' else 'whole splits'}): tables Spearman {t['spearman']:.2f}, "
+                       f"ratio error median {t['ratio_error_median_pct']:.1f}%; MAC estimate Spearman {m['spearman']:.2f}, "
+                       f"ratio error median {m['ratio_error_median_pct']:.1f}%")
 
 
 TransferOpt = Annotated[

@@ -21,6 +21,7 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.latency import AnalyticLatencyModel, TableLatencyModel, build_latency_model, transfer_ms
 from cpcdrl_deploy.profiles import Profile, load_profile
 from cpcdrl_deploy.pruning import ChannelGroup, channel_groups, plan_shape
+from cpcdrl_deploy.stats import fidelity
 from cpcdrl_deploy.zoo import build_model, get_entry
 
 
@@ -93,12 +94,29 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
             "total_table": summary("table_error_pct"), "total_analytic": summary("analytic_error_pct"),
             "edge_table": summary("table_edge_error_pct"), "cloud_table": summary("table_cloud_error_pct"),
             "edge_analytic": summary("analytic_edge_error_pct"),
+            **_rank_fidelity(rows, a.n_layers),
         },
     }
 
 
 def _abs_summary(errs: list[float]) -> dict[str, float]:
     return {"median_abs_pct": statistics.median(abs(e) for e in errs), "median_pct": statistics.median(errs), "worst_abs_pct": max(abs(e) for e in errs)} if errs else {}
+
+
+def _rank_fidelity(rows: list[dict], n_layers: int) -> dict:
+    """Over the heads timed at every cut (edge side) and the whole splits (end to end): does each estimate order them as
+    measured, and get their ratios to the whole model (cut N) right? What an optimiser needs, whatever the host's level."""
+    out = {}
+    for side, key in (("edge", "edge_ms"), ("total", "total_ms")):
+        use = [r for r in rows if r["direct"][key] > 0]
+        ref = next((r for r in use if r["cut"] == n_layers), None)
+        if ref is None or len(use) < 3:
+            continue
+        meas = [r["direct"][key] for r in use]
+        for est in ("table", "analytic"):
+            pred = [r[est][key] for r in use]
+            out[f"ranks_{side}_{est}"] = fidelity(pred, meas, [p / ref[est][key] for p in pred], [m / ref["direct"][key] for m in meas])
+    return out
 
 
 def _pruned_head_rows(model: str, a: ModelAnalysis, groups: list[ChannelGroup], table: TableLatencyModel) -> list[dict]:

@@ -120,6 +120,7 @@ def test_compare_and_optimize_against_measured_tables(profiles, tmp_path) -> Non
     assert len(d["rows"]) == 29 and (tmp_path / "c.png").exists()
     assert d["fidelity"]["total_table"]["median_abs_pct"] < 25.0
     assert len(d["pruned_heads"]) == 28 and d["fidelity"]["pruned_head_ratio"]["worst_abs_pct"] >= 0.0
+    assert -1.0 <= d["fidelity"]["ranks_edge_table"]["spearman"] <= 1.0  # order and ratios, beside the errors
     from cpcdrl_deploy.latency import TableLatencyModel, build_latency_model
     from cpcdrl_deploy.profiles import load_profile
 

@@ -1,0 +1,112 @@
+"""How good are the estimates? Many plans of one model benched in one sitting on the device; rank and ratio fidelity.
+
+    python benchmarks/fidelity.py --model mobilenet --host pi [--seconds 4] [--plans 40] [--out benchmarks/results/fidelity]
+
+Plans (all of ``--model``, reference checkpoint from ../shared): uniform keeps
+0.25-1.0 at cuts spread over the model (interior ones included), random
+pruned plans (a random cut, per-layer keeps drawn from [0.25, 1]), and some
+with ``round_to=1`` (channel counts that are not multiples of 8). They are
+written as plan files under OUT/plans and handed to ``cpcdrl bench`` (one
+sitting, interleaved); its report holds each estimate's Spearman, Kendall,
+pair order and paired-ratio error (``bench.fidelity``), here also for the
+pruned plans alone. The profiles the estimates use were measured earlier
+(their dates are in the report): ranks and ratios are what an optimiser
+needs, and they survive a change of the host's level better than absolute
+times do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cpcdrl_deploy.bench import BenchRequest, bench
+from cpcdrl_deploy.deploy import shape_of
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.optimize import plan_channels, uniform_plan
+from cpcdrl_deploy.profiles import load_profile
+from cpcdrl_deploy.stats import fidelity
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PROFILES = REPO / "benchmarks" / "results" / "profile"
+CUTS = {"mobilenet": (0, 2, 6, 12, 20, 24, 27, 28), "vgg16": (0, 2, 4, 7, 10, 13, 14), "tinyvgg": (0, 2, 3, 5, 7)}
+
+
+def make_plans(model: str, n: int, out: Path, data: str, seed: int) -> list[Path]:
+    ckpt = SHARED / "models" / f"{model}-cifar10.pth" if model != "tinyvgg" else None
+    rng = random.Random(seed)
+    cuts = CUTS[model]
+    n_layers = max(cuts)
+    specs: list[tuple[str, int, list[float], int]] = []
+    for c in cuts:
+        for k in ((1.0,) if c == 0 else (1.0, 0.75, 0.5, 0.25)):
+            specs.append((f"uniform{k:g}", c, [k] * c, 8))
+    while len(specs) < n - 4:
+        c = rng.choice([c for c in cuts if c > 0])
+        specs.append(("random", c, [round(rng.uniform(0.25, 1.0), 3) for _ in range(c)], 8))
+    for _ in range(4):  # channel counts that are not multiples of 8
+        c = rng.choice([c for c in cuts if 0 < c < n_layers])
+        specs.append(("round1", c, [round(rng.uniform(0.3, 0.95), 3) for _ in range(c)], 1))
+    paths = []
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (kind, c, ratios, round_to) in enumerate(specs):
+        p = uniform_plan(model, c, 1.0, ckpt, data)
+        p.update(method=kind, ratios=ratios, profiles={"edge": str(PROFILES / "pi.json"), "cloud": str(PROFILES / "local.json"), "link": None})
+        p["prune"]["round_to"] = round_to
+        shape, a = shape_of(model, c, ratios, round_to)
+        p["channels"] = plan_channels(a, shape)
+        p["cut_bytes"] = shape.cut_bytes
+        paths.append(atomic_write_json(out / f"{i:02d}-{kind}-cut{c}.json", p))
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mobilenet")
+    ap.add_argument("--host", default="pi")
+    ap.add_argument("--plans", type=int, default=40)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/results/fidelity")
+    args = ap.parse_args()
+    out = Path(args.out) / args.model
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    try:
+        plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed)
+        log(f"{len(plans)} plans; benching on {args.host}")
+        t0 = time.time()
+        rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed), log=log)
+    except CpcdrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    good = [r for r in rep["plans"] if r.get("e2e_ms")]
+    ref = next(r for r in good if r["id"] == rep["reference"])
+    pruned = [r for r in good if r["ratios_mean"] < 1.0]
+    by_set = {}
+    for name, rows in (("all", good), ("pruned", pruned)):
+        by_set[name] = {
+            est: fidelity([r["predicted_ms"][est] for r in rows], [r["e2e_ms"]["p50"] for r in rows],
+                          [r["predicted_ms"][est] / ref["predicted_ms"][est] for r in rows], [r["ratio_to_reference"]["median"] for r in rows])
+            for est in rep["fidelity"]
+        }
+    absolute = {est: float(np.median([abs(r["predicted_ms"][est] / r["e2e_ms"]["p50"] - 1) * 100 for r in good])) for est in rep["fidelity"]}
+    profiled = {k: load_profile(str(PROFILES / f"{k}.json")).host.get("measured_at") for k in ("pi", "local")}
+    summary = {"model": args.model, "host": args.host, "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
+               "bench_wall_s": round(time.time() - t0, 1), "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
+               "fidelity": by_set, "absolute_error_median_pct": absolute}
+    atomic_write_json(out / "summary.json", summary)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
