@@ -286,6 +286,10 @@ def optimize_cmd(
     typer.echo(f"latencies from {src}" + (" -- a model, not a measurement (cpcdrl profile measures your hosts)" if src.startswith("the analytic") else ""))
     typer.echo(f"cut = layers run on the edge: 0 = all on the server, {n_layers} = all on the edge; the edge sends the cut tensor to the server")
     typer.echo(methods_table(result["plans"]))
+    wire = next((p.get("transfer") for p in result["plans"] if p.get("transfer")), "fp32")
+    heads = sorted({p["runtime"] for p in result["plans"] if p.get("runtime") and p.get("cut")})
+    if wire != "fp32" or heads not in ([], ["onnxruntime"]):
+        typer.echo(f"the cut tensor travels as {wire}" + (f"; edge heads run in {' and '.join(heads)}" if heads else ""))
     missed = [p["method"] for p in result["plans"] if p.get("accuracy", {}).get("meets_a0_on_test") is False]
     if missed:
         typer.echo(f"{', '.join(missed)}: met the target on the search's validation images but not on the test images; "

@@ -34,9 +34,9 @@ from cpcdrl_deploy.optimize import plan_channels, uniform_plan
 from cpcdrl_deploy.profiles import load_profile
 from cpcdrl_deploy.stats import fidelity
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-PROFILES = REPO / "benchmarks" / "results" / "profile"
+# relative to the repository root, where benchmarks run: the committed plans and report name no machine's folders
+SHARED = Path("../shared")
+PROFILES = Path("benchmarks/results/profile")
 CUTS = {"mobilenet": (0, 2, 6, 12, 20, 24, 27, 28), "vgg16": (0, 2, 4, 7, 10, 13, 14), "tinyvgg": (0, 2, 3, 5, 7)}
 
 

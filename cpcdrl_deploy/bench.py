@@ -161,8 +161,10 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
                 head = f"{remote_dir}/{e['id']}_{files['head']['file']}"
                 dev.put(out / "exports" / e["id"] / files["head"]["file"], head)
             spec.append({"id": e["id"], "head": head, "model": served.get(e["id"]), "output": files["tail"]["outputs"][0]["name"] if "tail" in files else None})
-        (out / "bench-plans.json").write_text(json.dumps(spec))
-        dev.put(out / "bench-plans.json", f"{remote_dir}/bench-plans.json")
+        spec_file = out / ".bench-plans.json"  # a working file: device paths, gone after the upload
+        spec_file.write_text(json.dumps(spec))
+        dev.put(spec_file, f"{remote_dir}/bench-plans.json")
+        spec_file.unlink()
         args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
                 f"--out {shlex.quote(remote_dir + '/report.json')}", f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}",
                 f"--block {req.block}", f"--slice-ms {req.slice_ms:g}", f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
