@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cpcdrl_deploy.data import subset
-from cpcdrl_deploy.deploy import RUNNER, CloudServer, predictions, server_address, shape_of
+from cpcdrl_deploy.deploy import RUNNER, CloudServer, predictions, run_edge_runner, server_address, shape_of, tear_down
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.export import export_models, rebuild
@@ -171,25 +171,9 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
         if server is not None:
             args.append(f"--url {server.url}")
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
-        cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/edge_runner.py')} " + " ".join(args)
-        budget = 300.0 + len(spec) * (4 * req.seconds + 30.0)
-        rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
-        if rc not in (0, 1):
-            why = (stderr or stdout).strip().splitlines()
-            raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
-        rc2, report_text, err2 = dev.run(f"cat {shlex.quote(remote_dir + '/report.json')}", timeout=60)
-        if rc2 != 0:
-            raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
-        runner = json.loads(report_text)
+        runner = run_edge_runner(dev, remote_dir, args, token, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0))
     finally:
-        if server is not None:
-            server.stop()
-        if remote_dir is not None:
-            try:
-                dev.remove(remote_dir)
-            except Exception:  # noqa: BLE001 - cleanup must not hide the real error
-                pass
-        dev.close()
+        tear_down(dev, server, remote_dir)
     failed.update(runner["failed"])
     report = analyse(entries, runner, failed, req, edge_profile, cloud_profile, dev.name)
     report["wall_s"] = time.perf_counter() - t_start

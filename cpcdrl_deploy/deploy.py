@@ -155,6 +155,34 @@ def _count_requests(server: CloudServer | None, files: dict, token: str, n: int,
         t.join(3)
 
 
+def run_edge_runner(dev: Device, remote_dir: str, args: list[str], token: str, budget_s: float) -> dict:
+    """Run the uploaded edge runner with ``args`` and return its report; one error line if it fails or leaves none.
+
+    The server's token travels on stdin, not the command line (visible in ps on the device).
+    """
+    cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/edge_runner.py')} " + " ".join(args)
+    rc, stdout, stderr = dev.run(cmd, timeout=budget_s, stdin=(token + "\n").encode())
+    if rc not in (0, 1):
+        why = (stderr or stdout).strip().splitlines()
+        raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
+    rc2, report_text, err2 = dev.run(f"cat {shlex.quote(remote_dir + '/report.json')}", timeout=60)
+    if rc2 != 0:
+        raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
+    return json.loads(report_text)
+
+
+def tear_down(dev: Device, server: CloudServer | None, remote_dir: str | None) -> None:
+    """Stop the server, remove the device's working folder, close the connection; cleanup never hides the real error."""
+    if server is not None:
+        server.stop()
+    if remote_dir is not None:
+        try:
+            dev.remove(remote_dir)
+        except Exception:  # noqa: BLE001 - cleanup must not hide the real error
+            pass
+    dev.close()
+
+
 def server_address(edge: str, bind: str | None) -> str:
     """Where the tail server listens: ``bind``, else loopback for a local edge, else the testbed's link address."""
     if bind:
@@ -399,29 +427,13 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
             log(f"cloud server {server.url} ({files['tail']['model_name']})")
             args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
         log(f"running {len(idx)} requests from {dev.name}" + (" with the speed probe between them" if refs["edge"] else ""))
-        # the token travels on stdin, not the command line (visible in ps on the device)
-        cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/edge_runner.py')} " + " ".join(args)
         with _count_requests(server, files, token, len(idx), tick):
-            rc, stdout, stderr = dev.run(cmd, timeout=budget, stdin=(token + "\n").encode())
-        if rc not in (0, 1):
-            why = (stderr or stdout).strip().splitlines()
-            raise CpcdrlError(f"edge runner failed on {dev.name}: {why[-1] if why else f'exit {rc}'}")
-        rc2, report_text, err2 = dev.run(f"cat {shlex.quote(remote_dir + '/report.json')}", timeout=60)
-        if rc2 != 0:
-            raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
-        runner = json.loads(report_text)
+            runner = run_edge_runner(dev, remote_dir, args, token, budget)
         server_alive = server.alive() if server else None
         if refs["cloud"] is not None:
             probes["cloud"] += _time_probe_here(probe_path, probe_shape, refs["cloud"])
     finally:
-        if server is not None:
-            server.stop()
-        if remote_dir is not None:
-            try:
-                dev.remove(remote_dir)
-            except Exception:  # noqa: BLE001 - cleanup must not hide the real error
-                pass
-        dev.close()
+        tear_down(dev, server, remote_dir)
 
     records = runner["records"]
     ok = [r for r in records if "prediction" in r and not r.get("fallback")]
