@@ -104,13 +104,13 @@ class PlanEvaluator:
         t0 = time.perf_counter()
         store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
         stored = self.store.get(*store_key) if self.store is not None else None
-        net: torch.nn.Module | None = None if pruned_any else self.model
         acc, n, counts, sizes = self._replay(stored, one_chunk=screen)
         t1 = t2 = time.perf_counter()
         if acc is None:  # not in the persistent cache, or not far enough: prune and score
+            net = self.model
             if pruned_any:
                 net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
-            net = self.on_wire(net if net is not None else self.model, cut)
+            net = self.on_wire(net, cut)
             t1 = time.perf_counter()
             acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net)
             t2 = time.perf_counter()

@@ -168,7 +168,8 @@ def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> L
     if req.edge_runtime == "auto":
         runtimes = edge_runtimes(edge_p, req.model) or ["onnxruntime"]  # none: ONNX Runtime's missing table is the error to show
         if req.transfer != "fp32" and "litert" in runtimes:
-            runtimes = [r for r in runtimes if r != "litert"] or runtimes
+            # none left: ONNX Runtime's missing table is again the error to show
+            runtimes = [r for r in runtimes if r != "litert"] or ["onnxruntime"]
             log(f"LiteRT heads are built with an fp32 wire only: pricing ONNX Runtime heads for --transfer {req.transfer}")
     else:
         get_runtime(req.edge_runtime)

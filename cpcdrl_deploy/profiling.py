@@ -34,7 +34,7 @@ from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_prof
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import ChannelGroup, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.remote import Device, check_runtime
-from cpcdrl_deploy.runtimes import RUNTIMES, get_runtime, tflite_bytes
+from cpcdrl_deploy.runtimes import RUNTIMES, tflite_bytes
 from cpcdrl_deploy.testbed import load_state
 from cpcdrl_deploy.zoo import UnitModel, build_model, get_entry
 
@@ -295,8 +295,7 @@ def profile_host(
     """
     import tempfile
 
-    get_runtime(runtime)
-    check_runtime(dev, runtime)
+    check_runtime(dev, runtime)  # also refuses an unknown runtime
     partial_path = out.with_name(out.name + ".partial")
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
     if partial and (partial.get("host") != dev.name or partial.get("runtime", "onnxruntime") != runtime):

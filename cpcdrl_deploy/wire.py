@@ -18,13 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cpcdrl_deploy.errors import CpcdrlError
+
 TRANSFERS = ("fp32", "fp16", "int8")
 INT8_SIDE_BYTES = 5  # the per-request scale (float32) and zero point (uint8) sent beside the tensor
 
 
 def check_transfer(transfer: str) -> None:
-    from cpcdrl_deploy.errors import CpcdrlError
-
     if transfer not in TRANSFERS:
         raise CpcdrlError(f"--transfer must be one of {', '.join(TRANSFERS)} (got {transfer!r})")
 
