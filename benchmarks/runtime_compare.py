@@ -44,25 +44,12 @@ from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
 from cpcdrl_deploy.profiling import PROFILER, _make_constant
 from cpcdrl_deploy.pruning import PruneConfig, channel_groups, prune
 from cpcdrl_deploy.remote import check_runtime, connect
-from cpcdrl_deploy.runtimes import tflite_bytes
+from cpcdrl_deploy.runtimes import tflite_bytes, tflite_int8
 from cpcdrl_deploy.zoo import build_model, get_entry
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CUTS = {"mobilenet": (8, 20), "vgg16": (4, 10), "tinyvgg": (3, 5)}
-
-
-def litert_int8(fp32: bytes, calib: np.ndarray) -> bytes:
-    """ai-edge-quantizer's static int8 (weights and activations), calibrated on ``calib`` one image at a time."""
-    from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import quantizer, recipe
-
-    sig = Interpreter(model_content=fp32).get_signature_list()
-    name = next(iter(sig))
-    inp = sig[name]["inputs"][0]
-    qt = quantizer.Quantizer(fp32)
-    qt.load_quantization_recipe(recipe.static_wi8_ai8())
-    return bytes(qt.quantize(qt.calibrate({name: [{inp: calib[i : i + 1]} for i in range(len(calib))]})).quantized_model)
 
 
 def build(model_name: str, calib: np.ndarray, workdir: Path, log) -> list[dict]:
@@ -81,7 +68,7 @@ def build(model_name: str, calib: np.ndarray, workdir: Path, log) -> list[dict]:
         with tempfile.TemporaryDirectory() as d:
             onnx_int8 = _quantize_head(onnx_fp32, calib, Path(d))
         lite_fp32 = tflite_bytes(head, shape)
-        lite_int8 = litert_int8(lite_fp32, calib)
+        lite_int8 = tflite_int8(lite_fp32, calib)
         plan = f"{label}" + (f" keep {keep:g}" if keep < 1 else "")
         for rt, prec, blob, ext in (("onnxruntime", "fp32", onnx_fp32, "onnx"), ("onnxruntime", "int8", onnx_int8, "onnx"),
                                     ("litert", "fp32", lite_fp32, "tflite"), ("litert", "int8", lite_int8, "tflite")):

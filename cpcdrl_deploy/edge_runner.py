@@ -242,12 +242,32 @@ class LiteRTModel:
         if len(ins) != 1 or len(outs) != 1:
             raise ValueError(f"{os.path.basename(path)}: expected one input and one output, found {len(ins)} and {len(outs)}")
         self.inp, self.out = ins[0], outs[0]
-        self.outputs = [(output, _NAMES[np.dtype(self.out["dtype"])], [int(d) for d in self.out["shape"]])]
+        # a fully int8 model (static int8 export) takes and returns int8 with one scale / zero point:
+        # quantise the float image and dequantise the cut tensor here, so the wire and tail stay float
+        self.q_in, self.q_out = _int_quant(self.inp), _int_quant(self.out)
+        dtype = np.float32 if self.q_out else np.dtype(self.out["dtype"])
+        self.outputs = [(output, _NAMES[np.dtype(dtype)], [int(d) for d in self.out["shape"]])]
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self.q_in:
+            scale, zp = self.q_in
+            info = np.iinfo(self.inp["dtype"])
+            x = np.clip(np.round(np.asarray(x, np.float32) / scale) + zp, info.min, info.max)
         self.it.set_tensor(self.inp["index"], np.ascontiguousarray(x, dtype=self.inp["dtype"]))
         self.it.invoke()
-        return {self.outputs[0][0]: self.it.get_tensor(self.out["index"]).copy()}
+        y = self.it.get_tensor(self.out["index"])
+        if self.q_out:
+            scale, zp = self.q_out
+            return {self.outputs[0][0]: ((y.astype(np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)}
+        return {self.outputs[0][0]: y.copy()}
+
+
+def _int_quant(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero point) of an integer tensor a quantised LiteRT model exposes, else None."""
+    scale, zp = detail.get("quantization") or (0.0, 0)
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer) and scale:
+        return float(scale), int(zp)
+    return None
 
 
 def load_model(path: str, threads: int = 1) -> OrtModel | LiteRTModel:

@@ -44,7 +44,7 @@ from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, read_doc
 from cpcdrl_deploy.plan import Plan, load_plan
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, prune
-from cpcdrl_deploy.runtimes import RUNTIMES, get_runtime, tflite_bytes
+from cpcdrl_deploy.runtimes import RUNTIMES, get_runtime, tflite_bytes, tflite_int8
 from cpcdrl_deploy.wire import check_transfer
 from cpcdrl_deploy.zoo import UnitModel, file_sha256, get_entry, load_model
 
@@ -135,9 +135,8 @@ def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
     return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits], "outputs": [spec(v) for v in model.graph.output]}
 
 
-def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, tail_b: bytes | None, xs: np.ndarray, want: np.ndarray, out: Path) -> tuple[bytes, dict]:
-    """The head converted to LiteRT, checked image by image (batch 1) before the ONNX tail against the pruned PyTorch model."""
-    blob = tflite_bytes(head, in_shape)
+def _litert_split(blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) -> np.ndarray:
+    """The split's output with the LiteRT head ``blob`` run here as the device runs it (batch 1) before the ONNX tail."""
     tmp = out / ".head_check.tflite"
     atomic_write_bytes(tmp, blob)
     try:
@@ -151,7 +150,13 @@ def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, t
         raise CpcdrlError(f"the LiteRT head does not run here: {type(exc).__name__}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    diff = float(np.abs(np.concatenate(got) - want).max())
+    return np.concatenate(got)
+
+
+def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, tail_b: bytes | None, xs: np.ndarray, want: np.ndarray, out: Path) -> tuple[bytes, dict]:
+    """The head converted to LiteRT (fp32), checked image by image before the ONNX tail against the pruned PyTorch model."""
+    blob = tflite_bytes(head, in_shape)
+    diff = float(np.abs(_litert_split(blob, tail_b, xs, out) - want).max())
     if diff > 1e-4:
         raise CpcdrlError(f"the LiteRT head's split differs from the pruned PyTorch model by {diff:.2e} (> 1e-4)")
     specs = io_specs(onnx.load_from_string(head_onnx))
@@ -325,8 +330,8 @@ def export_models(
     _check_options(quantize, transfer)
     # at cut 0 the device runs no layers (at most the wire's encoder, in ONNX): the runtime choice is moot
     rt = get_runtime(runtime) if plan.cut > 0 else RUNTIMES["onnxruntime"]
-    if rt.name == "litert" and (quantize or transfer != "fp32"):
-        raise CpcdrlError("--runtime litert builds fp32 heads with an fp32 wire for now; for --quantize or --transfer use --runtime onnxruntime")
+    if rt.name == "litert" and transfer != "fp32":
+        raise CpcdrlError("--runtime litert sends the cut tensor in fp32 for now; for --transfer fp16|int8 use --runtime onnxruntime")
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 1, 4)
     entry = get_entry(plan.model)
@@ -375,15 +380,22 @@ def export_models(
     if head_b and quantize == "int8":
         # activations calibrated on the refit's own images (data.search_split), not a second draw
         calib_x = _calibration_images(plan, ds)
-        head_b = _quantize_head(head_b, calib_x.numpy(), out)
-        log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
+        if head_file is not None:
+            head_file = (tflite_int8(head_file[0], calib_x.numpy()), head_file[1])
+            log(f"head quantised to int8 (LiteRT static int8, the plan's {len(calib_x)} calibration images)")
+        else:
+            head_b = _quantize_head(head_b, calib_x.numpy(), out)
+            log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
     if tail_b and transfer != "fp32":
         # at cut 0 the head is only the encoder: the device quantises or casts the image it sends
         head_b = head_b or _identity_onnx(tuple(x_check.shape[1:]))
         head_b = _compress_output(onnx.load_from_string(head_b), transfer).SerializeToString()
         tail_b = _decompress_input(onnx.load_from_string(tail_b), transfer).SerializeToString()
     lossy = quantize is not None or (transfer != "fp32" and tail_b is not None)
-    final = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
+    if head_file is not None:
+        final = _litert_split(head_file[0], tail_b, xs, out)
+    else:
+        final = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
     agree = float((final.argmax(1) == want.argmax(1)).mean() * 100.0)
     acc_final = float((final.argmax(1) == y_check.numpy()).mean() * 100.0)
 
@@ -400,12 +412,15 @@ def export_models(
             path = out / f"head{rt.suffix}"
             atomic_write_bytes(path, head_file[0])
             files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(head_file[0]), "model_name": f"{name}_{role}",
-                           "runtime": rt.name, "layout": "NCHW at the boundaries", **head_file[1]["specs"]}
+                           "runtime": rt.name, "layout": "NCHW at the boundaries", "precision": quantize or "fp32",
+                           **({"io": "int8 inside; the runner quantises the image and dequantises the cut tensor"} if quantize else {}),
+                           **head_file[1]["specs"]}
             continue
         onnx.checker.check_model(onnx.load_from_string(blob))
         atomic_write_bytes(path, blob)
         files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}",
-                       "runtime": "onnxruntime", "layout": "NCHW", **io_specs(onnx.load_from_string(blob))}
+                       "runtime": "onnxruntime", "layout": "NCHW", "precision": quantize if role == "head" and quantize else "fp32",
+                       **io_specs(onnx.load_from_string(blob))}
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "cpcdrl-export",

@@ -70,6 +70,35 @@ def tflite_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         return path.read_bytes()
 
 
+def tflite_int8(fp32: bytes, calib) -> bytes:
+    """A LiteRT fp32 flatbuffer quantised to int8 weights and activations (ai-edge-quantizer's
+    ``static_wi8_ai8`` recipe), activations calibrated on ``calib`` (N, C, H, W float32) one image at a time.
+
+    The result takes and returns int8 with one scale and zero point each;
+    ``edge_runner.LiteRTModel`` quantises the float image and dequantises the
+    cut tensor at its boundaries, so the wire and the ONNX tail stay fp32.
+    """
+    with tempfile.TemporaryDirectory() as d, _quiet(Path(d) / "quantizer.log"), warnings.catch_warnings():
+        # calibration keeps every tensor on purpose; LiteRT warns about it once per model
+        warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors", category=UserWarning)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_quantizer import quantizer, recipe
+        except ImportError:
+            raise CpcdrlError('--runtime litert --quantize int8 needs ai-edge-quantizer on this host: pip install -e ".[litert]"') from None
+        try:
+            sig = Interpreter(model_content=fp32).get_signature_list()
+            name = next(iter(sig))
+            inp = sig[name]["inputs"][0]
+            qt = quantizer.Quantizer(fp32)
+            qt.load_quantization_recipe(recipe.static_wi8_ai8())
+            stats = qt.calibrate({name: [{inp: calib[i : i + 1]} for i in range(len(calib))]})
+            return bytes(qt.quantize(stats).quantized_model)
+        except Exception as exc:  # noqa: BLE001 - one line naming the step, not the quantizer's traceback
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise CpcdrlError(f"ai-edge-quantizer could not quantise the head: {type(exc).__name__}: {first}") from None
+
+
 @contextlib.contextmanager
 def _quiet(log: Path):
     """File descriptors 1 and 2 into ``log`` for the block: the converter prints its progress
@@ -77,7 +106,9 @@ def _quiet(log: Path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(log, "wb") as f:
+    with open(log, "wb") as f, open(log, "a") as text, contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        # the descriptors for C++ and subprocess output, sys.stdout/err for Python's prints
+        # (they need not be fds 1 and 2: a test runner or a notebook replaces them)
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
         try:

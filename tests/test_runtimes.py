@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cli import app
 from cpcdrl_deploy import edge_runner
 from cpcdrl_deploy.analysis import analyze
+from cpcdrl_deploy.data import subset
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild
 from cpcdrl_deploy.latency import FastestRuntime, build_latency_model, edge_runtimes
@@ -86,10 +87,30 @@ def test_a_corrupt_tflite_head_is_reported_not_hung_on(tmp_path) -> None:
     assert rc == 2 and not (tmp_path / "r.json").exists()
 
 
+def test_litert_int8_head_is_calibrated_checked_and_runs_on_float(litert_export, tmp_path) -> None:
+    """--quantize int8: the head is fully int8 inside; the runner quantises the image and dequantises the cut tensor."""
+    plan_path, _, _ = litert_export
+    m = export_plan(plan_path, tmp_path / "q", quantize="int8", check_images=64, runtime="litert")
+    head_spec = m["files"]["head"]
+    assert head_spec["runtime"] == "litert" and head_spec["precision"] == "int8" and m["quantize"] == "int8" and m["check"]["lossy"]
+    head = edge_runner.load_model(str(tmp_path / "q" / "head.tflite"))
+    assert head.q_in and head.q_out and head.outputs[0][1] == "FP32"  # int8 inside, float at the boundaries
+    assert head.it.get_input_details()[0]["dtype"] == np.int8
+    _, pruned, ds = rebuild(load_plan(plan_path))
+    x, _ = ds.test.tensors(subset(len(ds.test), 64, load_plan(plan_path).seed))  # export's own check images
+    tail = ort_session(tmp_path / "q" / "tail.onnx")
+    got = np.concatenate([tail.run(None, head.run(x[i : i + 1].numpy()))[0] for i in range(len(x))])
+    with torch.no_grad():
+        want = pruned(x).numpy()
+    agree = float((got.argmax(1) == want.argmax(1)).mean() * 100)
+    assert agree == pytest.approx(m["check"]["agreement_with_pytorch_pct"]) and agree >= 90.0  # what export reports is what runs
+    assert 0 < np.abs(got - want).max() < 0.5 * np.abs(want).max()  # quantised, not broken
+
+
 def test_litert_refuses_what_it_does_not_build_yet(tmp_path) -> None:
     plan = make_plan(tmp_path / "plan.json", 3, 0.75)
-    with pytest.raises(CpcdrlError, match="--runtime litert builds fp32 heads"):
-        export_plan(plan, tmp_path / "e", quantize="int8", runtime="litert")
+    with pytest.raises(CpcdrlError, match="--runtime litert sends the cut tensor in fp32"):
+        export_plan(plan, tmp_path / "e", transfer="int8", runtime="litert")
     with pytest.raises(CpcdrlError, match="--runtime must be one of"):
         export_plan(plan, tmp_path / "e", runtime="tensorrt")
     res = CliRunner().invoke(app, ["deploy", str(plan), "--runtime", "litert", "--fallback", "--out", str(tmp_path / "d")])
