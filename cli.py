@@ -390,7 +390,9 @@ def profile_cmd(
     python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + the runtime")] = None,
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="SSH connect time-out, s")] = 10.0,
-    runtime: Annotated[EdgeRuntime, typer.Option("--runtime", help="time the models in onnxruntime or litert (tables kept side by side)")] = EdgeRuntime.onnxruntime,
+    runtime: Annotated[list[EdgeRuntime], typer.Option("--runtime", help="time the models in onnxruntime and/or litert (repeat the option: "
+                                                       "both are then timed side by side in the same passes; tables kept as MODEL and MODEL@litert)")] = [  # noqa: B006
+        EdgeRuntime.onnxruntime],
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -411,7 +413,7 @@ def profile_cmd(
     try:
         with _progress(fmt) as tick:
             prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick,
-                               runtime=runtime.value if runtime else None)
+                               runtime=[r.value for r in runtime] or ["onnxruntime"])
     finally:
         dev.close()
     if fmt is Format.json:

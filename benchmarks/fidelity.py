@@ -1,6 +1,6 @@
 """How good are the estimates? Many plans of one model benched in one sitting on the device; rank and ratio fidelity.
 
-    python benchmarks/fidelity.py --model mobilenet --host pi [--seconds 4] [--plans 40] [--out benchmarks/results/fidelity]
+    python benchmarks/fidelity.py --model mobilenet --host pi [--seconds 4] [--plans 40] [--runtime litert] [--out benchmarks/results/fidelity]
 
 Plans (all of ``--model``, reference checkpoint from ../shared): uniform keeps
 0.25-1.0 at cuts spread over the model (interior ones included), random
@@ -9,7 +9,8 @@ with ``round_to=1`` (channel counts that are not multiples of 8). They are
 written as plan files under OUT/plans and handed to ``cpcdrl bench`` (one
 sitting, interleaved); its report holds each estimate's Spearman, Kendall,
 pair order and paired-ratio error (``bench.fidelity``), here also for the
-pruned plans alone. The profiles the estimates use were measured earlier
+pruned plans alone. ``--runtime litert`` builds every head for LiteRT and
+judges the profile's ``MODEL@litert`` tables (results under OUT/MODEL-litert). The profiles the estimates use were measured earlier
 (their dates are in the report): ranks and ratios are what an optimiser
 needs, and they survive a change of the host's level better than absolute
 times do.
@@ -31,7 +32,7 @@ from cpcdrl_deploy.deploy import shape_of
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
 from cpcdrl_deploy.optimize import plan_channels, uniform_plan
-from cpcdrl_deploy.profiles import load_profile
+from cpcdrl_deploy.profiles import load_profile, table_key
 from cpcdrl_deploy.stats import fidelity
 
 # relative to the repository root, where benchmarks run: the committed plans and report name no machine's folders
@@ -76,15 +77,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "litert"), help="every head's edge runtime")
     ap.add_argument("--out", default="benchmarks/results/fidelity")
     args = ap.parse_args()
-    out = Path(args.out) / args.model
+    out = Path(args.out) / (args.model if args.runtime == "onnxruntime" else f"{args.model}-{args.runtime}")
     log = lambda s: print(s, file=sys.stderr, flush=True)
     try:
         plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed)
         log(f"{len(plans)} plans; benching on {args.host}")
         t0 = time.time()
-        rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed), log=log)
+        rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed, runtime=args.runtime), log=log)
     except CpcdrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -99,8 +101,10 @@ def main() -> int:
             for est in rep["fidelity"]
         }
     absolute = {est: float(np.median([abs(r["predicted_ms"][est] / r["e2e_ms"]["p50"] - 1) * 100 for r in good])) for est in rep["fidelity"]}
-    profiled = {k: load_profile(str(PROFILES / f"{k}.json")).host.get("measured_at") for k in ("pi", "local")}
-    summary = {"model": args.model, "host": args.host, "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
+    edge_t = load_profile(str(PROFILES / "pi.json")).tables[table_key(args.model, args.runtime)]
+    profiled = {"pi": edge_t.get("measured_at"), "local": load_profile(str(PROFILES / "local.json")).host.get("measured_at")}
+    summary = {"model": args.model, "runtime": args.runtime, "host": args.host,
+               "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
                "bench_wall_s": round(time.time() - t0, 1), "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
                "fidelity": by_set, "absolute_error_median_pct": absolute}
     atomic_write_json(out / "summary.json", summary)

@@ -21,7 +21,7 @@ import shlex
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -276,12 +276,17 @@ def profile_host(
     window_ms: float = 100.0,
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
-    runtime: str = "onnxruntime",
+    runtime: str | Sequence[str] = "onnxruntime",
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
     ``runtime``: which edge runtime runs the models (runtimes.py); its tables
-    go under ``table_key(model, runtime)``, beside the other runtime's.
+    go under ``table_key(model, runtime)``, beside the other runtime's. Given
+    several, every model is built for each and the copies are timed
+    side by side in the same batches and passes (a unit in ONNX Runtime, then
+    the same unit in LiteRT, ...): the runtimes are compared within the same
+    seconds, so the host's drift between two runs cannot decide which
+    runtime the optimiser picks.
 
     Each model is timed in ``rounds`` passes over a batch of ``batch`` models,
     for at least ``window_ms`` per pass, and reports its median pass
@@ -295,12 +300,15 @@ def profile_host(
     """
     import tempfile
 
-    check_runtime(dev, runtime)  # also refuses an unknown runtime
+    runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
+    for rt in runtimes:
+        check_runtime(dev, rt)  # also refuses an unknown runtime
+    tag = "+".join(runtimes)
     partial_path = out.with_name(out.name + ".partial")
     partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
-    if partial and (partial.get("host") != dev.name or partial.get("runtime", "onnxruntime") != runtime):
+    if partial and (partial.get("host") != dev.name or partial.get("runtime", "onnxruntime") != tag):
         partial = {}
-    partial.setdefault("runtime", runtime)
+    partial.setdefault("runtime", tag)
     partial.setdefault("host", dev.name)
     partial.setdefault("results", {})
     remote = dev.mkdtemp()
@@ -324,7 +332,9 @@ def profile_host(
         tables: dict[str, dict] = {}
         for model_name in models:
             with tempfile.TemporaryDirectory() as tmp:
-                jobs, analysis = build_jobs(model_name, grid, Path(tmp), log, tick, runtime)
+                built = {rt: build_jobs(model_name, grid, Path(tmp), log, tick, rt) for rt in runtimes}  # file names differ by suffix
+                analysis = built[runtimes[0]][1]
+                jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
                 done = partial["results"].setdefault(model_name, {})
                 todo = [j for j in jobs if j["id"] not in done]
                 if len(todo) < len(jobs):
@@ -347,10 +357,14 @@ def profile_host(
                         done[r.pop("id")] = r
                     atomic_write_json(partial_path, partial)
                     tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
-                key = table_key(model_name, runtime)
-                tables[key] = _table(jobs, done, analysis, grid, threads)
-                tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
-                tables[key]["runtime"] = runtime
+                for rt in runtimes:
+                    key = table_key(model_name, rt)
+                    own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
+                    tables[key] = _table(built[rt][0], own, analysis, grid, threads)
+                    tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
+                    tables[key]["runtime"] = rt
+                    if len(runtimes) > 1:
+                        tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
         link = measure_link(dev, log=log) if measure_link_too else None
     finally:
         dev.remove(remote)
@@ -366,6 +380,19 @@ def profile_host(
     save_profile(prof, out)
     partial_path.unlink(missing_ok=True)
     return prof
+
+
+def _job_id(runtime: str, job_id: str, runtimes: list[str]) -> str:
+    """A job's id on the device: unchanged with one runtime (resumable from older partial files), ``runtime:id`` with several."""
+    return job_id if len(runtimes) == 1 else f"{runtime}:{job_id}"
+
+
+def _interleave(lists: list[list[dict]]) -> list[dict]:
+    """Round-robin over the runtimes' job lists (built in the same order), so each batch holds each unit in every runtime."""
+    out: list[dict] = []
+    for i in range(max(map(len, lists))):
+        out.extend(lst[i] for lst in lists if i < len(lst))
+    return out
 
 
 def _ls_slope(points: list[tuple[float, float]]) -> float:

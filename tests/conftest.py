@@ -29,6 +29,7 @@ def need_litert() -> None:
     """LiteRT tests need the converter and the runtime (``pip install -e ".[litert]"``); CI sets CPCDRL_REQUIRE_LITERT so they never skip there."""
     try:
         import ai_edge_litert  # noqa: F401
+        import ai_edge_quantizer  # noqa: F401
         import litert_torch  # noqa: F401
     except ImportError as exc:
         if os.environ.get("CPCDRL_REQUIRE_LITERT"):

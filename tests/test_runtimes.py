@@ -130,7 +130,8 @@ def _two_runtime_profile(factor: float) -> Profile:
             for k in ("ms", "median_ms"):
                 if h.get(k):
                     h[k] *= factor
-    return dataclasses.replace(p, tables={**p.tables, table_key("vgg16", "litert"): t})
+    measured = {k: v for k, v in p.tables.items() if "@" not in k}  # only ONNX Runtime's measured tables, whatever the file holds
+    return dataclasses.replace(p, tables={**measured, table_key("vgg16", "litert"): t})
 
 
 @pytest.mark.parametrize("factor,expect", [(0.5, "litert"), (2.0, "onnxruntime")])
@@ -161,3 +162,19 @@ def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
     assert t["runtime"] == "litert" and prof.host["litert"] and len(t["layers"]) == 7
     assert len(t["heads"]) == 7 and all(h["ms"] > 0 for h in t["heads"])
     assert "tinyvgg" not in prof.tables  # ONNX Runtime's tables come from a run without --runtime
+
+
+def test_profile_times_both_runtimes_side_by_side(tmp_path) -> None:
+    """Two --runtime options: every unit built for both and timed in the same batches, one table each."""
+    need_litert()
+    out = tmp_path / "local.json"
+    res = CliRunner().invoke(app, ["profile", "--host", "local", "-m", "tinyvgg", "--runtime", "onnxruntime", "--runtime", "litert", "--grid", "1.0",
+                                   "--repeats", "2", "--rounds", "1", "--warmup", "1", "-o", str(out), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    prof = load_profile(out)
+    ort, lite = prof.tables["tinyvgg"], prof.tables["tinyvgg@litert"]
+    assert (ort["runtime"], lite["runtime"]) == ("onnxruntime", "litert") and ort["timed_with"] == ["litert"] and lite["timed_with"] == ["onnxruntime"]
+    assert [h["cut"] for h in ort["heads"]] == [h["cut"] for h in lite["heads"]] == list(range(1, 8))
+    assert all(h["ms"] > 0 for h in ort["heads"] + lite["heads"])
+    # different files were timed: the two runtimes' whole-model times are not one number copied twice
+    assert [h["round_means_ms"] for h in ort["heads"]] != [h["round_means_ms"] for h in lite["heads"]]
