@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpcdrl_deploy.bench import BenchRequest, bench
+from cpcdrl_deploy.bench import BenchRequest, bench, paired_ratio
 from cpcdrl_deploy.deploy import shape_of
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
@@ -41,7 +41,7 @@ PROFILES = Path("benchmarks/results/profile")
 CUTS = {"mobilenet": (0, 2, 6, 12, 20, 24, 27, 28), "vgg16": (0, 2, 4, 7, 10, 13, 14), "tinyvgg": (0, 2, 3, 5, 7)}
 
 
-def make_plans(model: str, n: int, out: Path, data: str, seed: int) -> list[Path]:
+def make_plans(model: str, n: int, out: Path, data: str, seed: int, edge: Path, cloud: Path) -> list[Path]:
     ckpt = SHARED / "models" / f"{model}-cifar10.pth" if model != "tinyvgg" else None
     rng = random.Random(seed)
     cuts = CUTS[model]
@@ -60,13 +60,54 @@ def make_plans(model: str, n: int, out: Path, data: str, seed: int) -> list[Path
     out.mkdir(parents=True, exist_ok=True)
     for i, (kind, c, ratios, round_to) in enumerate(specs):
         p = uniform_plan(model, c, 1.0, ckpt, data)
-        p.update(method=kind, ratios=ratios, profiles={"edge": str(PROFILES / "pi.json"), "cloud": str(PROFILES / "local.json"), "link": None})
+        p.update(method=kind, ratios=ratios, profiles={"edge": str(edge), "cloud": str(cloud), "link": None})
         p["prune"]["round_to"] = round_to
         shape, a = shape_of(model, c, ratios, round_to)
         p["channels"] = plan_channels(a, shape)
         p["cut_bytes"] = shape.cut_bytes
         paths.append(atomic_write_json(out / f"{i:02d}-{kind}-cut{c}.json", p))
     return paths
+
+
+DISTURBED_RULE = ("a round is disturbed when, over the plans that compute on the device, the median of (the plan's median edge time in that "
+                  "round / its median edge time over all rounds) exceeds 1.25: something else ran on the device then; the rule never looks at a prediction")
+
+
+def disturbed_rounds(rep: dict, limit: float = 1.25) -> list[int]:
+    """Rounds in which the device-computing plans ran slow together (see DISTURBED_RULE)."""
+    per: dict[tuple[str, int], list[float]] = {}
+    for r in rep["records"]:
+        if "e2e_ms" in r:
+            per.setdefault((r["plan"], r["round"]), []).append(r["edge_ms"])
+    edge_plans = [p["id"] for p in rep["plans"] if p.get("e2e_ms") and p["cut"] > 0]
+    overall = {p: float(np.median([x for (q, _), xs in per.items() if q == p for x in xs])) for p in edge_plans}
+    out = []
+    for rd in range(rep["rounds"]):
+        rel = [np.median(per[(p, rd)]) / overall[p] for p in edge_plans if (p, rd) in per]
+        if rel and float(np.median(rel)) > limit:
+            out.append(rd)
+    return out
+
+
+def fidelity_sets(rep: dict, drop_rounds: list[int] | None = None) -> tuple[dict, dict, list[dict]]:
+    """Each estimate's fidelity over all plans and over the pruned ones, and its median absolute error; optionally without some rounds."""
+    good = [r for r in rep["plans"] if r.get("e2e_ms")]
+    ref = next(r for r in good if r["id"] == rep["reference"])
+    meas, ratio = {r["id"]: r["e2e_ms"]["p50"] for r in good}, {r["id"]: r["ratio_to_reference"]["median"] for r in good}
+    if drop_rounds:
+        recs = [x for x in rep["records"] if x["round"] not in set(drop_rounds) and "e2e_ms" in x]
+        meas = {r["id"]: float(np.median([x["e2e_ms"] for x in recs if x["plan"] == r["id"]])) for r in good}
+        ratio = {r["id"]: paired_ratio(recs, r["id"], ref["id"], rep["seed"])["median"] for r in good}
+    pruned = [r for r in good if r["ratios_mean"] < 1.0]
+    by_set = {}
+    for name, rows in (("all", good), ("pruned", pruned)):
+        by_set[name] = {
+            est: fidelity([r["predicted_ms"][est] for r in rows], [meas[r["id"]] for r in rows],
+                          [r["predicted_ms"][est] / ref["predicted_ms"][est] for r in rows], [ratio[r["id"]] for r in rows])
+            for est in rep["fidelity"]
+        }
+    absolute = {est: float(np.median([abs(r["predicted_ms"][est] / meas[r["id"]] - 1) * 100 for r in good])) for est in rep["fidelity"]}
+    return by_set, absolute, good
 
 
 def main() -> int:
@@ -77,36 +118,39 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profiles", default=str(PROFILES), help="folder with HOST.json (the edge) and local.json (the cloud)")
     ap.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "litert"), help="every head's edge runtime")
     ap.add_argument("--out", default="benchmarks/results/fidelity")
+    ap.add_argument("--summarise-only", action="store_true", help="recompute summary.json from the sitting's bench report, measure nothing")
     args = ap.parse_args()
     out = Path(args.out) / (args.model if args.runtime == "onnxruntime" else f"{args.model}-{args.runtime}")
     log = lambda s: print(s, file=sys.stderr, flush=True)
     try:
-        plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed)
-        log(f"{len(plans)} plans; benching on {args.host}")
-        t0 = time.time()
-        rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed, runtime=args.runtime), log=log)
+        edge, cloud = Path(args.profiles) / f"{args.host}.json", Path(args.profiles) / "local.json"
+        if args.summarise_only:  # the sitting's report as it was written; only the summary is recomputed
+            rep = json.loads((out / "bench" / "bench-report.json").read_text())
+            plans = sorted((out / "plans").glob("*.json"))
+            wall = json.loads((out / "summary.json").read_text()).get("bench_wall_s") if (out / "summary.json").exists() else None
+        else:
+            plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed, edge, cloud)
+            log(f"{len(plans)} plans; benching on {args.host}")
+            t0 = time.time()
+            rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed, runtime=args.runtime), log=log)
+            wall = round(time.time() - t0, 1)
     except CpcdrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    good = [r for r in rep["plans"] if r.get("e2e_ms")]
-    ref = next(r for r in good if r["id"] == rep["reference"])
-    pruned = [r for r in good if r["ratios_mean"] < 1.0]
-    by_set = {}
-    for name, rows in (("all", good), ("pruned", pruned)):
-        by_set[name] = {
-            est: fidelity([r["predicted_ms"][est] for r in rows], [r["e2e_ms"]["p50"] for r in rows],
-                          [r["predicted_ms"][est] / ref["predicted_ms"][est] for r in rows], [r["ratio_to_reference"]["median"] for r in rows])
-            for est in rep["fidelity"]
-        }
-    absolute = {est: float(np.median([abs(r["predicted_ms"][est] / r["e2e_ms"]["p50"] - 1) * 100 for r in good])) for est in rep["fidelity"]}
-    edge_t = load_profile(str(PROFILES / "pi.json")).tables[table_key(args.model, args.runtime)]
-    profiled = {"pi": edge_t.get("measured_at"), "local": load_profile(str(PROFILES / "local.json")).host.get("measured_at")}
+    by_set, absolute, good = fidelity_sets(rep)
+    edge_t = load_profile(str(edge)).tables[table_key(args.model, args.runtime)]
+    profiled = {args.host: edge_t.get("measured_at"), "local": load_profile(str(cloud)).tables[args.model].get("measured_at")}
     summary = {"model": args.model, "runtime": args.runtime, "host": args.host,
                "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
-               "bench_wall_s": round(time.time() - t0, 1), "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
+               "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
                "fidelity": by_set, "absolute_error_median_pct": absolute}
+    dropped = disturbed_rounds(rep)
+    if dropped:  # say how much they weigh: the figures again without them (the ones above keep every round)
+        sets, abs_, _ = fidelity_sets(rep, dropped)
+        summary["without_disturbed_rounds"] = {"rule": DISTURBED_RULE, "rounds_dropped": dropped, "fidelity": sets, "absolute_error_median_pct": abs_}
     atomic_write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0
