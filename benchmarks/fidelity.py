@@ -95,7 +95,8 @@ def fidelity_sets(rep: dict, drop_rounds: list[int] | None = None) -> tuple[dict
     ref = next(r for r in good if r["id"] == rep["reference"])
     meas, ratio = {r["id"]: r["e2e_ms"]["p50"] for r in good}, {r["id"]: r["ratio_to_reference"]["median"] for r in good}
     if drop_rounds:
-        recs = [x for x in rep["records"] if x["round"] not in set(drop_rounds) and "e2e_ms" in x]
+        dropped = set(drop_rounds)
+        recs = [x for x in rep["records"] if x["round"] not in dropped and "e2e_ms" in x]
         meas = {r["id"]: float(np.median([x["e2e_ms"] for x in recs if x["plan"] == r["id"]])) for r in good}
         ratio = {r["id"]: paired_ratio(recs, r["id"], ref["id"], rep["seed"])["median"] for r in good}
     pruned = [r for r in good if r["ratios_mean"] < 1.0]
