@@ -18,6 +18,10 @@ import typer
 
 from cpcdrl_deploy.errors import CpcdrlError
 
+# The built-in demo model (its weights ship in the package); the same name as
+# workflows.DEMO_MODEL, kept here so the CLI starts without importing torch.
+DEMO_MODEL = "tinysplit"
+
 app = typer.Typer(
     help="Split a DNN between an edge device and a cloud server, prune the edge half (CPCDRL).",
     no_args_is_help=True,
@@ -123,7 +127,7 @@ def analyze_cmd(
 @app.command("evaluate")
 @command
 def evaluate_cmd(
-    model: Annotated[str, typer.Argument(help="zoo model name")] = "tinyvgg",
+    model: Annotated[str, typer.Argument(help="zoo model name")] = DEMO_MODEL,
     checkpoint: CheckpointOpt = None,
     data: DataOpt = "builtin",
     plan: Annotated[Path | None, typer.Option("--plan", help="a saved plan: score its own pruned weights (model, --cut, --ratios come from it)")] = None,
@@ -209,7 +213,7 @@ RuntimeOpt = Annotated[
 @app.command("optimize")
 @command
 def optimize_cmd(
-    model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")] = "tinyvgg",
+    model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")] = DEMO_MODEL,
     checkpoint: CheckpointOpt = None,
     data: DataOpt = "builtin",
     edge: Annotated[str, typer.Option("--edge", help="edge profile: file or name in device_profiles/")] = "paper",
@@ -244,7 +248,7 @@ def optimize_cmd(
     from cpcdrl_deploy.fileio import check_writable
     from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
     from cpcdrl_deploy.pruning import PruneConfig
-    from cpcdrl_deploy.report import methods_table, write_report
+    from cpcdrl_deploy.report import explain_plan, methods_table, write_report
     from cpcdrl_deploy.search import METHODS, SearchConfig
     from cpcdrl_deploy.workflows import resolve_checkpoint
 
@@ -286,6 +290,8 @@ def optimize_cmd(
     typer.echo(f"latencies from {src}" + (" -- a model, not a measurement (cpcdrl profile measures your hosts)" if src.startswith("the analytic") else ""))
     typer.echo(f"cut = layers run on the edge: 0 = all on the server, {n_layers} = all on the edge; the edge sends the cut tensor to the server")
     typer.echo(methods_table(result["plans"]))
+    if result["plans"]:
+        typer.echo(explain_plan(result["plans"][0], result["input_bytes"], result["unpruned_channels"]))
     wire = next((p.get("transfer") for p in result["plans"] if p.get("transfer")), "fp32")
     heads = sorted({p["runtime"] for p in result["plans"] if p.get("runtime") and p.get("cut")})
     if wire != "fp32" or heads not in ([], ["onnxruntime"]):

@@ -258,7 +258,17 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed")
     ap.add_argument("--out", default="benchmarks/results/optimizer_grid")
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md from OUT/results.json; run nothing")
+    ap.add_argument("--merge", nargs="+", metavar="DIR", help="join the settings of grids run apart (e.g. one process per profile pair) into OUT; run nothing")
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
+        settings = [s for p in parts for s in p["settings"]]
+        where = " + ".join(dict.fromkeys(p.get("where", "?") for p in parts))
+        doc = {"args": parts[0]["args"], "merged_from": [{"out": portable_args({"d": d})["d"], "args": p["args"]} for d, p in zip(args.merge, parts)],
+               "where": where, "settings": settings}
+        doc["acceptance"] = write_table(Path(args.out), settings, where, None, bool(parts[0]["args"].get("ablation")))
+        atomic_write_json(Path(args.out) / "results.json", doc)
+        return
     if args.table_only:
         d = json.loads((Path(args.out) / "results.json").read_text())
         d["acceptance"] = write_table(Path(args.out), d["settings"], d.get("where", "?"), None, bool(d["args"].get("ablation")))
@@ -281,8 +291,11 @@ def main() -> None:
     have = {key(s): s for s in done}
     t0 = time.perf_counter()
     for model in args.models.split(","):
-        ckpt = "builtin" if model == "tinyvgg" else str(Path(args.checkpoints) / f"{model}-cifar10.pth")
-        from cpcdrl_deploy.workflows import resolve_checkpoint
+        from cpcdrl_deploy.workflows import builtin_checkpoint, resolve_checkpoint
+
+        # the reference checkpoints in ../shared/models, else the package's own (tinyvgg, tinysplit)
+        shared_ckpt = Path(args.checkpoints) / f"{model}-cifar10.pth"
+        ckpt = "builtin" if not shared_ckpt.exists() and builtin_checkpoint(model) else str(shared_ckpt)
 
         req = OptimizeRequest(
             model=model, checkpoint=resolve_checkpoint(model, None if ckpt == "builtin" else ckpt, required=True), data=args.data,

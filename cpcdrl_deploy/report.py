@@ -33,6 +33,21 @@ def methods_table(plans: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def explain_plan(plan: dict, input_bytes: int, unpruned_channels: list[int]) -> str:
+    """One sentence for people: where the plan runs what, and what crosses the link."""
+    if not plan.get("feasible"):
+        return f"{plan['method']}: no plan met the accuracy target"
+    cut, n = plan["cut"], plan["n_layers"]
+    if cut == 0:
+        return f"{plan['method']}: everything runs on the server; the edge sends the {input_bytes:,} B image"
+    if cut == n:
+        return f"{plan['method']}: everything runs on the edge; nothing crosses the link"
+    kept, full = plan["channels"][cut - 1], unpruned_channels[cut - 1]
+    pruned = f", pruned to {kept} of {full} channels" if kept < full else ""
+    return (f"{plan['method']}: layers 1-{cut} run on the edge (up to {plan['cut_name']}{pruned}) and send {plan['cut_bytes']:,} B "
+            f"instead of the {input_bytes:,} B image; layers {cut + 1}-{n} run on the server")
+
+
 def _save(fig, path: Path) -> None:
     import io
 

@@ -20,7 +20,7 @@ from cpcdrl_deploy.pruning import Calibration, PruneConfig, prune
 from cpcdrl_deploy.zoo import ZOO, UnitModel, file_sha256, get_entry, load_model
 
 Log = Callable[[str], None]
-DEMO_MODEL = "tinyvgg"
+DEMO_MODEL = "tinysplit"
 
 
 def builtin_checkpoint(model: str) -> Path | None:

@@ -26,6 +26,12 @@ from cpcdrl_deploy.errors import CpcdrlError
 
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 TINYVGG_CFG: list[int | str] = [16, 16, "M", 32, 32, "M", 64, 64, "M"]
+# A narrow layer early (24 channels at 8x8: half the image's bytes) and the
+# heavy layers after it: the "bottleneck" split-computing networks are built
+# around (Matsubara et al., ACM CSUR 2022, doi:10.1145/3527155; BottleFit,
+# arXiv:2201.02693). On 32x32 inputs every plain CIFAR network's early
+# tensors outweigh the image, so without one a split cannot pay.
+TINYSPLIT_CFG: list[int | str] = [32, "M", 24, "M", 128, 128, "M", 256, "M"]
 MOBILENET_CFG: list[int | tuple[int, int]] = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
 
 
@@ -199,7 +205,9 @@ ZOO: dict[str, ZooEntry] = {
     for e in [
         ZooEntry("vgg16", "VGG16-BN for CIFAR-10 (pytorch-cifar layout)", 32, 10, lambda: CifarVGG(VGG16_CFG), "cifar10"),
         ZooEntry("mobilenet", "MobileNet v1 for CIFAR-10 (pytorch-cifar layout)", 32, 10, CifarMobileNet, "cifar10"),
-        ZooEntry("tinyvgg", "6-conv VGG-BN for CIFAR-10; the built-in demo model", 32, 10, lambda: CifarVGG(TINYVGG_CFG), "cifar10"),
+        ZooEntry("tinyvgg", "6-conv VGG-BN for CIFAR-10, shipped with weights", 32, 10, lambda: CifarVGG(TINYVGG_CFG), "cifar10"),
+        ZooEntry("tinysplit", "5-conv VGG-BN for CIFAR-10 with a narrow layer early, so a split pays; the built-in demo model",
+                 32, 10, lambda: CifarVGG(TINYSPLIT_CFG), "cifar10"),
         ZooEntry("resnet18", "torchvision ResNet-18, 224x224, cut at block boundaries", 224, 1000, lambda: _torchvision("resnet18"), "imagenet"),
         ZooEntry("mobilenet_v2", "torchvision MobileNetV2, 224x224, cut at block boundaries", 224, 1000, lambda: _torchvision("mobilenet_v2"), "imagenet"),
     ]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from cli import DEMO_MODEL, app
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.optimize import OptimizeRequest, optimize
 from cpcdrl_deploy.plan import load_plan
@@ -90,7 +90,7 @@ def test_cli_optimize_writes_plan_and_report(tmp_path) -> None:
     d = json.loads(res.stdout)
     assert [p["method"] for p in d["plans"]] == ["cpcdrl", "neurosurgeon"]
     saved = load_plan(plan)
-    assert saved.model == "tinyvgg" and saved.method == "cpcdrl" and len(saved.checkpoint_sha256 or "") == 64 and saved.cut == len(saved.ratios)
+    assert saved.model == DEMO_MODEL and saved.method == "cpcdrl" and len(saved.checkpoint_sha256 or "") == 64 and saved.cut == len(saved.ratios)
     assert (rep / "rewards.png").stat().st_size > 1000 and (rep / "plans.png").exists() and "| cpcdrl |" in (rep / "table.md").read_text()
 
 
@@ -111,3 +111,23 @@ def test_cli_optimize_bad_inputs(args, message) -> None:
     assert res.exit_code == 2, res.output
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in res.output
+
+
+def test_readme_main_job_lands_on_a_split_and_says_why() -> None:
+    """The README's first command (the built-in default) must show a split: head on the edge, tail on the server."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    setup = re.search(r"```bash\n(.*?)\n", readme).group(1)
+    argv = shlex.split(setup.split("&&")[-1].strip())
+    assert argv[:2] == ["cpcdrl", "optimize"], setup
+    res = runner.invoke(app, [*argv[1:], "--format", "json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    cp = next(p for p in d["plans"] if p["method"] == "cpcdrl")
+    assert d["model"] == DEMO_MODEL and 0 < cp["cut"] < cp["n_layers"] and cp["accuracy"]["meets_a0_on_test"]
+    assert cp["latency_ms"]["edge_ms"] > 0 and cp["latency_ms"]["cloud_ms"] > 0 and cp["cut_bytes"] < d["input_bytes"]
+    # where the latencies come from, said in the plan itself
+    assert cp["latency_model"].startswith("the analytic MAC model")

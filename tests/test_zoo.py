@@ -88,3 +88,16 @@ def test_corrupt_and_missing_checkpoints(tmp_path) -> None:
         load_checkpoint(build_model("tinyvgg"), tmp_path / "nope.pth")
     with pytest.raises(CpcdrlError, match="no state_dict"):
         extract_state_dict({"acc": 3.0})
+
+
+def test_demo_model_ships_weights_and_has_a_cut_smaller_than_the_image() -> None:
+    """The built-in demo exists to show a split: some interior cut must send fewer bytes than the image."""
+    from cli import DEMO_MODEL as CLI_DEMO
+    from cpcdrl_deploy.analysis import analyze
+    from cpcdrl_deploy.workflows import DEMO_MODEL, builtin_checkpoint
+
+    assert CLI_DEMO == DEMO_MODEL and builtin_checkpoint(DEMO_MODEL) is not None
+    a = analyze(build_model(DEMO_MODEL), 32, DEMO_MODEL)
+    image = a.points[0].out_bytes
+    # not just before the classifier, where the edge has already done all the work
+    assert any(a.points[c].out_bytes <= image // 2 for c in range(1, a.n_layers - 2))
