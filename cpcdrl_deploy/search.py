@@ -342,9 +342,9 @@ def _refine(
     """Coordinate descent from the best feasible plan: lower one layer's keep, keep the change if still feasible.
 
     Each step tries the change that saves the most predicted latency. A
-    layer's step starts at 0.2 and halves each time a change breaks A0, down
-    to one channel block (``round_to`` channels); below that the layer is
-    left alone. Moving the cut one point either way, with the same ratios, is
+    layer's step starts at 0.2 (or one channel block, ``round_to`` channels,
+    if that is more) and halves each time a change breaks A0; once it is
+    below one block the layer is left alone. Moving the cut one point either way, with the same ratios, is
     a candidate too. Every try is one proposal of the budget.
     """
     steps: dict[tuple[int, int], float] = {}
@@ -356,11 +356,13 @@ def _refine(
         cands: list[tuple[float, tuple[int, int], int, list[float], float]] = []
         for t in range(cut):
             block = evaluator.prune_config.round_to / max(1, evaluator.analysis.layers[t].out_channels)
-            step = steps.get((cut, t), 0.2)
+            # the first step is at least one block: a narrow layer (32 channels in blocks of 8: 0.25)
+            # must get its one try, not be skipped as if a smaller step had already failed
+            step = steps.get((cut, t), max(0.2, block))
             if step < block - 1e-9 or ratios[t] - block < cfg.r_min - 1e-9:
                 continue
             r2 = ratios.copy()
-            r2[t] = max(cfg.r_min, ratios[t] - max(step, block))
+            r2[t] = max(cfg.r_min, ratios[t] - step)
             gain = best_ms - evaluator.price(cut, r2)[1].total_ms
             if gain > 1e-6:
                 cands.append((gain, (cut, t), cut, r2, step))

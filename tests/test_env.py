@@ -74,3 +74,15 @@ def test_plans_no_faster_than_the_incumbent_are_screened_on_one_chunk() -> None:
     assert ev.evaluate(3, [0.5, 0.5, 0.5], incumbent_ms=ms) is full  # a full score serves every later caller
     unpruned = ev.evaluate(a.n_layers, [1.0] * a.n_layers, incumbent_ms=0.0)
     assert not unpruned.screened and unpruned.images == 40  # the reference is always scored in full
+
+
+def test_refinement_tries_narrow_layers_whose_block_exceeds_the_first_step() -> None:
+    """tinyvgg's 16-channel layers prune in blocks of 8 (0.5 of the layer): refinement must still try them."""
+    from cpcdrl_deploy.search import SearchConfig, _refine, _Tracker
+
+    ev = _tiny_evaluator()
+    track = _Tracker("t", a0=-1.0)  # every plan is feasible: refinement may go as far as the blocks allow
+    track.add(ev.evaluate(2, [1.0, 1.0]))
+    _refine(ev, -1.0, SearchConfig(), track, budget=10, reward_of=lambda e: 0.0)
+    best = track.result.best
+    assert best.cut == 2 and best.shape.out_keep[:2] == (0.5, 0.5)  # 8 of 16 channels each: one block below full
