@@ -7,7 +7,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from cli import DEMO_MODEL, app
 from cpcdrl_deploy.zoo import build_model
 
 from .conftest import CHECKPOINTS, DATASET_TGZ, need_shared
@@ -44,7 +44,7 @@ def test_evaluate_builtin_demo() -> None:
     res = run("evaluate", "--limit", "200", "--ratios", "0.5", "--calib", "64", "--format", "json")
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
-    assert d["model"] == "tinyvgg" and d["test_images"] == 200 and d["refit"] is True
+    assert d["model"] == DEMO_MODEL and d["test_images"] == 200 and d["refit"] is True
     assert d["macs_after"] < 0.5 * d["macs_before"]
     assert 10.0 < d["accuracy"] <= 100.0
 
