@@ -344,8 +344,9 @@ def _refine(
     Each step tries the change that saves the most predicted latency. A
     layer's step starts at 0.2 (or one channel block, ``round_to`` channels,
     if that is more) and halves each time a change breaks A0; once it is
-    below one block the layer is left alone. Moving the cut one point either way, with the same ratios, is
-    a candidate too. Every try is one proposal of the budget.
+    below one block the layer is left alone. Moving the cut one point
+    either way, with the same ratios, is a candidate too. Every try is one
+    proposal of the budget.
     """
     steps: dict[tuple[int, int], float] = {}
     for _ in range(budget):
