@@ -639,8 +639,33 @@ def _root(
     """Split a DNN between an edge device and a cloud server, prune the edge half (CPCDRL)."""
 
 
-def main() -> None:
-    app()
+def main() -> int:
+    """Run the CLI; a usage mistake (unknown option, bad value) is one ``error:`` line like every other bad input.
+
+    In standalone mode typer draws usage errors in a box over several lines;
+    here they are caught and printed the way ``command`` prints a CpcdrlError.
+    """
+    try:  # typer >= 0.25 raises its vendored copy of click's exceptions, older typer click's own
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as cx  # type: ignore[no-redef]
+
+    try:
+        rv = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:  # a bare group (``cpcdrl``, ``cpcdrl cache``): its help, as before
+        typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        return exc.exit_code
+    except cx.UsageError as exc:
+        where = f"; try '{exc.ctx.command_path} --help'" if exc.ctx else ""
+        _err(f"error: {exc.format_message().rstrip('.')}{where}")
+        return exc.exit_code
+    except cx.ClickException as exc:
+        _err(f"error: {exc.format_message()}")
+        return exc.exit_code
+    except typer.Abort:
+        _err("aborted")
+        return 1
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

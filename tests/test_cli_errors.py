@@ -142,3 +142,31 @@ def test_messages_a_newcomer_can_act_on(tmp_path) -> None:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and msg in res.stderr and "Traceback" not in res.output, (args, res.output)
     assert not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()  # no download directory, no half-filled output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["optimize", "--bogus"], "No such option: --bogus"),
+        (["optimize", "--episodes", "abc"], "'--episodes'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_usage_mistakes_are_one_error_line(args, words, monkeypatch, capsys) -> None:
+    """Typer boxes usage errors over several lines; the entry point prints them as every other bad input."""
+    import cli
+
+    monkeypatch.setattr("sys.argv", ["cpcdrl", *args])
+    assert cli.main() == 2
+    out, err = capsys.readouterr()
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert out == "" and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
+    assert lines[0].endswith("--help'")  # where to look next
+
+
+def test_bare_group_still_prints_its_help(monkeypatch, capsys) -> None:
+    import cli
+
+    monkeypatch.setattr("sys.argv", ["cpcdrl", "cache"])
+    assert cli.main() == 2
+    assert "info" in capsys.readouterr().out
