@@ -261,7 +261,9 @@ class SSHDevice:
         import statistics
 
         chan = self.client.get_transport().open_session(timeout=30)  # type: ignore[union-attr]
-        chan.settimeout(10)
+        # the first byte waits for ``cat`` to start, which on a device at a small CPU share
+        # (1/16 of a core) takes seconds; the echoes after it are the link's round trips
+        chan.settimeout(60)
         chan.exec_command("cat")
         times = []
         try:
@@ -269,11 +271,13 @@ class SSHDevice:
                 t0 = time.perf_counter()
                 chan.sendall(b"x")
                 if chan.recv(1) != b"x":
-                    raise CpcdrlError(f"echo test to {self.name} failed")
-                if i:  # the first one waits for cat to start
+                    raise CpcdrlError(f"echo test to {self.name} failed: the device did not echo the byte back")
+                if i:
                     times.append((time.perf_counter() - t0) * 1000.0)
+                chan.settimeout(10)
         except OSError as exc:
-            raise CpcdrlError(f"echo test to {self.name} failed: {exc}") from None
+            # socket.timeout has an empty message: name the exception instead of ending on a colon
+            raise CpcdrlError(f"echo test to {self.name} failed: {str(exc) or type(exc).__name__}") from None
         finally:
             chan.close()
         return statistics.median(times)

@@ -72,3 +72,44 @@ def test_torchvision_reader_still_reads_real_batches(tmp_path) -> None:
     ds = load_cifar10(tmp_path / "ok")
     assert len(ds.train) == 10 and len(ds.test) == 2
     assert int(ds.train.uint8([4])[0, 0, 0, 0]) == 7 and ds.train.labels[4] == 3
+
+
+def test_echo_test_that_times_out_names_the_time_out() -> None:
+    """A timeout has an empty message: the error used to end on a bare colon."""
+
+    import pytest
+
+    from cpcdrl_deploy.errors import CpcdrlError
+    from cpcdrl_deploy.remote import SSHDevice
+
+    class Silent:  # a channel whose device never echoes
+        timeouts: list[float] = []
+
+        def settimeout(self, t: float) -> None:
+            self.timeouts.append(t)
+
+        def exec_command(self, cmd: str) -> None:
+            pass
+
+        def sendall(self, b: bytes) -> None:
+            pass
+
+        def recv(self, n: int) -> bytes:
+            raise TimeoutError()  # what paramiko raises (socket.timeout is its alias)
+
+        def close(self) -> None:
+            pass
+
+    class Transport:
+        def open_session(self, timeout: float) -> Silent:
+            return Silent()
+
+    class Client:
+        def get_transport(self) -> Transport:
+            return Transport()
+
+    dev = SSHDevice.__new__(SSHDevice)  # no connection: only the echo test runs
+    dev.client, dev.name = Client(), "pis"
+    with pytest.raises(CpcdrlError, match=r"^echo test to pis failed: (timeout|TimeoutError)"):
+        dev.echo_rtt_ms()
+    assert Silent.timeouts[0] >= 60  # the first byte waits for cat to start on a slow device
