@@ -68,6 +68,7 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-unpruned-prior": dict(unpruned_prior=False),
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
+    "no-other-cuts": dict(refine_other_cuts=False),
     "no-margin": dict(margin_se=0.0),
 }
 
@@ -232,7 +233,9 @@ def table(settings: list[dict], methods: list[str]) -> str:
                 cells.append(f"{v['mean_ms']:.1f}{w} c{','.join(str(c) for c in v['cuts'])}")
         bc = f"{sm['best_cut']} ({sm['best_method']})" if sm["best_cut"] is not None else "-"
         vb, vr = _vs(sm) if "cpcdrl" in sm["methods"] else ("-", "-")
-        lines.append(f"| {s['model']} | {s['pair']} | {s['link']} | {s['loss']:g} | {bc} | {vb} | {vr} | " + " | ".join(cells) + " |")
+        wire = s.get("transfer", "fp32")  # grids run with --transfer int8 show it beside the link
+        link = s["link"] + (f" {wire}" if wire != "fp32" else "")
+        lines.append(f"| {s['model']} | {s['pair']} | {link} | {s['loss']:g} | {bc} | {vb} | {vr} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -262,7 +265,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.merge:
         parts = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
-        settings = [s for p in parts for s in p["settings"]]
+        settings = [{**s, "transfer": s.get("transfer", p["args"].get("transfer", "fp32"))} for p in parts for s in p["settings"]]
         where = " + ".join(dict.fromkeys(p.get("where", "?") for p in parts))
         doc = {"args": parts[0]["args"], "merged_from": [{"out": portable_args({"d": d})["d"], "args": p["args"]} for d, p in zip(args.merge, parts)],
                "where": where, "settings": settings}
@@ -314,7 +317,8 @@ def main() -> None:
                     if k in have:
                         settings.append(have[k])
                         continue
-                    s = {"model": model, "pair": pair, "link": link_text, **run_setting(session, lm, loss, req.search, seeds, log, args.ablation)}
+                    s = {"model": model, "pair": pair, "link": link_text, "transfer": args.transfer,
+                         **run_setting(session, lm, loss, req.search, seeds, log, args.ablation)}
                     s["summary"] = summarise(s)
                     settings.append(s)
                     sm = s["summary"]

@@ -83,6 +83,30 @@ def test_refinement_tries_narrow_layers_whose_block_exceeds_the_first_step() -> 
     ev = _tiny_evaluator()
     track = _Tracker("t", a0=-1.0)  # every plan is feasible: refinement may go as far as the blocks allow
     track.add(ev.evaluate(2, [1.0, 1.0]))
-    _refine(ev, -1.0, SearchConfig(), track, budget=10, reward_of=lambda e: 0.0)
+    _refine(ev, -1.0, SearchConfig(refine_other_cuts=False), track, budget=10, reward_of=lambda e: 0.0)  # this cut only
     best = track.result.best
     assert best.cut == 2 and best.shape.out_keep[:2] == (0.5, 0.5)  # 8 of 16 channels each: one block below full
+
+
+def test_refinement_moves_to_another_cut_once_its_cut_is_exhausted() -> None:
+    """A descent that has nothing left to try at its cut hands the budget on instead of stopping early."""
+    from dataclasses import replace
+
+    from cpcdrl_deploy.search import SearchConfig, _refine, _Tracker
+
+    runs = {}
+    for other in (False, True):
+        ev = _tiny_evaluator()
+        track = _Tracker("t", a0=-1.0)  # every plan is feasible
+        track.add(ev.evaluate(1, [1.0]))  # start at cut 1: its descent ends within a few proposals
+        _refine(ev, -1.0, replace(SearchConfig(), refine_other_cuts=other), track, budget=30, reward_of=lambda e: 0.0)
+        runs[other] = (track.result, ev)
+    alone, onward = runs[False][0], runs[True][0]
+    assert len(alone.rewards) < 30 and {c for c, _, _ in alone.history} <= {1, 2}  # the old rule: budget left unspent
+    n = runs[True][1].analysis.n_layers
+    assert onward.best.cut == n and onward.best.latency.total_ms < alone.best.latency.total_ms
+    assert len(onward.rewards) <= 30
+    # the new cut was entered from its unpruned split, scored once, then descended
+    first = next(i for i, (c, _, _) in enumerate(onward.history) if c == n)
+    assert onward.history[first][2] == runs[True][1].price(n, [1.0] * n)[1].total_ms
+    assert any(c == n and ms < onward.history[first][2] for c, _, ms in onward.history[first + 1 :])

@@ -31,3 +31,19 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     assert best == {"5MB/s": 0, "50KB/s": 7}
     assert set(d["acceptance"]) >= {"cpcdrl_no_slower_than_every_baseline", "cpcdrl_within_3pct_of_reference", "interior_best_cut"}
     assert "| tinyvgg | paper | 50KB/s |" in (out / "table.md").read_text()
+    assert all(s["transfer"] == "fp32" for s in d["settings"])
+
+    # --merge joins grids run apart; a part run with another wire keeps it visible beside the link
+    other = tmp_path / "int8"
+    other.mkdir()
+    d8 = {**d, "args": {**d["args"], "transfer": "int8"}, "settings": [{k: v for k, v in s.items() if k != "transfer"} for s in d["settings"]]}
+    (other / "results.json").write_text(json.dumps(d8))  # a part written before settings recorded their wire
+    merged = tmp_path / "merged"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--merge", str(out), str(other), "--out", str(merged)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((merged / "results.json").read_text())
+    assert [s["transfer"] for s in m["settings"]] == ["fp32", "fp32", "int8", "int8"]
+    assert m["acceptance"]["settings"] == 4
+    text = (merged / "table.md").read_text()
+    assert "| tinyvgg | paper | 50KB/s |" in text and "| tinyvgg | paper | 50KB/s int8 |" in text
