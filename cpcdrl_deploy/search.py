@@ -360,10 +360,11 @@ def _refine(
     hands the rest of the budget to another cut among ``cuts`` (default: all):
     the one whose fastest feasible plan so far (its unpruned split if none) is
     fastest, among those that could still beat the best plan with every edge
-    layer at r_min. Why: a split whose two layers are exhausted in five
-    proposals used to end the search with budget unspent, while pruning every
-    layer of the all-on-edge plan would have beaten it (tinysplit, paper
-    profile at 1 MB/s + 20 ms: 33.3 ms split against 31.5 all on the edge).
+    layer at r_min. Why: a split with two edge layers is exhausted within a
+    few proposals, and the search used to end there with budget unspent,
+    while pruning every layer of the all-on-edge plan could beat it
+    (tinysplit on the paper profile at 1 MB/s + 20 ms; figures in
+    benchmarks/results/optimizer_grid/README.md).
     """
     a = evaluator.analysis
     pool = [c for c in (cuts if cuts is not None else a.cuttable_points()) if c > 0]
