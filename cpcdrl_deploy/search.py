@@ -395,15 +395,16 @@ def _refine(
                     cands.append((gain, (c2, -1), c2, r2, 1.0))
         if not cands:
             done.add(cut)
-            cur = _next_start(evaluator, cfg, track, pool, done) if cfg.refine_other_cuts else None
-            if cur is not None and cur.cut not in track.best_at_cut:  # the unpruned split: one proposal to score it
-                ev = evaluator.evaluate(cur.cut, list(cur.ratios))
+            nxt = _next_cut(evaluator, cfg, track, pool, done) if cfg.refine_other_cuts else None
+            cur = None if nxt is None else track.best_at_cut.get(nxt)
+            if nxt is not None and cur is None:  # no feasible plan there yet: one proposal scores its unpruned split
+                ev = evaluator.evaluate(nxt, [1.0] * nxt)
                 track.add(ev)
                 track.result.rewards.append(reward_of(ev))
                 used += 1
-                cur = track.best_at_cut.get(cur.cut)
+                cur = track.best_at_cut.get(nxt)
                 if cur is None:  # even unpruned it misses A0 (a lossy wire): nothing to descend from
-                    done.add(ev.cut)
+                    done.add(nxt)
                     cur = track.result.best
             continue
         _, key, c2, r2, step = max(cands, key=lambda x: x[0])
@@ -419,29 +420,23 @@ def _refine(
             steps[key] = 0.0 if key[1] < 0 else step / 2
 
 
-def _next_start(evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool: list[int], done: set[int]) -> Evaluation | None:
+def _next_cut(evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool: list[int], done: set[int]) -> int | None:
     """Where the refinement goes next: the cut not yet exhausted whose fastest known feasible plan is fastest.
 
-    A cut with no feasible plan yet starts from its unpruned split (returned
-    priced but not scored: the caller scores it). A cut that cannot beat the
-    best plan even with every edge layer at r_min is not worth a proposal.
+    A cut with no feasible plan yet is ranked by its unpruned split. A cut
+    that cannot beat the best plan even with every edge layer at r_min is not
+    worth a proposal.
     """
     best = track.result.best
     if best is None:
         return None
-    options: list[tuple[float, int, Evaluation | None]] = []
+    options: list[tuple[float, int]] = []
     for c in pool:
         if c in done or evaluator.price(c, [cfg.r_min] * c)[1].total_ms >= best.latency.total_ms - 1e-9:
             continue
         start = track.best_at_cut.get(c)
-        options.append((start.latency.total_ms if start is not None else evaluator.price(c, [1.0] * c)[1].total_ms, c, start))
-    if not options:
-        return None
-    _, c, start = min(options, key=lambda o: (o[0], o[1]))
-    if start is not None:
-        return start
-    shape, lat = evaluator.price(c, [1.0] * c)
-    return Evaluation(c, tuple(1.0 for _ in range(c)), float("nan"), 0, lat, shape, 1.0)
+        options.append((start.latency.total_ms if start is not None else evaluator.price(c, [1.0] * c)[1].total_ms, c))
+    return min(options)[1] if options else None
 
 
 def selection_margin(a0: float, n_images: int, z: float) -> float:
