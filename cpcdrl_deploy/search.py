@@ -42,6 +42,9 @@ class SearchConfig:
     margin_se: float = 0.5
     refine_fraction: float = 0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
     refine_other_cuts: bool = True  # once the best plan's cut has nothing left to try, refine the next cut's best plan
+    # ...but only a cut whose fastest known feasible plan is within this factor of the best: a descent walks
+    # through plans slower than the best, each scored in full, and one that starts far behind reaches nothing
+    other_cut_slack: float = 1.3
     seed: int = 0
     reward: RewardConfig = field(default_factory=RewardConfig)
     dqn: DQNConfig = field(default_factory=DQNConfig)
@@ -425,7 +428,14 @@ def _next_cut(evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool
 
     A cut with no feasible plan yet is ranked by its unpruned split. A cut
     that cannot beat the best plan even with every edge layer at r_min is not
-    worth a proposal.
+    worth a proposal, nor one whose starting plan is more than
+    ``cfg.other_cut_slack`` times slower than the best: every step of its
+    descent is scored in full (it is slower than the best), and from that far
+    behind the steps pruning would need cost accuracy A0 does not allow (on
+    VGG16 with cut 0 best, the other cuts start 1.6x behind or more and 90
+    such proposals found nothing, 1.29x the run's time; where the move paid
+    on tinysplit the cut started 1.05-1.16x behind: figures in
+    docs/results-optimize-walltime.md).
     """
     best = track.result.best
     if best is None:
@@ -435,7 +445,9 @@ def _next_cut(evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool
         if c in done or evaluator.price(c, [cfg.r_min] * c)[1].total_ms >= best.latency.total_ms - 1e-9:
             continue
         start = track.best_at_cut.get(c)
-        options.append((start.latency.total_ms if start is not None else evaluator.price(c, [1.0] * c)[1].total_ms, c))
+        start_ms = start.latency.total_ms if start is not None else evaluator.price(c, [1.0] * c)[1].total_ms
+        if start_ms <= cfg.other_cut_slack * best.latency.total_ms:
+            options.append((start_ms, c))
     return min(options)[1] if options else None
 
 

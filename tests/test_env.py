@@ -110,3 +110,21 @@ def test_refinement_moves_to_another_cut_once_its_cut_is_exhausted() -> None:
     first = next(i for i, (c, _, _) in enumerate(onward.history) if c == n)
     assert onward.history[first][2] == runs[True][1].price(n, [1.0] * n)[1].total_ms
     assert any(c == n and ms < onward.history[first][2] for c, _, ms in onward.history[first + 1 :])
+
+
+def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
+    """A cut that could beat the best at r_min, but whose known plan is over other_cut_slack x slower, gets no descent."""
+    from dataclasses import replace
+
+    from cpcdrl_deploy.search import SearchConfig, _next_cut, _Tracker
+
+    ev = _tiny_evaluator()
+    n = ev.analysis.n_layers
+    track = _Tracker("t", a0=-1.0)
+    track.add(ev.evaluate(n, [1.0] * n))  # the best plan: all on the edge, unpruned
+    best_ms = track.result.best.latency.total_ms
+    pool = [c for c in ev.analysis.cuttable_points() if c > 0]
+    # cut n-1 could beat it with every layer at r_min, but its unpruned split (where a descent starts) is 2x slower
+    assert ev.price(n - 1, [0.2] * (n - 1))[1].total_ms < best_ms < ev.price(n - 1, [1.0] * (n - 1))[1].total_ms / 1.3
+    assert _next_cut(ev, replace(SearchConfig(), other_cut_slack=1.3), track, pool, {n}) is None
+    assert _next_cut(ev, replace(SearchConfig(), other_cut_slack=100.0), track, pool, {n}) == n - 1
