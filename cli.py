@@ -399,6 +399,9 @@ def profile_cmd(
     runtime: Annotated[list[EdgeRuntime], typer.Option("--runtime", help="time the models in onnxruntime and/or litert (repeat the option: "
                                                        "both are then timed side by side in the same passes; tables kept as MODEL and MODEL@litert)")] = [  # noqa: B006
         EdgeRuntime.onnxruntime],
+    request_probe: Annotated[bool, typer.Option("--request-probe/--no-request-probe", help="also time real KServe v2 requests from the device to a "
+                                                "server here: the link's per-request overhead (needs --bind unless the host is a testbed)")] = True,
+    bind: Annotated[str | None, typer.Option("--bind", help="this host's address the device reaches, for the request probe")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -415,11 +418,19 @@ def profile_cmd(
     if not fractions or fractions[-1] != 1.0 or fractions[0] <= 0:
         raise CpcdrlError("--grid must be fractions in (0, 1] and include 1.0")
     dest = out or Path("device_profiles") / f"{host.replace('@', '_').replace(':', '_')}.json"
+    probe_at = None
+    if request_probe and host != "local":
+        from cpcdrl_deploy.deploy import server_address
+
+        try:
+            probe_at = server_address(host, bind)
+        except CpcdrlError:
+            _err(f"note: no request probe ({host} is not a testbed: pass --bind ADDRESS it reaches); the link is priced from SSH transfers alone")
     dev = connect(host, python, trust_host_key, timeout)
     try:
         with _progress(fmt) as tick:
             prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick,
-                               runtime=[r.value for r in runtime] or ["onnxruntime"])
+                               runtime=[r.value for r in runtime] or ["onnxruntime"], request_probe_at=probe_at)
     finally:
         dev.close()
     if fmt is Format.json:
@@ -427,7 +438,8 @@ def profile_cmd(
         return
     typer.echo(f"wrote {dest}: {', '.join(prof.tables)} on {prof.host.get('hostname') if prof.host else host}")
     if prof.link:
-        typer.echo(f"link: {prof.link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {prof.link.downlink_bytes_per_s / 1e3:.1f} KB/s down, RTT {prof.link.rtt_ms:.1f} ms")
+        extra = f", {prof.link.request_overhead_ms:.2f} ms per request (request probe)" if prof.link.request_probe else ""
+        typer.echo(f"link: {prof.link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {prof.link.downlink_bytes_per_s / 1e3:.1f} KB/s down, RTT {prof.link.rtt_ms:.1f} ms{extra}")
 
 
 @app.command("compare")

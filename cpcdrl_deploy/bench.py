@@ -220,6 +220,9 @@ def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, 
         row.update(requests=len(mine), e2e_ms=stats, edge_p50_ms=float(np.median([r["edge_ms"] for r in mine])),
                    transfer_and_cloud_p50_ms=float(np.median([r["remote_ms"] for r in mine])), bytes_per_request=payload,
                    agreement_with_pytorch_pct=agree, predicted_ms=shape_pred, ratio_to_reference=paired_ratio(recs, pid, ref, req.seed))
+        server = [r["server_ms"] for r in mine if r.get("server_ms") is not None]
+        if server:  # where the transfer + cloud time goes: the tail's compute as the server timed it, against the cloud tables
+            row.update(cloud_server_p50_ms=float(np.median(server)), predicted_cloud_ms={k: v["cloud_ms"] for k, v in pred.items() if k in ESTIMATES})
         rows.append(row)
     rows += [{"id": pid, "failed": why} for pid, why in failed.items() if pid not in {e["id"] for e in entries}]  # never exported
     rows.sort(key=lambda r: int(r["id"][1:]))

@@ -171,8 +171,8 @@ def run_edge_runner(dev: Device, remote_dir: str, args: list[str], token: str, b
     return json.loads(report_text)
 
 
-def tear_down(dev: Device, server: CloudServer | None, remote_dir: str | None) -> None:
-    """Stop the server, remove the device's working folder, close the connection; cleanup never hides the real error."""
+def tear_down(dev: Device, server: CloudServer | None, remote_dir: str | None, close: bool = True) -> None:
+    """Stop the server, remove the device's working folder, close the connection (unless the caller still needs it); cleanup never hides the real error."""
     if server is not None:
         server.stop()
     if remote_dir is not None:
@@ -180,7 +180,8 @@ def tear_down(dev: Device, server: CloudServer | None, remote_dir: str | None) -
             dev.remove(remote_dir)
         except Exception:  # noqa: BLE001 - cleanup must not hide the real error
             pass
-    dev.close()
+    if close:
+        dev.close()
 
 
 def server_address(edge: str, bind: str | None) -> str:
@@ -237,14 +238,15 @@ def predictions(
         models["table_sum"] = dataclasses.replace(table, anchor=False)  # type: ignore[type-var]
         models["table_median"] = dataclasses.replace(table, stat="median_ms")  # type: ignore[type-var]
         f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
-        models["analytic"] = AnalyticLatencyModel(f_e, f_c, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return)
+        models["analytic"] = AnalyticLatencyModel(f_e, f_c, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return,
+                                                  link.request_overhead_ms)
     elif ep.kind == "analytic" and cp.kind == "analytic":
         models["analytic"] = build_latency_model(ep, cp, link)
     for name, lm in models.items():
         b = lm.predict(model, shape)  # type: ignore[attr-defined]
         d = b.to_dict()
         if payload_bytes is not None and shape.cut < a.n_layers:
-            d["transfer_ms"] = transfer_ms(payload_bytes, link.uplink_bytes_per_s, link.rtt_ms)
+            d["transfer_ms"] = transfer_ms(payload_bytes, link.uplink_bytes_per_s, link.rtt_ms + link.request_overhead_ms)
             d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
         d["model"] = lm.describe()  # type: ignore[attr-defined]
         out[name] = d
@@ -267,7 +269,7 @@ def predictions(
         d["total_p90_ms"] = d["edge_p90_ms"] + idle
         d["model"] = f"{med['model']} through a CPU quota of {share:g} core per {period_ms:g} ms, {tick_ms:g} ms ticks"
         out["table_quota"] = d
-    out["_link"] = {"uplink_bytes_per_s": link.uplink_bytes_per_s, "rtt_ms": link.rtt_ms}
+    out["_link"] = {"uplink_bytes_per_s": link.uplink_bytes_per_s, "rtt_ms": link.rtt_ms, "request_overhead_ms": link.request_overhead_ms}
     return out
 
 

@@ -394,16 +394,16 @@ def run_bench(args: argparse.Namespace) -> dict:
             failed[p["id"]] = f"{type(exc).__name__}: {exc}"[:300]
     live = [p for p in plans if p["id"] not in failed]
 
-    def one(p: dict, xi: np.ndarray) -> tuple[float, float, np.ndarray, int]:
+    def one(p: dict, xi: np.ndarray) -> tuple[float, float, np.ndarray, int, float | None]:
         t0 = time.perf_counter()
         head = heads[p["id"]]
         feeds = head.run(xi) if head is not None else {"cut": xi}
         t1 = time.perf_counter()
         if not p.get("model"):
-            return (t1 - t0) * 1000.0, 0.0, next(iter(feeds.values())), 0
+            return (t1 - t0) * 1000.0, 0.0, next(iter(feeds.values())), 0, None
         remote.path, remote.output = f"/v2/models/{p['model']}/infer", p.get("output") or "logits"
-        logits, _, sent = remote.infer(feeds)
-        return (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0, logits, sent
+        logits, server_ms, sent = remote.infer(feeds)
+        return (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0, logits, sent, server_ms
 
     for p in list(live):  # warm-up, not recorded: first runs allocate; a plan that cannot answer is dropped here
         try:
@@ -428,8 +428,10 @@ def run_bench(args: argparse.Namespace) -> dict:
                 k += 1
                 rec = {"plan": p["id"], "round": r, "i": i}
                 try:
-                    edge_ms, remote_ms, logits, sent = one(p, x[i : i + 1])
+                    edge_ms, remote_ms, logits, sent, server_ms = one(p, x[i : i + 1])
                     rec.update(edge_ms=edge_ms, remote_ms=remote_ms, e2e_ms=edge_ms + remote_ms, bytes_sent=sent, prediction=int(np.argmax(logits[0])))
+                    if server_ms is not None:  # the tail's own compute, as the server timed it (Triton does not say)
+                        rec["server_ms"] = server_ms
                     spent[p["id"]] += edge_ms + remote_ms
                     fails[p["id"]] = 0
                 except (OSError, http.client.HTTPException, RuntimeError) as exc:

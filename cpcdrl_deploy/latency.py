@@ -98,13 +98,14 @@ class AnalyticLatencyModel:
     downlink_bytes_per_s: float
     rtt_ms: float = 0.0
     count_result_return: bool = False
+    request_overhead_ms: float = 0.0  # per request, beyond bytes / B + RTT (profiles.LinkProfile)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)
         offloads = shape.cut < n
         return LatencyBreakdown(
             edge_ms=1000.0 * shape.edge_macs / self.edge_macs_per_s,
-            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms) if offloads else 0.0,
+            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms + self.request_overhead_ms) if offloads else 0.0,
             cloud_ms=1000.0 * shape.cloud_macs / self.cloud_macs_per_s,
             return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
         )
@@ -112,8 +113,12 @@ class AnalyticLatencyModel:
     def describe(self) -> str:
         return (
             f"the analytic MAC model (Eq. 5-7): edge {self.edge_macs_per_s / 1e6:g} MMAC/s, cloud {self.cloud_macs_per_s / 1e6:g} MMAC/s, "
-            f"link {self.uplink_bytes_per_s / 1e3:g} KB/s up, RTT {self.rtt_ms:g} ms"
+            f"link {self.uplink_bytes_per_s / 1e3:g} KB/s up, RTT {self.rtt_ms:g} ms{_per_request(self.request_overhead_ms)}"
         )
+
+
+def _per_request(ms: float) -> str:
+    return f" + {ms:.2f} ms per request" if ms > 0 else ""
 
 
 def _lerp(xs: list[float], ys: list[float], x: float) -> float:
@@ -248,6 +253,7 @@ class TableLatencyModel:
     stat: str = "ms"
     anchor: bool = True
     edge_runtime: str = "onnxruntime"  # whose edge tables (profiles.table_key): the head's runtime on the device
+    request_overhead_ms: float = 0.0  # per request, beyond bytes / B + RTT (profiles.LinkProfile)
     # (side, model, cut) -> the whole models' (table sum, measured) points; per instance, so that
     # dataclasses.replace (another stat, other tables) starts empty
     _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -302,7 +308,7 @@ class TableLatencyModel:
         return LatencyBreakdown(
             edge_ms=self._sum(self.edge_tables, self.edge_name, table_key(model, self.edge_runtime), shape, range(1, shape.cut + 1), ("heads", shape.cut))
             if shape.cut else 0.0,
-            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms) if offloads else 0.0,
+            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms + self.request_overhead_ms) if offloads else 0.0,
             cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1), ("tails", shape.cut)) if offloads else 0.0,
             return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
         )
@@ -310,7 +316,8 @@ class TableLatencyModel:
     def describe(self) -> str:
         kind = ("per-run medians" if self.stat == "median_ms" else "sustained means") + (", anchored to whole heads/tails" if self.anchor else ", plain sums")
         rt = f" ({self.edge_runtime})" if self.edge_runtime != "onnxruntime" else ""
-        return f"measured tables ({kind}): edge {self.edge_name}{rt}, cloud {self.cloud_name}, B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms"
+        link = f"B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms{_per_request(self.request_overhead_ms)}"
+        return f"measured tables ({kind}): edge {self.edge_name}{rt}, cloud {self.cloud_name}, {link}"
 
 
 @dataclass(frozen=True)
@@ -356,6 +363,7 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
             link.downlink_bytes_per_s,
             link.rtt_ms,
             link.count_result_return,
+            link.request_overhead_ms,
         )
     if edge.kind == "measured" and cloud.kind == "measured":
         return TableLatencyModel(
@@ -363,5 +371,6 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
             cloud.tables,
             link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return, edge.name, cloud.name,
             edge_runtime=edge_runtime,
+            request_overhead_ms=link.request_overhead_ms,
         )
     raise CpcdrlError(f"cannot mix an analytic and a measured profile ({edge.name!r} is {edge.kind}, {cloud.name!r} is {cloud.kind})")

@@ -337,7 +337,7 @@ def run_methods(
         "max_accuracy_loss": loss,
         "unpruned": {"validation": base_val, "test": base_test},
         "latency_model": session.latency_desc,
-        "link": {k: getattr(evaluator.latency_model, k, None) for k in ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms")},
+        "link": {k: getattr(evaluator.latency_model, k, None) for k in ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms", "request_overhead_ms")},
         # what cut 0 sends (the image, in the wire's encoding): what a split's cut tensor is weighed against
         "input_bytes": plan_shape(analysis, session.groups, 0, [], transfer=req.transfer).cut_bytes,
         "unpruned_channels": [layer.out_channels for layer in analysis.layers],

@@ -45,6 +45,10 @@ class LinkProfile:
     downlink_bytes_per_s: float  # cloud -> edge (the result)
     rtt_ms: float = 0.0  # added once per request when anything is sent
     count_result_return: bool = False  # the paper ignores the result's return trip
+    # what a KServe v2 request costs beyond bytes / uplink + RTT (HTTP framing, the runner's and the server's
+    # request paths), added once per request; measured by profile's request probe (linkprobe.py), else 0
+    request_overhead_ms: float = 0.0
+    request_probe: dict | None = None  # that probe's points and fit, and the SSH uplink it replaced
 
 
 @dataclass

@@ -22,6 +22,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -262,6 +263,19 @@ def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000
     )
 
 
+def with_request_probe(dev: Device, link: LinkProfile, bind: str, log: Log = lambda s: None) -> LinkProfile:
+    """``link`` with the per-request overhead and the uplink rate of real requests (linkprobe.py), or as it was if the probe fails."""
+    from cpcdrl_deploy.linkprobe import measure_request_link
+
+    try:
+        res = measure_request_link(dev, bind, link.rtt_ms, log=log)
+    except CpcdrlError as exc:
+        log(f"request probe skipped ({exc}); the link keeps the SSH figures")
+        return link
+    res["ssh_uplink_bytes_per_s"] = link.uplink_bytes_per_s
+    return replace(link, uplink_bytes_per_s=res["bytes_per_s"], request_overhead_ms=res["request_overhead_ms"], request_probe=res)
+
+
 def profile_host(
     dev: Device,
     models: list[str],
@@ -277,6 +291,7 @@ def profile_host(
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
     runtime: str | Sequence[str] = "onnxruntime",
+    request_probe_at: str | None = None,
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
@@ -297,6 +312,12 @@ def profile_host(
     along the cuts, by up to 26 %). Why the median pass and not the
     fastest (as that profile, and a first one with four passes, kept): the
     deployed requests' p50 ran 60-90 % above the fastest-of-four profile.
+
+    ``request_probe_at``: an address of this host the device reaches; the
+    link is then also timed with real KServe v2 requests to a server there
+    (linkprobe.py), which sets its per-request overhead and uplink rate. A
+    probe that fails is logged and the SSH figures stay: the tables are the
+    expensive part and are kept either way.
     """
     import tempfile
 
@@ -366,6 +387,8 @@ def profile_host(
                     if len(runtimes) > 1:
                         tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
         link = measure_link(dev, log=log) if measure_link_too else None
+        if link is not None and request_probe_at:
+            link = with_request_probe(dev, link, request_probe_at, log)
     finally:
         dev.remove(remote)
     old = None

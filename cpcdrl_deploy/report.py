@@ -111,7 +111,7 @@ def latency_at_bandwidth(plan: dict, link: dict, bytes_per_s: float) -> float | 
     lat = plan["latency_ms"]
     if plan["cut"] >= plan["n_layers"]:
         return lat["total_ms"]  # nothing crosses the link
-    rtt = link["rtt_ms"]
+    rtt = link["rtt_ms"] + (link.get("request_overhead_ms") or 0.0)  # per request, whatever the rate
     wire = max(0.0, lat["transfer_ms"] - rtt) * link["uplink_bytes_per_s"] / bytes_per_s
     ret = lat.get("return_ms", 0.0) * link.get("downlink_bytes_per_s", link["uplink_bytes_per_s"]) / bytes_per_s
     return lat["edge_ms"] + wire + rtt + lat["cloud_ms"] + ret

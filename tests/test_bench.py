@@ -48,6 +48,10 @@ def test_bench_locally(plans, tmp_path) -> None:
         assert sum(1 for x in rep["records"] if x["plan"] == r["id"] and "e2e_ms" in x) == r["requests"]
     assert rows["p0"]["ratio_to_reference"]["median"] == pytest.approx(1.0)
     assert rows["p2"]["bytes_per_request"] is None and rows["p2"]["transfer_and_cloud_p50_ms"] == 0.0  # cut N sends nothing
+    # where the round trip goes: the tail's compute as the server timed it, inside the round trip, beside the tables' cloud term
+    for pid in ("p0", "p1"):
+        assert 0.0 < rows[pid]["cloud_server_p50_ms"] < rows[pid]["transfer_and_cloud_p50_ms"] and rows[pid]["predicted_cloud_ms"]["analytic"] > 0
+    assert "cloud_server_p50_ms" not in rows["p2"]
     # every round visits every plan, in its own order
     orders = {rd: [x["plan"] for x in rep["records"] if x["round"] == rd] for rd in range(rep["rounds"])}
     assert all(set(o) == {"p0", "p1", "p2"} for o in orders.values())

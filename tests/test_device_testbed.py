@@ -68,7 +68,7 @@ def profiles(bed, tmp_path_factory):
     dev = connect(NAME)
     try:
         # tinyvgg too: the deploy test's plan, so that its speed probe has a reference on both sides
-        pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print)
+        pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print, request_probe_at=bed.host_ip)
     finally:
         dev.close()
     local = profile_host(
@@ -100,8 +100,11 @@ def test_profile_over_ssh(profiles) -> None:
     half = next(h["ms"] for h in t["pruned_heads"] if h["cut"] == 28 and h["keep"] == 0.5)
     assert half < whole_pi, (half, whole_pi)
     assert t["channel_block"] in (1, 4, 8, 16, 32) and len(t["channel_block_probe_ms"]) == 9
-    # the shaped link is 200 KB/s each way
-    assert 160_000 < pi.link.uplink_bytes_per_s < 240_000
+    # the shaped link is 200 KB/s each way; the uplink as real requests see it (the request probe), SSH's beside it
+    probe = pi.link.request_probe
+    assert probe is not None and len(probe["points"]) == 4 and pi.link.uplink_bytes_per_s == probe["bytes_per_s"]
+    assert 160_000 < pi.link.uplink_bytes_per_s < 240_000 and 160_000 < probe["ssh_uplink_bytes_per_s"] < 240_000
+    assert 0.0 <= pi.link.request_overhead_ms < 50.0 and pi.link.request_overhead_ms == probe["request_overhead_ms"]
     assert 160_000 < pi.link.downlink_bytes_per_s < 240_000
     assert json.loads(pi_path.read_text())["schema_version"] == 1
     assert not Path(str(pi_path) + ".partial").exists()
