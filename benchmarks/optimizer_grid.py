@@ -69,6 +69,7 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
     "no-other-cuts": dict(refine_other_cuts=False),
+    "no-slack": dict(other_cut_slack=float("inf")),  # other cuts refined however far behind they start
     "no-margin": dict(margin_se=0.0),
 }
 
@@ -118,7 +119,8 @@ def _row(session: Session, res: SearchResult, loss: float) -> dict:
     }
 
 
-def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: list[int], log, ablation: bool = False) -> dict:
+def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: list[int], log, ablation: bool = False,
+                only: list[str] | None = None) -> dict:
     ev = replace(session.evaluator, latency_model=lm, timers=Timers(), _cache={})
     a0 = session.base_val - loss
     ev.a0 = a0
@@ -131,6 +133,8 @@ def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: lis
         rows.append({**_row(session, r, loss), "seed": seed})
         if ablation:
             for name, off in ABLATIONS.items():
+                if only and name not in only:
+                    continue
                 rows.append({**_row(session, run_rl(ev, a0, replace(c, **off), method=name), loss), "seed": seed})
             continue
         rows.append({**_row(session, run_rl(ev, a0, c.paper(), method="cpcdrl-paper"), loss), "seed": seed})
@@ -258,6 +262,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablation", action="store_true", help="CPCDRL with each departure off alone, instead of the baselines")
+    ap.add_argument("--only", default=None, help=f"with --ablation: these departures only, comma-separated ({', '.join(ABLATIONS)})")
     ap.add_argument("--tiny", action="store_true", help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed")
     ap.add_argument("--out", default="benchmarks/results/optimizer_grid")
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md from OUT/results.json; run nothing")
@@ -318,7 +323,7 @@ def main() -> None:
                         settings.append(have[k])
                         continue
                     s = {"model": model, "pair": pair, "link": link_text, "transfer": args.transfer,
-                         **run_setting(session, lm, loss, req.search, seeds, log, args.ablation)}
+                         **run_setting(session, lm, loss, req.search, seeds, log, args.ablation, args.only.split(",") if args.only else None)}
                     s["summary"] = summarise(s)
                     settings.append(s)
                     sm = s["summary"]

@@ -47,3 +47,14 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     assert m["acceptance"]["settings"] == 4
     text = (merged / "table.md").read_text()
     assert "| tinyvgg | paper | 50KB/s |" in text and "| tinyvgg | paper | 50KB/s int8 |" in text
+
+
+def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
+    out = tmp_path / "abl"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--tiny", "--ablation", "--only", "no-slack,no-margin",
+                          "--out", str(out), "--cache", str(tmp_path / "c")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = json.loads((out / "results.json").read_text())
+    for s in d["settings"]:
+        assert {r["method"] for r in s["rows"]} == {"cpcdrl", "no-slack", "no-margin"}
+    assert "no-slack" in (out / "table.md").read_text()
