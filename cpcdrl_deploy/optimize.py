@@ -181,6 +181,13 @@ def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> L
     return FastestRuntime({r: build_latency_model(edge_p, cloud_p, link_p, r) for r in runtimes})
 
 
+def link_record(latency_model: LatencyModel) -> dict:
+    """The link a latency model prices with (for the report's latency-vs-bandwidth plot); every runtime's model shares it."""
+    if isinstance(latency_model, FastestRuntime):
+        latency_model = next(iter(latency_model.by_runtime.values()))
+    return {k: getattr(latency_model, k, None) for k in ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms", "request_overhead_ms")}
+
+
 def plan_runtime(latency_model: LatencyModel, model: str, shape: PlanShape) -> str:
     """The edge runtime a plan's head is priced with (ONNX Runtime where nothing runs on the edge or the model does not say)."""
     if shape.cut == 0:
@@ -337,7 +344,7 @@ def run_methods(
         "max_accuracy_loss": loss,
         "unpruned": {"validation": base_val, "test": base_test},
         "latency_model": session.latency_desc,
-        "link": {k: getattr(evaluator.latency_model, k, None) for k in ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms", "request_overhead_ms")},
+        "link": link_record(evaluator.latency_model),
         # what cut 0 sends (the image, in the wire's encoding): what a split's cut tensor is weighed against
         "input_bytes": plan_shape(analysis, session.groups, 0, [], transfer=req.transfer).cut_bytes,
         "unpruned_channels": [layer.out_channels for layer in analysis.layers],
