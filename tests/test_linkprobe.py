@@ -66,3 +66,19 @@ def test_request_probe_times_the_real_runner_and_server() -> None:
     probed = AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5, 1.0, request_overhead_ms=2.5)
     assert probed.predict("tinyvgg", shape).transfer_ms == pytest.approx(plain.predict("tinyvgg", shape).transfer_ms + 2.5)
     assert "2.50 ms per request" in probed.describe()
+
+
+def test_a_failed_probe_keeps_the_ssh_link(monkeypatch) -> None:
+    """Whatever the probe raises, the profile keeps its tables and the link its SSH figures, with a line saying why."""
+    from cpcdrl_deploy import linkprobe
+    from cpcdrl_deploy.profiles import LinkProfile
+    from cpcdrl_deploy.profiling import with_request_probe
+
+    def boom(*a, **k):
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(linkprobe, "measure_request_link", boom)
+    link = LinkProfile(200_000.0, 200_000.0, 1.2)
+    lines: list[str] = []
+    assert with_request_probe(object(), link, "198.18.0.1", lines.append) is link
+    assert lines == ["request probe skipped (connection reset); the link keeps the SSH figures"]
