@@ -53,7 +53,7 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
     assert isinstance(table, TableLatencyModel)
     table = dataclasses.replace(table, anchor=False)
     f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
-    analytic = AnalyticLatencyModel(f_e, f_c, lp.uplink_bytes_per_s, lp.downlink_bytes_per_s, lp.rtt_ms, lp.count_result_return, lp.request_overhead_ms)
+    analytic = AnalyticLatencyModel.over(f_e, f_c, lp)
     heads = {h["cut"]: h["ms"] for h in ep.tables[model]["heads"]}
     tails = {h["cut"]: h["ms"] for h in cp.tables[model]["tails"]}
     rows = []
@@ -62,7 +62,7 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
         est, tab = analytic.predict(model, shape), table.predict(model, shape)
         direct_edge = heads.get(cut, 0.0)
         direct_cloud = tails.get(cut, 0.0)
-        direct_transfer = transfer_ms(shape.cut_bytes, lp.uplink_bytes_per_s, lp.rtt_ms + lp.request_overhead_ms) if cut < a.n_layers else 0.0
+        direct_transfer = transfer_ms(shape.cut_bytes, lp.uplink_bytes_per_s, lp.per_request_ms) if cut < a.n_layers else 0.0
         direct = direct_edge + direct_transfer + direct_cloud
         rows.append({
             "cut": cut, "name": a.points[cut].name, "cut_bytes": shape.cut_bytes,

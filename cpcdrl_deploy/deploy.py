@@ -238,15 +238,14 @@ def predictions(
         models["table_sum"] = dataclasses.replace(table, anchor=False)  # type: ignore[type-var]
         models["table_median"] = dataclasses.replace(table, stat="median_ms")  # type: ignore[type-var]
         f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
-        models["analytic"] = AnalyticLatencyModel(f_e, f_c, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return,
-                                                  link.request_overhead_ms)
+        models["analytic"] = AnalyticLatencyModel.over(f_e, f_c, link)
     elif ep.kind == "analytic" and cp.kind == "analytic":
         models["analytic"] = build_latency_model(ep, cp, link)
     for name, lm in models.items():
         b = lm.predict(model, shape)  # type: ignore[attr-defined]
         d = b.to_dict()
         if payload_bytes is not None and shape.cut < a.n_layers:
-            d["transfer_ms"] = transfer_ms(payload_bytes, link.uplink_bytes_per_s, link.rtt_ms + link.request_overhead_ms)
+            d["transfer_ms"] = transfer_ms(payload_bytes, link.uplink_bytes_per_s, link.per_request_ms)
             d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
         d["model"] = lm.describe()  # type: ignore[attr-defined]
         out[name] = d

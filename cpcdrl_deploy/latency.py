@@ -110,6 +110,12 @@ class AnalyticLatencyModel:
             return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
         )
 
+    @classmethod
+    def over(cls, edge_macs_per_s: float, cloud_macs_per_s: float, link: LinkProfile) -> AnalyticLatencyModel:
+        """The MAC model at these compute rates over ``link`` (every term of the link: rates, RTT, per-request overhead)."""
+        return cls(edge_macs_per_s, cloud_macs_per_s, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return,
+                   link.request_overhead_ms)
+
     def describe(self) -> str:
         return (
             f"the analytic MAC model (Eq. 5-7): edge {self.edge_macs_per_s / 1e6:g} MMAC/s, cloud {self.cloud_macs_per_s / 1e6:g} MMAC/s, "
@@ -356,15 +362,7 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
     if link is None:
         raise CpcdrlError(f"no link given: neither {edge.name!r} nor {cloud.name!r} holds one; pass --link")
     if edge.kind == "analytic" and cloud.kind == "analytic":
-        return AnalyticLatencyModel(
-            edge.compute_rate("edge").macs_per_s,
-            cloud.compute_rate("cloud").macs_per_s,
-            link.uplink_bytes_per_s,
-            link.downlink_bytes_per_s,
-            link.rtt_ms,
-            link.count_result_return,
-            link.request_overhead_ms,
-        )
+        return AnalyticLatencyModel.over(edge.compute_rate("edge").macs_per_s, cloud.compute_rate("cloud").macs_per_s, link)
     if edge.kind == "measured" and cloud.kind == "measured":
         return TableLatencyModel(
             edge.tables,

@@ -77,9 +77,10 @@ def build_probe_exports(root: Path, sizes: tuple[int, ...] = SIZES) -> list[tupl
         n = max(1, size // 4)
         d = root / f"s{size}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / "tail.onnx").write_bytes(_tail(n))
+        tail = _tail(n)
+        (d / "tail.onnx").write_bytes(tail)
         (root / f"head_s{size}.onnx").write_bytes(_head(n))
-        specs = io_specs(onnx.load_from_string(_tail(n)))
+        specs = io_specs(onnx.load_from_string(tail))
         atomic_write_json(d / "manifest.json", {
             "schema_version": MANIFEST_SCHEMA_VERSION, "kind": "cpcdrl-export", "purpose": "cpcdrl profile: request probe",
             "files": {"tail": {"file": "tail.onnx", "sha256": file_sha256(d / "tail.onnx"), "model_name": "tail", **specs}},

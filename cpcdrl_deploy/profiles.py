@@ -50,6 +50,11 @@ class LinkProfile:
     request_overhead_ms: float = 0.0
     request_probe: dict | None = None  # that probe's points and fit, and the SSH uplink it replaced
 
+    @property
+    def per_request_ms(self) -> float:
+        """What every request pays whatever its size: the RTT and the protocol's overhead."""
+        return self.rtt_ms + self.request_overhead_ms
+
 
 @dataclass
 class Profile:
