@@ -101,13 +101,11 @@ class AnalyticLatencyModel:
     request_overhead_ms: float = 0.0  # per request, beyond bytes / B + RTT (profiles.LinkProfile)
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
-        n = len(shape.layer_macs)
-        offloads = shape.cut < n
+        offloads = shape.cut < len(shape.layer_macs)
         return LatencyBreakdown(
             edge_ms=1000.0 * shape.edge_macs / self.edge_macs_per_s,
-            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms + self.request_overhead_ms) if offloads else 0.0,
             cloud_ms=1000.0 * shape.cloud_macs / self.cloud_macs_per_s,
-            return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
+            **_link_terms(self, shape, offloads),
         )
 
     @classmethod
@@ -121,6 +119,35 @@ class AnalyticLatencyModel:
             f"the analytic MAC model (Eq. 5-7): edge {self.edge_macs_per_s / 1e6:g} MMAC/s, cloud {self.cloud_macs_per_s / 1e6:g} MMAC/s, "
             f"link {self.uplink_bytes_per_s / 1e3:g} KB/s up, RTT {self.rtt_ms:g} ms{_per_request(self.request_overhead_ms)}"
         )
+
+
+LINK_FIELDS = ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms", "count_result_return", "request_overhead_ms")
+
+
+def link_fields(model: LatencyModel) -> dict:
+    """The link a latency model prices with, by LINK_FIELDS (None where it has no such term)."""
+    if isinstance(model, FastestRuntime):
+        return model.link
+    return {k: getattr(model, k, None) for k in LINK_FIELDS}
+
+
+class _Link(Protocol):
+    uplink_bytes_per_s: float
+    downlink_bytes_per_s: float
+    rtt_ms: float
+    count_result_return: bool
+    request_overhead_ms: float
+
+
+def _link_terms(link: _Link, shape: PlanShape, offloads: bool) -> dict[str, float]:
+    """The link's share of a plan's latency, the same whoever prices the compute: the cut tensor up
+    (bytes / B + RTT + the per-request overhead), the result down where the model counts it."""
+    if not offloads:
+        return {"transfer_ms": 0.0, "return_ms": 0.0}
+    return {
+        "transfer_ms": transfer_ms(shape.cut_bytes, link.uplink_bytes_per_s, link.rtt_ms + link.request_overhead_ms),
+        "return_ms": transfer_ms(shape.result_bytes, link.downlink_bytes_per_s) if link.count_result_return else 0.0,
+    }
 
 
 def _per_request(ms: float) -> str:
@@ -314,9 +341,8 @@ class TableLatencyModel:
         return LatencyBreakdown(
             edge_ms=self._sum(self.edge_tables, self.edge_name, table_key(model, self.edge_runtime), shape, range(1, shape.cut + 1), ("heads", shape.cut))
             if shape.cut else 0.0,
-            transfer_ms=transfer_ms(shape.cut_bytes, self.uplink_bytes_per_s, self.rtt_ms + self.request_overhead_ms) if offloads else 0.0,
             cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1), ("tails", shape.cut)) if offloads else 0.0,
-            return_ms=transfer_ms(shape.result_bytes, self.downlink_bytes_per_s) if offloads and self.count_result_return else 0.0,
+            **_link_terms(self, shape, offloads),
         )
 
     def describe(self) -> str:
@@ -331,6 +357,16 @@ class FastestRuntime:
     """One latency model per edge runtime; a plan is priced with the runtime that runs its head fastest."""
 
     by_runtime: dict  # runtime name -> LatencyModel
+
+    def __post_init__(self) -> None:
+        links = {tuple(getattr(m, k, None) for k in LINK_FIELDS) for m in self.by_runtime.values()}
+        if len(links) != 1:  # the runtimes differ in the head only: a plan's transfer must not depend on which one runs it
+            raise ValueError(f"the runtimes' latency models price different links: {sorted(links)}")
+
+    @property
+    def link(self) -> dict:
+        """The link every runtime's model prices with (LINK_FIELDS)."""
+        return link_fields(next(iter(self.by_runtime.values())))
 
     def runtime_for(self, model: str, shape: PlanShape) -> str:
         if shape.cut == 0:  # nothing runs on the device

@@ -28,7 +28,7 @@ from cpcdrl_deploy.env import Evaluation, PlanEvaluator
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import accuracy_on
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
-from cpcdrl_deploy.latency import FastestRuntime, LatencyModel, build_latency_model, edge_runtimes
+from cpcdrl_deploy.latency import FastestRuntime, LatencyModel, build_latency_model, edge_runtimes, link_fields
 from cpcdrl_deploy.plan import PLAN_SCHEMA_VERSION
 from cpcdrl_deploy.profiles import LinkProfile, load_profile
 from cpcdrl_deploy.progress import Ticker, no_ticker
@@ -179,13 +179,6 @@ def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> L
     if len(runtimes) == 1:
         return build_latency_model(edge_p, cloud_p, link_p, runtimes[0])
     return FastestRuntime({r: build_latency_model(edge_p, cloud_p, link_p, r) for r in runtimes})
-
-
-def link_record(latency_model: LatencyModel) -> dict:
-    """The link a latency model prices with (for the report's latency-vs-bandwidth plot); every runtime's model shares it."""
-    if isinstance(latency_model, FastestRuntime):
-        latency_model = next(iter(latency_model.by_runtime.values()))
-    return {k: getattr(latency_model, k, None) for k in ("uplink_bytes_per_s", "downlink_bytes_per_s", "rtt_ms", "request_overhead_ms")}
 
 
 def plan_runtime(latency_model: LatencyModel, model: str, shape: PlanShape) -> str:
@@ -344,7 +337,7 @@ def run_methods(
         "max_accuracy_loss": loss,
         "unpruned": {"validation": base_val, "test": base_test},
         "latency_model": session.latency_desc,
-        "link": link_record(evaluator.latency_model),
+        "link": link_fields(evaluator.latency_model),
         # what cut 0 sends (the image, in the wire's encoding): what a split's cut tensor is weighed against
         "input_bytes": plan_shape(analysis, session.groups, 0, [], transfer=req.transfer).cut_bytes,
         "unpruned_channels": [layer.out_channels for layer in analysis.layers],

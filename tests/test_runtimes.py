@@ -17,8 +17,8 @@ from cpcdrl_deploy.analysis import analyze
 from cpcdrl_deploy.data import subset
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild
-from cpcdrl_deploy.latency import FastestRuntime, build_latency_model, edge_runtimes
-from cpcdrl_deploy.optimize import link_record, plan_runtime
+from cpcdrl_deploy.latency import FastestRuntime, build_latency_model, edge_runtimes, link_fields
+from cpcdrl_deploy.optimize import plan_runtime
 from cpcdrl_deploy.plan import load_plan
 from cpcdrl_deploy.profiles import Profile, load_profile, table_key
 from cpcdrl_deploy.pruning import channel_groups, plan_shape
@@ -148,7 +148,11 @@ def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, e
     assert lm.predict("vgg16", shape).edge_ms == pytest.approx(min(each.values()))
     assert plan_runtime(lm, "vgg16", plan_shape(a, channel_groups(m, a), 0, [])) == "onnxruntime"  # nothing on the device at cut 0
     # the run's link, for --report's latency-vs-bandwidth plot: the runtimes' models share it (it used to read as all None)
-    assert link_record(lm) == link_record(lm.by_runtime["onnxruntime"]) and link_record(lm)["uplink_bytes_per_s"] > 0
+    assert link_fields(lm) == link_fields(lm.by_runtime["onnxruntime"]) and link_fields(lm)["uplink_bytes_per_s"] > 0
+    # a transfer priced two ways would make the runtime choice depend on the link: refused
+    other = build_latency_model(edge, cloud, dataclasses.replace(edge.link, rtt_ms=edge.link.rtt_ms + 5.0), "litert")
+    with pytest.raises(ValueError, match="different links"):
+        FastestRuntime({"onnxruntime": lm.by_runtime["onnxruntime"], "litert": other})
     with pytest.raises(CpcdrlError, match="--model mobilenet --runtime litert"):
         build_latency_model(edge, cloud, None, "litert").predict("mobilenet", plan_shape(a, channel_groups(m, a), 2, [1.0, 1.0]))
 
