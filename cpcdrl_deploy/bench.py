@@ -24,9 +24,6 @@ the measured ones.
 from __future__ import annotations
 
 import dataclasses
-import json
-import secrets
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +33,7 @@ import numpy as np
 import torch
 
 from cpcdrl_deploy.data import subset
-from cpcdrl_deploy.deploy import RUNNER, CloudServer, predictions, run_edge_runner, server_address, shape_of, tear_down
+from cpcdrl_deploy.deploy import InterleavedPlan, predictions, run_interleaved, server_address, shape_of
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.export import export_models, rebuild
@@ -111,12 +108,9 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     load_profile(edge_profile), load_profile(cloud_profile)
     dev = connect(req.edge, trust_host_key=req.trust_host_key)
     out = Path(req.out)
-    server: CloudServer | None = None
-    remote_dir = None
-    token = secrets.token_urlsafe(24)
     try:
         bind = server_address(req.edge, req.bind)
-        entries, exports, failed = [], [], {}
+        entries, failed = [], {}
         x_all = None
         for i, (path, plan) in enumerate(zip(req.plans, plans)):
             tick("plans exported", i, len(plans))
@@ -135,8 +129,6 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
                 log(f"{pid} ({path}): {exc}")
                 continue
             entries.append({"id": pid, "path": str(path), "plan": plan, "manifest": m, "want": want})
-            if "tail" in m["files"]:
-                exports.append((pid, out / "exports" / pid))
         tick("plans exported", len(plans), len(plans))
         if x_all is None:
             raise CpcdrlError("no plan could be exported")
@@ -146,34 +138,17 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
         runtimes = {e["manifest"]["runtime"]["head"] for e in entries if e["manifest"]["runtime"]["head"]}
         for rt in sorted(runtimes):
             check_runtime(dev, rt)
-        remote_dir = dev.mkdtemp()
-        dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
-        dev.put(inputs, f"{remote_dir}/inputs.npy")
-        if exports:
-            server = CloudServer([d for _, d in exports], bind, token)
-            log(f"cloud server {server.url}: {len(exports)} tails")
-        served = {pid: f"p{k}" for k, (pid, _) in enumerate(exports)}  # the server names the k-th tail p<k>
         spec = []
         for e in entries:
-            files = e["manifest"]["files"]
-            head = None
-            if "head" in files:
-                head = f"{remote_dir}/{e['id']}_{files['head']['file']}"
-                dev.put(out / "exports" / e["id"] / files["head"]["file"], head)
-            spec.append({"id": e["id"], "head": head, "model": served.get(e["id"]), "output": files["tail"]["outputs"][0]["name"] if "tail" in files else None})
-        spec_file = out / ".bench-plans.json"  # a working file: device paths, gone after the upload
-        spec_file.write_text(json.dumps(spec))
-        dev.put(spec_file, f"{remote_dir}/bench-plans.json")
-        spec_file.unlink()
-        args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
-                f"--out {shlex.quote(remote_dir + '/report.json')}", f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}",
-                f"--block {req.block}", f"--slice-ms {req.slice_ms:g}", f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
-        if server is not None:
-            args.append(f"--url {server.url}")
+            files, folder = e["manifest"]["files"], out / "exports" / e["id"]
+            spec.append(InterleavedPlan(e["id"], folder / files["head"]["file"] if "head" in files else None, folder if "tail" in files else None,
+                                        files["tail"]["outputs"][0]["name"] if "tail" in files else None))
+        args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}", f"--slice-ms {req.slice_ms:g}",
+                f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
-        runner = run_edge_runner(dev, remote_dir, args, token, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0))
+        runner = run_interleaved(dev, bind, spec, inputs, args, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0), log=log, close=False)
     finally:
-        tear_down(dev, server, remote_dir)
+        dev.close()
     failed.update(runner["failed"])
     report = analyse(entries, runner, failed, req, edge_profile, cloud_profile, dev.name)
     report["wall_s"] = time.perf_counter() - t_start

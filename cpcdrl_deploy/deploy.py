@@ -32,6 +32,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -169,6 +170,58 @@ def run_edge_runner(dev: Device, remote_dir: str, args: list[str], token: str, b
     if rc2 != 0:
         raise CpcdrlError(f"no runner report on {dev.name}: {err2.strip()}")
     return json.loads(report_text)
+
+
+@dataclass(frozen=True)
+class InterleavedPlan:
+    """One plan of an interleaved run on the device: its head file (None: all on the cloud), its export's tail folder (None: all on the edge)."""
+
+    id: str
+    head: Path | None
+    tail_dir: Path | None
+    output: str | None  # the tail's output name
+
+
+def run_interleaved(
+    dev: Device, bind: str, plans: Sequence[InterleavedPlan], inputs: Path, runner_args: list[str], budget_s: float,
+    log: Log = lambda s: None, close: bool = True,
+) -> dict:
+    """Serve every tail from one server, upload every head and the runner, run the runner's bench mode; the runner's report.
+
+    What ``bench`` and the request probe share: the device sets up, runs
+    ``edge_runner.run_bench`` (``runner_args``: its timing options) and is
+    cleaned up whatever happens; ``close``: also close the connection.
+    """
+    token = secrets.token_urlsafe(24)
+    server: CloudServer | None = None
+    remote_dir = None
+    try:
+        remote_dir = dev.mkdtemp()
+        dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
+        dev.put(inputs, f"{remote_dir}/inputs.npy")
+        tails = [p for p in plans if p.tail_dir is not None]
+        if tails:
+            server = CloudServer([p.tail_dir for p in tails], bind, token)  # type: ignore[misc]
+            log(f"cloud server {server.url}: {len(tails)} tails")
+        served = {p.id: f"p{k}" for k, p in enumerate(tails)}  # the server names the k-th tail p<k>
+        spec = []
+        for p in plans:
+            head = None
+            if p.head is not None:
+                head = f"{remote_dir}/{p.id}_{p.head.name}"
+                dev.put(p.head, head)
+            spec.append({"id": p.id, "head": head, "model": served.get(p.id), "output": p.output})
+        with tempfile.TemporaryDirectory(prefix="cpcdrl-bench-spec-") as tmp:  # device paths: no place in the results
+            spec_file = Path(tmp) / "bench-plans.json"
+            spec_file.write_text(json.dumps(spec))
+            dev.put(spec_file, f"{remote_dir}/bench-plans.json")
+        args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
+                f"--out {shlex.quote(remote_dir + '/report.json')}", *runner_args]
+        if server is not None:
+            args.append(f"--url {server.url}")
+        return run_edge_runner(dev, remote_dir, args, token, budget_s)
+    finally:
+        tear_down(dev, server, remote_dir, close=close)
 
 
 def tear_down(dev: Device, server: CloudServer | None, remote_dir: str | None, close: bool = True) -> None:

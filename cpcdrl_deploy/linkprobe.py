@@ -19,10 +19,7 @@ intercept - RTT and, with it, the protocol's bandwidth as its uplink.
 
 from __future__ import annotations
 
-import json
 import math
-import secrets
-import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -112,33 +109,18 @@ def measure_request_link(dev, bind: str, rtt_ms: float, seconds: float = 1.5, lo
 
 def time_requests(dev, bind: str, seconds: float = 1.5, log: Log = lambda s: None) -> list[tuple[int, float]]:
     """(bytes sent, median round trip ms) per payload size: the edge runner's bench mode against a server at ``bind``."""
-    from cpcdrl_deploy.deploy import RUNNER, CloudServer, run_edge_runner, tear_down
+    from cpcdrl_deploy.deploy import InterleavedPlan, run_interleaved
     from cpcdrl_deploy.remote import check_runtime
 
     check_runtime(dev, "onnxruntime")  # the probe's heads are ONNX: one line naming the package if it is missing
-    token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="cpcdrl-request-probe-") as tmp:
         root = Path(tmp)
         probes = build_probe_exports(root)
         np.save(root / "inputs.npy", np.random.default_rng(0).standard_normal((8, *IMAGE[1:])).astype(np.float32))
-        server, remote_dir = None, None
-        try:
-            server = CloudServer([d for _, _, d in probes], bind, token)
-            remote_dir = dev.mkdtemp()
-            dev.put(RUNNER, f"{remote_dir}/edge_runner.py")
-            dev.put(root / "inputs.npy", f"{remote_dir}/inputs.npy")
-            spec = []
-            for k, (size, head, _) in enumerate(probes):
-                dev.put(head, f"{remote_dir}/{head.name}")
-                spec.append({"id": f"s{size}", "head": f"{remote_dir}/{head.name}", "model": f"p{k}", "output": "logits"})
-            (root / "plans.json").write_text(json.dumps(spec))
-            dev.put(root / "plans.json", f"{remote_dir}/plans.json")
-            args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--bench {shlex.quote(remote_dir + '/plans.json')}",
-                    f"--out {shlex.quote(remote_dir + '/report.json')}", f"--url {server.url}", f"--seconds {seconds:g}", "--min-rounds 5"]
-            log(f"request probe: {len(spec)} payload sizes to {server.url}, interleaved, {seconds:g} s each")
-            runner = run_edge_runner(dev, remote_dir, args, token, budget_s=120.0 + len(spec) * 8 * seconds)
-        finally:
-            tear_down(dev, server, remote_dir, close=False)  # profile_host owns the connection
+        spec = [InterleavedPlan(f"s{size}", head, folder, "logits") for size, head, folder in probes]
+        log(f"request probe: {len(spec)} payload sizes, interleaved, {seconds:g} s each")
+        runner = run_interleaved(dev, bind, spec, root / "inputs.npy", [f"--seconds {seconds:g}", "--min-rounds 5"],
+                                 budget_s=120.0 + len(spec) * 8 * seconds, close=False)  # profile_host owns the connection
     if runner["failed"]:
         raise CpcdrlError(f"request probe failed: {'; '.join(f'{k}: {v}' for k, v in runner['failed'].items())}")
     points = []
