@@ -45,6 +45,7 @@ class Evaluation:
     shape: PlanShape
     kept_macs_fraction: float
     screened: bool = False  # scored on one chunk only: it could not beat the incumbent
+    unpruned: bool = False  # the unpruned model's own score (every cut shares it; A0 is measured from it)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class PlanEvaluator:
         if hit is not None and (screen or not hit.screened):
             self.timers.cache_hits += 1
             if hit.cut != cut:  # the unpruned model scores the same at every cut
-                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0)
+                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True)
             return hit
         t0 = time.perf_counter()
         store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
@@ -128,7 +129,7 @@ class PlanEvaluator:
         self.timers.screened += int(screened)
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
         kept = sum(shape.layer_macs) / self.analysis.total_macs
-        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened)
+        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened, unpruned=not per_cut)
         self._cache[key] = ev
         return ev
 

@@ -87,11 +87,18 @@ class _Tracker:
     a run interrupted (Ctrl-C) can still hand over the best plan so far.
     """
 
-    def __init__(self, method: str, a0: float, live: list[SearchResult] | None = None, tick: Ticker = no_ticker, total: int | None = None) -> None:
+    def __init__(
+        self, method: str, a0: float, live: list[SearchResult] | None = None, tick: Ticker = no_ticker, total: int | None = None,
+        a0_unpruned: float | None = None,
+    ) -> None:
         self.result = SearchResult(method, None, 0)
         if live is not None:
             live.append(self.result)
         self.a0 = a0
+        # the bar for the unpruned model's own score: A0 without the selection margin. The margin guards
+        # against the luckiest of many noisy pruned estimates; the unpruned score is the one A0 is measured
+        # from, not picked among others, and with the margin a zero-loss target would exclude it too
+        self.a0_unpruned = a0 if a0_unpruned is None else a0_unpruned
         self.seen: set[tuple] = set()
         self.best_at_cut: dict[int, Evaluation] = {}  # the fastest feasible plan scored in full at each cut
         self.tick, self.total = tick, total
@@ -115,12 +122,15 @@ class _Tracker:
         best = self.result.best
         if ev.screened:  # scored on one chunk because it was no faster than the best: it cannot replace it
             return
-        if ev.accuracy >= self.a0:
+        if self.feasible(ev):
             at_cut = self.best_at_cut.get(ev.cut)
             if at_cut is None or ev.latency.total_ms < at_cut.latency.total_ms - 1e-9:
                 self.best_at_cut[ev.cut] = ev
             if best is None or ev.latency.total_ms < best.latency.total_ms - 1e-9:
                 self.result.best = ev
+
+    def feasible(self, ev: Evaluation) -> bool:
+        return ev.accuracy >= (self.a0_unpruned if ev.unpruned else self.a0)
 
     @property
     def incumbent_ms(self) -> float | None:
@@ -187,8 +197,8 @@ def run_rl(
     if fixed_cut is not None:
         cfg = replace(cfg, uniform_start=False, refine_fraction=0.0, margin_se=0.0)
     n_start, n_rl, n_refine = cfg.budget_split()
-    a0 = a0 + selection_margin(a0, len(evaluator.val_y), cfg.margin_se)
-    track = _Tracker(method, a0, evaluator.live, evaluator.tick, cfg.episodes)
+    a0_plain, a0 = a0, a0 + selection_margin(a0, len(evaluator.val_y), cfg.margin_se)
+    track = _Tracker(method, a0, evaluator.live, evaluator.tick, cfg.episodes, a0_unpruned=a0_plain)
     states = CompressionStates(a)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
     warm = min(cfg.warmup_episodes, max(0, n_rl - 1))
@@ -417,7 +427,7 @@ def _refine(
         track.add(ev)
         track.result.rewards.append(reward_of(ev))
         used += 1
-        if not ev.screened and ev.accuracy >= track.a0 and ev.latency.total_ms < cur_ms - 1e-9:
+        if not ev.screened and track.feasible(ev) and ev.latency.total_ms < cur_ms - 1e-9:
             cur = ev
         else:
             steps[key] = 0.0 if key[1] < 0 else step / 2

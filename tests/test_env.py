@@ -128,3 +128,16 @@ def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
     assert ev.price(n - 1, [0.2] * (n - 1))[1].total_ms < best_ms < ev.price(n - 1, [1.0] * (n - 1))[1].total_ms / 1.3
     assert _next_cut(ev, replace(SearchConfig(), other_cut_slack=1.3), track, pool, {n}) is None
     assert _next_cut(ev, replace(SearchConfig(), other_cut_slack=100.0), track, pool, {n}) == n - 1
+
+
+def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
+    """With no accuracy to lose, the unpruned model is the answer: the margin is for noisy pruned estimates, not for it."""
+    from cpcdrl_deploy.search import SearchConfig, run_rl, selection_margin
+
+    ev = _tiny_evaluator()
+    n = ev.analysis.n_layers
+    base = ev.evaluate(n, [1.0] * n)
+    assert base.unpruned and not ev.evaluate(2, [0.5, 0.5]).unpruned
+    assert selection_margin(base.accuracy, len(ev.val_y), SearchConfig().margin_se) > 0  # A0 + margin is above what it scores
+    res = run_rl(ev, base.accuracy, SearchConfig(episodes=8, warmup=4, seed=0))  # --max-accuracy-loss 0
+    assert res.best is not None and res.best.unpruned and res.best.accuracy == base.accuracy
