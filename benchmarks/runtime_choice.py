@@ -56,6 +56,9 @@ def main() -> int:
     sh("optimize", args.model, *extra, "--edge", edge, "--cloud", cloud, "--max-accuracy-loss", args.max_accuracy_loss, "--episodes", args.episodes,
        "--method", "cpcdrl", "--out", str(plan))
     chosen = json.loads(plan.read_text())
+    if not chosen.get("feasible", True) or "cut" not in chosen:
+        print("the optimiser found no plan that meets the accuracy target: no runtime choice to check", file=sys.stderr)
+        return 1
     if chosen["cut"] == 0:
         print("the plan runs nothing on the device (cut 0): no runtime choice to check", file=sys.stderr)
         return 1
