@@ -359,7 +359,7 @@ class FastestRuntime:
     by_runtime: dict  # runtime name -> LatencyModel
 
     def __post_init__(self) -> None:
-        links = {tuple(getattr(m, k, None) for k in LINK_FIELDS) for m in self.by_runtime.values()}
+        links = {tuple(link_fields(m).values()) for m in self.by_runtime.values()}
         if len(links) != 1:  # the runtimes differ in the head only: a plan's transfer must not depend on which one runs it
             raise ValueError(f"the runtimes' latency models price different links: {sorted(links)}")
 
