@@ -2,6 +2,7 @@
 
     python benchmarks/optimize_walltime.py                 # CIFAR VGG16, 300 episodes, CLI defaults
     python benchmarks/optimize_walltime.py --model mobilenet --episodes 30
+    python benchmarks/optimize_walltime.py --compare-scoring 8   # eager vs fastcpu.scoring_copy, side by side
 
 Runs what `cpcdrl optimize vgg16 --method cpcdrl --episodes 300 --max-accuracy-loss 2`
 runs (same defaults: 2,000 validation images, 256 calibration images, all
@@ -20,10 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from cpcdrl_deploy.evaluate import predict
+from cpcdrl_deploy.fastcpu import scoring_copy
 from cpcdrl_deploy.fileio import atomic_write_json, portable_args
 from cpcdrl_deploy.optimize import OptimizeRequest, prepare, run_methods
+from cpcdrl_deploy.pruning import prune
 from cpcdrl_deploy.search import SearchConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -38,12 +43,16 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the figures as JSON here too")
+    ap.add_argument("--compare-scoring", type=int, default=0, metavar="PLANS",
+                    help="instead: time scoring PLANS random pruned plans eagerly and with fastcpu.scoring_copy, interleaved")
     args = ap.parse_args()
     log = lambda s: print(s, file=sys.stderr, flush=True)
     req = OptimizeRequest(
         model=args.model, checkpoint=SHARED / "models" / f"{args.model}-cifar10.pth", data=args.data, max_accuracy_loss=args.loss,
         methods=("cpcdrl",), val_size=args.val_size, search=SearchConfig(episodes=args.episodes, seed=args.seed),
     )
+    if args.compare_scoring:
+        return compare_scoring(req, args.compare_scoring, args.seed, log)
     t0 = time.perf_counter()
     session = prepare(req, log)
     t_prepare = time.perf_counter() - t0
@@ -75,6 +84,33 @@ def main() -> None:
     if args.out:
         plan = {**plan, "checkpoint": os.path.relpath(plan["checkpoint"]), "data": {**plan["data"], "source": os.path.relpath(plan["data"]["source"])}}
         atomic_write_json(Path(args.out), {"args": portable_args(args), "wall_s": wall, "parts_s": parts, "timers": tm, "plan": plan, "report": lines})
+
+
+def compare_scoring(req: OptimizeRequest, n_plans: int, seed: int, log) -> None:
+    """Eager vs scoring copy on one validation chunk of random pruned plans, in alternating order (drift cancels in the ratio)."""
+    session = prepare(req, log)
+    ev = session.evaluator
+    rng = np.random.default_rng(seed)
+    cuts = [c for c in session.analysis.cuttable_points() if c > 0]
+    x = ev.val_x[: ev.chunk]
+    rows = []
+    for i in range(n_plans):
+        cut = int(rng.choice(cuts))
+        net = prune(ev.model, ev.analysis, cut, list(rng.uniform(0.3, 1.0, cut)), ev.calibration, ev.prune_config, ev.groups).model
+        times = {"eager": [], "scoring_copy": []}
+        for rep in range(4):
+            for kind in (("eager", "scoring_copy") if (i + rep) % 2 == 0 else ("scoring_copy", "eager")):
+                t = time.perf_counter()
+                pred = predict(scoring_copy(net) if kind == "scoring_copy" else net, x)  # the copy's cost is part of its time
+                times[kind].append(time.perf_counter() - t)
+                if kind == "eager":
+                    want = pred
+                else:
+                    agree = float((pred == want).float().mean())
+        e, f = float(np.median(times["eager"])), float(np.median(times["scoring_copy"]))
+        rows.append(e / f)
+        print(f"plan {i}: cut {cut:2d}  eager {e:.3f} s  scoring copy {f:.3f} s  ratio {e / f:.2f}  predictions agree {100 * agree:.1f} %", flush=True)
+    print(f"median ratio over {n_plans} plans: {np.median(rows):.2f} (min {min(rows):.2f}, max {max(rows):.2f}); {len(x)} images, {req.model}")
 
 
 if __name__ == "__main__":

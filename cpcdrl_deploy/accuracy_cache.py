@@ -36,8 +36,9 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_bytes
 
 # bump when pruning, the refit or the accuracy measurement changes what a plan scores
-# (2: the refit solved in its dual form where that is smaller; float rounding differs)
-ALGO_VERSION = 2
+# (2: the refit solved in its dual form where that is smaller; float rounding differs;
+# 3: scored with batch norm folded into the convolutions, fastcpu.py: rounding differs again)
+ALGO_VERSION = 3
 SCHEMA_VERSION = 1
 
 

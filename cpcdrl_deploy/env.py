@@ -26,6 +26,7 @@ import torch
 from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore
 from cpcdrl_deploy.analysis import ModelAnalysis
 from cpcdrl_deploy.evaluate import predict
+from cpcdrl_deploy.fastcpu import scoring_copy
 from cpcdrl_deploy.latency import LatencyBreakdown, LatencyModel
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
@@ -111,7 +112,7 @@ class PlanEvaluator:
             net = self.model
             if pruned_any:
                 net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
-            net = self.on_wire(net, cut)
+            net = self.on_wire(scoring_copy(net), cut)
             t1 = time.perf_counter()
             acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net)
             t2 = time.perf_counter()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cpcdrl_deploy.data import ImageSet
+from cpcdrl_deploy.fastcpu import scoring_copy
 from cpcdrl_deploy.pruning import device_of
 
 # small batches keep a layer's activations in cache: 64 ran VGG16 20 % and MobileNet
@@ -39,6 +40,7 @@ def accuracy_on(
     progress: Callable[[int, int], None] | None = None,
 ) -> float:
     """Accuracy (%) over ``indices`` of ``split``, decoding images chunk by chunk to bound memory."""
+    model = scoring_copy(model)
     correct = 0
     for start in range(0, len(indices), chunk):
         x, y = split.tensors(indices[start : start + chunk])
