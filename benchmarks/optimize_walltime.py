@@ -77,9 +77,6 @@ def main() -> None:
         f"wall time: {wall:.0f} s ({wall / 60:.1f} min; goal <= 10 min); search alone {search_s:.0f} s",
         f"plans scored: {tm['evaluations']} (cache hits {tm['cache_hits']}; stopped early: {tm['early_stops']} infeasible, {tm['screened']} screened)",
     ]
-    pc = session.evaluator.prefix
-    if pc is not None:
-        lines.append(f"shared unit prefixes (prefix.py): {pc.hits} hits, {pc.misses} misses; {len(pc)} entries, {pc.bytes / 2**20:.0f} MiB held at the end")
     lines += [f"  {k:<48} {v:7.1f} s  {100 * v / wall:5.1f} %" for k, v in parts.items()]
     best = plan.get("latency_ms", {}).get("total_ms")
     lines.append(f"best plan: cut {plan.get('cut')}, {best if best is None else round(best, 2)} ms, test {plan['accuracy'].get('test')}")

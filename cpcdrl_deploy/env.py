@@ -25,12 +25,11 @@ import torch
 
 from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore
 from cpcdrl_deploy.analysis import ModelAnalysis
-from cpcdrl_deploy.evaluate import BATCH, predict
-from cpcdrl_deploy.fastcpu import dense, run_unit, scoring_copy
+from cpcdrl_deploy.evaluate import predict
+from cpcdrl_deploy.fastcpu import scoring_copy
 from cpcdrl_deploy.latency import LatencyBreakdown, LatencyModel
-from cpcdrl_deploy.prefix import PrefixCache, prefix_keys
 from cpcdrl_deploy.progress import Ticker, no_ticker
-from cpcdrl_deploy.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, device_of, plan_shape, prune
+from cpcdrl_deploy.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
 from cpcdrl_deploy.wire import WireModel, lossy_at
 from cpcdrl_deploy.zoo import UnitModel
 
@@ -84,8 +83,6 @@ class PlanEvaluator:
     store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
     tick: Ticker = no_ticker  # progress of the running search (progress.py): each method's proposals
     transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py): priced, and simulated when scoring
-    # activations after the leading units that plans share (prefix.py): the refit and the scoring start after them
-    prefix: PrefixCache | None = field(default_factory=PrefixCache)
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
 
     def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:
@@ -114,10 +111,10 @@ class PlanEvaluator:
         if acc is None:  # not in the persistent cache, or not far enough: prune and score
             net = self.model
             if pruned_any:
-                net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups, self.prefix).model
+                net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
             net = self.on_wire(scoring_copy(net), cut)
             t1 = time.perf_counter()
-            acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net, out_keep=shape.out_keep)
+            acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net)
             t2 = time.perf_counter()
             if self.store is not None:
                 self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes)))
@@ -137,41 +134,13 @@ class PlanEvaluator:
         self._cache[key] = ev
         return ev
 
-    def _predict_chunk(self, net: torch.nn.Module, i: int, out_keep: tuple[float, ...]) -> torch.Tensor:
-        """Predictions for validation chunk ``i``, starting after the longest cached prefix of units (prefix.py).
-
-        The same batches of ``BATCH`` images go through the same units as in
-        ``predict``, so the predictions are the ones ``predict`` gives.
-        """
-        x = self.val_x[i * self.chunk : (i + 1) * self.chunk]
-        if self.prefix is None or not isinstance(net, UnitModel):  # behind a lossy wire (WireModel): scored whole
-            return predict(net, x)
-        units = net.units()
-        keys = prefix_keys(self.analysis, len(units), out_keep)
-        first, xs = 0, None
-        for b in range(len(units) - 1, 0, -1):
-            xs = self.prefix.get(("validation", i, keys[b]))
-            if xs is not None:
-                first = b
-                break
-        dev = device_of(net)
-        if xs is None:
-            xs = [x[j : j + BATCH].to(dev) for j in range(0, len(x), BATCH)]
-        net.eval()
-        with torch.no_grad():
-            for u in range(first, len(units)):
-                xs = [run_unit(units[u], b) for b in xs]
-                if u + 1 < len(units):
-                    self.prefix.put(("validation", i, keys[u + 1]), xs)
-        return torch.cat([dense(y).argmax(1).cpu() for y in xs])
-
     def on_wire(self, net: torch.nn.Module, cut: int) -> torch.nn.Module:
         """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""
         if not lossy_at(cut, self.analysis.n_layers, self.transfer):
             return net
         return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
-    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, out_keep: tuple[float, ...] = ()) -> tuple:
+    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None) -> tuple:
         """Score chunk by chunk under the stopping rules, taking each chunk's count from ``stored`` where it has one.
 
         Without ``net``, returns (None, ...) as soon as a chunk is needed that
@@ -187,7 +156,7 @@ class PlanEvaluator:
             elif net is None:
                 return None, 0, [], []
             else:
-                c = int((self._predict_chunk(net, i, out_keep) == y).sum())
+                c = int((predict(net, self.val_x[start : start + self.chunk]) == y).sum())
             counts.append(c)
             sizes.append(len(y))
             correct += c

@@ -123,16 +123,9 @@ class _LayoutRunner(UnitModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.net.units():
-            x = run_unit(unit, x)
-        return dense(x)
-
-
-def run_unit(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``unit(x)``, with ``x`` moved into oneDNN's layout if the unit accepts it and out of it if not."""
-    if _layout_safe(unit):
-        return unit(x if x.is_mkldnn else x.to_mkldnn())
-    return unit(dense(x))
-
-
-def dense(x: torch.Tensor) -> torch.Tensor:
-    return x.to_dense() if x.is_mkldnn else x
+            if _layout_safe(unit):
+                x = x if x.is_mkldnn else x.to_mkldnn()
+            elif x.is_mkldnn:
+                x = x.to_dense()
+            x = unit(x)
+        return x.to_dense() if x.is_mkldnn else x

@@ -29,7 +29,6 @@ from torch import nn
 
 from cpcdrl_deploy.analysis import ModelAnalysis
 from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.prefix import PrefixCache, nbytes, prefix_keys
 from cpcdrl_deploy.wire import wire_bytes
 from cpcdrl_deploy.zoo import UnitModel
 
@@ -197,14 +196,12 @@ def prune(
     calibration: Calibration | None = None,
     config: PruneConfig | None = None,
     groups: list[ChannelGroup] | None = None,
-    prefix: PrefixCache | None = None,
 ) -> PruneResult:
     """A pruned copy of ``model``: layers 1..cut keep ``ratios`` of their output channels.
 
     ``ratios[t-1]`` applies to L_t when L_t leads a channel group that can be pruned
     at this cut; other entries are ignored (see the module docstring). The input
-    model is not modified. With ``prefix``, the refit starts after the longest
-    run of leading units an earlier plan shared (prefix.py); the result is the same.
+    model is not modified.
     """
     cfg = config or PruneConfig()
     if not 0 <= cut <= analysis.n_layers:
@@ -258,8 +255,7 @@ def prune(
     consumers = sorted({c for g, _ in plans for c in g.consumers})
     if consumers and cfg.refit:
         assert calibration is not None
-        fractions = [o / layer.out_channels for o, layer in zip(out_channels, analysis.layers)]
-        errors = _refit(model, pruned, analysis, consumers, kept_idx, calibration, cfg, prefix, fractions)
+        errors = _refit(model, pruned, analysis, consumers, kept_idx, calibration, cfg)
         refitted = [analysis.layers[c - 1].name for c in consumers]
     return PruneResult(pruned, cut, effective, out_channels, refitted, errors)
 
@@ -276,16 +272,11 @@ def _refit(
     kept_idx: dict[int, list[int]],
     calib: Calibration,
     cfg: PruneConfig,
-    prefix: PrefixCache | None = None,
-    out_keep: Sequence[float] = (),
 ) -> dict[str, tuple[float, float]]:
     """Refit consumer layers one after another, each on the pruned network's actual inputs.
 
     Going unit by unit, the pruned network's activations at a consumer already
     include every earlier refit, so errors do not compound (He et al., 2017).
-    With ``prefix``, the activations after each unit and the weights refitted
-    so far are kept under the unit prefix's key, and a plan that shares a
-    prefix with an earlier one copies those weights and starts after it.
     """
     names = [analysis.layers[c - 1].name for c in consumers]
     calib.prepare(original, names)
@@ -293,28 +284,10 @@ def _refit(
     by_unit: dict[int, list[int]] = {}
     for c in consumers:
         by_unit.setdefault(analysis.layers[c - 1].unit, []).append(c)
-    last = max(by_unit)
-    units = pruned.units()
-    keys = prefix_keys(analysis, len(units), out_keep) if prefix is not None else []
     errors: dict[str, tuple[float, float]] = {}
-    fitted: dict[str, tuple[torch.Tensor, torch.Tensor | None, tuple[float, float]]] = {}  # name -> (weight, bias, errors)
     x = calib.images.to(device_of(pruned))
-    start = 0
-    for b in range(last, 0, -1) if prefix is not None else ():
-        hit = prefix.get(("calibration", keys[b]))  # type: ignore[union-attr]
-        if hit is not None:
-            x, fitted = hit  # type: ignore[misc]
-            fitted = dict(fitted)
-            start = b
-            break
     with torch.no_grad():
-        for name, (w, bias, err) in fitted.items():  # the shared prefix's consumers, as an earlier plan refitted them
-            pmods[name].weight.copy_(w)
-            if bias is not None:
-                pmods[name].bias.copy_(bias)
-            errors[name] = err
-        for u in range(start, last + 1):
-            unit = units[u]
+        for u, unit in enumerate(pruned.units()):
             for c in by_unit.get(u, []):
                 name = analysis.layers[c - 1].name
                 mod = pmods[name]
@@ -332,13 +305,10 @@ def _refit(
                 finally:
                     h.remove()
                 errors[name] = _solve_layer(mod, captured[0], calib.target(name), calib.positions(name), kept_idx.get(c), cfg.ridge)
-                if prefix is not None:
-                    fitted[name] = (mod.weight.detach().clone(), mod.bias.detach().clone() if mod.bias is not None else None, errors[name])
-            if u < last:
+            if u < max(by_unit):
                 x = unit(x)
-                if prefix is not None:  # the weights refitted in earlier units are shared with (and counted in) earlier entries
-                    new = [fitted[analysis.layers[c - 1].name][:2] for c in by_unit.get(u, [])]
-                    prefix.put(("calibration", keys[u + 1]), (x, dict(fitted)), size=nbytes(x) + nbytes(new))
+            else:
+                break
     return errors
 
 
