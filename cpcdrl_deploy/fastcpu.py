@@ -18,7 +18,7 @@ layout through runs of units built only of operations that accept it
 (convolution, ReLU, pooling). Everything else sees ordinary tensors. The
 arithmetic is the same up to float rounding (folding reassociates the
 batch norm): ``tests/test_fastcpu.py`` checks logits and predictions against
-the eager model for every zoo architecture. Speed-ups are measured by
+the eager model for the CIFAR zoo models and a pruned one. Speed-ups are measured by
 ``benchmarks/optimize_walltime.py --compare-scoring``.
 """
 
@@ -99,8 +99,8 @@ def _fast_sequential(m: nn.Module) -> bool:
     """A Sequential of convolutions, batch norms and layout-safe ops: its convolutions are packed.
 
     Only there: a packed convolution between ops that need ordinary tensors
-    pays two layout conversions per call, and on CIFAR MobileNet's blocks
-    that made scoring 1.15x slower than eager.
+    pays two layout conversions per call, which made CIFAR MobileNet's
+    scoring slower than eager when it was tried.
     """
     kids = list(m.children()) if isinstance(m, nn.Sequential) else []
     return any(_packable(k) for k in kids) and all(_packable(k) or type(k) is nn.BatchNorm2d or isinstance(k, _LAYOUT_SAFE) for k in kids)
@@ -117,13 +117,15 @@ class _LayoutRunner(UnitModel):
     def __init__(self, net: UnitModel) -> None:
         super().__init__()
         self.net = net
+        # the copy never changes: decide each unit's layout once, not at every batch
+        self._steps = [(unit, _layout_safe(unit)) for unit in net.units()]
 
     def units(self):  # type: ignore[override]
         return self.net.units()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for unit in self.net.units():
-            if _layout_safe(unit):
+        for unit, safe in self._steps:
+            if safe:
                 x = x if x.is_mkldnn else x.to_mkldnn()
             elif x.is_mkldnn:
                 x = x.to_dense()
