@@ -402,6 +402,8 @@ def profile_cmd(
     request_probe: Annotated[bool, typer.Option("--request-probe/--no-request-probe", help="also time real KServe v2 requests from the device to a "
                                                 "server here: the link's per-request overhead (needs --bind unless the host is a testbed)")] = True,
     bind: Annotated[str | None, typer.Option("--bind", help="this host's address the device reaches, for the request probe")] = None,
+    cold_gap_ms: Annotated[float, typer.Option("--cold-gap-ms", min=0, help="also time each whole head and tail after this much idle, "
+                                              "as a served request finds it (0: do not)")] = 20.0,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -430,7 +432,8 @@ def profile_cmd(
     try:
         with _progress(fmt) as tick:
             prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick,
-                               runtime=[r.value for r in runtime] or ["onnxruntime"], request_probe_at=probe_at)
+                               runtime=[r.value for r in runtime] or ["onnxruntime"], request_probe_at=probe_at,
+                               cold_gap_ms=cold_gap_ms)
     finally:
         dev.close()
     if fmt is Format.json:

@@ -99,6 +99,10 @@ class AnalyticLatencyModel:
     rtt_ms: float = 0.0
     count_result_return: bool = False
     request_overhead_ms: float = 0.0  # per request, beyond bytes / B + RTT (profiles.LinkProfile)
+    # anchor to the whole models as a served request finds them (their "cold_median_ms": timed after
+    # idle) where the side waits for the rest of the request: the cloud always, the edge when the plan
+    # offloads; an all-on-edge plan runs back to back. Profiles without those timings: unchanged
+    cold: bool = True
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         offloads = shape.cut < len(shape.layer_macs)
@@ -231,6 +235,7 @@ def anchored(table_ms: float, points: list[tuple[float, float]]) -> float:
     return y0 + (y1 - y0) * (table_ms - x0) / (x1 - x0) if x1 > x0 else y0
 
 
+COLD_STAT = "cold_median_ms"  # a whole model's median run after idle (profiling.COLD_GAP_MS), as a served request
 BLOCKED_KINDS = ("conv", "dwconv")  # ONNX Runtime's blocked (NCHWc) layout covers convolutions, not the classifier
 
 
@@ -269,7 +274,9 @@ class TableLatencyModel:
     model's (``whole_timings``). Profiles without head/tail timings, and
     ``anchor=False`` (what ``compare`` checks), use the plain sums. Where the
     profile measured the host's ``channel_block``, a convolution's kept
-    channels are priced as whole blocks (``blocked_keep``).
+    channels are priced as whole blocks (``blocked_keep``). Where the profile
+    timed the whole models after idle too (``cold``), a side that waits for
+    the rest of each request is anchored to those timings.
     """
 
     edge_tables: dict  # model -> {"layers": [{"index", "points"}], "run_overhead_ms", "heads", "tails"}
@@ -287,14 +294,26 @@ class TableLatencyModel:
     anchor: bool = True
     edge_runtime: str = "onnxruntime"  # whose edge tables (profiles.table_key): the head's runtime on the device
     request_overhead_ms: float = 0.0  # per request, beyond bytes / B + RTT (profiles.LinkProfile)
+    # anchor to the whole models as a served request finds them (their "cold_median_ms": timed after
+    # idle) where the side waits for the rest of the request: the cloud always, the edge when the plan
+    # offloads; an all-on-edge plan runs back to back. Profiles without those timings: unchanged
+    cold: bool = True
     # (side, model, cut) -> the whole models' (table sum, measured) points; per instance, so that
     # dataclasses.replace (another stat, other tables) starts empty
     _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _sum(self, tables: dict, host: str, model: str, shape: PlanShape, layers: range, whole: tuple[str, int] | None = None) -> float:
+    def _whole_stat(self, t: dict, side: str, cold: bool) -> str:
+        """The statistic of the whole timings to anchor to: the as-served one where wanted and every whole model has it."""
+        whole = t.get(side, []) + (t.get("pruned_heads", []) if side == "heads" else [])
+        return COLD_STAT if cold and self.cold and whole and all(w.get(COLD_STAT) for w in whole) else self.stat
+
+    def _sum(
+        self, tables: dict, host: str, model: str, shape: PlanShape, layers: range, whole: tuple[str, int] | None = None, cold: bool = False,
+    ) -> float:
         """Sum of the layers' times, each less its run overhead, plus the fixed part of that overhead once.
 
-        ``whole``: ("heads", cut) or ("tails", cut), the whole-model timing to anchor the sum to.
+        ``whole``: ("heads", cut) or ("tails", cut), the whole-model timing to anchor the sum to;
+        ``cold``: this side idles between requests (``TableLatencyModel.cold``).
         """
         if model not in tables:
             name, _, runtime = model.partition("@")
@@ -320,11 +339,12 @@ class TableLatencyModel:
         plan = ov + sum(alone(i, shape.in_keep[i - 1], shape.out_keep[i - 1]) for i in layers)
         if not (self.anchor and whole):
             return plan
-        key = (whole[0], model, whole[1])
+        whole_stat = self._whole_stat(t, whole[0], cold)
+        key = (whole[0], model, whole[1], whole_stat)
         if key not in self._anchor_points:  # they depend on the tables and the cut, not on the plan: once each
             # (table sum, measured) of every whole model timed at this cut: the unpruned one, and on the
             # edge side the same head pruned uniformly to each grid keep (newer profiles); none untimed
-            timed = whole_timings(t, whole[0], self.stat)
+            timed = whole_timings(t, whole[0], whole_stat)
             points = []
             if timed.get((whole[1], 1.0)):
                 points.append((ov + sum(alone(i, 1.0, 1.0) for i in layers), timed[(whole[1], 1.0)]))
@@ -339,14 +359,18 @@ class TableLatencyModel:
         n = len(shape.layer_macs)
         offloads = shape.cut < n
         return LatencyBreakdown(
-            edge_ms=self._sum(self.edge_tables, self.edge_name, table_key(model, self.edge_runtime), shape, range(1, shape.cut + 1), ("heads", shape.cut))
+            edge_ms=self._sum(self.edge_tables, self.edge_name, table_key(model, self.edge_runtime), shape, range(1, shape.cut + 1), ("heads", shape.cut),
+                              cold=offloads)
             if shape.cut else 0.0,
-            cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1), ("tails", shape.cut)) if offloads else 0.0,
+            cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1), ("tails", shape.cut), cold=True)
+            if offloads else 0.0,
             **_link_terms(self, shape, offloads),
         )
 
     def describe(self) -> str:
-        kind = ("per-run medians" if self.stat == "median_ms" else "sustained means") + (", anchored to whole heads/tails" if self.anchor else ", plain sums")
+        served = self.cold and any(COLD_STAT in w for tab in (*self.edge_tables.values(), *self.cloud_tables.values()) for w in tab.get("tails", []) + tab.get("heads", []))
+        kind = ("per-run medians" if self.stat == "median_ms" else "sustained means") + (
+            (", anchored to whole heads/tails" + (" as served (timed after idle)" if served else "")) if self.anchor else ", plain sums")
         rt = f" ({self.edge_runtime})" if self.edge_runtime != "onnxruntime" else ""
         link = f"B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms{_per_request(self.request_overhead_ms)}"
         return f"measured tables ({kind}): edge {self.edge_name}{rt}, cloud {self.cloud_name}, {link}"

@@ -227,6 +227,8 @@ OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead:
 BLOCK_PROBE_CHANNELS = (32, 33, 48, 49, 56, 57, 60, 61, 64)  # 64 - b and 65 - b for b = 32, 16, 8, 4, and 64
 BLOCK_PROBE_PASSES = 3
 STATS = ("ms", "median_ms", "p10_ms", "p90_ms")  # the statistics a table entry holds ("ms": the sustained mean)
+COLD_GAP_MS = 20.0  # idle before each "as served" run of a whole head or tail (ort_profiler.cold_runs)
+WHOLE_KINDS = ("head", "pruned_head", "tail")  # the whole models the latency model anchors to
 
 
 def channel_block(ms_by_channels: dict[int, float]) -> int:
@@ -292,6 +294,7 @@ def profile_host(
     tick: Ticker = no_ticker,
     runtime: str | Sequence[str] = "onnxruntime",
     request_probe_at: str | None = None,
+    cold_gap_ms: float = COLD_GAP_MS,
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
@@ -318,6 +321,9 @@ def profile_host(
     (linkprobe.py), which sets its per-request overhead and uplink rate. A
     probe that fails is logged and the SSH figures stay: the tables are the
     expensive part and are kept either way.
+
+    ``cold_gap_ms``: each whole head and tail is also timed as a served
+    request finds it, after that much idle (``cold_median_ms``; 0: not).
     """
     import tempfile
 
@@ -339,7 +345,7 @@ def profile_host(
         if rc != 0:
             raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
         facts = json.loads(facts_out.strip().splitlines()[-1])
-        facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds, round_window_ms=window_ms)
+        facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds, round_window_ms=window_ms, cold_gap_ms=cold_gap_ms)
         tb = load_state(dev.name) if dev.name != "local" else None
         if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
             facts["testbed"] = {
@@ -366,7 +372,10 @@ def profile_host(
                     for j in chunk:
                         dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
                     job_file = Path(tmp) / "job.json"
-                    job_file.write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in chunk]))
+                    job_file.write_text(json.dumps([
+                        {k: j[k] for k in ("id", "file", "input_shape")} | ({"cold_gap_ms": cold_gap_ms} if cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
+                        for j in chunk
+                    ]))
                     dev.put(job_file, f"{remote}/job.json")
                     opts = f"--threads {threads} --warmup {warmup} --repeats {repeats} --rounds {rounds} --min-time-ms {round(window_ms * rounds)}"
                     cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} time {shlex.quote(remote + '/job.json')} {opts}"
@@ -442,6 +451,8 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         stats = {"ms": r["mean_ms"], **{k: r[k] for k in STATS[1:]}}
         if "round_means_ms" in r:  # every pass's mean, for a reader asking how much the host wandered
             stats["round_means_ms"] = r["round_means_ms"]
+        if "cold_median_ms" in r:  # whole models: the median run after cold_gap_ms of idle, as a served request
+            stats.update(cold_median_ms=r["cold_median_ms"], cold_gap_ms=r["cold_gap_ms"])
         if j["kind"] == "layer":
             layers.setdefault(j["layer"], []).append({"in_keep": j["in_keep"], "out_keep": j["out_keep"], "io_bytes": j["io_bytes"], **stats})
         elif j["kind"] == "overhead":

@@ -9,7 +9,8 @@ uploads this file and the models into a temporary directory, runs
     python3 ort_profiler.py time JOB.json --threads 1 --warmup 5 --repeats 20
 
 and reads one JSON object per line from stdout. Each job is
-``{"id", "file", "input_shape"}``; ``file`` may be gzip-compressed (``.gz``):
+``{"id", "file", "input_shape"}`` and optionally ``"cold_gap_ms"`` (see
+``cold_runs``); ``file`` may be gzip-compressed (``.gz``):
 the models carry constant weights, which latency does not depend on and which
 compress to almost nothing over a slow link.
 """
@@ -170,6 +171,30 @@ def time_session(sess, shape: list[int], warmup: int, repeats: int, min_time_s: 
     return {"mean_ms": mean, "median_ms": q(0.5), "p10_ms": q(0.1), "p90_ms": q(0.9), "min_ms": ts[0], "repeats": len(ts)}
 
 
+COLD_RUNS_PER_ROUND = 6
+
+
+def cold_runs(sess, shape: list[int], gap_ms: float, n: int) -> list[float]:
+    """``n`` runs, each alone after ``gap_ms`` of sleep: how a served request finds the model.
+
+    A request's model runs after the device (or server) sat idle while the
+    rest of the request crossed the link, not right after its own last run as
+    the back-to-back timing has it, and such a run is slower (measured in
+    benchmarks/results/cold_runs.json).
+    """
+    import numpy as np
+
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out = []
+    for _ in range(n):
+        time.sleep(gap_ms / 1000.0)
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
 def time_jobs(jobs: list[dict], base: str, threads: int, warmup: int, repeats: int, min_time_s: float, rounds: int) -> list[dict]:
     """Time every job ``rounds`` times, one pass over all jobs per round; report each job's middle rounds.
 
@@ -185,13 +210,27 @@ def time_jobs(jobs: list[dict], base: str, threads: int, warmup: int, repeats: i
     median window on that VM (the deployed requests 60-90 % above the
     profile on the emulated Pi). Every round's mean is kept in
     ``round_means_ms``.
+
+    A job with ``cold_gap_ms`` is also run ``COLD_RUNS_PER_ROUND`` times per
+    round after that much idle (``cold_runs``), in the same rounds, so the
+    two timings see the same spells: ``cold_median_ms`` is their median.
     """
     sessions = [load_session(os.path.join(base, j["file"]), threads) for j in jobs]
     runs: list[list[dict]] = [[] for _ in jobs]
+    cold: list[list[float]] = [[] for _ in jobs]
     for r in range(rounds):
         for i, (job, sess) in enumerate(zip(jobs, sessions)):
             runs[i].append(time_session(sess, job["input_shape"], warmup if r == 0 else 1, max(1, repeats // rounds), min_time_s / rounds))
-    return [{"id": j["id"], **middle_round(rs), "round_means_ms": [x["mean_ms"] for x in rs]} for j, rs in zip(jobs, runs)]
+            if job.get("cold_gap_ms"):
+                cold[i] += cold_runs(sess, job["input_shape"], float(job["cold_gap_ms"]), COLD_RUNS_PER_ROUND)
+    out = []
+    for j, rs, cs in zip(jobs, runs, cold):
+        res = {"id": j["id"], **middle_round(rs), "round_means_ms": [x["mean_ms"] for x in rs]}
+        if cs:
+            cs.sort()
+            res.update(cold_median_ms=(cs[(len(cs) - 1) // 2] + cs[len(cs) // 2]) / 2, cold_gap_ms=float(j["cold_gap_ms"]), cold_runs=len(cs))
+        out.append(res)
+    return out
 
 
 def middle_round(results: list[dict]) -> dict:

@@ -249,3 +249,29 @@ def test_whole_timings_are_bounded_by_every_larger_model() -> None:
     tl = whole_timings(t, "tails")
     assert tl == {(0, 1.0): 6.0, (1, 1.0): 6.0, (2, 1.0): 3.0}  # the tail at cut 1 is part of the one at cut 0
     assert whole_timings({}, "heads") == {}
+
+
+def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None:
+    # whole models timed back to back (ms) and after idle (cold_median_ms): the cloud always waits for the
+    # request, the edge only when the plan offloads; an all-on-edge plan runs back to back
+    import dataclasses
+
+    from cpcdrl_deploy.latency import TableLatencyModel
+
+    a, groups = vgg
+    n = a.n_layers
+    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, n + 1)]
+    heads = [{"cut": 4, "ms": 5.0, "cold_median_ms": 6.0}, {"cut": n, "ms": 20.0, "cold_median_ms": 30.0}]
+    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.0, "heads": heads, "tails": [{"cut": 4, "ms": 8.0, "cold_median_ms": 12.0}]}}
+    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    split = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
+    assert split.edge_ms == pytest.approx(6.0) and split.cloud_ms == pytest.approx(12.0)
+    assert lm.predict("vgg16", plan_shape(a, groups, n, [1.0] * n)).edge_ms == pytest.approx(20.0)  # all on the edge: back to back
+    warm = dataclasses.replace(lm, cold=False)
+    assert warm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).cloud_ms == pytest.approx(8.0)
+    assert "as served" in lm.describe() and "as served" not in warm.describe()
+    # pruned plans are placed by the same anchors, as served: 6.0 x (tables 2 / 4)
+    assert lm.predict("vgg16", plan_shape(a, groups, 4, [0.5] * 4, round_to=1)).edge_ms == pytest.approx(3.0)
+    # one whole model without the as-served timing (an older, resumed profile): that side keeps the back-to-back ones
+    old = {"vgg16": {**tables["vgg16"], "heads": [heads[0], {"cut": n, "ms": 20.0}]}}
+    assert TableLatencyModel(old, old, 2e5, 2e5).predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(5.0)

@@ -99,3 +99,36 @@ def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
     assert res["id"] == "relu" and len(res["round_means_ms"]) == 4
     ranked = sorted(res["round_means_ms"])
     assert res["mean_ms"] == pytest.approx((ranked[1] + ranked[2]) / 2)
+
+
+def test_time_jobs_times_whole_models_after_idle_when_asked(tmp_path, monkeypatch) -> None:
+    # a job with cold_gap_ms also gets COLD_RUNS_PER_ROUND runs per round, each after that much sleep
+    import torch.nn as nn
+
+    from cpcdrl_deploy.profiling import _export
+    from profilers import ort_profiler
+
+    sleeps: list[float] = []
+    real_sleep = ort_profiler.time.sleep
+    monkeypatch.setattr(ort_profiler.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
+    jobs = [{"id": "warm", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]},
+            {"id": "cold", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4], "cold_gap_ms": 3.0}]
+    warm, cold = ort_profiler.time_jobs(jobs, str(tmp_path), 1, 1, 8, 0.02, rounds=3)
+    assert "cold_median_ms" not in warm
+    assert cold["cold_runs"] == 3 * ort_profiler.COLD_RUNS_PER_ROUND and cold["cold_gap_ms"] == 3.0 and cold["cold_median_ms"] > 0
+    assert sleeps == [0.003] * cold["cold_runs"]
+
+
+def test_table_keeps_the_as_served_timing_of_whole_models() -> None:
+    from cpcdrl_deploy.analysis import analyze
+    from cpcdrl_deploy.profiling import _table
+    from cpcdrl_deploy.zoo import build_model
+
+    a = analyze(build_model("tinyvgg"), 32, "tinyvgg")
+    stats = {"mean_ms": 1.0, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1}
+    jobs = [{"id": "head2", "kind": "head", "cut": 2}, {"id": "tail2", "kind": "tail", "cut": 2}]
+    done = {"head2": {**stats, "cold_median_ms": 1.4, "cold_gap_ms": 20.0}, "tail2": stats}
+    t = _table(jobs, done, a, (1.0,), 1)
+    assert t["heads"][0]["cold_median_ms"] == 1.4 and t["heads"][0]["cold_gap_ms"] == 20.0
+    assert "cold_median_ms" not in t["tails"][0]
