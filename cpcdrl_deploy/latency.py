@@ -368,7 +368,8 @@ class TableLatencyModel:
         )
 
     def describe(self) -> str:
-        served = self.cold and any(COLD_STAT in w for tab in (*self.edge_tables.values(), *self.cloud_tables.values()) for w in tab.get("tails", []) + tab.get("heads", []))
+        tabs = (*self.edge_tables.values(), *self.cloud_tables.values())
+        served = self.cold and any(COLD_STAT in w for tab in tabs for w in tab.get("tails", []) + tab.get("heads", []))
         kind = ("per-run medians" if self.stat == "median_ms" else "sustained means") + (
             (", anchored to whole heads/tails" + (" as served (timed after idle)" if served else "")) if self.anchor else ", plain sums")
         rt = f" ({self.edge_runtime})" if self.edge_runtime != "onnxruntime" else ""
