@@ -256,6 +256,16 @@ def blocked_keep(keep: float, channels: int, block: int) -> float:
     return min(channels, math.ceil(kept / block) * block) / channels
 
 
+def misaligned_factor(row: dict, overhead_ms: float, stat: str = "ms") -> float:
+    """How much slower a layer's table row says it runs off the fast channel layout: its ``misaligned``
+    timing (one channel fewer than it has) over its unpruned one, each less the run overhead; at least 1."""
+    full = next((p for p in row["points"] if p["in_keep"] == 1.0 and p["out_keep"] == 1.0), None)
+    mis = row.get("misaligned")
+    if full is None or not mis or full[stat] <= overhead_ms:
+        return 1.0
+    return max(1.0, (mis[stat] - overhead_ms) / (full[stat] - overhead_ms))
+
+
 @dataclass(frozen=True)
 class TableLatencyModel:
     """Latency from per-layer tables measured on each host (``cpcdrl profile``).
@@ -274,7 +284,10 @@ class TableLatencyModel:
     model's (``whole_timings``). Profiles without head/tail timings, and
     ``anchor=False`` (what ``compare`` checks), use the plain sums. Where the
     profile measured the host's ``channel_block``, a convolution's kept
-    channels are priced as whole blocks (``blocked_keep``). Where the profile
+    channels are priced as whole blocks (``blocked_keep``), and a depthwise
+    conv whose channel count is not a multiple of the host's measured
+    ``dw_alignment`` at its own measured slowdown (``misaligned_factor``).
+    Where the profile
     timed the whole models after idle too (``cold``), a side that waits for
     the rest of each request is anchored to those timings.
     """
@@ -326,15 +339,20 @@ class TableLatencyModel:
         rows, ov = t["layers"], t.get("run_overhead", {}).get(self.stat, t.get("run_overhead_ms", 0.0))
         per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
         block = int(t.get("channel_block", 1))
+        dw_align = int(t.get("dw_alignment", 1))
 
         def alone(i: int, in_keep: float, out_keep: float) -> float:
             row = rows[i - 1]
             pts = row["points"]
+            # a depthwise conv off its fast path (a channel count that is not a multiple of the host's
+            # dw_alignment): its interpolated time x its own measured slowdown there (misaligned_factor)
+            slow = dw_align > 1 and "misaligned" in row and round(out_keep * row["out_channels"]) % dw_align != 0
             if block > 1 and row.get("kind") in BLOCKED_KINDS:
                 in_keep = blocked_keep(in_keep, row["in_channels"], block)
                 out_keep = blocked_keep(out_keep, row["out_channels"], block)
             io = interpolate_layer(pts, in_keep, out_keep, "io_bytes") if per_byte else 0.0
-            return max(0.0, interpolate_layer(pts, in_keep, out_keep, self.stat) - ov - per_byte * io)
+            ms = max(0.0, interpolate_layer(pts, in_keep, out_keep, self.stat) - ov - per_byte * io)
+            return ms * misaligned_factor(row, ov, self.stat) if slow else ms
 
         plan = ov + sum(alone(i, shape.in_keep[i - 1], shape.out_keep[i - 1]) for i in layers)
         if not (self.anchor and whole):

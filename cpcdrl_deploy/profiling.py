@@ -141,6 +141,8 @@ def build_jobs(
             jobs.append({
                 "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
             })
+        if analysis.layers[t - 1].kind == "dwconv":
+            jobs.append(_misaligned_job(model, analysis, groups, t, workdir, ext, runtime))
         tick(f"{model_name}: exporting layers", t, analysis.n_layers)
     # whole heads pruned uniformly to each grid keep below 1 at every cut: the
     # per-layer tables alone mispredict pruned heads (on the emulated Pi the
@@ -171,7 +173,13 @@ def build_jobs(
         f = f"block{c}{ext}"
         conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
         (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16), runtime))
-        block_files.append((c, f))
+        block_files.append((c, f, [1, 64, 16, 16], "block"))
+    if any(L.kind == "dwconv" for L in analysis.layers):  # the channel counts a depthwise conv runs fast at (dw_alignment)
+        for c in DW_PROBE_CHANNELS:
+            f = f"dw{c}{ext}"
+            dw = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.ReLU())
+            (workdir / f).write_bytes(_export(_make_constant(dw), (c, 16, 16), runtime))
+            block_files.append((c, f, [1, c, 16, 16], "dwprobe"))
     units = _make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
     shapes = [tuple(x.shape[1:])]
@@ -203,10 +211,53 @@ def build_jobs(
     for k in range(BLOCK_PROBE_PASSES):
         at = (len(jobs) * k) // max(1, BLOCK_PROBE_PASSES - 1)
         jobs[at:at] = [
-            {"id": f"block{c}_p{k}", "file": f, "input_shape": [1, 64, 16, 16], "kind": "block", "channels": c} for c, f in block_files
+            {"id": f"{'block' if kind == 'block' else 'dw'}{c}_p{k}", "file": f, "input_shape": shape, "kind": kind, "channels": c}
+            for c, f, shape, kind in block_files
         ]
     log(f"exported {len(jobs)} models")
     return jobs, analysis
+
+
+def _misaligned_job(
+    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, workdir: Path, ext: str, runtime: str,
+) -> dict:
+    """Depthwise layer t alone at one channel fewer than it has (an odd count): its price off the fast layout.
+
+    Some runtimes run a depthwise conv whose channel count is not a multiple
+    of a small number on a much slower path (benchmarks/results/
+    channel_alignment-*.md); the grid's channel counts never show it.
+    """
+    n, L = analysis.n_layers, analysis.layers[t - 1]
+    g = _in_group(analysis, groups, t)
+    if g is None or L.out_channels < 2:
+        raise CpcdrlError(f"{analysis.model} layer {t}: a depthwise conv without a prunable channel group")
+    ratios = [1.0] * n
+    ratios[g.leader - 1] = (L.out_channels - 1) / L.out_channels
+    cfg = PruneConfig(refit=False, round_to=1)
+    pruned = _make_constant(prune(model, analysis, n, ratios, None, cfg, groups).model)
+    units = pruned.units()
+    x = torch.zeros(1, *analysis.input_shape)
+    with torch.no_grad():
+        for u in units[: L.unit]:
+            x = u(x)
+    jid = f"L{t}_misaligned"
+    f = f"{jid}{ext}"
+    (workdir / f).write_bytes(_export(units[L.unit], tuple(x.shape[1:]), runtime))
+    return {"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "misaligned", "layer": t, "channels": L.out_channels - 1}
+
+
+def dw_alignment(ms_by_channels: dict[int, float], slow: float = 2.0) -> int:
+    """The multiple a depthwise conv's channel count must be to run at full speed, from ``DW_PROBE_CHANNELS``.
+
+    Per channel, each probed count is compared with 64 channels; a count more
+    than ``slow`` times as costly per channel is off the fast path (the gap
+    where there is one is several-fold, far outside timing noise). The
+    alignment is the smallest of 1, 2, 4, 8, 16 whose every probed multiple
+    is fast; 1 when every count is.
+    """
+    base = ms_by_channels[64] / 64
+    fast = {c: ms / c <= slow * base for c, ms in ms_by_channels.items()}
+    return next((a for a in (1, 2, 4, 8, 16) if all(ok for c, ok in fast.items() if c % a == 0)), 16)
 
 
 def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
@@ -226,6 +277,7 @@ def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
 OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out
 BLOCK_PROBE_CHANNELS = (32, 33, 48, 49, 56, 57, 60, 61, 64)  # 64 - b and 65 - b for b = 32, 16, 8, 4, and 64
 BLOCK_PROBE_PASSES = 3
+DW_PROBE_CHANNELS = (64, 63, 62, 60, 56, 48)  # multiples of 1, 2, 4, 8 and 16 (dw_alignment)
 STATS = ("ms", "median_ms", "p10_ms", "p90_ms")  # the statistics a table entry holds ("ms": the sustained mean)
 COLD_GAP_MS = 20.0  # idle before each "as served" run of a whole head or tail (ort_profiler.cold_runs)
 WHOLE_KINDS = ("head", "pruned_head", "tail")  # the whole models the latency model anchors to
@@ -443,6 +495,8 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
     layers: dict[int, list[dict]] = {}
     heads, tails, pruned_heads = [], [], []
     block_ms: dict[int, float] = {}
+    dw_ms: dict[int, float] = {}
+    misaligned: dict[int, dict] = {}
     overhead: dict[str, float] = {}
     overhead_points: list[dict] = []
     for j in jobs:
@@ -463,6 +517,10 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
             heads.append({"cut": j["cut"], **stats})
         elif j["kind"] == "pruned_head":
             pruned_heads.append({k: j[k] for k in ("cut", "keep", "in_keep", "out_keep")} | stats)
+        elif j["kind"] == "misaligned":
+            misaligned[j["layer"]] = {"channels": j["channels"], **stats}
+        elif j["kind"] == "dwprobe":  # as the block probe: the fastest tenth, the fastest pass
+            dw_ms[j["channels"]] = min(dw_ms.get(j["channels"], float("inf")), r["p10_ms"])
         elif j["kind"] == "block":
             # the fastest tenth of a job's runs (its middle rounds), then the fastest of the passes spread over
             # the run: this asks where the steps are, not how fast a deployment runs, and spells only add time
@@ -480,8 +538,10 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in STATS if k in overhead},
         "channel_block": channel_block(block_ms) if block_ms else 1,
         "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
+        **({"dw_alignment": dw_alignment(dw_ms), "dw_alignment_probe_ms": {str(c): ms for c, ms in sorted(dw_ms.items())}} if dw_ms else {}),
         "layers": [
             {"index": t, "name": L.name, "kind": L.kind, "in_channels": L.in_channels, "out_channels": L.out_channels, "points": pts}
+            | ({"misaligned": misaligned[t]} if t in misaligned else {})
             for t, pts in sorted(layers.items())
             for L in (analysis.layers[t - 1],)
         ],

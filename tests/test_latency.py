@@ -275,3 +275,24 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
     # one whole model without the as-served timing (an older, resumed profile): that side keeps the back-to-back ones
     old = {"vgg16": {**tables["vgg16"], "heads": [heads[0], {"cut": n, "ms": 20.0}]}}
     assert TableLatencyModel(old, old, 2e5, 2e5).predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(5.0)
+
+
+def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> None:
+    # a dw row with its misaligned timing: 4x (less the run overhead) at a count that is not a multiple of
+    # the host's dw_alignment, the interpolated time at an aligned one
+    from cpcdrl_deploy.latency import TableLatencyModel, misaligned_factor
+    from cpcdrl_deploy.pruning import PlanShape
+
+    pts = [{"in_keep": k, "out_keep": k, "ms": 0.1 + 1.0 * k} for k in (0.25, 0.5, 0.75, 1.0)]
+    row = {"index": 1, "kind": "dwconv", "in_channels": 64, "out_channels": 64, "points": pts, "misaligned": {"channels": 63, "ms": 4.1}}
+    assert misaligned_factor(row, 0.1) == pytest.approx(4.0) and misaligned_factor({**row, "misaligned": None}, 0.1) == 1.0
+    tab = {"layers": [row], "run_overhead_ms": 0.1, "dw_alignment": 4}
+    lm = TableLatencyModel({"m": tab}, {"m": tab}, 1e6, 1e6)
+
+    def edge(lm: TableLatencyModel, keep: float) -> float:
+        return lm.predict("m", PlanShape(cut=1, in_keep=(keep,), out_keep=(keep,), layer_macs=(1,), cut_bytes=0, result_bytes=0)).edge_ms
+
+    assert edge(lm, 60 / 64) == pytest.approx(0.1 + 60 / 64)  # a multiple of 4
+    assert edge(lm, 62 / 64) == pytest.approx(0.1 + 4.0 * 62 / 64)  # not: 4x the interpolated time
+    no_slow_path = TableLatencyModel({"m": {**tab, "dw_alignment": 1}}, {"m": tab}, 1e6, 1e6)
+    assert edge(no_slow_path, 62 / 64) == pytest.approx(0.1 + 62 / 64)

@@ -132,3 +132,33 @@ def test_table_keeps_the_as_served_timing_of_whole_models() -> None:
     t = _table(jobs, done, a, (1.0,), 1)
     assert t["heads"][0]["cold_median_ms"] == 1.4 and t["heads"][0]["cold_gap_ms"] == 20.0
     assert "cold_median_ms" not in t["tails"][0]
+
+
+def test_dw_alignment_is_the_smallest_multiple_whose_counts_are_all_fast() -> None:
+    from cpcdrl_deploy.profiling import dw_alignment
+
+    # this host's kind of figures: odd and 2-aligned counts 4x per channel, multiples of 4 at full speed
+    assert dw_alignment({64: 1.0, 63: 4.1, 62: 3.6, 60: 0.95, 56: 0.9, 48: 0.7}) == 4
+    assert dw_alignment({64: 1.0, 63: 1.05, 62: 0.98, 60: 0.97, 56: 0.9, 48: 0.8}) == 1  # no slow path
+    assert dw_alignment({64: 1.0, 63: 4.0, 62: 3.9, 60: 3.8, 56: 3.5, 48: 0.75}) == 16
+
+
+def test_misaligned_job_times_a_depthwise_layer_at_one_channel_fewer(tmp_path) -> None:
+    import gzip
+
+    import onnx
+
+    from cpcdrl_deploy.analysis import analyze
+    from cpcdrl_deploy.profiling import _misaligned_job
+    from cpcdrl_deploy.pruning import channel_groups
+    from cpcdrl_deploy.zoo import build_model
+
+    m = build_model("mobilenet")
+    a = analyze(m, 32, "mobilenet")
+    t = next(i for i, L in enumerate(a.layers, 1) if L.kind == "dwconv")
+    job = _misaligned_job(m, a, channel_groups(m, a), t, tmp_path, ".onnx.gz", "onnxruntime")
+    c = a.layers[t - 1].out_channels - 1
+    assert job["kind"] == "misaligned" and job["layer"] == t and job["channels"] == c and job["input_shape"][1] == c
+    g = onnx.load_from_string(gzip.decompress((tmp_path / job["file"]).read_bytes())).graph
+    conv_w = next(i for i in g.initializer if len(i.dims) == 4)
+    assert conv_w.dims[0] == c  # the depthwise conv itself has the odd count
