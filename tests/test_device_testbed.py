@@ -100,6 +100,12 @@ def test_profile_over_ssh(profiles) -> None:
     half = next(h["ms"] for h in t["pruned_heads"] if h["cut"] == 28 and h["keep"] == 0.5)
     assert half < whole_pi, (half, whole_pi)
     assert t["channel_block"] in (1, 4, 8, 16, 32) and len(t["channel_block_probe_ms"]) == 9
+    # every whole model also timed after idle, as a served request finds it; depthwise layers off their fast counts
+    assert all(w["cold_median_ms"] > 0 and w["cold_gap_ms"] == 20.0 for w in t["heads"] + t["pruned_heads"] + t["tails"])
+    assert t["dw_alignment"] in (1, 2, 4, 8, 16) and len(t["dw_alignment_probe_ms"]) == 6
+    dw = [row for row in t["layers"] if row["kind"] == "dwconv"]
+    assert len(dw) == 13 and all(row["misaligned"]["channels"] == row["out_channels"] - 1 and row["misaligned"]["ms"] > 0 for row in dw)
+    assert "dw_alignment" not in pi.tables["tinyvgg"]  # no depthwise layer, no probe
     # the shaped link is 200 KB/s each way; the uplink as real requests see it (the request probe), SSH's beside it
     probe = pi.link.request_probe
     assert probe is not None and len(probe["points"]) == 4 and pi.link.uplink_bytes_per_s == probe["bytes_per_s"]
