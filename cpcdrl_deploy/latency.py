@@ -99,10 +99,6 @@ class AnalyticLatencyModel:
     rtt_ms: float = 0.0
     count_result_return: bool = False
     request_overhead_ms: float = 0.0  # per request, beyond bytes / B + RTT (profiles.LinkProfile)
-    # anchor to the whole models as a served request finds them (their "cold_median_ms": timed after
-    # idle) where the side waits for the rest of the request: the cloud always, the edge when the plan
-    # offloads; an all-on-edge plan runs back to back. Profiles without those timings: unchanged
-    cold: bool = True
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         offloads = shape.cut < len(shape.layer_macs)
@@ -287,9 +283,9 @@ class TableLatencyModel:
     channels are priced as whole blocks (``blocked_keep``), and a depthwise
     conv whose channel count is not a multiple of the host's measured
     ``dw_alignment`` at its own measured slowdown (``misaligned_factor``).
-    Where the profile
-    timed the whole models after idle too (``cold``), a side that waits for
-    the rest of each request is anchored to those timings.
+    Where the profile timed the whole models after idle too (``cold``), a
+    side that waits for the rest of each request is anchored to those
+    timings.
     """
 
     edge_tables: dict  # model -> {"layers": [{"index", "points"}], "run_overhead_ms", "heads", "tails"}
@@ -311,7 +307,7 @@ class TableLatencyModel:
     # idle) where the side waits for the rest of the request: the cloud always, the edge when the plan
     # offloads; an all-on-edge plan runs back to back. Profiles without those timings: unchanged
     cold: bool = True
-    # (side, model, cut) -> the whole models' (table sum, measured) points; per instance, so that
+    # (side, model, cut, statistic) -> the whole models' (table sum, measured) points; per instance, so that
     # dataclasses.replace (another stat, other tables) starts empty
     _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
