@@ -108,6 +108,16 @@ def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, 
     return plans
 
 
+def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn.Module, torch.Tensor]:
+    """Layer t's unit of ``pruned`` (weights frozen as constants) and the input it gets there: zeros through the units before it."""
+    units = _make_constant(pruned).units()
+    x = torch.zeros(1, *analysis.input_shape)
+    with torch.no_grad():
+        for u in units[: analysis.layers[t - 1].unit]:
+            x = u(x)
+    return units[analysis.layers[t - 1].unit], x
+
+
 def build_jobs(
     model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
 ) -> tuple[list[dict], ModelAnalysis]:
@@ -126,15 +136,9 @@ def build_jobs(
         for cut, ratios in layer_variants(analysis, groups, t, grid):
             shape = plan_shape(analysis, groups, cut, ratios)
             fi, fo = shape.in_keep[t - 1], shape.out_keep[t - 1]
-            pruned = _make_constant(prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model)
-            units = pruned.units()
-            x = torch.zeros(1, *analysis.input_shape)
-            with torch.no_grad():
-                for u in units[: analysis.layers[t - 1].unit]:
-                    x = u(x)
+            unit, x = _layer_alone(prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model, analysis, t)
             jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
             f = f"{jid}{ext}"
-            unit = units[analysis.layers[t - 1].unit]
             with torch.no_grad():
                 io_bytes = 4 * (x.numel() + unit(x).numel())  # float32 in and out: what a run alone copies across ORT's boundary
             (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
@@ -173,13 +177,13 @@ def build_jobs(
         f = f"block{c}{ext}"
         conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
         (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16), runtime))
-        block_files.append((c, f, [1, 64, 16, 16], "block"))
+        block_files.append(("block", c, f, [1, 64, 16, 16], "block"))
     if any(L.kind == "dwconv" for L in analysis.layers):  # the channel counts a depthwise conv runs fast at (dw_alignment)
         for c in DW_PROBE_CHANNELS:
             f = f"dw{c}{ext}"
             dw = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.ReLU())
             (workdir / f).write_bytes(_export(_make_constant(dw), (c, 16, 16), runtime))
-            block_files.append((c, f, [1, c, 16, 16], "dwprobe"))
+            block_files.append(("dw", c, f, [1, c, 16, 16], "dwprobe"))
     units = _make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
     shapes = [tuple(x.shape[1:])]
@@ -211,8 +215,8 @@ def build_jobs(
     for k in range(BLOCK_PROBE_PASSES):
         at = (len(jobs) * k) // max(1, BLOCK_PROBE_PASSES - 1)
         jobs[at:at] = [
-            {"id": f"{'block' if kind == 'block' else 'dw'}{c}_p{k}", "file": f, "input_shape": shape, "kind": kind, "channels": c}
-            for c, f, shape, kind in block_files
+            {"id": f"{prefix}{c}_p{k}", "file": f, "input_shape": shape, "kind": kind, "channels": c}
+            for prefix, c, f, shape, kind in block_files
         ]
     log(f"exported {len(jobs)} models")
     return jobs, analysis
@@ -234,15 +238,10 @@ def _misaligned_job(
     ratios = [1.0] * n
     ratios[g.leader - 1] = (L.out_channels - 1) / L.out_channels
     cfg = PruneConfig(refit=False, round_to=1)
-    pruned = _make_constant(prune(model, analysis, n, ratios, None, cfg, groups).model)
-    units = pruned.units()
-    x = torch.zeros(1, *analysis.input_shape)
-    with torch.no_grad():
-        for u in units[: L.unit]:
-            x = u(x)
+    unit, x = _layer_alone(prune(model, analysis, n, ratios, None, cfg, groups).model, analysis, t)
     jid = f"L{t}_misaligned"
     f = f"{jid}{ext}"
-    (workdir / f).write_bytes(_export(units[L.unit], tuple(x.shape[1:]), runtime))
+    (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
     return {"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "misaligned", "layer": t, "channels": L.out_channels - 1}
 
 
