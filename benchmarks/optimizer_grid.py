@@ -45,13 +45,13 @@ from cpcdrl_deploy.search import (
     SearchResult,
     _refine,
     _Tracker,
+    margin_rule,
     partition_actions,
     run_fixed,
     run_greedy,
     run_neurosurgeon,
     run_random,
     run_rl,
-    selection_margin,
 )
 from cpcdrl_deploy.testbed import parse_bandwidth, parse_duration_ms
 
@@ -71,6 +71,7 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-other-cuts": dict(refine_other_cuts=False),
     "no-slack": dict(other_cut_slack=float("inf")),  # other cuts refined however far behind they start
     "no-margin": dict(margin_se=0.0),
+    "binomial-margin": dict(margin_paired=False, margin_se=0.5),  # the first rule: 0.5 binomial SEs for every plan
 }
 
 
@@ -87,8 +88,7 @@ def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: in
     coordinate descent from the best with what is left.
     """
     t0 = time.perf_counter()
-    a0 = a0 + selection_margin(a0, len(ev.val_y), cfg.margin_se)  # the same selection rule as CPCDRL
-    track = _Tracker("reference", a0)
+    track = _Tracker("reference", a0, margin=margin_rule(cfg, a0, len(ev.val_y)))  # the same selection rule as CPCDRL
     n = ev.analysis.n_layers
     for c in ev.analysis.cuttable_points():
         for thin in (False, True) if c not in (0, n) else (False,):
@@ -98,9 +98,9 @@ def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: in
                 ratios = [mid] * (c - 1) + [cfg.r_min if thin else mid] if c else []
                 e = ev.evaluate(c, ratios, incumbent_ms=track.incumbent_ms)
                 track.add(e)
-                hi, lo = (mid, lo) if e.accuracy >= a0 else (hi, mid)
+                hi, lo = (mid, lo) if track.decision_accuracy(e) >= a0 else (hi, mid)
     left = max(0, budget - track.result.evaluations)
-    _refine(ev, a0, cfg, track, left, lambda e: 0.0)
+    _refine(ev, cfg, track, left, lambda e: 0.0)
     track.result.wall_s = time.perf_counter() - t0
     return track.result
 
@@ -113,7 +113,7 @@ def _row(session: Session, res: SearchResult, loss: float) -> dict:
     test = _test_accuracy(session, b)
     return {
         **d, "feasible_val": True, "cut": b.cut, "latency_ms": b.latency.total_ms, "edge_ms": b.latency.edge_ms,
-        "transfer_ms": b.latency.transfer_ms, "cloud_ms": b.latency.cloud_ms, "val_acc": b.accuracy, "test_acc": test,
+        "transfer_ms": b.latency.transfer_ms, "cloud_ms": b.latency.cloud_ms, "val_acc": b.accuracy, "val_drop_se": b.drop_se, "test_acc": test,
         "feasible_test": test >= session.base_test - loss, "keep_mean": float(np.mean(b.ratios)) if b.ratios else 1.0,
         "keep_min": float(min(b.ratios)) if b.ratios else 1.0, "kept_macs": b.kept_macs_fraction,
     }

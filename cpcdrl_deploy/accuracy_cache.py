@@ -12,7 +12,9 @@ has two parts:
 - the *plan*: the cut and the kept channel fraction of every edge layer.
 
 An entry holds the number of correct predictions per chunk of validation
-images, as far as scoring went (early stopping and screening score only the
+images, and how many of them the unpruned model got the other way (right
+where the plan is wrong or the reverse: the paired standard error of the
+plan's accuracy drop, search.py's selection margin, comes from it), as far as scoring went (early stopping and screening score only the
 first chunks). The evaluator replays those counts chunk by chunk with the
 same stopping rules, so a cached answer is exactly what a fresh evaluation
 would give; when it needs more chunks than are stored, it scores the plan
@@ -39,7 +41,7 @@ from cpcdrl_deploy.fileio import atomic_write_bytes
 # (2: the refit solved in its dual form where that is smaller; float rounding differs;
 # 3: scored with batch norm folded into the convolutions, fastcpu.py: rounding differs again)
 ALGO_VERSION = 3
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: chunk_changed; a version-1 entry is read without it (a validation replay then scores again)
 
 
 def default_cache_dir() -> Path:
@@ -70,6 +72,7 @@ def context_key(**parts: object) -> str:
 class CachedScore:
     chunk_correct: tuple[int, ...]  # correct predictions in each chunk scored, in order
     chunk_sizes: tuple[int, ...]
+    chunk_changed: tuple[int, ...] = ()  # per chunk: images whose correctness differs from the unpruned model's (empty: not recorded)
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **{k: list(v) for k, v in asdict(self).items()}}
@@ -104,8 +107,12 @@ class AccuracyCache:
         p = self._path(cut, out_keep)
         try:
             d = json.loads(p.read_text())
-            score = CachedScore(tuple(int(x) for x in d["chunk_correct"]), tuple(int(x) for x in d["chunk_sizes"]))
-            if d.get("schema_version") != SCHEMA_VERSION or len(score.chunk_correct) != len(score.chunk_sizes):
+            score = CachedScore(
+                tuple(int(x) for x in d["chunk_correct"]), tuple(int(x) for x in d["chunk_sizes"]), tuple(int(x) for x in d.get("chunk_changed", ())),
+            )
+            if d.get("schema_version") not in (1, SCHEMA_VERSION) or len(score.chunk_correct) != len(score.chunk_sizes):
+                return None
+            if score.chunk_changed and len(score.chunk_changed) != len(score.chunk_sizes):
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent, or damaged by something else: score again (and overwrite)
@@ -118,8 +125,8 @@ class AccuracyCache:
         old = self.get(cut, out_keep)
         if old is not None:
             self.hits -= 1  # a look before writing is not a hit
-            if len(old.chunk_sizes) >= len(score.chunk_sizes):
-                return  # never replace a longer record with a shorter one
+            if len(old.chunk_sizes) > len(score.chunk_sizes) or (len(old.chunk_sizes) == len(score.chunk_sizes) and (old.chunk_changed or not score.chunk_changed)):
+                return  # never replace a longer record with a shorter one, nor one with the changed counts with one without
         atomic_write_bytes(self._path(cut, out_keep), json.dumps(score.to_dict()).encode())
         self.writes += 1
 

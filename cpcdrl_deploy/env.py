@@ -47,6 +47,9 @@ class Evaluation:
     kept_macs_fraction: float
     screened: bool = False  # scored on one chunk only: it could not beat the incumbent
     unpruned: bool = False  # the unpruned model's own score (every cut shares it; A0 is measured from it)
+    # standard error (points) of the accuracy drop from the unpruned model, paired over the images scored:
+    # a plan that changes few predictions has a precise drop however many images it was scored on
+    drop_se: float = 0.0
 
 
 @dataclass
@@ -84,6 +87,7 @@ class PlanEvaluator:
     tick: Ticker = no_ticker  # progress of the running search (progress.py): each method's proposals
     transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py): priced, and simulated when scoring
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
+    _base_ok: torch.Tensor | None = None
 
     def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:
         shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to, self.transfer)
@@ -101,12 +105,12 @@ class PlanEvaluator:
         if hit is not None and (screen or not hit.screened):
             self.timers.cache_hits += 1
             if hit.cut != cut:  # the unpruned model scores the same at every cut
-                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True)
+                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se)
             return hit
         t0 = time.perf_counter()
         store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
         stored = self.store.get(*store_key) if self.store is not None else None
-        acc, n, counts, sizes = self._replay(stored, one_chunk=screen)
+        acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen)
         t1 = t2 = time.perf_counter()
         if acc is None:  # not in the persistent cache, or not far enough: prune and score
             net = self.model
@@ -114,10 +118,10 @@ class PlanEvaluator:
                 net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
             net = self.on_wire(scoring_copy(net), cut)
             t1 = time.perf_counter()
-            acc, n, counts, sizes = self._replay(stored, one_chunk=screen, net=net)
+            acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen, net=net)
             t2 = time.perf_counter()
             if self.store is not None:
-                self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes)))
+                self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes), tuple(changed)))
             self.timers.evaluations += 1
         else:
             self.timers.store_hits += 1
@@ -130,7 +134,7 @@ class PlanEvaluator:
         self.timers.screened += int(screened)
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
         kept = sum(shape.layer_macs) / self.analysis.total_macs
-        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened, unpruned=not per_cut)
+        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=se)
         self._cache[key] = ev
         return ev
 
@@ -141,26 +145,33 @@ class PlanEvaluator:
         return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
     def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None) -> tuple:
-        """Score chunk by chunk under the stopping rules, taking each chunk's count from ``stored`` where it has one.
+        """Score chunk by chunk under the stopping rules, taking each chunk's counts from ``stored`` where it has them.
 
         Without ``net``, returns (None, ...) as soon as a chunk is needed that
-        ``stored`` lacks. Returns (accuracy %, images scored, counts, sizes).
+        ``stored`` lacks. Returns (accuracy %, images scored, counts, sizes,
+        changed counts, paired standard error of the drop in points).
         """
         counts: list[int] = []
         sizes: list[int] = []
-        correct, seen = 0, 0
+        changed: list[int] = []
+        correct, seen, base_correct = 0, 0, 0
+        base_ok = self.unpruned_correct()
         for i, start in enumerate(range(0, len(self.val_y), self.chunk)):
             y = self.val_y[start : start + self.chunk]
-            if stored is not None and i < len(stored.chunk_correct) and stored.chunk_sizes[i] == len(y):
-                c = stored.chunk_correct[i]
+            ok0 = base_ok[start : start + self.chunk]
+            if stored is not None and i < len(stored.chunk_correct) and i < len(stored.chunk_changed) and stored.chunk_sizes[i] == len(y):
+                c, d = stored.chunk_correct[i], stored.chunk_changed[i]
             elif net is None:
-                return None, 0, [], []
+                return None, 0, [], [], [], 0.0
             else:
-                c = int((predict(net, self.val_x[start : start + self.chunk]) == y).sum())
+                ok = predict(net, self.val_x[start : start + self.chunk]) == y
+                c, d = int(ok.sum()), int((ok != ok0).sum())
             counts.append(c)
             sizes.append(len(y))
+            changed.append(d)
             correct += c
             seen += len(y)
+            base_correct += int(ok0.sum())
             if one_chunk:
                 break
             if self.a0 is not None and seen < len(self.val_y):
@@ -169,7 +180,18 @@ class PlanEvaluator:
                 if ucb < self.a0:
                     self.timers.early_stops += 1
                     break
-        return 100.0 * correct / max(1, seen), seen, counts, sizes
+        seen = max(1, seen)
+        drop = (base_correct - correct) / seen  # per image: +1 lost, -1 gained, 0 unchanged; mean = the drop
+        # one changed image more than counted: a plan that changed none of the images scored is not
+        # thereby certain to lose nothing (the "rule of three" worry), and its margin must not be 0
+        var = max((sum(changed) + 1) / seen - drop * drop, 0.0)
+        return 100.0 * correct / seen, seen, counts, sizes, changed, 100.0 * math.sqrt(var / seen)
+
+    def unpruned_correct(self) -> torch.Tensor:
+        """Which validation images the unpruned model gets right (computed once): the pairs for each plan's drop."""
+        if self._base_ok is None:
+            self._base_ok = predict(scoring_copy(self.model), self.val_x) == self.val_y
+        return self._base_ok
 
 
 class CompressionStates:

@@ -62,6 +62,41 @@ def test_evaluator_caches_identical_plans() -> None:
     assert e1.images == 40 and 0 <= e1.accuracy <= 100
 
 
+def test_drop_standard_error_is_paired_with_the_unpruned_model(tmp_path) -> None:
+    """drop_se comes from the images whose correctness the plan changed, and the persistent cache replays it."""
+    from cpcdrl_deploy.accuracy_cache import AccuracyCache
+    from cpcdrl_deploy.evaluate import predict
+    from cpcdrl_deploy.fastcpu import scoring_copy
+    from cpcdrl_deploy.pruning import prune
+
+    def evaluator() -> PlanEvaluator:
+        ev = _tiny_evaluator()
+        torch.manual_seed(1)
+        with torch.no_grad():  # He-scaled weights: the default init predicts one class for every image, and no plan changes that
+            for w in ev.model.parameters():
+                if w.dim() > 1:
+                    w.normal_(0.0, (2.0 / w[0].numel()) ** 0.5)
+        ev.store = AccuracyCache(tmp_path, "ctx")
+        return ev
+
+    ev = evaluator()
+    a = ev.analysis
+    ratios = [0.25, 0.25, 0.25]
+    e = ev.evaluate(3, ratios)
+    ok0 = predict(scoring_copy(ev.model), ev.val_x) == ev.val_y
+    ok = predict(scoring_copy(prune(ev.model, a, 3, ratios, None, ev.prune_config, ev.groups).model), ev.val_x) == ev.val_y
+    diff = ok0.float() - ok.float()  # +1 lost, -1 gained, 0 unchanged
+    n = len(diff)
+    assert int((ok != ok0).sum()) > 0  # the test needs a plan that changes something
+    expected = 100.0 * np.sqrt(((diff != 0).sum().item() + 1) / n - diff.mean().item() ** 2) / np.sqrt(n)
+    assert e.drop_se == pytest.approx(expected) and e.accuracy == pytest.approx(100.0 * ok.float().mean().item())
+    # unchanged predictions still get a margin (one image's worth), never zero
+    assert ev.evaluate(a.n_layers, [1.0] * a.n_layers).drop_se == pytest.approx(100.0 * np.sqrt(1 / n) / np.sqrt(n))
+    fresh = evaluator()
+    again = fresh.evaluate(3, ratios)
+    assert fresh.timers.store_hits == 1 and fresh.timers.evaluations == 0 and again.drop_se == e.drop_se
+
+
 def test_plans_no_faster_than_the_incumbent_are_screened_on_one_chunk() -> None:
     ev = _tiny_evaluator()
     a = ev.analysis
@@ -83,7 +118,7 @@ def test_refinement_tries_narrow_layers_whose_block_exceeds_the_first_step() -> 
     ev = _tiny_evaluator()
     track = _Tracker("t", a0=-1.0)  # every plan is feasible: refinement may go as far as the blocks allow
     track.add(ev.evaluate(2, [1.0, 1.0]))
-    _refine(ev, -1.0, SearchConfig(refine_other_cuts=False), track, budget=10, reward_of=lambda e: 0.0)  # this cut only
+    _refine(ev, SearchConfig(refine_other_cuts=False), track, budget=10, reward_of=lambda e: 0.0)  # this cut only
     best = track.result.best
     assert best.cut == 2 and best.shape.out_keep[:2] == (0.5, 0.5)  # 8 of 16 channels each: one block below full
 
@@ -99,7 +134,7 @@ def test_refinement_moves_to_another_cut_once_its_cut_is_exhausted() -> None:
         ev = _tiny_evaluator()
         track = _Tracker("t", a0=-1.0)  # every plan is feasible
         track.add(ev.evaluate(1, [1.0]))  # start at cut 1: its descent ends within a few proposals
-        _refine(ev, -1.0, replace(SearchConfig(), refine_other_cuts=other), track, budget=30, reward_of=lambda e: 0.0)
+        _refine(ev, replace(SearchConfig(), refine_other_cuts=other), track, budget=30, reward_of=lambda e: 0.0)
         runs[other] = (track.result, ev)
     alone, onward = runs[False][0], runs[True][0]
     assert len(alone.rewards) < 30 and {c for c, _, _ in alone.history} <= {1, 2}  # the old rule: budget left unspent
@@ -132,12 +167,14 @@ def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
 
 def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
     """With no accuracy to lose, the unpruned model is the answer: the margin is for noisy pruned estimates, not for it."""
-    from cpcdrl_deploy.search import SearchConfig, run_rl, selection_margin
+    from cpcdrl_deploy.search import SearchConfig, margin_rule, run_rl
 
     ev = _tiny_evaluator()
     n = ev.analysis.n_layers
     base = ev.evaluate(n, [1.0] * n)
-    assert base.unpruned and not ev.evaluate(2, [0.5, 0.5]).unpruned
-    assert selection_margin(base.accuracy, len(ev.val_y), SearchConfig().margin_se) > 0  # A0 + margin is above what it scores
+    pruned = ev.evaluate(2, [0.5, 0.5])
+    assert base.unpruned and not pruned.unpruned
+    for paired in (True, False):  # A0 + margin is above what the unpruned model scores, under either rule
+        assert margin_rule(SearchConfig(margin_paired=paired), base.accuracy, len(ev.val_y))(pruned) > 0
     res = run_rl(ev, base.accuracy, SearchConfig(episodes=8, warmup=4, seed=0))  # --max-accuracy-loss 0
     assert res.best is not None and res.best.unpruned and res.best.accuracy == base.accuracy
