@@ -1,11 +1,14 @@
 """How good are the estimates? Many plans of one model benched in one sitting on the device; rank and ratio fidelity.
 
     python benchmarks/fidelity.py --model mobilenet --host pi [--seconds 4] [--plans 40] [--runtime litert] [--out benchmarks/results/fidelity]
+        [--optimizer-links 200KB/s,1MB/s]
 
 Plans (all of ``--model``, reference checkpoint from ../shared): uniform keeps
 0.25-1.0 at cuts spread over the model (interior ones included), random
 pruned plans (a random cut, per-layer keeps drawn from [0.25, 1]), and some
-with ``round_to=1`` (channel counts that are not multiples of 8). They are
+with ``round_to=1`` (channel counts that are not multiples of 8); with
+``--optimizer-links``, also every method's plan from ``optimize`` at each
+link (the sitting's profiles with the link's rate replaced). They are
 written as plan files under OUT/plans and handed to ``cpcdrl bench`` (one
 sitting, interleaved); its report holds each estimate's Spearman, Kendall,
 pair order and paired-ratio error (``bench.fidelity``), here also for the
@@ -69,6 +72,40 @@ def make_plans(model: str, n: int, out: Path, data: str, seed: int, edge: Path, 
     return paths
 
 
+def optimizer_plans(model: str, links: list[str], out: Path, data: str, edge: Path, cloud: Path, episodes: int, loss: float, log) -> list[Path]:
+    """Every method's plan from ``optimize`` at each of ``links`` (the sitting's own profiles, the link's rate replaced).
+
+    Plans the methods share (same cut, same ratios) are written once. The
+    search scores accuracy on half the test split (``--val-source test``) and
+    shares the persistent accuracy cache, as the optimizer grid does.
+    """
+    from cpcdrl_deploy.accuracy_cache import default_cache_dir
+    from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
+    from cpcdrl_deploy.search import METHODS, SearchConfig
+    from cpcdrl_deploy.testbed import parse_bandwidth
+
+    ckpt = SHARED / "models" / f"{model}-cifar10.pth"
+    seen: set[tuple] = set()
+    paths: list[Path] = []
+    out.mkdir(parents=True, exist_ok=True)
+    for link in links:
+        req = OptimizeRequest(
+            model, ckpt, data, edge=str(edge), cloud=str(cloud), bandwidth_bytes_per_s=parse_bandwidth(link), max_accuracy_loss=loss,
+            methods=METHODS, val_source="test", cache=default_cache_dir(), search=SearchConfig(episodes=episodes, seed=0),
+        )
+        t0 = time.time()
+        res = optimize(req, log=log)
+        log(f"optimize at {link}: {time.time() - t0:.0f} s")
+        for p in res["plans"]:
+            key = (p.get("cut"), tuple(p.get("ratios") or ()))
+            if not p["feasible"] or key in seen:
+                continue
+            seen.add(key)
+            name = f"opt-{link.replace('/', 'p')}-{p['method']}-cut{p['cut']}"
+            paths.append(write_plan(out / f"{len(paths):02d}-{name}.json", {**p, "method": f"optimize {link} {p['method']}"}))
+    return paths
+
+
 DISTURBED_RULE = ("a round is disturbed when, over the plans that compute on the device, the median of (the plan's median edge time in that "
                   "round / its median edge time over all rounds) exceeds 1.25: something else ran on the device then; the rule never looks at a prediction")
 
@@ -100,8 +137,11 @@ def fidelity_sets(rep: dict, drop_rounds: list[int] | None = None) -> tuple[dict
         meas = {r["id"]: float(np.median([x["e2e_ms"] for x in recs if x["plan"] == r["id"]])) for r in good}
         ratio = {r["id"]: paired_ratio(recs, r["id"], ref["id"], rep["seed"])["median"] for r in good}
     pruned = [r for r in good if r["ratios_mean"] < 1.0]
+    chosen = [r for r in good if str(r.get("method", "")).startswith("optimize ")]  # the optimiser's own plans (--optimizer-links)
     by_set = {}
-    for name, rows in (("all", good), ("pruned", pruned)):
+    for name, rows in (("all", good), ("pruned", pruned), ("optimizer", chosen)):
+        if len(rows) < 2:  # no optimiser plans in this sitting (or one): nothing to rank
+            continue
         by_set[name] = {
             est: fidelity([r["predicted_ms"][est] for r in rows], [meas[r["id"]] for r in rows],
                           [r["predicted_ms"][est] / ref["predicted_ms"][est] for r in rows], [ratio[r["id"]] for r in rows])
@@ -122,6 +162,9 @@ def main() -> int:
     ap.add_argument("--profiles", default=str(PROFILES), help="folder with HOST.json (the edge) and local.json (the cloud)")
     ap.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "litert"), help="every head's edge runtime")
     ap.add_argument("--out", default="benchmarks/results/fidelity")
+    ap.add_argument("--optimizer-links", default=None, help="also bench every method's plan from optimize at these links (comma-separated, e.g. 200KB/s,1MB/s)")
+    ap.add_argument("--optimizer-episodes", type=int, default=40)
+    ap.add_argument("--optimizer-loss", type=float, default=1.0, help="the optimizer plans' --max-accuracy-loss")
     ap.add_argument("--summarise-only", action="store_true", help="recompute summary.json from the sitting's bench report, measure nothing")
     args = ap.parse_args()
     out = Path(args.out) / (args.model if args.runtime == "onnxruntime" else f"{args.model}-{args.runtime}")
@@ -130,10 +173,13 @@ def main() -> int:
         edge, cloud = Path(args.profiles) / f"{args.host}.json", Path(args.profiles) / "local.json"
         if args.summarise_only:  # the sitting's report as it was written; only the summary is recomputed
             rep = json.loads((out / "bench" / "bench-report.json").read_text())
-            plans = sorted((out / "plans").glob("*.json"))
+            plans = sorted((out / "plans").glob("*.json")) + sorted((out / "plans-optimizer").glob("*.json"))
             wall = json.loads((out / "summary.json").read_text()).get("bench_wall_s") if (out / "summary.json").exists() else None
         else:
             plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed, edge, cloud)
+            if args.optimizer_links:
+                plans += optimizer_plans(args.model, args.optimizer_links.split(","), out / "plans-optimizer", args.data, edge, cloud,
+                                         args.optimizer_episodes, args.optimizer_loss, log)
             log(f"{len(plans)} plans; benching on {args.host}")
             t0 = time.time()
             rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed, runtime=args.runtime), log=log)

@@ -34,6 +34,7 @@ from cpcdrl_deploy.wire import WireModel, lossy_at
 from cpcdrl_deploy.zoo import UnitModel
 
 KIND_CODE = {"conv": 0.0, "dwconv": 0.5, "fc": 1.0}
+UNPRUNED = torch.nn.Identity()  # _replay's stand-in for the unpruned model: score it from unpruned_correct(), not a second pass
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,12 @@ class PlanEvaluator:
         acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen)
         t1 = t2 = time.perf_counter()
         if acc is None:  # not in the persistent cache, or not far enough: prune and score
-            net = self.model
             if pruned_any:
-                net = prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model
-            net = self.on_wire(scoring_copy(net), cut)
+                net = self.on_wire(scoring_copy(prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model), cut)
+            elif per_cut:  # unpruned through a lossy wire
+                net = self.on_wire(scoring_copy(self.model), cut)
+            else:  # the unpruned model itself: its predictions are the pairs, already computed
+                net = UNPRUNED
             t1 = time.perf_counter()
             acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen, net=net)
             t2 = time.perf_counter()
@@ -163,6 +166,8 @@ class PlanEvaluator:
                 c, d = stored.chunk_correct[i], stored.chunk_changed[i]
             elif net is None:
                 return None, 0, [], [], [], 0.0
+            elif net is UNPRUNED:
+                c, d = int(ok0.sum()), 0
             else:
                 ok = predict(net, self.val_x[start : start + self.chunk]) == y
                 c, d = int(ok.sum()), int((ok != ok0).sum())
