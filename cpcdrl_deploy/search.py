@@ -38,7 +38,7 @@ class SearchConfig:
     uniform_start_cuts: int = 3
     uniform_start_steps: int = 3
     # the plan must beat A0 on validation by this many standard errors of its drop from the unpruned model
-    # (paired over the validation images: selection_margin): the search picks the fastest of many noisy
+    # (paired over the validation images: margin_rule): the search picks the fastest of many noisy
     # estimates, and the one at A0's edge is as likely as not below it on other images. 1.28: one-sided 90 %
     margin_se: float = 1.28
     # False: the margin in binomial standard errors of an accuracy near A0, the same for every plan (this
