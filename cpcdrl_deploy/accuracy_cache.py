@@ -125,10 +125,18 @@ class AccuracyCache:
         old = self.get(cut, out_keep)
         if old is not None:
             self.hits -= 1  # a look before writing is not a hit
-            if len(old.chunk_sizes) > len(score.chunk_sizes) or (len(old.chunk_sizes) == len(score.chunk_sizes) and (old.chunk_changed or not score.chunk_changed)):
-                return  # never replace a longer record with a shorter one, nor one with the changed counts with one without
+            if _covers(old, score):
+                return
         atomic_write_bytes(self._path(cut, out_keep), json.dumps(score.to_dict()).encode())
         self.writes += 1
+
+
+def _covers(old: CachedScore, new: CachedScore) -> bool:
+    """Whether a stored record already says all ``new`` says: never replace a longer record with a shorter
+    one, nor one with the changed counts with one without (two runs may write the same plan)."""
+    if len(old.chunk_sizes) != len(new.chunk_sizes):
+        return len(old.chunk_sizes) > len(new.chunk_sizes)
+    return bool(old.chunk_changed) or not new.chunk_changed
 
 
 def cache_info(root: Path) -> dict[str, object]:

@@ -34,7 +34,6 @@ from cpcdrl_deploy.wire import WireModel, lossy_at
 from cpcdrl_deploy.zoo import UnitModel
 
 KIND_CODE = {"conv": 0.0, "dwconv": 0.5, "fc": 1.0}
-UNPRUNED = torch.nn.Identity()  # _replay's stand-in for the unpruned model: score it from unpruned_correct(), not a second pass
 
 
 @dataclass(frozen=True)
@@ -119,9 +118,9 @@ class PlanEvaluator:
             elif per_cut:  # unpruned through a lossy wire
                 net = self.on_wire(scoring_copy(self.model), cut)
             else:  # the unpruned model itself: its predictions are the pairs, already computed
-                net = UNPRUNED
+                net = None
             t1 = time.perf_counter()
-            acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen, net=net)
+            acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen, net=net, from_pairs=net is None)
             t2 = time.perf_counter()
             if self.store is not None:
                 self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes), tuple(changed)))
@@ -147,10 +146,12 @@ class PlanEvaluator:
             return net
         return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
-    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None) -> tuple:
+    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False) -> tuple:
         """Score chunk by chunk under the stopping rules, taking each chunk's counts from ``stored`` where it has them.
 
-        Without ``net``, returns (None, ...) as soon as a chunk is needed that
+        ``from_pairs``: the plan is the unpruned model, scored from
+        ``unpruned_correct()`` rather than by a second pass. Otherwise, without
+        ``net``, returns (None, ...) as soon as a chunk is needed that
         ``stored`` lacks. Returns (accuracy %, images scored, counts, sizes,
         changed counts, paired standard error of the drop in points).
         """
@@ -164,10 +165,10 @@ class PlanEvaluator:
             ok0 = base_ok[start : start + self.chunk]
             if stored is not None and i < len(stored.chunk_correct) and i < len(stored.chunk_changed) and stored.chunk_sizes[i] == len(y):
                 c, d = stored.chunk_correct[i], stored.chunk_changed[i]
+            elif from_pairs:
+                c, d = int(ok0.sum()), 0
             elif net is None:
                 return None, 0, [], [], [], 0.0
-            elif net is UNPRUNED:
-                c, d = int(ok0.sum()), 0
             else:
                 ok = predict(net, self.val_x[start : start + self.chunk]) == y
                 c, d = int(ok.sum()), int((ok != ok0).sum())
