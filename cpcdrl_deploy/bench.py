@@ -243,7 +243,7 @@ def plot_bench(report: dict, path: Path) -> None:
             continue
         allv += pr
         f = report["fidelity"].get(est, {})
-        ax.scatter(meas, pr, marker=mark, label=f"{est} (Spearman {f.get('spearman', float('nan')):.2f})", alpha=0.7)
+        ax.scatter(meas, pr, marker=mark, label=f"{est} (Spearman {f.get('spearman', float('nan')):.3f})", alpha=0.7)
     lo, hi = min(allv) * 0.9, max(allv) * 1.1
     if hi / lo > 5:  # ratios spanning more than a factor of a few read better on log axes
         ax.set_xscale("log")
