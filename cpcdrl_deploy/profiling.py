@@ -437,6 +437,7 @@ def profile_host(
                         raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
                     return {r.pop("id"): r for r in map(json.loads, res_out.strip().splitlines())}
 
+                still = 0  # models whose passes still disagree after the re-timing
                 for start in range(0, len(todo), batch):
                     chunk = todo[start : start + batch]
                     for j in chunk:
@@ -453,11 +454,11 @@ def profile_host(
                             attempts[i].append(r)
                     done.update({i: _pooled(a) for i, a in attempts.items()})
                     atomic_write_json(partial_path, partial)
-                    still = sum(_disturbed(a[-1]) for a in attempts.values())
-                    if still:
-                        log(f"warning: {model_name}: {still} models still disagree by more than {RETIME_SPREAD:g}x between passes;"
-                            " is something else running on the device? Their median pass is kept")
+                    still += sum(_disturbed(a[-1]) for a in attempts.values())
                     tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
+                if still:
+                    log(f"warning: {model_name}: {still} models still disagree by more than {RETIME_SPREAD:g}x between passes;"
+                        " is something else running on the device? Their median pass is kept")
                 for rt in runtimes:
                     key = table_key(model_name, rt)
                     own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}

@@ -208,6 +208,7 @@ def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypa
                                   measure_link_too=False, rounds=2, window_ms=5, log=logs.append)
     assert len(calls) == 2 and "--rounds 2 " in calls[0] and "--rounds 4 " in calls[1]
     assert any("timing 1 models again" in line for line in logs)
+    assert not any("still disagree" in line for line in logs)  # the second timing's passes agreed
     t = prof.tables["tinyvgg"]
     entries = [p for L in t["layers"] for p in L["points"]] + t["heads"] + t["tails"] + t["pruned_heads"]
     retimed = [e for e in entries if e.get("retimed")]
