@@ -350,6 +350,7 @@ def profile_host(
     runtime: str | Sequence[str] = "onnxruntime",
     request_probe_at: str | None = None,
     cold_gap_ms: float = COLD_GAP_MS,
+    retime_tries: int = RETIME_TRIES,
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
@@ -379,6 +380,9 @@ def profile_host(
 
     ``cold_gap_ms``: each whole head and tail is also timed as a served
     request finds it, after that much idle (``cold_median_ms``; 0: not).
+
+    ``retime_tries``: how many more times a model whose passes disagree by
+    more than ``RETIME_SPREAD`` is timed (0: never).
     """
     import tempfile
 
@@ -401,7 +405,7 @@ def profile_host(
             raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
         facts = json.loads(facts_out.strip().splitlines()[-1])
         facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds, round_window_ms=window_ms, cold_gap_ms=cold_gap_ms,
-                     retime_spread=RETIME_SPREAD)
+                     retime_spread=RETIME_SPREAD, retime_tries=retime_tries)
         tb = load_state(dev.name) if dev.name != "local" else None
         if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
             facts["testbed"] = {
@@ -444,7 +448,7 @@ def profile_host(
                         dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
                     got = time_chunk(chunk, rounds)
                     attempts = {i: [r] for i, r in got.items()}
-                    for _ in range(RETIME_TRIES):
+                    for _ in range(retime_tries):
                         again = [j for j in chunk if _disturbed(attempts[j["id"]][-1])]
                         if not again:
                             break
