@@ -446,16 +446,8 @@ def profile_host(
                     chunk = todo[start : start + batch]
                     for j in chunk:
                         dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
-                    got = time_chunk(chunk, rounds)
-                    attempts = {i: [r] for i, r in got.items()}
-                    for _ in range(retime_tries):
-                        again = [j for j in chunk if _disturbed(attempts[j["id"]][-1])]
-                        if not again:
-                            break
-                        log(f"{model_name}: timing {len(again)} models again: their passes disagreed by more than {RETIME_SPREAD:g}x")
-                        # twice the passes, so one short batch is less likely to sit wholly inside one slow spell
-                        for i, r in time_chunk(again, 2 * rounds).items():
-                            attempts[i].append(r)
+                    attempts = _time_with_retries(time_chunk, chunk, rounds, retime_tries, lambda n: log(
+                        f"{model_name}: timing {n} models again: their passes disagreed by more than {RETIME_SPREAD:g}x"))
                     done.update({i: _pooled(a) for i, a in attempts.items()})
                     atomic_write_json(partial_path, partial)
                     still += sum(_disturbed(a[-1]) for a in attempts.values())
@@ -488,6 +480,21 @@ def profile_host(
     save_profile(prof, out)
     partial_path.unlink(missing_ok=True)
     return prof
+
+
+def _time_with_retries(time_chunk: Callable[[list[dict], int], dict[str, dict]], chunk: list[dict], rounds: int, tries: int,
+                       say: Callable[[int], None]) -> dict[str, list[dict]]:
+    """Every attempt at each job of ``chunk``: one timing, then up to ``tries`` more of those still ``_disturbed``."""
+    attempts = {i: [r] for i, r in time_chunk(chunk, rounds).items()}
+    for _ in range(tries):
+        again = [j for j in chunk if _disturbed(attempts[j["id"]][-1])]
+        if not again:
+            break
+        say(len(again))
+        # twice the passes, so one short batch is less likely to sit wholly inside one slow spell
+        for i, r in time_chunk(again, 2 * rounds).items():
+            attempts[i].append(r)
+    return attempts
 
 
 def _disturbed(r: dict) -> bool:
