@@ -453,8 +453,11 @@ def profile_host(
                     still += sum(_disturbed(a[-1]) for a in attempts.values())
                     tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
                 if still:
-                    log(f"warning: {model_name}: {still} models still disagree by more than {RETIME_SPREAD:g}x between passes;"
-                        " is something else running on the device? Their median pass is kept")
+                    # a busy device is one cause; a small CPU share is another (at a third of a core, with nothing
+                    # else running, passes of millisecond models spread this much), so the warning names both
+                    log(f"warning: {model_name}: {still} of {len(jobs)} models still disagree by more than {RETIME_SPREAD:g}x"
+                        f" between passes (other work on {dev.name}, or a throttled or small CPU share);"
+                        " each keeps its attempt nearest the median pass")
                 for rt in runtimes:
                     key = table_key(model_name, rt)
                     own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
