@@ -84,6 +84,29 @@ def paired_ratio(records: list[dict], plan: str, ref: str, seed: int = 0) -> dic
     return {"median": float(np.median(rs)), "ci95": list(bootstrap_ci(rs, np.median, seed=seed)), "rounds": len(rs)}
 
 
+SERVER_DRIFT_WARN = 1.2  # summary_lines warns when the server's compute departs this far from its profile
+
+
+def server_speed(records: list[dict], predicted_cloud_ms: dict[str, float], min_ms: float = 1.0) -> dict | None:
+    """The server's compute against the cloud tables, round by round: the median of ``server_ms`` / prediction.
+
+    Why: pairing with a reference plan cancels drift that the device and the
+    server share, not a slowdown of the server alone (on the testbed they run
+    on different vCPUs). Only tails the tables put at ``min_ms`` or more
+    count (all of them if none is), so the server's fixed cost per request
+    on tiny tails does not pass for drift. None when no request has both.
+    """
+    big = {k: v for k, v in predicted_cloud_ms.items() if v >= min_ms} or {k: v for k, v in predicted_cloud_ms.items() if v > 0}
+    per: dict[int, list[float]] = {}
+    for r in records:
+        if r.get("plan") in big and r.get("server_ms") is not None:
+            per.setdefault(r["round"], []).append(r["server_ms"] / big[r["plan"]])
+    if not per:
+        return None
+    ratios = [float(np.median(v)) for _, v in sorted(per.items())]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios), "per_round": ratios, "min_predicted_ms": min_ms}
+
+
 def _paper_model(model: str, shape, link_bytes_per_s: float, rtt_ms: float) -> float:
     """The paper's MAC model as written (Sec. IV-A rates), over the measured link: the estimate the project started from."""
     from cpcdrl_deploy.latency import AnalyticLatencyModel
@@ -216,11 +239,16 @@ def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, 
             for r in good:
                 r.setdefault("predicted_ratio", {})[est] = r["predicted_ms"][est] / refrow["predicted_ms"][est]
             fid[est] = fidelity(pr, meas, [r["predicted_ratio"][est] for r in good], meas_ratio)
+    # the tables' cloud price where every served plan has one (profiles without tables for the model: the fitted MACs')
+    served = [r for r in good if r.get("predicted_cloud_ms")]
+    by = next((e for e in ("table", "analytic") if served and all(r["predicted_cloud_ms"].get(e) is not None for r in served)), None)
+    cloud = {r["id"]: r["predicted_cloud_ms"][by] for r in served} if by else {}
+    speed = server_speed(recs, cloud)
     return {
         "schema_version": REPORT_SCHEMA_VERSION, "kind": "cpcdrl-bench", "edge": edge_name, "profiles": {"edge": edge_profile, "cloud": cloud_profile},
         "reference": ref, "rounds": runner["rounds"], "block": req.block, "seconds_per_plan": req.seconds, "seed": req.seed,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plans": rows, "failed": failed, "fidelity": fid,
-        "records": recs,
+        "server_vs_tables": {**speed, "estimate": by} if speed else None, "records": recs,
     }
 
 
@@ -277,6 +305,11 @@ def summary_lines(report: dict) -> list[str]:
         pr = r.get("predicted_ratio", {}).get("table")
         lines.append(f"  {r['id']} {r['model']} cut {r['cut']}/{r['n_layers']}: p50 {r['e2e_ms']['p50']:.2f} ms, ratio {rr['median']:.3f}{ci}"
                      + (f", tables predict {pr:.3f}" if pr is not None else ""))
+    sv = report.get("server_vs_tables")
+    if sv and not 1 / SERVER_DRIFT_WARN <= sv["median"] <= SERVER_DRIFT_WARN:
+        lines.append(f"  warning: the server's compute took {sv['median']:.2f}x the {sv.get('estimate') or 'table'} estimate's cloud time"
+                     f" (per round {sv['min']:.2f}-{sv['max']:.2f}x);"
+                     " pairing does not cancel a server that alone runs slower or faster: profile the cloud again beside the bench")
     for est, f in report["fidelity"].items():
         lines.append(f"  {est}: Spearman {f['spearman']:.2f}, Kendall {f['kendall']:.2f}, pair order {f['pair_order_right']:.2f} of "
                      f"{f['pairs_predicted_10pct_apart']}, ratio error median {f['ratio_error_median_pct']:.1f} % p90 {f['ratio_error_p90_pct']:.1f} %")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cli import app
 from cpcdrl_deploy import bench as bench_mod
 from cpcdrl_deploy import edge_runner
-from cpcdrl_deploy.bench import BenchRequest, bench, paired_ratio
+from cpcdrl_deploy.bench import BenchRequest, bench, paired_ratio, server_speed, summary_lines
 from cpcdrl_deploy.export import export_plan
 from cpcdrl_deploy.stats import bootstrap_ci
 from tests.conftest import make_plan
@@ -26,6 +26,19 @@ def test_paired_ratio_is_taken_round_by_round() -> None:
     assert r["median"] == pytest.approx(1.5) and r["rounds"] == 4 and r["ci95"] == [pytest.approx(1.5), pytest.approx(1.5)]
     lo, hi = bootstrap_ci(np.arange(100.0), np.median)
     assert lo < 49.5 < hi
+
+
+def test_server_speed_flags_a_server_slower_than_its_tables() -> None:
+    # p1's tail is priced 10 ms and takes 16-17 ms; p2's 0.05 ms tail is all fixed cost (0.3 ms) and must not count
+    recs = [{"plan": "p1", "round": rd, "server_ms": 16.0 + rd} for rd in range(2)] + [{"plan": "p2", "round": rd, "server_ms": 0.3} for rd in range(2)]
+    recs.append({"plan": "p0", "round": 0})  # cut N: no server time
+    sv = server_speed(recs, {"p1": 10.0, "p2": 0.05})
+    assert sv is not None and sv["per_round"] == [pytest.approx(1.6), pytest.approx(1.7)] and sv["median"] == pytest.approx(1.65)
+    report = {"plans": [], "edge": "pi", "rounds": 2, "reference": "p0", "fidelity": {}, "server_vs_tables": sv}
+    assert any("1.65x the table estimate's cloud time" in line for line in summary_lines(report))
+    report["server_vs_tables"] = server_speed([{**r, "server_ms": 10.5} for r in recs if r["plan"] == "p1"], {"p1": 10.0})
+    assert not any("warning" in line for line in summary_lines(report))
+    assert server_speed(recs, {}) is None
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +70,7 @@ def test_bench_locally(plans, tmp_path) -> None:
     assert all(set(o) == {"p0", "p1", "p2"} for o in orders.values())
     assert len({tuple(dict.fromkeys(o)) for o in orders.values()}) > 1
     assert "analytic" in rep["fidelity"] and -1.0 <= rep["fidelity"]["analytic"]["spearman"] <= 1.0
+    assert rep["server_vs_tables"]["median"] > 0 and len(rep["server_vs_tables"]["per_round"]) == rep["rounds"]
     assert (tmp_path / "b" / "bench.png").stat().st_size > 0
 
 
