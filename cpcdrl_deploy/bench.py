@@ -38,11 +38,12 @@ from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.evaluate import predict
 from cpcdrl_deploy.export import export_models, rebuild
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.hostload import HostSampler, load_in_windows
 from cpcdrl_deploy.plan import Plan, load_plan
 from cpcdrl_deploy.profiles import load_profile
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.remote import check_runtime, connect
-from cpcdrl_deploy.stats import bootstrap_ci, fidelity
+from cpcdrl_deploy.stats import bootstrap_ci, fidelity, spearman
 
 REPORT_SCHEMA_VERSION = 1
 # the anchored tables (the optimiser's), the same anchored to back-to-back timings (profiles that timed whole
@@ -104,7 +105,30 @@ def server_speed(records: list[dict], predicted_cloud_ms: dict[str, float], min_
     if not per:
         return None
     ratios = [float(np.median(v)) for _, v in sorted(per.items())]
-    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios), "per_round": ratios, "min_predicted_ms": min_ms}
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios), "per_round": ratios, "rounds": sorted(per),
+            "min_predicted_ms": min_ms}
+
+
+def host_load_summary(per_round: list[dict | None], server: dict | None) -> dict | None:
+    """This host's CPUs over the rounds (busy and stolen shares, per CPU), and whether the server's speed followed the steal.
+
+    ``per_round``: ``hostload.load_in_windows`` over the runner's round times.
+    The Spearman correlation pairs each round's ``server_vs_tables`` ratio
+    with the most any CPU lost to steal in that round.
+    """
+    have = [(k, w) for k, w in enumerate(per_round) if w]
+    if not have:
+        return None
+    steal = [max(w["steal_pct"]) for _, w in have]
+    busy = np.array([w["busy_pct"] for _, w in have])
+    out = {"per_round": per_round, "steal_pct_max_cpu_median": float(np.median(steal)), "steal_pct_max_cpu_max": float(max(steal)),
+           "busy_pct_median_per_cpu": [float(v) for v in np.median(busy, axis=0)], "server_vs_steal_spearman": None}
+    if server:
+        by_round = dict(zip(server["rounds"], server["per_round"]))
+        pairs = [(by_round[k], max(w["steal_pct"])) for k, w in have if k in by_round]
+        if len(pairs) >= 5 and len({b for _, b in pairs}) > 1 and len({a for a, _ in pairs}) > 1:
+            out["server_vs_steal_spearman"] = float(spearman([a for a, _ in pairs], [b for _, b in pairs]))
+    return out
 
 
 def _paper_model(model: str, shape, link_bytes_per_s: float, rtt_ms: float) -> float:
@@ -171,7 +195,9 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
         args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}", f"--slice-ms {req.slice_ms:g}",
                 f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
-        runner = run_interleaved(dev, bind, spec, inputs, args, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0), log=log, close=False)
+        with HostSampler() as sampler:  # the cloud side's CPUs (and, on the testbed, the emulated device's)
+            runner = run_interleaved(dev, bind, spec, inputs, args, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0), log=log, close=False)
+        runner["host_load"] = load_in_windows(sampler.samples, runner.get("round_times") or [])
     finally:
         dev.close()
     failed.update(runner["failed"])
@@ -244,11 +270,12 @@ def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, 
     by = next((e for e in ("table", "analytic") if served and all(r["predicted_cloud_ms"].get(e) is not None for r in served)), None)
     cloud = {r["id"]: r["predicted_cloud_ms"][by] for r in served} if by else {}
     speed = server_speed(recs, cloud)
+    host = host_load_summary(runner.get("host_load") or [], speed)
     return {
         "schema_version": REPORT_SCHEMA_VERSION, "kind": "cpcdrl-bench", "edge": edge_name, "profiles": {"edge": edge_profile, "cloud": cloud_profile},
         "reference": ref, "rounds": runner["rounds"], "block": req.block, "seconds_per_plan": req.seconds, "seed": req.seed,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plans": rows, "failed": failed, "fidelity": fid,
-        "server_vs_tables": {**speed, "estimate": by} if speed else None, "records": recs,
+        "server_vs_tables": {**speed, "estimate": by} if speed else None, "host_load": host, "records": recs,
     }
 
 
@@ -310,6 +337,12 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"  warning: the server's compute took {sv['median']:.2f}x the {sv.get('estimate') or 'table'} estimate's cloud time"
                      f" (per round {sv['min']:.2f}-{sv['max']:.2f}x);"
                      " pairing does not cancel a server that alone runs slower or faster: profile the cloud again beside the bench")
+    hl = report.get("host_load")
+    if hl:
+        rho = hl["server_vs_steal_spearman"]
+        lines.append(f"  this host's CPUs: busy {', '.join(f'{b:.0f}' for b in hl['busy_pct_median_per_cpu'])} % (median per CPU), "
+                     f"stolen by the hypervisor {hl['steal_pct_max_cpu_median']:.1f} % (median round, worst CPU; max {hl['steal_pct_max_cpu_max']:.1f} %)"
+                     + (f"; server speed vs steal per round: Spearman {rho:.2f}" if rho is not None else ""))
     for est, f in report["fidelity"].items():
         lines.append(f"  {est}: Spearman {f['spearman']:.2f}, Kendall {f['kendall']:.2f}, pair order {f['pair_order_right']:.2f} of "
                      f"{f['pairs_predicted_10pct_apart']}, ratio error median {f['ratio_error_median_pct']:.1f} % p90 {f['ratio_error_p90_pct']:.1f} %")

@@ -416,7 +416,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     spent = {p["id"]: 0.0 for p in live}
     fails = {p["id"]: 0 for p in live}
     records, r, k = [], 0, 0
+    round_times = []  # wall clock, so the host can line its own samples up with the rounds
     while live and (r < args.min_rounds or min(spent[p["id"]] for p in live) < args.seconds * 1000.0):
+        round_start = time.time()
         order = list(live)
         rng.shuffle(order)
         for p in order:
@@ -442,12 +444,13 @@ def run_bench(args: argparse.Namespace) -> dict:
                     failed[p["id"]] = f"stopped after {fails[p['id']]} consecutive failed requests (last: {rec['error']})"
                     live.remove(p)
                     break
+        round_times.append([round_start, time.time()])
         r += 1
         if r >= args.max_rounds:
             break
     if remote is not None:
         remote.close()
-    return {"bench": True, "records": records, "rounds": r, "failed": failed, "plans": [p["id"] for p in plans], "host": socket.gethostname(),
+    return {"bench": True, "records": records, "rounds": r, "round_times": round_times, "failed": failed, "plans": [p["id"] for p in plans], "host": socket.gethostname(),
             "block": args.block, "slice_ms": args.slice_ms, "seconds": args.seconds, "seed": args.seed}
 
 
