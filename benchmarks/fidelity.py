@@ -194,6 +194,10 @@ def main() -> int:
                "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
                "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
                "fidelity": by_set, "absolute_error_median_pct": absolute}
+    # whether the server kept its profiled speed, and what the host's CPUs did (reports from before these fields lack them)
+    for key in ("server_vs_tables", "host_load"):
+        if rep.get(key):
+            summary[key] = {k: v for k, v in rep[key].items() if k not in ("per_round", "rounds")}
     dropped = disturbed_rounds(rep)
     if dropped:  # say how much they weigh: the figures again without them (the ones above keep every round)
         sets, abs_, _ = fidelity_sets(rep, dropped)
