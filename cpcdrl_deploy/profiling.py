@@ -22,6 +22,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from torch import nn
 from cpcdrl_deploy.analysis import ModelAnalysis, analyze
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.hostload import HostSampler, load_in_windows
 from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_profile, table_key
 from cpcdrl_deploy.progress import Ticker, no_ticker
 from cpcdrl_deploy.pruning import ChannelGroup, PruneConfig, channel_groups, plan_shape, prune
@@ -417,8 +419,10 @@ def profile_host(
             else:
                 facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share)
         tables: dict[str, dict] = {}
+        on_this_host = dev.name == "local" or tb is not None  # then this host's CPUs are the device's: say what else took them
         for model_name in models:
-            with tempfile.TemporaryDirectory() as tmp:
+            t_model = time.time()
+            with tempfile.TemporaryDirectory() as tmp, (HostSampler(interval_s=1.0) if on_this_host else nullcontext()) as sampler:
                 built = {rt: build_jobs(model_name, grid, Path(tmp), log, tick, rt) for rt in runtimes}  # file names differ by suffix
                 analysis = built[runtimes[0]][1]
                 jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
@@ -466,6 +470,10 @@ def profile_host(
                     tables[key]["runtime"] = rt
                     if len(runtimes) > 1:
                         tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
+            if sampler is not None:  # stopped with the block: the whole model's timing, one window
+                window = load_in_windows(sampler.samples, [(t_model, time.time())])[0]
+                for rt in runtimes:
+                    tables[table_key(model_name, rt)]["host_load"] = window
         link = measure_link(dev, log=log) if measure_link_too else None
         if link is not None and request_probe_at:
             link = with_request_probe(dev, link, request_probe_at, log)

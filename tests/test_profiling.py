@@ -214,3 +214,6 @@ def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypa
     retimed = [e for e in entries if e.get("retimed")]
     assert retimed == [t["layers"][0]["points"][0]] and retimed[0]["retimed"] == 1 and len(retimed[0]["round_means_ms"]) == 2 + 4
     assert prof.host["retime_spread"] == profiling.RETIME_SPREAD
+    # a device on this host: the table says what this host's CPUs did while the model was timed
+    hl = t["host_load"]
+    assert hl["seconds"] > 0 and len(hl["busy_pct"]) == len(hl["steal_pct"]) >= 1 and all(0.0 <= x <= 100.0 for x in hl["steal_pct"])
