@@ -126,8 +126,8 @@ def host_load_summary(per_round: list[dict | None], server: dict | None) -> dict
     if server:
         by_round = dict(zip(server["rounds"], server["per_round"]))
         pairs = [(by_round[k], max(w["steal_pct"])) for k, w in have if k in by_round]
-        if len(pairs) >= 5 and len({b for _, b in pairs}) > 1 and len({a for a, _ in pairs}) > 1:
-            out["server_vs_steal_spearman"] = float(spearman([a for a, _ in pairs], [b for _, b in pairs]))
+        rho = spearman([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 5 else float("nan")
+        out["server_vs_steal_spearman"] = None if np.isnan(rho) else rho  # NaN (a constant side) has no place in JSON
     return out
 
 

@@ -1,4 +1,4 @@
-"""The host sampler's shares per window, from fabricated CPU times (no timing involved)."""
+"""The host sampler's shares per window from fabricated CPU times, the bench's summary of them, and the sampler itself."""
 
 import time
 
