@@ -417,7 +417,8 @@ def profile_host(
             if tb.throttle == "quota":
                 facts["testbed"]["cfs_period_us"] = tb.cfs_period_us
             else:
-                facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share)
+                facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share,
+                                          calibration_steal=tb.calibration_steal)
         tables: dict[str, dict] = {}
         on_this_host = dev.name == "local" or tb is not None  # then this host's CPUs are the device's: say what else took them
         for model_name in models:

@@ -91,7 +91,8 @@ class TestbedState:
     freezer: str | None = None  # only in testbeds made when the duty cycle froze a freezer cgroup
     duty_period_us: int | None = None
     duty_on_us: float | None = None  # the device's window per period, calibrated so a busy loop gets ``cpu``
-    measured_share: float | None = None  # what the busy loop got with it
+    measured_share: float | None = None  # what the busy loop got with it, of the time the hypervisor left the CPU
+    calibration_steal: float | None = None  # the share of that CPU's wall time the hypervisor took while calibrating
     throttle_pid: int = 0
 
     def save(self) -> None:
@@ -307,9 +308,10 @@ def up(
             # in its windows the device comes first: a host task the balancer left on this CPU must not halve them
             (cg / "cpu.shares").write_text(str(MAX_CPU_SHARES))
             st.duty_period_us = DUTY_PERIOD_US
-            st.duty_on_us, st.measured_share, st.throttle_pid = _start_duty_cycle(cg, cpu, DUTY_PERIOD_US, st.cpu_pin, d)
+            st.duty_on_us, st.measured_share, st.calibration_steal, st.throttle_pid = _start_duty_cycle(cg, cpu, DUTY_PERIOD_US, st.cpu_pin, d)
             st.save()
-            log(f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU")
+            log(f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU"
+                + (f" (of the {100 * (1 - st.calibration_steal):.0f} % the hypervisor left it)" if st.calibration_steal >= 0.01 else ""))
         # keys: the device's host key and the client key that may log in
         for key in ("host_key", "client_key"):
             if not (d / key).exists():
@@ -343,19 +345,19 @@ def up(
         raise
 
 
-def _start_duty_cycle(cg: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, int]:
-    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (window_us, measured share, pid)."""
+def _start_duty_cycle(cg: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, float, int]:
+    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (window_us, measured share, steal share, pid)."""
     cmd = [sys.executable, "-m", "cpcdrl_deploy.throttle", str(cg), "--share", str(share), "--period-us", str(period_us), "--device-cpu", str(device_cpu)]
     res = _run(cmd + ["--calibrate-only"], timeout=60)
     fields = dict(kv.split("=") for kv in res.stdout.split())
-    window_us, measured = float(fields["window_us"]), float(fields["measured_share"])
+    window_us, measured, steal = float(fields["window_us"]), float(fields["measured_share"]), float(fields["steal_share"])
     with open(d / "throttle.log", "ab") as logf:
         # its own session: it outlives `testbed up`, and a Ctrl-C in this terminal does not reach it
         proc = subprocess.Popen(cmd + ["--window-us", f"{window_us:.1f}"], stdout=logf, stderr=logf, start_new_session=True)
     time.sleep(0.2)
     if proc.poll() is not None:
         raise CpcdrlError(f"the duty-cycle process exited at once (see {d / 'throttle.log'})")
-    return window_us, measured, proc.pid
+    return window_us, measured, steal, proc.pid
 
 
 def _stop_duty_cycle(st: TestbedState) -> list[str]:

@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 RT_PRIORITY = 10  # above every ordinary task; below the kernel's own real-time threads (migration, watchdogs: 99)
 
 
@@ -77,14 +79,24 @@ def _cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seconds: float = 1.0, rounds: int = 3) -> tuple[float, float]:
-    """The window per period that gives a busy process ``share`` of the CPU, and the share measured with it.
+def _steal_s(cpu: int) -> float:
+    """Seconds the hypervisor has taken from ``cpu`` (0 on bare metal)."""
+    return float(getattr(psutil.cpu_times(percpu=True)[cpu], "steal", 0.0))
+
+
+def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seconds: float = 1.0, rounds: int = 3) -> tuple[float, float, float]:
+    """The window per period that gives a busy process ``share`` of the CPU, the share measured with it, and the steal seen.
 
     Waking from the window's sleep takes microseconds the device gets on top
     of its window, and switching in and out costs it some, so the window is
     scaled until a spinner placed like the device's tasks (its cgroup, its
     CPU, ordinary scheduling) measures the requested share (0.25 of 250 us:
     a 63.8 us window, measured 0.250).
+
+    The share is of the time the hypervisor left the CPU: on a VM whose vCPU
+    is stolen a third of the time, a share of wall time would widen the window
+    by half while the steal lasts and keep it wide after it stops. Steal is
+    reported instead (profiles record it per model), not compensated.
     """
 
     def enter() -> None:
@@ -97,20 +109,22 @@ def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seco
 
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=enter)
     window = share * period_s
-    measured = 0.0
+    measured, steal_share = 0.0, 0.0
     try:
         time.sleep(0.2)  # let the interpreter start
         for _ in range(rounds):
-            c0, t0 = _cpu_ns(spin.pid), time.perf_counter()
+            c0, s0, t0 = _cpu_ns(spin.pid), _steal_s(cpu), time.perf_counter()
             DutyCycle(window, period_s).run(seconds)
-            measured = (_cpu_ns(spin.pid) - c0) / 1e9 / (time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            steal_share = min(max(_steal_s(cpu) - s0, 0.0) / wall, 0.9)  # steal ticks are 10 ms: never let them eat the whole wall
+            measured = (_cpu_ns(spin.pid) - c0) / 1e9 / (wall * (1.0 - steal_share))
             if measured <= 0:
                 break
             window = min(period_s, window * share / measured)
     finally:
         spin.kill()
         spin.wait()
-    return window, measured
+    return window, measured, steal_share
 
 
 def _become_realtime(cpu: int) -> None:
@@ -134,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run as a real-time task on CPU {args.device_cpu}: {e}", file=sys.stderr)
         return 1
     if args.calibrate_only or args.window_us is None:
-        window, measured = calibrate(args.cgroup, args.share, period, args.device_cpu)
-        print(f"window_us={window * 1e6:.1f} measured_share={measured:.4f}", flush=True)
+        window, measured, steal = calibrate(args.cgroup, args.share, period, args.device_cpu)
+        print(f"window_us={window * 1e6:.1f} measured_share={measured:.4f} steal_share={steal:.4f}", flush=True)
         if args.calibrate_only:
             return 0
     else:
