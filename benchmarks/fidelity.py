@@ -151,6 +151,28 @@ def fidelity_sets(rep: dict, drop_rounds: list[int] | None = None) -> tuple[dict
     return by_set, absolute, good
 
 
+def repriced(rep: dict, edge_profile: str, cloud_profile: str, runtime: str) -> dict:
+    """The report with every plan's estimates recomputed from other profiles; the measurements untouched.
+
+    A diagnostic, never the sitting's figures: it asks how much of an
+    estimate's error the profile's own hour explains (a profile taken after
+    the bench cannot have steered the plans benched).
+    """
+    from cpcdrl_deploy.deploy import predictions
+    from cpcdrl_deploy.plan import load_plan
+
+    rows = []
+    for r in rep["plans"]:
+        if not r.get("e2e_ms"):
+            rows.append(r)
+            continue
+        plan = load_plan(r["plan"])
+        pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, r["bytes_per_request"], round_to=plan.prune.round_to,
+                           edge_runtime=runtime)
+        rows.append({**r, "predicted_ms": {**r["predicted_ms"], **{k: pred[k]["total_ms"] for k in rep["fidelity"] if k in pred}}})
+    return {**rep, "plans": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet")
@@ -166,6 +188,8 @@ def main() -> int:
     ap.add_argument("--optimizer-episodes", type=int, default=40)
     ap.add_argument("--optimizer-loss", type=float, default=1.0, help="the optimizer plans' --max-accuracy-loss")
     ap.add_argument("--summarise-only", action="store_true", help="recompute summary.json from the sitting's bench report, measure nothing")
+    ap.add_argument("--reprice-edge", help="with --summarise-only: also the figures with the edge estimates from this profile (a diagnostic, "
+                    "written as summary['repriced'])")
     args = ap.parse_args()
     out = Path(args.out) / (args.model if args.runtime == "onnxruntime" else f"{args.model}-{args.runtime}")
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -202,6 +226,10 @@ def main() -> int:
     if dropped:  # say how much they weigh: the figures again without them (the ones above keep every round)
         sets, abs_, _ = fidelity_sets(rep, dropped)
         summary["without_disturbed_rounds"] = {"rule": DISTURBED_RULE, "rounds_dropped": dropped, "fidelity": sets, "absolute_error_median_pct": abs_}
+    if args.reprice_edge:
+        sets, abs_, _ = fidelity_sets(repriced(rep, args.reprice_edge, str(cloud), args.runtime))
+        after = load_profile(args.reprice_edge).tables[table_key(args.model, args.runtime)].get("measured_at")
+        summary["repriced"] = {"edge_profile": args.reprice_edge, "measured_at": after, "fidelity": sets, "absolute_error_median_pct": abs_}
     atomic_write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0
