@@ -575,6 +575,9 @@ def bench_cmd(
     cloud_profile: Annotated[str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the first plan's)")] = None,
     trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
     runtime: RuntimeOpt = None,
+    profile_before_rounds: Annotated[Path | None, typer.Option("--profile-before-rounds", help="profile the edge and this host into this folder "
+                                                               "once everything is uploaded, right before the rounds, and judge those profiles' "
+                                                               "estimates (the plans keep the profiles they were made with)")] = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -583,9 +586,12 @@ def bench_cmd(
     from cpcdrl_deploy.fileio import check_writable
 
     check_writable(out, "--out", directory=True)
+    if profile_before_rounds is not None:
+        check_writable(profile_before_rounds, "--profile-before-rounds", directory=True)
     req = BenchRequest(
         list(plans), edge=edge, out=out, seconds=seconds, block=block, slice_ms=slice_ms, min_rounds=min_rounds, images=images, bind=bind, timeout_s=timeout,
         edge_profile=edge_profile, cloud_profile=cloud_profile, trust_host_key=trust_host_key, seed=seed, runtime=runtime.value if runtime else None,
+        profile_before_rounds=profile_before_rounds,
     )
     with _progress(fmt) as tick:
         rep = bench(req, log=_err, tick=tick)

@@ -1,7 +1,7 @@
 """How good are the estimates? Many plans of one model benched in one sitting on the device; rank and ratio fidelity.
 
     python benchmarks/fidelity.py --model mobilenet --host pi [--seconds 4] [--plans 40] [--runtime litert] [--out benchmarks/results/fidelity]
-        [--optimizer-links 200KB/s,1MB/s]
+        [--optimizer-links 200KB/s,1MB/s] [--profile-before-rounds]
 
 Plans (all of ``--model``, reference checkpoint from ../shared): uniform keeps
 0.25-1.0 at cuts spread over the model (interior ones included), random
@@ -16,7 +16,8 @@ pruned plans alone. ``--runtime litert`` builds every head for LiteRT and
 judges the profile's ``MODEL@litert`` tables (results under OUT/MODEL-litert). The profiles the estimates use were measured earlier
 (their dates are in the report): ranks and ratios are what an optimiser
 needs, and they survive a change of the host's level better than absolute
-times do.
+times do. ``--profile-before-rounds`` has ``bench`` profile both hosts
+again once the heads are uploaded, and the figures judge those profiles.
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ def main() -> int:
     ap.add_argument("--optimizer-episodes", type=int, default=40)
     ap.add_argument("--optimizer-loss", type=float, default=1.0, help="the optimizer plans' --max-accuracy-loss")
     ap.add_argument("--summarise-only", action="store_true", help="recompute summary.json from the sitting's bench report, measure nothing")
+    ap.add_argument("--profile-before-rounds", action="store_true", help="bench profiles the edge and this host again once the heads are "
+                    "uploaded, right before the rounds, into OUT/MODEL/profiles-before-rounds, and the figures judge those profiles")
     ap.add_argument("--reprice-edge", help="with --summarise-only: also the figures with the edge estimates from this profile (a diagnostic, "
                     "written as summary['repriced'])")
     args = ap.parse_args()
@@ -206,17 +209,23 @@ def main() -> int:
                                          args.optimizer_episodes, args.optimizer_loss, log)
             log(f"{len(plans)} plans; benching on {args.host}")
             t0 = time.time()
-            rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed, runtime=args.runtime), log=log)
+            rep = bench(BenchRequest(plans, edge=args.host, out=out / "bench", seconds=args.seconds, seed=args.seed, runtime=args.runtime,
+                                     profile_before_rounds=out / "profiles-before-rounds" if args.profile_before_rounds else None), log=log)
             wall = round(time.time() - t0, 1)
     except CpcdrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     by_set, absolute, good = fidelity_sets(rep)
+    if rep.get("profiles_of_the_plans"):  # profiled again right before the rounds: the figures judge those
+        plans_made = {args.host: load_profile(str(edge)).tables[table_key(args.model, args.runtime)].get("measured_at"),
+                      "local": load_profile(str(cloud)).tables[args.model].get("measured_at")}
+        edge, cloud = Path(rep["profiles"]["edge"]), Path(rep["profiles"]["cloud"])
     edge_t = load_profile(str(edge)).tables[table_key(args.model, args.runtime)]
     profiled = {args.host: edge_t.get("measured_at"), "local": load_profile(str(cloud)).tables[args.model].get("measured_at")}
     summary = {"model": args.model, "runtime": args.runtime, "host": args.host,
                "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
                "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
+               **({"plans_made_with_profiles_measured_at": plans_made} if rep.get("profiles_of_the_plans") else {}),
                "fidelity": by_set, "absolute_error_median_pct": absolute}
     # whether the server kept its profiled speed, and what the host's CPUs did (reports from before these fields lack them)
     for key in ("server_vs_tables", "host_load"):

@@ -70,6 +70,8 @@ class BenchRequest:
     trust_host_key: bool = False
     seed: int = 0
     runtime: str | None = None  # every head's runtime; None: each plan's own
+    # a folder: profile the edge and this host once everything is uploaded, right before the rounds, and price the plans with those
+    profile_before_rounds: Path | None = None
 
 
 def paired_ratio(records: list[dict], plan: str, ref: str, seed: int = 0) -> dict:
@@ -194,14 +196,26 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
                                         files["tail"]["outputs"][0]["name"] if "tail" in files else None))
         args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}", f"--slice-ms {req.slice_ms:g}",
                 f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
+        fresh: dict[str, str] = {}
+
+        def profile_now() -> None:
+            fresh.update(_profile_both(dev, sorted({p.model for p in plans}), sorted(runtimes | {"onnxruntime"}), Path(req.profile_before_rounds), bind,
+                                       edge_profile, log))
+
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
         with HostSampler() as sampler:  # the cloud side's CPUs (and, on the testbed, the emulated device's)
-            runner = run_interleaved(dev, bind, spec, inputs, args, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0), log=log, close=False)
+            runner = run_interleaved(dev, bind, spec, inputs, args, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0), log=log, close=False,
+                                     before_run=profile_now if req.profile_before_rounds else None)
         runner["host_load"] = load_in_windows(sampler.samples, runner.get("round_times") or [])
     finally:
         dev.close()
     failed.update(runner["failed"])
+    chosen_with = {"edge": edge_profile, "cloud": cloud_profile}
+    if fresh:
+        edge_profile, cloud_profile = fresh["edge"], fresh["cloud"]
     report = analyse(entries, runner, failed, req, edge_profile, cloud_profile, dev.name)
+    if fresh:  # the plans were made with the older profiles; the estimates judged here are the fresh ones'
+        report["profiles_of_the_plans"] = chosen_with
     report["wall_s"] = time.perf_counter() - t_start
     atomic_write_json(out / "bench-report.json", report)
     try:
@@ -209,6 +223,39 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the measurements
         log(f"no plot: {exc}")
     return report
+
+
+def _profile_both(dev, models: list[str], runtimes: list[str], folder: Path, bind: str, plans_edge: str, log: Log) -> dict[str, str]:
+    """Profile ``models`` on the edge and on this host into ``folder``, as ``cpcdrl profile`` would; the two paths.
+
+    Why: uploads over a slow link and the optimiser's searches put an hour
+    between a sitting's profiles and its rounds, and this host's speed for
+    some models moves in an hour (a VGG16 sitting's device profile priced
+    mid-sized heads 1.5x fast; one taken after the bench agreed with it).
+    Profiled here, minutes before the rounds, the estimates are judged on
+    the host the rounds run on. A local edge has no link to time: it keeps
+    the link of the plans' edge profile, and its notes say so.
+    """
+    from cpcdrl_deploy.profiles import save_profile
+    from cpcdrl_deploy.profiling import profile_host
+
+    folder.mkdir(parents=True, exist_ok=True)
+    edge_path, cloud_path = folder / f"edge-{dev.name}.json", folder / "cloud-local.json"
+    on_edge = dev.name != "local"
+    t0 = time.perf_counter()
+    log(f"profiling {', '.join(models)} on {dev.name}, then on this host, before the rounds")
+    prof = profile_host(dev, models, edge_path, measure_link_too=on_edge, request_probe_at=bind if on_edge else None, runtime=runtimes, log=log)
+    if prof.link is None:
+        prof.link = load_profile(plans_edge).link
+        prof.notes = f"{prof.notes}; link from {plans_edge}, not measured (a local edge)".lstrip("; ")
+        save_profile(prof, edge_path)
+    local = connect("local")
+    try:
+        profile_host(local, models, cloud_path, measure_link_too=False, log=log)
+    finally:
+        local.close()
+    log(f"profiled in {time.perf_counter() - t0:.0f} s")
+    return {"edge": str(edge_path), "cloud": str(cloud_path)}
 
 
 def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, edge_profile: str, cloud_profile: str, edge_name: str) -> dict:

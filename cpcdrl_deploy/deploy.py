@@ -184,13 +184,15 @@ class InterleavedPlan:
 
 def run_interleaved(
     dev: Device, bind: str, plans: Sequence[InterleavedPlan], inputs: Path, runner_args: list[str], budget_s: float,
-    log: Log = lambda s: None, close: bool = True,
+    log: Log = lambda s: None, close: bool = True, before_run: Callable[[], None] | None = None,
 ) -> dict:
     """Serve every tail from one server, upload every head and the runner, run the runner's bench mode; the runner's report.
 
     What ``bench`` and the request probe share: the device sets up, runs
     ``edge_runner.run_bench`` (``runner_args``: its timing options) and is
     cleaned up whatever happens; ``close``: also close the connection.
+    ``before_run``: called once everything is uploaded and served, right
+    before the runner starts (``bench --profile-before-rounds``).
     """
     token = secrets.token_urlsafe(24)
     server: CloudServer | None = None
@@ -219,6 +221,8 @@ def run_interleaved(
                 f"--out {shlex.quote(remote_dir + '/report.json')}", *runner_args]
         if server is not None:
             args.append(f"--url {server.url}")
+        if before_run is not None:
+            before_run()
         return run_edge_runner(dev, remote_dir, args, token, budget_s)
     finally:
         tear_down(dev, server, remote_dir, close=close)

@@ -78,6 +78,36 @@ def test_bench_locally(plans, tmp_path) -> None:
     assert (tmp_path / "b" / "bench.png").stat().st_size > 0
 
 
+def test_profile_before_rounds_prices_the_plans_with_fresh_profiles(plans, tmp_path, monkeypatch) -> None:
+    from cpcdrl_deploy import deploy, profiling
+
+    order: list[str] = []
+    real_profile, real_runner = profiling.profile_host, deploy.run_edge_runner
+
+    def quick_profile(dev, models, out, **kw):  # the real profiler on a short leash: one keep, one short pass
+        order.append(f"profile {dev.name}")
+        kw.update(grid=(1.0,), warmup=1, repeats=3, rounds=1, window_ms=10.0, cold_gap_ms=0.0, retime_tries=0)
+        return real_profile(dev, models, out, **kw)
+
+    def runner(*a, **k):
+        order.append("rounds")
+        return real_runner(*a, **k)
+
+    monkeypatch.setattr(profiling, "profile_host", quick_profile)
+    monkeypatch.setattr(deploy, "run_edge_runner", runner)
+    fresh = tmp_path / "fresh"
+    rep = bench(BenchRequest(plans[:2], out=tmp_path / "b", seconds=0.2, min_rounds=2, slice_ms=10, profile_before_rounds=fresh))
+    assert order == ["profile local", "profile local", "rounds"]  # after the uploads, before the rounds
+    assert rep["profiles"] == {"edge": str(fresh / "edge-local.json"), "cloud": str(fresh / "cloud-local.json")}
+    plan0 = json.loads(plans[0].read_text())
+    assert rep["profiles_of_the_plans"] == {"edge": plan0["profiles"]["edge"], "cloud": plan0["profiles"]["cloud"]}
+    from cpcdrl_deploy.profiles import load_profile
+
+    edge = load_profile(str(fresh / "edge-local.json"))  # a local edge has no link to time: it keeps the plans' link, and says so
+    assert "tinyvgg" in edge.tables and edge.link == load_profile(plan0["profiles"]["edge"]).link and "not measured" in edge.notes
+    assert rep["fidelity"]["table"]["spearman"] is not None
+
+
 def test_an_interrupted_bench_leaves_the_last_report_whole(plans, tmp_path, monkeypatch) -> None:
     out = tmp_path / "b"
     req = BenchRequest(plans[:2], out=out, seconds=0.2, min_rounds=2, slice_ms=10)
