@@ -159,19 +159,17 @@ def repriced(rep: dict, edge_profile: str, cloud_profile: str, runtime: str) -> 
     estimate's error the profile's own hour explains (a profile taken after
     the bench cannot have steered the plans benched).
     """
-    from cpcdrl_deploy.deploy import predictions
+    from cpcdrl_deploy.bench import plan_estimates
     from cpcdrl_deploy.plan import load_plan
 
-    rows = []
-    for r in rep["plans"]:
-        if not r.get("e2e_ms"):
-            rows.append(r)
-            continue
-        plan = load_plan(r["plan"])
-        pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, r["bytes_per_request"], round_to=plan.prune.round_to,
-                           edge_runtime=runtime)
-        rows.append({**r, "predicted_ms": {**r["predicted_ms"], **{k: pred[k]["total_ms"] for k in rep["fidelity"] if k in pred}}})
+    rows = [{**r, "predicted_ms": plan_estimates(load_plan(r["plan"]), r["bytes_per_request"], edge_profile, cloud_profile, runtime)[0]}
+            if r.get("e2e_ms") else r for r in rep["plans"]]
     return {**rep, "plans": rows}
+
+
+def profiled_at(model: str, runtime: str, host: str, edge: Path, cloud: Path) -> dict[str, str | None]:
+    """When the edge and cloud profiles timed ``model``."""
+    return {host: load_profile(str(edge)).tables[table_key(model, runtime)].get("measured_at"), "local": load_profile(str(cloud)).tables[model].get("measured_at")}
 
 
 def main() -> int:
@@ -217,11 +215,9 @@ def main() -> int:
         return 2
     by_set, absolute, good = fidelity_sets(rep)
     if rep.get("profiles_of_the_plans"):  # profiled again right before the rounds: the figures judge those
-        plans_made = {args.host: load_profile(str(edge)).tables[table_key(args.model, args.runtime)].get("measured_at"),
-                      "local": load_profile(str(cloud)).tables[args.model].get("measured_at")}
+        plans_made = profiled_at(args.model, args.runtime, args.host, edge, cloud)
         edge, cloud = Path(rep["profiles"]["edge"]), Path(rep["profiles"]["cloud"])
-    edge_t = load_profile(str(edge)).tables[table_key(args.model, args.runtime)]
-    profiled = {args.host: edge_t.get("measured_at"), "local": load_profile(str(cloud)).tables[args.model].get("measured_at")}
+    profiled = profiled_at(args.model, args.runtime, args.host, edge, cloud)
     summary = {"model": args.model, "runtime": args.runtime, "host": args.host,
                "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
                "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
@@ -237,7 +233,7 @@ def main() -> int:
         summary["without_disturbed_rounds"] = {"rule": DISTURBED_RULE, "rounds_dropped": dropped, "fidelity": sets, "absolute_error_median_pct": abs_}
     if args.reprice_edge:
         sets, abs_, _ = fidelity_sets(repriced(rep, args.reprice_edge, str(cloud), args.runtime))
-        after = load_profile(args.reprice_edge).tables[table_key(args.model, args.runtime)].get("measured_at")
+        after = profiled_at(args.model, args.runtime, args.host, Path(args.reprice_edge), cloud)[args.host]
         summary["repriced"] = {"edge_profile": args.reprice_edge, "measured_at": after, "fidelity": sets, "absolute_error_median_pct": abs_}
     atomic_write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))

@@ -258,6 +258,18 @@ def _profile_both(dev, models: list[str], runtimes: list[str], folder: Path, bin
     return {"edge": str(edge_path), "cloud": str(cloud_path)}
 
 
+def plan_estimates(plan: Plan, payload: int | None, edge_profile: str, cloud_profile: str, edge_runtime: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Each estimate's end-to-end price of ``plan`` (``payload``: bytes sent per request, None for cut N), and its cloud part (no paper's)."""
+    pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, round_to=plan.prune.round_to, edge_runtime=edge_runtime)
+    link = pred.pop("_link")
+    total = {k: v["total_ms"] for k, v in pred.items() if k in ESTIMATES}
+    shape, _ = shape_of(plan.model, plan.cut, plan.ratios, plan.prune.round_to)
+    if payload is not None:
+        shape = dataclasses.replace(shape, cut_bytes=payload)
+    total["paper"] = _paper_model(plan.model, shape, link["uplink_bytes_per_s"], link["rtt_ms"])
+    return total, {k: v["cloud_ms"] for k, v in pred.items() if k in ESTIMATES}
+
+
 def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, edge_profile: str, cloud_profile: str, edge_name: str) -> dict:
     """Per-plan statistics, paired ratios and each estimate's fidelity, from the runner's records."""
     recs = runner["records"]
@@ -282,20 +294,13 @@ def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, 
             stats[f"p{q}"] = float(np.percentile(e2e, q))
             stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, lambda a, q=q: np.percentile(a, q), seed=req.seed))
         payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"]["files"] else None
-        pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, round_to=plan.prune.round_to,
-                           edge_runtime=e["manifest"]["runtime"]["head"] or "onnxruntime")
-        link = pred.pop("_link")
-        shape_pred = {k: v["total_ms"] for k, v in pred.items() if k in ESTIMATES}
-        shape, _ = shape_of(plan.model, plan.cut, plan.ratios, plan.prune.round_to)
-        if payload is not None:
-            shape = dataclasses.replace(shape, cut_bytes=payload)
-        shape_pred["paper"] = _paper_model(plan.model, shape, link["uplink_bytes_per_s"], link["rtt_ms"])
+        shape_pred, cloud_pred = plan_estimates(plan, payload, edge_profile, cloud_profile, e["manifest"]["runtime"]["head"] or "onnxruntime")
         row.update(requests=len(mine), e2e_ms=stats, edge_p50_ms=float(np.median([r["edge_ms"] for r in mine])),
                    transfer_and_cloud_p50_ms=float(np.median([r["remote_ms"] for r in mine])), bytes_per_request=payload,
                    agreement_with_pytorch_pct=agree, predicted_ms=shape_pred, ratio_to_reference=paired_ratio(recs, pid, ref, req.seed))
         server = [r["server_ms"] for r in mine if r.get("server_ms") is not None]
         if server:  # where the transfer + cloud time goes: the tail's compute as the server timed it, against the cloud tables
-            row.update(cloud_server_p50_ms=float(np.median(server)), predicted_cloud_ms={k: v["cloud_ms"] for k, v in pred.items() if k in ESTIMATES})
+            row.update(cloud_server_p50_ms=float(np.median(server)), predicted_cloud_ms=cloud_pred)
         rows.append(row)
     rows += [{"id": pid, "failed": why} for pid, why in failed.items() if pid not in {e["id"] for e in entries}]  # never exported
     rows.sort(key=lambda r: int(r["id"][1:]))
