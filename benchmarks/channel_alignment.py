@@ -19,12 +19,11 @@ from pathlib import Path
 from torch import nn
 
 from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.profiling import _export, _make_constant
+from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.profiling import PROFILER, _export, _make_constant, time_on_device
 from cpcdrl_deploy.pruning import PruneConfig, prune
 from cpcdrl_deploy.remote import connect
 from cpcdrl_deploy.zoo import build_model
-
-PROFILER = Path(__file__).resolve().parents[1] / "profilers" / "ort_profiler.py"
 
 
 def main() -> None:
@@ -36,7 +35,10 @@ def main() -> None:
     net = build_model(args.model)
     a = analyze(net, 32, args.model)
     variants = [("unpruned", 1.0, 1)] + [(f"keep {k} round_to {r}", k, r) for k in (0.8, 0.7, 0.5) for r in (1, 8)]
-    dev = connect(args.host)
+    try:
+        dev = connect(args.host)
+    except CpcdrlError as exc:
+        raise SystemExit(f"error: {exc}") from None
     remote = dev.mkdtemp()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -48,15 +50,13 @@ def main() -> None:
                 dev.put(f, f"{remote}/{f.name}")
                 jobs.append({"id": name, "file": f.name, "input_shape": [1, 3, 32, 32]})
             (Path(tmp) / "job.json").write_text(json.dumps(jobs))
-            dev.put(Path(tmp) / "job.json", f"{remote}/job.json")
             dev.put(PROFILER, f"{remote}/ort_profiler.py")
-        rc, out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json --repeats {args.repeats}", timeout=900)
-        if rc != 0:
-            raise SystemExit(f"profiler failed: {err.strip()}")
+            res = time_on_device(dev, remote, Path(tmp) / "job.json", f"--repeats {args.repeats}", timeout=900)
+    except CpcdrlError as exc:
+        raise SystemExit(f"error: {exc}") from None
     finally:
         dev.remove(remote)
         dev.close()
-    res = {json.loads(line)["id"]: json.loads(line) for line in out.strip().splitlines()}
     base = res["unpruned"]["mean_ms"]
     print(f"{args.model} on {args.host} (ONNX Runtime, 1 thread; sustained mean per run)")
     print("| variant | ms | vs unpruned |\n|---|---|---|")

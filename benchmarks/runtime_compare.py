@@ -25,7 +25,6 @@ import argparse
 import copy
 import gzip
 import json
-import shlex
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from cpcdrl_deploy.data import load_cifar10
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.export import _onnx_bytes, _quantize_head
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
-from cpcdrl_deploy.profiling import PROFILER, _make_constant
+from cpcdrl_deploy.profiling import PROFILER, _make_constant, time_on_device
 from cpcdrl_deploy.pruning import PruneConfig, channel_groups, prune
 from cpcdrl_deploy.remote import check_runtime, connect
 from cpcdrl_deploy.runtimes import tflite_bytes, tflite_int8
@@ -150,16 +149,11 @@ def main() -> int:
                 for j in jobs:
                     dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
                 (Path(tmp) / "job.json").write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in jobs]))
-                dev.put(Path(tmp) / "job.json", f"{remote}/job.json")
                 opts = f"--threads 1 --warmup 5 --repeats {4 * args.rounds} --rounds {args.rounds} --min-time-ms {round(args.window_ms * args.rounds)}"
                 t0 = time.time()
                 started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 log(f"timing {len(jobs)} files on {dev.name}, {args.rounds} interleaved rounds")
-                cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} time {shlex.quote(remote + '/job.json')} {opts}"
-                rc, res_out, err = dev.run(cmd, timeout=3600)
-                if rc != 0:
-                    raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
-                timed = {r["id"]: r for r in (json.loads(line) for line in res_out.strip().splitlines())}
+                timed = time_on_device(dev, remote, Path(tmp) / "job.json", opts, timeout=3600)
             finally:
                 dev.remove(remote)
     except CpcdrlError as exc:

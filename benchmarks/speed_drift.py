@@ -28,14 +28,10 @@ import numpy as np
 
 from cpcdrl_deploy.errors import CpcdrlError
 from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.profiling import PROFILER, probe_model
+from cpcdrl_deploy.profiling import PROFILER, probe_model, time_on_device
 from cpcdrl_deploy.remote import check_runtime, connect
 
 WINDOW_MS = 100  # the profiler's window per round (profiling.measure_tables' round_window_ms)
-
-
-def _rounds(lines: str) -> list[float]:
-    return [float(x) for x in json.loads(lines.strip().splitlines()[-1])["round_means_ms"]]
 
 
 def _per_minute(means: list[float]) -> list[float]:
@@ -72,9 +68,9 @@ def main() -> int:
                     check_runtime(dev)
                     remote = dev.mkdtemp()
                     try:
-                        for f in (PROFILER, job, Path(tmp, "probe.onnx.gz")):
+                        for f in (PROFILER, Path(tmp, "probe.onnx.gz")):
                             dev.put(f, f"{remote}/{f.name}")
-                        rc, out, err = dev.run(f"{dev.python} {remote}/ort_profiler.py time {remote}/job.json {opts}", timeout=args.minutes * 60 * 2 + 300)
+                        timed = time_on_device(dev, remote, job, opts, timeout=args.minutes * 60 * 2 + 300)
                     finally:
                         dev.remove(remote)
                 finally:
@@ -82,10 +78,7 @@ def main() -> int:
             except (CpcdrlError, OSError) as e:
                 errors.append(f"{host}: {e}")
                 return
-            if rc != 0:
-                errors.append(f"{host}: {err.strip()[-300:]}")
-            else:
-                results[side] = _rounds(out)
+            results[side] = [float(x) for x in timed["probe"]["round_means_ms"]]
 
         t0 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         print(

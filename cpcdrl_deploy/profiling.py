@@ -335,6 +335,32 @@ def with_request_probe(dev: Device, link: LinkProfile, bind: str, log: Log = lam
     return replace(link, uplink_bytes_per_s=res["bytes_per_s"], request_overhead_ms=res["request_overhead_ms"], request_probe=res)
 
 
+def _profiler_failed(dev: Device, rc: int, err: str) -> CpcdrlError:
+    return CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+
+
+def profiler_facts(dev: Device, remote: str) -> dict:
+    """The device's runtime facts (``ort_profiler.py facts``), with the profiler already in REMOTE."""
+    rc, out, err = dev.run(f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} facts", timeout=120)
+    if rc != 0:
+        raise _profiler_failed(dev, rc, err)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def time_on_device(dev: Device, remote: str, job_file: Path, opts: str, timeout: float) -> dict[str, dict]:
+    """Run ``ort_profiler.py time`` on DEV over JOB_FILE (uploaded as REMOTE/job.json; the profiler and the
+    model files already in REMOTE) with the profiler options OPTS, and return its results by job id.
+
+    The one command line every profiling caller shares (``profile_host`` and the benchmarks), so a change
+    of the profiler's interface has one place to go."""
+    dev.put(job_file, f"{remote}/job.json")
+    cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} time {shlex.quote(remote + '/job.json')} {opts}"
+    rc, out, err = dev.run(cmd, timeout=timeout)
+    if rc != 0:
+        raise _profiler_failed(dev, rc, err)
+    return {r.pop("id"): r for r in map(json.loads, out.strip().splitlines())}
+
+
 def profile_host(
     dev: Device,
     models: list[str],
@@ -402,10 +428,7 @@ def profile_host(
     remote = dev.mkdtemp()
     try:
         dev.put(PROFILER, f"{remote}/ort_profiler.py")
-        rc, facts_out, err = dev.run(f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} facts", timeout=120)
-        if rc != 0:
-            raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
-        facts = json.loads(facts_out.strip().splitlines()[-1])
+        facts = profiler_facts(dev, remote)
         facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds, round_window_ms=window_ms, cold_gap_ms=cold_gap_ms,
                      retime_spread=RETIME_SPREAD, retime_tries=retime_tries)
         tb = load_state(dev.name) if dev.name != "local" else None
@@ -438,13 +461,8 @@ def profile_host(
                         {k: j[k] for k in ("id", "file", "input_shape")} | ({"cold_gap_ms": cold_gap_ms} if cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
                         for j in chunk
                     ]))
-                    dev.put(job_file, f"{remote}/job.json")
                     opts = f"--threads {threads} --warmup {warmup} --repeats {repeats} --rounds {n_rounds} --min-time-ms {round(window_ms * n_rounds)}"
-                    cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/ort_profiler.py')} time {shlex.quote(remote + '/job.json')} {opts}"
-                    rc, res_out, err = dev.run(cmd, timeout=1800)
-                    if rc != 0:
-                        raise CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
-                    return {r.pop("id"): r for r in map(json.loads, res_out.strip().splitlines())}
+                    return time_on_device(dev, remote, job_file, opts, timeout=1800)
 
                 still = 0  # models whose passes still disagree after the re-timing
                 for start in range(0, len(todo), batch):

@@ -103,6 +103,29 @@ def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
     assert res["mean_ms"] == pytest.approx((ranked[1] + ranked[2]) / 2)
 
 
+def test_time_on_device_returns_results_by_id_and_fails_in_one_line(tmp_path) -> None:
+    import torch.nn as nn
+
+    from cpcdrl_deploy.profiling import PROFILER, _export, time_on_device
+    from cpcdrl_deploy.remote import connect
+
+    dev = connect("local")
+    remote = dev.mkdtemp()
+    try:
+        dev.put(PROFILER, f"{remote}/ort_profiler.py")
+        (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
+        dev.put(tmp_path / "relu.onnx.gz", f"{remote}/relu.onnx.gz")
+        job = tmp_path / "job.json"
+        job.write_text(json.dumps([{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}]))
+        timed = time_on_device(dev, remote, job, "--warmup 1 --repeats 4 --rounds 2 --min-time-ms 10", timeout=120)
+        assert list(timed) == ["relu"] and timed["relu"]["mean_ms"] > 0 and len(timed["relu"]["round_means_ms"]) == 2
+        job.write_text(json.dumps([{"id": "gone", "file": "missing.onnx.gz", "input_shape": [1, 8, 4, 4]}]))
+        with pytest.raises(CpcdrlError, match=r"^local: profiler failed: [^\n]+$"):
+            time_on_device(dev, remote, job, "--repeats 2", timeout=120)
+    finally:
+        dev.remove(remote)
+
+
 def test_time_jobs_times_whole_models_after_idle_when_asked(tmp_path, monkeypatch) -> None:
     # a job with cold_gap_ms also gets COLD_RUNS_PER_ROUND runs per round, each after that much sleep
     import torch.nn as nn
