@@ -216,13 +216,17 @@ def main() -> int:
     by_set, absolute, good = fidelity_sets(rep)
     if rep.get("profiles_of_the_plans"):  # profiled again right before the rounds: the figures judge those
         plans_made = profiled_at(args.model, args.runtime, args.host, edge, cloud)
+        # and beside them, what the profiles that made the plans (taken before the searches and uploads) say of the same rounds
+        sets, abs_, _ = fidelity_sets(repriced(rep, str(edge), str(cloud), args.runtime))
+        with_plans_profiles = {"measured_at": plans_made, "fidelity": sets, "absolute_error_median_pct": abs_}
         edge, cloud = Path(rep["profiles"]["edge"]), Path(rep["profiles"]["cloud"])
     profiled = profiled_at(args.model, args.runtime, args.host, edge, cloud)
     summary = {"model": args.model, "runtime": args.runtime, "host": args.host,
                "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
                "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
                **({"plans_made_with_profiles_measured_at": plans_made} if rep.get("profiles_of_the_plans") else {}),
-               "fidelity": by_set, "absolute_error_median_pct": absolute}
+               "fidelity": by_set, "absolute_error_median_pct": absolute,
+               **({"with_the_plans_profiles": with_plans_profiles} if rep.get("profiles_of_the_plans") else {})}
     # whether the server kept its profiled speed, and what the host's CPUs did (reports from before these fields lack them)
     for key in ("server_vs_tables", "host_load"):
         if rep.get(key):

@@ -76,6 +76,18 @@ def test_bench_locally(plans, tmp_path) -> None:
     assert len(hl["per_round"]) == rep["rounds"] and all(w is not None for w in hl["per_round"])
     assert len(hl["busy_pct_median_per_cpu"]) == len(psutil.cpu_times(percpu=True)) and 0.0 <= hl["steal_pct_max_cpu_median"] <= 100.0
     assert (tmp_path / "b" / "bench.png").stat().st_size > 0
+    # repriced with the plans' own profiles, every estimate comes back unchanged: fidelity.py's figures "with the
+    # plans' profiles" (after bench --profile-before-rounds) price the plans exactly as a plain bench would
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "benchmarks" / "fidelity.py")
+    fb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fb)
+    again = fb.repriced(rep, rep["profiles"]["edge"], rep["profiles"]["cloud"], "onnxruntime")
+    for r in again["plans"]:
+        assert r["predicted_ms"] == pytest.approx(rows[r["id"]]["predicted_ms"], rel=1e-9)
 
 
 def test_profile_before_rounds_prices_the_plans_with_fresh_profiles(plans, tmp_path, monkeypatch) -> None:
