@@ -47,6 +47,19 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     assert m["acceptance"]["settings"] == 4
     text = (merged / "table.md").read_text()
     assert "| tinyvgg | paper | 50KB/s |" in text and "| tinyvgg | paper | 50KB/s int8 |" in text
+    # every seed plan of every method is counted in the miss-rate table (here: one seed, two settings, each wire)
+    assert "| cpcdrl | 4 |" in text and "| reference | 4 |" in text
+
+    # a later part's setting replaces an earlier part's with the same key (a rerun under newer code)
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    (rerun / "results.json").write_text(json.dumps({**d, "settings": [{**d["settings"][1], "rerun": True}]}))
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--merge", str(out), str(rerun), "--out", str(tmp_path / "m2")],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m2 = json.loads((tmp_path / "m2" / "results.json").read_text())
+    assert [s["link"] for s in m2["settings"]] == [s["link"] for s in d["settings"]]
+    assert [bool(s.get("rerun")) for s in m2["settings"]] == [False, True]
 
 
 def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
