@@ -69,7 +69,6 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
     "no-other-cuts": dict(refine_other_cuts=False),
-    "no-guided-refine": dict(refine_guided=False),  # the refinement's moves ranked by latency saved alone
     "no-slack": dict(other_cut_slack=float("inf")),  # other cuts refined however far behind they start
     "no-margin": dict(margin_se=0.0),
     "binomial-margin": dict(margin_paired=False, margin_se=0.5),  # the first rule: 0.5 binomial SEs for every plan

@@ -6,7 +6,6 @@ whose validation accuracy meets A0 (Eq. 8), or none, plus its history.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,9 +48,6 @@ class SearchConfig:
     margin_paired: bool = True
     refine_fraction: float = 0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
     refine_other_cuts: bool = True  # once the best plan's cut has nothing left to try, refine the next cut's best plan
-    # rank the refinement's moves by latency saved x the chance the plan stays feasible, from each layer's
-    # accuracy cost per pruned fraction fitted on the plans already scored (False: by latency saved alone)
-    refine_guided: bool = True
     # ...but only a cut whose fastest known feasible plan is within this factor of the best: a descent walks
     # through plans slower than the best, each scored in full, and one that starts far behind reaches nothing
     other_cut_slack: float = 1.3
@@ -68,7 +64,6 @@ class SearchConfig:
         """The paper's Alg. 1-2 and Eq. 10 as written: every departure off, the literal reward."""
         return replace(
             self, mask_cuts=False, pay_best_at_cut=False, unpruned_prior=False, uniform_start=False, refine_fraction=0.0, refine_other_cuts=False,
-            refine_guided=False,
             margin_se=0.0,
             reward=RewardConfig(eta=self.reward.eta, mu=self.reward.mu, clip_surplus=False, no_speed_credit_when_infeasible=False, infeasible_slope=0.0),
         )
@@ -108,7 +103,6 @@ class _Tracker:
         self.a0 = a0
         self.margin = margin or (lambda ev: 0.0)  # points a pruned plan must clear A0 by on validation
         self.seen: set[tuple] = set()
-        self.scored: list[Evaluation] = []  # every plan scored, in order (the refinement fits layer sensitivities on them)
         self.best_at_cut: dict[int, Evaluation] = {}  # the fastest feasible plan scored in full at each cut
         self.tick, self.total = tick, total
         tick(method, 0, total)
@@ -125,7 +119,6 @@ class _Tracker:
         if key not in self.seen:
             self.seen.add(key)
             self.result.evaluations += 1
-            self.scored.append(ev)
         self.result.history.append((ev.cut, ev.accuracy, ev.latency.total_ms))
         n = len(self.result.history)
         self.tick(self.result.method, min(n, self.total) if self.total else n, self.total)
@@ -372,79 +365,13 @@ def _uniform_start(evaluator: PlanEvaluator, cfg: SearchConfig, allowed: list[in
     return out
 
 
-def _pruned_fractions(ev_cut: int, out_keep: tuple[float, ...], n_layers: int) -> np.ndarray:
-    """1 - keep of every edge layer (0 for layers past the cut, which are never pruned)."""
-    return np.array([1.0 - out_keep[t] if t < ev_cut and t < len(out_keep) else 0.0 for t in range(n_layers)])
-
-
-@dataclass
-class Sensitivity:
-    """Accuracy points each layer costs per unit of its pruned fraction, fitted on plans already scored."""
-
-    cost: np.ndarray  # per layer, >= 0
-    residual_sd: float  # points: how far the scored plans sit from the fit
-
-    def change(self, before: np.ndarray, after: np.ndarray) -> float:
-        """Predicted accuracy change (points) from pruned fractions ``before`` to ``after``."""
-        return -float(self.cost @ (after - before))
-
-
-def fit_sensitivity(scored: list[Evaluation], n_layers: int, ridge: float = 1.0, min_plans: int = 4) -> Sensitivity | None:
-    """Non-negative least squares of accuracy on pruned fractions (with an intercept), weighted by images scored.
-
-    Why: the coordinate descent used to try the move that saves the most
-    latency first, whatever its accuracy cost; on a network whose biggest
-    layer is also its most sensitive, each try there fails and halves the
-    step, and the budget runs out before the cheap layers are pruned. The
-    plans the agents scored already say which layers cost accuracy. A
-    linear model is crude (pruning costs grow faster than linearly), but it
-    only ranks moves: every move is still scored before it is taken. The
-    ridge keeps the fit defined with fewer plans than layers; None with
-    fewer than ``min_plans`` plans (rank by latency alone then).
-    """
-    rows = [(ev, _pruned_fractions(ev.cut, ev.shape.out_keep, n_layers)) for ev in scored]
-    if len(rows) < min_plans:
-        return None
-    x = np.stack([r for _, r in rows])
-    y = np.array([ev.accuracy for ev, _ in rows])
-    w = np.sqrt(np.array([max(1, ev.images) for ev, _ in rows], dtype=float))
-    w = w / w.mean()
-    free = np.ones(n_layers, dtype=bool)
-    cost = np.zeros(n_layers)
-    for _ in range(n_layers + 1):  # active set: drop layers whose fitted cost comes out negative, refit the rest
-        a = np.column_stack([np.ones(len(y)), -x[:, free]]) * w[:, None]
-        reg = np.sqrt(ridge) * np.eye(a.shape[1])[1:]  # the intercept is not shrunk
-        sol = np.linalg.lstsq(np.vstack([a, reg]), np.concatenate([y * w, np.zeros(len(reg))]), rcond=None)[0]
-        coef = sol[1:]
-        if (coef >= 0).all():
-            cost[free] = coef
-            break
-        idx = np.flatnonzero(free)
-        free[idx[coef < 0]] = False
-    resid = y - (sol[0] - x @ cost)
-    return Sensitivity(cost, float(np.sqrt(np.mean(resid ** 2))))
-
-
-def _chance_feasible(sens: Sensitivity | None, track: _Tracker, cur: Evaluation, shape, n_layers: int) -> float:
-    """Chance that a move from ``cur`` to a plan of ``shape`` stays feasible (1 without a sensitivity fit)."""
-    if sens is None:
-        return 1.0
-    before = _pruned_fractions(cur.cut, cur.shape.out_keep, n_layers)
-    after = _pruned_fractions(shape.cut, shape.out_keep, n_layers)
-    slack = track.decision_accuracy(cur) + sens.change(before, after) - track.a0
-    sd = max(0.1, math.hypot(sens.residual_sd, cur.drop_se))
-    return 0.5 * (1.0 + math.erf(slack / (sd * math.sqrt(2.0))))
-
-
 def _refine(
     evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, budget: int, reward_of: Callable[[Evaluation], float],
     cuts: list[int] | None = None,
 ) -> None:
     """Coordinate descent from the best feasible plan: lower one layer's keep, keep the change if still feasible.
 
-    Each step tries the change that saves the most predicted latency, weighed
-    (``cfg.refine_guided``) by its chance of staying feasible under a
-    per-layer sensitivity fitted on the plans scored so far. A
+    Each step tries the change that saves the most predicted latency. A
     layer's step starts at 0.2 (or one channel block, ``round_to`` channels,
     if that is more) and halves each time a change breaks A0; once it is
     below one block the layer is left alone. Moving the cut one point
@@ -469,8 +396,6 @@ def _refine(
     used = 0
     while used < budget and cur is not None:
         cut, ratios, cur_ms = cur.cut, list(cur.ratios), cur.latency.total_ms
-        sens = fit_sensitivity(track.scored, a.n_layers) if cfg.refine_guided else None
-        # (latency saved x chance of staying feasible, move key, cut, ratios, step)
         cands: list[tuple[float, tuple[int, int], int, list[float], float]] = []
         for t in range(cut):
             block = evaluator.prune_config.round_to / max(1, a.layers[t].out_channels)
@@ -481,17 +406,15 @@ def _refine(
                 continue
             r2 = ratios.copy()
             r2[t] = max(cfg.r_min, ratios[t] - step)
-            shape, lat = evaluator.price(cut, r2)
-            gain = cur_ms - lat.total_ms
+            gain = cur_ms - evaluator.price(cut, r2)[1].total_ms
             if gain > 1e-6:
-                cands.append((gain * _chance_feasible(sens, track, cur, shape, a.n_layers), (cut, t), cut, r2, step))
+                cands.append((gain, (cut, t), cut, r2, step))
         for c2 in (cut - 1, cut + 1):  # the same ratios one cut earlier or later
             if 0 < c2 <= a.n_layers and c2 in a.cuttable_points() and steps.get((c2, -1), 1.0) > 0:
                 r2 = ratios[:c2] if c2 < cut else [*ratios, ratios[-1] if ratios else 1.0]
-                shape, lat = evaluator.price(c2, r2)
-                gain = cur_ms - lat.total_ms
+                gain = cur_ms - evaluator.price(c2, r2)[1].total_ms
                 if gain > 1e-6:
-                    cands.append((gain * _chance_feasible(sens, track, cur, shape, a.n_layers), (c2, -1), c2, r2, 1.0))
+                    cands.append((gain, (c2, -1), c2, r2, 1.0))
         if not cands:
             done.add(cut)
             nxt = _next_cut(evaluator, cfg, track, pool, done) if cfg.refine_other_cuts else None

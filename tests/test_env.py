@@ -178,28 +178,3 @@ def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
         assert margin_rule(SearchConfig(margin_paired=paired), base.accuracy, len(ev.val_y))(pruned) > 0
     res = run_rl(ev, base.accuracy, SearchConfig(episodes=8, warmup=4, seed=0))  # --max-accuracy-loss 0
     assert res.best is not None and res.best.unpruned and res.best.accuracy == base.accuracy
-
-
-def test_sensitivity_fit_finds_the_layer_that_costs_accuracy() -> None:
-    """The refinement's guide: per-layer accuracy cost fitted on scored plans, never negative."""
-    from types import SimpleNamespace
-
-    from cpcdrl_deploy.search import _chance_feasible, _Tracker, fit_sensitivity
-
-    rng = np.random.default_rng(0)
-    plans = []
-    for _ in range(12):
-        keep = rng.uniform(0.4, 1.0, size=3)
-        acc = 90.0 - 8.0 * (1 - keep[0]) - 0.5 * (1 - keep[2]) + rng.normal(0, 0.1)  # layer 1 costs nothing
-        plans.append(SimpleNamespace(cut=3, shape=SimpleNamespace(cut=3, out_keep=tuple(keep)), accuracy=acc, images=500, drop_se=0.2, unpruned=False))
-    sens = fit_sensitivity(plans, 3, ridge=0.01)
-    assert sens.cost[0] > 7.0 and 0.0 <= sens.cost[1] < 0.5 and 0.0 < sens.cost[2] < 1.5 and sens.residual_sd < 0.3
-    assert fit_sensitivity(plans[:3], 3) is None  # too few plans: the refinement ranks by latency alone
-
-    # the same step on the sensitive layer is less likely to keep a plan 1 point above A0 feasible
-    cur = SimpleNamespace(cut=3, shape=SimpleNamespace(cut=3, out_keep=(0.9, 0.9, 0.9)), accuracy=88.0, drop_se=0.2, unpruned=False)
-    track = _Tracker("t", a0=87.0)
-    step = lambda t: SimpleNamespace(cut=3, out_keep=tuple(0.7 if i == t else 0.9 for i in range(3)))  # noqa: E731
-    p0, p1 = (_chance_feasible(sens, track, cur, step(t), 3) for t in (0, 1))
-    assert p0 < 0.3 < 0.9 < p1
-    assert _chance_feasible(None, track, cur, step(0), 3) == 1.0
