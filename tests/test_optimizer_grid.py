@@ -71,3 +71,18 @@ def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
     for s in d["settings"]:
         assert {r["method"] for r in s["rows"]} == {"cpcdrl", "no-slack", "no-margin"}
     assert "no-slack" in (out / "table.md").read_text()
+
+
+def test_episode_convergence_runs_each_budget_and_the_reference(tmp_path) -> None:
+    out = tmp_path / "conv"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "episode_convergence.py"), "--model", "tinyvgg", "--data", "builtin", "--pair", "paper",
+                          "--link", "50KB/s", "--losses", "2", "--episodes", "4,8", "--seeds", "0,1", "--val-size", "250", "--calib", "32",
+                          "--out", str(out), "--cache", str(tmp_path / "c")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    d = json.loads((out / "results.json").read_text())
+    (s,) = d["settings"]
+    assert sorted((r.get("episodes"), r.get("seed")) for r in s["rows"] if r["method"] == "cpcdrl") == [(4, 0), (4, 1), (8, 0), (8, 1)]
+    ref = next(r for r in s["rows"] if r["method"] == "reference")
+    first = [r["evaluations"] for r in s["rows"] if r.get("episodes") == 4]
+    assert ref["budget"] == 10 * round(sum(first) / len(first))
+    assert "| 2 |" in (out / "table.md").read_text()
