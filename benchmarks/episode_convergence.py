@@ -22,16 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optimizer_grid import PAIRS, SHARED, _row, parse_link, reference_search  # noqa: E402
+from optimizer_grid import PAIRS, SHARED, _row, grid_checkpoint, link_model, reference_budget, reference_search, setting_evaluator  # noqa: E402
 
 from cpcdrl_deploy.accuracy_cache import default_cache_dir  # noqa: E402
-from cpcdrl_deploy.env import Timers  # noqa: E402
 from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args  # noqa: E402
-from cpcdrl_deploy.latency import build_latency_model  # noqa: E402
-from cpcdrl_deploy.optimize import OptimizeRequest, prepare, what_if_link  # noqa: E402
+from cpcdrl_deploy.optimize import OptimizeRequest, prepare  # noqa: E402
 from cpcdrl_deploy.profiles import load_profile  # noqa: E402
 from cpcdrl_deploy.search import SearchConfig, run_rl  # noqa: E402
-from cpcdrl_deploy.workflows import builtin_checkpoint, resolve_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -56,23 +53,18 @@ def main() -> None:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     episodes = [int(x) for x in args.episodes.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
-    shared_ckpt = Path(args.checkpoints) / f"{args.model}-cifar10.pth"
-    ckpt = None if not shared_ckpt.exists() and builtin_checkpoint(args.model) else shared_ckpt
     losses = [float(x) for x in args.losses.split(",")]
     req = OptimizeRequest(
-        model=args.model, checkpoint=resolve_checkpoint(args.model, ckpt, required=True), data=args.data, max_accuracy_loss=max(losses),
+        model=args.model, checkpoint=grid_checkpoint(args.model, args.checkpoints), data=args.data, max_accuracy_loss=max(losses),
         val_size=args.val_size, calib_size=args.calib, test_limit=args.limit, search=SearchConfig(episodes=min(episodes)),
         cache=Path(args.cache), val_source="test", transfer=args.transfer,
     )
     session = prepare(req, log)
-    edge, cloud = (load_profile(p) for p in PAIRS[args.pair])
-    bw, rtt = parse_link(args.link)
-    lm = build_latency_model(edge, cloud, what_if_link(edge.link or cloud.link, bw, rtt))
+    lm = link_model(*(load_profile(p) for p in PAIRS[args.pair]), args.link)
     settings = []
     for loss in losses:
-        ev = replace(session.evaluator, latency_model=lm, timers=Timers(), _cache={})
-        a0 = session.base_val - loss
-        ev.a0 = a0
+        ev = setting_evaluator(session, lm, loss)
+        a0 = ev.a0
         rows = []
         for n in episodes:
             for seed in seeds:
@@ -81,8 +73,7 @@ def main() -> None:
                 rows.append({**_row(session, r, loss), "episodes": n, "seed": seed})
                 log(f"{args.model} {args.pair} {args.link} loss {loss:g}: {n} episodes, seed {seed}: "
                     f"{rows[-1].get('latency_ms', float('nan')):.3f} ms, {r.evaluations} plans [{time.perf_counter() - t0:.0f} s]")
-        first = [r["evaluations"] for r in rows if r["episodes"] == min(episodes)]
-        budget = 10 * int(round(statistics.mean(first)))
+        budget = reference_budget(r["evaluations"] for r in rows if r["episodes"] == min(episodes))
         rows.append({**_row(session, reference_search(ev, a0, req.search, budget), loss), "budget": budget})
         settings.append({"loss": loss, "a0_test": session.base_test - loss, "a0_validation": a0, "rows": rows})
     doc = {"args": portable_args(args, drop=("cache",)), "where": f"CPU, {torch.get_num_threads()} threads", "settings": settings}

@@ -28,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,6 +81,35 @@ def parse_link(text: str) -> tuple[float, float | None]:
     return parse_bandwidth(rate), parse_duration_ms(rtt) if rtt else None
 
 
+def grid_checkpoint(model: str, checkpoints: str | Path) -> Path:
+    """The reference checkpoint in ``checkpoints`` (../shared/models), else the package's own (tinyvgg, tinysplit)."""
+    from cpcdrl_deploy.workflows import builtin_checkpoint, resolve_checkpoint
+
+    shared_ckpt = Path(checkpoints) / f"{model}-cifar10.pth"
+    builtin = not shared_ckpt.exists() and builtin_checkpoint(model)
+    return resolve_checkpoint(model, None if builtin else str(shared_ckpt), required=True)
+
+
+def link_model(edge, cloud, link_text: str):
+    """The pair's latency model with the link ``link_text`` (``1MB/s+20ms``; a bare rate keeps the profile's RTT)."""
+    bw, rtt = parse_link(link_text)
+    return build_latency_model(edge, cloud, what_if_link(edge.link or cloud.link, bw, rtt))
+
+
+def setting_evaluator(session: Session, lm, loss: float) -> PlanEvaluator:
+    """The session's evaluator priced by ``lm`` with A0 ``loss`` points below the unpruned model on validation.
+
+    Its in-run cache and timers are its own; the persistent accuracy cache stays shared."""
+    ev = replace(session.evaluator, latency_model=lm, timers=Timers(), _cache={})
+    ev.a0 = session.base_val - loss
+    return ev
+
+
+def reference_budget(cpcdrl_evaluations: Iterable[int]) -> int:
+    """The reference search's budget: 10x the plans CPCDRL scored, on average over its seeds."""
+    return 10 * int(round(statistics.mean(cpcdrl_evaluations)))
+
+
 def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int) -> SearchResult:
     """The best plan we can find with ``budget`` evaluations, independently of the agents.
 
@@ -121,9 +151,8 @@ def _row(session: Session, res: SearchResult, loss: float) -> dict:
 
 def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: list[int], log, ablation: bool = False,
                 only: list[str] | None = None) -> dict:
-    ev = replace(session.evaluator, latency_model=lm, timers=Timers(), _cache={})
-    a0 = session.base_val - loss
-    ev.a0 = a0
+    ev = setting_evaluator(session, lm, loss)
+    a0 = ev.a0
     rows: list[dict] = []
     cp_evals: dict[int, int] = {}
     for seed in seeds:
@@ -145,7 +174,7 @@ def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: lis
         rows.append(_row(session, run_neurosurgeon(ev, a0), loss))
         for m in ("edge-only", "cloud-only"):
             rows.append(_row(session, run_fixed(ev, a0, m), loss))
-        budget = 10 * int(round(statistics.mean(cp_evals.values())))
+        budget = reference_budget(cp_evals.values())
         rows.append({**_row(session, reference_search(ev, a0, cfg, budget), loss), "budget": budget})
     allowed = partition_actions(ev, cfg)
     return {"loss": loss, "a0_test": session.base_test - loss, "a0_validation": a0, "rows": rows, "allowed_cuts": allowed,
@@ -325,14 +354,8 @@ def main() -> None:
     have = {key(s): s for s in done}
     t0 = time.perf_counter()
     for model in args.models.split(","):
-        from cpcdrl_deploy.workflows import builtin_checkpoint, resolve_checkpoint
-
-        # the reference checkpoints in ../shared/models, else the package's own (tinyvgg, tinysplit)
-        shared_ckpt = Path(args.checkpoints) / f"{model}-cifar10.pth"
-        ckpt = "builtin" if not shared_ckpt.exists() and builtin_checkpoint(model) else str(shared_ckpt)
-
         req = OptimizeRequest(
-            model=model, checkpoint=resolve_checkpoint(model, None if ckpt == "builtin" else ckpt, required=True), data=args.data,
+            model=model, checkpoint=grid_checkpoint(model, args.checkpoints), data=args.data,
             max_accuracy_loss=max(losses), val_size=args.val_size, calib_size=args.calib, test_limit=args.limit,
             search=SearchConfig(episodes=args.episodes), cache=Path(args.cache), device=args.device, val_source=args.val_source,
             transfer=args.transfer,
@@ -341,8 +364,7 @@ def main() -> None:
         for pair in args.pairs.split(","):
             edge, cloud = (load_profile(p) for p in PAIRS[pair])
             for link_text in args.links.split(","):
-                bw, rtt = parse_link(link_text)
-                lm = build_latency_model(edge, cloud, what_if_link(edge.link or cloud.link, bw, rtt))
+                lm = link_model(edge, cloud, link_text)
                 for loss in losses:
                     k = (model, pair, link_text, loss)
                     if k in have:
