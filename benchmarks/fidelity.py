@@ -214,19 +214,20 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     by_set, absolute, good = fidelity_sets(rep)
+    made_with: dict = {}  # with bench --profile-before-rounds: when the plans' own profiles were taken
+    beside: dict = {}  # ...and what those say of the same rounds
     if rep.get("profiles_of_the_plans"):  # profiled again right before the rounds: the figures judge those
         plans_made = profiled_at(args.model, args.runtime, args.host, edge, cloud)
-        # and beside them, what the profiles that made the plans (taken before the searches and uploads) say of the same rounds
+        # the profiles that made the plans were taken before the searches and uploads
         sets, abs_, _ = fidelity_sets(repriced(rep, str(edge), str(cloud), args.runtime))
-        with_plans_profiles = {"measured_at": plans_made, "fidelity": sets, "absolute_error_median_pct": abs_}
+        made_with = {"plans_made_with_profiles_measured_at": plans_made}
+        beside = {"with_the_plans_profiles": {"measured_at": plans_made, "fidelity": sets, "absolute_error_median_pct": abs_}}
         edge, cloud = Path(rep["profiles"]["edge"]), Path(rep["profiles"]["cloud"])
     profiled = profiled_at(args.model, args.runtime, args.host, edge, cloud)
     summary = {"model": args.model, "runtime": args.runtime, "host": args.host,
                "plans": len(plans), "benched": len(good), "failed": rep["failed"], "rounds": rep["rounds"],
-               "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled,
-               **({"plans_made_with_profiles_measured_at": plans_made} if rep.get("profiles_of_the_plans") else {}),
-               "fidelity": by_set, "absolute_error_median_pct": absolute,
-               **({"with_the_plans_profiles": with_plans_profiles} if rep.get("profiles_of_the_plans") else {})}
+               "bench_wall_s": wall, "measured_at": rep["measured_at"], "profiles_measured_at": profiled, **made_with,
+               "fidelity": by_set, "absolute_error_median_pct": absolute, **beside}
     # whether the server kept its profiled speed, and what the host's CPUs did (reports from before these fields lack them)
     for key in ("server_vs_tables", "host_load"):
         if rep.get(key):
