@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -17,6 +19,14 @@ CHECKPOINTS = {"vgg16": SHARED / "models" / "vgg16-cifar10.pth", "mobilenet": SH
 torch.set_num_threads(2)
 # every test session gets its own caches (unpacked data, accuracies): never the user's
 os.environ.setdefault("CPCDRL_CACHE", tempfile.mkdtemp(prefix="cpcdrl-test-cache-"))
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script under benchmarks/ as a module (they are scripts, not a package), to test its functions."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def need_shared(path: Path) -> Path:

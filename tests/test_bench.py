@@ -78,14 +78,9 @@ def test_bench_locally(plans, tmp_path) -> None:
     assert (tmp_path / "b" / "bench.png").stat().st_size > 0
     # repriced with the plans' own profiles, every estimate comes back unchanged: fidelity.py's figures "with the
     # plans' profiles" (after bench --profile-before-rounds) price the plans exactly as a plain bench would
-    import importlib.util
+    from tests.conftest import load_benchmark
 
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "benchmarks" / "fidelity.py")
-    fb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fb)
-    again = fb.repriced(rep, rep["profiles"]["edge"], rep["profiles"]["cloud"], "onnxruntime")
+    again = load_benchmark("fidelity").repriced(rep, rep["profiles"]["edge"], rep["profiles"]["cloud"], "onnxruntime")
     for r in again["plans"]:
         assert r["predicted_ms"] == pytest.approx(rows[r["id"]]["predicted_ms"], rel=1e-9)
 

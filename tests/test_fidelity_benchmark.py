@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_benchmark
 
-_spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "benchmarks" / "fidelity.py")
-fb = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fb)
+fb = load_benchmark("fidelity")
 
 
 def _report(slow_rounds: set[int], factor: float = 2.0) -> dict:
