@@ -202,7 +202,7 @@ def summarise(setting: dict) -> dict:
 def acceptance(settings: list[dict]) -> dict:
     """The issue's acceptance figures over the grid."""
     n = len(settings)
-    no_slower = beat_random = tie_random = tie_random_best = near_ref = miss_where_other_ok = 0
+    no_slower = beat_random = tie_random = tie_random_best = near_ref = near_ref_alone = miss_where_other_ok = 0
     interior = interior_win = 0
     for s in settings:
         sm = s["summary"]["methods"]
@@ -224,6 +224,10 @@ def acceptance(settings: list[dict]) -> dict:
         ref = min(x for x in (sm.get("reference", {}).get("mean_ms"), s["summary"]["best_ms"]) if x is not None) if s["summary"]["best_ms"] else None
         if cp.get("mean_ms") is not None and ref is not None and cp["mean_ms"] <= 1.03 * ref:
             near_ref += 1
+        # the issue's words: within 3 % of the reference search's plan (the best known where the reference's misses A0 on test)
+        ref_alone = sm.get("reference", {}).get("mean_ms") or s["summary"]["best_ms"]
+        if cp.get("mean_ms") is not None and ref_alone is not None and cp["mean_ms"] <= 1.03 * ref_alone:
+            near_ref_alone += 1
         bc = s["summary"]["best_cut"]
         if bc is not None and 0 < bc < s["n_layers"]:
             interior += 1
@@ -233,8 +237,47 @@ def acceptance(settings: list[dict]) -> dict:
                 interior_win += 1
     return {"settings": n, "cpcdrl_no_slower_than_every_baseline": no_slower, "cpcdrl_misses_where_another_meets": miss_where_other_ok,
             "interior_best_cut": interior, "interior_cpcdrl_10pct_faster_than_ns_and_greedy": interior_win,
-            "cpcdrl_within_3pct_of_reference": near_ref, "cpcdrl_beats_random": beat_random, "cpcdrl_ties_random": tie_random,
+            "cpcdrl_within_3pct_of_reference": near_ref, "cpcdrl_within_3pct_of_reference_search_alone": near_ref_alone,
+            "cpcdrl_beats_random": beat_random, "cpcdrl_ties_random": tie_random,
             "cpcdrl_ties_random_on_the_best_known_plan": tie_random_best}
+
+
+def _cleared_margin(r: dict, a0_val: float, z: float) -> bool:
+    """Whether a plan's validation accuracy clears A0 by CPCDRL's selection margin (``z`` standard errors of its paired drop).
+
+    An unpruned split is exempt, as in search.py; a row written before rows carried ``val_drop_se`` is taken as clearing it.
+    """
+    if r.get("keep_min", 0.0) >= 1.0 or r.get("val_drop_se") is None:
+        return True
+    return r["val_acc"] - z * r["val_drop_se"] >= a0_val - 1e-9
+
+
+def loss_causes(settings: list[dict], z: float | None = None) -> list[dict]:
+    """Where CPCDRL's worst seed is slower than some baseline's plan meeting A0 on test, or a seed misses A0: why.
+
+    ``misses``: a CPCDRL seed's plan misses A0 on test. ``search``: a faster baseline plan (one seed's, meeting A0 on
+    test) clears A0 on validation by CPCDRL's own margin: its rule would have taken that plan had the search scored
+    it. ``margin``: every faster baseline plan clears A0 on validation by less than that margin, so CPCDRL's rule
+    (and the reference search's, which shares it) rejects it: winning there means accepting plans the fifth pass
+    showed miss A0 on test. ``z`` defaults to the current rule's (SearchConfig.margin_se).
+    """
+    z = SearchConfig().margin_se if z is None else z
+    out: list[dict] = []
+    for s in settings:
+        sm = s["summary"]["methods"]
+        worst = sm.get("cpcdrl", {}).get("worst_ms")
+        base = [v["mean_ms"] for m, v in sm.items() if m in BASELINES and v["mean_ms"] is not None]
+        if "cpcdrl" not in sm or (worst is not None and all(worst <= b + 1e-9 for b in base)):
+            continue
+        faster = [r for r in s["rows"] if r["method"] in BASELINES and r.get("feasible_test") and (worst is None or r["latency_ms"] < worst - 1e-9)]
+        accepted = [r for r in faster if _cleared_margin(r, s["a0_validation"], z)]
+        cause = "misses" if worst is None else ("search" if accepted else "margin")
+        shown = min(accepted or faster, key=lambda r: r["latency_ms"]) if (accepted or faster) else None
+        out.append({"model": s["model"], "pair": s["pair"], "link": s["link"], "transfer": s.get("transfer", "fp32"), "loss": s["loss"],
+                    "cause": cause, "cpcdrl_worst_ms": worst,
+                    "faster": None if shown is None else {k: shown.get(k) for k in ("method", "seed", "latency_ms", "cut", "val_acc", "val_drop_se")},
+                    "a0_validation": s["a0_validation"]})
+    return out
 
 
 def miss_rates(settings: list[dict]) -> dict[str, dict]:
@@ -396,7 +439,30 @@ def write_table(out: Path, settings: list[dict], where: str, wall_s: float | Non
             "Latency in ms: mean over seeds / worst seed, then the cuts chosen; a plan that misses A0 on test counts as none.", "",
             table(settings, methods), ""]
     if acc:
-        text += ["## Acceptance figures", "", *(f"- {k}: {v}" for k, v in acc.items()), ""]
+        text += ["## Acceptance figures", "",
+                 "(`cpcdrl_within_3pct_of_reference`: of the faster of the reference search's plan and the best plan any method found; "
+                 "`..._search_alone`: of the reference search's plan, the best known where that misses A0 on test.)", "",
+                 *(f"- {k}: {v}" for k, v in acc.items()), ""]
+        causes = loss_causes(settings)
+        if causes:
+            n = {c: sum(x["cause"] == c for x in causes) for c in ("misses", "search", "margin")}
+            text += ["## Where CPCDRL is not the fastest, and why", "",
+                     f"{len(causes)} settings: a CPCDRL seed misses A0 on test in {n['misses']}; a faster baseline plan that clears A0 on "
+                     f"validation by CPCDRL's own margin ({SearchConfig().margin_se} SE of its drop), which the search did not find, in {n['search']}; "
+                     f"faster baseline plans only below that margin, which CPCDRL's rule rejects, in {n['margin']}.", "",
+                     "| model | pair | link | loss | cause | CPCDRL worst seed | fastest such plan | its validation surplus over A0 / margin |",
+                     "|---|---|---|---|---|---|---|---|"]
+            for x in causes:
+                f = x["faster"]
+                link = x["link"] + (f" {x['transfer']}" if x["transfer"] != "fp32" else "")
+                w = f"{x['cpcdrl_worst_ms']:.2f}" if x["cpcdrl_worst_ms"] is not None else "misses A0"
+                plan = f"{f['method']} seed {f['seed']}: {f['latency_ms']:.2f} c{f['cut']}" if f else "-"
+                if f and f.get("seed") is None:
+                    plan = f"{f['method']}: {f['latency_ms']:.2f} c{f['cut']}"
+                sur = (f"{f['val_acc'] - x['a0_validation']:+.2f} / {SearchConfig().margin_se * f['val_drop_se']:.2f}"
+                       if f and f.get("val_drop_se") is not None else "-")
+                text.append(f"| {x['model']} | {x['pair']} | {link} | {x['loss']:g} | {x['cause']} | {w} | {plan} | {sur} |")
+            text.append("")
     text += ["## How often a method's plan misses A0 on test", "", "| method | seed plans | returned (met A0 on validation) | miss A0 on test |", "|---|---|---|---|"]
     text += [f"| {m} | {v['plans']} | {v['returned']} | {v['miss_test']} ({100 * v['miss_test'] / max(1, v['returned']):.1f} %) |"
              for m, v in miss_rates(settings).items()] + [""]

@@ -86,3 +86,29 @@ def test_episode_convergence_runs_each_budget_and_the_reference(tmp_path) -> Non
     first = [r["evaluations"] for r in s["rows"] if r.get("episodes") == 4]
     assert ref["budget"] == 10 * round(sum(first) / len(first))
     assert "| 2 |" in (out / "table.md").read_text()
+
+
+def test_loss_causes_tell_a_missed_plan_from_one_below_the_margin() -> None:
+    from tests.conftest import load_benchmark
+
+    g = load_benchmark("optimizer_grid")
+
+    def setting(cp_ms: float | None, other: dict) -> dict:
+        cp = {"method": "cpcdrl", "seed": 0, "evaluations": 10, "feasible_val": True, "feasible_test": cp_ms is not None, "latency_ms": cp_ms or 5.0,
+              "cut": 3, "val_acc": 91.0, "val_drop_se": 0.3, "keep_min": 0.5}
+        s = {"model": "m", "pair": "paper", "link": "1MB/s", "loss": 1.0, "a0_validation": 90.0, "a0_test": 89.0,
+             "rows": [cp, {"method": "edge-pruned", "seed": 1, "evaluations": 10, "feasible_val": True, "feasible_test": True, "cut": 7, "keep_min": 0.5, **other}]}
+        s["summary"] = g.summarise(s)
+        return s
+
+    grid = [
+        setting(10.0, {"latency_ms": 9.0, "val_acc": 90.2, "val_drop_se": 0.4}),  # faster, but 0.2 above A0 against a 0.51 margin
+        setting(10.0, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}),  # faster and clears the margin: the search missed it
+        setting(None, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}),  # CPCDRL's plan misses A0 on test
+        setting(8.0, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}),  # CPCDRL wins: not listed
+    ]
+    causes = g.loss_causes(grid, z=1.28)
+    assert [c["cause"] for c in causes] == ["margin", "search", "misses"]
+    assert causes[1]["faster"]["latency_ms"] == 9.0 and causes[0]["cpcdrl_worst_ms"] == 10.0
+    # an unpruned split is exempt from the margin, as in the search
+    assert g.loss_causes([setting(10.0, {"latency_ms": 9.0, "val_acc": 90.0, "val_drop_se": 0.4, "keep_min": 1.0})], z=1.28)[0]["cause"] == "search"
