@@ -178,3 +178,35 @@ def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
         assert margin_rule(SearchConfig(margin_paired=paired), base.accuracy, len(ev.val_y))(pruned) > 0
     res = run_rl(ev, base.accuracy, SearchConfig(episodes=8, warmup=4, seed=0))  # --max-accuracy-loss 0
     assert res.best is not None and res.best.unpruned and res.best.accuracy == base.accuracy
+
+
+def test_refinement_exchanges_a_dear_block_for_a_cheaper_one_when_single_moves_are_exhausted() -> None:
+    """A descent stuck because its one pruned layer is the wrong one gives it back to prune another, if that is faster."""
+    from dataclasses import replace
+
+    from cpcdrl_deploy.search import SearchConfig, _refine, _Tracker
+
+    found = {}
+    for exchange in (False, True):
+        ev = _tiny_evaluator()
+        # feasible while at most one of the two edge layers is pruned: from [0.5, 1.0] no single move is left
+        track = _Tracker("t", a0=-1.0, margin=lambda e: 1e9 if all(k < 1.0 for k in e.shape.out_keep[:2]) else 0.0)
+        track.add(ev.evaluate(2, [0.5, 1.0]))
+        start = track.result.best
+        _refine(ev, replace(SearchConfig(), refine_exchange=exchange, refine_other_cuts=False), track, budget=10, reward_of=lambda e: 0.0)
+        found[exchange] = track.result.best
+    assert ev.price(2, [1.0, 0.5])[1].total_ms < start.latency.total_ms  # the exchange pays (layer 2 feeds the wire)
+    assert found[False] is start or found[False].shape.out_keep[:2] == start.shape.out_keep[:2]
+    assert found[True].shape.out_keep[:2] == (1.0, 0.5) and found[True].latency.total_ms < start.latency.total_ms
+
+
+def test_uniform_start_stops_bisecting_below_one_channel_block() -> None:
+    """Past the channel resolution a midpoint is an already scored plan: the start stops and leaves the budget."""
+    from cpcdrl_deploy.search import SearchConfig, _Tracker, _uniform_start
+
+    ev = _tiny_evaluator()
+    n = ev.analysis.n_layers
+    track = _Tracker("t", a0=-1.0)
+    out = _uniform_start(ev, SearchConfig(uniform_start_cuts=1), [n], track, budget=9)
+    shapes = [e.shape.out_keep[:n] for e in out]
+    assert 0 < len(out) < 9 and len(set(shapes)) == len(shapes)
