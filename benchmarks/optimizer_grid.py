@@ -69,6 +69,7 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-unpruned-prior": dict(unpruned_prior=False),
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
+    "no-exchange": dict(refine_exchange=False),
     "no-other-cuts": dict(refine_other_cuts=False),
     "no-slack": dict(other_cut_slack=float("inf")),  # other cuts refined however far behind they start
     "no-margin": dict(margin_se=0.0),
