@@ -69,7 +69,7 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-unpruned-prior": dict(unpruned_prior=False),
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
-    "no-exchange": dict(refine_exchange=False),
+    "exchange": dict(refine_exchange=True),  # not a departure CPCDRL keeps: switched on alone, as the reference search has it
     "no-other-cuts": dict(refine_other_cuts=False),
     "no-slack": dict(other_cut_slack=float("inf")),  # other cuts refined however far behind they start
     "no-margin": dict(margin_se=0.0),
@@ -131,7 +131,8 @@ def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: in
                 track.add(e)
                 hi, lo = (mid, lo) if track.decision_accuracy(e) >= a0 else (hi, mid)
     left = max(0, budget - track.result.evaluations)
-    _refine(ev, cfg, track, left, lambda e: 0.0)
+    # exchange moves: a long descent runs out of single moves, and one layer's block traded for another's goes on
+    _refine(ev, replace(cfg, refine_exchange=True), track, left, lambda e: 0.0)
     track.result.wall_s = time.perf_counter() - t0
     return track.result
 

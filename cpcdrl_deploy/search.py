@@ -48,8 +48,10 @@ class SearchConfig:
     margin_paired: bool = True
     refine_fraction: float = 0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
     # once no single layer can go lower, give one pruned layer a block back to take a step off another: a descent
-    # that first pruned a layer dear in accuracy (a block of a narrow layer) is otherwise stuck with it
-    refine_exchange: bool = True
+    # that first pruned a layer dear in accuracy is otherwise stuck with it. Off for CPCDRL, whose short descent
+    # seldom runs out of single moves (measured: benchmarks/results/optimizer_grid/README.md, eighth pass); the
+    # reference search, with 10x the budget, uses it
+    refine_exchange: bool = False
     refine_other_cuts: bool = True  # once the best plan's cut has nothing left to try, refine the next cut's best plan
     # ...but only a cut whose fastest known feasible plan is within this factor of the best: a descent walks
     # through plans slower than the best, each scored in full, and one that starts far behind reaches nothing
@@ -241,10 +243,7 @@ def run_rl(
             if ev0.latency.total_ms == t_ref[0]:
                 track.add(ev0)
     if n_start:
-        started = _uniform_start(evaluator, cfg, allowed, track, n_start)
-        # a bisection that reached one channel block stops early; the refinement gets what it left
-        n_refine += (n_start - len(started)) if n_refine else 0
-        for ev in started:
+        for ev in _uniform_start(evaluator, cfg, allowed, track, n_start):
             r = _episode_reward(ev, track, t_ref, cfg)
             track.result.rewards.append(r)
             acts = [float(np.clip((k - cfg.r_min) / max(1e-9, 1.0 - cfg.r_min), 0.0, 1.0)) for k in ev.ratios]
@@ -361,11 +360,6 @@ def _uniform_start(evaluator: PlanEvaluator, cfg: SearchConfig, allowed: list[in
             if len(out) >= budget:
                 return out
             mid = 0.5 * (lo + hi)
-            # below one channel block the midpoint is the plan at lo or hi again: a proposal that can
-            # teach nothing (it spent a third of the start where one cut is allowed, as on the emulated Pi)
-            keep = lambda k: evaluator.price(c, family(c, k, thin))[0].out_keep[:c]  # noqa: E731
-            if keep(mid) in (keep(lo), keep(hi)):
-                break
             ev = evaluator.evaluate(c, family(c, mid, thin), incumbent_ms=track.incumbent_ms)
             track.add(ev)
             out.append(ev)

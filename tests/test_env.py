@@ -199,14 +199,3 @@ def test_refinement_exchanges_a_dear_block_for_a_cheaper_one_when_single_moves_a
     assert found[False] is start or found[False].shape.out_keep[:2] == start.shape.out_keep[:2]
     assert found[True].shape.out_keep[:2] == (1.0, 0.5) and found[True].latency.total_ms < start.latency.total_ms
 
-
-def test_uniform_start_stops_bisecting_below_one_channel_block() -> None:
-    """Past the channel resolution a midpoint is an already scored plan: the start stops and leaves the budget."""
-    from cpcdrl_deploy.search import SearchConfig, _Tracker, _uniform_start
-
-    ev = _tiny_evaluator()
-    n = ev.analysis.n_layers
-    track = _Tracker("t", a0=-1.0)
-    out = _uniform_start(ev, SearchConfig(uniform_start_cuts=1), [n], track, budget=9)
-    shapes = [e.shape.out_keep[:n] for e in out]
-    assert 0 < len(out) < 9 and len(set(shapes)) == len(shapes)
