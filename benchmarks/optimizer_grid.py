@@ -12,7 +12,7 @@ profile's RTT. Per setting: CPCDRL, cpcdrl-paper and Edge(pruned) with every
 seed; random search with each CPCDRL seed's evaluation count; Greedy,
 Neurosurgeon, edge-only, cloud-only; and a reference search with 10x CPCDRL's
 mean evaluation budget (keep bisection at every cut, uniform and with a thin
-cut layer, then coordinate descent), to estimate the best reachable plan.
+cut layer, then coordinate descent with exchange moves), to estimate the best reachable plan.
 
 Rules: a plan counts only if it meets A0 on the *test* images; every
 accuracy evaluation a method makes counts toward its budget. One model
@@ -116,7 +116,7 @@ def reference_search(ev: PlanEvaluator, a0: float, cfg: SearchConfig, budget: in
 
     Every cut's smallest feasible keep, bisected for a uniform plan and for
     one with the cut layer at r_min (4 steps each, cached across links), then
-    coordinate descent from the best with what is left.
+    coordinate descent from the best with what is left, exchange moves included.
     """
     t0 = time.perf_counter()
     track = _Tracker("reference", a0, margin=margin_rule(cfg, a0, len(ev.val_y)))  # the same selection rule as CPCDRL
