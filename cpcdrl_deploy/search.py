@@ -404,7 +404,7 @@ def _refine(
         cut, ratios, cur_ms = cur.cut, list(cur.ratios), cur.latency.total_ms
         cands: list[tuple[float, tuple[int, int], int, list[float], float]] = []
         for t in range(cut):
-            block = evaluator.prune_config.round_to / max(1, a.layers[t].out_channels)
+            block = _block(evaluator, t)
             # the first step is at least one block: a narrow layer (32 channels in blocks of 8: 0.25)
             # must get its one try, not be skipped as if a smaller step had already failed
             step = steps.get((cut, t), max(0.2, block))
@@ -455,6 +455,11 @@ def _refine(
             steps[key] = 0.0 if key[1] < 0 else step / 2
 
 
+def _block(evaluator: PlanEvaluator, t: int) -> float:
+    """One channel block of layer ``t`` (``round_to`` channels) as a keep ratio: the smallest change a plan can make there."""
+    return evaluator.prune_config.round_to / max(1, evaluator.analysis.layers[t].out_channels)
+
+
 def _exchanges(
     evaluator: PlanEvaluator, cfg: SearchConfig, cut: int, ratios: list[float], cur_ms: float, steps: dict,
 ) -> list[tuple[float, tuple, int, list[float], float]]:
@@ -462,8 +467,7 @@ def _exchanges(
 
     Each pair's step starts at 0.2 (or a block of ``j``) and halves on failure, as a single move's does.
     """
-    a = evaluator.analysis
-    block = [evaluator.prune_config.round_to / max(1, a.layers[t].out_channels) for t in range(cut)]
+    block = [_block(evaluator, t) for t in range(cut)]
     out = []
     for i in range(cut):
         if ratios[i] >= 1.0 - 1e-9:
