@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.fileio import atomic_write_json, portable_args
-from cpcdrl_deploy.optimize import OptimizeRequest, optimize
-from cpcdrl_deploy.search import SearchConfig
-from cpcdrl_deploy.testbed import parse_bandwidth
+from cpcdrl_deploy.core.fileio import atomic_write_json, portable_args
+from cpcdrl_deploy.devices.testbed import parse_bandwidth
+from cpcdrl_deploy.search.methods import SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(2)
     builtin = args.model == "tinyvgg"
     ckpt = None if builtin else SHARED / "models" / f"{args.model}-cifar10.pth"
-    from cpcdrl_deploy.workflows import resolve_checkpoint
+    from cpcdrl_deploy.models.zoo import resolve_checkpoint
 
     links = args.links.split(",")
     rows = []

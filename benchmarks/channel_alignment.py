@@ -18,12 +18,12 @@ from pathlib import Path
 
 from torch import nn
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.profiling import PROFILER, _export, _make_constant, time_on_device
-from cpcdrl_deploy.pruning import PruneConfig, prune
-from cpcdrl_deploy.remote import connect
-from cpcdrl_deploy.zoo import build_model
+from cpcdrl_deploy.compress.pruning import PruneConfig, prune
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.devices.remote import connect
+from cpcdrl_deploy.measure.profiler import PROFILER, _export, _make_constant, time_on_device
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import build_model
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
                 dev.put(f, f"{remote}/{f.name}")
                 jobs.append({"id": name, "file": f.name, "input_shape": [1, 3, 32, 32]})
             (Path(tmp) / "job.json").write_text(json.dumps(jobs))
-            dev.put(PROFILER, f"{remote}/ort_profiler.py")
+            dev.put(PROFILER, f"{remote}/timer.py")
             res = time_on_device(dev, remote, Path(tmp) / "job.json", f"--repeats {args.repeats}", timeout=900)
     except CpcdrlError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpcdrl_deploy.export import ort_session
-from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.zoo import build_model, get_entry
+from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.models.zoo import build_model, get_entry
+from cpcdrl_deploy.serving.manifest import ort_session
 
 
 def onnx_bytes(name: str) -> bytes:

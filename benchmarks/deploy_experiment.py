@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.deploy import DeployRequest, deploy, repredict
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args
-from cpcdrl_deploy.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
-from cpcdrl_deploy.search import METHODS, SearchConfig
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args
+from cpcdrl_deploy.deploy.run import DeployRequest, deploy, repredict
+from cpcdrl_deploy.search.methods import METHODS, SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -241,7 +241,7 @@ def _attempts(r: dict) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    from cpcdrl_deploy.report import _save, plt
+    from cpcdrl_deploy.core.plotting import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 5))
     pts = [r for r in rows if r["feasible"] and not r.get("not_deployed") and r["transfer"] == "fp32" and not r["quantize"]]
@@ -260,7 +260,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("predicted (ms)")
     ax.legend(fontsize=8)
     ax.set_title("every method's plan, MobileNet and VGG16")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

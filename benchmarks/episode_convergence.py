@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from optimizer_grid import PAIRS, SHARED, _row, grid_checkpoint, link_model, reference_budget, reference_search, setting_evaluator  # noqa: E402
 
-from cpcdrl_deploy.accuracy_cache import default_cache_dir  # noqa: E402
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args  # noqa: E402
-from cpcdrl_deploy.optimize import OptimizeRequest, prepare  # noqa: E402
-from cpcdrl_deploy.profiles import load_profile  # noqa: E402
-from cpcdrl_deploy.search import SearchConfig, run_rl  # noqa: E402
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args  # noqa: E402
+from cpcdrl_deploy.measure.profile import load_profile  # noqa: E402
+from cpcdrl_deploy.search.accuracy_cache import default_cache_dir  # noqa: E402
+from cpcdrl_deploy.search.methods import SearchConfig, run_rl  # noqa: E402
+from cpcdrl_deploy.search.optimize import OptimizeRequest, prepare  # noqa: E402
 
 
 def main() -> None:

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cpcdrl_deploy.bench import BenchRequest, bench, paired_ratio
-from cpcdrl_deploy.deploy import shape_of
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.optimize import plan_channels, uniform_plan
-from cpcdrl_deploy.profiles import load_profile, table_key
-from cpcdrl_deploy.stats import fidelity
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.deploy.bench import BenchRequest, bench, paired_ratio
+from cpcdrl_deploy.deploy.run import shape_of
+from cpcdrl_deploy.measure.fidelity import fidelity
+from cpcdrl_deploy.measure.profile import load_profile, table_key
+from cpcdrl_deploy.search.optimize import plan_channels, uniform_plan
 
 # relative to the repository root, where benchmarks run: the committed plans and report name no machine's folders
 SHARED = Path("../shared")
@@ -80,10 +80,10 @@ def optimizer_plans(model: str, links: list[str], out: Path, data: str, edge: Pa
     search scores accuracy on half the test split (``--val-source test``) and
     shares the persistent accuracy cache, as the optimizer grid does.
     """
-    from cpcdrl_deploy.accuracy_cache import default_cache_dir
-    from cpcdrl_deploy.optimize import OptimizeRequest, optimize, write_plan
-    from cpcdrl_deploy.search import METHODS, SearchConfig
-    from cpcdrl_deploy.testbed import parse_bandwidth
+    from cpcdrl_deploy.devices.testbed import parse_bandwidth
+    from cpcdrl_deploy.search.accuracy_cache import default_cache_dir
+    from cpcdrl_deploy.search.methods import METHODS, SearchConfig
+    from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, write_plan
 
     ckpt = SHARED / "models" / f"{model}-cifar10.pth"
     seen: set[tuple] = set()
@@ -159,8 +159,8 @@ def repriced(rep: dict, edge_profile: str, cloud_profile: str, runtime: str) -> 
     estimate's error the profile's own hour explains (a profile taken after
     the bench cannot have steered the plans benched).
     """
-    from cpcdrl_deploy.bench import plan_estimates
-    from cpcdrl_deploy.plan import load_plan
+    from cpcdrl_deploy.deploy.bench import plan_estimates
+    from cpcdrl_deploy.search.plan import load_plan
 
     rows = [{**r, "predicted_ms": plan_estimates(load_plan(r["plan"]), r["bytes_per_request"], edge_profile, cloud_profile, runtime)[0]}
             if r.get("e2e_ms") else r for r in rep["plans"]]

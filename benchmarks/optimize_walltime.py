@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpcdrl_deploy import env
-from cpcdrl_deploy.env import PlanEvaluator, Timers
-from cpcdrl_deploy.evaluate import predict
-from cpcdrl_deploy.fastcpu import scoring_copy
-from cpcdrl_deploy.fileio import atomic_write_json, portable_args
-from cpcdrl_deploy.optimize import OptimizeRequest, prepare, run_methods
-from cpcdrl_deploy.pruning import prune
-from cpcdrl_deploy.search import SearchConfig
+from cpcdrl_deploy.compress.pruning import prune
+from cpcdrl_deploy.core.fileio import atomic_write_json, portable_args
+from cpcdrl_deploy.models.evaluate import predict
+from cpcdrl_deploy.models.scoring import scoring_copy
+from cpcdrl_deploy.search import evaluator as env
+from cpcdrl_deploy.search.evaluator import PlanEvaluator, Timers
+from cpcdrl_deploy.search.methods import SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, prepare, run_methods
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

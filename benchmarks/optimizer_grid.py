@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpcdrl_deploy.accuracy_cache import default_cache_dir
-from cpcdrl_deploy.env import Evaluation, PlanEvaluator, Timers
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args
-from cpcdrl_deploy.latency import build_latency_model
-from cpcdrl_deploy.optimize import OptimizeRequest, Session, _test_accuracy, prepare, what_if_link
-from cpcdrl_deploy.profiles import load_profile
-from cpcdrl_deploy.search import (
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args
+from cpcdrl_deploy.devices.testbed import parse_bandwidth, parse_duration_ms
+from cpcdrl_deploy.measure.latency import build_latency_model
+from cpcdrl_deploy.measure.profile import load_profile
+from cpcdrl_deploy.search.accuracy_cache import default_cache_dir
+from cpcdrl_deploy.search.evaluator import Evaluation, PlanEvaluator, Timers
+from cpcdrl_deploy.search.methods import (
     SearchConfig,
     SearchResult,
     _refine,
@@ -54,7 +54,7 @@ from cpcdrl_deploy.search import (
     run_random,
     run_rl,
 )
-from cpcdrl_deploy.testbed import parse_bandwidth, parse_duration_ms
+from cpcdrl_deploy.search.optimize import OptimizeRequest, Session, _test_accuracy, prepare, what_if_link
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -84,7 +84,7 @@ def parse_link(text: str) -> tuple[float, float | None]:
 
 def grid_checkpoint(model: str, checkpoints: str | Path) -> Path:
     """The reference checkpoint in ``checkpoints`` (../shared/models), else the package's own (tinyvgg, tinysplit)."""
-    from cpcdrl_deploy.workflows import builtin_checkpoint, resolve_checkpoint
+    from cpcdrl_deploy.models.zoo import builtin_checkpoint, resolve_checkpoint
 
     shared_ckpt = Path(checkpoints) / f"{model}-cifar10.pth"
     builtin = not shared_ckpt.exists() and builtin_checkpoint(model)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args
-from cpcdrl_deploy.optimize import OptimizeRequest, prepare, run_methods
-from cpcdrl_deploy.report import methods_table, plot_latency_vs, plot_rewards
-from cpcdrl_deploy.search import METHODS, SearchConfig
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args
+from cpcdrl_deploy.search.methods import METHODS, SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, prepare, run_methods
+from cpcdrl_deploy.search.report import methods_table, plot_latency_vs, plot_rewards
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from cpcdrl_deploy import testbed
-from cpcdrl_deploy.compare import compare, plot_compare
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
-from cpcdrl_deploy.profiles import load_profile
-from cpcdrl_deploy.profiling import DEFAULT_GRID, profile_host
-from cpcdrl_deploy.remote import connect
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.devices import testbed
+from cpcdrl_deploy.devices.remote import connect
+from cpcdrl_deploy.measure.compare import compare, plot_compare
+from cpcdrl_deploy.measure.profile import load_profile
+from cpcdrl_deploy.measure.profiler import DEFAULT_GRID, profile_host
 
 
 def main() -> None:

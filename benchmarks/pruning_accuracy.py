@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.data import load_cifar10, split_train
-from cpcdrl_deploy.evaluate import accuracy_on
-from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, prune
-from cpcdrl_deploy.zoo import load_model
+from cpcdrl_deploy.compress.pruning import Calibration, PruneConfig, channel_groups, prune
+from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.models.data import load_cifar10, split_train
+from cpcdrl_deploy.models.evaluate import accuracy_on
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cpcdrl_deploy.fileio import atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_json
 
 
 def sh(*args: str) -> None:

@@ -13,7 +13,7 @@ LiteRT fp32 (`export --runtime litert`: litert-torch) and LiteRT int8
 (ai-edge-quantizer's static_wi8_ai8 recipe on the same 64 images; its input
 and output are int8 too, so it also skips the float boundary). All files go to
 the device and are timed by the profiler's device-side code
-(profilers/ort_profiler.py ``time_jobs``): every round visits every file in
+(cpcdrl_deploy/ondevice/timer.py ``time_jobs``): every round visits every file in
 turn, so a slow spell of the device falls on all of them alike, and each
 file reports its median round. Results: results.json and README-ready
 table.md under --out.
@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.data import load_cifar10
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.export import _onnx_bytes, _quantize_head
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json
-from cpcdrl_deploy.profiling import PROFILER, _make_constant, time_on_device
-from cpcdrl_deploy.pruning import PruneConfig, channel_groups, prune
-from cpcdrl_deploy.remote import check_runtime, connect
-from cpcdrl_deploy.runtimes import tflite_bytes, tflite_int8
-from cpcdrl_deploy.zoo import build_model, get_entry
+from cpcdrl_deploy.compress.pruning import PruneConfig, channel_groups, prune
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.deploy.export import _onnx_bytes, _quantize_head
+from cpcdrl_deploy.devices.remote import connect
+from cpcdrl_deploy.measure.profiler import PROFILER, _make_constant, time_on_device
+from cpcdrl_deploy.measure.runtimes import check_runtime, tflite_bytes, tflite_int8
+from cpcdrl_deploy.models.data import load_cifar10
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import build_model, get_entry
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -145,7 +145,7 @@ def main() -> int:
                 jobs += build(m, calib, Path(tmp), log)
             remote = dev.mkdtemp()
             try:
-                dev.put(PROFILER, f"{remote}/ort_profiler.py")
+                dev.put(PROFILER, f"{remote}/timer.py")
                 for j in jobs:
                     dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
                 (Path(tmp) / "job.json").write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in jobs]))

@@ -19,8 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from cpcdrl_deploy.fileio import atomic_write_bytes
-from cpcdrl_deploy.profiles import load_profile, table_key
+from cpcdrl_deploy.core.fileio import atomic_write_bytes
+from cpcdrl_deploy.measure.profile import load_profile, table_key
 
 
 def ratios(ort: list[dict], lite: list[dict], key: tuple[str, ...]) -> list[float]:

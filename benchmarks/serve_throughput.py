@@ -30,17 +30,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cpcdrl_deploy.deploy import CloudServer  # noqa: E402
-from cpcdrl_deploy.export import export_plan  # noqa: E402
-from cpcdrl_deploy.fileio import atomic_write_bytes, atomic_write_json, portable_args  # noqa: E402
-from cpcdrl_deploy.optimize import uniform_plan  # noqa: E402
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args  # noqa: E402
+from cpcdrl_deploy.deploy.export import export_plan  # noqa: E402
+from cpcdrl_deploy.search.optimize import uniform_plan  # noqa: E402
+from cpcdrl_deploy.serving.session import CloudServer  # noqa: E402
 
 TOKEN = "bench-token"
 
 
 def _raw_ort(path: str, shape: list[int], seconds: float, q) -> None:
     """Batch-1 runs of the tail for ``seconds`` in this process: (runs/s, p50 ms)."""
-    from cpcdrl_deploy.export import ort_session
+    from cpcdrl_deploy.serving.manifest import ort_session
 
     sess = ort_session(path, 1)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -104,7 +104,7 @@ def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: 
                 body = f.read(n)
                 return json.loads(body[:hl])["parameters"]["cpcdrl_compute_ms"]
         else:
-            from cpcdrl_deploy.edge_runner import Remote
+            from cpcdrl_deploy.ondevice.runner import Remote
 
             c = Remote(url, model, 10.0, TOKEN)
 
@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--client-procs", type=int, default=1, help="processes the clients are spread over (1: the clients take one core, the server the other)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--server-args", default="", help="extra options for `python -m cpcdrl_deploy.server`")
+    ap.add_argument("--server-args", default="", help="extra options for `python -m cpcdrl_deploy.serving.server`")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]

@@ -5,7 +5,7 @@
 A measured table predicts a deployment only if its host runs at the speed it
 had when profiled. This times the speed probe (the whole unpruned model, the
 profile's ``head{N}`` entry, byte for byte) in the profiler's 100 ms windows
-(``ort_profiler.time_jobs``, one job, one window per round) for ``--minutes``
+(``timer.time_jobs``, one job, one window per round) for ``--minutes``
 on this host (its host CPUs, as the cloud server runs) and on the edge device
 at the same time, and prints each side's per-minute medians, their spread
 (slowest / fastest minute), and the edge / host ratio minute by minute: if the
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.profiling import PROFILER, probe_model, time_on_device
-from cpcdrl_deploy.remote import check_runtime, connect
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.devices.remote import connect
+from cpcdrl_deploy.measure.profiler import PROFILER, probe_model, time_on_device
+from cpcdrl_deploy.measure.runtimes import check_runtime
 
 WINDOW_MS = 100  # the profiler's window per round (profiling.measure_tables' round_window_ms)
 

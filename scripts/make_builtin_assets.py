@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from cpcdrl_deploy.data import load_cifar10
+from cpcdrl_deploy.models.data import load_cifar10
 
 PER_CLASS = 50
 

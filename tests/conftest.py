@@ -53,7 +53,7 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need_shared(DATASET_TGZ)
     cache = tmp_path_factory.mktemp("cache")
     os.environ["CPCDRL_CACHE"] = str(cache)
-    from cpcdrl_deploy.data import _extract
+    from cpcdrl_deploy.models.data import _extract
 
     return _extract(DATASET_TGZ)
 
@@ -61,8 +61,8 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_plan(path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpoint: Path | None = None, data: str = "builtin") -> Path:
     """A plan.json as `optimize` writes it, for a uniform keep ratio at ``cut`` (no search: tests need it fast)."""
-    from cpcdrl_deploy.fileio import atomic_write_json
-    from cpcdrl_deploy.optimize import uniform_plan
+    from cpcdrl_deploy.core.fileio import atomic_write_json
+    from cpcdrl_deploy.search.optimize import uniform_plan
 
     return atomic_write_json(path, uniform_plan(model, cut, keep, checkpoint, data, val_size=200, calib_size=64))
 
@@ -70,7 +70,7 @@ def make_plan(path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpo
 @pytest.fixture(scope="module")
 def tail_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tinyvgg split after layer 3 at keep 0.75, exported: what the server tests serve."""
-    from cpcdrl_deploy.export import export_plan
+    from cpcdrl_deploy.deploy.export import export_plan
 
     d = tmp_path_factory.mktemp("tail")
     export_plan(make_plan(d / "plan.json", 3, 0.75), d / "e", check_images=16)

@@ -8,10 +8,10 @@ import shutil
 import torch
 from typer.testing import CliRunner
 
-from cli import app
-from cpcdrl_deploy.accuracy_cache import AccuracyCache, CachedScore, cache_info, clear_cache
-from cpcdrl_deploy.optimize import OptimizeRequest, optimize
-from cpcdrl_deploy.search import SearchConfig
+from cpcdrl_deploy.cli import app
+from cpcdrl_deploy.search.accuracy_cache import AccuracyCache, CachedScore, cache_info, clear_cache
+from cpcdrl_deploy.search.methods import SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
 
 
 def _req(cache, **kw) -> OptimizeRequest:
@@ -24,7 +24,7 @@ def _req(cache, **kw) -> OptimizeRequest:
 
 
 def _builtin_ckpt():
-    from cpcdrl_deploy.workflows import resolve_checkpoint
+    from cpcdrl_deploy.models.zoo import resolve_checkpoint
 
     return resolve_checkpoint("tinyvgg", None, required=True)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.zoo import ZOO, build_model
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import ZOO, build_model
 
 
 def _analysis(name: str):

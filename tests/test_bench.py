@@ -9,12 +9,12 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from cpcdrl_deploy import bench as bench_mod
-from cpcdrl_deploy import edge_runner
-from cpcdrl_deploy.bench import BenchRequest, bench, paired_ratio, server_speed, summary_lines
-from cpcdrl_deploy.export import export_plan
-from cpcdrl_deploy.stats import bootstrap_ci
+from cpcdrl_deploy.cli import app
+from cpcdrl_deploy.deploy import bench as bench_mod
+from cpcdrl_deploy.deploy.bench import BenchRequest, bench, paired_ratio, server_speed, summary_lines
+from cpcdrl_deploy.deploy.export import export_plan
+from cpcdrl_deploy.measure.fidelity import bootstrap_ci
+from cpcdrl_deploy.ondevice import runner as edge_runner
 from tests.conftest import make_plan
 
 
@@ -86,7 +86,8 @@ def test_bench_locally(plans, tmp_path) -> None:
 
 
 def test_profile_before_rounds_prices_the_plans_with_fresh_profiles(plans, tmp_path, monkeypatch) -> None:
-    from cpcdrl_deploy import deploy, profiling
+    from cpcdrl_deploy.measure import profiler as profiling
+    from cpcdrl_deploy.serving import session as deploy
 
     order: list[str] = []
     real_profile, real_runner = profiling.profile_host, deploy.run_edge_runner
@@ -108,7 +109,7 @@ def test_profile_before_rounds_prices_the_plans_with_fresh_profiles(plans, tmp_p
     assert rep["profiles"] == {"edge": str(fresh / "edge-local.json"), "cloud": str(fresh / "cloud-local.json")}
     plan0 = json.loads(plans[0].read_text())
     assert rep["profiles_of_the_plans"] == {"edge": plan0["profiles"]["edge"], "cloud": plan0["profiles"]["cloud"]}
-    from cpcdrl_deploy.profiles import load_profile
+    from cpcdrl_deploy.measure.profile import load_profile
 
     edge = load_profile(str(fresh / "edge-local.json"))  # a local edge has no link to time: it keeps the plans' link, and says so
     assert "tinyvgg" in edge.tables and edge.link == load_profile(plan0["profiles"]["edge"]).link and "not measured" in edge.notes

@@ -7,8 +7,8 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from cli import DEMO_MODEL, app
-from cpcdrl_deploy.zoo import build_model
+from cpcdrl_deploy.cli import DEMO_MODEL, app
+from cpcdrl_deploy.models.zoo import build_model
 
 from .conftest import CHECKPOINTS, DATASET_TGZ, need_shared
 

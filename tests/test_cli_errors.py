@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from cpcdrl_deploy.cli import app
 
 runner = CliRunner()
 
@@ -98,7 +98,7 @@ def test_plan_missing_a_field_is_refused(tmp_path) -> None:
 def test_ctrl_c_during_optimize_keeps_the_best_plan_so_far(tmp_path, monkeypatch) -> None:
     import json
 
-    from cpcdrl_deploy.env import PlanEvaluator
+    from cpcdrl_deploy.search.evaluator import PlanEvaluator
 
     real = PlanEvaluator.evaluate
     calls = {"n": 0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpcdrl_deploy.compare import compare
+from cpcdrl_deploy.measure.compare import compare
 from tests.conftest import REPO
 
 PROF = REPO / "benchmarks" / "results" / "profile"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cpcdrl_deploy.data import CIFAR_MEAN, load_cifar10, normalize, split_train, subset
-from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.models.data import CIFAR_MEAN, load_cifar10, normalize, split_train, subset
 
 
 def test_builtin_sample_is_balanced() -> None:

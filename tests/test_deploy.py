@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from cpcdrl_deploy.cli import app
 from tests.conftest import make_plan
 
 
@@ -53,8 +53,8 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota(tmp_path) -> 
     import json
     from pathlib import Path
 
-    from cpcdrl_deploy.deploy import device_quota, predictions
-    from cpcdrl_deploy.profiles import Profile, load_profile
+    from cpcdrl_deploy.deploy.run import device_quota, predictions
+    from cpcdrl_deploy.measure.profile import Profile, load_profile
 
     prof = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profile"
     # the facts a profile on a quota testbed records (cpcdrl testbed up --throttle quota)
@@ -84,7 +84,7 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota(tmp_path) -> 
 def test_speed_probe_is_the_profiles_whole_model(tmp_path) -> None:
     import gzip
 
-    from cpcdrl_deploy.profiling import build_jobs, probe_model
+    from cpcdrl_deploy.measure.profiler import build_jobs, probe_model
 
     jobs, analysis = build_jobs("tinyvgg", (1.0,), tmp_path, lambda s: None)
     data, shape, n = probe_model("tinyvgg")
@@ -95,10 +95,10 @@ def test_speed_probe_is_the_profiles_whole_model(tmp_path) -> None:
 
 def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
     """Both sides time the profile's whole-model entry again; table_drift is the anchored tables times each side's factor."""
-    from cpcdrl_deploy.deploy import DeployRequest, deploy, probe_reference
-    from cpcdrl_deploy.profiles import load_profile
-    from cpcdrl_deploy.profiling import profile_host
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.deploy.run import DeployRequest, deploy, probe_reference
+    from cpcdrl_deploy.devices.remote import connect
+    from cpcdrl_deploy.measure.profile import load_profile
+    from cpcdrl_deploy.measure.profiler import profile_host
 
     path = tmp_path / "local.json"
     profile_host(connect("local"), ["tinyvgg"], path, (1.0,), warmup=2, repeats=6, measure_link_too=False)
@@ -122,7 +122,7 @@ def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
 
 
 def test_edge_speed_factor_follows_the_requests_between_probe_blocks() -> None:
-    from cpcdrl_deploy.deploy import _drift
+    from cpcdrl_deploy.deploy.run import _drift
 
     blocks = [{"before_request": 0, "mean_ms": 10.0}, {"before_request": 2, "mean_ms": 10.0}, {"before_request": 4, "mean_ms": 30.0}]
     ref = {"ms": 10.0, "profiled_at": None}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cpcdrl_deploy import testbed
-from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.devices import testbed
 from tests.test_device_testbed import _busy_loop_share, _can_run
 
 

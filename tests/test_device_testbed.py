@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cpcdrl_deploy import testbed
-from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.devices import testbed
 
 pytestmark = pytest.mark.device
 
@@ -61,8 +61,8 @@ def bed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profiles(bed, tmp_path_factory):
-    from cpcdrl_deploy.profiling import profile_host
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
+    from cpcdrl_deploy.measure.profiler import profile_host
 
     out = tmp_path_factory.mktemp("profiles")
     dev = connect(NAME)
@@ -124,7 +124,7 @@ def test_profile_over_ssh(profiles) -> None:
 def test_compare_and_optimize_against_measured_tables(profiles, tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from cli import app
+    from cpcdrl_deploy.cli import app
 
     pi_path, local_path, _, _ = profiles
     runner = CliRunner()
@@ -135,15 +135,15 @@ def test_compare_and_optimize_against_measured_tables(profiles, tmp_path) -> Non
     assert d["fidelity"]["total_table"]["median_abs_pct"] < 25.0
     assert len(d["pruned_heads"]) == 28 and d["fidelity"]["pruned_head_ratio"]["worst_abs_pct"] >= 0.0
     assert -1.0 <= d["fidelity"]["ranks_edge_table"]["spearman"] <= 1.0  # order and ratios, beside the errors
-    from cpcdrl_deploy.latency import TableLatencyModel, build_latency_model
-    from cpcdrl_deploy.profiles import load_profile
+    from cpcdrl_deploy.measure.latency import TableLatencyModel, build_latency_model
+    from cpcdrl_deploy.measure.profile import load_profile
 
     lm = build_latency_model(load_profile(pi_path), load_profile(local_path))
     assert isinstance(lm, TableLatencyModel)
 
 
 def test_unreachable_host_times_out(bed) -> None:
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
 
     # an address on the testbed's own link where no host answers (tests address only namespaced hosts)
     nobody = bed.device_ip.rsplit(".", 1)[0] + ".3"
@@ -152,7 +152,7 @@ def test_unreachable_host_times_out(bed) -> None:
 
 
 def test_unknown_host_key_is_refused_with_fingerprint(bed, tmp_path, monkeypatch) -> None:
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
 
     monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))  # a user who never registered this device
     with pytest.raises(CpcdrlError, match=r"unknown host key .*SHA256:.*--trust-host-key"):
@@ -163,7 +163,7 @@ def test_changed_host_key_is_refused_even_with_trust(bed, tmp_path, monkeypatch,
     """A known host offering another key is refused with both fingerprints; --trust-host-key never overwrites it."""
     import paramiko
 
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
 
     monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
     kh = tmp_path / "known_hosts"
@@ -186,7 +186,7 @@ def test_trust_records_new_key_and_prints_its_fingerprint(bed, tmp_path, monkeyp
 
     import paramiko
 
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
 
     monkeypatch.setenv("CPCDRL_HOME", str(tmp_path))
     with pytest.raises(CpcdrlError):  # the key is trusted, but this stranger has no login key
@@ -203,7 +203,7 @@ def test_timed_out_command_is_killed_on_the_device(bed) -> None:
     import time
     import uuid
 
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
 
     n = uuid.uuid4().int % 10**8
     dev = connect(NAME)
@@ -218,7 +218,7 @@ def test_timed_out_command_is_killed_on_the_device(bed) -> None:
 
 
 def test_refused_authentication(bed, tmp_path) -> None:
-    from cpcdrl_deploy.remote import HostSpec, SSHDevice
+    from cpcdrl_deploy.devices.remote import HostSpec, SSHDevice
 
     key = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -228,7 +228,8 @@ def test_refused_authentication(bed, tmp_path) -> None:
 
 
 def test_device_without_onnxruntime(bed) -> None:
-    from cpcdrl_deploy.remote import check_runtime, connect
+    from cpcdrl_deploy.devices.remote import connect
+    from cpcdrl_deploy.measure.runtimes import check_runtime
 
     dev = connect(NAME, python="/usr/bin/python3")
     try:
@@ -239,15 +240,15 @@ def test_device_without_onnxruntime(bed) -> None:
 
 
 def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
-    from cpcdrl_deploy import profiling
-    from cpcdrl_deploy.remote import SSHDevice, connect
+    from cpcdrl_deploy.devices.remote import SSHDevice, connect
+    from cpcdrl_deploy.measure import profiler as profiling
 
     out = tmp_path / "pi.json"
     real_run = SSHDevice.run
     calls = {"n": 0}
 
     def flaky(self, command, timeout=600.0, stdin=None):
-        if "ort_profiler.py time" in command:
+        if "timer.py time" in command:
             calls["n"] += 1
             if calls["n"] == 2:
                 self.client.close()  # the link drops in the middle of the run
@@ -275,7 +276,7 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
 
 def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
     """A small split over the shaped link: every request answered, same predictions, speed probe on both sides, cloud server stopped."""
-    from cpcdrl_deploy.deploy import DeployRequest, deploy, probe_reference
+    from cpcdrl_deploy.deploy.run import DeployRequest, deploy, probe_reference
     from tests.conftest import make_plan
 
     pi_path, local_path, pi, local = profiles
@@ -308,7 +309,7 @@ def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
 
 def test_bench_on_the_testbed(bed, profiles, tmp_path) -> None:
     """Three tinyvgg plans interleaved over the shaped link: every round visits each, tables judged by rank and ratio."""
-    from cpcdrl_deploy.bench import BenchRequest, bench
+    from cpcdrl_deploy.deploy.bench import BenchRequest, bench
     from tests.conftest import make_plan
 
     pi_path, local_path, _, _ = profiles
@@ -326,7 +327,7 @@ def test_bench_on_the_testbed(bed, profiles, tmp_path) -> None:
 
 def test_litert_head_on_the_testbed(bed, profiles, tmp_path) -> None:
     """The device runs a LiteRT head (its Python has ai-edge-litert) before the ONNX tail served here; same answers."""
-    from cpcdrl_deploy.deploy import DeployRequest, deploy
+    from cpcdrl_deploy.deploy.run import DeployRequest, deploy
     from tests.conftest import make_plan, need_litert
 
     need_litert()
@@ -351,7 +352,7 @@ def test_up_clears_a_leftover_and_its_duty_cycle(tmp_path) -> None:
     victim = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: Path(cg, "cgroup.procs").write_text(str(os.getpid())))
     cpu = (os.cpu_count() or 1) - 1
     duty = subprocess.Popen(
-        [sys.executable, "-m", "cpcdrl_deploy.throttle", str(cg), "--share", "0.25", "--window-us", "60", "--device-cpu", str(cpu)], start_new_session=True
+        [sys.executable, "-m", "cpcdrl_deploy.devices.throttle", str(cg), "--share", "0.25", "--window-us", "60", "--device-cpu", str(cpu)], start_new_session=True
     )
     time.sleep(0.3)
     assert duty.poll() is None and testbed._is_throttle(duty.pid, cg)
@@ -368,7 +369,7 @@ def _busy_loop_share(host: str, python: str, cpu: int | None = None) -> float:
     wall time would test the hypervisor, not the testbed. A CFS quota counts
     the task's own run time, which leaves steal out: it keeps wall time.
     """
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
 
     dev = connect(host)
     try:

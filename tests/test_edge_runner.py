@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.data import load_cifar10
-from cpcdrl_deploy.deploy import RUNNER, CloudServer
-from cpcdrl_deploy.export import export_plan, ort_session
-from cpcdrl_deploy.profiling import PROFILER, probe_model
+from cpcdrl_deploy.deploy.export import export_plan
+from cpcdrl_deploy.measure.profiler import PROFILER, probe_model
+from cpcdrl_deploy.models.data import load_cifar10
+from cpcdrl_deploy.serving.manifest import ort_session
+from cpcdrl_deploy.serving.session import RUNNER, CloudServer
 from tests.conftest import make_plan
 
 
@@ -56,7 +57,7 @@ def test_runner_imports_only_numpy_and_the_runtimes() -> None:
     # ort_profiler: the profiler's device-side file, copied beside the runner for --probe; each runtime
     # is imported only when a model file of its kind is loaded (tflite_runtime: the old LiteRT package)
     runtimes = {"onnxruntime", "ai_edge_litert", "tflite_runtime"}
-    assert _imports(RUNNER) == {"numpy", "ort_profiler"} | runtimes
+    assert _imports(RUNNER) == {"numpy", "timer"} | runtimes
     assert _imports(PROFILER) == {"numpy"} | runtimes
 
 
@@ -141,7 +142,7 @@ def test_https_through_tls_verifies_the_certificate(exported, tmp_path) -> None:
     import ssl
     import threading
 
-    from cpcdrl_deploy.server import make_server
+    from cpcdrl_deploy.serving.server import make_server
 
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a test certificate")

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.edge_runner import BadReply, parse_reply
+from cpcdrl_deploy.ondevice.runner import BadReply, parse_reply
 from tests.test_edge_runner import _run, exported  # noqa: F401 - the module fixture
 
 GOOD_HEAD = {"model_name": "t", "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": 40}}]}

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.env import CompressionStates, PlanEvaluator, partition_state
-from cpcdrl_deploy.latency import AnalyticLatencyModel
-from cpcdrl_deploy.pruning import PruneConfig, channel_groups
-from cpcdrl_deploy.search import keep_ratio
-from cpcdrl_deploy.zoo import build_model
+from cpcdrl_deploy.compress.pruning import PruneConfig, channel_groups
+from cpcdrl_deploy.measure.latency import AnalyticLatencyModel
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import build_model
+from cpcdrl_deploy.search.evaluator import CompressionStates, PlanEvaluator, partition_state
+from cpcdrl_deploy.search.methods import keep_ratio
 
 
 def test_compression_state_follows_eq9() -> None:
@@ -64,10 +64,10 @@ def test_evaluator_caches_identical_plans() -> None:
 
 def test_drop_standard_error_is_paired_with_the_unpruned_model(tmp_path) -> None:
     """drop_se comes from the images whose correctness the plan changed, and the persistent cache replays it."""
-    from cpcdrl_deploy.accuracy_cache import AccuracyCache
-    from cpcdrl_deploy.evaluate import predict
-    from cpcdrl_deploy.fastcpu import scoring_copy
-    from cpcdrl_deploy.pruning import prune
+    from cpcdrl_deploy.compress.pruning import prune
+    from cpcdrl_deploy.models.evaluate import predict
+    from cpcdrl_deploy.models.scoring import scoring_copy
+    from cpcdrl_deploy.search.accuracy_cache import AccuracyCache
 
     def evaluator() -> PlanEvaluator:
         ev = _tiny_evaluator()
@@ -113,7 +113,7 @@ def test_plans_no_faster_than_the_incumbent_are_screened_on_one_chunk() -> None:
 
 def test_refinement_tries_narrow_layers_whose_block_exceeds_the_first_step() -> None:
     """tinyvgg's 16-channel layers prune in blocks of 8 (0.5 of the layer): refinement must still try them."""
-    from cpcdrl_deploy.search import SearchConfig, _refine, _Tracker
+    from cpcdrl_deploy.search.methods import SearchConfig, _refine, _Tracker
 
     ev = _tiny_evaluator()
     track = _Tracker("t", a0=-1.0)  # every plan is feasible: refinement may go as far as the blocks allow
@@ -127,7 +127,7 @@ def test_refinement_moves_to_another_cut_once_its_cut_is_exhausted() -> None:
     """A descent that has nothing left to try at its cut hands the budget on instead of stopping early."""
     from dataclasses import replace
 
-    from cpcdrl_deploy.search import SearchConfig, _refine, _Tracker
+    from cpcdrl_deploy.search.methods import SearchConfig, _refine, _Tracker
 
     runs = {}
     for other in (False, True):
@@ -151,7 +151,7 @@ def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
     """A cut that could beat the best at r_min, but whose known plan is over other_cut_slack x slower, gets no descent."""
     from dataclasses import replace
 
-    from cpcdrl_deploy.search import SearchConfig, _next_cut, _Tracker
+    from cpcdrl_deploy.search.methods import SearchConfig, _next_cut, _Tracker
 
     ev = _tiny_evaluator()
     n = ev.analysis.n_layers
@@ -167,7 +167,7 @@ def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
 
 def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
     """With no accuracy to lose, the unpruned model is the answer: the margin is for noisy pruned estimates, not for it."""
-    from cpcdrl_deploy.search import SearchConfig, margin_rule, run_rl
+    from cpcdrl_deploy.search.methods import SearchConfig, margin_rule, run_rl
 
     ev = _tiny_evaluator()
     n = ev.analysis.n_layers
@@ -184,7 +184,7 @@ def test_refinement_exchanges_a_dear_block_for_a_cheaper_one_when_single_moves_a
     """A descent stuck because its one pruned layer is the wrong one gives it back to prune another, if that is faster."""
     from dataclasses import replace
 
-    from cpcdrl_deploy.search import SearchConfig, _refine, _Tracker
+    from cpcdrl_deploy.search.methods import SearchConfig, _refine, _Tracker
 
     found = {}
     for exchange in (False, True):

@@ -10,9 +10,11 @@ import onnx
 import pytest
 import torch
 
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild, run_split
-from cpcdrl_deploy.plan import load_plan
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.deploy.export import export_plan
+from cpcdrl_deploy.search.plan import load_plan
+from cpcdrl_deploy.search.plan_model import rebuild
+from cpcdrl_deploy.serving.manifest import load_manifest, ort_session, run_split
 from tests.conftest import make_plan
 
 
@@ -104,9 +106,9 @@ def test_saved_weights_are_loaded_not_refitted_and_checked(tmp_path, monkeypatch
 
     from typer.testing import CliRunner
 
-    from cli import app
-    from cpcdrl_deploy import export as export_mod
-    from cpcdrl_deploy.errors import CpcdrlError
+    from cpcdrl_deploy.cli import app
+    from cpcdrl_deploy.core.errors import CpcdrlError
+    from cpcdrl_deploy.deploy import export as export_mod
 
     plan = tmp_path / "plan.json"
     res = CliRunner().invoke(app, ["optimize", "--max-accuracy-loss", "3", "--episodes", "8", "--method", "greedy", "--out", str(plan),

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.evaluate import predict
-from cpcdrl_deploy.fastcpu import scoring_copy
-from cpcdrl_deploy.pruning import PruneConfig, channel_groups, prune
-from cpcdrl_deploy.wire import WireModel
-from cpcdrl_deploy.zoo import build_model
+from cpcdrl_deploy.compress.pruning import PruneConfig, channel_groups, prune
+from cpcdrl_deploy.compress.transfer import WireModel
+from cpcdrl_deploy.models.evaluate import predict
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.scoring import scoring_copy
+from cpcdrl_deploy.models.zoo import build_model
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 

@@ -5,8 +5,8 @@ import time
 import psutil
 import pytest
 
-from cpcdrl_deploy.bench import host_load_summary, summary_lines
-from cpcdrl_deploy.hostload import HostSampler, load_in_windows
+from cpcdrl_deploy.deploy.bench import host_load_summary, summary_lines
+from cpcdrl_deploy.devices.hostload import HostSampler, load_in_windows
 
 T = type(psutil.cpu_times())  # the platform's own times type, so every field the code reads exists
 

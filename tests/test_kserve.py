@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.export import ort_session
+from cpcdrl_deploy.serving.manifest import ort_session
 
 from .test_edge_runner import _run, exported  # noqa: F401 - the module fixture, shared
 

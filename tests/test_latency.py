@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.latency import AnalyticLatencyModel, build_latency_model
-from cpcdrl_deploy.profiles import LinkProfile, Profile, load_profile, save_profile
-from cpcdrl_deploy.pruning import channel_groups, plan_shape
-from cpcdrl_deploy.zoo import build_model
+from cpcdrl_deploy.compress.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.measure.latency import AnalyticLatencyModel, build_latency_model
+from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile, save_profile
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import build_model
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_profile_round_trip_and_errors(tmp_path) -> None:
 
 
 def test_interpolation_on_grid_and_axes() -> None:
-    from cpcdrl_deploy.latency import interpolate_layer
+    from cpcdrl_deploy.measure.latency import interpolate_layer
 
     grid = [{"in_keep": i, "out_keep": o, "ms": 10 * i + o} for i in (0.5, 1.0) for o in (0.5, 1.0)]
     assert interpolate_layer(grid, 1.0, 1.0) == pytest.approx(11.0)
@@ -87,7 +87,7 @@ def test_interpolation_on_grid_and_axes() -> None:
 
 
 def test_table_model_charges_run_overhead_once(vgg) -> None:
-    from cpcdrl_deploy.latency import TableLatencyModel
+    from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
     rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
@@ -106,7 +106,7 @@ def test_table_model_takes_the_overhead_in_the_statistic_it_sums(vgg) -> None:
     # (a quota-throttled device's sustained overhead is several times its median)
     import dataclasses
 
-    from cpcdrl_deploy.latency import TableLatencyModel
+    from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
     pt = {"in_keep": 1.0, "out_keep": 1.0, "ms": 2.0, "median_ms": 0.5}
@@ -121,8 +121,8 @@ def test_table_model_takes_the_overhead_in_the_statistic_it_sums(vgg) -> None:
 
 def test_table_model_takes_the_per_byte_run_overhead_off_each_layer(vgg) -> None:
     # a layer timed alone copies its input in and its output out; inside the model it does not
-    from cpcdrl_deploy.latency import TableLatencyModel
-    from cpcdrl_deploy.profiling import _slope
+    from cpcdrl_deploy.measure.latency import TableLatencyModel
+    from cpcdrl_deploy.measure.profiler import _slope
 
     a, groups = vgg
     # the overhead points: 0.1 ms fixed + 1e-6 ms per byte
@@ -141,7 +141,7 @@ def test_table_model_takes_the_per_byte_run_overhead_off_each_layer(vgg) -> None
 
 
 def test_throttled_latencies_follow_cfs_bandwidth_control() -> None:
-    from cpcdrl_deploy.latency import throttled_latencies
+    from cpcdrl_deploy.measure.latency import throttled_latencies
 
     # a whole core: never throttled
     assert throttled_latencies(3.0, 0.0, 1.0, 4.0, requests=5) == [3.0] * 5
@@ -167,7 +167,7 @@ def test_table_model_anchors_each_side_to_its_whole_timing(vgg) -> None:
     # measured head at the cut x (table sum of the plan / table sum unpruned); the same for the tail
     import dataclasses
 
-    from cpcdrl_deploy.latency import TableLatencyModel
+    from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
     rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
@@ -189,7 +189,7 @@ def test_table_model_anchors_each_side_to_its_whole_timing(vgg) -> None:
 def test_table_model_interpolates_between_uniformly_pruned_whole_heads(vgg) -> None:
     # heads timed unpruned (5 ms, tables 4) and at keep 0.5 (3 ms, tables 2): a pruned head costs more than
     # the plain ratio says (a fixed part that pruning does not shrink); plans between them interpolate
-    from cpcdrl_deploy.latency import TableLatencyModel, anchored
+    from cpcdrl_deploy.measure.latency import TableLatencyModel, anchored
 
     a, groups = vgg
     rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
@@ -209,7 +209,7 @@ def test_table_model_interpolates_between_uniformly_pruned_whole_heads(vgg) -> N
 
 
 def test_blocked_channels_cost_a_whole_block() -> None:
-    from cpcdrl_deploy.latency import blocked_keep
+    from cpcdrl_deploy.measure.latency import blocked_keep
 
     assert blocked_keep(56 / 64, 64, 16) == pytest.approx(1.0)  # 56 channels run as 64 with blocks of 16
     assert blocked_keep(48 / 64, 64, 16) == pytest.approx(0.75)  # a whole number of blocks: unchanged
@@ -218,7 +218,7 @@ def test_blocked_channels_cost_a_whole_block() -> None:
 
 
 def test_table_model_prices_conv_channels_in_blocks_where_the_host_has_them(vgg) -> None:
-    from cpcdrl_deploy.latency import TableLatencyModel
+    from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
     rows = [
@@ -236,7 +236,7 @@ def test_table_model_prices_conv_channels_in_blocks_where_the_host_has_them(vgg)
 
 def test_whole_timings_are_bounded_by_every_larger_model() -> None:
     # a slow spell only adds time: a head is no slower than a later head, nor a pruned head than a less pruned one
-    from cpcdrl_deploy.latency import whole_timings
+    from cpcdrl_deploy.measure.latency import whole_timings
 
     t = {
         "heads": [{"cut": 1, "ms": 1.0}, {"cut": 2, "ms": 9.0}, {"cut": 3, "ms": 4.0}],
@@ -256,7 +256,7 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
     # request, the edge only when the plan offloads; an all-on-edge plan runs back to back
     import dataclasses
 
-    from cpcdrl_deploy.latency import TableLatencyModel
+    from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
     n = a.n_layers
@@ -280,8 +280,8 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
 def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> None:
     # a dw row with its misaligned timing: 4x (less the run overhead) at a count that is not a multiple of
     # the host's dw_alignment, the interpolated time at an aligned one
-    from cpcdrl_deploy.latency import TableLatencyModel, misaligned_factor
-    from cpcdrl_deploy.pruning import PlanShape
+    from cpcdrl_deploy.compress.pruning import PlanShape
+    from cpcdrl_deploy.measure.latency import TableLatencyModel, misaligned_factor
 
     pts = [{"in_keep": k, "out_keep": k, "ms": 0.1 + 1.0 * k} for k in (0.25, 0.5, 0.75, 1.0)]
     row = {"index": 1, "kind": "dwconv", "in_channels": 64, "out_channels": 64, "points": pts, "misaligned": {"channels": 63, "ms": 4.1}}

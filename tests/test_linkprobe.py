@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.linkprobe import build_probe_exports, fit
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.measure.request_probe import build_probe_exports, fit
 
 
 def test_probe_exports_send_the_sizes_they_promise(tmp_path) -> None:
-    from cpcdrl_deploy.export import load_manifest, ort_session
-    from cpcdrl_deploy.server import make_server
+    from cpcdrl_deploy.serving.manifest import load_manifest, ort_session
+    from cpcdrl_deploy.serving.server import make_server
 
     probes = build_probe_exports(tmp_path, sizes=(512, 20_000))
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -43,9 +43,9 @@ def test_fit_recovers_rate_and_overhead() -> None:
 
 def test_request_probe_times_the_real_runner_and_server() -> None:
     """On this host (loopback, where a byte costs next to nothing: the fit is the testbed test's): every size answered."""
-    from cpcdrl_deploy.latency import AnalyticLatencyModel
-    from cpcdrl_deploy.linkprobe import SIZES, time_requests
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
+    from cpcdrl_deploy.measure.latency import AnalyticLatencyModel
+    from cpcdrl_deploy.measure.request_probe import SIZES, time_requests
 
     dev = connect("local")
     try:
@@ -55,9 +55,9 @@ def test_request_probe_times_the_real_runner_and_server() -> None:
     assert len(points) == len(SIZES) and all(ms > 0 for _, ms in points)
     # bytes as sent: each payload plus the protocol's header, in size order
     assert all(s < b < s + 1024 for (b, _), s in zip(points, SIZES)), points
-    from cpcdrl_deploy.analysis import analyze
-    from cpcdrl_deploy.pruning import channel_groups, plan_shape
-    from cpcdrl_deploy.zoo import build_model
+    from cpcdrl_deploy.compress.pruning import channel_groups, plan_shape
+    from cpcdrl_deploy.models.graph import analyze
+    from cpcdrl_deploy.models.zoo import build_model
 
     net = build_model("tinyvgg")
     a = analyze(net, 32, "tinyvgg")
@@ -70,9 +70,9 @@ def test_request_probe_times_the_real_runner_and_server() -> None:
 
 def test_a_failed_probe_keeps_the_ssh_link(monkeypatch) -> None:
     """Whatever the probe raises, the profile keeps its tables and the link its SSH figures, with a line saying why."""
-    from cpcdrl_deploy import linkprobe
-    from cpcdrl_deploy.profiles import LinkProfile
-    from cpcdrl_deploy.profiling import with_request_probe
+    from cpcdrl_deploy.measure import request_probe as linkprobe
+    from cpcdrl_deploy.measure.profile import LinkProfile
+    from cpcdrl_deploy.measure.profiler import with_request_probe
 
     def boom(*a, **k):
         raise OSError("connection reset")

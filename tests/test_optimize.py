@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import DEMO_MODEL, app
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.optimize import OptimizeRequest, optimize
-from cpcdrl_deploy.plan import load_plan
-from cpcdrl_deploy.search import SearchConfig
+from cpcdrl_deploy.cli import DEMO_MODEL, app
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.search.methods import SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
+from cpcdrl_deploy.search.plan import load_plan
 
 from .conftest import CHECKPOINTS, need_shared
 

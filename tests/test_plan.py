@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.optimize import uniform_plan
-from cpcdrl_deploy.plan import Plan, PlanWeights, load_plan
-from cpcdrl_deploy.pruning import PruneConfig
+from cpcdrl_deploy.compress.pruning import PruneConfig
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.search.optimize import uniform_plan
+from cpcdrl_deploy.search.plan import Plan, PlanWeights, load_plan
 
 
 def test_from_dict_types_the_fields(tmp_path) -> None:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.profiling import measure_link
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.measure.profiler import measure_link
 
 
 class FakeLink:
@@ -41,7 +41,7 @@ def test_measure_link_needs_ssh() -> None:
 
 
 def test_channel_block_is_read_off_the_step_in_conv_time() -> None:
-    from cpcdrl_deploy.profiling import BLOCK_PROBE_CHANNELS, channel_block
+    from cpcdrl_deploy.measure.profiler import BLOCK_PROBE_CHANNELS, channel_block
 
     def times(block: int) -> dict[int, float]:  # 0.05 ms per run plus 0.01 ms per channel, in whole blocks
         return {c: 0.05 + 0.01 * (-(-c // block) * block) for c in BLOCK_PROBE_CHANNELS}
@@ -52,7 +52,7 @@ def test_channel_block_is_read_off_the_step_in_conv_time() -> None:
 
 
 def test_profile_jobs_include_pruned_heads_and_the_block_probe(tmp_path) -> None:
-    from cpcdrl_deploy.profiling import BLOCK_PROBE_CHANNELS, _table, build_jobs
+    from cpcdrl_deploy.measure.profiler import BLOCK_PROBE_CHANNELS, _table, build_jobs
 
     grid = (0.5, 1.0)
     jobs, analysis = build_jobs("tinyvgg", grid, tmp_path, lambda s: None)
@@ -80,7 +80,7 @@ def _round(mean: float) -> dict:
 
 
 def test_profiler_reports_the_median_round_not_the_fastest() -> None:
-    from profilers.ort_profiler import middle_round
+    from cpcdrl_deploy.ondevice.timer import middle_round
 
     # four rounds, one in a slow spell and one unusually fast: the two middle ones, averaged
     even = middle_round([_round(9.0), _round(5.0), _round(6.0), _round(30.0)])
@@ -93,8 +93,8 @@ def test_profiler_reports_the_median_round_not_the_fastest() -> None:
 def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
     import torch.nn as nn
 
-    from cpcdrl_deploy.profiling import _export
-    from profilers.ort_profiler import time_jobs
+    from cpcdrl_deploy.measure.profiler import _export
+    from cpcdrl_deploy.ondevice.timer import time_jobs
 
     (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
     (res,) = time_jobs([{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}], str(tmp_path), 1, 1, 8, 0.02, rounds=4)
@@ -106,13 +106,13 @@ def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
 def test_time_on_device_returns_results_by_id_and_fails_in_one_line(tmp_path) -> None:
     import torch.nn as nn
 
-    from cpcdrl_deploy.profiling import PROFILER, _export, time_on_device
-    from cpcdrl_deploy.remote import connect
+    from cpcdrl_deploy.devices.remote import connect
+    from cpcdrl_deploy.measure.profiler import PROFILER, _export, time_on_device
 
     dev = connect("local")
     remote = dev.mkdtemp()
     try:
-        dev.put(PROFILER, f"{remote}/ort_profiler.py")
+        dev.put(PROFILER, f"{remote}/timer.py")
         (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
         dev.put(tmp_path / "relu.onnx.gz", f"{remote}/relu.onnx.gz")
         job = tmp_path / "job.json"
@@ -129,26 +129,26 @@ def test_time_on_device_returns_results_by_id_and_fails_in_one_line(tmp_path) ->
 def test_time_jobs_times_whole_models_after_idle_when_asked(tmp_path, monkeypatch) -> None:
     # a job with cold_gap_ms also gets COLD_RUNS_PER_ROUND runs per round, each after that much sleep
     import torch.nn as nn
+    from profilers import timer
 
-    from cpcdrl_deploy.profiling import _export
-    from profilers import ort_profiler
+    from cpcdrl_deploy.measure.profiler import _export
 
     sleeps: list[float] = []
-    real_sleep = ort_profiler.time.sleep
-    monkeypatch.setattr(ort_profiler.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    real_sleep = timer.time.sleep
+    monkeypatch.setattr(timer.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
     (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
     jobs = [{"id": "warm", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]},
             {"id": "cold", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4], "cold_gap_ms": 3.0}]
-    warm, cold = ort_profiler.time_jobs(jobs, str(tmp_path), 1, 1, 8, 0.02, rounds=3)
+    warm, cold = timer.time_jobs(jobs, str(tmp_path), 1, 1, 8, 0.02, rounds=3)
     assert "cold_median_ms" not in warm
-    assert cold["cold_runs"] == 3 * ort_profiler.COLD_RUNS_PER_ROUND and cold["cold_gap_ms"] == 3.0 and cold["cold_median_ms"] > 0
+    assert cold["cold_runs"] == 3 * timer.COLD_RUNS_PER_ROUND and cold["cold_gap_ms"] == 3.0 and cold["cold_median_ms"] > 0
     assert sleeps == [0.003] * cold["cold_runs"]
 
 
 def test_table_keeps_the_as_served_timing_of_whole_models() -> None:
-    from cpcdrl_deploy.analysis import analyze
-    from cpcdrl_deploy.profiling import _table
-    from cpcdrl_deploy.zoo import build_model
+    from cpcdrl_deploy.measure.profiler import _table
+    from cpcdrl_deploy.models.graph import analyze
+    from cpcdrl_deploy.models.zoo import build_model
 
     a = analyze(build_model("tinyvgg"), 32, "tinyvgg")
     stats = {"mean_ms": 1.0, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1}
@@ -160,7 +160,7 @@ def test_table_keeps_the_as_served_timing_of_whole_models() -> None:
 
 
 def test_dw_alignment_is_the_smallest_multiple_whose_counts_are_all_fast() -> None:
-    from cpcdrl_deploy.profiling import dw_alignment
+    from cpcdrl_deploy.measure.profiler import dw_alignment
 
     # this host's kind of figures: odd and 2-aligned counts 4x per channel, multiples of 4 at full speed
     assert dw_alignment({64: 1.0, 63: 4.1, 62: 3.6, 60: 0.95, 56: 0.9, 48: 0.7}) == 4
@@ -173,10 +173,10 @@ def test_misaligned_job_times_a_depthwise_layer_at_one_channel_fewer(tmp_path) -
 
     import onnx
 
-    from cpcdrl_deploy.analysis import analyze
-    from cpcdrl_deploy.profiling import _misaligned_job
-    from cpcdrl_deploy.pruning import channel_groups
-    from cpcdrl_deploy.zoo import build_model
+    from cpcdrl_deploy.compress.pruning import channel_groups
+    from cpcdrl_deploy.measure.profiler import _misaligned_job
+    from cpcdrl_deploy.models.graph import analyze
+    from cpcdrl_deploy.models.zoo import build_model
 
     m = build_model("mobilenet")
     a = analyze(m, 32, "mobilenet")
@@ -190,7 +190,7 @@ def test_misaligned_job_times_a_depthwise_layer_at_one_channel_fewer(tmp_path) -
 
 
 def test_pooled_timing_keeps_the_attempt_nearest_the_median_of_all_passes() -> None:
-    from cpcdrl_deploy.profiling import _disturbed, _pooled
+    from cpcdrl_deploy.measure.profiler import _disturbed, _pooled
 
     first = {"mean_ms": 3.5, "p90_ms": 6.0, "round_means_ms": [1.0, 1.1, 5.9, 6.0]}  # two passes in a slow spell
     again = {"mean_ms": 1.05, "p90_ms": 1.2, "round_means_ms": [1.0, 1.1, 1.0, 1.1, 1.0, 1.1, 1.2, 1.0]}
@@ -205,8 +205,8 @@ def test_pooled_timing_keeps_the_attempt_nearest_the_median_of_all_passes() -> N
 
 def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypatch) -> None:
     """A model whose passes spread over more than RETIME_SPREAD is timed alone again, with twice the passes."""
-    from cpcdrl_deploy import profiling
-    from cpcdrl_deploy.remote import LocalDevice, connect
+    from cpcdrl_deploy.devices.remote import LocalDevice, connect
+    from cpcdrl_deploy.measure import profiler as profiling
 
     real_run = LocalDevice.run
     calls: list[str] = []

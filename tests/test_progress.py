@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpcdrl_deploy.progress import no_ticker, progress_bars
+from cpcdrl_deploy.core.progress import no_ticker, progress_bars
 
 
 def test_bars_draw_each_task_on_stderr(capsys) -> None:

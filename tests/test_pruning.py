@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.pruning import Calibration, PruneConfig, channel_groups, kept_channels, plan_shape, prune
-from cpcdrl_deploy.zoo import ZOO, build_model, load_model
+from cpcdrl_deploy.compress.pruning import Calibration, PruneConfig, channel_groups, kept_channels, plan_shape, prune
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import ZOO, build_model, load_model
 
 from .conftest import CHECKPOINTS, need_shared
 
@@ -82,7 +82,7 @@ def test_bad_plans_are_refused() -> None:
 
 @pytest.mark.parametrize("name", ["vgg16", "mobilenet"])
 def test_refit_lowers_reconstruction_error_and_output_error(name: str, cifar_dir) -> None:
-    from cpcdrl_deploy.data import load_cifar10
+    from cpcdrl_deploy.models.data import load_cifar10
 
     model = load_model(name, need_shared(CHECKPOINTS[name]))
     a = analyze(model, 32, name)
@@ -107,7 +107,7 @@ def test_patches_at_sampled_positions_equal_unfold() -> None:
     """The refit reads only the sampled windows; they must be exactly F.unfold's columns at those positions."""
     import torch.nn.functional as F
 
-    from cpcdrl_deploy.pruning import patches_at
+    from cpcdrl_deploy.compress.pruning import patches_at
 
     torch.manual_seed(0)
     for k, s, p, d, h in [(3, 1, 1, 1, 8), (3, 2, 1, 1, 9), (1, 1, 0, 1, 6), (3, 2, 0, 1, 10), (5, 1, 2, 2, 12)]:
@@ -122,7 +122,7 @@ def test_patches_at_sampled_positions_equal_unfold() -> None:
 @pytest.mark.parametrize("n,d", [(50, 20), (20, 50)])
 def test_ridge_dual_and_primal_forms_agree(n: int, d: int) -> None:
     """Fewer points than columns: the dual (n x n) form; more: the primal (D x D). Both are the same ridge solution."""
-    from cpcdrl_deploy.pruning import ridge_toward
+    from cpcdrl_deploy.compress.pruning import ridge_toward
 
     torch.manual_seed(1)
     x, y, w0 = torch.randn(n, d), torch.randn(n, 7), torch.randn(7, d)

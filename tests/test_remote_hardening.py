@@ -11,9 +11,9 @@ import uuid
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.data import load_cifar10
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.remote import LocalDevice, checked_tempdir, remote_command
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.devices.remote import LocalDevice, checked_tempdir, remote_command
+from cpcdrl_deploy.models.data import load_cifar10
 
 
 def test_mktemp_answer_is_validated() -> None:
@@ -79,8 +79,8 @@ def test_echo_test_that_times_out_names_the_time_out() -> None:
 
     import pytest
 
-    from cpcdrl_deploy.errors import CpcdrlError
-    from cpcdrl_deploy.remote import SSHDevice
+    from cpcdrl_deploy.core.errors import CpcdrlError
+    from cpcdrl_deploy.devices.remote import SSHDevice
 
     class Silent:  # a channel whose device never echoes
         timeouts: list[float] = []

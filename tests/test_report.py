@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpcdrl_deploy.report import explain_plan, latency_at_bandwidth, plot_latency_vs_bandwidth
+from cpcdrl_deploy.search.report import explain_plan, latency_at_bandwidth, plot_latency_vs_bandwidth
 
 LINK = {"uplink_bytes_per_s": 200_000.0, "downlink_bytes_per_s": 200_000.0, "rtt_ms": 2.0}
 

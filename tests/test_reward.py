@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cpcdrl_deploy.reward import RewardConfig, reward
+from cpcdrl_deploy.search.reward import RewardConfig, reward
 
 
 def test_reward_matches_eq10() -> None:

@@ -11,19 +11,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
-from cpcdrl_deploy import edge_runner
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.data import subset
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.export import export_plan, load_manifest, ort_session, rebuild
-from cpcdrl_deploy.latency import FastestRuntime, build_latency_model, edge_runtimes, link_fields
-from cpcdrl_deploy.optimize import plan_runtime
-from cpcdrl_deploy.plan import load_plan
-from cpcdrl_deploy.profiles import Profile, load_profile, table_key
-from cpcdrl_deploy.pruning import channel_groups, plan_shape
-from cpcdrl_deploy.remote import LocalDevice, check_runtime
-from cpcdrl_deploy.zoo import build_model
+from cpcdrl_deploy.cli import app
+from cpcdrl_deploy.compress.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.deploy.export import export_plan
+from cpcdrl_deploy.devices.remote import LocalDevice
+from cpcdrl_deploy.measure.latency import FastestRuntime, build_latency_model, edge_runtimes, link_fields
+from cpcdrl_deploy.measure.profile import Profile, load_profile, table_key
+from cpcdrl_deploy.measure.runtimes import check_runtime
+from cpcdrl_deploy.models.data import subset
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import build_model
+from cpcdrl_deploy.ondevice import runner as edge_runner
+from cpcdrl_deploy.search.optimize import plan_runtime
+from cpcdrl_deploy.search.plan import load_plan
+from cpcdrl_deploy.search.plan_model import rebuild
+from cpcdrl_deploy.serving.manifest import load_manifest, ort_session
 from tests.conftest import REPO, make_plan, need_litert
 
 

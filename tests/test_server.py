@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.export import export_plan, ort_session
-from cpcdrl_deploy.server import make_server
+from cpcdrl_deploy.deploy.export import export_plan
+from cpcdrl_deploy.serving.manifest import ort_session
+from cpcdrl_deploy.serving.server import make_server
 from tests.conftest import make_plan
 
 TOKEN = "s3cret-token"
@@ -114,7 +115,7 @@ def test_concurrent_clients_all_answered(server, tail_export) -> None:
     want = ort_session(tail_export / "tail.onnx").run(None, {"cut": _x()})[0]
 
     def client(_: int) -> float:
-        from cpcdrl_deploy.edge_runner import Remote
+        from cpcdrl_deploy.ondevice.runner import Remote
 
         host, port = server.server_address[:2]
         r = Remote(f"http://{host}:{port}", "tinyvgg_tail", 10.0, TOKEN)
@@ -131,7 +132,7 @@ def test_concurrent_clients_all_answered(server, tail_export) -> None:
 
 
 def test_loopback_by_default_and_a_tail_is_needed(tmp_path) -> None:
-    from cpcdrl_deploy.errors import CpcdrlError
+    from cpcdrl_deploy.core.errors import CpcdrlError
 
     export_plan(make_plan(tmp_path / "p.json", 7, 0.5), tmp_path / "edge-only", check_images=8)
     with pytest.raises(CpcdrlError, match="no tail"):

@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from cpcdrl_deploy.server import make_server
+from cpcdrl_deploy.serving.server import make_server
 
 TOKEN = "fuzz-token"
 CAP = 12
@@ -213,7 +213,7 @@ def test_slow_clients_time_out_and_the_cap_holds_while_others_are_served(server)
 
 
 def test_exposure_warnings() -> None:
-    from cpcdrl_deploy.server import exposure_warning
+    from cpcdrl_deploy.serving.server import exposure_warning
 
     assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", "t") is None and exposure_warning("localhost", None) is None
     assert "without a token" in exposure_warning("0.0.0.0", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpcdrl_deploy.stats import fidelity, kendall, pair_order, ranks, spearman
+from cpcdrl_deploy.measure.fidelity import fidelity, kendall, pair_order, ranks, spearman
 
 
 def test_rank_statistics() -> None:

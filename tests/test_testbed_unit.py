@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from cpcdrl_deploy import testbed
-from cpcdrl_deploy.errors import CpcdrlError
+from cpcdrl_deploy.cli import app
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.devices import testbed
 
 
 def test_parse_bandwidth_units() -> None:

@@ -9,18 +9,18 @@ import onnx
 import pytest
 import torch
 
-from cpcdrl_deploy.analysis import analyze
-from cpcdrl_deploy.data import load_cifar10, subset
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.evaluate import accuracy_on
-from cpcdrl_deploy.export import _compress_output, _decompress_input, _identity_onnx, export_plan, ort_session, run_split
-from cpcdrl_deploy.fileio import atomic_write_json
-from cpcdrl_deploy.optimize import OptimizeRequest, optimize, uniform_plan
-from cpcdrl_deploy.pruning import channel_groups, plan_shape
-from cpcdrl_deploy.search import SearchConfig
-from cpcdrl_deploy.wire import WireModel, through_wire, wire_bytes
-from cpcdrl_deploy.workflows import resolve_checkpoint
-from cpcdrl_deploy.zoo import load_model
+from cpcdrl_deploy.compress.pruning import channel_groups, plan_shape
+from cpcdrl_deploy.compress.transfer import WireModel, through_wire, wire_bytes
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.deploy.export import _compress_output, _decompress_input, _identity_onnx, export_plan
+from cpcdrl_deploy.models.data import load_cifar10, subset
+from cpcdrl_deploy.models.evaluate import accuracy_on
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import load_model, resolve_checkpoint
+from cpcdrl_deploy.search.methods import SearchConfig
+from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, uniform_plan
+from cpcdrl_deploy.serving.manifest import ort_session, run_split
 
 
 def test_wire_bytes() -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpcdrl_deploy.errors import CpcdrlError
-from cpcdrl_deploy.zoo import ZOO, build_model, extract_state_dict, load_checkpoint
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.models.zoo import ZOO, build_model, extract_state_dict, load_checkpoint
 
 from .conftest import CHECKPOINTS, need_shared
 
@@ -92,9 +92,9 @@ def test_corrupt_and_missing_checkpoints(tmp_path) -> None:
 
 def test_demo_model_ships_weights_and_has_a_cut_smaller_than_the_image() -> None:
     """The built-in demo exists to show a split: some interior cut must send fewer bytes than the image."""
-    from cli import DEMO_MODEL as CLI_DEMO
-    from cpcdrl_deploy.analysis import analyze
-    from cpcdrl_deploy.workflows import DEMO_MODEL, builtin_checkpoint
+    from cpcdrl_deploy.cli import DEMO_MODEL as CLI_DEMO
+    from cpcdrl_deploy.models.graph import analyze
+    from cpcdrl_deploy.models.zoo import DEMO_MODEL, builtin_checkpoint
 
     assert CLI_DEMO == DEMO_MODEL and builtin_checkpoint(DEMO_MODEL) is not None
     a = analyze(build_model(DEMO_MODEL), 32, DEMO_MODEL)

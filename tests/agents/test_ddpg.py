@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cpcdrl_deploy.agents import DDPGAgent, DDPGConfig
-from cpcdrl_deploy.agents.ddpg import truncated_normal
+from cpcdrl_deploy.search.agents.ddpg import DDPGAgent, DDPGConfig, truncated_normal
 
 
 def test_ddpg_learns_a_state_dependent_target() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cpcdrl_deploy.agents import DQNAgent, DQNConfig
+from cpcdrl_deploy.search.agents.dqn import DQNAgent, DQNConfig
 
 
 def test_dqn_learns_a_contextual_bandit() -> None:

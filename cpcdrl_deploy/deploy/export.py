@@ -1,0 +1,401 @@
+"""A plan as deployable ONNX: ``head.onnx`` (the pruned layers 1..p) and ``tail.onnx`` (p+1..N).
+
+The pruned, refitted weights are rebuilt from the plan exactly as the search
+built them (same calibration images, same seed), so the exported split is the
+model whose accuracy the plan reports. Every file is single-file ONNX (the
+weights are small enough to live inside it) with a dynamic batch dimension,
+and is checked in ONNX Runtime before the manifest is written:
+
+- tail(head(x)) against the pruned PyTorch model on real images (max abs <= 1e-4);
+- the tail's layers after the first (which the refit never touches) against
+  the original model's, run on the same intermediate tensor.
+
+Options beyond the paper, applied after that check and measured, not assumed:
+``quantize="int8"`` (static QDQ quantisation of the head, calibrated on
+training images) and ``transfer="fp16"|"int8"`` (the cut tensor is cast or
+per-tensor quantised at the end of the head graph and restored at the start
+of the tail graph, so any server that runs ONNX -- ours, Triton, KServe --
+serves it unchanged).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from cpcdrl_deploy import __version__
+from cpcdrl_deploy.compress.transfer import check_transfer
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.core.progress import Ticker, no_ticker
+from cpcdrl_deploy.measure.runtimes import RUNTIMES, get_runtime, tflite_bytes, tflite_int8
+from cpcdrl_deploy.models.data import Cifar10, subset
+from cpcdrl_deploy.models.graph import analyze
+from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry
+from cpcdrl_deploy.ondevice.runner import load_model as load_edge_model
+from cpcdrl_deploy.search.plan import Plan, load_plan
+from cpcdrl_deploy.search.plan_model import calibration_images, rebuild
+from cpcdrl_deploy.serving.manifest import MANIFEST_SCHEMA_VERSION, io_specs, ort_session, run_split
+
+OPSET = 17
+Log = Callable[[str], None]
+
+
+
+
+EXPORT_STEPS = "export: rebuild, ONNX, check, quantise/write"
+
+
+
+
+def _onnx_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
+    # eval() first: the exporter restores the wrapper's mode afterwards, recursively,
+    # and a fresh nn.Sequential is in training mode -- it would flip the model's
+    # batch norms (shared with the units) to training
+    m.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        torch.onnx.export(
+            m, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=OPSET, input_names=[in_name], output_names=[out_name],
+            dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+
+
+def _litert_split(blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) -> np.ndarray:
+    """The split's output with the LiteRT head ``blob`` run here as the device runs it (batch 1) before the ONNX tail."""
+    tmp = out / ".head_check.tflite"
+    atomic_write_bytes(tmp, blob)
+    try:
+        model = load_edge_model(str(tmp))
+        tail = ort_session(tail_b) if tail_b else None
+        got = []
+        for i in range(len(xs)):
+            cut = model.run(xs[i : i + 1])["cut"]
+            got.append(tail.run(None, {"cut": cut})[0] if tail is not None else cut)
+    except Exception as exc:  # noqa: BLE001 - a head LiteRT cannot load or run is one line, not a traceback
+        raise CpcdrlError(f"the LiteRT head does not run here: {type(exc).__name__}: {exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.concatenate(got)
+
+
+def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, tail_b: bytes | None, xs: np.ndarray, want: np.ndarray, out: Path) -> tuple[bytes, dict]:
+    """The head converted to LiteRT (fp32), checked image by image before the ONNX tail against the pruned PyTorch model.
+
+    The dict holds the I/O specs, the largest difference and ``split_out``, the checked split's output."""
+    blob = tflite_bytes(head, in_shape)
+    got = _litert_split(blob, tail_b, xs, out)
+    diff = float(np.abs(got - want).max())
+    if diff > 1e-4:
+        raise CpcdrlError(f"the LiteRT head's split differs from the pruned PyTorch model by {diff:.2e} (> 1e-4)")
+    specs = io_specs(onnx.load_from_string(head_onnx))
+    for t in specs["inputs"] + specs["outputs"]:
+        t["shape"] = [1, *t["shape"][1:]]  # a LiteRT model has a fixed batch of 1
+    return blob, {"specs": specs, "max_abs_diff": diff, "split_out": got}
+
+
+def _identity_onnx(shape: tuple[int, ...]) -> bytes:
+    """A head that computes nothing: ``input`` -> ``cut`` (for a cut-0 plan whose wire encodes the image)."""
+    dims = ["batch", *shape]
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["cut"])], "cpcdrl_encoder",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)], [helper.make_tensor_value_info("cut", TensorProto.FLOAT, dims)],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
+
+
+def _compress_output(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
+    """End the head graph with the cast / per-tensor quantisation of its output ``cut``."""
+    g = model.graph
+    out = g.output[0]
+    dims = [d for d in out.type.tensor_type.shape.dim]
+    inner = "_cpcdrl_cut_fp32"
+    for node in g.node:
+        node.output[:] = [inner if o == out.name else o for o in node.output]
+    del g.output[:]
+    if transfer == "fp16":
+        g.node.append(helper.make_node("Cast", [inner], ["cut"], to=TensorProto.FLOAT16))
+        g.output.append(helper.make_tensor_value_info("cut", TensorProto.FLOAT16, None))
+    else:
+        # one scale / zero point per request (per tensor): the cheapest
+        # dequantisable form, and what DynamicQuantizeLinear computes
+        g.node.append(helper.make_node("DynamicQuantizeLinear", [inner], ["cut", "_cpcdrl_scale", "_cpcdrl_zp"]))
+        g.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "_cpcdrl_shape_1"))
+        g.node.append(helper.make_node("Reshape", ["_cpcdrl_scale", "_cpcdrl_shape_1"], ["cut_dq_scale"]))
+        g.node.append(helper.make_node("Reshape", ["_cpcdrl_zp", "_cpcdrl_shape_1"], ["cut_dq_zero_point"]))
+        g.output.append(helper.make_tensor_value_info("cut", TensorProto.UINT8, None))
+        g.output.append(helper.make_tensor_value_info("cut_dq_scale", TensorProto.FLOAT, [1]))
+        g.output.append(helper.make_tensor_value_info("cut_dq_zero_point", TensorProto.UINT8, [1]))
+    g.output[0].type.tensor_type.shape.dim.extend(dims)
+    return model
+
+
+def _decompress_input(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
+    """Start the tail graph by restoring the float cut tensor from what the head sent."""
+    g = model.graph
+    inp = g.input[0]
+    dims = [d for d in inp.type.tensor_type.shape.dim]
+    inner = "_cpcdrl_cut_fp32"
+    for node in g.node:
+        node.input[:] = [inner if i == inp.name else i for i in node.input]
+    del g.input[0]
+    if transfer == "fp16":
+        first = [helper.make_node("Cast", ["cut"], [inner], to=TensorProto.FLOAT)]
+        new_inputs = [helper.make_tensor_value_info("cut", TensorProto.FLOAT16, None)]
+    else:
+        g.initializer.append(numpy_helper.from_array(np.array([], dtype=np.int64), "_cpcdrl_shape_scalar"))
+        first = [
+            helper.make_node("Reshape", ["cut_dq_scale", "_cpcdrl_shape_scalar"], ["_cpcdrl_scale"]),
+            helper.make_node("Reshape", ["cut_dq_zero_point", "_cpcdrl_shape_scalar"], ["_cpcdrl_zp"]),
+            helper.make_node("DequantizeLinear", ["cut", "_cpcdrl_scale", "_cpcdrl_zp"], [inner]),
+        ]
+        new_inputs = [
+            helper.make_tensor_value_info("cut", TensorProto.UINT8, None),
+            helper.make_tensor_value_info("cut_dq_scale", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("cut_dq_zero_point", TensorProto.UINT8, [1]),
+        ]
+    new_inputs[0].type.tensor_type.shape.dim.extend(dims)
+    nodes = first + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    for i, v in enumerate(new_inputs):
+        g.input.insert(i, v)
+    return model
+
+
+def _quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
+    """Static int8 (QDQ) quantisation with ONNX Runtime, activations calibrated on ``calib_x``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": calib_x[i : i + 32]} for i in range(0, len(calib_x), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    src, dst = workdir / ".head_fp32.onnx", workdir / ".head_int8.onnx"
+    src.write_bytes(head)
+    logging.disable(logging.WARNING)  # ORT's "consider pre-processing" notice on every call
+    try:
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        return dst.read_bytes()
+    finally:
+        logging.disable(logging.NOTSET)
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+        for extra in workdir.glob(".head_fp32*-inferred.onnx"):
+            extra.unlink(missing_ok=True)
+
+
+
+
+
+
+def _check_options(quantize: str | None, transfer: str) -> None:
+    check_transfer(transfer)
+    if quantize not in (None, "int8"):
+        raise CpcdrlError("--quantize takes int8")
+
+
+def export_plan(
+    plan_path: str | Path,
+    out: str | Path,
+    data: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    quantize: str | None = None,
+    transfer: str | None = None,
+    triton: str | Path | None = None,
+    check_images: int = 256,
+    log: Log = lambda s: None,
+    tick: Ticker = no_ticker,
+    runtime: str | None = None,
+) -> dict:
+    """Write head.onnx (or head.tflite) / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest.
+
+    ``transfer`` / ``runtime`` None: the wire and the edge runtime the plan was optimised for.
+    """
+    plan = load_plan(plan_path)
+    transfer = transfer or plan.transfer
+    runtime = runtime or plan.runtime
+    get_runtime(runtime)
+    _check_options(quantize, transfer)
+    t0 = time.perf_counter()
+    tick(EXPORT_STEPS, 0, 4)
+    original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)
+    log(f"rebuilt {plan.model} cut {plan.cut} in {time.perf_counter() - t0:.1f} s; exporting")
+    return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log, tick, runtime)
+
+
+def export_models(
+    plan: Plan, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
+    quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256, log: Log = lambda s: None,
+    tick: Ticker = no_ticker, runtime: str = "onnxruntime",
+) -> dict:
+    """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check).
+
+    ``runtime``: what the head is built for (runtimes.py); the tail is ONNX for the server either way.
+    """
+    _check_options(quantize, transfer)
+    # at cut 0 the device runs no layers (at most the wire's encoder, in ONNX): the runtime choice is moot
+    rt = get_runtime(runtime) if plan.cut > 0 else RUNTIMES["onnxruntime"]
+    if rt.name == "litert" and transfer != "fp32":
+        raise CpcdrlError("--runtime litert sends the cut tensor in fp32 for now; for --transfer fp16|int8 use --runtime onnxruntime")
+    t0 = time.perf_counter()
+    tick(EXPORT_STEPS, 1, 4)
+    entry = get_entry(plan.model)
+    analysis = analyze(pruned, entry.input_size, plan.model)
+    cut = plan.cut
+    b = analysis.points[cut].unit_boundary
+    units, orig_units = pruned.units(), original.units()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    x_check, y_check = ds.test.tensors(subset(len(ds.test), check_images, plan.seed))
+    with torch.no_grad():
+        h = x_check
+        for u in units[:b]:
+            h = u(h)
+        cut_shape = tuple(h.shape[1:])
+        want = pruned(x_check).numpy()
+    head_b = _onnx_bytes(nn.Sequential(*units[:b]), tuple(x_check.shape[1:]), "input", "cut") if b > 0 else None
+    tail_b = _onnx_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
+    full_b = _onnx_bytes(nn.Sequential(*units), tuple(x_check.shape[1:]), "input", "logits")
+
+    tick(EXPORT_STEPS, 2, 4)
+    # the float split must be the pruned model before anything lossy is applied
+    xs = x_check.numpy()
+    got = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
+    split_diff = float(np.abs(got - want).max())
+    if split_diff > 1e-4:
+        raise CpcdrlError(f"exported split differs from the pruned PyTorch model by {split_diff:.2e} (> 1e-4)")
+    untouched_diff = 0.0
+    if tail_b and b + 1 < len(units):
+        with torch.no_grad():
+            first = units[b](h)
+            ref = nn.Sequential(*orig_units[b + 1 :])(first).numpy()
+        tail_rest = ort_session(_onnx_bytes(nn.Sequential(*units[b + 1 :]), tuple(first.shape[1:]), "cut", "logits"))
+        untouched_diff = float(np.abs(tail_rest.run(None, {"cut": first.numpy()})[0] - ref).max())
+        if untouched_diff > 1e-4:
+            raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
+    log(f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched layers {untouched_diff:.1e}")
+
+    head_file: tuple[bytes, dict] | None = None  # a head in another runtime than ONNX: its file and I/O specs
+    if head_b and rt.name != "onnxruntime":
+        head_file = _litert_head(nn.Sequential(*units[:b]), tuple(x_check.shape[1:]), head_b, tail_b, xs, want, out)
+        log(f"LiteRT head checked on {len(xs)} test images: max |diff| {head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model")
+
+    tick(EXPORT_STEPS, 3, 4)
+    if head_b and quantize == "int8":
+        # activations calibrated on the refit's own images (data.search_split), not a second draw
+        calib_x = calibration_images(plan, ds)
+        if head_file is not None:
+            head_file = (tflite_int8(head_file[0], calib_x.numpy()), head_file[1])
+            log(f"head quantised to int8 (LiteRT static int8, the plan's {len(calib_x)} calibration images)")
+        else:
+            head_b = _quantize_head(head_b, calib_x.numpy(), out)
+            log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
+    if tail_b and transfer != "fp32":
+        # at cut 0 the head is only the encoder: the device quantises or casts the image it sends
+        head_b = head_b or _identity_onnx(tuple(x_check.shape[1:]))
+        head_b = _compress_output(onnx.load_from_string(head_b), transfer).SerializeToString()
+        tail_b = _decompress_input(onnx.load_from_string(tail_b), transfer).SerializeToString()
+    lossy = quantize is not None or (transfer != "fp32" and tail_b is not None)
+    if head_file is not None:
+        # the fp32 head's split was run by the check above; an int8 head is a new model
+        final = _litert_split(head_file[0], tail_b, xs, out) if quantize else head_file[1]["split_out"]
+    else:
+        final = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
+    agree = float((final.argmax(1) == want.argmax(1)).mean() * 100.0)
+    acc_final = float((final.argmax(1) == y_check.numpy()).mean() * 100.0)
+
+    name = plan.model.replace("-", "_")
+    files: dict[str, dict] = {}
+    for stale in (out / f"head{r.suffix}" for r in RUNTIMES.values()):  # a head of another runtime from an earlier export
+        stale.unlink(missing_ok=True)
+    for role, blob in (("head", head_b), ("tail", tail_b), ("full", full_b)):
+        path = out / f"{role}.onnx"
+        if blob is None:
+            path.unlink(missing_ok=True)
+            continue
+        if role == "head" and head_file is not None:
+            path = out / f"head{rt.suffix}"
+            atomic_write_bytes(path, head_file[0])
+            files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(head_file[0]), "model_name": f"{name}_{role}",
+                           "runtime": rt.name, "layout": "NCHW at the boundaries", "precision": quantize or "fp32",
+                           **({"io": "int8 inside; the runner quantises the image and dequantises the cut tensor"} if quantize else {}),
+                           **head_file[1]["specs"]}
+            continue
+        onnx.checker.check_model(onnx.load_from_string(blob))
+        atomic_write_bytes(path, blob)
+        files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}",
+                       "runtime": "onnxruntime", "layout": "NCHW", "precision": quantize if role == "head" and quantize else "fp32",
+                       **io_specs(onnx.load_from_string(blob))}
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kind": "cpcdrl-export",
+        "cpcdrl_version": __version__,
+        "model": plan.model,
+        "cut": cut,
+        "n_layers": analysis.n_layers,
+        "cut_shape": list(cut_shape),
+        "transfer": transfer if head_b and tail_b else "fp32",
+        "quantize": quantize if b > 0 else None,
+        "preprocess": {"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)"},
+        "files": files,
+        "check": {
+            "images": len(xs), "split_vs_pytorch_max_abs": split_diff, "untouched_layers_max_abs": untouched_diff,
+            "agreement_with_pytorch_pct": agree, "accuracy_pct": acc_final, "pytorch_accuracy_pct": float((want.argmax(1) == y_check.numpy()).mean() * 100.0),
+            "lossy": bool(lossy),
+            **({"litert_head_max_abs": head_file[1]["max_abs_diff"]} if head_file is not None else {}),
+        },
+        "runtime": {"head": rt.name if head_b else None, "tail": "onnxruntime" if tail_b else None},
+        "plan": plan.to_dict(),
+        "export_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    if triton and tail_b:
+        write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
+    tick(EXPORT_STEPS, 4, 4)
+    log(f"wrote {', '.join(sorted(files))} + manifest.json to {out} (agreement with PyTorch {agree:.1f} % on {len(xs)} images)")
+    return manifest
+
+
+_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8", "INT64": "TYPE_INT64"}
+
+
+def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
+    """``repo/<name>/config.pbtxt`` + ``repo/<name>/1/model.onnx`` for NVIDIA Triton's onnxruntime backend.
+
+    max_batch_size 0 with an explicit -1 batch dimension: the int8 transfer's
+    per-request scale is shape [1], which Triton's implicit batching would
+    otherwise require to carry a batch dimension too.
+    """
+
+    def block(kind: str, items: list[dict]) -> str:
+        rows = [f'  {{ name: "{t["name"]}" data_type: {_TRITON_TYPES[t["datatype"]]} dims: [ {", ".join(str(d) for d in t["shape"])} ] }}' for t in items]
+        return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+
+    name = spec["model_name"]
+    config = f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + block("input", spec["inputs"]) + block("output", spec["outputs"])
+    atomic_write_bytes(repo / name / "config.pbtxt", config.encode())
+    atomic_write_bytes(repo / name / "1" / "model.onnx", onnx_path.read_bytes())
+    return repo / name
+
+
+
+

@@ -1,0 +1,635 @@
+"""``cpcdrl profile``: measure per-layer latency tables on a host, and the link to it.
+
+The host side builds small ONNX models: every unit (layer) of the model at
+each point of a grid of kept input/output channel fractions, and the unpruned
+head and tail at every cut. Weights are a constant: latency does not depend
+on their values and constant tensors gzip to almost nothing, which matters on
+a 200 KB/s link. ``cpcdrl_deploy/ondevice/timer.py`` times them on the device.
+
+Results are saved after every batch to ``<out>.partial``: an interrupted run
+resumes from there, and the profile itself is only written, atomically, when
+everything is measured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import platform
+import shlex
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cpcdrl_deploy.compress.pruning import ChannelGroup, PruneConfig, channel_groups, plan_shape, prune
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.core.progress import Ticker, no_ticker
+from cpcdrl_deploy.devices.hostload import HostSampler, load_in_windows
+from cpcdrl_deploy.devices.remote import Device
+from cpcdrl_deploy.devices.testbed import load_state
+from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile, save_profile, table_key
+from cpcdrl_deploy.measure.runtimes import RUNTIMES, check_runtime, tflite_bytes
+from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
+from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
+
+PROFILER = Path(__file__).resolve().parents[1] / "ondevice" / "timer.py"
+DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
+WEIGHTS = "constant-per-tensor"  # see _make_constant; older profiles shared one constant (and one tensor) between layers
+Log = Callable[[str], None]
+
+
+def _export(m: nn.Module, shape: tuple[int, ...], runtime: str = "onnxruntime") -> bytes:
+    """``m`` (a unit or units of a model made constant by ``_make_constant``) as ``runtime`` runs it, gzip-compressed."""
+    if runtime == "litert":
+        return gzip.compress(tflite_bytes(m, shape), 6)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(1, *shape),), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    return gzip.compress(buf.getvalue(), 6)
+
+
+def _make_constant(m: nn.Module) -> nn.Module:
+    """In place: each weight tensor one constant of its own (~0.01), batch-norm statistics neutral, no gradients.
+
+    Units close over the model's modules, so this changes the model. Why one
+    constant *per tensor*: the ONNX exporter merges initializers that are
+    equal, so with one value for all, layers of the same shape shared one
+    weight tensor and a whole model ran from a fraction of its real working
+    set: the VGG16 head timed 8-25 % and MobileNet's ~7 % faster than the
+    same graph with trained (or random) weights, here on the host. Distinct
+    constants keep every tensor and still gzip to almost nothing (VGG16: 59 KB).
+    """
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        for i, p in enumerate(m.parameters()):
+            p.fill_(0.01 * (1.0 + i / 1024.0))
+        for name, b in m.named_buffers():
+            if b.is_floating_point():
+                b.fill_(1.0 if name.endswith("running_var") else 0.0)
+    return m
+
+
+def _in_group(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int) -> ChannelGroup | None:
+    """The channel group feeding layer t's input."""
+    for g in groups:
+        if t in g.consumers or (t in g.producers and t != g.leader):
+            return g
+    return None
+
+
+def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, grid: tuple[float, ...]) -> list[tuple[int, list[float]]]:
+    """(cut N, ratios) plans that put layer t at each reachable (in, out) grid point."""
+    n = analysis.n_layers
+    gin = _in_group(analysis, groups, t)
+    gout = next((g for g in groups if g.leader == t), None)
+    ins = grid if gin is not None else (1.0,)
+    outs = grid if gout is not None else (1.0,)
+    plans = []
+    for fi in ins:
+        for fo in outs:
+            if gin is not None and gout is not None and gin is gout and fi != fo:
+                continue
+            r = [1.0] * n
+            if gin is not None:
+                r[gin.leader - 1] = fi
+            if gout is not None:
+                r[t - 1] = fo
+            plans.append((n, r))
+    return plans
+
+
+def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn.Module, torch.Tensor]:
+    """Layer t's unit of ``pruned`` (weights frozen as constants) and the input it gets there: zeros through the units before it."""
+    units = _make_constant(pruned).units()
+    x = torch.zeros(1, *analysis.input_shape)
+    with torch.no_grad():
+        for u in units[: analysis.layers[t - 1].unit]:
+            x = u(x)
+    return units[analysis.layers[t - 1].unit], x
+
+
+def build_jobs(
+    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
+) -> tuple[list[dict], ModelAnalysis]:
+    """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file, input_shape, meta)."""
+    ext = RUNTIMES[runtime].suffix + ".gz"
+
+    entry = get_entry(model_name)
+    model: UnitModel = build_model(model_name)
+    analysis = analyze(model, entry.input_size, model_name)
+    units_per_layer = {layer.unit for layer in analysis.layers}
+    if len(units_per_layer) != analysis.n_layers:
+        raise CpcdrlError(f"profiling per layer needs one prunable layer per unit; {model_name} has blocks (profile a sequential CIFAR model)")
+    groups = channel_groups(model, analysis)
+    jobs: list[dict] = []
+    for t in range(1, analysis.n_layers + 1):
+        for cut, ratios in layer_variants(analysis, groups, t, grid):
+            shape = plan_shape(analysis, groups, cut, ratios)
+            fi, fo = shape.in_keep[t - 1], shape.out_keep[t - 1]
+            unit, x = _layer_alone(prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model, analysis, t)
+            jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
+            f = f"{jid}{ext}"
+            with torch.no_grad():
+                io_bytes = 4 * (x.numel() + unit(x).numel())  # float32 in and out: what a run alone copies across ORT's boundary
+            (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
+            jobs.append({
+                "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
+            })
+        if analysis.layers[t - 1].kind == "dwconv":
+            jobs.append(_misaligned_job(model, analysis, groups, t, workdir, ext, runtime))
+        tick(f"{model_name}: exporting layers", t, analysis.n_layers)
+    # whole heads pruned uniformly to each grid keep below 1 at every cut: the
+    # per-layer tables alone mispredict pruned heads (on the emulated Pi the
+    # unpruned head x the tables' ratio put three pruned VGG16 plans 18.6-20.0 %
+    # below their deployed p50), so the latency model anchors a pruned plan to
+    # these instead of scaling the unpruned head
+    for p in analysis.points:
+        if not p.cuttable or p.index == 0:
+            continue
+        for keep in (k for k in grid if k < 1.0):
+            ratios = [keep] * p.index
+            shape = plan_shape(analysis, groups, p.index, ratios)
+            pruned = _make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
+            jid = f"head{p.index}_k{keep:.4f}"
+            f = f"{jid}{ext}"
+            (workdir / f).write_bytes(_export(nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape), runtime))
+            jobs.append({
+                "id": jid, "file": f, "input_shape": [1, *analysis.input_shape], "kind": "pruned_head", "cut": p.index, "keep": keep,
+                "in_keep": list(shape.in_keep[: p.index]), "out_keep": list(shape.out_keep[: p.index]),
+            })
+        log(f"exported pruned heads at cut {p.index}")
+    # the host's channel block (see latency.blocked_keep): one 3x3 conv timed at output
+    # channel counts on both sides of the block boundaries a CPU might use, in
+    # BLOCK_PROBE_PASSES passes spread over the run (first, middle, last): this VM
+    # has slow spells of 0.5-5 s, and one pass of these 1 ms models fits inside one
+    block_files = []
+    for c in BLOCK_PROBE_CHANNELS:
+        f = f"block{c}{ext}"
+        conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
+        (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16), runtime))
+        block_files.append(("block", c, f, [1, 64, 16, 16], "block"))
+    if any(L.kind == "dwconv" for L in analysis.layers):  # the channel counts a depthwise conv runs fast at (dw_alignment)
+        for c in DW_PROBE_CHANNELS:
+            f = f"dw{c}{ext}"
+            dw = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.ReLU())
+            (workdir / f).write_bytes(_export(_make_constant(dw), (c, 16, 16), runtime))
+            block_files.append(("dw", c, f, [1, c, 16, 16], "dwprobe"))
+    units = _make_constant(model).units()
+    x = torch.zeros(1, *analysis.input_shape)
+    shapes = [tuple(x.shape[1:])]
+    with torch.no_grad():
+        for u in units:
+            x = u(x)
+            shapes.append(tuple(x.shape[1:]))
+    for p in analysis.points:
+        if not p.cuttable:
+            continue
+        b = p.unit_boundary
+        if b > 0:
+            f = f"head{p.index}{ext}"
+            (workdir / f).write_bytes(_export(nn.Sequential(*units[:b]), shapes[0], runtime))
+            jobs.append({"id": f"head{p.index}", "file": f, "input_shape": [1, *shapes[0]], "kind": "head", "cut": p.index})
+        if b < len(units):
+            f = f"tail{p.index}{ext}"
+            (workdir / f).write_bytes(_export(nn.Sequential(*units[b:]), shapes[b], runtime))
+            jobs.append({"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index})
+    # ONNX Runtime's cost of one run() call: each layer was timed as its own run,
+    # so the latency model charges this once per side, not once per layer. Part of
+    # it grows with the tensors copied in and out (a layer alone gets its input
+    # from numpy and hands its output back; inside a model they stay put), so a
+    # ReLU is timed at several sizes and the latency model fits fixed + per byte
+    for n in OVERHEAD_ELEMENTS:
+        f = f"overhead{n}{ext}"
+        (workdir / f).write_bytes(_export(nn.ReLU(), (n, 1, 1), runtime))
+        jobs.append({"id": "overhead" if n == 1 else f"overhead{n}", "file": f, "input_shape": [1, n, 1, 1], "kind": "overhead", "io_bytes": 8 * n})
+    for k in range(BLOCK_PROBE_PASSES):
+        at = (len(jobs) * k) // max(1, BLOCK_PROBE_PASSES - 1)
+        jobs[at:at] = [
+            {"id": f"{prefix}{c}_p{k}", "file": f, "input_shape": shape, "kind": kind, "channels": c}
+            for prefix, c, f, shape, kind in block_files
+        ]
+    log(f"exported {len(jobs)} models")
+    return jobs, analysis
+
+
+def _misaligned_job(
+    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, workdir: Path, ext: str, runtime: str,
+) -> dict:
+    """Depthwise layer t alone at one channel fewer than it has (an odd count): its price off the fast layout.
+
+    Some runtimes run a depthwise conv whose channel count is not a multiple
+    of a small number on a much slower path (benchmarks/results/
+    channel_alignment-*.md); the grid's channel counts never show it.
+    """
+    n, L = analysis.n_layers, analysis.layers[t - 1]
+    g = _in_group(analysis, groups, t)
+    if g is None or L.out_channels < 2:
+        raise CpcdrlError(f"{analysis.model} layer {t}: a depthwise conv without a prunable channel group")
+    ratios = [1.0] * n
+    ratios[g.leader - 1] = (L.out_channels - 1) / L.out_channels
+    cfg = PruneConfig(refit=False, round_to=1)
+    unit, x = _layer_alone(prune(model, analysis, n, ratios, None, cfg, groups).model, analysis, t)
+    jid = f"L{t}_misaligned"
+    f = f"{jid}{ext}"
+    (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
+    return {"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "misaligned", "layer": t, "channels": L.out_channels - 1}
+
+
+def dw_alignment(ms_by_channels: dict[int, float], slow: float = 2.0) -> int:
+    """The multiple a depthwise conv's channel count must be to run at full speed, from ``DW_PROBE_CHANNELS``.
+
+    Per channel, each probed count is compared with 64 channels; a count more
+    than ``slow`` times as costly per channel is off the fast path (the gap
+    where there is one is several-fold, far outside timing noise). The
+    alignment is the smallest of 1, 2, 4, 8, 16 whose every probed multiple
+    is fast; 1 when every count is.
+    """
+    base = ms_by_channels[64] / 64
+    fast = {c: ms / c <= slow * base for c, ms in ms_by_channels.items()}
+    return next((a for a in (1, 2, 4, 8, 16) if all(ok for c, ok in fast.items() if c % a == 0)), 16)
+
+
+def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
+    """(gzipped ONNX, input shape, cut) of the speed probe: the whole unpruned model, as the profiler times it.
+
+    It is the profile's ``head{N}`` model byte for byte (same constant weights,
+    same export), so ``deploy`` can time it again beside the requests and
+    compare with the profile's entry: how much faster or slower the host is
+    now than when it was profiled.
+    """
+    entry = get_entry(model_name)
+    model = _make_constant(build_model(model_name))
+    a = analyze(model, entry.input_size, model_name)
+    return _export(nn.Sequential(*model.units()), tuple(a.input_shape)), [1, *a.input_shape], a.n_layers
+
+
+OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out
+BLOCK_PROBE_CHANNELS = (32, 33, 48, 49, 56, 57, 60, 61, 64)  # 64 - b and 65 - b for b = 32, 16, 8, 4, and 64
+BLOCK_PROBE_PASSES = 3
+DW_PROBE_CHANNELS = (64, 63, 62, 60, 56, 48)  # multiples of 1, 2, 4, 8 and 16 (dw_alignment)
+STATS = ("ms", "median_ms", "p10_ms", "p90_ms")  # the statistics a table entry holds ("ms": the sustained mean)
+COLD_GAP_MS = 20.0  # idle before each "as served" run of a whole head or tail (timer.cold_runs)
+WHOLE_KINDS = ("head", "pruned_head", "tail")  # the whole models the latency model anchors to
+# A model whose passes disagree by more than this factor is timed again (see _disturbed). On undisturbed
+# emulated-Pi profiles few models exceed it; a profile with other work beside it had most of them over it.
+RETIME_SPREAD = 2.0
+RETIME_TRIES = 2
+
+
+def channel_block(ms_by_channels: dict[int, float]) -> int:
+    """The channel block a host's convolutions compute in, from one conv timed at ``BLOCK_PROBE_CHANNELS``.
+
+    With blocks of b channels, 65 - b output channels cost a whole block more
+    than 64 - b (most of the step from 64 - b to 64); with no blocks, one
+    channel more costs 1/64 of the conv. The largest b whose step is at least
+    3/4 of the way to 64 is the block; 1 when there is none.
+    """
+    t = ms_by_channels
+    for b in (32, 16, 8, 4):
+        lo, hi, full = t[64 - b], t[65 - b], t[64]
+        if full > lo and hi - lo >= 0.75 * (full - lo):
+            return b
+    return 1
+
+
+def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None) -> LinkProfile:
+    """Bandwidth each way from timed transfers of several sizes (least-squares slope), RTT from tiny round trips."""
+    echo, stream = getattr(dev, "echo_rtt_ms", None), getattr(dev, "stream_s", None)
+    if echo is None or stream is None:
+        raise CpcdrlError(f"{dev.name}: the link can only be measured over SSH")
+    rtt = echo()
+    up, down = [], []
+    for n in sizes:
+        # the faster of two tries: on a shared link and a throttled device, noise only ever adds time
+        up.append((n, min(stream(n, upload=True) for _ in range(2))))
+        down.append((n, min(stream(n, upload=False) for _ in range(2))))
+        log(f"link: {n} bytes up {up[-1][1]:.2f} s, down {down[-1][1]:.2f} s")
+    up_s, down_s = _ls_slope(up), _ls_slope(down)  # seconds per byte
+    return LinkProfile(
+        uplink_bytes_per_s=1.0 / up_s if up_s > 0 else float("inf"), downlink_bytes_per_s=1.0 / down_s if down_s > 0 else float("inf"), rtt_ms=rtt,
+    )
+
+
+def with_request_probe(dev: Device, link: LinkProfile, bind: str, log: Log = lambda s: None) -> LinkProfile:
+    """``link`` with the per-request overhead and the uplink rate of real requests (linkprobe.py), or as it was if the probe fails."""
+    from cpcdrl_deploy.measure.request_probe import measure_request_link
+
+    try:
+        res = measure_request_link(dev, bind, link.rtt_ms, log=log)
+    except Exception as exc:  # noqa: BLE001 - an optional probe must not cost the tables just timed
+        log(f"request probe skipped ({str(exc) or type(exc).__name__}); the link keeps the SSH figures")
+        return link
+    res["ssh_uplink_bytes_per_s"] = link.uplink_bytes_per_s
+    return replace(link, uplink_bytes_per_s=res["bytes_per_s"], request_overhead_ms=res["request_overhead_ms"], request_probe=res)
+
+
+def _profiler_failed(dev: Device, rc: int, err: str) -> CpcdrlError:
+    return CpcdrlError(f"{dev.name}: profiler failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+
+
+def profiler_facts(dev: Device, remote: str) -> dict:
+    """The device's runtime facts (``timer.py facts``), with the profiler already in REMOTE."""
+    rc, out, err = dev.run(f"{shlex.quote(dev.python)} {shlex.quote(remote + '/timer.py')} facts", timeout=120)
+    if rc != 0:
+        raise _profiler_failed(dev, rc, err)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def time_on_device(dev: Device, remote: str, job_file: Path, opts: str, timeout: float) -> dict[str, dict]:
+    """Run ``timer.py time`` on DEV over JOB_FILE (uploaded as REMOTE/job.json; the profiler and the
+    model files already in REMOTE) with the profiler options OPTS, and return its results by job id.
+
+    The one command line every profiling caller shares (``profile_host`` and the benchmarks), so a change
+    of the profiler's interface has one place to go."""
+    dev.put(job_file, f"{remote}/job.json")
+    cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/timer.py')} time {shlex.quote(remote + '/job.json')} {opts}"
+    rc, out, err = dev.run(cmd, timeout=timeout)
+    if rc != 0:
+        raise _profiler_failed(dev, rc, err)
+    return {r.pop("id"): r for r in map(json.loads, out.strip().splitlines())}
+
+
+def profile_host(
+    dev: Device,
+    models: list[str],
+    out: Path,
+    grid: tuple[float, ...] = DEFAULT_GRID,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 20,
+    measure_link_too: bool = True,
+    rounds: int = 4,
+    batch: int = 60,
+    window_ms: float = 100.0,
+    log: Log = lambda s: None,
+    tick: Ticker = no_ticker,
+    runtime: str | Sequence[str] = "onnxruntime",
+    request_probe_at: str | None = None,
+    cold_gap_ms: float = COLD_GAP_MS,
+    retime_tries: int = RETIME_TRIES,
+) -> Profile:
+    """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
+
+    ``runtime``: which edge runtime runs the models (runtimes.py); its tables
+    go under ``table_key(model, runtime)``, beside the other runtime's. Given
+    several, every model is built for each and the copies are timed
+    side by side in the same batches and passes (a unit in ONNX Runtime, then
+    the same unit in LiteRT, ...): the runtimes are compared within the same
+    seconds, so the host's drift between two runs cannot decide which
+    runtime the optimiser picks.
+
+    Each model is timed in ``rounds`` passes over a batch of ``batch`` models,
+    for at least ``window_ms`` per pass, and reports its median pass
+    (``timer.time_jobs``). Why four passes of 100 ms over 60-model
+    batches: the emulated Pi's speed comes in slow spells of 0.5-5 s; with
+    two passes over 40-model batches the previous profile had MobileNet
+    heads slower than the larger heads they are part of (16 of 108 steps
+    along the cuts, by up to 26 %). Why the median pass and not the
+    fastest (as that profile, and a first one with four passes, kept): the
+    deployed requests' p50 ran 60-90 % above the fastest-of-four profile.
+
+    ``request_probe_at``: an address of this host the device reaches; the
+    link is then also timed with real KServe v2 requests to a server there
+    (linkprobe.py), which sets its per-request overhead and uplink rate. A
+    probe that fails is logged and the SSH figures stay: the tables are the
+    expensive part and are kept either way.
+
+    ``cold_gap_ms``: each whole head and tail is also timed as a served
+    request finds it, after that much idle (``cold_median_ms``; 0: not).
+
+    ``retime_tries``: how many more times a model whose passes disagree by
+    more than ``RETIME_SPREAD`` is timed (0: never).
+    """
+    import tempfile
+
+    runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
+    for rt in runtimes:
+        check_runtime(dev, rt)  # also refuses an unknown runtime
+    tag = "+".join(runtimes)
+    partial_path = out.with_name(out.name + ".partial")
+    partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
+    if partial and (partial.get("host") != dev.name or partial.get("runtime", "onnxruntime") != tag):
+        partial = {}
+    partial.setdefault("runtime", tag)
+    partial.setdefault("host", dev.name)
+    partial.setdefault("results", {})
+    remote = dev.mkdtemp()
+    try:
+        dev.put(PROFILER, f"{remote}/timer.py")
+        facts = profiler_facts(dev, remote)
+        facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds, round_window_ms=window_ms, cold_gap_ms=cold_gap_ms,
+                     retime_spread=RETIME_SPREAD, retime_tries=retime_tries)
+        tb = load_state(dev.name) if dev.name != "local" else None
+        if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
+            facts["testbed"] = {
+                "cpu_share": tb.cpu, "throttle": tb.throttle, "cpu_pin": tb.cpu_pin,
+                "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
+            }
+            if tb.throttle == "quota":
+                facts["testbed"]["cfs_period_us"] = tb.cfs_period_us
+            else:
+                facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share,
+                                          calibration_steal=tb.calibration_steal)
+        tables: dict[str, dict] = {}
+        on_this_host = dev.name == "local" or tb is not None  # then this host's CPUs are the device's: say what else took them
+        for model_name in models:
+            t_model = time.time()
+            with tempfile.TemporaryDirectory() as tmp, (HostSampler(interval_s=1.0) if on_this_host else nullcontext()) as sampler:
+                built = {rt: build_jobs(model_name, grid, Path(tmp), log, tick, rt) for rt in runtimes}  # file names differ by suffix
+                analysis = built[runtimes[0]][1]
+                jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
+                done = partial["results"].setdefault(model_name, {})
+                todo = [j for j in jobs if j["id"] not in done]
+                if len(todo) < len(jobs):
+                    log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} already measured")
+                tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
+                def time_chunk(chunk: list[dict], n_rounds: int) -> dict[str, dict]:
+                    job_file = Path(tmp) / "job.json"
+                    job_file.write_text(json.dumps([
+                        {k: j[k] for k in ("id", "file", "input_shape")} | ({"cold_gap_ms": cold_gap_ms} if cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
+                        for j in chunk
+                    ]))
+                    opts = f"--threads {threads} --warmup {warmup} --repeats {repeats} --rounds {n_rounds} --min-time-ms {round(window_ms * n_rounds)}"
+                    return time_on_device(dev, remote, job_file, opts, timeout=1800)
+
+                still = 0  # models whose passes still disagree after the re-timing
+                for start in range(0, len(todo), batch):
+                    chunk = todo[start : start + batch]
+                    for j in chunk:
+                        dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
+                    attempts = _time_with_retries(time_chunk, chunk, rounds, retime_tries, lambda n: log(
+                        f"{model_name}: timing {n} models again: their passes disagreed by more than {RETIME_SPREAD:g}x"))
+                    done.update({i: _pooled(a) for i, a in attempts.items()})
+                    atomic_write_json(partial_path, partial)
+                    still += sum(_disturbed(a[-1]) for a in attempts.values())
+                    tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
+                if still:
+                    # a busy device is one cause; a small CPU share is another (at a third of a core, with nothing
+                    # else running, passes of millisecond models spread this much), so the warning names both
+                    log(f"warning: {model_name}: {still} of {len(jobs)} models still disagree by more than {RETIME_SPREAD:g}x"
+                        f" between passes (other work on {dev.name}, or a throttled or small CPU share);"
+                        " each keeps its attempt nearest the median pass")
+                for rt in runtimes:
+                    key = table_key(model_name, rt)
+                    own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
+                    tables[key] = _table(built[rt][0], own, analysis, grid, threads)
+                    tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
+                    tables[key]["runtime"] = rt
+                    if len(runtimes) > 1:
+                        tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
+            if sampler is not None:  # stopped with the block: the whole model's timing, one window
+                window = load_in_windows(sampler.samples, [(t_model, time.time())])[0]
+                for rt in runtimes:
+                    tables[table_key(model_name, rt)]["host_load"] = window
+        link = measure_link(dev, log=log) if measure_link_too else None
+        if link is not None and request_probe_at:
+            link = with_request_probe(dev, link, request_probe_at, log)
+    finally:
+        dev.remove(remote)
+    old = None
+    if out.exists():
+        try:
+            old = load_profile(out)
+        except CpcdrlError:
+            old = None
+    if old is not None and old.kind == "measured" and old.host and old.host.get("hostname") == facts.get("hostname"):
+        tables = {**old.tables, **tables}  # profiling another model adds to the host's file
+    prof = Profile(name=dev.name, kind="measured", link=link, host=facts, tables=tables, notes=f"measured by cpcdrl profile on {dev.name}")
+    save_profile(prof, out)
+    partial_path.unlink(missing_ok=True)
+    return prof
+
+
+def _time_with_retries(time_chunk: Callable[[list[dict], int], dict[str, dict]], chunk: list[dict], rounds: int, tries: int,
+                       say: Callable[[int], None]) -> dict[str, list[dict]]:
+    """Every attempt at each job of ``chunk``: one timing, then up to ``tries`` more of those still ``_disturbed``."""
+    attempts = {i: [r] for i, r in time_chunk(chunk, rounds).items()}
+    for _ in range(tries):
+        again = [j for j in chunk if _disturbed(attempts[j["id"]][-1])]
+        if not again:
+            break
+        say(len(again))
+        # twice the passes, so one short batch is less likely to sit wholly inside one slow spell
+        for i, r in time_chunk(again, 2 * rounds).items():
+            attempts[i].append(r)
+    return attempts
+
+
+def _disturbed(r: dict) -> bool:
+    """Whether a timed model's slowest pass took more than ``RETIME_SPREAD`` times its fastest."""
+    m = r.get("round_means_ms") or []
+    return bool(m) and min(m) > 0 and max(m) > RETIME_SPREAD * min(m)
+
+
+def _pooled(attempts: list[dict]) -> dict:
+    """One result from a model's timings: the attempt whose figure is nearest the median of all their passes.
+
+    Why pool rather than keep the last attempt: a busy spell only adds time, and the median over every
+    pass is not moved by a minority of slow ones, whichever attempt they fell in; the chosen attempt's
+    own statistics (p10, p90, the as-served runs) then go with that level.
+    """
+    if len(attempts) == 1:
+        return attempts[0]
+    passes = [x for a in attempts for x in a["round_means_ms"]]
+    level = statistics.median(passes)
+    best = min(attempts, key=lambda a: abs(a["mean_ms"] - level))
+    return {**best, "round_means_ms": passes, "retimed": len(attempts) - 1}
+
+
+def _job_id(runtime: str, job_id: str, runtimes: list[str]) -> str:
+    """A job's id on the device: unchanged with one runtime (resumable from older partial files), ``runtime:id`` with several."""
+    return job_id if len(runtimes) == 1 else f"{runtime}:{job_id}"
+
+
+def _interleave(lists: list[list[dict]]) -> list[dict]:
+    """Round-robin over the runtimes' job lists (built in the same order), so each batch holds each unit in every runtime."""
+    out: list[dict] = []
+    for i in range(max(map(len, lists))):
+        out.extend(lst[i] for lst in lists if i < len(lst))
+    return out
+
+
+def _ls_slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x (0 when all x are equal)."""
+    mx, my = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
+
+
+def _slope(points: list[dict], stat: str) -> float:
+    """Least-squares ms per byte of ``stat`` over the overhead points (0 with fewer than two, never negative)."""
+    return max(0.0, _ls_slope([(p["io_bytes"], p[stat]) for p in points])) if len(points) >= 2 else 0.0
+
+
+def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> dict:
+    layers: dict[int, list[dict]] = {}
+    heads, tails, pruned_heads = [], [], []
+    block_ms: dict[int, float] = {}
+    dw_ms: dict[int, float] = {}
+    misaligned: dict[int, dict] = {}
+    overhead: dict[str, float] = {}
+    overhead_points: list[dict] = []
+    for j in jobs:
+        r = done[j["id"]]
+        # "ms" is the sustained mean (see cpcdrl_deploy/ondevice/timer.py); the per-run spread is kept beside it
+        stats = {"ms": r["mean_ms"], **{k: r[k] for k in STATS[1:]}}
+        if "round_means_ms" in r:  # every pass's mean, for a reader asking how much the host wandered
+            stats["round_means_ms"] = r["round_means_ms"]
+        if r.get("retimed"):  # timed again because its passes disagreed (_disturbed); its passes are all of them
+            stats["retimed"] = r["retimed"]
+        if "cold_median_ms" in r:  # whole models: the median run after cold_gap_ms of idle, as a served request
+            stats.update(cold_median_ms=r["cold_median_ms"], cold_gap_ms=r["cold_gap_ms"])
+        if j["kind"] == "layer":
+            layers.setdefault(j["layer"], []).append({"in_keep": j["in_keep"], "out_keep": j["out_keep"], "io_bytes": j["io_bytes"], **stats})
+        elif j["kind"] == "overhead":
+            overhead_points.append({"io_bytes": j["io_bytes"], **stats})
+            if j["id"] == "overhead":
+                overhead = stats
+        elif j["kind"] == "head":
+            heads.append({"cut": j["cut"], **stats})
+        elif j["kind"] == "pruned_head":
+            pruned_heads.append({k: j[k] for k in ("cut", "keep", "in_keep", "out_keep")} | stats)
+        elif j["kind"] == "misaligned":
+            misaligned[j["layer"]] = {"channels": j["channels"], **stats}
+        elif j["kind"] == "dwprobe":  # as the block probe: the fastest tenth, the fastest pass
+            dw_ms[j["channels"]] = min(dw_ms.get(j["channels"], float("inf")), r["p10_ms"])
+        elif j["kind"] == "block":
+            # the fastest tenth of a job's runs (its middle rounds), then the fastest of the passes spread over
+            # the run: this asks where the steps are, not how fast a deployment runs, and spells only add time
+            block_ms[j["channels"]] = min(block_ms.get(j["channels"], float("inf")), r["p10_ms"])
+        else:
+            tails.append({"cut": j["cut"], **stats})
+    return {
+        "grid": list(grid),
+        "threads": threads,
+        "weights": WEIGHTS,  # how the timed models were made: the speed probe must be made the same way
+        "total_macs": analysis.total_macs,
+        "run_overhead_ms": overhead.get("ms", 0.0),
+        "run_overhead": overhead,  # per statistic: medians are corrected with the median overhead
+        "run_overhead_points": sorted(overhead_points, key=lambda p: p["io_bytes"]),
+        "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in STATS if k in overhead},
+        "channel_block": channel_block(block_ms) if block_ms else 1,
+        "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
+        **({"dw_alignment": dw_alignment(dw_ms), "dw_alignment_probe_ms": {str(c): ms for c, ms in sorted(dw_ms.items())}} if dw_ms else {}),
+        "layers": [
+            {"index": t, "name": L.name, "kind": L.kind, "in_channels": L.in_channels, "out_channels": L.out_channels, "points": pts}
+            | ({"misaligned": misaligned[t]} if t in misaligned else {})
+            for t, pts in sorted(layers.items())
+            for L in (analysis.layers[t - 1],)
+        ],
+        "heads": sorted(heads, key=lambda h: h["cut"]),
+        "pruned_heads": sorted(pruned_heads, key=lambda h: (h["cut"], h["keep"])),
+        "tails": sorted(tails, key=lambda h: h["cut"]),
+    }

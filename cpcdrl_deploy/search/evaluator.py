@@ -1,0 +1,229 @@
+"""The search environment: prices and scores (cut, keep ratios) plans, and builds agent states.
+
+Accuracy is measured on a validation split carved from the training images;
+identical plans (same cut, same channel counts) are evaluated once. Images
+are scored in chunks, and two kinds of plan stop early, their estimate still
+feeding the reward:
+- clearly infeasible ones: once the accuracy's upper confidence bound
+  (+3 standard errors) falls below A0;
+- ones that cannot replace the searching method's best feasible plan because
+  they are no faster (``incumbent_ms``): their accuracy decides nothing but
+  their reward, and one chunk estimates it. Racing, as in Hoeffding races:
+  only a plan that could become the answer is scored on every image. Such a
+  "screened" estimate is cached as such; a method that later needs the plan
+  in full scores it again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cpcdrl_deploy.compress.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
+from cpcdrl_deploy.compress.transfer import WireModel, lossy_at
+from cpcdrl_deploy.core.progress import Ticker, no_ticker
+from cpcdrl_deploy.measure.latency import LatencyBreakdown, LatencyModel
+from cpcdrl_deploy.models.evaluate import predict
+from cpcdrl_deploy.models.graph import ModelAnalysis
+from cpcdrl_deploy.models.scoring import scoring_copy
+from cpcdrl_deploy.models.zoo import UnitModel
+from cpcdrl_deploy.search.accuracy_cache import AccuracyCache, CachedScore
+
+KIND_CODE = {"conv": 0.0, "dwconv": 0.5, "fc": 1.0}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    cut: int
+    ratios: tuple[float, ...]  # effective keep ratios of layers 1..cut
+    accuracy: float  # validation top-1, percent
+    images: int  # validation images actually scored (fewer when stopped early)
+    latency: LatencyBreakdown
+    shape: PlanShape
+    kept_macs_fraction: float
+    screened: bool = False  # scored on one chunk only: it could not beat the incumbent
+    unpruned: bool = False  # the unpruned model's own score (every cut shares it; A0 is measured from it)
+    # standard error (points) of the accuracy drop from the unpruned model, paired over the images scored:
+    # a plan that changes few predictions has a precise drop however many images it was scored on
+    drop_se: float = 0.0
+
+
+@dataclass
+class Timers:
+    prune_s: float = 0.0
+    refit_s: float = 0.0
+    accuracy_s: float = 0.0
+    agents_s: float = 0.0
+    test_s: float = 0.0  # the chosen plans' final test accuracy (outside the search)
+    evaluations: int = 0
+    cache_hits: int = 0  # plans this run had already scored
+    store_hits: int = 0  # plans read from the persistent cache instead of being pruned and scored
+    early_stops: int = 0
+    screened: int = 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PlanEvaluator:
+    model: UnitModel
+    analysis: ModelAnalysis
+    groups: list[ChannelGroup]
+    latency_model: LatencyModel
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    calibration: Calibration | None
+    prune_config: PruneConfig
+    a0: float | None = None  # enables early stopping of infeasible plans
+    chunk: int = 500
+    timers: Timers = field(default_factory=Timers)
+    live: list = field(default_factory=list)  # every search's SearchResult as it runs (search._Tracker): the best so far on Ctrl-C
+    store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
+    tick: Ticker = no_ticker  # progress of the running search (progress.py): each method's proposals
+    transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py): priced, and simulated when scoring
+    _cache: dict[tuple, Evaluation] = field(default_factory=dict)
+    _base_ok: torch.Tensor | None = None
+
+    def price(self, cut: int, ratios: list[float] | tuple[float, ...]) -> tuple[PlanShape, LatencyBreakdown]:
+        shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to, self.transfer)
+        return shape, self.latency_model.predict(self.analysis.model, shape)
+
+    def evaluate(self, cut: int, ratios: list[float] | tuple[float, ...], incumbent_ms: float | None = None) -> Evaluation:
+        """Price and score a plan; ``incumbent_ms``: the caller's best feasible latency so far (enables screening)."""
+        shape, lat = self.price(cut, ratios)
+        pruned_any = any(f < 1.0 for f in shape.out_keep)
+        # a lossy wire makes even the unpruned model's accuracy depend on where it is cut
+        per_cut = pruned_any or lossy_at(cut, self.analysis.n_layers, self.transfer)
+        key: tuple = (cut, shape.out_keep[:cut]) if per_cut else ("unpruned",)
+        screen = pruned_any and incumbent_ms is not None and lat.total_ms >= incumbent_ms - 1e-9
+        hit = self._cache.get(key)
+        if hit is not None and (screen or not hit.screened):
+            self.timers.cache_hits += 1
+            if hit.cut != cut:  # the unpruned model scores the same at every cut
+                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se)
+            return hit
+        t0 = time.perf_counter()
+        store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
+        stored = self.store.get(*store_key) if self.store is not None else None
+        acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen)
+        t1 = t2 = time.perf_counter()
+        if acc is None:  # not in the persistent cache, or not far enough: prune and score
+            if pruned_any:
+                net = self.on_wire(scoring_copy(prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model), cut)
+            elif per_cut:  # unpruned through a lossy wire
+                net = self.on_wire(scoring_copy(self.model), cut)
+            else:  # the unpruned model itself: its predictions are the pairs, already computed
+                net = None
+            t1 = time.perf_counter()
+            acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen, net=net, from_pairs=net is None)
+            t2 = time.perf_counter()
+            if self.store is not None:
+                self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes), tuple(changed)))
+            self.timers.evaluations += 1
+        else:
+            self.timers.store_hits += 1
+            t0 = t1 = t2  # nothing pruned or scored
+        # prune() does both the surgery and the refit; the refit dominates when enabled
+        self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
+        self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
+        self.timers.accuracy_s += t2 - t1
+        screened = screen and n < len(self.val_y)  # a one-chunk validation set is scored in full anyway
+        self.timers.screened += int(screened)
+        eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
+        kept = sum(shape.layer_macs) / self.analysis.total_macs
+        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=se)
+        self._cache[key] = ev
+        return ev
+
+    def on_wire(self, net: torch.nn.Module, cut: int) -> torch.nn.Module:
+        """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""
+        if not lossy_at(cut, self.analysis.n_layers, self.transfer):
+            return net
+        return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
+
+    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False) -> tuple:
+        """Score chunk by chunk under the stopping rules, taking each chunk's counts from ``stored`` where it has them.
+
+        ``from_pairs``: the plan is the unpruned model, scored from
+        ``unpruned_correct()`` rather than by a second pass. Otherwise, without
+        ``net``, returns (None, ...) as soon as a chunk is needed that
+        ``stored`` lacks. Returns (accuracy %, images scored, counts, sizes,
+        changed counts, paired standard error of the drop in points).
+        """
+        counts: list[int] = []
+        sizes: list[int] = []
+        changed: list[int] = []
+        correct, seen, base_correct = 0, 0, 0
+        base_ok = self.unpruned_correct()
+        for i, start in enumerate(range(0, len(self.val_y), self.chunk)):
+            y = self.val_y[start : start + self.chunk]
+            ok0 = base_ok[start : start + self.chunk]
+            if stored is not None and i < len(stored.chunk_correct) and i < len(stored.chunk_changed) and stored.chunk_sizes[i] == len(y):
+                c, d = stored.chunk_correct[i], stored.chunk_changed[i]
+            elif from_pairs:
+                c, d = int(ok0.sum()), 0
+            elif net is None:
+                return None, 0, [], [], [], 0.0
+            else:
+                ok = predict(net, self.val_x[start : start + self.chunk]) == y
+                c, d = int(ok.sum()), int((ok != ok0).sum())
+            counts.append(c)
+            sizes.append(len(y))
+            changed.append(d)
+            correct += c
+            seen += len(y)
+            base_correct += int(ok0.sum())
+            if one_chunk:
+                break
+            if self.a0 is not None and seen < len(self.val_y):
+                p = correct / seen
+                ucb = 100.0 * (p + 3.0 * math.sqrt(max(p * (1 - p), 1e-4) / seen))
+                if ucb < self.a0:
+                    self.timers.early_stops += 1
+                    break
+        seen = max(1, seen)
+        drop = (base_correct - correct) / seen  # per image: +1 lost, -1 gained, 0 unchanged; mean = the drop
+        # one changed image more than counted: a plan that changed none of the images scored is not
+        # thereby certain to lose nothing (the "rule of three" worry), and its margin must not be 0
+        var = max((sum(changed) + 1) / seen - drop * drop, 0.0)
+        return 100.0 * correct / seen, seen, counts, sizes, changed, 100.0 * math.sqrt(var / seen)
+
+    def unpruned_correct(self) -> torch.Tensor:
+        """Which validation images the unpruned model gets right (computed once): the pairs for each plan's drop."""
+        if self._base_ok is None:
+            self._base_ok = predict(scoring_copy(self.model), self.val_x) == self.val_y
+        return self._base_ok
+
+
+class CompressionStates:
+    """Eq. 9 state vectors s_t = (t, type, n, c, h, w, stride, k, a_{t-1}, p, MACs), min-max normalised."""
+
+    def __init__(self, analysis: ModelAnalysis) -> None:
+        self.n = analysis.n_layers
+        rows = []
+        for layer in analysis.layers:
+            h, w = (layer.in_shape[1], layer.in_shape[2]) if len(layer.in_shape) == 3 else (1, 1)
+            rows.append([layer.index, KIND_CODE[layer.kind], layer.out_channels, layer.in_channels, h, w, layer.stride, layer.kernel, layer.macs])
+        static = np.asarray(rows, dtype=np.float64)
+        lo, hi = static.min(0), static.max(0)
+        self.static = ((static - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
+        self.dim = static.shape[1] + 2  # + a_{t-1} and p
+
+    def state(self, t: int, prev_action: float, cut: int) -> np.ndarray:
+        """State of layer L_t (1-based) when the cut is ``cut``."""
+        s = self.static[t - 1]
+        # order as in Eq. 9: t, type, n, c, h, w, stride, k, a_{t-1}, p, MACs
+        return np.concatenate([s[:8], [prev_action, cut / self.n], s[8:9]]).astype(np.float32)
+
+
+def partition_state(ratios: tuple[float, ...] | list[float], cut: int, n_layers: int) -> np.ndarray:
+    """A_p's state: the current compression strategy (keep ratio of every layer, 1 beyond the cut) and the cut."""
+    r = np.ones(n_layers + 1, dtype=np.float32)
+    r[: len(ratios)] = ratios
+    r[-1] = cut / n_layers
+    return r
