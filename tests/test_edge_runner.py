@@ -19,7 +19,7 @@ from cpcdrl_deploy.deploy.export import export_plan
 from cpcdrl_deploy.measure.profiler import PROFILER, probe_model
 from cpcdrl_deploy.models.data import load_cifar10
 from cpcdrl_deploy.serving.manifest import ort_session
-from cpcdrl_deploy.serving.session import RUNNER, CloudServer
+from cpcdrl_deploy.serving.session import RUNNER, RUNNER_FILES, CloudServer
 from tests.conftest import make_plan
 
 
@@ -54,17 +54,20 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_runner_imports_only_numpy_and_the_runtimes() -> None:
-    # ort_profiler: the profiler's device-side file, copied beside the runner for --probe; each runtime
-    # is imported only when a model file of its kind is loaded (tflite_runtime: the old LiteRT package)
+    # timer: the profiler's device-side file, copied beside the runner for --probe; datatypes: the datatype
+    # table, uploaded with the runner (cpcdrl_deploy only where the package is installed, on the host);
+    # each runtime is imported only when a model file of its kind is loaded (tflite_runtime: the old LiteRT package)
     runtimes = {"onnxruntime", "ai_edge_litert", "tflite_runtime"}
-    assert _imports(RUNNER) == {"numpy", "timer"} | runtimes
+    assert _imports(RUNNER) - {"cpcdrl_deploy"} == {"numpy", "timer", "datatypes"} | runtimes
+    assert {f.name for f in RUNNER_FILES} == {"runner.py", "datatypes.py"}
+    assert _imports(RUNNER_FILES[1]) == {"numpy"}
     assert _imports(PROFILER) == {"numpy"} | runtimes
 
 
 def test_speed_probe_between_requests(exported, tmp_path) -> None:
     """--probe times the reference model before, between and after the requests, as the profiler does; answers unchanged."""
     _, e4, x = exported
-    for f in (RUNNER, PROFILER):  # on the device the two files lie side by side
+    for f in (*RUNNER_FILES, PROFILER):  # on the device the files lie side by side
         shutil.copy(f, tmp_path / f.name)
     data, shape, _ = probe_model("tinyvgg")
     (tmp_path / "probe.onnx.gz").write_bytes(data)

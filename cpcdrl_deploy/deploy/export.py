@@ -25,6 +25,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +39,11 @@ from cpcdrl_deploy.compress.transfer import check_transfer
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
-from cpcdrl_deploy.measure.runtimes import RUNTIMES, get_runtime, tflite_bytes, tflite_int8
+from cpcdrl_deploy.measure.runtimes import RUNTIMES, Runtime, get_runtime, tflite_bytes, tflite_int8
 from cpcdrl_deploy.models.data import Cifar10, subset
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry
+from cpcdrl_deploy.ondevice.datatypes import triton_type
 from cpcdrl_deploy.ondevice.runner import load_model as load_edge_model
 from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import calibration_images, rebuild
@@ -241,10 +243,21 @@ def export_plan(
     return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log, tick, runtime)
 
 
+@dataclass
+class _Split:
+    """The split as files: ONNX head (None at cut 0), tail (None at cut N) and full model; a head in another runtime."""
+
+    head: bytes | None
+    tail: bytes | None
+    full: bytes
+    cut_shape: tuple[int, ...]
+    head_file: tuple[bytes, dict] | None = None  # (file, its I/O specs and check) for a head not in ONNX
+
+
 def export_models(
     plan: Plan, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
-    quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256, log: Log = lambda s: None,
-    tick: Ticker = no_ticker, runtime: str = "onnxruntime",
+    quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256,
+    log: Log = lambda s: None, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
 ) -> dict:
     """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check).
 
@@ -257,125 +270,141 @@ def export_models(
         raise CpcdrlError("--runtime litert sends the cut tensor in fp32 for now; for --transfer fp16|int8 use --runtime onnxruntime")
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 1, 4)
-    entry = get_entry(plan.model)
-    analysis = analyze(pruned, entry.input_size, plan.model)
-    cut = plan.cut
-    b = analysis.points[cut].unit_boundary
-    units, orig_units = pruned.units(), original.units()
+    analysis = analyze(pruned, get_entry(plan.model).input_size, plan.model)
+    b = analysis.points[plan.cut].unit_boundary
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-
     x_check, y_check = ds.test.tensors(subset(len(ds.test), check_images, plan.seed))
+    split, want = _float_split(pruned, b, x_check)
+    tick(EXPORT_STEPS, 2, 4)
+    check = _check_float(split, pruned.units(), original.units(), b, x_check, want, log)
+    xs = x_check.numpy()
+    if split.head and rt.name != "onnxruntime":
+        split.head_file = _litert_head(nn.Sequential(*pruned.units()[:b]), tuple(x_check.shape[1:]), split.head, split.tail, xs, want, out)
+        log(f"LiteRT head checked on {len(xs)} test images: max |diff| {split.head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model")
+    tick(EXPORT_STEPS, 3, 4)
+    _make_lossy(split, plan, ds, quantize, transfer, tuple(x_check.shape[1:]), out, log)
+    if split.head_file is not None:
+        # the fp32 head's split was run by the check above; an int8 head is a new model
+        final = _litert_split(split.head_file[0], split.tail, xs, out) if quantize else split.head_file[1]["split_out"]
+    else:
+        final = run_split(ort_session(split.head) if split.head else None, ort_session(split.tail) if split.tail else None, xs)
+    y = y_check.numpy()
+    check.update(
+        agreement_with_pytorch_pct=float((final.argmax(1) == want.argmax(1)).mean() * 100.0), accuracy_pct=float((final.argmax(1) == y).mean() * 100.0),
+        pytorch_accuracy_pct=float((want.argmax(1) == y).mean() * 100.0),
+        lossy=bool(quantize is not None or (transfer != "fp32" and split.tail is not None)),
+        **({"litert_head_max_abs": split.head_file[1]["max_abs_diff"]} if split.head_file is not None else {}),
+    )
+    files = _write_files(out, plan.model.replace("-", "_"), rt, split, quantize)
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kind": "cpcdrl-export",
+        "cpcdrl_version": __version__,
+        "model": plan.model,
+        "cut": plan.cut,
+        "n_layers": analysis.n_layers,
+        "cut_shape": list(split.cut_shape),
+        "transfer": transfer if split.head and split.tail else "fp32",
+        "quantize": quantize if b > 0 else None,
+        "preprocess": {"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)"},
+        "files": files,
+        "check": check,
+        "runtime": {"head": rt.name if split.head else None, "tail": "onnxruntime" if split.tail else None},
+        "plan": plan.to_dict(),
+        "export_s": time.perf_counter() - t0,
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    if triton and split.tail:
+        write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
+    tick(EXPORT_STEPS, 4, 4)
+    log(f"wrote {', '.join(sorted(files))} + manifest.json to {out} "
+        f"(agreement with PyTorch {check['agreement_with_pytorch_pct']:.1f} % on {len(xs)} images)")
+    return manifest
+
+
+def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Split, np.ndarray]:
+    """The pruned model's units before / after boundary ``b`` as ONNX, and its outputs on ``x_check``."""
+    units = pruned.units()
     with torch.no_grad():
         h = x_check
         for u in units[:b]:
             h = u(h)
-        cut_shape = tuple(h.shape[1:])
         want = pruned(x_check).numpy()
-    head_b = _onnx_bytes(nn.Sequential(*units[:b]), tuple(x_check.shape[1:]), "input", "cut") if b > 0 else None
-    tail_b = _onnx_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
-    full_b = _onnx_bytes(nn.Sequential(*units), tuple(x_check.shape[1:]), "input", "logits")
+    in_shape, cut_shape = tuple(x_check.shape[1:]), tuple(h.shape[1:])
+    head = _onnx_bytes(nn.Sequential(*units[:b]), in_shape, "input", "cut") if b > 0 else None
+    tail = _onnx_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
+    return _Split(head, tail, _onnx_bytes(nn.Sequential(*units), in_shape, "input", "logits"), cut_shape), want
 
-    tick(EXPORT_STEPS, 2, 4)
-    # the float split must be the pruned model before anything lossy is applied
+
+def _check_float(
+    split: _Split, units: list[nn.Module], orig_units: list[nn.Module], b: int, x_check: torch.Tensor, want: np.ndarray, log: Log,
+) -> dict:
+    """The float split must be the pruned model before anything lossy is applied, and the tail's unpruned layers the original's."""
     xs = x_check.numpy()
-    got = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
+    got = run_split(ort_session(split.head) if split.head else None, ort_session(split.tail) if split.tail else None, xs)
     split_diff = float(np.abs(got - want).max())
     if split_diff > 1e-4:
         raise CpcdrlError(f"exported split differs from the pruned PyTorch model by {split_diff:.2e} (> 1e-4)")
     untouched_diff = 0.0
-    if tail_b and b + 1 < len(units):
+    if split.tail and b + 1 < len(units):
         with torch.no_grad():
-            first = units[b](h)
-            ref = nn.Sequential(*orig_units[b + 1 :])(first).numpy()
-        tail_rest = ort_session(_onnx_bytes(nn.Sequential(*units[b + 1 :]), tuple(first.shape[1:]), "cut", "logits"))
-        untouched_diff = float(np.abs(tail_rest.run(None, {"cut": first.numpy()})[0] - ref).max())
+            h = x_check
+            for u in units[: b + 1]:
+                h = u(h)
+            ref = nn.Sequential(*orig_units[b + 1 :])(h).numpy()
+        tail_rest = ort_session(_onnx_bytes(nn.Sequential(*units[b + 1 :]), tuple(h.shape[1:]), "cut", "logits"))
+        untouched_diff = float(np.abs(tail_rest.run(None, {"cut": h.numpy()})[0] - ref).max())
         if untouched_diff > 1e-4:
             raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
     log(f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched layers {untouched_diff:.1e}")
+    return {"images": len(xs), "split_vs_pytorch_max_abs": split_diff, "untouched_layers_max_abs": untouched_diff}
 
-    head_file: tuple[bytes, dict] | None = None  # a head in another runtime than ONNX: its file and I/O specs
-    if head_b and rt.name != "onnxruntime":
-        head_file = _litert_head(nn.Sequential(*units[:b]), tuple(x_check.shape[1:]), head_b, tail_b, xs, want, out)
-        log(f"LiteRT head checked on {len(xs)} test images: max |diff| {head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model")
 
-    tick(EXPORT_STEPS, 3, 4)
-    if head_b and quantize == "int8":
+def _make_lossy(
+    split: _Split, plan: Plan, ds: Cifar10, quantize: str | None, transfer: str, in_shape: tuple[int, ...], out: Path, log: Log,
+) -> None:
+    """Quantise the head to int8 and / or encode the wire (fp16, int8), in place."""
+    if split.head and quantize == "int8":
         # activations calibrated on the refit's own images (data.search_split), not a second draw
         calib_x = calibration_images(plan, ds)
-        if head_file is not None:
-            head_file = (tflite_int8(head_file[0], calib_x.numpy()), head_file[1])
+        if split.head_file is not None:
+            split.head_file = (tflite_int8(split.head_file[0], calib_x.numpy()), split.head_file[1])
             log(f"head quantised to int8 (LiteRT static int8, the plan's {len(calib_x)} calibration images)")
         else:
-            head_b = _quantize_head(head_b, calib_x.numpy(), out)
+            split.head = _quantize_head(split.head, calib_x.numpy(), out)
             log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
-    if tail_b and transfer != "fp32":
+    if split.tail and transfer != "fp32":
         # at cut 0 the head is only the encoder: the device quantises or casts the image it sends
-        head_b = head_b or _identity_onnx(tuple(x_check.shape[1:]))
-        head_b = _compress_output(onnx.load_from_string(head_b), transfer).SerializeToString()
-        tail_b = _decompress_input(onnx.load_from_string(tail_b), transfer).SerializeToString()
-    lossy = quantize is not None or (transfer != "fp32" and tail_b is not None)
-    if head_file is not None:
-        # the fp32 head's split was run by the check above; an int8 head is a new model
-        final = _litert_split(head_file[0], tail_b, xs, out) if quantize else head_file[1]["split_out"]
-    else:
-        final = run_split(ort_session(head_b) if head_b else None, ort_session(tail_b) if tail_b else None, xs)
-    agree = float((final.argmax(1) == want.argmax(1)).mean() * 100.0)
-    acc_final = float((final.argmax(1) == y_check.numpy()).mean() * 100.0)
+        head = split.head or _identity_onnx(in_shape)
+        split.head = _compress_output(onnx.load_from_string(head), transfer).SerializeToString()
+        split.tail = _decompress_input(onnx.load_from_string(split.tail), transfer).SerializeToString()
 
-    name = plan.model.replace("-", "_")
+
+def _write_files(out: Path, name: str, rt: Runtime, split: _Split, quantize: str | None) -> dict[str, dict]:
+    """head / tail / full model files (checked, written atomically) and their manifest entries."""
     files: dict[str, dict] = {}
     for stale in (out / f"head{r.suffix}" for r in RUNTIMES.values()):  # a head of another runtime from an earlier export
         stale.unlink(missing_ok=True)
-    for role, blob in (("head", head_b), ("tail", tail_b), ("full", full_b)):
+    for role, blob in (("head", split.head), ("tail", split.tail), ("full", split.full)):
         path = out / f"{role}.onnx"
         if blob is None:
             path.unlink(missing_ok=True)
             continue
-        if role == "head" and head_file is not None:
+        if role == "head" and split.head_file is not None:
             path = out / f"head{rt.suffix}"
-            atomic_write_bytes(path, head_file[0])
-            files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(head_file[0]), "model_name": f"{name}_{role}",
+            atomic_write_bytes(path, split.head_file[0])
+            files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(split.head_file[0]), "model_name": f"{name}_{role}",
                            "runtime": rt.name, "layout": "NCHW at the boundaries", "precision": quantize or "fp32",
                            **({"io": "int8 inside; the runner quantises the image and dequantises the cut tensor"} if quantize else {}),
-                           **head_file[1]["specs"]}
+                           **split.head_file[1]["specs"]}
             continue
         onnx.checker.check_model(onnx.load_from_string(blob))
         atomic_write_bytes(path, blob)
         files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}",
                        "runtime": "onnxruntime", "layout": "NCHW", "precision": quantize if role == "head" and quantize else "fp32",
                        **io_specs(onnx.load_from_string(blob))}
-    manifest = {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "kind": "cpcdrl-export",
-        "cpcdrl_version": __version__,
-        "model": plan.model,
-        "cut": cut,
-        "n_layers": analysis.n_layers,
-        "cut_shape": list(cut_shape),
-        "transfer": transfer if head_b and tail_b else "fp32",
-        "quantize": quantize if b > 0 else None,
-        "preprocess": {"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)"},
-        "files": files,
-        "check": {
-            "images": len(xs), "split_vs_pytorch_max_abs": split_diff, "untouched_layers_max_abs": untouched_diff,
-            "agreement_with_pytorch_pct": agree, "accuracy_pct": acc_final, "pytorch_accuracy_pct": float((want.argmax(1) == y_check.numpy()).mean() * 100.0),
-            "lossy": bool(lossy),
-            **({"litert_head_max_abs": head_file[1]["max_abs_diff"]} if head_file is not None else {}),
-        },
-        "runtime": {"head": rt.name if head_b else None, "tail": "onnxruntime" if tail_b else None},
-        "plan": plan.to_dict(),
-        "export_s": time.perf_counter() - t0,
-    }
-    atomic_write_json(out / "manifest.json", manifest)
-    if triton and tail_b:
-        write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
-    tick(EXPORT_STEPS, 4, 4)
-    log(f"wrote {', '.join(sorted(files))} + manifest.json to {out} (agreement with PyTorch {agree:.1f} % on {len(xs)} images)")
-    return manifest
-
-
-_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8", "INT64": "TYPE_INT64"}
+    return files
 
 
 def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
@@ -387,7 +416,7 @@ def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
     """
 
     def block(kind: str, items: list[dict]) -> str:
-        rows = [f'  {{ name: "{t["name"]}" data_type: {_TRITON_TYPES[t["datatype"]]} dims: [ {", ".join(str(d) for d in t["shape"])} ] }}' for t in items]
+        rows = [f'  {{ name: "{t["name"]}" data_type: {triton_type(t["datatype"])} dims: [ {", ".join(str(d) for d in t["shape"])} ] }}' for t in items]
         return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
     name = spec["model_name"]

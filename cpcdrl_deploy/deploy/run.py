@@ -44,7 +44,7 @@ from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.deploy.export import export_models
 from cpcdrl_deploy.devices.remote import Device, connect
 from cpcdrl_deploy.devices.testbed import on_host_cpus
-from cpcdrl_deploy.measure.compare import _fitted_rate
+from cpcdrl_deploy.measure.compare import fitted_rate
 from cpcdrl_deploy.measure.latency import AnalyticLatencyModel, build_latency_model, edge_runtimes, throttled_latencies, transfer_ms
 from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.measure.profiler import PROFILER, WEIGHTS, probe_model
@@ -53,9 +53,9 @@ from cpcdrl_deploy.models.data import subset
 from cpcdrl_deploy.models.evaluate import predict
 from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import build_model, get_entry
-from cpcdrl_deploy.search.plan import load_plan
+from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import rebuild
-from cpcdrl_deploy.serving.session import RUNNER, CloudServer, count_requests, run_edge_runner, server_address, tear_down
+from cpcdrl_deploy.serving.session import CloudServer, count_requests, run_edge_runner, server_address, tear_down, upload_runner
 
 REPORT_SCHEMA_VERSION = 1
 Log = Callable[[str], None]
@@ -138,7 +138,7 @@ def predictions(
         if warm.describe() != table.describe():  # the profiles timed whole models as served too: the back-to-back anchors beside
             models["table_warm"] = warm
         models["table_median"] = dataclasses.replace(table, stat="median_ms")  # type: ignore[type-var]
-        f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
+        f_e, f_c = fitted_rate(ep, "edge", model), fitted_rate(cp, "cloud", model)
         models["analytic"] = AnalyticLatencyModel.over(f_e, f_c, link)
     elif ep.kind == "analytic" and cp.kind == "analytic":
         models["analytic"] = build_latency_model(ep, cp, link)
@@ -242,9 +242,64 @@ def _drift(blocks: list[dict], ref: dict, request_ids: list[int] | None = None) 
     return d
 
 
+@dataclass
+class _Staged:
+    """What ``deploy`` prepared on this host before touching the device: the export, the images, the speed probe."""
+
+    plan: Plan
+    edge_profile: str
+    cloud_profile: str
+    out: Path
+    export_dir: Path
+    manifest: dict
+    original: torch.nn.Module
+    idx: np.ndarray
+    y: np.ndarray
+    torch_pred: np.ndarray
+    inputs: Path
+    refs: dict[str, dict | None]
+    probe_path: Path
+    probe_shape: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def files(self) -> dict:
+        return self.manifest["files"]
+
+
+@dataclass
+class _Ran:
+    """What the device and the server did: the runner's report, the server's fate, the probe blocks of each side."""
+
+    runner: dict
+    server_url: str | None
+    server_alive: bool | None
+    probes: dict[str, list[dict]]
+
+
 def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict:
+    """Export ``req.plan``, serve its tail here, run its head on ``req.edge``; the report (also written to ``req.out``)."""
     t_start = time.perf_counter()
     plan = load_plan(req.plan)
+    edge_profile, cloud_profile, runtime, litert = _check_request(req, plan)
+    # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
+    dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
+    try:
+        bind = server_address(req.edge, req.bind)
+        staged = _stage(req, plan, edge_profile, cloud_profile, runtime, litert, log, tick)
+    except BaseException:
+        dev.close()
+        raise
+    ran = _run_on_device(dev, req, staged, bind, log, tick)
+    report = _report(req, dev.name, staged, ran)
+    report["wall_s"] = time.perf_counter() - t_start
+    atomic_write_json(staged.out / "deploy-report.json", report)
+    if any("prediction" in r and not r.get("fallback") for r in ran.runner["records"]):
+        plot_deploy(report, staged.out / "deploy.png")
+    return report
+
+
+def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]:
+    """(edge profile, cloud profile, head runtime, LiteRT head?) of a request, refused in one line where it cannot run."""
     if req.requests < 1:
         raise CpcdrlError("--requests must be at least 1")
     if req.cloud != "local":
@@ -253,128 +308,153 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     cloud_profile = req.cloud_profile or plan.profiles.get("cloud")
     if not edge_profile or not cloud_profile:
         raise CpcdrlError(f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass --edge-profile/--cloud-profile")
-    ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
+    load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
     runtime = req.runtime or plan.runtime
     litert = get_runtime(runtime).name == "litert" and plan.cut > 0
     if litert and req.fallback:
         raise CpcdrlError("--fallback runs the full model in ONNX Runtime; it is not built for --runtime litert yet")
-    # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
-    dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
-    try:
-        bind = server_address(req.edge, req.bind)
-        out = Path(req.out)
-        export_dir = out / "export"
-        original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
-        manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer, log=log, tick=tick,
-                                 runtime=runtime)
-        files = manifest["files"]
+    return edge_profile, cloud_profile, runtime, litert
 
-        # the images, and what the pruned PyTorch model says about them
-        idx = subset(len(ds.test), req.requests, req.seed)
-        x, y = ds.test.tensors(idx)
-        with torch.no_grad():
-            torch_pred = predict(pruned, x).numpy()
-        inputs = out / "inputs.npy"
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(inputs, x.numpy().astype(np.float32))
 
-        # the speed probe, on each side that computes something and whose profile timed it
-        n_layers, cut = plan.n_layers, plan.cut
-        refs: dict[str, dict | None] = {"edge": None, "cloud": None}
-        if req.probe:
-            # the probe is the ONNX model the profile timed, run by ONNX Runtime: not for a LiteRT device
-            refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not litert else None
-            refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
-            if not any(refs.values()):
-                log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
-        probe_path = out / "probe.onnx.gz"
-        if any(refs.values()):
-            probe_bytes, probe_shape, _ = probe_model(plan.model)
-            probe_path.write_bytes(probe_bytes)
-        probes: dict[str, list[dict]] = {}
-    except BaseException:
-        dev.close()
-        raise
+def _stage(
+    req: DeployRequest, plan: Plan, edge_profile: str, cloud_profile: str, runtime: str, litert: bool, log: Log, tick: Ticker,
+) -> _Staged:
+    """Export the plan, pick and save the test images with the pruned PyTorch model's answers, ready the speed probe."""
+    out = Path(req.out)
+    export_dir = out / "export"
+    original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
+    manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer,
+                             log=log, tick=tick, runtime=runtime)
+    # the images, and what the pruned PyTorch model says about them
+    idx = subset(len(ds.test), req.requests, req.seed)
+    x, y = ds.test.tensors(idx)
+    with torch.no_grad():
+        torch_pred = predict(pruned, x).numpy()
+    inputs = out / "inputs.npy"
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(inputs, x.numpy().astype(np.float32))
+    # the speed probe, on each side that computes something and whose profile timed it
+    n_layers, cut = plan.n_layers, plan.cut
+    refs: dict[str, dict | None] = {"edge": None, "cloud": None}
+    if req.probe:
+        ep, cp = load_profile(edge_profile), load_profile(cloud_profile)
+        # the probe is the ONNX model the profile timed, run by ONNX Runtime: not for a LiteRT device
+        refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not litert else None
+        refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
+        if not any(refs.values()):
+            log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
+    staged = _Staged(plan, edge_profile, cloud_profile, out, export_dir, manifest, original, idx, y.numpy(), torch_pred, inputs, refs,
+                     out / "probe.onnx.gz")
+    if any(refs.values()):
+        probe_bytes, probe_shape, _ = probe_model(plan.model)
+        staged.probe_path.write_bytes(probe_bytes)
+        staged.probe_shape = list(probe_shape)
+    return staged
+
+
+def _runner_args(dev: Device, req: DeployRequest, st: _Staged, remote_dir: str) -> tuple[list[str], float]:
+    """Upload the head, the full model (fallback) and the speed probe; the runner's arguments and its time budget."""
+    files = st.files
+    args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--out {shlex.quote(remote_dir + '/report.json')}",
+            f"--timeout {req.timeout_s:g}"]
+    if "head" in files:
+        head_name = files["head"]["file"]  # head.onnx or head.tflite: the runner picks the runtime by suffix
+        dev.put(st.export_dir / head_name, f"{remote_dir}/{head_name}")
+        args.append(f"--head {shlex.quote(remote_dir + '/' + head_name)}")
+    if req.fallback:
+        dev.put(st.export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
+        args += ["--fallback local", f"--full {shlex.quote(remote_dir + '/full.onnx')}"]
+    budget = 120.0 + len(st.idx) * (req.timeout_s + 5.0)
+    if (ref := st.refs["edge"]) is not None:
+        dev.put(PROFILER, f"{remote_dir}/timer.py")
+        dev.put(st.probe_path, f"{remote_dir}/{st.probe_path.name}")
+        every = max(1, math.ceil(len(st.idx) / 8))  # ~10 blocks, before, between and after the requests
+        args += [
+            f"--probe {shlex.quote(remote_dir + '/' + st.probe_path.name)}", f"--probe-shape {','.join(map(str, st.probe_shape))}",
+            f"--probe-every {every}", f"--probe-repeats {ref['repeats']}", f"--probe-min-ms {ref['min_ms']:g}", f"--threads {ref['threads']}",
+        ]
+        budget += 10 * (ref["min_ms"] / 1000.0 + 10 * ref["repeats"] * ref["ms"] / 1000.0)
+    return args, budget
+
+
+def _run_on_device(dev: Device, req: DeployRequest, st: _Staged, bind: str, log: Log, tick: Ticker) -> _Ran:
+    """Upload, serve the tail, run the requests (the speed probe beside them); stop and remove everything whatever happens."""
     server: CloudServer | None = None
     remote_dir = None
     token = secrets.token_urlsafe(24)
+    probes: dict[str, list[dict]] = {}
+    files, cloud_ref = st.files, st.refs["cloud"]
     try:
-        check_runtime(dev, manifest["runtime"]["head"] or "onnxruntime")
+        check_runtime(dev, st.manifest["runtime"]["head"] or "onnxruntime")
         remote_dir = dev.mkdtemp()
-        dev.put(RUNNER, f"{remote_dir}/runner.py")
-        dev.put(inputs, f"{remote_dir}/inputs.npy")
-        args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--out {shlex.quote(remote_dir + '/report.json')}", f"--timeout {req.timeout_s:g}"]
-        if "head" in files:
-            head_name = files["head"]["file"]  # head.onnx or head.tflite: the runner picks the runtime by suffix
-            dev.put(export_dir / head_name, f"{remote_dir}/{head_name}")
-            args.append(f"--head {shlex.quote(remote_dir + '/' + head_name)}")
-        if req.fallback:
-            dev.put(export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
-            args += ["--fallback local", f"--full {shlex.quote(remote_dir + '/full.onnx')}"]
-        budget = 120.0 + len(idx) * (req.timeout_s + 5.0)
-        if (ref := refs["edge"]) is not None:
-            dev.put(PROFILER, f"{remote_dir}/timer.py")
-            dev.put(probe_path, f"{remote_dir}/{probe_path.name}")
-            every = max(1, math.ceil(len(idx) / 8))  # ~10 blocks, before, between and after the requests
-            args += [
-                f"--probe {shlex.quote(remote_dir + '/' + probe_path.name)}", f"--probe-shape {','.join(map(str, probe_shape))}", f"--probe-every {every}",
-                f"--probe-repeats {ref['repeats']}", f"--probe-min-ms {ref['min_ms']:g}", f"--threads {ref['threads']}",
-            ]
-            budget += 10 * (ref["min_ms"] / 1000.0 + 10 * ref["repeats"] * ref["ms"] / 1000.0)
-        if refs["cloud"] is not None:
+        upload_runner(dev, remote_dir)
+        dev.put(st.inputs, f"{remote_dir}/inputs.npy")
+        args, budget = _runner_args(dev, req, st, remote_dir)
+        if cloud_ref is not None:
             # before the server starts: its start-up (a Python process importing ORT) would share this host's CPUs
-            probes["cloud"] = _time_probe_here(probe_path, probe_shape, refs["cloud"])  # again after the requests
+            probes["cloud"] = _time_probe_here(st.probe_path, st.probe_shape, cloud_ref)  # again after the requests
         if "tail" in files:
-            server = CloudServer(export_dir, bind, token)
+            server = CloudServer(st.export_dir, bind, token)
             log(f"cloud server {server.url} ({files['tail']['model_name']})")
             args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
-        log(f"running {len(idx)} requests from {dev.name}" + (" with the speed probe between them" if refs["edge"] else ""))
-        with count_requests(server, files, token, len(idx), tick):
+        log(f"running {len(st.idx)} requests from {dev.name}" + (" with the speed probe between them" if st.refs["edge"] else ""))
+        with count_requests(server, files, token, len(st.idx), tick):
             runner = run_edge_runner(dev, remote_dir, args, token, budget)
         server_alive = server.alive() if server else None
-        if refs["cloud"] is not None:
-            probes["cloud"] += _time_probe_here(probe_path, probe_shape, refs["cloud"])
+        if cloud_ref is not None:
+            probes["cloud"] += _time_probe_here(st.probe_path, st.probe_shape, cloud_ref)
     finally:
         tear_down(dev, server, remote_dir)
+    if st.refs["edge"] is not None and (runner.get("probe") or {}).get("blocks"):
+        probes["edge"] = runner["probe"]["blocks"]
+    return _Ran(runner, server.url if server else None, server_alive, probes)
 
+
+def _measured(ok: list[dict]) -> dict:
+    return {
+        "e2e_ms": _pct([r["e2e_ms"] for r in ok]),
+        "edge_ms": _pct([r["edge_ms"] for r in ok]),
+        "transfer_and_cloud_ms": _pct([r["remote_ms"] for r in ok]),
+        "server_compute_ms": _pct([r["server_compute_ms"] for r in ok if r.get("server_compute_ms") is not None]),
+    }
+
+
+def _protocol_overhead(ok: list[dict], measured: dict, bw: float | None) -> dict:
+    """What a request costs beyond the edge's compute, the bytes at the link's rate and the server's compute (p50)."""
+    per = [r["e2e_ms"] - r["edge_ms"] - (1000.0 * r["bytes_sent"] / bw if bw else 0.0) - (r.get("server_compute_ms") or 0.0) for r in ok]
+    p50 = float(np.percentile(per, 50))
+    return {"p50_ms": p50, "pct_of_e2e_p50": 100.0 * p50 / measured["e2e_ms"]["p50"], "bandwidth_bytes_per_s": bw}
+
+
+def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
+    """The deploy report: answers against PyTorch, measured percentiles, the predictions and their errors."""
+    plan, files, manifest, runner = st.plan, st.files, st.manifest, ran.runner
     records = runner["records"]
     ok = [r for r in records if "prediction" in r and not r.get("fallback")]
     answered = [r for r in records if "prediction" in r]
     preds = np.array([r["prediction"] for r in answered], dtype=np.int64)
     at = np.array([r["i"] for r in answered], dtype=np.int64)
     payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
-    if refs["edge"] is not None and (runner.get("probe") or {}).get("blocks"):
-        probes["edge"] = runner["probe"]["blocks"]
     ok_ids = [r["i"] for r in ok]
-    speed_probe = {role: _drift(blocks, refs[role], ok_ids if role == "edge" else None) for role, blocks in probes.items()}  # type: ignore[arg-type]
+    speed_probe = {role: _drift(blocks, st.refs[role], ok_ids if role == "edge" else None) for role, blocks in ran.probes.items()}  # type: ignore[arg-type]
     drift = {role: d["factor"] for role, d in speed_probe.items()}
-    pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, original, drift, plan.prune.round_to,
+    pred = predictions(plan.model, plan.cut, plan.ratios, st.edge_profile, st.cloud_profile, payload, st.original, drift, plan.prune.round_to,
                        manifest["runtime"]["head"] or "onnxruntime")
     link = pred.pop("_link")
-    measured = {
-        "e2e_ms": _pct([r["e2e_ms"] for r in ok]),
-        "edge_ms": _pct([r["edge_ms"] for r in ok]),
-        "transfer_and_cloud_ms": _pct([r["remote_ms"] for r in ok]),
-        "server_compute_ms": _pct([r["server_compute_ms"] for r in ok if r.get("server_compute_ms") is not None]),
-    }
-    overhead = None
-    if ok and "tail" in files:
-        # loopback has no link to charge; elsewhere the bytes go at the measured link's rate
-        bw = None if req.edge == "local" else link["uplink_bytes_per_s"]
-        per = [r["e2e_ms"] - r["edge_ms"] - (1000.0 * r["bytes_sent"] / bw if bw else 0.0) - (r.get("server_compute_ms") or 0.0) for r in ok]
-        p50 = float(np.percentile(per, 50))
-        overhead = {"p50_ms": p50, "pct_of_e2e_p50": 100.0 * p50 / measured["e2e_ms"]["p50"], "bandwidth_bytes_per_s": bw}
+    measured = _measured(ok)
+    # loopback has no link to charge; elsewhere the bytes go at the measured link's rate
+    overhead = _protocol_overhead(ok, measured, None if req.edge == "local" else link["uplink_bytes_per_s"]) if ok and "tail" in files else None
     errors, errors_mean = _errors(pred, measured)
-    report = {
+    return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "cpcdrl-deploy-report",
         "model": plan.model, "method": plan.method, "cut": plan.cut, "n_layers": plan.n_layers,
-        "plan": str(req.plan), "edge": dev.name, "cloud": "local", "server": server.url if server else None,
+        "plan": str(req.plan), "edge": edge_name, "cloud": "local", "server": ran.server_url,
         "transfer": manifest["transfer"], "quantize": manifest["quantize"], "runtime": manifest["runtime"],
-        "requests": len(idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
-        "aborted": runner["aborted"], "server_alive_at_end": server_alive, "warmup_requests": runner["warmup"],
-        "accuracy_pct": float((preds == y.numpy()[at]).mean() * 100.0) if len(preds) else None,
-        "agreement_with_pytorch_pct": float((preds == torch_pred[at]).mean() * 100.0) if len(preds) else None,
+        "requests": len(st.idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
+        "aborted": runner["aborted"], "server_alive_at_end": ran.server_alive, "warmup_requests": runner["warmup"],
+        "accuracy_pct": float((preds == st.y[at]).mean() * 100.0) if len(preds) else None,
+        "agreement_with_pytorch_pct": float((preds == st.torch_pred[at]).mean() * 100.0) if len(preds) else None,
         "bytes_per_request": payload,
         "measured": measured,
         "protocol_overhead": overhead,
@@ -383,14 +463,9 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
         "prediction_error_pct": errors,  # (predicted - measured p50) / measured p50
         "prediction_error_vs_mean_pct": errors_mean,  # against the measured mean: what sustained-mean tables predict under a CPU quota
         "plan_estimate_ms": plan.latency_ms,
-        "profiles": {"edge": edge_profile, "cloud": cloud_profile},
+        "profiles": {"edge": st.edge_profile, "cloud": st.cloud_profile},
         "records": records,
-        "wall_s": time.perf_counter() - t_start,
     }
-    atomic_write_json(out / "deploy-report.json", report)
-    if ok:
-        plot_deploy(report, out / "deploy.png")
-    return report
 
 
 def _errors(pred: dict, measured: dict) -> tuple[dict, dict]:

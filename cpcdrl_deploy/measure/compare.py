@@ -25,7 +25,7 @@ from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import build_model, get_entry
 
 
-def _fitted_rate(p: Profile, role: str, model: str) -> float:
+def fitted_rate(p: Profile, role: str, model: str) -> float:
     if p.kind == "analytic":
         return p.compute_rate(role).macs_per_s
     t = p.tables.get(model)
@@ -52,7 +52,7 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
     table = build_latency_model(ep, cp, lp)
     assert isinstance(table, TableLatencyModel)
     table = dataclasses.replace(table, anchor=False)
-    f_e, f_c = _fitted_rate(ep, "edge", model), _fitted_rate(cp, "cloud", model)
+    f_e, f_c = fitted_rate(ep, "edge", model), fitted_rate(cp, "cloud", model)
     analytic = AnalyticLatencyModel.over(f_e, f_c, lp)
     heads = {h["cut"]: h["ms"] for h in ep.tables[model]["heads"]}
     tails = {h["cut"]: h["ms"] for h in cp.tables[model]["tails"]}

@@ -19,11 +19,12 @@ import json
 import platform
 import shlex
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -120,12 +121,25 @@ def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn
     return units[analysis.layers[t - 1].unit], x
 
 
+@dataclass(frozen=True)
+class _Writer:
+    """Where build_jobs puts each timed model: ``workdir/<id><suffix>.gz``, exported for ``runtime``."""
+
+    workdir: Path
+    ext: str
+    runtime: str
+
+    def write(self, jid: str, module: nn.Module, input_shape: tuple[int, ...]) -> str:
+        f = f"{jid}{self.ext}"
+        (self.workdir / f).write_bytes(_export(module, tuple(input_shape), self.runtime))
+        return f
+
+
 def build_jobs(
     model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
 ) -> tuple[list[dict], ModelAnalysis]:
     """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file, input_shape, meta)."""
-    ext = RUNTIMES[runtime].suffix + ".gz"
-
+    out = _Writer(workdir, RUNTIMES[runtime].suffix + ".gz", runtime)
     entry = get_entry(model_name)
     model: UnitModel = build_model(model_name)
     analysis = analyze(model, entry.input_size, model_name)
@@ -133,6 +147,20 @@ def build_jobs(
     if len(units_per_layer) != analysis.n_layers:
         raise CpcdrlError(f"profiling per layer needs one prunable layer per unit; {model_name} has blocks (profile a sequential CIFAR model)")
     groups = channel_groups(model, analysis)
+    jobs = _layer_jobs(model, analysis, groups, grid, out, lambda t: tick(f"{model_name}: exporting layers", t, analysis.n_layers))
+    jobs += _pruned_head_jobs(model, analysis, groups, grid, out, log)
+    probes = _probe_files(analysis, out)
+    jobs += _split_jobs(model, analysis, out)
+    jobs += _overhead_jobs(out)
+    _spread_probes(jobs, probes)
+    log(f"exported {len(jobs)} models")
+    return jobs, analysis
+
+
+def _layer_jobs(
+    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], grid: tuple[float, ...], out: _Writer, done: Callable[[int], None],
+) -> list[dict]:
+    """Each prunable layer alone at every (input keep, output keep) of the grid, and a depthwise one off its fast layout."""
     jobs: list[dict] = []
     for t in range(1, analysis.n_layers + 1):
         for cut, ratios in layer_variants(analysis, groups, t, grid):
@@ -140,21 +168,29 @@ def build_jobs(
             fi, fo = shape.in_keep[t - 1], shape.out_keep[t - 1]
             unit, x = _layer_alone(prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model, analysis, t)
             jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
-            f = f"{jid}{ext}"
             with torch.no_grad():
                 io_bytes = 4 * (x.numel() + unit(x).numel())  # float32 in and out: what a run alone copies across ORT's boundary
-            (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
+            f = out.write(jid, unit, tuple(x.shape[1:]))
             jobs.append({
                 "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
             })
         if analysis.layers[t - 1].kind == "dwconv":
-            jobs.append(_misaligned_job(model, analysis, groups, t, workdir, ext, runtime))
-        tick(f"{model_name}: exporting layers", t, analysis.n_layers)
-    # whole heads pruned uniformly to each grid keep below 1 at every cut: the
-    # per-layer tables alone mispredict pruned heads (on the emulated Pi the
-    # unpruned head x the tables' ratio put three pruned VGG16 plans 18.6-20.0 %
-    # below their deployed p50), so the latency model anchors a pruned plan to
-    # these instead of scaling the unpruned head
+            jobs.append(_misaligned_job(model, analysis, groups, t, out.workdir, out.ext, out.runtime))
+        done(t)
+    return jobs
+
+
+def _pruned_head_jobs(
+    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], grid: tuple[float, ...], out: _Writer, log: Log,
+) -> list[dict]:
+    """Whole heads pruned uniformly to each grid keep below 1 at every cut.
+
+    The per-layer tables alone mispredict pruned heads (on the emulated Pi the
+    unpruned head x the tables' ratio put three pruned VGG16 plans 18.6-20.0 %
+    below their deployed p50), so the latency model anchors a pruned plan to
+    these instead of scaling the unpruned head.
+    """
+    jobs: list[dict] = []
     for p in analysis.points:
         if not p.cuttable or p.index == 0:
             continue
@@ -163,29 +199,31 @@ def build_jobs(
             shape = plan_shape(analysis, groups, p.index, ratios)
             pruned = _make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
             jid = f"head{p.index}_k{keep:.4f}"
-            f = f"{jid}{ext}"
-            (workdir / f).write_bytes(_export(nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape), runtime))
+            f = out.write(jid, nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape))
             jobs.append({
                 "id": jid, "file": f, "input_shape": [1, *analysis.input_shape], "kind": "pruned_head", "cut": p.index, "keep": keep,
                 "in_keep": list(shape.in_keep[: p.index]), "out_keep": list(shape.out_keep[: p.index]),
             })
         log(f"exported pruned heads at cut {p.index}")
-    # the host's channel block (see latency.blocked_keep): one 3x3 conv timed at output
-    # channel counts on both sides of the block boundaries a CPU might use, in
-    # BLOCK_PROBE_PASSES passes spread over the run (first, middle, last): this VM
-    # has slow spells of 0.5-5 s, and one pass of these 1 ms models fits inside one
-    block_files = []
+    return jobs
+
+
+def _probe_files(analysis: ModelAnalysis, out: _Writer) -> list[tuple[str, int, str, list[int], str]]:
+    """The host's channel block (see latency.blocked_keep): one 3x3 conv at output channel counts on both sides
+    of the block boundaries a CPU might use; for a model with depthwise convs, the channel counts they run fast at."""
+    files = []
     for c in BLOCK_PROBE_CHANNELS:
-        f = f"block{c}{ext}"
         conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
-        (workdir / f).write_bytes(_export(_make_constant(conv), (64, 16, 16), runtime))
-        block_files.append(("block", c, f, [1, 64, 16, 16], "block"))
-    if any(L.kind == "dwconv" for L in analysis.layers):  # the channel counts a depthwise conv runs fast at (dw_alignment)
+        files.append(("block", c, out.write(f"block{c}", _make_constant(conv), (64, 16, 16)), [1, 64, 16, 16], "block"))
+    if any(L.kind == "dwconv" for L in analysis.layers):  # (dw_alignment)
         for c in DW_PROBE_CHANNELS:
-            f = f"dw{c}{ext}"
             dw = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.ReLU())
-            (workdir / f).write_bytes(_export(_make_constant(dw), (c, 16, 16), runtime))
-            block_files.append(("dw", c, f, [1, c, 16, 16], "dwprobe"))
+            files.append(("dw", c, out.write(f"dw{c}", _make_constant(dw), (c, 16, 16)), [1, c, 16, 16], "dwprobe"))
+    return files
+
+
+def _split_jobs(model: UnitModel, analysis: ModelAnalysis, out: _Writer) -> list[dict]:
+    """The unpruned head and tail at every cut, each timed as served (one model, one run)."""
     units = _make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
     shapes = [tuple(x.shape[1:])]
@@ -193,35 +231,45 @@ def build_jobs(
         for u in units:
             x = u(x)
             shapes.append(tuple(x.shape[1:]))
+    jobs = []
     for p in analysis.points:
         if not p.cuttable:
             continue
         b = p.unit_boundary
         if b > 0:
-            f = f"head{p.index}{ext}"
-            (workdir / f).write_bytes(_export(nn.Sequential(*units[:b]), shapes[0], runtime))
+            f = out.write(f"head{p.index}", nn.Sequential(*units[:b]), shapes[0])
             jobs.append({"id": f"head{p.index}", "file": f, "input_shape": [1, *shapes[0]], "kind": "head", "cut": p.index})
         if b < len(units):
-            f = f"tail{p.index}{ext}"
-            (workdir / f).write_bytes(_export(nn.Sequential(*units[b:]), shapes[b], runtime))
+            f = out.write(f"tail{p.index}", nn.Sequential(*units[b:]), shapes[b])
             jobs.append({"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index})
-    # ONNX Runtime's cost of one run() call: each layer was timed as its own run,
-    # so the latency model charges this once per side, not once per layer. Part of
-    # it grows with the tensors copied in and out (a layer alone gets its input
-    # from numpy and hands its output back; inside a model they stay put), so a
-    # ReLU is timed at several sizes and the latency model fits fixed + per byte
+    return jobs
+
+
+def _overhead_jobs(out: _Writer) -> list[dict]:
+    """ONNX Runtime's cost of one run() call: a ReLU at several sizes.
+
+    Each layer was timed as its own run, so the latency model charges this
+    once per side, not once per layer. Part of it grows with the tensors
+    copied in and out (a layer alone gets its input from numpy and hands its
+    output back; inside a model they stay put), so the latency model fits
+    fixed + per byte.
+    """
+    jobs = []
     for n in OVERHEAD_ELEMENTS:
-        f = f"overhead{n}{ext}"
-        (workdir / f).write_bytes(_export(nn.ReLU(), (n, 1, 1), runtime))
+        f = out.write(f"overhead{n}", nn.ReLU(), (n, 1, 1))
         jobs.append({"id": "overhead" if n == 1 else f"overhead{n}", "file": f, "input_shape": [1, n, 1, 1], "kind": "overhead", "io_bytes": 8 * n})
+    return jobs
+
+
+def _spread_probes(jobs: list[dict], probes: list[tuple[str, int, str, list[int], str]]) -> None:
+    """The channel-block probes in BLOCK_PROBE_PASSES passes spread over the run (first, middle, last):
+    this VM has slow spells of 0.5-5 s, and one pass of these 1 ms models fits inside one."""
     for k in range(BLOCK_PROBE_PASSES):
         at = (len(jobs) * k) // max(1, BLOCK_PROBE_PASSES - 1)
         jobs[at:at] = [
             {"id": f"{prefix}{c}_p{k}", "file": f, "input_shape": shape, "kind": kind, "channels": c}
-            for prefix, c, f, shape, kind in block_files
+            for prefix, c, f, shape, kind in probes
         ]
-    log(f"exported {len(jobs)} models")
-    return jobs, analysis
 
 
 def _misaligned_job(
@@ -412,92 +460,146 @@ def profile_host(
     ``retime_tries``: how many more times a model whose passes disagree by
     more than ``RETIME_SPREAD`` is timed (0: never).
     """
-    import tempfile
-
     runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
     for rt in runtimes:
         check_runtime(dev, rt)  # also refuses an unknown runtime
-    tag = "+".join(runtimes)
-    partial_path = out.with_name(out.name + ".partial")
-    partial = json.loads(partial_path.read_text()) if partial_path.exists() else {}
-    if partial and (partial.get("host") != dev.name or partial.get("runtime", "onnxruntime") != tag):
-        partial = {}
-    partial.setdefault("runtime", tag)
-    partial.setdefault("host", dev.name)
-    partial.setdefault("results", {})
+    run = _Run(grid, threads, warmup, repeats, rounds, batch, window_ms, cold_gap_ms, retime_tries, runtimes,
+               out.with_name(out.name + ".partial"), log, tick)
+    partial = _load_partial(run.partial_path, dev.name, "+".join(runtimes))
     remote = dev.mkdtemp()
     try:
         dev.put(PROFILER, f"{remote}/timer.py")
-        facts = profiler_facts(dev, remote)
-        facts.update(threads=threads, warmup=warmup, repeats=repeats, rounds=rounds, round_window_ms=window_ms, cold_gap_ms=cold_gap_ms,
-                     retime_spread=RETIME_SPREAD, retime_tries=retime_tries)
-        tb = load_state(dev.name) if dev.name != "local" else None
-        if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
-            facts["testbed"] = {
-                "cpu_share": tb.cpu, "throttle": tb.throttle, "cpu_pin": tb.cpu_pin,
-                "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
-            }
-            if tb.throttle == "quota":
-                facts["testbed"]["cfs_period_us"] = tb.cfs_period_us
-            else:
-                facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share,
-                                          calibration_steal=tb.calibration_steal)
+        facts = _host_facts(dev, remote, run)
         tables: dict[str, dict] = {}
-        on_this_host = dev.name == "local" or tb is not None  # then this host's CPUs are the device's: say what else took them
+        on_this_host = dev.name == "local" or "testbed" in facts  # then this host's CPUs are the device's: say what else took them
         for model_name in models:
-            t_model = time.time()
-            with tempfile.TemporaryDirectory() as tmp, (HostSampler(interval_s=1.0) if on_this_host else nullcontext()) as sampler:
-                built = {rt: build_jobs(model_name, grid, Path(tmp), log, tick, rt) for rt in runtimes}  # file names differ by suffix
-                analysis = built[runtimes[0]][1]
-                jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
-                done = partial["results"].setdefault(model_name, {})
-                todo = [j for j in jobs if j["id"] not in done]
-                if len(todo) < len(jobs):
-                    log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} already measured")
-                tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
-                def time_chunk(chunk: list[dict], n_rounds: int) -> dict[str, dict]:
-                    job_file = Path(tmp) / "job.json"
-                    job_file.write_text(json.dumps([
-                        {k: j[k] for k in ("id", "file", "input_shape")} | ({"cold_gap_ms": cold_gap_ms} if cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
-                        for j in chunk
-                    ]))
-                    opts = f"--threads {threads} --warmup {warmup} --repeats {repeats} --rounds {n_rounds} --min-time-ms {round(window_ms * n_rounds)}"
-                    return time_on_device(dev, remote, job_file, opts, timeout=1800)
-
-                still = 0  # models whose passes still disagree after the re-timing
-                for start in range(0, len(todo), batch):
-                    chunk = todo[start : start + batch]
-                    for j in chunk:
-                        dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
-                    attempts = _time_with_retries(time_chunk, chunk, rounds, retime_tries, lambda n: log(
-                        f"{model_name}: timing {n} models again: their passes disagreed by more than {RETIME_SPREAD:g}x"))
-                    done.update({i: _pooled(a) for i, a in attempts.items()})
-                    atomic_write_json(partial_path, partial)
-                    still += sum(_disturbed(a[-1]) for a in attempts.values())
-                    tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
-                if still:
-                    # a busy device is one cause; a small CPU share is another (at a third of a core, with nothing
-                    # else running, passes of millisecond models spread this much), so the warning names both
-                    log(f"warning: {model_name}: {still} of {len(jobs)} models still disagree by more than {RETIME_SPREAD:g}x"
-                        f" between passes (other work on {dev.name}, or a throttled or small CPU share);"
-                        " each keeps its attempt nearest the median pass")
-                for rt in runtimes:
-                    key = table_key(model_name, rt)
-                    own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
-                    tables[key] = _table(built[rt][0], own, analysis, grid, threads)
-                    tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
-                    tables[key]["runtime"] = rt
-                    if len(runtimes) > 1:
-                        tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
-            if sampler is not None:  # stopped with the block: the whole model's timing, one window
-                window = load_in_windows(sampler.samples, [(t_model, time.time())])[0]
-                for rt in runtimes:
-                    tables[table_key(model_name, rt)]["host_load"] = window
+            tables.update(_profile_model(dev, remote, model_name, run, partial, on_this_host))
         link = measure_link(dev, log=log) if measure_link_too else None
         if link is not None and request_probe_at:
             link = with_request_probe(dev, link, request_probe_at, log)
     finally:
         dev.remove(remote)
+    prof = Profile(name=dev.name, kind="measured", link=link, host=facts, tables=_with_older_tables(out, facts, tables),
+                   notes=f"measured by cpcdrl profile on {dev.name}")
+    save_profile(prof, out)
+    run.partial_path.unlink(missing_ok=True)
+    return prof
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One ``profile_host`` call's settings (see its docstring)."""
+
+    grid: tuple[float, ...]
+    threads: int
+    warmup: int
+    repeats: int
+    rounds: int
+    batch: int
+    window_ms: float
+    cold_gap_ms: float
+    retime_tries: int
+    runtimes: list[str]
+    partial_path: Path
+    log: Log
+    tick: Ticker
+
+
+def _load_partial(path: Path, host: str, tag: str) -> dict:
+    """What an interrupted run of the same host and runtimes measured already (``{"results": {model: {job: ...}}}``)."""
+    partial = json.loads(path.read_text()) if path.exists() else {}
+    if partial and (partial.get("host") != host or partial.get("runtime", "onnxruntime") != tag):
+        partial = {}
+    partial.setdefault("runtime", tag)
+    partial.setdefault("host", host)
+    partial.setdefault("results", {})
+    return partial
+
+
+def _host_facts(dev: Device, remote: str, run: _Run) -> dict:
+    """The device's runtime facts and this run's settings; for a testbed, what it emulates."""
+    facts = profiler_facts(dev, remote)
+    facts.update(threads=run.threads, warmup=run.warmup, repeats=run.repeats, rounds=run.rounds, round_window_ms=run.window_ms,
+                 cold_gap_ms=run.cold_gap_ms, retime_spread=RETIME_SPREAD, retime_tries=run.retime_tries)
+    tb = load_state(dev.name) if dev.name != "local" else None
+    if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
+        facts["testbed"] = {
+            "cpu_share": tb.cpu, "throttle": tb.throttle, "cpu_pin": tb.cpu_pin,
+            "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
+        }
+        if tb.throttle == "quota":
+            facts["testbed"]["cfs_period_us"] = tb.cfs_period_us
+        else:
+            facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share,
+                                    calibration_steal=tb.calibration_steal)
+    return facts
+
+
+def _profile_model(dev: Device, remote: str, model_name: str, run: _Run, partial: dict, on_this_host: bool) -> dict[str, dict]:
+    """``model_name``'s tables, one per runtime, keyed by ``table_key``; this host's load beside them when it is the device."""
+    t_model = time.time()
+    runtimes = run.runtimes
+    with tempfile.TemporaryDirectory() as tmp, (HostSampler(interval_s=1.0) if on_this_host else nullcontext()) as sampler:
+        built = {rt: build_jobs(model_name, run.grid, Path(tmp), run.log, run.tick, rt) for rt in runtimes}  # file names differ by suffix
+        analysis = built[runtimes[0]][1]
+        jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
+        done = partial["results"].setdefault(model_name, {})
+        _time_all(dev, remote, model_name, jobs, done, Path(tmp), run, partial)
+        tables = {}
+        for rt in runtimes:
+            key = table_key(model_name, rt)
+            own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
+            tables[key] = _table(built[rt][0], own, analysis, run.grid, run.threads)
+            tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
+            tables[key]["runtime"] = rt
+            if len(runtimes) > 1:
+                tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
+    if sampler is not None:  # stopped with the block: the whole model's timing, one window
+        window = load_in_windows(sampler.samples, [(t_model, time.time())])[0]
+        for table in tables.values():
+            table["host_load"] = window
+    return tables
+
+
+def _time_all(dev: Device, remote: str, model_name: str, jobs: list[dict], done: dict, tmp: Path, run: _Run, partial: dict) -> None:
+    """Time every job not yet in ``done`` in batches, saving the partial file after each; retime disturbed ones."""
+    todo = [j for j in jobs if j["id"] not in done]
+    if len(todo) < len(jobs):
+        run.log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} already measured")
+    run.tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
+
+    def time_chunk(chunk: list[dict], n_rounds: int) -> dict[str, dict]:
+        job_file = tmp / "job.json"
+        job_file.write_text(json.dumps([
+            {k: j[k] for k in ("id", "file", "input_shape")}
+            | ({"cold_gap_ms": run.cold_gap_ms} if run.cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
+            for j in chunk
+        ]))
+        opts = (f"--threads {run.threads} --warmup {run.warmup} --repeats {run.repeats} --rounds {n_rounds}"
+                f" --min-time-ms {round(run.window_ms * n_rounds)}")
+        return time_on_device(dev, remote, job_file, opts, timeout=1800)
+
+    still = 0  # models whose passes still disagree after the re-timing
+    for start in range(0, len(todo), run.batch):
+        chunk = todo[start : start + run.batch]
+        for j in chunk:
+            dev.put(tmp / j["file"], f"{remote}/{j['file']}")
+        attempts = _time_with_retries(time_chunk, chunk, run.rounds, run.retime_tries, lambda n: run.log(
+            f"{model_name}: timing {n} models again: their passes disagreed by more than {RETIME_SPREAD:g}x"))
+        done.update({i: _pooled(a) for i, a in attempts.items()})
+        atomic_write_json(run.partial_path, partial)
+        still += sum(_disturbed(a[-1]) for a in attempts.values())
+        run.tick(f"{model_name}: models timed on {dev.name}", len(done), len(jobs))
+    if still:
+        # a busy device is one cause; a small CPU share is another (at a third of a core, with nothing
+        # else running, passes of millisecond models spread this much), so the warning names both
+        run.log(f"warning: {model_name}: {still} of {len(jobs)} models still disagree by more than {RETIME_SPREAD:g}x"
+                f" between passes (other work on {dev.name}, or a throttled or small CPU share);"
+                " each keeps its attempt nearest the median pass")
+
+
+def _with_older_tables(out: Path, facts: dict, tables: dict[str, dict]) -> dict[str, dict]:
+    """Profiling another model adds to the host's file: the tables already in ``out`` for the same host stay."""
     old = None
     if out.exists():
         try:
@@ -505,11 +607,8 @@ def profile_host(
         except CpcdrlError:
             old = None
     if old is not None and old.kind == "measured" and old.host and old.host.get("hostname") == facts.get("hostname"):
-        tables = {**old.tables, **tables}  # profiling another model adds to the host's file
-    prof = Profile(name=dev.name, kind="measured", link=link, host=facts, tables=tables, notes=f"measured by cpcdrl profile on {dev.name}")
-    save_profile(prof, out)
-    partial_path.unlink(missing_ok=True)
-    return prof
+        return {**old.tables, **tables}
+    return tables
 
 
 def _time_with_retries(time_chunk: Callable[[list[dict], int], dict[str, dict]], chunk: list[dict], rounds: int, tries: int,

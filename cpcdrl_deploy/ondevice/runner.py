@@ -38,8 +38,11 @@ import urllib.parse
 
 import numpy as np
 
-_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8, "INT8": np.int8, "INT64": np.int64}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+try:  # in the package on the host
+    from cpcdrl_deploy.ondevice.datatypes import FROM_ORT, NAMES, NUMPY
+except ImportError:  # on the device: datatypes.py lies beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from datatypes import FROM_ORT, NAMES, NUMPY  # type: ignore[no-redef]
 MAX_REPLY = 16 * 1024 * 1024  # bytes: logits are a few dozen; anything near this is not a reply to us
 
 
@@ -58,13 +61,13 @@ def parse_reply(data: bytes, header_len: str | None, output: str) -> tuple[np.nd
         if not isinstance(outs, list) or not outs:
             raise BadReply("reply has no outputs")
         out = next((o for o in outs if isinstance(o, dict) and o.get("name") == output), outs[0])
-        if not isinstance(out, dict) or out.get("datatype") not in _DTYPES:
-            raise BadReply(f"reply output datatype {out.get('datatype') if isinstance(out, dict) else out!r} is not one of {sorted(_DTYPES)}")
+        if not isinstance(out, dict) or out.get("datatype") not in NUMPY:
+            raise BadReply(f"reply output datatype {out.get('datatype') if isinstance(out, dict) else out!r} is not one of {sorted(NUMPY)}")
         shape = out.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise BadReply(f"reply output shape {shape!r} is not a list of sizes")
         count = int(np.prod(shape)) if shape else 1
-        dtype = np.dtype(_DTYPES[out["datatype"]])
+        dtype = np.dtype(NUMPY[out["datatype"]])
         if hl:
             size = (out.get("parameters") or {}).get("binary_data_size", count * dtype.itemsize)
             offset = hl  # the first (only requested) output's blob follows the header
@@ -107,7 +110,7 @@ class Remote:
         inputs, blobs = [], []
         for name, arr in tensors.items():
             b = np.ascontiguousarray(arr).tobytes()
-            inputs.append({"name": name, "shape": list(arr.shape), "datatype": _NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
+            inputs.append({"name": name, "shape": list(arr.shape), "datatype": NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
             blobs.append(b)
         self.sent += 1
         header = json.dumps({"id": str(self.sent), "inputs": inputs, "outputs": [{"name": self.output, "parameters": {"binary_data": True}}]}).encode()
@@ -191,7 +194,7 @@ def _shut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
 
 def _onnx_type(t: str) -> str:
     """ONNX Runtime's 'tensor(float)' as a KServe datatype."""
-    return {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int64)": "INT64"}.get(t, t)
+    return FROM_ORT.get(t, t)
 
 
 class MissingRuntime(RuntimeError):
@@ -246,7 +249,7 @@ class LiteRTModel:
         # quantise the float image and dequantise the cut tensor here, so the wire and tail stay float
         self.q_in, self.q_out = _int_quant(self.inp), _int_quant(self.out)
         dtype = np.float32 if self.q_out else np.dtype(self.out["dtype"])
-        self.outputs = [(output, _NAMES[np.dtype(dtype)], [int(d) for d in self.out["shape"]])]
+        self.outputs = [(output, NAMES[np.dtype(dtype)], [int(d) for d in self.out["shape"]])]
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if self.q_in:
@@ -337,7 +340,7 @@ def run(args: argparse.Namespace) -> dict:
                 rec.update(remote_ms=(time.perf_counter() - t1) * 1000.0, bytes_sent=sent, server_compute_ms=server_ms)
                 failures = 0
                 if metadata_check is not None and metadata_check.endswith("not checked against the tail"):
-                    metadata_check += f"; checked the first reply instead: {_NAMES[logits.dtype]} {list(logits.shape)}"
+                    metadata_check += f"; checked the first reply instead: {NAMES[logits.dtype]} {list(logits.shape)}"
                     if logits.ndim != 2 or logits.shape[0] != 1:
                         raise ValueError(f"the server's first reply has shape {list(logits.shape)}, not [1, classes]: wrong model?")
             except (OSError, http.client.HTTPException, RuntimeError) as exc:

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import read_document
 from cpcdrl_deploy.models.zoo import file_sha256
+from cpcdrl_deploy.ondevice.datatypes import FROM_ONNX
 
 MANIFEST_SCHEMA_VERSION = 1
 
 
-_ONNX_DTYPES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.UINT8: "UINT8", TensorProto.INT8: "INT8", TensorProto.INT64: "INT64"}
 
 
 def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
@@ -30,7 +29,7 @@ def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
     def spec(v) -> dict:
         t = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-        return {"name": v.name, "datatype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": dims}
+        return {"name": v.name, "datatype": FROM_ONNX.get(t.elem_type, str(t.elem_type)), "shape": dims}
 
     inits = {i.name for i in model.graph.initializer}
     return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits], "outputs": [spec(v) for v in model.graph.output]}

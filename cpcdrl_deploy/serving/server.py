@@ -32,29 +32,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-
 from cpcdrl_deploy import __version__
+from cpcdrl_deploy.serving.kserve import RequestError, ServedModel, decode_infer, dumps, encode_infer
 
-DTYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
 MAX_BODY = 64 * 1024 * 1024  # bytes; a CIFAR cut tensor is at most a few hundred KB per image
-MAX_BATCH = 256
 _ROUTE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/config)?$")
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class ServedModel:
-    name: str
-    session: object  # onnxruntime.InferenceSession
-    inputs: list[dict]
-    outputs: list[dict]
-    version: str = "1"
 
 
 @dataclass
@@ -74,126 +56,14 @@ def load_served_model(path: str | Path, name: str, threads: int = 1) -> ServedMo
     return ServedModel(name, sess, specs["inputs"], specs["outputs"])
 
 
-def _no_constants(name: str) -> float:
-    raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(raw: bytes, what: str) -> object:
-    """Standard JSON only: NaN/Infinity, nesting deep enough to exhaust the stack and integers past
-    Python's digit limit are 400s, not a dropped connection."""
-    try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except RecursionError:
-        raise RequestError(400, f"{what} is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError, and so is the int digit limit
-        raise RequestError(400, f"{what} is not JSON ({str(exc)[:120]})") from None
 
 
-def dumps(obj: object) -> bytes:
-    """JSON out: never NaN or Infinity (not JSON); a non-finite value is the request's fault (non-finite inputs)."""
-    try:
-        return json.dumps(obj, allow_nan=False).encode()
-    except ValueError:
-        raise RequestError(400, "the result is not finite (NaN or Infinity): check the inputs") from None
 
 
-def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict, list[str], bool]:
-    """Validate an infer request; returns (feeds, request json, requested outputs, binary replies?)."""
-    if header_len is not None:
-        if not 0 < header_len <= len(body):
-            raise RequestError(400, f"Inference-Header-Content-Length {header_len} outside the body ({len(body)} bytes)")
-        head, binary = body[:header_len], body[header_len:]
-    else:
-        head, binary = body, b""
-    req = parse_json(head, "request header")
-    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
-        raise RequestError(400, "request needs an 'inputs' list")
-    expected = {t["name"]: t for t in model.inputs}
-    feeds: dict[str, np.ndarray] = {}
-    offset = 0
-    for t in req["inputs"]:
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise RequestError(400, "each input needs a name")
-        name = t["name"]
-        spec = expected.get(name)
-        if spec is None:
-            raise RequestError(400, f"unknown input {name!r}; model {model.name} takes {sorted(expected)}")
-        if name in feeds:
-            raise RequestError(400, f"input {name!r} given twice")
-        if t.get("datatype") != spec["datatype"]:
-            raise RequestError(400, f"input {name!r}: datatype {t.get('datatype')!r}, expected {spec['datatype']}")
-        shape = t.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers")
-        want = spec["shape"]
-        if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)):
-            raise RequestError(400, f"input {name!r}: shape {shape}, expected {want}")
-        if want and want[0] == -1 and not 1 <= shape[0] <= MAX_BATCH:
-            raise RequestError(400, f"input {name!r}: batch {shape[0]} outside 1..{MAX_BATCH}")
-        dtype = np.dtype(DTYPES[spec["datatype"]])
-        count = int(np.prod(shape)) if shape else 1
-        params = t.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise RequestError(400, f"input {name!r}: parameters must be an object")
-        if "binary_data_size" in params:
-            size = params["binary_data_size"]
-            if not isinstance(size, int) or size != count * dtype.itemsize:
-                raise RequestError(400, f"input {name!r}: binary_data_size {size} != {count} x {dtype.itemsize} bytes")
-            if offset + size > len(binary):
-                raise RequestError(400, f"input {name!r}: body ends before its {size} bytes")
-            arr = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
-            offset += size
-        elif "data" in t:
-            try:
-                arr = np.asarray(t["data"], dtype=dtype)
-            except (TypeError, ValueError, OverflowError):
-                raise RequestError(400, f"input {name!r}: data is not a list of {spec['datatype']} numbers") from None
-            if arr.size != count:
-                raise RequestError(400, f"input {name!r}: {arr.size} values for shape {shape}")
-            arr = arr.reshape(shape)
-        else:
-            raise RequestError(400, f"input {name!r} has neither data nor binary_data_size")
-        feeds[name] = arr
-    if offset != len(binary):
-        raise RequestError(400, f"{len(binary) - offset} bytes of binary data not claimed by any input")
-    missing = sorted(set(expected) - set(feeds))
-    if missing:
-        raise RequestError(400, f"missing inputs {missing}")
-    out_names = [o["name"] for o in model.outputs]
-    wanted = req.get("outputs")
-    rparams = req.get("parameters")
-    if rparams is not None and not isinstance(rparams, dict):
-        raise RequestError(400, "parameters must be an object")
-    binary_default = bool((rparams or {}).get("binary_data_output", False))
-    binary_out = binary_default
-    if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in out_names for o in wanted):
-            raise RequestError(400, f"outputs must name some of {out_names}")
-        if not all(o.get("parameters") is None or isinstance(o.get("parameters"), dict) for o in wanted):
-            raise RequestError(400, "outputs[].parameters must be an object")
-        out_names = [o["name"] for o in wanted]
-        binary_out = any(bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in wanted)
-    return feeds, req, out_names, binary_out
 
 
-def encode_infer(model: ServedModel, req: dict, names: list[str], results: dict[str, np.ndarray], binary: bool, compute_ms: float) -> tuple[bytes, int | None]:
-    outputs, blobs = [], []
-    for n in names:
-        arr = np.ascontiguousarray(results[n])
-        spec = next(o for o in model.outputs if o["name"] == n)
-        o: dict = {"name": n, "datatype": spec["datatype"], "shape": list(arr.shape)}
-        if binary:
-            b = arr.tobytes()
-            o["parameters"] = {"binary_data_size": len(b)}
-            blobs.append(b)
-        else:
-            o["data"] = arr.ravel().tolist()
-        outputs.append(o)
-    resp = {"model_name": model.name, "model_version": model.version, "outputs": outputs, "parameters": {"cpcdrl_compute_ms": compute_ms}}
-    if "id" in req:
-        resp["id"] = req["id"]
-    head = dumps(resp)
-    return (head + b"".join(blobs), len(head)) if binary else (head, None)
 
 
 MAX_HEADERS, MAX_HEADER_LINE = 100, 65536  # http.client's limits
@@ -221,211 +91,257 @@ class _Headers:
 IDLE_TIMEOUT_S = 15.0  # a connection silent this long (idle keep-alive, or a body that stopped arriving) is closed
 
 
-def make_handler(models: dict[str, ServedModel], token: str | None, stats: Stats, max_body: int = MAX_BODY, timeout_s: float = IDLE_TIMEOUT_S):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection per client, as tritonclient expects
-        server_version = f"cpcdrl/{__version__}"
-        timeout = timeout_s  # every read and write on the connection: a slow or silent client cannot hold a thread forever
+def read_headers(rfile) -> _Headers | tuple[int, str]:
+    """The header block of a request, or (status, reason) for a block we refuse.
 
-        def __getattr__(self, name: str):
-            # any other method (PUT, HEAD, OPTIONS, FOO, ...): a JSON 405 naming what is allowed, not http.server's 501 page
-            if name.startswith("do_"):
-                return self._not_allowed
-            raise AttributeError(name)
+    Stricter than http.server where leniency helps request smuggling: no
+    folded header lines, no repeated Content-Length or Transfer-Encoding.
+    """
+    headers = _Headers()
+    for _ in range(MAX_HEADERS + 1):
+        raw = rfile.readline(MAX_HEADER_LINE + 1)
+        if len(raw) > MAX_HEADER_LINE:
+            return 431, "header line too long"
+        if raw in (b"\r\n", b"\n", b""):
+            return headers
+        name, sep, value = raw.decode("iso-8859-1").partition(":")
+        if not sep or not name or name != name.strip() or raw[:1] in (b" ", b"\t"):
+            return 400, "malformed header line"
+        if not headers.add(name, value.strip()):
+            return 400, f"header {name} given twice"
+    return 431, "too many headers"
 
-        def _not_allowed(self) -> None:
-            # a body we will not read must not be taken for the next request: close after answering
-            self._error(405, f"method {self.command} not allowed", close=True, allow="GET, POST", body=self.command != "HEAD")
 
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            # http.server's own refusals (bad request line, header too long, ...): JSON too
-            try:
-                self._error(code, message or "bad request", close=True)
-            except OSError:
-                self.close_connection = True
+def reply_head(status: int, server: str, length: int, header_len: int | None, allow: str | None, close: bool) -> bytes:
+    """Status line and headers of a reply, ready to be sent with its body in one write."""
+    kind = "application/octet-stream" if header_len is not None else "application/json"
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {server}", f"Content-Type: {kind}", f"Content-Length: {length}"]
+    if allow:
+        head.append(f"Allow: {allow}")
+    if header_len is not None:
+        head.append(f"Inference-Header-Content-Length: {header_len}")
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
 
-        def parse_request(self) -> bool:
-            """http.server's request parsing with a lean header reader (the email parser it uses costs about 0.1 ms a request).
 
-            Stricter than the original where leniency helps request smuggling:
-            only HTTP/1.0 and 1.1, no folded header lines, no repeated
-            Content-Length or Transfer-Encoding.
-            """
-            self.command, self.request_version, self.close_connection = None, self.default_request_version, True
-            self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-            words = line.split()
-            if not words:
-                return False
-            if len(words) != 3 or not words[2].startswith("HTTP/"):
-                self.send_error(400, f"bad request line {line[:80]!r}")
-                return False
-            if words[2] not in ("HTTP/1.0", "HTTP/1.1"):
-                self.send_error(505, f"HTTP version {words[2][5:][:10]!r} not supported (1.0, 1.1)")
-                return False
-            self.command, self.path, self.request_version = words
-            self.close_connection = self.request_version == "HTTP/1.0"
-            if self.path.startswith("//"):  # as http.server (gh-87389): never an absolute URI without scheme
-                self.path = "/" + self.path.lstrip("/")
-            headers = _Headers()
-            for _ in range(MAX_HEADERS + 1):
-                raw = self.rfile.readline(MAX_HEADER_LINE + 1)
-                if len(raw) > MAX_HEADER_LINE:
-                    self.send_error(431, "header line too long")
-                    return False
-                if raw in (b"\r\n", b"\n", b""):
-                    break
-                name, sep, value = raw.decode("iso-8859-1").partition(":")
-                if not sep or not name or name != name.strip() or raw[:1] in (b" ", b"\t"):
-                    self.send_error(400, "malformed header line")
-                    return False
-                if not headers.add(name, value.strip()):
-                    self.send_error(400, f"header {name} given twice")
-                    return False
-            else:
-                self.send_error(431, "too many headers")
-                return False
-            self.headers = headers  # type: ignore[assignment]
-            conn = headers.get("Connection", "").lower()
-            if conn == "close":
-                self.close_connection = True
-            elif conn == "keep-alive":
-                self.close_connection = False
-            if headers.get("Expect", "").lower() == "100-continue" and self.request_version == "HTTP/1.1":
-                return self.handle_expect_100()
+def get_reply(path: str, models: dict[str, ServedModel], stats: Stats) -> dict:
+    """The JSON answer to a GET (health, server and model metadata, readiness, statistics)."""
+    if path in ("/v2/health/live", "/v2/health/ready"):
+        return {"live": True} if path.endswith("live") else {"ready": True}
+    if path == "/v2":
+        return {"name": "cpcdrl", "version": __version__, "extensions": ["binary_tensor_data"]}
+    model, rest = route(path, models)
+    if rest == "/ready":
+        return {"name": model.name, "ready": True}
+    if rest == "/config":
+        return {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": 0, "input": model.inputs, "output": model.outputs}
+    if rest == "/stats":  # Triton's statistics extension, the counts only: what deploy's progress bar polls
+        with stats.lock:
+            counts = {"inference_count": stats.requests, "execution_count": stats.requests, "refused_count": stats.errors}
+        return {"model_stats": [{"name": model.name, "version": model.version, **counts}]}
+    if rest is None:
+        return {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx", "inputs": model.inputs, "outputs": model.outputs}
+    raise RequestError(405, f"{path} takes POST")
+
+
+def route(path: str, models: dict[str, ServedModel]) -> tuple[ServedModel, str | None]:
+    """(model, what after its name: /ready, /infer, /config, /stats or None) for a model path; 404 otherwise."""
+    m = _ROUTE.match(path.split("?", 1)[0])
+    if not m:
+        raise RequestError(404, f"no route {path}")
+    model = models.get(m["name"])
+    if model is None:
+        raise RequestError(404, f"unknown model {m['name']!r}; serving {sorted(models)}")
+    if m["version"] not in (None, model.version):
+        raise RequestError(404, f"model {model.name} has version {model.version} only")
+    return model, m["rest"]
+
+
+def infer(model: ServedModel, body: bytes, header_len_text: str | None) -> tuple[bytes, int | None]:
+    """Run one infer request through ``model``'s session: the reply's bytes and its JSON header length."""
+    try:
+        header_len = int(header_len_text) if header_len_text is not None else None
+    except ValueError:
+        raise RequestError(400, "Inference-Header-Content-Length is not an integer") from None
+    feeds, req, names, binary = decode_infer(model, body, header_len)
+    t0 = time.perf_counter()
+    try:
+        outs = model.session.run(names, feeds)  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - ORT rejects values it cannot run (e.g. inconsistent batch)
+        raise RequestError(400, f"inference failed: {str(exc).splitlines()[0]}") from None
+    compute_ms = (time.perf_counter() - t0) * 1000.0
+    return encode_infer(model, req, names, dict(zip(names, outs)), binary, compute_ms)
+
+
+class StrictHTTPHandler(BaseHTTPRequestHandler):
+    """http.server's handler made strict and lean: JSON errors for everything, one write per reply, bounded reads."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection per client, as tritonclient expects
+    server_version = f"cpcdrl/{__version__}"
+    stats: Stats
+
+    def __getattr__(self, name: str):
+        # any other method (PUT, HEAD, OPTIONS, FOO, ...): a JSON 405 naming what is allowed, not http.server's 501 page
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self) -> None:
+        # a body we will not read must not be taken for the next request: close after answering
+        self._error(405, f"method {self.command} not allowed", close=True, allow="GET, POST", body=self.command != "HEAD")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (bad request line, header too long, ...): JSON too
+        try:
+            self._error(code, message or "bad request", close=True)
+        except OSError:
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        """http.server's request parsing with a lean header reader (the email parser it uses costs about 0.1 ms a request);
+        only HTTP/1.0 and 1.1."""
+        self.command, self.request_version, self.close_connection = None, self.default_request_version, True  # type: ignore[assignment]
+        self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if not words:
+            return False
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self.send_error(400, f"bad request line {line[:80]!r}")
+            return False
+        if words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            self.send_error(505, f"HTTP version {words[2][5:][:10]!r} not supported (1.0, 1.1)")
+            return False
+        self.command, self.path, self.request_version = words
+        self.close_connection = self.request_version == "HTTP/1.0"
+        if self.path.startswith("//"):  # as http.server (gh-87389): never an absolute URI without scheme
+            self.path = "/" + self.path.lstrip("/")
+        headers = read_headers(self.rfile)
+        if isinstance(headers, tuple):
+            self.send_error(*headers)
+            return False
+        self.headers = headers  # type: ignore[assignment]
+        conn = (headers.get("Connection") or "").lower()
+        if conn in ("close", "keep-alive"):
+            self.close_connection = conn == "close"
+        if (headers.get("Expect") or "").lower() == "100-continue" and self.request_version == "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature; quiet: the counters tell the story
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in two writes: without TCP_NODELAY, Nagle's
+        # algorithm holds the body until the client's delayed ACK (~40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _send(self, status: int, body: bytes, header_len: int | None = None, close: bool = False, allow: str | None = None,
+              send_body: bool = True) -> None:
+        # status line, headers and body in one write: one send() per reply instead of
+        # http.server's two (headers, then body), which cost a second loopback wake-up
+        if close:
+            self.close_connection = True
+        head = reply_head(status, self.server_version, len(body), header_len, allow, close)
+        self.wfile.write(head + (body if send_body else b""))
+
+    def _json(self, status: int, obj: object, close: bool = False) -> None:
+        self._send(status, dumps(obj), close=close)
+
+    def _error(self, status: int, msg: str, close: bool = False, allow: str | None = None, body: bool = True) -> None:
+        with self.stats.lock:
+            self.stats.errors += 1
+        self._send(status, json.dumps({"error": msg}).encode(), close=close, allow=allow, send_body=body)
+
+
+class KServeHandler(StrictHTTPHandler):
+    """The KServe v2 routes over ``models``; a subclass per server sets the class attributes (``make_handler``)."""
+
+    models: dict[str, ServedModel]
+    token: str | None
+    max_body: int
+
+    def _has_body(self) -> bool:
+        return self.headers.get("Transfer-Encoding") is not None or (self.headers.get("Content-Length") or "0").strip() not in ("0", "")
+
+    def _authorised(self) -> bool:
+        if self.token is None or self.path.startswith("/v2/health/"):
             return True
+        got = self.headers.get("Authorization") or ""
+        return hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode())
 
-        def log_message(self, fmt: str, *args) -> None:  # quiet: the counters tell the story
-            pass
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        # a GET never has a body we read: close after answering, so it is not parsed as a pipelined request
+        if self._has_body():
+            self.close_connection = True
+        try:
+            if not self._authorised():
+                raise RequestError(401, "missing or wrong bearer token")
+            self._json(200, get_reply(self.path, self.models, self.stats))
+        except RequestError as exc:
+            self._error(exc.status, str(exc), close=self.close_connection, allow="POST" if exc.status == 405 else None)
 
-        def setup(self) -> None:
-            super().setup()
-            # headers and body go out in two writes: without TCP_NODELAY, Nagle's
-            # algorithm holds the body until the client's delayed ACK (~40 ms)
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _admit(self) -> tuple[ServedModel, int] | None:
+        """(model, body length) of an infer request, checked before its body is read; None once refused."""
+        length_h = self.headers.get("Content-Length")
+        try:
+            length = int(length_h) if length_h is not None else -1
+        except ValueError:
+            length = -2
+        # refuse before reading: an oversized or unsized body is never buffered
+        if length == -1:
+            self._error(411, "Content-Length required (chunked bodies are not accepted)", close=True)
+            return None
+        if length < 0 or length > self.max_body:
+            self._error(413 if length > self.max_body else 400, f"body of {length_h} bytes refused (limit {self.max_body})", close=True)
+            return None
+        try:
+            # route and token before the body: an unauthenticated client never makes us buffer its upload
+            if not self._authorised():
+                raise RequestError(401, "missing or wrong bearer token")
+            if self.headers.get("Content-Encoding", "identity") not in ("identity", ""):
+                raise RequestError(415, "compressed requests are not supported")
+            model, rest = route(self.path, self.models)
+            if rest != "/infer":
+                raise RequestError(405, f"{self.path} takes GET")
+        except RequestError as exc:  # its body stays unread: close
+            self._error(exc.status, str(exc), close=True, allow="GET" if exc.status == 405 else None)
+            return None
+        return model, length
 
-        def _send(self, status: int, body: bytes, header_len: int | None = None, close: bool = False, allow: str | None = None, send_body: bool = True) -> None:
-            # status line, headers and body in one write: one send() per reply instead of
-            # http.server's two (headers, then body), which cost a second loopback wake-up
-            head = [
-                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {self.server_version}",
-                f"Content-Type: {'application/octet-stream' if header_len is not None else 'application/json'}", f"Content-Length: {len(body)}",
-            ]
-            if allow:
-                head.append(f"Allow: {allow}")
-            if header_len is not None:
-                head.append(f"Inference-Header-Content-Length: {header_len}")
-            if close:
-                head.append("Connection: close")
-                self.close_connection = True
-            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (body if send_body else b""))
+    def do_POST(self) -> None:  # noqa: N802
+        admitted = self._admit()
+        if admitted is None:
+            return
+        model, length = admitted
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            return self._error(408, f"body not received within {self.timeout:g} s", close=True)
+        if len(body) < length:
+            self.close_connection = True
+            return
+        try:
+            payload, header_len_out = infer(model, body, self.headers.get("Inference-Header-Content-Length"))
+            with self.stats.lock:
+                self.stats.requests += 1
+            self._send(200, payload, header_len_out)
+        except RequestError as exc:
+            self._error(exc.status, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug, not the client's fault: still JSON, still serving
+            self._error(500, f"internal error: {type(exc).__name__}", close=True)
 
-        def _json(self, status: int, obj: object, close: bool = False) -> None:
-            self._send(status, dumps(obj), close=close)
 
-        def _error(self, status: int, msg: str, close: bool = False, allow: str | None = None, body: bool = True) -> None:
-            with stats.lock:
-                stats.errors += 1
-            self._send(status, json.dumps({"error": msg}).encode(), close=close, allow=allow, send_body=body)
+def make_handler(
+    models: dict[str, ServedModel], token: str | None, stats: Stats, max_body: int = MAX_BODY, timeout_s: float = IDLE_TIMEOUT_S,
+) -> type[KServeHandler]:
+    """A handler class bound to one server's models, token and counters.
 
-        def _has_body(self) -> bool:
-            return self.headers.get("Transfer-Encoding") is not None or self.headers.get("Content-Length", "0").strip() not in ("0", "")
-
-        def _authorised(self) -> bool:
-            if token is None or self.path.startswith("/v2/health/"):
-                return True
-            got = self.headers.get("Authorization", "")
-            return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())
-
-        def _model(self) -> tuple[ServedModel, str | None]:
-            m = _ROUTE.match(self.path.split("?", 1)[0])
-            if not m:
-                raise RequestError(404, f"no route {self.path}")
-            model = models.get(m["name"])
-            if model is None:
-                raise RequestError(404, f"unknown model {m['name']!r}; serving {sorted(models)}")
-            if m["version"] not in (None, model.version):
-                raise RequestError(404, f"model {model.name} has version {model.version} only")
-            return model, m["rest"]
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            # a GET never has a body we read: close after answering, so it is not parsed as a pipelined request
-            if self._has_body():
-                self.close_connection = True
-            try:
-                if not self._authorised():
-                    raise RequestError(401, "missing or wrong bearer token")
-                if self.path in ("/v2/health/live", "/v2/health/ready"):
-                    return self._json(200, {"live": True} if self.path.endswith("live") else {"ready": True})
-                if self.path == "/v2":
-                    return self._json(200, {"name": "cpcdrl", "version": __version__, "extensions": ["binary_tensor_data"]})
-                model, rest = self._model()
-                if rest == "/ready":
-                    return self._json(200, {"name": model.name, "ready": True})
-                if rest == "/config":
-                    return self._json(200, {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": 0, "input": model.inputs, "output": model.outputs})
-                if rest == "/stats":  # Triton's statistics extension, the counts only: what deploy's progress bar polls
-                    with stats.lock:
-                        counts = {"inference_count": stats.requests, "execution_count": stats.requests, "refused_count": stats.errors}
-                    return self._json(200, {"model_stats": [{"name": model.name, "version": model.version, **counts}]})
-                if rest is None:
-                    meta = {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx", "inputs": model.inputs, "outputs": model.outputs}
-                    return self._json(200, meta)
-                raise RequestError(405, f"{self.path} takes POST")
-            except RequestError as exc:
-                self._error(exc.status, str(exc), close=self.close_connection, allow="POST" if exc.status == 405 else None)
-
-        def do_POST(self) -> None:  # noqa: N802
-            length_h = self.headers.get("Content-Length")
-            try:
-                length = int(length_h) if length_h is not None else -1
-            except ValueError:
-                length = -2
-            # refuse before reading: an oversized or unsized body is never buffered
-            if length == -1:
-                return self._error(411, "Content-Length required (chunked bodies are not accepted)", close=True)
-            if length < 0 or length > max_body:
-                return self._error(413 if length > max_body else 400, f"body of {length_h} bytes refused (limit {max_body})", close=True)
-            try:
-                # route and token before the body: an unauthenticated client never makes us buffer its upload
-                if not self._authorised():
-                    raise RequestError(401, "missing or wrong bearer token")
-                if self.headers.get("Content-Encoding", "identity") not in ("identity", ""):
-                    raise RequestError(415, "compressed requests are not supported")
-                model, rest = self._model()
-                if rest != "/infer":
-                    raise RequestError(405, f"{self.path} takes GET")
-            except RequestError as exc:
-                return self._error(exc.status, str(exc), close=True, allow="GET" if exc.status == 405 else None)  # its body stays unread: close
-            try:
-                body = self.rfile.read(length)
-            except TimeoutError:
-                return self._error(408, f"body not received within {timeout_s:g} s", close=True)
-            if len(body) < length:
-                self.close_connection = True
-                return
-            try:
-                hl = self.headers.get("Inference-Header-Content-Length")
-                try:
-                    header_len = int(hl) if hl is not None else None
-                except ValueError:
-                    raise RequestError(400, "Inference-Header-Content-Length is not an integer") from None
-                feeds, req, names, binary = decode_infer(model, body, header_len)
-                t0 = time.perf_counter()
-                try:
-                    outs = model.session.run(names, feeds)  # type: ignore[attr-defined]
-                except Exception as exc:  # ORT rejects values it cannot run (e.g. inconsistent batch)
-                    raise RequestError(400, f"inference failed: {str(exc).splitlines()[0]}") from None
-                compute_ms = (time.perf_counter() - t0) * 1000.0
-                payload, header_len_out = encode_infer(model, req, names, dict(zip(names, outs)), binary, compute_ms)
-                with stats.lock:
-                    stats.requests += 1
-                self._send(200, payload, header_len_out)
-            except RequestError as exc:
-                self._error(exc.status, str(exc))
-            except Exception as exc:  # a bug, not the client's fault: still JSON, still serving
-                self._error(500, f"internal error: {type(exc).__name__}", close=True)
-
-    return Handler
+    ``timeout``: every read and write on the connection, so a slow or silent client cannot hold a thread forever.
+    """
+    attrs = {"models": models, "token": token, "stats": stats, "max_body": max_body, "timeout": timeout_s}
+    return type("Handler", (KServeHandler,), attrs)
 
 
 MAX_CONNECTIONS = 64

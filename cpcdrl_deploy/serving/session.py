@@ -26,7 +26,15 @@ from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.devices.remote import Device
 from cpcdrl_deploy.devices.testbed import host_cpus_preexec, load_state
 
-RUNNER = Path(__file__).resolve().parents[1] / "ondevice" / "runner.py"
+ONDEVICE = Path(__file__).resolve().parents[1] / "ondevice"
+RUNNER = ONDEVICE / "runner.py"
+RUNNER_FILES = (RUNNER, ONDEVICE / "datatypes.py")  # uploaded side by side: the runner imports the datatype table
+
+
+def upload_runner(dev: Device, remote_dir: str) -> None:
+    """The edge runner and the files it imports, into ``remote_dir`` on the device."""
+    for f in RUNNER_FILES:
+        dev.put(f, f"{remote_dir}/{f.name}")
 Log = Callable[[str], None]
 
 
@@ -143,7 +151,7 @@ def run_interleaved(
     remote_dir = None
     try:
         remote_dir = dev.mkdtemp()
-        dev.put(RUNNER, f"{remote_dir}/runner.py")
+        upload_runner(dev, remote_dir)
         dev.put(inputs, f"{remote_dir}/inputs.npy")
         tails = [p for p in plans if p.tail_dir is not None]
         if tails:
