@@ -13,6 +13,7 @@ protocol, so the optimiser does not care which one it gets.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -263,29 +264,84 @@ def misaligned_factor(row: dict, overhead_ms: float, stat: str = "ms") -> float:
 
 
 @dataclass(frozen=True)
+class SideTable:
+    """One host's table for one model, and the price of one of its layers run inside a model.
+
+    Each layer was timed as its own ONNX Runtime run: that run's cost comes
+    off each, the fixed part and the part that grows with the bytes copied
+    in and out (measured with the same statistic; older profiles hold only
+    the fixed part, or only the sustained one).
+    """
+
+    table: dict
+    stat: str
+
+    @classmethod
+    def of(cls, tables: dict, host: str, model: str, stat: str) -> SideTable:
+        if model not in tables:
+            name, _, runtime = model.partition("@")
+            how = f" --runtime {runtime}" if runtime else ""
+            raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {name}{how}")
+        return cls(tables[model], stat)
+
+    @property
+    def overhead_ms(self) -> float:
+        return self.table.get("run_overhead", {}).get(self.stat, self.table.get("run_overhead_ms", 0.0))
+
+    def alone(self, i: int, in_keep: float, out_keep: float) -> float:
+        """Layer ``i`` at these keep ratios, less its run's overhead; blocked and misaligned channel counts priced as measured."""
+        t, ov = self.table, self.overhead_ms
+        per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
+        block, dw_align = int(t.get("channel_block", 1)), int(t.get("dw_alignment", 1))
+        row = t["layers"][i - 1]
+        pts = row["points"]
+        # a depthwise conv off its fast path (a channel count that is not a multiple of the host's
+        # dw_alignment): its interpolated time x its own measured slowdown there (misaligned_factor)
+        slow = dw_align > 1 and "misaligned" in row and round(out_keep * row["out_channels"]) % dw_align != 0
+        if block > 1 and row.get("kind") in BLOCKED_KINDS:
+            in_keep = blocked_keep(in_keep, row["in_channels"], block)
+            out_keep = blocked_keep(out_keep, row["out_channels"], block)
+        io = interpolate_layer(pts, in_keep, out_keep, "io_bytes") if per_byte else 0.0
+        ms = max(0.0, interpolate_layer(pts, in_keep, out_keep, self.stat) - ov - per_byte * io)
+        return ms * misaligned_factor(row, ov, self.stat) if slow else ms
+
+    def total(self, layers: range, in_keep: Sequence[float], out_keep: Sequence[float]) -> float:
+        """The layers' times each less its run overhead, plus the fixed part of that overhead once."""
+        return self.overhead_ms + sum(self.alone(i, in_keep[i - 1], out_keep[i - 1]) for i in layers)
+
+    def anchor_points(self, side: str, cut: int, layers: range, whole_stat: str) -> list[tuple[float, float]]:
+        """(table sum, measured) of every whole model timed at ``cut``: the unpruned one, and on the
+        edge side the same head pruned uniformly to each grid keep (newer profiles); none untimed."""
+        timed = whole_timings(self.table, side, whole_stat)
+        if not timed.get((cut, 1.0)):
+            return []
+        n = max(layers, default=0)
+        points = [(self.total(layers, [1.0] * n, [1.0] * n), timed[(cut, 1.0)])]
+        for h in self.table.get("pruned_heads", []) if side == "heads" else []:
+            if h["cut"] == cut and timed.get((h["cut"], h["keep"])):
+                points.append((self.total(layers, h["in_keep"], h["out_keep"]), timed[(h["cut"], h["keep"])]))
+        return points
+
+
+@dataclass(frozen=True)
 class TableLatencyModel:
     """Latency from per-layer tables measured on each host (``cpcdrl profile``).
 
     With ``anchor`` (the default) each side is tied to whole models timed at
-    the plan's cut. The tables alone see each layer as its own run; inside one
-    model the layers share caches and one run's overhead, and on the emulated
-    Pi their sums came out 23.4 % (MobileNet) and 4.7 % (VGG16) off the heads
-    at the median (benchmarks/results/profile). An unpruned plan is predicted
-    by its own measured head (tail). A pruned head, where the profile timed
-    the head pruned uniformly to each grid keep, is placed between those
-    heads by its table sum (``anchored``); without them it is the unpruned
-    head x table_sum(plan) / table_sum(unpruned), which missed the uniformly
-    pruned heads by a median +38.0 % (MobileNet) and -3.0 % (VGG16, median
-    absolute 16.4 %). The whole timings are first bounded by every larger
-    model's (``whole_timings``). Profiles without head/tail timings, and
-    ``anchor=False`` (what ``compare`` checks), use the plain sums. Where the
-    profile measured the host's ``channel_block``, a convolution's kept
-    channels are priced as whole blocks (``blocked_keep``), and a depthwise
-    conv whose channel count is not a multiple of the host's measured
-    ``dw_alignment`` at its own measured slowdown (``misaligned_factor``).
-    Where the profile timed the whole models after idle too (``cold``), a
-    side that waits for the rest of each request is anchored to those
-    timings.
+    the plan's cut: the tables alone see each layer as its own run, while
+    inside one model the layers share caches and one run's overhead
+    (docs/measuring.md has the measured gaps). An unpruned plan is predicted
+    by its own measured head (tail); a pruned head is placed between the
+    uniformly pruned heads the profile timed by its table sum (``anchored``),
+    or without them scaled from the unpruned head by the table sums. The
+    whole timings are first bounded by every larger model's
+    (``whole_timings``). Profiles without head/tail timings, and
+    ``anchor=False`` (what ``compare`` checks), use the plain sums. Kept
+    channels are priced as whole blocks where the host has a
+    ``channel_block`` and depthwise convs off ``dw_alignment`` at their
+    measured slowdown (``SideTable.alone``). Where the profile timed the
+    whole models after idle too (``cold``), a side that waits for the rest
+    of each request is anchored to those timings.
     """
 
     edge_tables: dict  # model -> {"layers": [{"index", "points"}], "run_overhead_ms", "heads", "tails"}
@@ -319,55 +375,20 @@ class TableLatencyModel:
     def _sum(
         self, tables: dict, host: str, model: str, shape: PlanShape, layers: range, whole: tuple[str, int] | None = None, cold: bool = False,
     ) -> float:
-        """Sum of the layers' times, each less its run overhead, plus the fixed part of that overhead once.
+        """The plan's table sum on one side (``SideTable.total``), anchored to the whole models timed at its cut.
 
         ``whole``: ("heads", cut) or ("tails", cut), the whole-model timing to anchor the sum to;
         ``cold``: this side idles between requests (``TableLatencyModel.cold``).
         """
-        if model not in tables:
-            name, _, runtime = model.partition("@")
-            how = f" --runtime {runtime}" if runtime else ""
-            raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {name}{how}")
-        t = tables[model]
-        # each layer was timed as its own ONNX Runtime run: take that run's cost off each, the fixed
-        # part and the part that grows with the bytes copied in and out (measured with the same
-        # statistic; older profiles hold only the fixed part, or only the sustained one)
-        rows, ov = t["layers"], t.get("run_overhead", {}).get(self.stat, t.get("run_overhead_ms", 0.0))
-        per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
-        block = int(t.get("channel_block", 1))
-        dw_align = int(t.get("dw_alignment", 1))
-
-        def alone(i: int, in_keep: float, out_keep: float) -> float:
-            row = rows[i - 1]
-            pts = row["points"]
-            # a depthwise conv off its fast path (a channel count that is not a multiple of the host's
-            # dw_alignment): its interpolated time x its own measured slowdown there (misaligned_factor)
-            slow = dw_align > 1 and "misaligned" in row and round(out_keep * row["out_channels"]) % dw_align != 0
-            if block > 1 and row.get("kind") in BLOCKED_KINDS:
-                in_keep = blocked_keep(in_keep, row["in_channels"], block)
-                out_keep = blocked_keep(out_keep, row["out_channels"], block)
-            io = interpolate_layer(pts, in_keep, out_keep, "io_bytes") if per_byte else 0.0
-            ms = max(0.0, interpolate_layer(pts, in_keep, out_keep, self.stat) - ov - per_byte * io)
-            return ms * misaligned_factor(row, ov, self.stat) if slow else ms
-
-        plan = ov + sum(alone(i, shape.in_keep[i - 1], shape.out_keep[i - 1]) for i in layers)
+        side = SideTable.of(tables, host, model, self.stat)
+        plan = side.total(layers, shape.in_keep, shape.out_keep)
         if not (self.anchor and whole):
             return plan
-        whole_stat = self._whole_stat(t, whole[0], cold)
+        whole_stat = self._whole_stat(side.table, whole[0], cold)
         key = (whole[0], model, whole[1], whole_stat)
         if key not in self._anchor_points:  # they depend on the tables and the cut, not on the plan: once each
-            # (table sum, measured) of every whole model timed at this cut: the unpruned one, and on the
-            # edge side the same head pruned uniformly to each grid keep (newer profiles); none untimed
-            timed = whole_timings(t, whole[0], whole_stat)
-            points = []
-            if timed.get((whole[1], 1.0)):
-                points.append((ov + sum(alone(i, 1.0, 1.0) for i in layers), timed[(whole[1], 1.0)]))
-                for h in t.get("pruned_heads", []) if whole[0] == "heads" else []:
-                    if h["cut"] == whole[1] and timed.get((h["cut"], h["keep"])):
-                        points.append((ov + sum(alone(i, h["in_keep"][i - 1], h["out_keep"][i - 1]) for i in layers), timed[(h["cut"], h["keep"])]))
-            self._anchor_points[key] = points
-        points = self._anchor_points[key]
-        return anchored(plan, points)
+            self._anchor_points[key] = side.anchor_points(whole[0], whole[1], layers, whole_stat)
+        return anchored(plan, self._anchor_points[key])
 
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -107,23 +108,36 @@ class PlanEvaluator:
             if hit.cut != cut:  # the unpruned model scores the same at every cut
                 hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se)
             return hit
+        score = self._score(cut, list(ratios), shape, pruned_any, per_cut, screen)
+        screened = screen and score.images < len(self.val_y)  # a one-chunk validation set is scored in full anyway
+        self.timers.screened += int(screened)
+        eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
+        kept = sum(shape.layer_macs) / self.analysis.total_macs
+        ev = Evaluation(cut, eff, score.accuracy, score.images, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=score.drop_se)
+        self._cache[key] = ev
+        return ev
+
+    def _score(self, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool) -> ChunkScore:
+        """The plan's validation score: from the persistent cache as far as it goes, else pruned and scored here."""
         t0 = time.perf_counter()
         store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
         stored = self.store.get(*store_key) if self.store is not None else None
-        acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen)
+        score = self._chunks(stored, one_chunk=screen)
         t1 = t2 = time.perf_counter()
-        if acc is None:  # not in the persistent cache, or not far enough: prune and score
+        if score is None:  # not in the persistent cache, or not far enough: prune and score
             if pruned_any:
-                net = self.on_wire(scoring_copy(prune(self.model, self.analysis, cut, list(ratios), self.calibration, self.prune_config, self.groups).model), cut)
+                pruned = prune(self.model, self.analysis, cut, ratios, self.calibration, self.prune_config, self.groups).model
+                net: torch.nn.Module | None = self.on_wire(scoring_copy(pruned), cut)
             elif per_cut:  # unpruned through a lossy wire
                 net = self.on_wire(scoring_copy(self.model), cut)
             else:  # the unpruned model itself: its predictions are the pairs, already computed
                 net = None
             t1 = time.perf_counter()
-            acc, n, counts, sizes, changed, se = self._replay(stored, one_chunk=screen, net=net, from_pairs=net is None)
+            score = self._chunks(stored, one_chunk=screen, net=net, from_pairs=net is None)
+            assert score is not None
             t2 = time.perf_counter()
             if self.store is not None:
-                self.store.put(*store_key, CachedScore(tuple(counts), tuple(sizes), tuple(changed)))
+                self.store.put(*store_key, CachedScore(tuple(score.counts), tuple(score.sizes), tuple(score.changed)))
             self.timers.evaluations += 1
         else:
             self.timers.store_hits += 1
@@ -132,13 +146,7 @@ class PlanEvaluator:
         self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
         self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
         self.timers.accuracy_s += t2 - t1
-        screened = screen and n < len(self.val_y)  # a one-chunk validation set is scored in full anyway
-        self.timers.screened += int(screened)
-        eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
-        kept = sum(shape.layer_macs) / self.analysis.total_macs
-        ev = Evaluation(cut, eff, acc, n, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=se)
-        self._cache[key] = ev
-        return ev
+        return score
 
     def on_wire(self, net: torch.nn.Module, cut: int) -> torch.nn.Module:
         """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""
@@ -146,58 +154,76 @@ class PlanEvaluator:
             return net
         return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
-    def _replay(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False) -> tuple:
-        """Score chunk by chunk under the stopping rules, taking each chunk's counts from ``stored`` where it has them.
-
-        ``from_pairs``: the plan is the unpruned model, scored from
-        ``unpruned_correct()`` rather than by a second pass. Otherwise, without
-        ``net``, returns (None, ...) as soon as a chunk is needed that
-        ``stored`` lacks. Returns (accuracy %, images scored, counts, sizes,
-        changed counts, paired standard error of the drop in points).
-        """
-        counts: list[int] = []
-        sizes: list[int] = []
-        changed: list[int] = []
-        correct, seen, base_correct = 0, 0, 0
-        base_ok = self.unpruned_correct()
-        for i, start in enumerate(range(0, len(self.val_y), self.chunk)):
-            y = self.val_y[start : start + self.chunk]
-            ok0 = base_ok[start : start + self.chunk]
-            if stored is not None and i < len(stored.chunk_correct) and i < len(stored.chunk_changed) and stored.chunk_sizes[i] == len(y):
-                c, d = stored.chunk_correct[i], stored.chunk_changed[i]
-            elif from_pairs:
-                c, d = int(ok0.sum()), 0
-            elif net is None:
-                return None, 0, [], [], [], 0.0
-            else:
-                ok = predict(net, self.val_x[start : start + self.chunk]) == y
-                c, d = int(ok.sum()), int((ok != ok0).sum())
-            counts.append(c)
-            sizes.append(len(y))
-            changed.append(d)
-            correct += c
-            seen += len(y)
-            base_correct += int(ok0.sum())
-            if one_chunk:
-                break
-            if self.a0 is not None and seen < len(self.val_y):
-                p = correct / seen
-                ucb = 100.0 * (p + 3.0 * math.sqrt(max(p * (1 - p), 1e-4) / seen))
-                if ucb < self.a0:
-                    self.timers.early_stops += 1
-                    break
-        seen = max(1, seen)
-        drop = (base_correct - correct) / seen  # per image: +1 lost, -1 gained, 0 unchanged; mean = the drop
-        # one changed image more than counted: a plan that changed none of the images scored is not
-        # thereby certain to lose nothing (the "rule of three" worry), and its margin must not be 0
-        var = max((sum(changed) + 1) / seen - drop * drop, 0.0)
-        return 100.0 * correct / seen, seen, counts, sizes, changed, 100.0 * math.sqrt(var / seen)
+    def _chunks(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False) -> ChunkScore | None:
+        score = score_in_chunks(self.val_x, self.val_y, self.unpruned_correct(), self.chunk, self.a0, stored, one_chunk, net, from_pairs)
+        if score is not None and score.early_stop:
+            self.timers.early_stops += 1
+        return score
 
     def unpruned_correct(self) -> torch.Tensor:
         """Which validation images the unpruned model gets right (computed once): the pairs for each plan's drop."""
         if self._base_ok is None:
             self._base_ok = predict(scoring_copy(self.model), self.val_x) == self.val_y
         return self._base_ok
+
+
+class ChunkScore(NamedTuple):
+    accuracy: float  # percent of the images scored
+    images: int
+    counts: list[int]  # correct per chunk
+    sizes: list[int]
+    changed: list[int]  # per chunk: images whose right/wrong differs from the unpruned model's
+    drop_se: float  # paired standard error of the drop, in points
+    early_stop: bool = False
+
+
+def score_in_chunks(
+    val_x: torch.Tensor, val_y: torch.Tensor, base_ok: torch.Tensor, chunk: int, a0: float | None, stored: CachedScore | None,
+    one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False,
+) -> ChunkScore | None:
+    """Score chunk by chunk under the stopping rules, taking each chunk's counts from ``stored`` where it has them.
+
+    ``from_pairs``: the plan is the unpruned model, scored from ``base_ok``
+    (which images it gets right) rather than by a second pass. Otherwise,
+    without ``net``, returns None as soon as a chunk is needed that
+    ``stored`` lacks. Stops early once the upper confidence bound falls below ``a0``.
+    """
+    counts: list[int] = []
+    sizes: list[int] = []
+    changed: list[int] = []
+    correct, seen, base_correct, stopped = 0, 0, 0, False
+    for i, start in enumerate(range(0, len(val_y), chunk)):
+        y = val_y[start : start + chunk]
+        ok0 = base_ok[start : start + chunk]
+        if stored is not None and i < len(stored.chunk_correct) and i < len(stored.chunk_changed) and stored.chunk_sizes[i] == len(y):
+            c, d = stored.chunk_correct[i], stored.chunk_changed[i]
+        elif from_pairs:
+            c, d = int(ok0.sum()), 0
+        elif net is None:
+            return None
+        else:
+            ok = predict(net, val_x[start : start + chunk]) == y
+            c, d = int(ok.sum()), int((ok != ok0).sum())
+        counts.append(c)
+        sizes.append(len(y))
+        changed.append(d)
+        correct += c
+        seen += len(y)
+        base_correct += int(ok0.sum())
+        if one_chunk:
+            break
+        if a0 is not None and seen < len(val_y):
+            p = correct / seen
+            ucb = 100.0 * (p + 3.0 * math.sqrt(max(p * (1 - p), 1e-4) / seen))
+            if ucb < a0:
+                stopped = True
+                break
+    seen = max(1, seen)
+    drop = (base_correct - correct) / seen  # per image: +1 lost, -1 gained, 0 unchanged; mean = the drop
+    # one changed image more than counted: a plan that changed none of the images scored is not
+    # thereby certain to lose nothing (the "rule of three" worry), and its margin must not be 0
+    var = max((sum(changed) + 1) / seen - drop * drop, 0.0)
+    return ChunkScore(100.0 * correct / seen, seen, counts, sizes, changed, 100.0 * math.sqrt(var / seen), stopped)
 
 
 class CompressionStates:

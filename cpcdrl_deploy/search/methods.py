@@ -194,6 +194,40 @@ def _episode_reward(ev: Evaluation, track: _Tracker, t_ref: tuple[float, float],
     return reward(track.decision_accuracy(ev), track.a0, ev.kept_macs_fraction, ev.latency.total_ms, t_ref[0], cfg.reward, infeasible_ms=t_ref[1])
 
 
+@dataclass
+class _RL:
+    """The state of one ``run_rl`` search: both agents, the tracker, the reward's references, A_p's state."""
+
+    evaluator: PlanEvaluator
+    cfg: SearchConfig
+    method: str
+    allowed: list[int]
+    fixed_cut: int | None
+    track: _Tracker
+    states: CompressionStates
+    ddpg: DDPGAgent
+    dqn: DQNAgent | None
+    rng: np.random.Generator
+    t_ref: tuple[float, float]
+    warm: int  # warm-up episodes of random actions
+    n_rl: int
+    s_p: np.ndarray
+    # A_p is paid for the best strategy A_c has found at its cut so far (Alg. 1
+    # line 5 "receive compression ratios from A_c", Alg. 2's output "the optimal
+    # compression strategy"), not for A_c's latest exploratory try: otherwise
+    # every cut whose layers A_c is still exploring looks worse than cut 0, the
+    # one cut with nothing to compress, and A_p settles there.
+    best_at_cut: dict[int, float] = field(default_factory=dict)
+
+    def reward(self, ev: Evaluation) -> float:
+        return _episode_reward(ev, self.track, self.t_ref, self.cfg)
+
+    def say_best(self, what: str, progress: Progress | None, none: str = "none yet") -> None:
+        if progress:
+            b = self.track.result.best
+            progress(f"[{self.method}] {what}; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else none))
+
+
 def run_rl(
     evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None, method: str | None = None,
 ) -> SearchResult:
@@ -205,15 +239,31 @@ def run_rl(
     whole budget of proposals, the uniform start and the refinement included.
     """
     t_start = time.perf_counter()
-    a = evaluator.analysis
-    n = a.n_layers
-    allowed = partition_actions(evaluator, cfg)
-    method = method or ("cpcdrl" if fixed_cut is None else "edge-pruned")
     if fixed_cut is not None:
         cfg = replace(cfg, uniform_start=False, refine_fraction=0.0, margin_se=0.0)
+    rl = _setup_rl(evaluator, a0, cfg, fixed_cut, method or ("cpcdrl" if fixed_cut is None else "edge-pruned"))
     n_start, n_rl, n_refine = cfg.budget_split()
+    if rl.dqn is not None and cfg.unpruned_prior:
+        _unpruned_prior(rl, rl.dqn, progress)
+    if n_start:
+        _start_uniform(rl, n_start)
+        rl.say_best(f"uniform start: {n_start} plans", progress)
+    for episode in range(n_rl):
+        _rl_episode(rl, episode, progress)
+    if n_refine:
+        _refine(evaluator, cfg, rl.track, n_refine, rl.reward, rl.allowed if fixed_cut is None else [fixed_cut])
+        rl.say_best(f"refinement: {n_refine} proposals", progress, none="none")
+    rl.track.result.episodes = len(rl.track.result.rewards)  # proposals made: the refinement stops early when nothing is left to try
+    return rl.track.finish(time.perf_counter() - t_start)
+
+
+def _setup_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None, method: str) -> _RL:
+    """Both agents and the search's state; the agents' seeds drawn in a fixed order, so a seed repeats a run."""
+    n = evaluator.analysis.n_layers
+    allowed = partition_actions(evaluator, cfg)
+    _, n_rl, _ = cfg.budget_split()
     track = _Tracker(method, a0, evaluator.live, evaluator.tick, cfg.episodes, margin=margin_rule(cfg, a0, len(evaluator.val_y)))
-    states = CompressionStates(a)
+    states = CompressionStates(evaluator.analysis)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
     warm = min(cfg.warmup_episodes, max(0, n_rl - 1))
     if ddpg_cfg.sigma_decay is None:  # explore until the last episode, then exploit (sigma_min)
@@ -223,89 +273,82 @@ def run_rl(
     dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
     rng = np.random.default_rng(cfg.seed + 2)
     t_ref = reference_latencies(evaluator, allowed if fixed_cut is None else [*allowed, fixed_cut])
-    s_p = partition_state([], n, n)
-    # A_p is paid for the best strategy A_c has found at its cut so far (Alg. 1
-    # line 5 "receive compression ratios from A_c", Alg. 2's output "the optimal
-    # compression strategy"), not for A_c's latest exploratory try: otherwise
-    # every cut whose layers A_c is still exploring looks worse than cut 0, the
-    # one cut with nothing to compress, and A_p settles there.
-    best_at_cut: dict[int, float] = {}
-    if dqn is not None and cfg.unpruned_prior:
-        if progress:
-            progress(f"[cpcdrl] A_p chooses among cuts {allowed} (the others cannot beat {t_ref[0]:.1f} ms even at keep {cfg.r_min})")
-        # Free prior knowledge: the unpruned model's accuracy is measured once, so
-        # every unpruned split's reward costs no evaluation. A_p starts from those
-        # (Neurosurgeon's view), and the best of them is a known feasible plan.
-        for c in allowed:
-            ev0 = evaluator.evaluate(c, [1.0] * c)
-            best_at_cut[c] = _episode_reward(ev0, track, t_ref, cfg)
-            dqn.observe(s_p, c, best_at_cut[c], s_p, False)
-            if ev0.latency.total_ms == t_ref[0]:
-                track.add(ev0)
-    if n_start:
-        for ev in _uniform_start(evaluator, cfg, allowed, track, n_start):
-            r = _episode_reward(ev, track, t_ref, cfg)
-            track.result.rewards.append(r)
-            acts = [float(np.clip((k - cfg.r_min) / max(1e-9, 1.0 - cfg.r_min), 0.0, 1.0)) for k in ev.ratios]
-            _observe_episode(ddpg, states, ev.cut, acts, r)
-            best_at_cut[ev.cut] = max(best_at_cut.get(ev.cut, -np.inf), r)
-            if dqn is not None:
-                dqn.observe(s_p, ev.cut, best_at_cut[ev.cut], partition_state(ev.ratios, ev.cut, n), False)
-        if progress:
-            b = track.result.best
-            progress(f"[{method}] uniform start: {n_start} plans; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else "none yet"))
-    for episode in range(n_rl):
-        t_agent = time.perf_counter()
-        exploring = episode < warm
+    return _RL(evaluator, cfg, method, allowed, fixed_cut, track, states, ddpg, dqn, rng, t_ref, warm, n_rl, partition_state([], n, n))
+
+
+def _unpruned_prior(rl: _RL, dqn: DQNAgent, progress: Progress | None) -> None:
+    """Free prior knowledge: the unpruned model's accuracy is measured once, so every unpruned split's reward
+    costs no evaluation. A_p starts from those (Neurosurgeon's view), and the best of them is a known feasible plan."""
+    if progress:
+        progress(f"[cpcdrl] A_p chooses among cuts {rl.allowed} (the others cannot beat {rl.t_ref[0]:.1f} ms even at keep {rl.cfg.r_min})")
+    for c in rl.allowed:
+        ev0 = rl.evaluator.evaluate(c, [1.0] * c)
+        rl.best_at_cut[c] = rl.reward(ev0)
+        dqn.observe(rl.s_p, c, rl.best_at_cut[c], rl.s_p, False)
+        if ev0.latency.total_ms == rl.t_ref[0]:
+            rl.track.add(ev0)
+
+
+def _start_uniform(rl: _RL, n_start: int) -> None:
+    """The uniform start's plans, fed to both agents as if they had proposed them."""
+    cfg, n = rl.cfg, rl.evaluator.analysis.n_layers
+    for ev in _uniform_start(rl.evaluator, cfg, rl.allowed, rl.track, n_start):
+        r = rl.reward(ev)
+        rl.track.result.rewards.append(r)
+        acts = [float(np.clip((k - cfg.r_min) / max(1e-9, 1.0 - cfg.r_min), 0.0, 1.0)) for k in ev.ratios]
+        _observe_episode(rl.ddpg, rl.states, ev.cut, acts, r)
+        rl.best_at_cut[ev.cut] = max(rl.best_at_cut.get(ev.cut, -np.inf), r)
+        if rl.dqn is not None:
+            rl.dqn.observe(rl.s_p, ev.cut, rl.best_at_cut[ev.cut], partition_state(ev.ratios, ev.cut, n), False)
+
+
+def _rl_episode(rl: _RL, episode: int, progress: Progress | None) -> None:
+    """A_p picks a cut, A_c a keep ratio per edge layer; the plan is scored and both agents learn."""
+    cfg, ev_, ddpg, dqn = rl.cfg, rl.evaluator, rl.ddpg, rl.dqn
+    t_agent = time.perf_counter()
+    exploring = episode < rl.warm
+    if dqn is not None:
+        dqn.set_exploration((episode - rl.warm) / max(1, rl.n_rl - rl.warm - 1) if not exploring else 0.0)
+        cut = int(rl.rng.choice(rl.allowed)) if exploring else dqn.act(rl.s_p, rl.allowed)
+    else:
+        cut = int(rl.fixed_cut)  # type: ignore[arg-type]
+    obs_list, actions, ratios = [], [], []
+    prev = 1.0
+    # Warm-up actions scatter around one random level per episode: independent
+    # uniform actions over 14-28 layers almost surely cut some layer to the
+    # bone, so the replay buffer would hold nothing but failures.
+    level = ddpg.random_action()
+    for t in range(1, cut + 1):
+        obs = rl.states.state(t, prev, cut)
+        act = truncated_normal(level, cfg.warmup_sigma, ddpg.rng) if exploring else ddpg.act(obs)
+        obs_list.append(obs)
+        actions.append(act)
+        ratios.append(keep_ratio(act, cfg.r_min))
+        prev = act
+    ev_.timers.agents_s += time.perf_counter() - t_agent
+    ev = ev_.evaluate(cut, ratios, incumbent_ms=rl.track.incumbent_ms)
+    t_agent = time.perf_counter()
+    r = rl.reward(ev)
+    rl.track.add(ev)
+    rl.track.result.rewards.append(r)
+    _store_transitions(ddpg, obs_list, actions, r)
+    next_s_p = partition_state(ev.ratios, cut, ev_.analysis.n_layers)
+    rl.best_at_cut[cut] = max(rl.best_at_cut.get(cut, -np.inf), r)
+    if dqn is not None:
+        dqn.observe(rl.s_p, cut, rl.best_at_cut[cut] if cfg.pay_best_at_cut else r, next_s_p, False)
+    rl.s_p = next_s_p
+    if not exploring:
+        ddpg.learn()
+        ddpg.decay_exploration()
         if dqn is not None:
-            dqn.set_exploration((episode - warm) / max(1, n_rl - warm - 1) if not exploring else 0.0)
-            cut = int(rng.choice(allowed)) if exploring else dqn.act(s_p, allowed)
-        else:
-            cut = int(fixed_cut)  # type: ignore[arg-type]
-        obs_list, actions, ratios = [], [], []
-        prev = 1.0
-        # Warm-up actions scatter around one random level per episode: independent
-        # uniform actions over 14-28 layers almost surely cut some layer to the
-        # bone, so the replay buffer would hold nothing but failures.
-        level = ddpg.random_action()
-        for t in range(1, cut + 1):
-            obs = states.state(t, prev, cut)
-            act = truncated_normal(level, cfg.warmup_sigma, ddpg.rng) if exploring else ddpg.act(obs)
-            obs_list.append(obs)
-            actions.append(act)
-            ratios.append(keep_ratio(act, cfg.r_min))
-            prev = act
-        evaluator.timers.agents_s += time.perf_counter() - t_agent
-        ev = evaluator.evaluate(cut, ratios, incumbent_ms=track.incumbent_ms)
-        t_agent = time.perf_counter()
-        r = _episode_reward(ev, track, t_ref, cfg)
-        track.add(ev)
-        track.result.rewards.append(r)
-        _store_transitions(ddpg, obs_list, actions, r)
-        next_s_p = partition_state(ev.ratios, cut, n)
-        best_at_cut[cut] = max(best_at_cut.get(cut, -np.inf), r)
-        if dqn is not None:
-            dqn.observe(s_p, cut, best_at_cut[cut] if cfg.pay_best_at_cut else r, next_s_p, False)
-        s_p = next_s_p
-        if not exploring:
-            ddpg.learn()
-            ddpg.decay_exploration()
-            if dqn is not None:
-                dqn.learn()
-        evaluator.timers.agents_s += time.perf_counter() - t_agent
-        if progress and ((episode + 1) % max(1, n_rl // 4) == 0 or episode + 1 == n_rl):  # the bar shows the count; this, what is found
-            b = track.result.best
-            progress(
-                f"[{method}] episode {episode + 1}/{n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, {ev.latency.total_ms:.1f} ms; best feasible "
-                + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
-            )
-    if n_refine:
-        _refine(evaluator, cfg, track, n_refine, lambda ev: _episode_reward(ev, track, t_ref, cfg), allowed if fixed_cut is None else [fixed_cut])
-        if progress:
-            b = track.result.best
-            progress(f"[{method}] refinement: {n_refine} proposals; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else "none"))
-    track.result.episodes = len(track.result.rewards)  # proposals made: the refinement stops early when nothing is left to try
-    return track.finish(time.perf_counter() - t_start)
+            dqn.learn()
+    ev_.timers.agents_s += time.perf_counter() - t_agent
+    if progress and ((episode + 1) % max(1, rl.n_rl // 4) == 0 or episode + 1 == rl.n_rl):  # the bar shows the count; this, what is found
+        b = rl.track.result.best
+        progress(
+            f"[{rl.method}] episode {episode + 1}/{rl.n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, {ev.latency.total_ms:.1f} ms; "
+            "best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
+        )
 
 
 def _store_transitions(ddpg: DDPGAgent, obs_list: list[np.ndarray], actions: list[float], r: float) -> None:
@@ -395,49 +438,22 @@ def _refine(
     """
     a = evaluator.analysis
     pool = [c for c in (cuts if cuts is not None else a.cuttable_points()) if c > 0]
-    steps: dict[tuple[int, int], float] = {}
+    steps: dict[tuple[int, ...], float] = {}
     done: set[int] = set()
     exchanged: set[int] = set()  # cuts whose exchanges are exhausted too
     cur = track.result.best
     used = 0
     while used < budget and cur is not None:
         cut, ratios, cur_ms = cur.cut, list(cur.ratios), cur.latency.total_ms
-        cands: list[tuple[float, tuple[int, int], int, list[float], float]] = []
-        for t in range(cut):
-            block = _block(evaluator, t)
-            # the first step is at least one block: a narrow layer (32 channels in blocks of 8: 0.25)
-            # must get its one try, not be skipped as if a smaller step had already failed
-            step = steps.get((cut, t), max(0.2, block))
-            if step < block - 1e-9 or ratios[t] - block < cfg.r_min - 1e-9:
-                continue
-            r2 = ratios.copy()
-            r2[t] = max(cfg.r_min, ratios[t] - step)
-            gain = cur_ms - evaluator.price(cut, r2)[1].total_ms
-            if gain > 1e-6:
-                cands.append((gain, (cut, t), cut, r2, step))
-        for c2 in (cut - 1, cut + 1):  # the same ratios one cut earlier or later
-            if 0 < c2 <= a.n_layers and c2 in a.cuttable_points() and steps.get((c2, -1), 1.0) > 0:
-                r2 = ratios[:c2] if c2 < cut else [*ratios, ratios[-1] if ratios else 1.0]
-                gain = cur_ms - evaluator.price(c2, r2)[1].total_ms
-                if gain > 1e-6:
-                    cands.append((gain, (c2, -1), c2, r2, 1.0))
+        cands = _single_moves(evaluator, cfg, cut, ratios, cur_ms, steps)
         if not cands and cfg.refine_exchange and cut not in exchanged:
             cands = _exchanges(evaluator, cfg, cut, ratios, cur_ms, steps)
             if not cands:
                 exchanged.add(cut)
         if not cands:
             done.add(cut)
-            nxt = _next_cut(evaluator, cfg, track, pool, done) if cfg.refine_other_cuts else None
-            cur = None if nxt is None else track.best_at_cut.get(nxt)
-            if nxt is not None and cur is None:  # no feasible plan there yet: one proposal scores its unpruned split
-                ev = evaluator.evaluate(nxt, [1.0] * nxt)
-                track.add(ev)
-                track.result.rewards.append(reward_of(ev))
-                used += 1
-                cur = track.best_at_cut.get(nxt)
-                if cur is None:  # even unpruned it misses A0 (a lossy wire): nothing to descend from
-                    done.add(nxt)
-                    cur = track.result.best
+            cur, spent = _descend_elsewhere(evaluator, cfg, track, pool, done, reward_of)
+            used += spent
             continue
         _, key, c2, r2, step = max(cands, key=lambda x: x[0])
         # below the best plan only a one-chunk estimate is needed; a descent at another cut
@@ -453,6 +469,54 @@ def _refine(
                     del steps[k]
         else:
             steps[key] = 0.0 if key[1] < 0 else step / 2
+
+
+Move = tuple[float, tuple[int, ...], int, list[float], float]  # (predicted gain ms, step key, cut, ratios, step)
+
+
+def _single_moves(evaluator: PlanEvaluator, cfg: SearchConfig, cut: int, ratios: list[float], cur_ms: float,
+                  steps: dict[tuple[int, ...], float]) -> list[Move]:
+    """Every single change that saves predicted latency: one layer's keep lowered by its step, or the cut moved by one."""
+    a = evaluator.analysis
+    cands: list[Move] = []
+    for t in range(cut):
+        block = _block(evaluator, t)
+        # the first step is at least one block: a narrow layer (32 channels in blocks of 8: 0.25)
+        # must get its one try, not be skipped as if a smaller step had already failed
+        step = steps.get((cut, t), max(0.2, block))
+        if step < block - 1e-9 or ratios[t] - block < cfg.r_min - 1e-9:
+            continue
+        r2 = ratios.copy()
+        r2[t] = max(cfg.r_min, ratios[t] - step)
+        gain = cur_ms - evaluator.price(cut, r2)[1].total_ms
+        if gain > 1e-6:
+            cands.append((gain, (cut, t), cut, r2, step))
+    for c2 in (cut - 1, cut + 1):  # the same ratios one cut earlier or later
+        if 0 < c2 <= a.n_layers and c2 in a.cuttable_points() and steps.get((c2, -1), 1.0) > 0:
+            r2 = ratios[:c2] if c2 < cut else [*ratios, ratios[-1] if ratios else 1.0]
+            gain = cur_ms - evaluator.price(c2, r2)[1].total_ms
+            if gain > 1e-6:
+                cands.append((gain, (c2, -1), c2, r2, 1.0))
+    return cands
+
+
+def _descend_elsewhere(
+    evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool: list[int], done: set[int], reward_of: Callable[[Evaluation], float],
+) -> tuple[Evaluation | None, int]:
+    """(where the descent goes on, proposals spent getting there) once a cut has nothing left to try; (None, 0) ends it."""
+    nxt = _next_cut(evaluator, cfg, track, pool, done) if cfg.refine_other_cuts else None
+    cur = None if nxt is None else track.best_at_cut.get(nxt)
+    if nxt is None or cur is not None:
+        return cur, 0
+    # no feasible plan there yet: one proposal scores its unpruned split
+    ev = evaluator.evaluate(nxt, [1.0] * nxt)
+    track.add(ev)
+    track.result.rewards.append(reward_of(ev))
+    cur = track.best_at_cut.get(nxt)
+    if cur is None:  # even unpruned it misses A0 (a lossy wire): nothing to descend from
+        done.add(nxt)
+        cur = track.result.best
+    return cur, 1
 
 
 def _block(evaluator: PlanEvaluator, t: int) -> float:
