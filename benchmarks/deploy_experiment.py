@@ -24,7 +24,6 @@ one nearest it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args, read_json
 from cpcdrl_deploy.deploy.run import DeployRequest, deploy, repredict
 from cpcdrl_deploy.search.methods import METHODS, SearchConfig
 from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
@@ -82,7 +81,7 @@ def main() -> None:
         if args.repredict:
             return repredict(rep_path)
         if args.resume and rep_path.exists():
-            return json.loads(rep_path.read_text())
+            return read_json(rep_path)
         n = request_count(plan_path, args.requests, args.min_seconds)
         return deploy(DeployRequest(plan_path, edge=args.host, requests=n, data=args.data, out=rep_path.parent,
                                     edge_profile=args.edge_profile, cloud_profile=args.cloud_profile, **kw), log)
@@ -103,7 +102,7 @@ def main() -> None:
         ckpt = SHARED / "models" / f"{model}-cifar10.pth"
         opt_path = out / model / "optimize.json"
         if args.resume and opt_path.exists():
-            res = json.loads(opt_path.read_text())
+            res = read_json(opt_path)
         else:
             req = OptimizeRequest(
                 model=model, checkpoint=ckpt, data=args.data, edge=args.edge_profile, cloud=args.cloud_profile, max_accuracy_loss=args.loss,
@@ -154,7 +153,7 @@ def request_count(plan_path: Path, requests: int, min_seconds: float) -> int:
     Short requests get more of them: this VM has slow spells of 0.5-5 s, and 300
     requests of 4 ms (1.2 s) can fall wholly inside one.
     """
-    predicted = float((json.loads(plan_path.read_text()).get("latency_ms") or {}).get("total_ms") or 0.0)
+    predicted = float((read_json(plan_path).get("latency_ms") or {}).get("total_ms") or 0.0)
     return max(requests, min(MAX_REQUESTS, math.ceil(min_seconds * 1000.0 / predicted))) if predicted > 0 else requests
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_json, read_json
 from cpcdrl_deploy.deploy.bench import BenchRequest, bench, paired_ratio
 from cpcdrl_deploy.deploy.run import shape_of
 from cpcdrl_deploy.measure.fidelity import fidelity
@@ -197,9 +197,9 @@ def main() -> int:
     try:
         edge, cloud = Path(args.profiles) / f"{args.host}.json", Path(args.profiles) / "local.json"
         if args.summarise_only:  # the sitting's report as it was written; only the summary is recomputed
-            rep = json.loads((out / "bench" / "bench-report.json").read_text())
+            rep = read_json(out / "bench" / "bench-report.json")
             plans = sorted((out / "plans").glob("*.json")) + sorted((out / "plans-optimizer").glob("*.json"))
-            wall = json.loads((out / "summary.json").read_text()).get("bench_wall_s") if (out / "summary.json").exists() else None
+            wall = read_json(out / "summary.json").get("bench_wall_s") if (out / "summary.json").exists() else None
         else:
             plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed, edge, cloud)
             if args.optimizer_links:

@@ -24,7 +24,6 @@ accuracy does not depend on the link or the device, so the persistent cache
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args, read_json
 from cpcdrl_deploy.devices.testbed import parse_bandwidth, parse_duration_ms
 from cpcdrl_deploy.measure.latency import build_latency_model
 from cpcdrl_deploy.measure.profile import load_profile
@@ -367,7 +366,7 @@ def main() -> None:
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="join the settings of grids run apart (e.g. one process per profile pair) into OUT; run nothing")
     args = ap.parse_args()
     if args.merge:
-        parts = [json.loads((Path(d) / "results.json").read_text()) for d in args.merge]
+        parts = [read_json(Path(d) / "results.json") for d in args.merge]
         # a later directory's setting replaces an earlier one's with the same key (a rerun under newer code)
         joined: dict[tuple, dict] = {}
         for p in parts:
@@ -382,7 +381,7 @@ def main() -> None:
         atomic_write_json(Path(args.out) / "results.json", doc)
         return
     if args.table_only:
-        d = json.loads((Path(args.out) / "results.json").read_text())
+        d = read_json(Path(args.out) / "results.json")
         d["acceptance"] = write_table(Path(args.out), d["settings"], d.get("where", "?"), None, bool(d["args"].get("ablation")))
         atomic_write_json(Path(args.out) / "results.json", d)
         return
@@ -398,7 +397,7 @@ def main() -> None:
     losses = [float(x) for x in args.losses.split(",")]
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     settings: list[dict] = []
-    done = json.loads((out / "results.json").read_text())["settings"] if (out / "results.json").exists() else []
+    done = read_json(out / "results.json")["settings"] if (out / "results.json").exists() else []
     key = lambda s: (s["model"], s["pair"], s["link"], s["loss"])
     have = {key(s): s for s in done}
     t0 = time.perf_counter()

@@ -17,14 +17,13 @@ Writes results.json, table.md and the Fig. 3/4/5-style plots per model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args, read_json
 from cpcdrl_deploy.search.methods import METHODS, SearchConfig
 from cpcdrl_deploy.search.optimize import OptimizeRequest, prepare, run_methods
 from cpcdrl_deploy.search.report import methods_table, plot_latency_vs, plot_rewards
@@ -55,7 +54,7 @@ def main() -> None:
     for model in args.models.split(","):
         out = Path(args.out) / model
         if args.merge:
-            parts = [json.loads(p.read_text()) for p in sorted(out.glob("part-*/results.json"))]
+            parts = [read_json(p) for p in sorted(out.glob("part-*/results.json"))]
             if not parts:
                 raise SystemExit(f"no {out}/part-*/results.json to merge")
             runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["max_accuracy_loss"])

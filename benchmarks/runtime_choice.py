@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_json, read_json
 
 
 def sh(*args: str) -> None:
@@ -55,7 +55,7 @@ def main() -> int:
     extra = [*(["--checkpoint", args.checkpoint] if args.checkpoint else []), *(["--data", args.data] if args.data else [])]
     sh("optimize", args.model, *extra, "--edge", edge, "--cloud", cloud, "--max-accuracy-loss", args.max_accuracy_loss, "--episodes", args.episodes,
        "--method", "cpcdrl", "--out", str(plan))
-    chosen = json.loads(plan.read_text())
+    chosen = read_json(plan)
     if not chosen.get("feasible", True) or "cut" not in chosen:
         print("the optimiser found no plan that meets the accuracy target: no runtime choice to check", file=sys.stderr)
         return 1
@@ -65,7 +65,7 @@ def main() -> int:
     other = dict(chosen, runtime="onnxruntime" if chosen["runtime"] == "litert" else "litert")
     other_path = atomic_write_json(out / "plan-other-runtime.json", other)
     sh("bench", str(plan), str(other_path), "--edge", args.host, "--seconds", args.seconds, "--out", str(out / "bench"))
-    rep = json.loads((out / "bench" / "bench-report.json").read_text())
+    rep = read_json(out / "bench" / "bench-report.json")
     rows = {r["id"]: r for r in rep["plans"]}
     ratio = rows["p1"]["ratio_to_reference"]
     summary = {"model": args.model, "cut": chosen["cut"], "chosen": chosen["runtime"], "other": other["runtime"],

@@ -37,7 +37,7 @@ from torch import nn
 
 from cpcdrl_deploy.compress.pruning import PruneConfig, channel_groups, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, read_json
 from cpcdrl_deploy.deploy.export import _onnx_bytes, _quantize_head
 from cpcdrl_deploy.devices.remote import connect
 from cpcdrl_deploy.measure.profiler import PROFILER, _make_constant, time_on_device
@@ -119,7 +119,7 @@ def main() -> int:
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md (and the summary) from OUT/results.json; time nothing")
     args = ap.parse_args()
     if args.table_only:
-        doc = json.loads((Path(args.out) / "results.json").read_text())
+        doc = read_json(Path(args.out) / "results.json")
         doc["summary"] = summarise(doc["rows"])
         atomic_write_json(Path(args.out) / "results.json", doc)
         atomic_write_bytes(Path(args.out) / "table.md", (table(doc["rows"]) + "\n").encode())

@@ -250,8 +250,8 @@ def optimize_cmd(
     from cpcdrl_deploy.models.zoo import resolve_checkpoint
     from cpcdrl_deploy.search.accuracy_cache import default_cache_dir
     from cpcdrl_deploy.search.methods import METHODS, SearchConfig
-    from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, write_plan
-    from cpcdrl_deploy.search.report import explain_plan, methods_table, write_report
+    from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
+    from cpcdrl_deploy.search.report import write_report
 
     check_writable(out, "--out")
     check_writable(report, "--report", directory=True)
@@ -270,11 +270,7 @@ def optimize_cmd(
     with _progress(fmt) as tick:
         result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None, tick=tick)
     if out is not None:
-        # the first method listed, whatever order they ran in (after Ctrl-C: the first that got to run)
-        chosen = next((p for p in result["plans"] if p["method"] == methods[0]), result["plans"][0] if result["plans"] else None)
-        if chosen is not None:
-            write_plan(out, chosen, result["models"].get(chosen["method"]))
-            _err(f"wrote {out}" + (f" ({chosen['method']}'s best plan when interrupted)" if result["interrupted"] else ""))
+        _write_chosen(out, result, methods[0])
     if report is not None:
         write_report(result, report)
         _err(f"wrote report to {report}")
@@ -284,6 +280,23 @@ def optimize_cmd(
     if fmt is Format.json:
         _print_json({k: v for k, v in result.items() if k not in ("history", "models")})
         return
+    _print_optimize(model, result)
+
+
+def _write_chosen(out: Path, result: dict, first: str) -> None:
+    """The plan of the first method listed, whatever order they ran in (after Ctrl-C: the first that got to run)."""
+    from cpcdrl_deploy.search.optimize import write_plan
+
+    chosen = next((p for p in result["plans"] if p["method"] == first), result["plans"][0] if result["plans"] else None)
+    if chosen is not None:
+        write_plan(out, chosen, result["models"].get(chosen["method"]))
+        _err(f"wrote {out}" + (f" ({chosen['method']}'s best plan when interrupted)" if result["interrupted"] else ""))
+
+
+def _print_optimize(model: str, result: dict) -> None:
+    """optimize's answer for people: the target, where latencies come from, one row per method, the chosen plan in words."""
+    from cpcdrl_deploy.search.report import explain_plan, methods_table
+
     n_layers = next((p["n_layers"] for p in result["plans"] if p.get("n_layers")), None)
     typer.echo(f"{model}: the plan must keep test accuracy >= {result['a0_test']:.2f}% (unpruned {result['unpruned']['test']:.2f}%, "
                f"at most {result['max_accuracy_loss']:g} points lost)")

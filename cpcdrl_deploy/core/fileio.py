@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -43,14 +44,33 @@ def atomic_write_json(path: str | Path, obj: object) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def existing(path: str | Path) -> Path | None:
+    """``path``, or its gzipped sibling ``path.gz`` where only that exists (large committed results are kept
+    compressed); None when neither does."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    gz = p.with_name(p.name + ".gz")
+    return gz if gz.is_file() else None
+
+
+def read_json(path: str | Path) -> object:
+    """JSON from ``path`` or from ``path.gz`` (see ``existing``); OSError, ValueError as json and gzip raise them."""
+    p = existing(path)
+    if p is None:
+        raise FileNotFoundError(f"{path} not found")
+    raw = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
+    return json.loads(raw)
+
+
 def read_document(path: str | Path, kind: str, version: int, what: str) -> dict:
     """A versioned JSON document (``{"kind": kind, "schema_version": version, ...}``), or one error line."""
     p = Path(path)
-    if not p.is_file():
+    if existing(p) is None:
         raise CpcdrlError(f"{what} not found: {p}")
     try:
-        d = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        d = read_json(p)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise CpcdrlError(f"cannot read {what} {p}: {exc}") from None
     if not isinstance(d, dict) or d.get("kind") != kind or d.get("schema_version") != version:
         raise CpcdrlError(f"{p} is not a {kind} file (schema_version {version})")

@@ -164,39 +164,14 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     out = Path(req.out)
     try:
         bind = server_address(req.edge, req.bind)
-        entries, failed = [], {}
-        x_all = None
-        for i, (path, plan) in enumerate(zip(req.plans, plans)):
-            tick("plans exported", i, len(plans))
-            pid = f"p{i}"
-            try:
-                original, pruned, ds = rebuild(plan, plan_path=path)
-                if x_all is None:
-                    idx = subset(len(ds.test), req.images, req.seed)
-                    x_all = ds.test.tensors(idx)[0]
-                runtime = req.runtime or plan.runtime
-                m = export_models(plan, original, pruned, ds, out / "exports" / pid, runtime=runtime, log=lambda s: None)
-                with torch.no_grad():
-                    want = predict(pruned, x_all).numpy()
-            except CpcdrlError as exc:
-                failed[pid] = f"export: {exc}"
-                log(f"{pid} ({path}): {exc}")
-                continue
-            entries.append({"id": pid, "path": str(path), "plan": plan, "manifest": m, "want": want})
-        tick("plans exported", len(plans), len(plans))
-        if x_all is None:
-            raise CpcdrlError("no plan could be exported")
+        entries, failed, x_all = _export_all(req, plans, out, log, tick)
         inputs = out / "inputs.npy"
         out.mkdir(parents=True, exist_ok=True)
         np.save(inputs, x_all.numpy().astype(np.float32))
         runtimes = {e["manifest"]["runtime"]["head"] for e in entries if e["manifest"]["runtime"]["head"]}
         for rt in sorted(runtimes):
             check_runtime(dev, rt)
-        spec = []
-        for e in entries:
-            files, folder = e["manifest"]["files"], out / "exports" / e["id"]
-            spec.append(InterleavedPlan(e["id"], folder / files["head"]["file"] if "head" in files else None, folder if "tail" in files else None,
-                                        files["tail"]["outputs"][0]["name"] if "tail" in files else None))
+        spec = [_interleaved(e, out / "exports" / e["id"]) for e in entries]
         args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}", f"--slice-ms {req.slice_ms:g}",
                 f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         fresh: dict[str, str] = {}
@@ -226,6 +201,40 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the measurements
         log(f"no plot: {exc}")
     return report
+
+
+def _export_all(req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick: Ticker) -> tuple[list[dict], dict[str, str], torch.Tensor]:
+    """Every plan exported and its pruned PyTorch answers on the images; the plans that failed, and the images."""
+    entries, failed = [], {}
+    x_all = None
+    for i, (path, plan) in enumerate(zip(req.plans, plans)):
+        tick("plans exported", i, len(plans))
+        pid = f"p{i}"
+        try:
+            original, pruned, ds = rebuild(plan, plan_path=path)
+            if x_all is None:
+                idx = subset(len(ds.test), req.images, req.seed)
+                x_all = ds.test.tensors(idx)[0]
+            runtime = req.runtime or plan.runtime
+            m = export_models(plan, original, pruned, ds, out / "exports" / pid, runtime=runtime, log=lambda s: None)
+            with torch.no_grad():
+                want = predict(pruned, x_all).numpy()
+        except CpcdrlError as exc:
+            failed[pid] = f"export: {exc}"
+            log(f"{pid} ({path}): {exc}")
+            continue
+        entries.append({"id": pid, "path": str(path), "plan": plan, "manifest": m, "want": want})
+    tick("plans exported", len(plans), len(plans))
+    if x_all is None:
+        raise CpcdrlError("no plan could be exported")
+    return entries, failed, x_all
+
+
+def _interleaved(entry: dict, folder: Path) -> InterleavedPlan:
+    """An exported plan as the interleaved run takes it: its head file, its tail's folder and output."""
+    files = entry["manifest"]["files"]
+    return InterleavedPlan(entry["id"], folder / files["head"]["file"] if "head" in files else None, folder if "tail" in files else None,
+                           files["tail"]["outputs"][0]["name"] if "tail" in files else None)
 
 
 def _profile_both(dev, models: list[str], runtimes: list[str], folder: Path, bind: str, plans_edge: str, log: Log) -> dict[str, str]:

@@ -246,22 +246,10 @@ def provision_python(venv: Path, log=print) -> Path:
 def up(
     name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "duty",
 ) -> TestbedState:
-    check_name(name)  # first: the name becomes paths and shell arguments
-    if throttle not in THROTTLES:
-        raise CpcdrlError(f"--throttle {throttle}: expected one of {', '.join(THROTTLES)}")
-    _preflight(throttle)
-    if not 0.01 <= cpu <= os.cpu_count():  # type: ignore[operator]
-        raise CpcdrlError(f"--cpu {cpu}: expected a share of one core, e.g. 0.25")
-    if throttle == "duty" and cpu >= 1:
-        raise CpcdrlError(f"--cpu {cpu}: a duty cycle slows one CPU; give a share below 1 or --throttle quota")
-    existing = load_state(name)
-    if existing is not None:
-        raise CpcdrlError(f"testbed {name!r} is already up (cpcdrl testbed down --name {name})")
-    # every testbed runs on the last CPU, and a duty cycle takes the rest of it: two would slow each other
-    others = [r["name"] for r in status() if throttle == "duty" or r["throttle"] == "duty"]
-    if others:
-        raise CpcdrlError(f"a duty-cycled testbed needs the device CPU to itself: take {others[0]!r} down first (cpcdrl testbed down --name {others[0]})")
-    bps = parse_bandwidth(bandwidth)
+    """Bring up an emulated device: its own network namespace and shaped link, a slowed CPU, an sshd inside.
+
+    Anything made is taken down again if a later step fails."""
+    bps = _check_up(name, cpu, bandwidth, throttle)
     _clear_leftovers(name)
     k = _free_index()
     d = state_dir(name)
@@ -274,68 +262,10 @@ def up(
     try:
         venv = python_venv or (cpcdrl_home() / "device-venv")
         st.python = str(provision_python(venv, log))
-        ns, hv, dv = f"cpcdrl-{name}", st.host_veth, f"cpv{k}d"
-        _run(["ip", "netns", "add", ns])
-        _run(["ip", "link", "add", hv, "type", "veth", "peer", "name", dv])
-        _run(["ip", "link", "set", dv, "netns", ns])
-        _run(["ip", "addr", "add", f"{st.host_ip}/24", "dev", hv])
-        _run(["ip", "link", "set", hv, "up"])
-        _run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{st.device_ip}/24", "dev", dv])
-        _run(["ip", "netns", "exec", ns, "ip", "link", "set", dv, "up"])
-        _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
-        rate = f"{int(bps * 8)}bit"
-        # a serial link, as near as tbf gets (no netem here): a one-frame bucket, drained at no more
-        # than 1 % over the rate (peakrate), so after the link idles a request still leaves at the
-        # rate. With a 16 KB burst a request that fit in the bucket left at veth speed (VGG16's 4.5 KB
-        # int8 requests: -63 % "overhead"); now 4.3 KB sent and echoed back takes 32 ms of a serial 43
-        peak = f"{int(bps * 8 * 1.01)}bit"
-        for prefix in ([], ["ip", "netns", "exec", ns]):
-            dev = hv if not prefix else dv
-            _run(prefix + [
-                "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", str(TBF_FRAME_BYTES),
-                "peakrate", peak, "mtu", str(TBF_FRAME_BYTES), "latency", "200ms",
-            ])
-        cg = Path(st.cgroup)
-        cg.mkdir(exist_ok=True)
-        (cg / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota first: the kernel checks quota <= period's budget
-        st.cpu_pin = (os.cpu_count() or 1) - 1  # the last CPU: the host's own work tends to start on CPU 0
-        enter = f"echo $$ > {shlex.quote(str(cg / 'cgroup.procs'))}"
-        if throttle == "quota":
-            st.cfs_period_us = cfs_period_us(cpu)
-            (cg / "cpu.cfs_period_us").write_text(str(st.cfs_period_us))
-            (cg / "cpu.cfs_quota_us").write_text(str(int(round(cpu * st.cfs_period_us))))
-        else:
-            # in its windows the device comes first: a host task the balancer left on this CPU must not halve them
-            (cg / "cpu.shares").write_text(str(MAX_CPU_SHARES))
-            st.duty_period_us = DUTY_PERIOD_US
-            st.duty_on_us, st.measured_share, st.calibration_steal, st.throttle_pid = _start_duty_cycle(cg, cpu, DUTY_PERIOD_US, st.cpu_pin, d)
-            st.save()
-            log(f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU"
-                + (f" (of the {100 * (1 - st.calibration_steal):.0f} % the hypervisor left it)" if st.calibration_steal >= 0.01 else ""))
-        # keys: the device's host key and the client key that may log in
-        for key in ("host_key", "client_key"):
-            if not (d / key).exists():
-                _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)])
-        shutil.copy(d / "client_key.pub", d / "authorized_keys")
-        (d / "sshd_config").write_text(
-            f"Port {st.port}\nListenAddress {st.device_ip}\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-            f"PidFile {d / 'sshd.pid'}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n"
-        )
-        Path("/run/sshd").mkdir(exist_ok=True)
-        # enter the cgroup(s) first, then exec sshd inside the namespace: every session inherits them all
-        _run(
-            ["sh", "-c", f"{enter} && exec ip netns exec {shlex.quote(ns)} /usr/sbin/sshd -f {shlex.quote(str(d / 'sshd_config'))}"],
-            preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin}),
-        )
-        # sshd creates its pid file before it writes the number: wait for the number, not the file
-        for _ in range(100):
-            st.sshd_pid = _read_pid(d / "sshd.pid")
-            if st.sshd_pid:
-                break
-            time.sleep(0.1)
-        else:
-            raise CpcdrlError(f"sshd did not start inside the testbed (no pid in {d / 'sshd.pid'} after 10 s)")
+        ns = f"cpcdrl-{name}"
+        _make_link(st, ns, f"cpv{k}d")
+        _slow_cpu(st, d, log)
+        _start_sshd(st, d, ns)
         st.save()
         _register(st)
         log(f"testbed {name!r} up: ssh {st.user}@{st.device_ip} (cpu {cpu} core, link {bps / 1e3:g} KB/s); device python {st.python}")
@@ -343,6 +273,98 @@ def up(
     except BaseException:
         down(name, quiet=True)
         raise
+
+
+def _check_up(name: str, cpu: float, bandwidth: str, throttle: str) -> float:
+    """Refuse, before anything is made, a testbed that cannot be brought up; its link rate in bytes per second."""
+    check_name(name)  # first: the name becomes paths and shell arguments
+    if throttle not in THROTTLES:
+        raise CpcdrlError(f"--throttle {throttle}: expected one of {', '.join(THROTTLES)}")
+    _preflight(throttle)
+    if not 0.01 <= cpu <= (os.cpu_count() or 1):
+        raise CpcdrlError(f"--cpu {cpu}: expected a share of one core, e.g. 0.25")
+    if throttle == "duty" and cpu >= 1:
+        raise CpcdrlError(f"--cpu {cpu}: a duty cycle slows one CPU; give a share below 1 or --throttle quota")
+    if load_state(name) is not None:
+        raise CpcdrlError(f"testbed {name!r} is already up (cpcdrl testbed down --name {name})")
+    # every testbed runs on the last CPU, and a duty cycle takes the rest of it: two would slow each other
+    others = [r["name"] for r in status() if throttle == "duty" or r["throttle"] == "duty"]
+    if others:
+        raise CpcdrlError(f"a duty-cycled testbed needs the device CPU to itself: take {others[0]!r} down first (cpcdrl testbed down --name {others[0]})")
+    return parse_bandwidth(bandwidth)
+
+
+def _make_link(st: TestbedState, ns: str, dv: str) -> None:
+    """The namespace, a veth pair across it with the testbed's addresses, and the rate on both ends."""
+    hv = st.host_veth
+    _run(["ip", "netns", "add", ns])
+    _run(["ip", "link", "add", hv, "type", "veth", "peer", "name", dv])
+    _run(["ip", "link", "set", dv, "netns", ns])
+    _run(["ip", "addr", "add", f"{st.host_ip}/24", "dev", hv])
+    _run(["ip", "link", "set", hv, "up"])
+    _run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{st.device_ip}/24", "dev", dv])
+    _run(["ip", "netns", "exec", ns, "ip", "link", "set", dv, "up"])
+    _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+    bps = st.bandwidth_bytes_per_s
+    rate = f"{int(bps * 8)}bit"
+    # a serial link, as near as tbf gets (no netem here): a one-frame bucket, drained at no more
+    # than 1 % over the rate (peakrate), so after the link idles a request still leaves at the
+    # rate. With a 16 KB burst a request that fit in the bucket left at veth speed (VGG16's 4.5 KB
+    # int8 requests: -63 % "overhead"); now 4.3 KB sent and echoed back takes 32 ms of a serial 43
+    peak = f"{int(bps * 8 * 1.01)}bit"
+    for prefix in ([], ["ip", "netns", "exec", ns]):
+        dev = hv if not prefix else dv
+        _run(prefix + [
+            "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", str(TBF_FRAME_BYTES),
+            "peakrate", peak, "mtu", str(TBF_FRAME_BYTES), "latency", "200ms",
+        ])
+
+
+def _slow_cpu(st: TestbedState, d: Path, log) -> None:
+    """The device's cgroup on the last CPU, slowed by a CFS quota or by a duty cycle."""
+    cg = Path(st.cgroup)
+    cg.mkdir(exist_ok=True)
+    (cg / "cpu.cfs_quota_us").write_text("-1")  # lift the old quota first: the kernel checks quota <= period's budget
+    st.cpu_pin = (os.cpu_count() or 1) - 1  # the last CPU: the host's own work tends to start on CPU 0
+    if st.throttle == "quota":
+        st.cfs_period_us = cfs_period_us(st.cpu)
+        (cg / "cpu.cfs_period_us").write_text(str(st.cfs_period_us))
+        (cg / "cpu.cfs_quota_us").write_text(str(int(round(st.cpu * st.cfs_period_us))))
+        return
+    # in its windows the device comes first: a host task the balancer left on this CPU must not halve them
+    (cg / "cpu.shares").write_text(str(MAX_CPU_SHARES))
+    st.duty_period_us = DUTY_PERIOD_US
+    st.duty_on_us, st.measured_share, st.calibration_steal, st.throttle_pid = _start_duty_cycle(cg, st.cpu, DUTY_PERIOD_US, st.cpu_pin, d)
+    st.save()
+    log(f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU"
+        + (f" (of the {100 * (1 - st.calibration_steal):.0f} % the hypervisor left it)" if st.calibration_steal >= 0.01 else ""))
+
+
+def _start_sshd(st: TestbedState, d: Path, ns: str) -> None:
+    """The device's sshd, inside the namespace and the cgroup, with its own host key and one client key."""
+    for key in ("host_key", "client_key"):
+        if not (d / key).exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)])
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    (d / "sshd_config").write_text(
+        f"Port {st.port}\nListenAddress {st.device_ip}\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        f"PidFile {d / 'sshd.pid'}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    enter = f"echo $$ > {shlex.quote(str(Path(st.cgroup) / 'cgroup.procs'))}"
+    # enter the cgroup(s) first, then exec sshd inside the namespace: every session inherits them all
+    _run(
+        ["sh", "-c", f"{enter} && exec ip netns exec {shlex.quote(ns)} /usr/sbin/sshd -f {shlex.quote(str(d / 'sshd_config'))}"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin}),
+    )
+    # sshd creates its pid file before it writes the number: wait for the number, not the file
+    for _ in range(100):
+        st.sshd_pid = _read_pid(d / "sshd.pid")
+        if st.sshd_pid:
+            return
+        time.sleep(0.1)
+    raise CpcdrlError(f"sshd did not start inside the testbed (no pid in {d / 'sshd.pid'} after 10 s)")
 
 
 def _start_duty_cycle(cg: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, float, int]:

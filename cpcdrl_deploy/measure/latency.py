@@ -309,6 +309,11 @@ class SideTable:
         """The layers' times each less its run overhead, plus the fixed part of that overhead once."""
         return self.overhead_ms + sum(self.alone(i, in_keep[i - 1], out_keep[i - 1]) for i in layers)
 
+    def whole_stat(self, side: str, cold: bool) -> str:
+        """The statistic of the whole timings to anchor to: the as-served one where wanted and every whole model has it."""
+        whole = self.table.get(side, []) + (self.table.get("pruned_heads", []) if side == "heads" else [])
+        return COLD_STAT if cold and whole and all(w.get(COLD_STAT) for w in whole) else self.stat
+
     def anchor_points(self, side: str, cut: int, layers: range, whole_stat: str) -> list[tuple[float, float]]:
         """(table sum, measured) of every whole model timed at ``cut``: the unpruned one, and on the
         edge side the same head pruned uniformly to each grid keep (newer profiles); none untimed."""
@@ -328,20 +333,15 @@ class TableLatencyModel:
     """Latency from per-layer tables measured on each host (``cpcdrl profile``).
 
     With ``anchor`` (the default) each side is tied to whole models timed at
-    the plan's cut: the tables alone see each layer as its own run, while
-    inside one model the layers share caches and one run's overhead
-    (docs/measuring.md has the measured gaps). An unpruned plan is predicted
-    by its own measured head (tail); a pruned head is placed between the
-    uniformly pruned heads the profile timed by its table sum (``anchored``),
-    or without them scaled from the unpruned head by the table sums. The
-    whole timings are first bounded by every larger model's
-    (``whole_timings``). Profiles without head/tail timings, and
-    ``anchor=False`` (what ``compare`` checks), use the plain sums. Kept
-    channels are priced as whole blocks where the host has a
-    ``channel_block`` and depthwise convs off ``dw_alignment`` at their
-    measured slowdown (``SideTable.alone``). Where the profile timed the
-    whole models after idle too (``cold``), a side that waits for the rest
-    of each request is anchored to those timings.
+    the plan's cut, since inside one model the layers share caches and one
+    run's overhead (docs/measuring.md has the measured gaps): an unpruned
+    plan is its own measured head (tail); a pruned head sits between the
+    uniformly pruned heads the profile timed, by its table sum
+    (``anchored``). ``anchor=False`` (what ``compare`` checks) and profiles
+    without whole timings use the plain sums. Blocked channel counts and
+    misaligned depthwise convs are priced as measured (``SideTable.alone``);
+    with ``cold``, a side that waits for the rest of each request is
+    anchored to the whole models timed after idle.
     """
 
     edge_tables: dict  # model -> {"layers": [{"index", "points"}], "run_overhead_ms", "heads", "tails"}
@@ -367,11 +367,6 @@ class TableLatencyModel:
     # dataclasses.replace (another stat, other tables) starts empty
     _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _whole_stat(self, t: dict, side: str, cold: bool) -> str:
-        """The statistic of the whole timings to anchor to: the as-served one where wanted and every whole model has it."""
-        whole = t.get(side, []) + (t.get("pruned_heads", []) if side == "heads" else [])
-        return COLD_STAT if cold and self.cold and whole and all(w.get(COLD_STAT) for w in whole) else self.stat
-
     def _sum(
         self, tables: dict, host: str, model: str, shape: PlanShape, layers: range, whole: tuple[str, int] | None = None, cold: bool = False,
     ) -> float:
@@ -384,7 +379,7 @@ class TableLatencyModel:
         plan = side.total(layers, shape.in_keep, shape.out_keep)
         if not (self.anchor and whole):
             return plan
-        whole_stat = self._whole_stat(side.table, whole[0], cold)
+        whole_stat = side.whole_stat(whole[0], cold and self.cold)
         key = (whole[0], model, whole[1], whole_stat)
         if key not in self._anchor_points:  # they depend on the tables and the cut, not on the plan: once each
             self._anchor_points[key] = side.anchor_points(whole[0], whole[1], layers, whole_stat)

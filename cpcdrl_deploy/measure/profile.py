@@ -12,14 +12,13 @@ of one shipped in the package (``paper`` is the paper's Sec. IV-A setting).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_json, existing, read_json
 
 SCHEMA_VERSION = 1
 KINDS = ("analytic", "measured")
@@ -115,8 +114,8 @@ def builtin_profiles() -> list[str]:
 
 
 def resolve_profile_path(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path).expanduser()
-    if p.is_file():
+    p = existing(Path(name_or_path).expanduser())
+    if p is not None:
         return p
     for folder in (USER_PROFILES, _shipped()):
         candidate = folder / f"{name_or_path}.json"
@@ -128,8 +127,8 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
 def load_profile(name_or_path: str | Path) -> Profile:
     path = resolve_profile_path(name_or_path)
     try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        d = read_json(path)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise CpcdrlError(f"cannot read profile {path}: {exc}") from None
     return Profile.from_dict(d, str(path))
 

@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +90,17 @@ def parse_reply(data: bytes, header_len: str | None, output: str) -> tuple[np.nd
         raise BadReply(f"malformed reply: {type(exc).__name__}: {str(exc)[:150]}") from None
 
 
+def encode_request(tensors: dict[str, np.ndarray], output: str, request_id: str) -> tuple[bytes, int]:
+    """A KServe v2 infer request with binary tensors: (body, length of its JSON header)."""
+    inputs, blobs = [], []
+    for name, arr in tensors.items():
+        b = np.ascontiguousarray(arr).tobytes()
+        inputs.append({"name": name, "shape": list(arr.shape), "datatype": NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
+        blobs.append(b)
+    header = json.dumps({"id": request_id, "inputs": inputs, "outputs": [{"name": output, "parameters": {"binary_data": True}}]}).encode()
+    return header + b"".join(blobs), len(header)
+
+
 class Remote:
     """One keep-alive HTTP connection to a KServe v2 server; reconnects after a failure."""
 
@@ -107,15 +120,25 @@ class Remote:
 
     def infer(self, tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, float | None, int]:
         """(first output, server compute ms or None, bytes sent)."""
-        inputs, blobs = [], []
-        for name, arr in tensors.items():
-            b = np.ascontiguousarray(arr).tobytes()
-            inputs.append({"name": name, "shape": list(arr.shape), "datatype": NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
-            blobs.append(b)
+        body, header_len = encode_request(tensors, self.output, str(self.sent + 1))
         self.sent += 1
-        header = json.dumps({"id": str(self.sent), "inputs": inputs, "outputs": [{"name": self.output, "parameters": {"binary_data": True}}]}).encode()
-        body = header + b"".join(blobs)
-        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header)), **self.headers}
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_len), **self.headers}
+        status, data, reply_header_len = self._post(body, headers)
+        if status != 200:
+            try:
+                msg = json.loads(data).get("error", data[:200])
+            except (ValueError, AttributeError, RecursionError):
+                msg = data[:200]
+            raise RuntimeError(f"server answered {status}: {msg}")
+        try:
+            arr, ms = parse_reply(data, reply_header_len, self.output)
+        except BadReply:
+            self.close()  # the connection's framing can no longer be trusted
+            raise
+        return arr, ms, len(body)
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+        """(status, reply body, its Inference-Header-Content-Length) over the kept-alive connection, within the timeout."""
         if self.conn is None:
             self.conn = self.connection_class(self.host, self.port, timeout=self.timeout)
             self.conn.connect()
@@ -144,42 +167,32 @@ class Remote:
             raise
         finally:
             timer.cancel()
-        if resp.status != 200:
-            try:
-                msg = json.loads(data).get("error", data[:200])
-            except (ValueError, AttributeError, RecursionError):
-                msg = data[:200]
-            raise RuntimeError(f"server answered {resp.status}: {msg}")
-        try:
-            arr, ms = parse_reply(data, resp.getheader("Inference-Header-Content-Length"), self.output)
-        except BadReply:
-            self.close()  # the connection's framing can no longer be trusted
-            raise
-        return arr, ms, len(body)
-
-    def metadata(self, model: str) -> dict:
-        """The server's model metadata (GET /v2/models/NAME): what it will accept."""
-        conn = self.connection_class(self.host, self.port, timeout=self.timeout)
-        try:
-            conn.request("GET", f"/v2/models/{model}", headers=self.headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise RuntimeError(f"server answered {resp.status} for model {model!r}: {data[:200]!r}")
-        try:
-            meta = json.loads(data[:MAX_REPLY])
-        except (ValueError, RecursionError):
-            raise BadReply(f"model metadata is not JSON: {data[:100]!r}") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("inputs", []), list):
-            raise BadReply("model metadata is not a KServe v2 model object")
-        return meta
+        return resp.status, data, resp.getheader("Inference-Header-Content-Length")
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def model_metadata(remote: Remote, model: str) -> dict:
+    """The server's model metadata (GET /v2/models/NAME): what it will accept."""
+    conn = remote.connection_class(remote.host, remote.port, timeout=remote.timeout)
+    try:
+        conn.request("GET", f"/v2/models/{model}", headers=remote.headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"server answered {resp.status} for model {model!r}: {data[:200]!r}")
+    try:
+        meta = json.loads(data[:MAX_REPLY])
+    except (ValueError, RecursionError):
+        raise BadReply(f"model metadata is not JSON: {data[:100]!r}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("inputs", []), list):
+        raise BadReply("model metadata is not a KServe v2 model object")
+    return meta
 
 
 def _shut(conn: http.client.HTTPConnection, fired: threading.Event) -> None:
@@ -281,6 +294,7 @@ def load_model(path: str, threads: int = 1) -> OrtModel | LiteRTModel:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """One request per image, in order: the head here, the tail on the server (or the full model here on failure)."""
     x = np.load(args.inputs)
     head = load_model(args.head, args.threads) if args.head else None
     full = load_model(args.full, args.threads) if args.full and args.fallback == "local" else None
@@ -288,30 +302,10 @@ def run(args: argparse.Namespace) -> dict:
     if head is None and remote is None:
         raise ValueError("nothing to run: give --head, --url or both")
     probe = _Probe(args) if args.probe else None
-    metadata_check = None
-
-    if head is not None and remote is not None:
-        # refuse a head that does not fit the served tail before sending anything
-        try:
-            meta = remote.metadata(args.model)
-        except (OSError, http.client.HTTPException, RuntimeError) as exc:
-            meta = None  # unreachable now: the requests below fail (or fall back) one by one
-            print(f"warning: no model metadata from the server ({type(exc).__name__}: {exc})", file=sys.stderr)
-        if meta is not None and not (isinstance(meta, dict) and meta.get("inputs")):
-            # KServe's Python server lists no inputs by default: nothing to check against before the first reply
-            metadata_check = "the server's model metadata lists no inputs: the head was not checked against the tail"
-            print(f"warning: {metadata_check}", file=sys.stderr)
-        elif meta is not None:
-            want = {t["name"]: (t["datatype"], t["shape"][1:]) for t in meta["inputs"]}
-            have = {name: (dtype, shape[1:]) for name, dtype, shape in head.outputs}
-            if want != have:
-                raise ValueError(f"head outputs {have} do not match the server's inputs {want}")
-            metadata_check = "head outputs match the server's inputs"
+    metadata_check = _check_head_fits(head, remote, args.model) if head is not None and remote is not None else None
 
     def edge(xi: np.ndarray) -> dict[str, np.ndarray]:
-        if head is None:
-            return {"cut": xi}
-        return head.run(xi)
+        return {"cut": xi} if head is None else head.run(xi)
 
     # warm-up, not recorded: ORT's first runs allocate, and the first request opens the TCP connection
     for i in range(min(args.warmup, len(x))):
@@ -321,7 +315,8 @@ def run(args: argparse.Namespace) -> dict:
                 remote.infer(feeds)
             except (OSError, http.client.HTTPException, RuntimeError):
                 break
-    records, failures, aborted = [], 0, None
+    records: list[dict] = []
+    failures, aborted = 0, None
     for i in range(len(x)):
         xi = x[i : i + 1]
         if probe is not None and i % probe.every == 0:
@@ -329,31 +324,20 @@ def run(args: argparse.Namespace) -> dict:
             edge(xi)  # the probe evicted the head's weights from the caches: one unrecorded run brings them back
         t0 = time.perf_counter()
         feeds = edge(xi)
-        t1 = time.perf_counter()
-        rec: dict = {"i": i, "edge_ms": (t1 - t0) * 1000.0}
-        if remote is None:
-            logits = next(iter(feeds.values()))
-            rec.update(remote_ms=0.0, bytes_sent=0)
-        else:
-            try:
-                logits, server_ms, sent = remote.infer(feeds)
-                rec.update(remote_ms=(time.perf_counter() - t1) * 1000.0, bytes_sent=sent, server_compute_ms=server_ms)
-                failures = 0
-                if metadata_check is not None and metadata_check.endswith("not checked against the tail"):
-                    metadata_check += f"; checked the first reply instead: {NAMES[logits.dtype]} {list(logits.shape)}"
-                    if logits.ndim != 2 or logits.shape[0] != 1:
-                        raise ValueError(f"the server's first reply has shape {list(logits.shape)}, not [1, classes]: wrong model?")
-            except (OSError, http.client.HTTPException, RuntimeError) as exc:
-                failures += 1
-                rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                if full is None:
-                    records.append(rec)
-                    if failures >= args.max_failures:
-                        aborted = f"stopped after {failures} consecutive failed requests (last: {rec['error']})"
-                        break
-                    continue
-                logits = next(iter(full.run(xi).values()))
-                rec.update(fallback=True, remote_ms=0.0, bytes_sent=0)
+        rec: dict = {"i": i, "edge_ms": (time.perf_counter() - t0) * 1000.0}
+        logits = _send(rec, feeds, remote, full, xi)
+        if logits is None:  # failed, and no local fallback
+            failures += 1
+            records.append(rec)
+            if failures >= args.max_failures:
+                aborted = f"stopped after {failures} consecutive failed requests (last: {rec['error']})"
+                break
+            continue
+        failures = 0 if "error" not in rec else failures + 1
+        if metadata_check is not None and metadata_check.endswith("not checked against the tail") and "error" not in rec:
+            metadata_check += f"; checked the first reply instead: {NAMES[logits.dtype]} {list(logits.shape)}"
+            if logits.ndim != 2 or logits.shape[0] != 1:
+                raise ValueError(f"the server's first reply has shape {list(logits.shape)}, not [1, classes]: wrong model?")
         rec["e2e_ms"] = (time.perf_counter() - t0) * 1000.0
         rec["prediction"] = int(np.argmax(logits[0]))
         records.append(rec)
@@ -367,6 +351,45 @@ def run(args: argparse.Namespace) -> dict:
         "aborted": aborted, "warmup": args.warmup, "host": socket.gethostname(), "metadata_check": metadata_check,
         "probe": probe.report() if probe is not None else None,
     }
+
+
+def _send(rec: dict, feeds: dict[str, np.ndarray], remote: Remote | None, full: OrtModel | LiteRTModel | None, xi: np.ndarray) -> np.ndarray | None:
+    """The request's logits: the head's output where nothing is served, the server's reply, or on failure the full
+    model here (``rec["fallback"]``); None when the request failed with no fallback. Fills ``rec``'s timings."""
+    t1 = time.perf_counter()
+    if remote is None:
+        rec.update(remote_ms=0.0, bytes_sent=0)
+        return next(iter(feeds.values()))
+    try:
+        logits, server_ms, sent = remote.infer(feeds)
+        rec.update(remote_ms=(time.perf_counter() - t1) * 1000.0, bytes_sent=sent, server_compute_ms=server_ms)
+        return logits
+    except (OSError, http.client.HTTPException, RuntimeError) as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if full is None:
+            return None
+        rec.update(fallback=True, remote_ms=0.0, bytes_sent=0)
+        return next(iter(full.run(xi).values()))
+
+
+def _check_head_fits(head: OrtModel | LiteRTModel, remote: Remote, model: str) -> str | None:
+    """Refuse a head that does not fit the served tail before sending anything; what was checked, for the report."""
+    try:
+        meta = model_metadata(remote, model)
+    except (OSError, http.client.HTTPException, RuntimeError) as exc:
+        # unreachable now: the requests fail (or fall back) one by one
+        print(f"warning: no model metadata from the server ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    if not (isinstance(meta, dict) and meta.get("inputs")):
+        # KServe's Python server lists no inputs by default: nothing to check against before the first reply
+        check = "the server's model metadata lists no inputs: the head was not checked against the tail"
+        print(f"warning: {check}", file=sys.stderr)
+        return check
+    want = {t["name"]: (t["datatype"], t["shape"][1:]) for t in meta["inputs"]}
+    have = {name: (dtype, shape[1:]) for name, dtype, shape in head.outputs}
+    if want != have:
+        raise ValueError(f"head outputs {have} do not match the server's inputs {want}")
+    return "head outputs match the server's inputs"
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -386,15 +409,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     with open(args.bench) as f:
         plans = json.load(f)
     remote = Remote(args.url, "_", args.timeout, os.environ.get("CPCDRL_TOKEN") or None, "logits") if args.url else None
-    heads, failed = {}, {}
-    for p in plans:
-        if p.get("model") and remote is None:
-            failed[p["id"]] = "no --url for a plan with a tail"
-            continue
-        try:
-            heads[p["id"]] = load_model(p["head"], args.threads) if p.get("head") else None
-        except Exception as exc:  # noqa: BLE001 - any load failure of one head drops that plan, not the bench
-            failed[p["id"]] = f"{type(exc).__name__}: {exc}"[:300]
+    heads, failed = _load_heads(plans, remote is not None, args.threads)
     live = [p for p in plans if p["id"] not in failed]
 
     def one(p: dict, xi: np.ndarray) -> tuple[float, float, np.ndarray, int, float | None]:
@@ -425,28 +440,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         order = list(live)
         rng.shuffle(order)
         for p in order:
-            # a visit: at least --block requests and at least --slice-ms, so a fast plan gets as much time per round as a slow one
-            n, visit_start = 0, time.perf_counter()
-            while n < args.block or (time.perf_counter() - visit_start) * 1000.0 < args.slice_ms:
-                n += 1
-                i = k % len(x)
-                k += 1
-                rec = {"plan": p["id"], "round": r, "i": i}
-                try:
-                    edge_ms, remote_ms, logits, sent, server_ms = one(p, x[i : i + 1])
-                    rec.update(edge_ms=edge_ms, remote_ms=remote_ms, e2e_ms=edge_ms + remote_ms, bytes_sent=sent, prediction=int(np.argmax(logits[0])))
-                    if server_ms is not None:  # the tail's own compute, as the server timed it (Triton does not say)
-                        rec["server_ms"] = server_ms
-                    spent[p["id"]] += edge_ms + remote_ms
-                    fails[p["id"]] = 0
-                except (OSError, http.client.HTTPException, RuntimeError) as exc:
-                    rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                    fails[p["id"]] += 1
-                records.append(rec)
-                if fails[p["id"]] >= args.max_failures:
-                    failed[p["id"]] = f"stopped after {fails[p['id']]} consecutive failed requests (last: {rec['error']})"
-                    live.remove(p)
-                    break
+            k = _visit(p, r, k, x, one, args, records, spent, fails, failed, live)
         round_times.append([round_start, time.time()])
         r += 1
         if r >= args.max_rounds:
@@ -455,6 +449,51 @@ def run_bench(args: argparse.Namespace) -> dict:
         remote.close()
     return {"bench": True, "records": records, "rounds": r, "round_times": round_times, "failed": failed, "plans": [p["id"] for p in plans], "host": socket.gethostname(),
             "block": args.block, "slice_ms": args.slice_ms, "seconds": args.seconds, "seed": args.seed}
+
+
+def _load_heads(plans: list[dict], have_url: bool, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every plan's head (None: all on the cloud), and why each plan that cannot run was dropped."""
+    heads: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for p in plans:
+        if p.get("model") and not have_url:
+            failed[p["id"]] = "no --url for a plan with a tail"
+            continue
+        try:
+            heads[p["id"]] = load_model(p["head"], threads) if p.get("head") else None
+        except Exception as exc:  # noqa: BLE001 - any load failure of one head drops that plan, not the bench
+            failed[p["id"]] = f"{type(exc).__name__}: {exc}"[:300]
+    return heads, failed
+
+
+def _visit(
+    p: dict, r: int, k: int, x: np.ndarray, one: Callable, args: argparse.Namespace, records: list[dict],
+    spent: dict[str, float], fails: dict[str, int], failed: dict[str, str], live: list[dict],
+) -> int:
+    """One plan's visit in round ``r``: at least --block requests and at least --slice-ms, so a fast plan gets as much
+    time per round as a slow one; a plan that keeps failing is dropped from ``live``. Returns the next image counter."""
+    n, visit_start = 0, time.perf_counter()
+    while n < args.block or (time.perf_counter() - visit_start) * 1000.0 < args.slice_ms:
+        n += 1
+        i = k % len(x)
+        k += 1
+        rec: dict = {"plan": p["id"], "round": r, "i": i}
+        try:
+            edge_ms, remote_ms, logits, sent, server_ms = one(p, x[i : i + 1])
+            rec.update(edge_ms=edge_ms, remote_ms=remote_ms, e2e_ms=edge_ms + remote_ms, bytes_sent=sent, prediction=int(np.argmax(logits[0])))
+            if server_ms is not None:  # the tail's own compute, as the server timed it (Triton does not say)
+                rec["server_ms"] = server_ms
+            spent[p["id"]] += edge_ms + remote_ms
+            fails[p["id"]] = 0
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            rec["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            fails[p["id"]] += 1
+        records.append(rec)
+        if fails[p["id"]] >= args.max_failures:
+            failed[p["id"]] = f"stopped after {fails[p['id']]} consecutive failed requests (last: {rec['error']})"
+            live.remove(p)
+            break
+    return k
 
 
 class _Probe:

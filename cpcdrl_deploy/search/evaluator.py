@@ -26,7 +26,6 @@ import torch
 
 from cpcdrl_deploy.compress.pruning import Calibration, ChannelGroup, PlanShape, PruneConfig, plan_shape, prune
 from cpcdrl_deploy.compress.transfer import WireModel, lossy_at
-from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.measure.latency import LatencyBreakdown, LatencyModel
 from cpcdrl_deploy.models.evaluate import predict
 from cpcdrl_deploy.models.graph import ModelAnalysis
@@ -83,9 +82,7 @@ class PlanEvaluator:
     a0: float | None = None  # enables early stopping of infeasible plans
     chunk: int = 500
     timers: Timers = field(default_factory=Timers)
-    live: list = field(default_factory=list)  # every search's SearchResult as it runs (search._Tracker): the best so far on Ctrl-C
     store: AccuracyCache | None = None  # the persistent cache (accuracy_cache.py), shared across runs
-    tick: Ticker = no_ticker  # progress of the running search (progress.py): each method's proposals
     transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py): priced, and simulated when scoring
     _cache: dict[tuple, Evaluation] = field(default_factory=dict)
     _base_ok: torch.Tensor | None = None
@@ -108,7 +105,7 @@ class PlanEvaluator:
             if hit.cut != cut:  # the unpruned model scores the same at every cut
                 hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se)
             return hit
-        score = self._score(cut, list(ratios), shape, pruned_any, per_cut, screen)
+        score = _score(self, cut, list(ratios), shape, pruned_any, per_cut, screen)
         screened = screen and score.images < len(self.val_y)  # a one-chunk validation set is scored in full anyway
         self.timers.screened += int(screened)
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
@@ -116,37 +113,6 @@ class PlanEvaluator:
         ev = Evaluation(cut, eff, score.accuracy, score.images, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=score.drop_se)
         self._cache[key] = ev
         return ev
-
-    def _score(self, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool) -> ChunkScore:
-        """The plan's validation score: from the persistent cache as far as it goes, else pruned and scored here."""
-        t0 = time.perf_counter()
-        store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
-        stored = self.store.get(*store_key) if self.store is not None else None
-        score = self._chunks(stored, one_chunk=screen)
-        t1 = t2 = time.perf_counter()
-        if score is None:  # not in the persistent cache, or not far enough: prune and score
-            if pruned_any:
-                pruned = prune(self.model, self.analysis, cut, ratios, self.calibration, self.prune_config, self.groups).model
-                net: torch.nn.Module | None = self.on_wire(scoring_copy(pruned), cut)
-            elif per_cut:  # unpruned through a lossy wire
-                net = self.on_wire(scoring_copy(self.model), cut)
-            else:  # the unpruned model itself: its predictions are the pairs, already computed
-                net = None
-            t1 = time.perf_counter()
-            score = self._chunks(stored, one_chunk=screen, net=net, from_pairs=net is None)
-            assert score is not None
-            t2 = time.perf_counter()
-            if self.store is not None:
-                self.store.put(*store_key, CachedScore(tuple(score.counts), tuple(score.sizes), tuple(score.changed)))
-            self.timers.evaluations += 1
-        else:
-            self.timers.store_hits += 1
-            t0 = t1 = t2  # nothing pruned or scored
-        # prune() does both the surgery and the refit; the refit dominates when enabled
-        self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
-        self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
-        self.timers.accuracy_s += t2 - t1
-        return score
 
     def on_wire(self, net: torch.nn.Module, cut: int) -> torch.nn.Module:
         """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""
@@ -165,6 +131,38 @@ class PlanEvaluator:
         if self._base_ok is None:
             self._base_ok = predict(scoring_copy(self.model), self.val_x) == self.val_y
         return self._base_ok
+
+
+def _score(self: PlanEvaluator, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool) -> ChunkScore:
+    """The plan's validation score: from the persistent cache as far as it goes, else pruned and scored here."""
+    t0 = time.perf_counter()
+    store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
+    stored = self.store.get(*store_key) if self.store is not None else None
+    score = self._chunks(stored, one_chunk=screen)
+    t1 = t2 = time.perf_counter()
+    if score is None:  # not in the persistent cache, or not far enough: prune and score
+        if pruned_any:
+            pruned = prune(self.model, self.analysis, cut, ratios, self.calibration, self.prune_config, self.groups).model
+            net: torch.nn.Module | None = self.on_wire(scoring_copy(pruned), cut)
+        elif per_cut:  # unpruned through a lossy wire
+            net = self.on_wire(scoring_copy(self.model), cut)
+        else:  # the unpruned model itself: its predictions are the pairs, already computed
+            net = None
+        t1 = time.perf_counter()
+        score = self._chunks(stored, one_chunk=screen, net=net, from_pairs=net is None)
+        assert score is not None
+        t2 = time.perf_counter()
+        if self.store is not None:
+            self.store.put(*store_key, CachedScore(tuple(score.counts), tuple(score.sizes), tuple(score.changed)))
+        self.timers.evaluations += 1
+    else:
+        self.timers.store_hits += 1
+        t0 = t1 = t2  # nothing pruned or scored
+    # prune() does both the surgery and the refit; the refit dominates when enabled
+    self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
+    self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
+    self.timers.accuracy_s += t2 - t1
+    return score
 
 
 class ChunkScore(NamedTuple):

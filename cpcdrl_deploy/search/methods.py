@@ -7,7 +7,7 @@ whose validation accuracy meets A0 (Eq. 8), or none, plus its history.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,8 +18,17 @@ from cpcdrl_deploy.search.agents.dqn import DQNAgent, DQNConfig
 from cpcdrl_deploy.search.evaluator import CompressionStates, Evaluation, PlanEvaluator, partition_state
 from cpcdrl_deploy.search.reward import RewardConfig, reward
 
-METHODS = ("cpcdrl", "cpcdrl-paper", "neurosurgeon", "greedy", "edge-pruned", "edge-only", "cloud-only", "random")
 Progress = Callable[[str], None]
+
+
+@dataclass
+class Callbacks:
+    """How a running search reports: log lines, a counter of its proposals, and its result from the first proposal on
+    (``live``: the caller's list, so a run interrupted with Ctrl-C still hands over the best plan so far)."""
+
+    progress: Progress | None = None
+    tick: Ticker = no_ticker
+    live: list[SearchResult] | None = None
 
 
 @dataclass
@@ -230,6 +239,7 @@ class _RL:
 
 def run_rl(
     evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None, method: str | None = None,
+    callbacks: Callbacks | None = None,
 ) -> SearchResult:
     """CPCDRL: A_p (DQN) proposes the cut, A_c (DDPG) the edge layers' ratios; both learn from Eq. 10.
 
@@ -241,7 +251,9 @@ def run_rl(
     t_start = time.perf_counter()
     if fixed_cut is not None:
         cfg = replace(cfg, uniform_start=False, refine_fraction=0.0, margin_se=0.0)
-    rl = _setup_rl(evaluator, a0, cfg, fixed_cut, method or ("cpcdrl" if fixed_cut is None else "edge-pruned"))
+    cb = callbacks or Callbacks(progress)
+    progress = progress or cb.progress
+    rl = _setup_rl(evaluator, a0, cfg, fixed_cut, method or ("cpcdrl" if fixed_cut is None else "edge-pruned"), cb)
     n_start, n_rl, n_refine = cfg.budget_split()
     if rl.dqn is not None and cfg.unpruned_prior:
         _unpruned_prior(rl, rl.dqn, progress)
@@ -257,12 +269,12 @@ def run_rl(
     return rl.track.finish(time.perf_counter() - t_start)
 
 
-def _setup_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None, method: str) -> _RL:
+def _setup_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None, method: str, cb: Callbacks) -> _RL:
     """Both agents and the search's state; the agents' seeds drawn in a fixed order, so a seed repeats a run."""
     n = evaluator.analysis.n_layers
     allowed = partition_actions(evaluator, cfg)
     _, n_rl, _ = cfg.budget_split()
-    track = _Tracker(method, a0, evaluator.live, evaluator.tick, cfg.episodes, margin=margin_rule(cfg, a0, len(evaluator.val_y)))
+    track = _Tracker(method, a0, cb.live, cb.tick, cfg.episodes, margin=margin_rule(cfg, a0, len(evaluator.val_y)))
     states = CompressionStates(evaluator.analysis)
     ddpg_cfg = _with_seed(cfg.ddpg, cfg.seed)
     warm = min(cfg.warmup_episodes, max(0, n_rl - 1))
@@ -604,32 +616,35 @@ def _with_seed(c, seed: int):
     return replace(c, seed=seed)
 
 
-def run_neurosurgeon(evaluator: PlanEvaluator, a0: float) -> SearchResult:
+def run_neurosurgeon(evaluator: PlanEvaluator, a0: float, callbacks: Callbacks | None = None) -> SearchResult:
     """Best cut without compression (Kang et al., ASPLOS'17)."""
-    return _best_of(evaluator, a0, "neurosurgeon", [(c, [1.0] * c) for c in evaluator.analysis.cuttable_points()])
+    return _best_of(evaluator, a0, "neurosurgeon", [(c, [1.0] * c) for c in evaluator.analysis.cuttable_points()], callbacks)
 
 
-def run_fixed(evaluator: PlanEvaluator, a0: float, method: str) -> SearchResult:
+def run_fixed(evaluator: PlanEvaluator, a0: float, method: str, callbacks: Callbacks | None = None) -> SearchResult:
+    """The unpruned model all on the edge (``edge-only``) or all on the cloud (``cloud-only``)."""
     n = evaluator.analysis.n_layers
     cut = n if method == "edge-only" else 0
-    return _best_of(evaluator, a0, method, [(cut, [1.0] * cut)])
+    return _best_of(evaluator, a0, method, [(cut, [1.0] * cut)], callbacks)
 
 
-def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig) -> SearchResult:
+def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, callbacks: Callbacks | None = None) -> SearchResult:
     """For each uniform keep ratio, the cut that minimises latency; the fastest that meets A0."""
     t0 = time.perf_counter()
-    track = _Tracker("greedy", a0, evaluator.live, evaluator.tick, len(cfg.greedy_ratios))
+    cb = callbacks or Callbacks()
+    track = _Tracker("greedy", a0, cb.live, cb.tick, len(cfg.greedy_ratios))
     for r in cfg.greedy_ratios:
         cut = min(evaluator.analysis.cuttable_points(), key=lambda c: evaluator.price(c, [r] * c)[1].total_ms)
         track.add(evaluator.evaluate(cut, [r] * cut, incumbent_ms=track.incumbent_ms))
     return track.finish(time.perf_counter() - t0)
 
 
-def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int) -> SearchResult:
+def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int, callbacks: Callbacks | None = None) -> SearchResult:
     """Uniform random plans until ``budget`` distinct plans have been scored (CPCDRL's count)."""
     t0 = time.perf_counter()
+    cb = callbacks or Callbacks()
     rng = np.random.default_rng(cfg.seed + 3)
-    track = _Tracker("random", a0, evaluator.live, evaluator.tick, budget)
+    track = _Tracker("random", a0, cb.live, cb.tick, budget)
     allowed = partition_actions(evaluator, cfg)
     tries = 0
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
@@ -639,9 +654,35 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
     return track.finish(time.perf_counter() - t0)
 
 
-def _best_of(evaluator: PlanEvaluator, a0: float, method: str, plans: list[tuple[int, list[float]]]) -> SearchResult:
+def _best_of(
+    evaluator: PlanEvaluator, a0: float, method: str, plans: list[tuple[int, list[float]]], callbacks: Callbacks | None = None,
+) -> SearchResult:
     t0 = time.perf_counter()
-    track = _Tracker(method, a0, evaluator.live, evaluator.tick, len(plans))
+    cb = callbacks or Callbacks()
+    track = _Tracker(method, a0, cb.live, cb.tick, len(plans))
     for cut, ratios in plans:
         track.add(evaluator.evaluate(cut, ratios))
     return track.finish(time.perf_counter() - t0)
+
+
+SearchFn = Callable[[PlanEvaluator, float, SearchConfig, Callbacks, Sequence[SearchResult]], SearchResult]
+"""(evaluator, A0 on validation, config, callbacks, the results of the methods run before it) -> its result."""
+
+
+def _random_at_cpcdrl_budget(ev: PlanEvaluator, a0: float, cfg: SearchConfig, cb: Callbacks, earlier: Sequence[SearchResult]) -> SearchResult:
+    rl = next((r for r in earlier if r.method == "cpcdrl"), None)  # random search gets CPCDRL's evaluation count
+    return run_random(ev, a0, cfg, rl.evaluations if rl else cfg.episodes, cb)
+
+
+SEARCHES: dict[str, SearchFn] = {
+    "cpcdrl": lambda ev, a0, cfg, cb, _: run_rl(ev, a0, cfg, callbacks=cb),
+    "cpcdrl-paper": lambda ev, a0, cfg, cb, _: run_rl(ev, a0, cfg.paper(), method="cpcdrl-paper", callbacks=cb),
+    "neurosurgeon": lambda ev, a0, cfg, cb, _: run_neurosurgeon(ev, a0, cb),
+    "greedy": lambda ev, a0, cfg, cb, _: run_greedy(ev, a0, cfg, cb),
+    "edge-pruned": lambda ev, a0, cfg, cb, _: run_rl(ev, a0, cfg, fixed_cut=ev.analysis.n_layers, callbacks=cb),
+    "edge-only": lambda ev, a0, cfg, cb, _: run_fixed(ev, a0, "edge-only", cb),
+    "cloud-only": lambda ev, a0, cfg, cb, _: run_fixed(ev, a0, "cloud-only", cb),
+    "random": _random_at_cpcdrl_budget,
+}
+"""Every search method by name: a new one plugs in here (and needs nothing set on the evaluator)."""
+METHODS = tuple(SEARCHES)

@@ -35,7 +35,7 @@ from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_model
 from cpcdrl_deploy.search.accuracy_cache import AccuracyCache, CachedScore, context_key, tensor_digest
 from cpcdrl_deploy.search.evaluator import Evaluation, PlanEvaluator
-from cpcdrl_deploy.search.methods import METHODS, SearchConfig, SearchResult, run_fixed, run_greedy, run_neurosurgeon, run_random, run_rl
+from cpcdrl_deploy.search.methods import METHODS, SEARCHES, Callbacks, SearchConfig, SearchResult
 from cpcdrl_deploy.search.plan import PLAN_SCHEMA_VERSION
 
 Log = Callable[[str], None]
@@ -257,7 +257,6 @@ def run_methods(
 ) -> dict[str, object]:
     """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
     req, analysis, evaluator = session.req, session.analysis, session.evaluator
-    evaluator.tick = tick
     t_start = time.perf_counter()
     base_val, base_test = session.base_val, session.base_test
     a0_val = base_val - loss
@@ -265,29 +264,13 @@ def run_methods(
     log(f"unpruned: {base_test:.2f}% test, {base_val:.2f}% validation; constraint: at most {loss:.2f} points lost (A0 = {a0_val:.2f}% on validation)")
 
     results: list[SearchResult] = []
-    methods = list(req.methods)
-    evaluator.live = []
+    live: list[SearchResult] = []
     interrupted = False
     try:
         # run the RL method first so random search can match its evaluation count
-        for m in sorted(methods, key=lambda x: 0 if x == "cpcdrl" else 1):
+        for m in sorted(req.methods, key=lambda x: 0 if x == "cpcdrl" else 1):
             log(f"[{m}] started ({time.perf_counter() - t_start:.0f} s so far)")
-            if m == "cpcdrl":
-                results.append(run_rl(evaluator, a0_val, req.search, progress=log))
-            elif m == "cpcdrl-paper":
-                results.append(run_rl(evaluator, a0_val, req.search.paper(), progress=log, method="cpcdrl-paper"))
-            elif m == "edge-pruned":
-                results.append(run_rl(evaluator, a0_val, req.search, fixed_cut=analysis.n_layers, progress=log))
-            elif m == "neurosurgeon":
-                results.append(run_neurosurgeon(evaluator, a0_val))
-            elif m == "greedy":
-                results.append(run_greedy(evaluator, a0_val, req.search))
-            elif m in ("edge-only", "cloud-only"):
-                results.append(run_fixed(evaluator, a0_val, m))
-            elif m == "random":
-                rl = next((r for r in results if r.method == "cpcdrl"), None)
-                budget = rl.evaluations if rl else req.search.episodes
-                results.append(run_random(evaluator, a0_val, req.search, budget))
+            results.append(SEARCHES[m](evaluator, a0_val, req.search, Callbacks(log, tick, live), list(results)))
             if results[-1].method in ("cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy"):
                 b = results[-1].best
                 log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
@@ -295,7 +278,7 @@ def run_methods(
         # Ctrl-C: keep what was found, the finished methods and the best plan so far of the one running
         interrupted = True
         finished = {id(r) for r in results}
-        results += [r for r in evaluator.live if id(r) not in finished]
+        results += [r for r in live if id(r) not in finished]
         log("interrupted: reporting each method's best plan so far (test accuracy not measured)")
 
     plans = []
