@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -79,7 +79,7 @@ def _print_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
-def _table(rows: list[list[object]], header: list[str]) -> str:
+def _table(rows: Sequence[Sequence[object]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
@@ -258,8 +258,10 @@ def optimize_cmd(
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
     from cpcdrl_deploy.devices.testbed import parse_bandwidth, parse_duration_ms
 
+    ckpt = resolve_checkpoint(model, checkpoint, required=True)
+    assert ckpt is not None  # required=True raises instead of returning None
     req = OptimizeRequest(
-        model=model, checkpoint=resolve_checkpoint(model, checkpoint, required=True), data=data, edge=edge, cloud=cloud, link=link,
+        model=model, checkpoint=ckpt, data=data, edge=edge, cloud=cloud, link=link,
         bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None, rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
         accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
         search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),

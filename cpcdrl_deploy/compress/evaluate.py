@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cpcdrl_deploy.compress.pruning import Calibration, PruneConfig, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
@@ -55,7 +56,7 @@ def evaluate_plan(
     seed: int = 0,
     log: Log | None = None,
     tick: Ticker = no_ticker,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Accuracy of ``model`` (pruned by ``ratios`` up to ``cut``) on CIFAR-10 test images."""
     entry = get_entry(model)
     if entry.dataset != "cifar10":

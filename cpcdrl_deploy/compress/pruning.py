@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -37,12 +38,12 @@ Importance = Callable[[nn.Module], torch.Tensor]
 
 def l1_importance(module: nn.Module) -> torch.Tensor:
     """Sum of |w| of each output filter."""
-    w = module.weight.detach()
+    w = cast(torch.Tensor, module.weight).detach()
     return w.abs().reshape(w.shape[0], -1).sum(1)
 
 
 def l2_importance(module: nn.Module) -> torch.Tensor:
-    w = module.weight.detach()
+    w = cast(torch.Tensor, module.weight).detach()
     return w.pow(2).reshape(w.shape[0], -1).sum(1).sqrt()
 
 
@@ -243,7 +244,7 @@ def prune(
     effective = [1.0] * cut
     for g, drop in plans:
         effective[g.leader - 1] = (g.channels - len(drop)) / g.channels
-    out_channels = [(m.out_features if isinstance(m, nn.Linear) else m.out_channels) for m in mods]
+    out_channels = [int(m.out_features if isinstance(m, nn.Linear) else cast(nn.Conv2d, m).out_channels) for m in mods]
 
     refitted: list[str] = []
     errors: dict[str, tuple[float, float]] = {}
@@ -308,7 +309,7 @@ def _refit(
 
 
 def _solve_layer(
-    mod: nn.Module, x_in: torch.Tensor, y_full: torch.Tensor, pos: torch.Tensor | None, kept_out: list[int] | None, ridge: float
+    mod: nn.Conv2d | nn.Linear, x_in: torch.Tensor, y_full: torch.Tensor, pos: torch.Tensor | None, kept_out: list[int] | None, ridge: float
 ) -> tuple[float, float]:
     """Least squares W' = argmin ||Y - X' W'^T||^2 (+ ridge toward the kept original weights).
 
@@ -321,17 +322,17 @@ def _solve_layer(
     else:
         xs = x_in.reshape(x_in.shape[0], -1)
     w0 = mod.weight.detach().reshape(mod.weight.shape[0], -1)
-    has_bias = mod.bias is not None
+    bias = mod.bias
     X = xs.float()
-    if has_bias:
+    if bias is not None:
         X = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
-        w0 = torch.cat([w0, mod.bias.detach().unsqueeze(1)], 1)
+        w0 = torch.cat([w0, bias.detach().unsqueeze(1)], 1)
     Y = y.float()
     W, before, after = ridge_toward(X, Y, w0, ridge)
     if after > before:  # never make a layer worse than plain pruning
         return before, before
-    if has_bias:
-        mod.bias.data.copy_(W[:, -1])
+    if bias is not None:
+        bias.data.copy_(W[:, -1])
         W = W[:, :-1]
     mod.weight.data.copy_(W.reshape(mod.weight.shape))
     return before, after
@@ -344,7 +345,8 @@ def patches_at(x: torch.Tensor, conv: nn.Conv2d, pos: torch.Tensor) -> torch.Ten
     F.unfold would build every window (N x C*k*k x H*W, 600 MB for VGG16's
     second layer on 256 images) to keep 10 per image.
     """
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation  # type: ignore[misc]
+    padding = cast(tuple[int, int], conv.padding)  # never "same"/"valid" here: the zoo builds numeric padding
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, padding, conv.dilation
     nb, c, h, w = x.shape
     w_out = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     oy, ox = pos // w_out, pos % w_out  # N x m

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.models.zoo import UnitModel
 
 TRANSFERS = ("fp32", "fp16", "int8")
 INT8_SIDE_BYTES = 5  # the per-request scale (float32) and zero point (uint8) sent beside the tensor
@@ -64,7 +65,7 @@ def through_wire(x: torch.Tensor, transfer: str) -> torch.Tensor:
 class WireModel(nn.Module):
     """``net`` with the cut tensor after its first ``boundary`` units passed through the wire (``through_wire``)."""
 
-    def __init__(self, net: nn.Module, boundary: int, transfer: str) -> None:
+    def __init__(self, net: UnitModel, boundary: int, transfer: str) -> None:
         super().__init__()
         self.net, self.boundary, self.transfer = net, boundary, transfer
 

@@ -24,10 +24,12 @@ the measured ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,9 +178,10 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
                 f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         fresh: dict[str, str] = {}
 
+        before, plans_edge = Path(req.profile_before_rounds or "."), edge_profile
+
         def profile_now() -> None:
-            fresh.update(_profile_both(dev, sorted({p.model for p in plans}), sorted(runtimes | {"onnxruntime"}), Path(req.profile_before_rounds), bind,
-                                       edge_profile, log))
+            fresh.update(_profile_both(dev, sorted({p.model for p in plans}), sorted(runtimes | {"onnxruntime"}), before, bind, plans_edge, log))
 
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
         with HostSampler() as sampler:  # the cloud side's CPUs (and, on the testbed, the emulated device's)
@@ -201,6 +204,10 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the measurements
         log(f"no plot: {exc}")
     return report
+
+
+def _percentile(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q))
 
 
 def _export_all(req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick: Ticker) -> tuple[list[dict], dict[str, str], torch.Tensor]:
@@ -301,10 +308,10 @@ def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, 
         e2e = np.array([r["e2e_ms"] for r in mine])
         preds = np.array([r["prediction"] for r in mine])
         agree = float((preds == e["want"][[r["i"] for r in mine]]).mean() * 100.0)
-        stats = {}
+        stats: dict[str, Any] = {}
         for q in (50, 90, 99):
             stats[f"p{q}"] = float(np.percentile(e2e, q))
-            stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, lambda a, q=q: np.percentile(a, q), seed=req.seed))
+            stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, functools.partial(_percentile, q=q), seed=req.seed))
         payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"]["files"] else None
         shape_pred, cloud_pred = plan_estimates(plan, payload, edge_profile, cloud_profile, e["manifest"]["runtime"]["head"] or "onnxruntime")
         row.update(requests=len(mine), e2e_ms=stats, edge_p50_ms=float(np.median([r["edge_ms"] for r in mine])),

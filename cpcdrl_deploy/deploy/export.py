@@ -24,9 +24,10 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -68,8 +69,9 @@ def _onnx_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_na
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        f: Any = buf  # torch annotates a path, and takes a file object too
         torch.onnx.export(
-            m, (torch.zeros(1, *input_shape),), buf, dynamo=False, opset_version=OPSET, input_names=[in_name], output_names=[out_name],
+            m, (torch.zeros(1, *input_shape),), f, dynamo=False, opset_version=OPSET, input_names=[in_name], output_names=[out_name],
             dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
         )
     return buf.getvalue()
@@ -112,7 +114,7 @@ def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, t
 
 def _identity_onnx(shape: tuple[int, ...]) -> bytes:
     """A head that computes nothing: ``input`` -> ``cut`` (for a cut-0 plan whose wire encodes the image)."""
-    dims = ["batch", *shape]
+    dims: list[str | int] = ["batch", *shape]
     g = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["cut"])], "cpcdrl_encoder",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)], [helper.make_tensor_value_info("cut", TensorProto.FLOAT, dims)],
@@ -338,7 +340,7 @@ def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Spl
 
 
 def _check_float(
-    split: _Split, units: list[nn.Module], orig_units: list[nn.Module], b: int, x_check: torch.Tensor, want: np.ndarray, log: Log,
+    split: _Split, units: Sequence[nn.Module], orig_units: Sequence[nn.Module], b: int, x_check: torch.Tensor, want: np.ndarray, log: Log,
 ) -> dict:
     """The float split must be the pruned model before anything lossy is applied, and the tail's unpruned layers the original's."""
     xs = x_check.numpy()

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from cpcdrl_deploy.measure.runtimes import check_runtime, get_runtime
 from cpcdrl_deploy.models.data import subset
 from cpcdrl_deploy.models.evaluate import predict
 from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
-from cpcdrl_deploy.models.zoo import build_model, get_entry
+from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
 from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import rebuild
 from cpcdrl_deploy.serving.session import CloudServer, count_requests, run_edge_runner, server_address, tear_down, upload_runner
@@ -103,7 +104,7 @@ def _pct(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
-def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: torch.nn.Module | None = None) -> tuple[PlanShape, ModelAnalysis]:
+def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: UnitModel | None = None) -> tuple[PlanShape, ModelAnalysis]:
     """A plan's channel counts, MACs and cut size (what the latency models price), and the model's analysis."""
     net = net if net is not None else build_model(model)  # the unpruned architecture; weights do not matter here
     a = analyze(net, get_entry(model).input_size, model)
@@ -111,7 +112,7 @@ def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: 
 
 
 def predictions(
-    model: str, cut: int, ratios: Sequence[float], edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: torch.nn.Module | None = None,
+    model: str, cut: int, ratios: Sequence[float], edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: UnitModel | None = None,
     drift: dict[str, float | None] | None = None, round_to: int = PruneConfig.round_to, edge_runtime: str = "onnxruntime",
 ) -> dict[str, dict]:
     """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
@@ -129,7 +130,7 @@ def predictions(
         raise CpcdrlError(f"neither {edge_profile!r} nor {cloud_profile!r} has a link measurement")
     shape, a = shape_of(model, cut, ratios, round_to, net)
     out: dict[str, dict] = {}
-    models: dict[str, object] = {}
+    models: dict[str, Any] = {}
     if ep.kind == "measured" and cp.kind == "measured" and model in ep.tables and model in cp.tables:
         runtime = edge_runtime if edge_runtime in edge_runtimes(ep, model) else "onnxruntime"
         models["table"] = table = build_latency_model(ep, cp, link, runtime)
@@ -143,12 +144,12 @@ def predictions(
     elif ep.kind == "analytic" and cp.kind == "analytic":
         models["analytic"] = build_latency_model(ep, cp, link)
     for name, lm in models.items():
-        b = lm.predict(model, shape)  # type: ignore[attr-defined]
+        b = lm.predict(model, shape)
         d = b.to_dict()
         if payload_bytes is not None and shape.cut < a.n_layers:
             d["transfer_ms"] = transfer_ms(payload_bytes, link.uplink_bytes_per_s, link.per_request_ms)
             d["total_ms"] = d["edge_ms"] + d["transfer_ms"] + d["cloud_ms"] + d["return_ms"]
-        d["model"] = lm.describe()  # type: ignore[attr-defined]
+        d["model"] = lm.describe()
         out[name] = d
     if "table" in out and drift and any(drift.values()):
         fe, fc = drift.get("edge") or 1.0, drift.get("cloud") or 1.0
@@ -252,7 +253,7 @@ class _Staged:
     out: Path
     export_dir: Path
     manifest: dict
-    original: torch.nn.Module
+    original: UnitModel
     idx: np.ndarray
     y: np.ndarray
     torch_pred: np.ndarray
@@ -436,7 +437,7 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
     at = np.array([r["i"] for r in answered], dtype=np.int64)
     payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
     ok_ids = [r["i"] for r in ok]
-    speed_probe = {role: _drift(blocks, st.refs[role], ok_ids if role == "edge" else None) for role, blocks in ran.probes.items()}  # type: ignore[arg-type]
+    speed_probe = {role: _drift(blocks, ref, ok_ids if role == "edge" else None) for role, blocks in ran.probes.items() if (ref := st.refs[role])}
     drift = {role: d["factor"] for role, d in speed_probe.items()}
     pred = predictions(plan.model, plan.cut, plan.ratios, st.edge_profile, st.cloud_profile, payload, st.original, drift, plan.prune.round_to,
                        manifest["runtime"]["head"] or "onnxruntime")

@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cpcdrl_deploy.core.errors import CpcdrlError
 
@@ -356,7 +357,7 @@ def _start_sshd(st: TestbedState, d: Path, ns: str) -> None:
     # enter the cgroup(s) first, then exec sshd inside the namespace: every session inherits them all
     _run(
         ["sh", "-c", f"{enter} && exec ip netns exec {shlex.quote(ns)} /usr/sbin/sshd -f {shlex.quote(str(d / 'sshd_config'))}"],
-        preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin}),
+        preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin or 0}),
     )
     # sshd creates its pid file before it writes the number: wait for the number, not the file
     for _ in range(100):
@@ -511,11 +512,11 @@ def _states() -> list[TestbedState]:
     return [st for d in sorted(root.iterdir()) if (st := load_state(d.name)) is not None] if root.exists() else []
 
 
-def status() -> list[dict[str, object]]:
+def status() -> list[dict[str, Any]]:
     out = []
     for st in _states():
         alive = st.sshd_pid > 0 and Path(f"/proc/{st.sshd_pid}").exists()
-        row: dict[str, object] = {**asdict(st), "sshd_running": alive}
+        row: dict[str, Any] = {**asdict(st), "sshd_running": alive}
         if st.throttle == "duty":
             row["duty_cycle_running"] = _is_throttle(st.throttle_pid)
         out.append(row)

@@ -133,11 +133,18 @@ def link_fields(model: LatencyModel) -> dict:
 
 
 class _Link(Protocol):
-    uplink_bytes_per_s: float
-    downlink_bytes_per_s: float
-    rtt_ms: float
-    count_result_return: bool
-    request_overhead_ms: float
+    """What pricing the link needs from a latency model (read-only: the models are frozen dataclasses)."""
+
+    @property
+    def uplink_bytes_per_s(self) -> float: ...
+    @property
+    def downlink_bytes_per_s(self) -> float: ...
+    @property
+    def rtt_ms(self) -> float: ...
+    @property
+    def count_result_return(self) -> bool: ...
+    @property
+    def request_overhead_ms(self) -> float: ...
 
 
 def _link_terms(link: _Link, shape: PlanShape, offloads: bool) -> dict[str, float]:

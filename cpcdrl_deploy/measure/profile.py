@@ -130,6 +130,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
         d = read_json(path)
     except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise CpcdrlError(f"cannot read profile {path}: {exc}") from None
+    if not isinstance(d, dict):
+        raise CpcdrlError(f"{path}: malformed profile (not a JSON object)")
     return Profile.from_dict(d, str(path))
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +45,7 @@ from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
 
 PROFILER = Path(__file__).resolve().parents[1] / "ondevice" / "timer.py"
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
+M = TypeVar("M", bound=nn.Module)
 WEIGHTS = "constant-per-tensor"  # see _make_constant; older profiles shared one constant (and one tensor) between layers
 Log = Callable[[str], None]
 
@@ -55,11 +57,12 @@ def _export(m: nn.Module, shape: tuple[int, ...], runtime: str = "onnxruntime") 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.zeros(1, *shape),), buf, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+        f: Any = buf  # torch annotates a path, and takes a file object too
+        torch.onnx.export(m, (torch.zeros(1, *shape),), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
     return gzip.compress(buf.getvalue(), 6)
 
 
-def _make_constant(m: nn.Module) -> nn.Module:
+def _make_constant(m: M) -> M:
     """In place: each weight tensor one constant of its own (~0.01), batch-norm statistics neutral, no gradients.
 
     Units close over the model's modules, so this changes the model. Why one
@@ -660,7 +663,7 @@ def _interleave(lists: list[list[dict]]) -> list[dict]:
     return out
 
 
-def _ls_slope(points: list[tuple[float, float]]) -> float:
+def _ls_slope(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of y over x (0 when all x are equal)."""
     mx, my = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
     sxx = sum((x - mx) ** 2 for x, _ in points)

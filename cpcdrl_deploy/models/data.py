@@ -18,6 +18,7 @@ import tarfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def _python_format(root: Path) -> Cifar10:
         for n in names:
             try:
                 with open(base / n, "rb") as f:
-                    entry = _restricted_load(f)
+                    entry: Any = _restricted_load(f)  # a dict of the CIFAR batch; anything else raises below
                 xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
                 ys += list(entry["labels"])
             except (OSError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as exc:

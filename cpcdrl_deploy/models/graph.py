@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ class ModelAnalysis:
     points: list[CutPoint]
     total_macs: int
     result_bytes: int  # bytes of the model's output (the result returned to the edge)
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_layers(self) -> int:
@@ -67,7 +68,7 @@ class ModelAnalysis:
     def cuttable_points(self) -> list[int]:
         return [p.index for p in self.points if p.cuttable]
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "input_shape": list(self.input_shape),
@@ -122,7 +123,8 @@ def analyze(model: UnitModel, input_size: int, name: str = "", channels: int = 3
             info = dict(in_channels=mod.in_channels, out_channels=mod.out_channels, kernel=mod.kernel_size[0], stride=mod.stride[0], groups=mod.groups)
         else:
             kind = "fc"
-            info = dict(in_channels=mod.in_features, out_channels=mod.out_features, kernel=1, stride=1, groups=1)
+            fc = cast(nn.Linear, mod)
+            info = dict(in_channels=fc.in_features, out_channels=fc.out_features, kernel=1, stride=1, groups=1)
         layers.append(
             LayerInfo(
                 index=i, name=names[mod], kind=kind, in_shape=in_shape, out_shape=out_shape,

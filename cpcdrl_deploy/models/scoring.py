@@ -25,6 +25,7 @@ the eager model for the CIFAR zoo models and a pruned one. Speed-ups are measure
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,18 +42,21 @@ class _PackedConv2d(nn.Conv2d):
     packed: torch.Tensor
     packed_bias: torch.Tensor | None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = not x.is_mkldnn
-        y = torch.mkldnn_convolution(x.to_mkldnn() if dense else x, self.packed, self.packed_bias, self.padding, self.stride, self.dilation, self.groups)
+        padding: Any = self.padding  # numeric: _packable refuses "same" / "valid"
+        y = torch.mkldnn_convolution(x.to_mkldnn() if dense else x, self.packed, self.packed_bias, padding, self.stride, self.dilation, self.groups)
         return y.to_dense() if dense else y
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and bias of ``bn(conv(x))`` as one convolution (eval mode)."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    running_var, running_mean = bn.running_var, bn.running_mean
+    assert running_var is not None and running_mean is not None  # track_running_stats: checked by the caller
+    scale = torch.rsqrt(running_var + bn.eps)
     if bn.affine:
         scale = scale * bn.weight.detach()
-    shift = -bn.running_mean * scale
+    shift = -running_mean * scale
     if bn.affine:
         shift = shift + bn.bias.detach()
     w = conv.weight.detach() * scale.reshape(-1, 1, 1, 1)
@@ -64,7 +68,8 @@ def _packable(m: nn.Module) -> bool:
     return type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
 
 
-def _pack(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+def _pack(module: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    conv: Any = module  # becomes a _PackedConv2d in place: new attributes, then its class
     conv.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), conv.padding, conv.stride, conv.dilation, conv.groups)
     conv.packed_bias = bias.to_mkldnn() if bias is not None else None
     conv.__class__ = _PackedConv2d
@@ -82,7 +87,8 @@ def scoring_copy(model: nn.Module) -> nn.Module:
         return model
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
-        for seq in [m for m in net.modules() if _fast_sequential(m)]:
+        seqs: list[Any] = [m for m in net.modules() if _fast_sequential(m)]  # nn.Sequentials, indexed and assigned into
+        for seq in seqs:
             for i, conv in enumerate(seq):
                 if not _packable(conv):
                     continue
@@ -120,7 +126,7 @@ class _LayoutRunner(UnitModel):
         # the copy never changes: decide each unit's layout once, not at every batch
         self._steps = [(unit, _layout_safe(unit)) for unit in net.units()]
 
-    def units(self):  # type: ignore[override]
+    def units(self) -> list:
         return self.net.units()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train(
     model_name: str, data: Cifar10, out: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print, tick: Ticker = no_ticker,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Train from scratch; write ``{"net", "acc", "epoch"}`` to ``out`` atomically."""
     if get_entry(model_name).dataset != "cifar10":
         raise CpcdrlError(f"{model_name} is not a CIFAR-10 model; cpcdrl train covers the CIFAR-10 (32x32) zoo models")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +145,8 @@ class CifarMobileNet(UnitModel):
 
         units = [Unit("conv1", conv_bn_relu(self.conv1, self.bn1), [self.conv1, self.bn1])]
         last = len(self.layers) - 1
-        for b, blk in enumerate(self.layers):
+        blocks = cast(Sequence[_MobileBlock], self.layers)
+        for b, blk in enumerate(blocks):
             units.append(Unit(f"layers.{b}.conv1", conv_bn_relu(blk.conv1, blk.bn1), [blk.conv1, blk.bn1]))
             pw = conv_bn_relu(blk.conv2, blk.bn2)
             if b == last:  # fold the global pooling into the last unit: its cut tensor is the pooled one
@@ -164,7 +166,7 @@ class TorchvisionUnits(UnitModel):
         self.net = net
 
     def units(self) -> list[Unit]:
-        n = self.net
+        n: Any = self.net  # torchvision's modules by attribute: typed as Tensor | Module by torch
         if self.arch == "resnet18":
             stem = nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool)
             units = [Unit("net.conv1", stem, [stem])]
@@ -240,7 +242,7 @@ def extract_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, object]:
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Load weights into ``model``; refuse a checkpoint of another architecture.
 
     Returns the checkpoint's metadata (``acc``, ``epoch`` where present).
@@ -316,7 +318,7 @@ def resolve_checkpoint(model: str, checkpoint: str | Path | None, required: bool
     return found
 
 
-def list_models() -> list[dict[str, object]]:
+def list_models() -> list[dict[str, Any]]:
     return [
         {"name": e.name, "input_size": e.input_size, "classes": e.num_classes, "dataset": e.dataset,
          "builtin_checkpoint": builtin_checkpoint(e.name) is not None, "description": e.description}

@@ -22,9 +22,9 @@ _TABLE = {
     "BOOL": (np.bool_, 9, "tensor(bool)"),
 }
 
-NUMPY = {name: np.dtype(row[0]) for name, row in _TABLE.items()}
+NUMPY: dict[str, np.dtype] = {name: np.dtype(row[0]) for name, row in _TABLE.items()}
 """KServe datatype name -> numpy dtype."""
-NAMES = {dtype: name for name, dtype in NUMPY.items()}
+NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in NUMPY.items()}
 """numpy dtype -> KServe datatype name."""
 FROM_ONNX = {row[1]: name for name, row in _TABLE.items()}
 """onnx.TensorProto element type -> KServe datatype name."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib
 import json
 import os
 import socket
@@ -44,7 +45,8 @@ try:  # in the package on the host
     from cpcdrl_deploy.ondevice.datatypes import FROM_ORT, NAMES, NUMPY
 except ImportError:  # on the device: datatypes.py lies beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from datatypes import FROM_ORT, NAMES, NUMPY  # type: ignore[no-redef]
+    _datatypes = importlib.import_module("datatypes")
+    FROM_ORT, NAMES, NUMPY = _datatypes.FROM_ORT, _datatypes.NAMES, _datatypes.NUMPY
 MAX_REPLY = 16 * 1024 * 1024  # bytes: logits are a few dozen; anything near this is not a reply to us
 
 
@@ -419,6 +421,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         t1 = time.perf_counter()
         if not p.get("model"):
             return (t1 - t0) * 1000.0, 0.0, next(iter(feeds.values())), 0, None
+        assert remote is not None  # a plan with a tail and no --url was dropped when the heads loaded
         remote.path, remote.output = f"/v2/models/{p['model']}/infer", p.get("output") or "logits"
         logits, server_ms, sent = remote.infer(feeds)
         return (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0, logits, sent, server_ms
@@ -433,7 +436,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     spent = {p["id"]: 0.0 for p in live}
     fails = {p["id"]: 0 for p in live}
-    records, r, k = [], 0, 0
+    records: list[dict] = []
+    r, k = 0, 0
     round_times = []  # wall clock, so the host can line its own samples up with the rounds
     while live and (r < args.min_rounds or min(spent[p["id"]] for p in live) < args.seconds * 1000.0):
         round_start = time.time()

@@ -156,7 +156,7 @@ def time_session(sess, shape: list[int], warmup: int, repeats: int, min_time_s: 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for _ in range(warmup):
         sess.run(None, {name: x})
-    ts = []
+    ts: list[float] = []
     start = time.perf_counter()
     while len(ts) < repeats or time.perf_counter() - start < min_time_s:
         t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -139,7 +140,7 @@ def _covers(old: CachedScore, new: CachedScore) -> bool:
     return bool(old.chunk_changed) or not new.chunk_changed
 
 
-def cache_info(root: Path) -> dict[str, object]:
+def cache_info(root: Path) -> dict[str, Any]:
     """Contexts, entries and bytes under ``root``."""
     contexts, entries, size = 0, 0, 0
     if root.is_dir():

@@ -118,6 +118,7 @@ class PlanEvaluator:
         """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""
         if not lossy_at(cut, self.analysis.n_layers, self.transfer):
             return net
+        assert isinstance(net, UnitModel)  # the wire goes between its units
         return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
     def _chunks(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False) -> ChunkScore | None:

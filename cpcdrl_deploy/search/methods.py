@@ -323,7 +323,8 @@ def _rl_episode(rl: _RL, episode: int, progress: Progress | None) -> None:
         dqn.set_exploration((episode - rl.warm) / max(1, rl.n_rl - rl.warm - 1) if not exploring else 0.0)
         cut = int(rl.rng.choice(rl.allowed)) if exploring else dqn.act(rl.s_p, rl.allowed)
     else:
-        cut = int(rl.fixed_cut)  # type: ignore[arg-type]
+        assert rl.fixed_cut is not None  # no DQN: Edge(pruned) at its fixed cut
+        cut = rl.fixed_cut
     obs_list, actions, ratios = [], [], []
     prev = 1.0
     # Warm-up actions scatter around one random level per episode: independent

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -243,7 +244,7 @@ def constraint_loss(session: Session, accuracy: float | None, max_loss: float | 
     return loss
 
 
-def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict[str, object]:
+def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict[str, Any]:
     """Run the requested methods; returns {"plans": [...], "rewards", "history", "timers", ...}.
 
     ``log`` gets milestones, ``tick`` counters: each method's proposals, then the test images.
@@ -254,7 +255,7 @@ def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_
 
 def run_methods(
     session: Session, loss: float, log: Log = lambda s: None, early_stop_a0: float | None = None, tick: Ticker = no_ticker,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
     req, analysis, evaluator = session.req, session.analysis, session.evaluator
     t_start = time.perf_counter()
@@ -359,7 +360,7 @@ def _test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evaluatio
 
 def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: str, sha: str, base_val: float, base_test: float, loss: float, a0_val: float) -> dict:
     b = res.best
-    d: dict[str, object] = {
+    d: dict[str, Any] = {
         "schema_version": PLAN_SCHEMA_VERSION,
         "kind": "cpcdrl-plan",
         "cpcdrl_version": __version__,
@@ -416,6 +417,8 @@ def uniform_plan(
     from cpcdrl_deploy.models.zoo import resolve_checkpoint
 
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
+    if ckpt is None:
+        raise CpcdrlError(f"no checkpoint for {model}")
     net = load_model(model, ckpt)
     a = analyze(net, get_entry(model).input_size, model)
     cfg = PruneConfig()

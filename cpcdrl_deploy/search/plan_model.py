@@ -13,6 +13,7 @@ import io
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,7 +80,7 @@ def calibration_images(plan: Plan, ds: Cifar10) -> torch.Tensor:
 
 def evaluate_saved_plan(
     plan_path: str | Path, data: str | None = None, checkpoint: str | None = None, limit: int | None = None, seed: int = 0, tick: Ticker = no_ticker,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Accuracy of a saved plan's pruned model on CIFAR-10 test images: its saved weights, not a new refit."""
     plan = load_plan(plan_path)
     original, pruned, ds = rebuild(plan, data, checkpoint, plan_path)

@@ -112,7 +112,7 @@ def plot_latency_vs_bandwidth(result: dict, path: Path) -> None:
     for p in result["plans"]:
         ys = [latency_at_bandwidth(p, link, b) for b in bws]
         if any(y is not None for y in ys):
-            ax.plot([b / 1e3 for b in bws], ys, label=f"{p['method']} (cut {p.get('cut')})")
+            ax.plot([b / 1e3 for b in bws], [float("nan") if y is None else y for y in ys], label=f"{p['method']} (cut {p.get('cut')})")
     ax.axvline(link["uplink_bytes_per_s"] / 1e3, color="k", linestyle=":", linewidth=1, label="this run's link")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -58,7 +58,7 @@ class CloudServer:
         reader.join(start_timeout)
         if not line or not line[0].startswith("serving "):
             self.stop()
-            err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()  # type: ignore[union-attr]
+            err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()
             raise CpcdrlError(f"the cloud server did not start: {err[-1] if err else f'no answer in {start_timeout:.0f} s'}")
         self.url = line[0].split(" on ", 1)[1].split()[0]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class DDPGAgent:
             # Start near "keep almost everything" and learn to prune: a policy that
             # starts at 0.5 halves every layer, and on a 28-layer network nothing
             # it tries meets the accuracy target, so it has nothing to learn from.
-            last = self.actor[-2]
+            last = cast(nn.Linear, self.actor[-2])
             with torch.no_grad():
                 last.weight.mul_(0.1)
                 last.bias.fill_(float(np.log(self.cfg.init_action / (1.0 - self.cfg.init_action))))
