@@ -22,6 +22,7 @@ pytestmark = pytest.mark.device
 
 NAME = "cpcdrlci"
 GRID = (0.5, 1.0)
+FAST = {"rounds": 2, "window_ms": 30.0, "cold_gap_ms": 2.0, "retime_tries": 0}  # profile_host's timing, sized for CI
 
 
 def _can_run() -> str | None:
@@ -67,16 +68,17 @@ def profiles(bed, tmp_path_factory):
     out = tmp_path_factory.mktemp("profiles")
     dev = connect(NAME)
     try:
-        # tinyvgg too: the deploy test's plan, so that its speed probe has a reference on both sides
-        # a 2 ms idle before the as-served runs, not the default 20: the same code path, minutes less CI;
+        # tinyvgg too: the deploy test's plan, so that its speed probe has a reference on both sides.
+        # Sized for CI, the same code paths: two passes of 30 ms per model (the default: four of 100 ms, which
+        # made this fixture 7 minutes of the suite's 15), a 2 ms idle before the as-served runs, not 20;
         # no re-timing (tested in test_profiling): at a quarter core it times a third of the models again
         pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print, request_probe_at=bed.host_ip,
-                          cold_gap_ms=2.0, retime_tries=0)
+                          **FAST)
     finally:
         dev.close()
     local = profile_host(
         connect("local"), ["mobilenet", "tinyvgg"], out / "local.json", GRID, threads=1, warmup=3, repeats=7, measure_link_too=False, log=print,
-        cold_gap_ms=2.0, retime_tries=0,
+        **FAST,
     )
     return out / "pi.json", out / "local.json", pi, local
 
@@ -91,7 +93,8 @@ def test_profile_over_ssh(profiles) -> None:
     pi_path, _, pi, local = profiles
     assert pi.kind == "measured" and pi.name == NAME
     assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
-    assert pi.host["rounds"] == 4 and pi.host["round_window_ms"] == 100.0 and pi.host["testbed"]["throttle"] == "duty" and pi.host["testbed"]["duty_period_us"] == 250
+    assert pi.host["rounds"] == FAST["rounds"] and pi.host["round_window_ms"] == FAST["window_ms"]  # the settings are recorded
+    assert pi.host["testbed"]["throttle"] == "duty" and pi.host["testbed"]["duty_period_us"] == 250
     assert abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375  # calibrated at up, of the time the hypervisor left
     assert 0.0 <= pi.host["testbed"]["calibration_steal"] <= 0.9
     t = pi.tables["mobilenet"]
@@ -257,7 +260,8 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(SSHDevice, "run", flaky)
     dev = connect(NAME)
     with pytest.raises(CpcdrlError):
-        profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10, retime_tries=0)
+        profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10, retime_tries=0,
+                               rounds=1, window_ms=10.0)  # what is tested is the resume, not the timing
     assert not out.exists(), "no partial profile file"
     partial = json.loads(Path(str(out) + ".partial").read_text())
     assert len(partial["results"]["tinyvgg"]) == 10
@@ -266,7 +270,7 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     dev = connect(NAME)
     try:
         prof = profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10, log=logs.append,
-                                      retime_tries=0)
+                                      retime_tries=0, rounds=1, window_ms=10.0)
     finally:
         dev.close()
     assert any("resuming: 10 of" in line for line in logs)
