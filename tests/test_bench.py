@@ -48,6 +48,7 @@ def plans(tmp_path_factory):
     return [make_plan(d / f"p{c}.json", c, k) for c, k in ((3, 0.75), (0, 1.0), (7, 0.5))]
 
 
+@pytest.mark.slow
 def test_bench_locally(plans, tmp_path) -> None:
     res = CliRunner().invoke(app, ["bench", *map(str, plans), "--edge", "local", "--seconds", "0.5", "--min-rounds", "3", "--slice-ms", "20",
                                    "--out", str(tmp_path / "b"), "--format", "json"])
@@ -85,6 +86,7 @@ def test_bench_locally(plans, tmp_path) -> None:
         assert r["predicted_ms"] == pytest.approx(rows[r["id"]]["predicted_ms"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_profile_before_rounds_prices_the_plans_with_fresh_profiles(plans, tmp_path, monkeypatch) -> None:
     from cpcdrl_deploy.measure import profiler as profiling
     from cpcdrl_deploy.serving import session as deploy
@@ -116,6 +118,7 @@ def test_profile_before_rounds_prices_the_plans_with_fresh_profiles(plans, tmp_p
     assert rep["fidelity"]["table"]["spearman"] is not None
 
 
+@pytest.mark.slow
 def test_an_interrupted_bench_leaves_the_last_report_whole(plans, tmp_path, monkeypatch) -> None:
     out = tmp_path / "b"
     req = BenchRequest(plans[:2], out=out, seconds=0.2, min_rounds=2, slice_ms=10)

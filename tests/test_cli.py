@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -49,6 +50,7 @@ def test_evaluate_builtin_demo() -> None:
     assert 10.0 < d["accuracy"] <= 100.0
 
 
+@pytest.mark.slow
 def test_evaluate_reference_checkpoint_on_shared_data() -> None:
     res = run("evaluate", "mobilenet", "-c", str(need_shared(CHECKPOINTS["mobilenet"])), "--data", str(need_shared(DATASET_TGZ)), "--limit", "500", "--format", "json")
     assert res.exit_code == 0, res.output

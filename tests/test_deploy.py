@@ -93,6 +93,7 @@ def test_speed_probe_is_the_profiles_whole_model(tmp_path) -> None:
     assert gzip.decompress(data) == gzip.decompress((tmp_path / head["file"]).read_bytes())
 
 
+@pytest.mark.slow
 def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
     """Both sides time the profile's whole-model entry again; table_drift is the anchored tables times each side's factor."""
     from cpcdrl_deploy.deploy.run import DeployRequest, deploy, probe_reference

@@ -11,6 +11,8 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.devices import testbed
 from tests.test_device_testbed import _busy_loop_share, _can_run
 
+pytestmark = pytest.mark.device  # a testbed of its own: root, sshd, iproute2
+
 
 def test_quota_testbed_gives_a_busy_loop_its_share(tmp_path) -> None:
     # --throttle quota: a CFS quota of 1 ms per 4 ms

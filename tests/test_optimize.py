@@ -113,6 +113,7 @@ def test_cli_optimize_bad_inputs(args, message) -> None:
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_readme_main_job_lands_on_a_split_and_says_why() -> None:
     """The README's first command (the built-in default) must show a split: head on the edge, tail on the server."""
     import re

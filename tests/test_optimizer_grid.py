@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     out = tmp_path / "grid"
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--tiny", "--out", str(out), "--cache", str(tmp_path / "c")],
@@ -73,6 +76,7 @@ def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
     assert "no-slack" in (out / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_episode_convergence_runs_each_budget_and_the_reference(tmp_path) -> None:
     out = tmp_path / "conv"
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "episode_convergence.py"), "--model", "tinyvgg", "--data", "builtin", "--pair", "paper",

@@ -129,9 +129,9 @@ def test_time_on_device_returns_results_by_id_and_fails_in_one_line(tmp_path) ->
 def test_time_jobs_times_whole_models_after_idle_when_asked(tmp_path, monkeypatch) -> None:
     # a job with cold_gap_ms also gets COLD_RUNS_PER_ROUND runs per round, each after that much sleep
     import torch.nn as nn
-    from cpcdrl_deploy.ondevice import timer
 
     from cpcdrl_deploy.measure.profiler import _export
+    from cpcdrl_deploy.ondevice import timer
 
     sleeps: list[float] = []
     real_sleep = timer.time.sleep

@@ -160,6 +160,7 @@ def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, e
         build_latency_model(edge, cloud, None, "litert").predict("mobilenet", plan_shape(a, channel_groups(m, a), 2, [1.0, 1.0]))
 
 
+@pytest.mark.slow
 def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
     need_litert()
     out = tmp_path / "local.json"
@@ -173,6 +174,7 @@ def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
     assert "tinyvgg" not in prof.tables  # ONNX Runtime's tables come from a run without --runtime
 
 
+@pytest.mark.slow
 def test_profile_times_both_runtimes_side_by_side(tmp_path) -> None:
     """Two --runtime options: every unit built for both and timed in the same batches, one table each."""
     need_litert()

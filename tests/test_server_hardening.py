@@ -94,6 +94,7 @@ def _malformed(rng: np.random.Generator, spec: dict) -> tuple[str, str, bytes, d
     return "POST", infer, json.dumps([1, 2, 3]).encode(), {**auth, "Content-Encoding": "gzip"}
 
 
+@pytest.mark.slow
 def test_fuzz_every_malformed_request_gets_a_json_4xx(server) -> None:
     spec = _meta(server)["inputs"][0]
     rng = np.random.default_rng(1234)

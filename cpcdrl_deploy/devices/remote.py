@@ -314,9 +314,9 @@ class SSHDevice:
         self.client = open_client(spec, connect_timeout, trust_new_host_key)
         self._sftp: paramiko.SFTPClient | None = None
 
-    def _transport(self) -> paramiko.Transport:
+    def _transport(self, active: bool = True) -> paramiko.Transport:
         transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
+        if transport is None or (active and not transport.is_active()):
             raise CpcdrlError(f"connection to {self.name} lost")
         return transport
 
@@ -346,17 +346,11 @@ class SSHDevice:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise CpcdrlError(f"connection to {self.name} lost: {exc}") from None
 
-    def _open_transport(self) -> paramiko.Transport:
-        transport = self.client.get_transport()
-        if transport is None:
-            raise CpcdrlError(f"connection to {self.name} lost")
-        return transport
-
     def echo_rtt_ms(self, samples: int = 7) -> float:
-        return echo_rtt_ms(self._open_transport(), self.name, samples)
+        return echo_rtt_ms(self._transport(active=False), self.name, samples)
 
     def stream_s(self, n_bytes: int, upload: bool) -> float:
-        return stream_s(self._open_transport(), self.name, n_bytes, upload)
+        return stream_s(self._transport(active=False), self.name, n_bytes, upload)
 
     def put(self, local: Path, remote: str) -> None:
         """Upload to a temporary name, then rename: the device never sees half a file."""
