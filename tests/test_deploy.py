@@ -102,7 +102,8 @@ def test_deploy_scales_the_tables_by_the_speed_probe(tmp_path) -> None:
     from cpcdrl_deploy.measure.profiler import profile_host
 
     path = tmp_path / "local.json"
-    profile_host(connect("local"), ["tinyvgg"], path, (1.0,), warmup=2, repeats=6, measure_link_too=False)
+    # sized for the suite: two passes of 20 ms per model (the default: four of 100 ms); the probe follows the recorded settings
+    profile_host(connect("local"), ["tinyvgg"], path, (1.0,), warmup=2, repeats=6, measure_link_too=False, rounds=2, window_ms=20.0, cold_gap_ms=2.0)
     d = json.loads(path.read_text())
     d["link"] = {"uplink_bytes_per_s": 1e9, "downlink_bytes_per_s": 1e9, "rtt_ms": 0.05}  # edge and cloud are this machine: loopback
     path.write_text(json.dumps(d))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.device
 
 NAME = "cpcdrlci"
 GRID = (0.5, 1.0)
-FAST = {"rounds": 2, "window_ms": 30.0, "cold_gap_ms": 2.0, "retime_tries": 0}  # profile_host's timing, sized for CI
+FAST = {"warmup": 1, "repeats": 4, "rounds": 2, "window_ms": 30.0, "cold_gap_ms": 2.0, "retime_tries": 0}  # profile_host's timing, sized for CI
 
 
 def _can_run() -> str | None:
@@ -69,16 +69,15 @@ def profiles(bed, tmp_path_factory):
     dev = connect(NAME)
     try:
         # tinyvgg too: the deploy test's plan, so that its speed probe has a reference on both sides.
-        # Sized for CI, the same code paths: two passes of 30 ms per model (the default: four of 100 ms, which
-        # made this fixture 7 minutes of the suite's 15), a 2 ms idle before the as-served runs, not 20;
+        # Sized for CI, the same code paths: two passes of at least 30 ms and 4 runs per model (the default:
+        # four of 100 ms and 20, which made this fixture 7 minutes of the suite's 15), a 2 ms idle before the
+        # as-served runs, not 20;
         # no re-timing (tested in test_profiling): at a quarter core it times a third of the models again
-        pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, warmup=3, repeats=7, log=print, request_probe_at=bed.host_ip,
-                          **FAST)
+        pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, log=print, request_probe_at=bed.host_ip, **FAST)
     finally:
         dev.close()
     local = profile_host(
-        connect("local"), ["mobilenet", "tinyvgg"], out / "local.json", GRID, threads=1, warmup=3, repeats=7, measure_link_too=False, log=print,
-        **FAST,
+        connect("local"), ["mobilenet", "tinyvgg"], out / "local.json", GRID, threads=1, measure_link_too=False, log=print, **FAST,
     )
     return out / "pi.json", out / "local.json", pi, local
 

@@ -268,8 +268,8 @@ def export_models(
     _check_options(quantize, transfer)
     # at cut 0 the device runs no layers (at most the wire's encoder, in ONNX): the runtime choice is moot
     rt = get_runtime(runtime) if plan.cut > 0 else RUNTIMES["onnxruntime"]
-    if rt.name == "litert" and transfer != "fp32":
-        raise CpcdrlError("--runtime litert sends the cut tensor in fp32 for now; for --transfer fp16|int8 use --runtime onnxruntime")
+    if transfer not in rt.transfers:
+        raise CpcdrlError(f"--runtime {rt.name} sends the cut tensor in {'|'.join(rt.transfers)} for now; for --transfer {transfer} use --runtime onnxruntime")
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 1, 4)
     analysis = analyze(pruned, get_entry(plan.model).input_size, plan.model)
@@ -281,7 +281,7 @@ def export_models(
     tick(EXPORT_STEPS, 2, 4)
     check = _check_float(split, pruned.units(), original.units(), b, x_check, want, log)
     xs = x_check.numpy()
-    if split.head and rt.name != "onnxruntime":
+    if split.head and not rt.onnx_head:
         split.head_file = _litert_head(nn.Sequential(*pruned.units()[:b]), tuple(x_check.shape[1:]), split.head, split.tail, xs, want, out)
         log(f"LiteRT head checked on {len(xs)} test images: max |diff| {split.head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model")
     tick(EXPORT_STEPS, 3, 4)

@@ -281,12 +281,12 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     """Export ``req.plan``, serve its tail here, run its head on ``req.edge``; the report (also written to ``req.out``)."""
     t_start = time.perf_counter()
     plan = load_plan(req.plan)
-    edge_profile, cloud_profile, runtime, litert = _check_request(req, plan)
+    edge_profile, cloud_profile, runtime, no_probe = _check_request(req, plan)
     # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
     try:
         bind = server_address(req.edge, req.bind)
-        staged = _stage(req, plan, edge_profile, cloud_profile, runtime, litert, log, tick)
+        staged = _stage(req, plan, edge_profile, cloud_profile, runtime, no_probe, log, tick)
     except BaseException:
         dev.close()
         raise
@@ -300,7 +300,7 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
 
 
 def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]:
-    """(edge profile, cloud profile, head runtime, LiteRT head?) of a request, refused in one line where it cannot run."""
+    """(edge profile, cloud profile, head runtime, no speed probe on the device?) of a request, refused in one line where it cannot run."""
     if req.requests < 1:
         raise CpcdrlError("--requests must be at least 1")
     if req.cloud != "local":
@@ -311,14 +311,15 @@ def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]
         raise CpcdrlError(f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass --edge-profile/--cloud-profile")
     load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
     runtime = req.runtime or plan.runtime
-    litert = get_runtime(runtime).name == "litert" and plan.cut > 0
-    if litert and req.fallback:
-        raise CpcdrlError("--fallback runs the full model in ONNX Runtime; it is not built for --runtime litert yet")
-    return edge_profile, cloud_profile, runtime, litert
+    rt = get_runtime(runtime)
+    head_on_device = plan.cut > 0  # at cut 0 the device runs no head: the runtime choice is moot
+    if head_on_device and req.fallback and not rt.local_fallback:
+        raise CpcdrlError(f"--fallback runs the full model in ONNX Runtime; it is not built for --runtime {rt.name} yet")
+    return edge_profile, cloud_profile, runtime, head_on_device and not rt.speed_probe
 
 
 def _stage(
-    req: DeployRequest, plan: Plan, edge_profile: str, cloud_profile: str, runtime: str, litert: bool, log: Log, tick: Ticker,
+    req: DeployRequest, plan: Plan, edge_profile: str, cloud_profile: str, runtime: str, no_probe: bool, log: Log, tick: Ticker,
 ) -> _Staged:
     """Export the plan, pick and save the test images with the pruned PyTorch model's answers, ready the speed probe."""
     out = Path(req.out)
@@ -339,8 +340,8 @@ def _stage(
     refs: dict[str, dict | None] = {"edge": None, "cloud": None}
     if req.probe:
         ep, cp = load_profile(edge_profile), load_profile(cloud_profile)
-        # the probe is the ONNX model the profile timed, run by ONNX Runtime: not for a LiteRT device
-        refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not litert else None
+        # the probe is the ONNX model the profile timed, run by ONNX Runtime: only beside heads whose runtime allows it
+        refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not no_probe else None
         refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
         if not any(refs.values()):
             log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")

@@ -14,19 +14,17 @@ everything is measured.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import platform
 import shlex
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -39,7 +37,7 @@ from cpcdrl_deploy.devices.hostload import HostSampler, load_in_windows
 from cpcdrl_deploy.devices.remote import Device
 from cpcdrl_deploy.devices.testbed import load_state
 from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile, save_profile, table_key
-from cpcdrl_deploy.measure.runtimes import RUNTIMES, check_runtime, tflite_bytes
+from cpcdrl_deploy.measure.runtimes import RUNTIMES, check_runtime, get_runtime
 from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
 
@@ -52,14 +50,7 @@ Log = Callable[[str], None]
 
 def _export(m: nn.Module, shape: tuple[int, ...], runtime: str = "onnxruntime") -> bytes:
     """``m`` (a unit or units of a model made constant by ``_make_constant``) as ``runtime`` runs it, gzip-compressed."""
-    if runtime == "litert":
-        return gzip.compress(tflite_bytes(m, shape), 6)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f: Any = buf  # torch annotates a path, and takes a file object too
-        torch.onnx.export(m, (torch.zeros(1, *shape),), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
-    return gzip.compress(buf.getvalue(), 6)
+    return gzip.compress(get_runtime(runtime).build(m, shape), 6)
 
 
 def _make_constant(m: M) -> M:

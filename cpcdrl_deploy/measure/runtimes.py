@@ -16,13 +16,16 @@ the same code.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shlex
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,17 +34,39 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.devices.remote import Device
 
 
+def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """``module`` (batch 1, float32) as an ONNX model, input ``x``, output ``y``: what the profiler times."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        f: Any = buf  # torch annotates a path, and takes a file object too
+        torch.onnx.export(module, (torch.zeros(1, *input_shape),), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+    return buf.getvalue()
+
+
 @dataclass(frozen=True)
 class Runtime:
+    """An edge runtime as a backend: its head file, how this host builds one, what the device and the pipeline need.
+
+    Everything that differs between runtimes is a field here, so the stages ask the backend
+    (``rt.transfers``, ``rt.build``) instead of branching on its name."""
+
     name: str
     suffix: str  # of the head file
     modules: tuple[str, ...]  # the device imports any one of these
     install: str  # what to install on the device when none imports
+    build: Callable[[nn.Module, tuple[int, ...]], bytes]  # a unit or head (batch 1, float32) as this runtime's file
+    transfers: tuple[str, ...]  # the cut tensor's encodings a head of this runtime sends (compress/transfer.py)
+    onnx_head: bool  # the exported head is the ONNX model itself; otherwise converted from the module and checked against it
+    speed_probe: bool  # deploy's speed probe (the profile's ONNX whole model) runs on the device beside this head
+    local_fallback: bool  # deploy --fallback (the full model in ONNX Runtime on the device) works beside this head
 
 
 RUNTIMES = {
-    "onnxruntime": Runtime("onnxruntime", ".onnx", ("onnxruntime",), "onnxruntime"),
-    "litert": Runtime("litert", ".tflite", ("ai_edge_litert", "tflite_runtime"), "ai-edge-litert"),
+    "onnxruntime": Runtime("onnxruntime", ".onnx", ("onnxruntime",), "onnxruntime", onnx_bytes, ("fp32", "fp16", "int8"),
+                           onnx_head=True, speed_probe=True, local_fallback=True),
+    "litert": Runtime("litert", ".tflite", ("ai_edge_litert", "tflite_runtime"), "ai-edge-litert", lambda m, s: tflite_bytes(m, s), ("fp32",),
+                      onnx_head=False, speed_probe=False, local_fallback=False),
 }
 
 

@@ -168,14 +168,15 @@ def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> L
     """The profiles' latency model, with the edge runtime(s) the request allows (``edge_runtime``)."""
     if req.edge_runtime == "auto":
         runtimes = edge_runtimes(edge_p, req.model) or ["onnxruntime"]  # none: ONNX Runtime's missing table is the error to show
-        if req.transfer != "fp32" and "litert" in runtimes:
+        able = [r for r in runtimes if req.transfer in get_runtime(r).transfers]
+        if able != runtimes:
             # none left: ONNX Runtime's missing table is again the error to show
-            runtimes = [r for r in runtimes if r != "litert"] or ["onnxruntime"]
-            log(f"LiteRT heads are built with an fp32 wire only: pricing ONNX Runtime heads for --transfer {req.transfer}")
+            log(f"{', '.join(r for r in runtimes if r not in able)} heads cannot send --transfer {req.transfer}: pricing the others")
+            runtimes = able or ["onnxruntime"]
     else:
-        get_runtime(req.edge_runtime)
-        if req.edge_runtime == "litert" and req.transfer != "fp32":
-            raise CpcdrlError(f"--edge-runtime litert builds fp32 heads with an fp32 wire only; drop --transfer {req.transfer} or use onnxruntime")
+        rt = get_runtime(req.edge_runtime)
+        if req.transfer not in rt.transfers:
+            raise CpcdrlError(f"--edge-runtime {rt.name} builds fp32 heads with an fp32 wire only; drop --transfer {req.transfer} or use onnxruntime")
         runtimes = [req.edge_runtime]
     if len(runtimes) == 1:
         return build_latency_model(edge_p, cloud_p, link_p, runtimes[0])
