@@ -21,7 +21,7 @@ from torch import nn
 from cpcdrl_deploy.compress.pruning import PruneConfig, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.devices.remote import connect
-from cpcdrl_deploy.measure.profiler import PROFILER, _export, _make_constant, time_on_device
+from cpcdrl_deploy.measure.profiler import PROFILER, make_constant, time_on_device, timing_file
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import build_model
 
@@ -46,7 +46,7 @@ def main() -> None:
             for i, (name, keep, rt) in enumerate(variants):
                 m = copy.deepcopy(net) if keep == 1.0 else prune(net, a, a.n_layers, [keep] * a.n_layers, None, PruneConfig(refit=False, round_to=rt)).model
                 f = Path(tmp) / f"m{i}.onnx.gz"
-                f.write_bytes(_export(_make_constant(nn.Sequential(*m.units())), (3, 32, 32)))
+                f.write_bytes(timing_file(make_constant(nn.Sequential(*m.units())), (3, 32, 32)))
                 dev.put(f, f"{remote}/{f.name}")
                 jobs.append({"id": name, "file": f.name, "input_shape": [1, 3, 32, 32]})
             (Path(tmp) / "job.json").write_text(json.dumps(jobs))

@@ -53,7 +53,7 @@ from cpcdrl_deploy.search.methods import (
     run_random,
     run_rl,
 )
-from cpcdrl_deploy.search.optimize import OptimizeRequest, Session, _test_accuracy, prepare, what_if_link
+from cpcdrl_deploy.search.optimize import OptimizeRequest, Session, plan_test_accuracy, prepare, what_if_link
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -141,7 +141,7 @@ def _row(session: Session, res: SearchResult, loss: float) -> dict:
     d: dict = {"method": res.method, "evaluations": res.evaluations, "wall_s": round(res.wall_s, 2)}
     if b is None:
         return {**d, "feasible_val": False, "feasible_test": False}
-    test = _test_accuracy(session, b)
+    test = plan_test_accuracy(session, b)
     return {
         **d, "feasible_val": True, "cut": b.cut, "latency_ms": b.latency.total_ms, "edge_ms": b.latency.edge_ms,
         "transfer_ms": b.latency.transfer_ms, "cloud_ms": b.latency.cloud_ms, "val_acc": b.accuracy, "val_drop_se": b.drop_se, "test_acc": test,

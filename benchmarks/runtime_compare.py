@@ -4,7 +4,7 @@
 
 For each model: the whole model and heads at two cuts, unpruned and pruned
 uniformly to keep 0.5. Weights are constants, one per tensor, as the
-profiler makes them (``profiling._make_constant``: latency does not depend on
+profiler makes them (``profiling.make_constant``: latency does not depend on
 their values, and the files gzip to almost nothing over the device's slow
 link; real VGG16 weights are 60 MB per file). Each is
 built four ways: ONNX fp32 (what `export` writes), ONNX int8 (`export
@@ -38,9 +38,9 @@ from torch import nn
 from cpcdrl_deploy.compress.pruning import PruneConfig, channel_groups, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, read_json
-from cpcdrl_deploy.deploy.export import _onnx_bytes, _quantize_head
+from cpcdrl_deploy.deploy.export import onnx_model_bytes, quantize_head
 from cpcdrl_deploy.devices.remote import connect
-from cpcdrl_deploy.measure.profiler import PROFILER, _make_constant, time_on_device
+from cpcdrl_deploy.measure.profiler import PROFILER, make_constant, time_on_device
 from cpcdrl_deploy.measure.runtimes import check_runtime, tflite_bytes, tflite_int8
 from cpcdrl_deploy.models.data import load_cifar10
 from cpcdrl_deploy.models.graph import analyze
@@ -61,11 +61,11 @@ def build(model_name: str, calib: np.ndarray, workdir: Path, log) -> list[dict]:
     jobs = []
     for label, cut, keep in plans:
         m = net if keep == 1.0 else prune(net, a, cut, [keep] * cut, None, PruneConfig(refit=False), groups).model
-        m = _make_constant(copy.deepcopy(m))
+        m = make_constant(copy.deepcopy(m))
         head = nn.Sequential(*m.units()[: a.points[cut].unit_boundary]).eval()
-        onnx_fp32 = _onnx_bytes(head, shape, "input", "cut")
+        onnx_fp32 = onnx_model_bytes(head, shape, "input", "cut")
         with tempfile.TemporaryDirectory() as d:
-            onnx_int8 = _quantize_head(onnx_fp32, calib, Path(d))
+            onnx_int8 = quantize_head(onnx_fp32, calib, Path(d))
         lite_fp32 = tflite_bytes(head, shape)
         lite_int8 = tflite_int8(lite_fp32, calib)
         plan = f"{label}" + (f" keep {keep:g}" if keep < 1 else "")

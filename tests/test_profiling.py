@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.measure.profiler import measure_link
+from cpcdrl_deploy.measure.profiler import measure_link, timing_file
 
 
 class FakeLink:
@@ -93,10 +93,9 @@ def test_profiler_reports_the_median_round_not_the_fastest() -> None:
 def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
     import torch.nn as nn
 
-    from cpcdrl_deploy.measure.profiler import _export
     from cpcdrl_deploy.ondevice.timer import time_jobs
 
-    (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
+    (tmp_path / "relu.onnx.gz").write_bytes(timing_file(nn.ReLU(), (8, 4, 4)))
     (res,) = time_jobs([{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}], str(tmp_path), 1, 1, 8, 0.02, rounds=4)
     assert res["id"] == "relu" and len(res["round_means_ms"]) == 4
     ranked = sorted(res["round_means_ms"])
@@ -107,13 +106,13 @@ def test_time_on_device_returns_results_by_id_and_fails_in_one_line(tmp_path) ->
     import torch.nn as nn
 
     from cpcdrl_deploy.devices.remote import connect
-    from cpcdrl_deploy.measure.profiler import PROFILER, _export, time_on_device
+    from cpcdrl_deploy.measure.profiler import PROFILER, time_on_device
 
     dev = connect("local")
     remote = dev.mkdtemp()
     try:
         dev.put(PROFILER, f"{remote}/timer.py")
-        (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
+        (tmp_path / "relu.onnx.gz").write_bytes(timing_file(nn.ReLU(), (8, 4, 4)))
         dev.put(tmp_path / "relu.onnx.gz", f"{remote}/relu.onnx.gz")
         job = tmp_path / "job.json"
         job.write_text(json.dumps([{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}]))
@@ -130,13 +129,12 @@ def test_time_jobs_times_whole_models_after_idle_when_asked(tmp_path, monkeypatc
     # a job with cold_gap_ms also gets COLD_RUNS_PER_ROUND runs per round, each after that much sleep
     import torch.nn as nn
 
-    from cpcdrl_deploy.measure.profiler import _export
     from cpcdrl_deploy.ondevice import timer
 
     sleeps: list[float] = []
     real_sleep = timer.time.sleep
     monkeypatch.setattr(timer.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
-    (tmp_path / "relu.onnx.gz").write_bytes(_export(nn.ReLU(), (8, 4, 4)))
+    (tmp_path / "relu.onnx.gz").write_bytes(timing_file(nn.ReLU(), (8, 4, 4)))
     jobs = [{"id": "warm", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]},
             {"id": "cold", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4], "cold_gap_ms": 3.0}]
     warm, cold = timer.time_jobs(jobs, str(tmp_path), 1, 1, 8, 0.02, rounds=3)

@@ -61,7 +61,7 @@ EXPORT_STEPS = "export: rebuild, ONNX, check, quantise/write"
 
 
 
-def _onnx_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
+def onnx_model_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
     # eval() first: the exporter restores the wrapper's mode afterwards, recursively,
     # and a fresh nn.Sequential is in training mode -- it would flip the model's
     # batch norms (shared with the units) to training
@@ -181,7 +181,7 @@ def _decompress_input(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
     return model
 
 
-def _quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
+def quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
     """Static int8 (QDQ) quantisation with ONNX Runtime, activations calibrated on ``calib_x``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -334,9 +334,9 @@ def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Spl
             h = u(h)
         want = pruned(x_check).numpy()
     in_shape, cut_shape = tuple(x_check.shape[1:]), tuple(h.shape[1:])
-    head = _onnx_bytes(nn.Sequential(*units[:b]), in_shape, "input", "cut") if b > 0 else None
-    tail = _onnx_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
-    return _Split(head, tail, _onnx_bytes(nn.Sequential(*units), in_shape, "input", "logits"), cut_shape), want
+    head = onnx_model_bytes(nn.Sequential(*units[:b]), in_shape, "input", "cut") if b > 0 else None
+    tail = onnx_model_bytes(nn.Sequential(*units[b:]), cut_shape, "cut", "logits") if b < len(units) else None
+    return _Split(head, tail, onnx_model_bytes(nn.Sequential(*units), in_shape, "input", "logits"), cut_shape), want
 
 
 def _check_float(
@@ -355,7 +355,7 @@ def _check_float(
             for u in units[: b + 1]:
                 h = u(h)
             ref = nn.Sequential(*orig_units[b + 1 :])(h).numpy()
-        tail_rest = ort_session(_onnx_bytes(nn.Sequential(*units[b + 1 :]), tuple(h.shape[1:]), "cut", "logits"))
+        tail_rest = ort_session(onnx_model_bytes(nn.Sequential(*units[b + 1 :]), tuple(h.shape[1:]), "cut", "logits"))
         untouched_diff = float(np.abs(tail_rest.run(None, {"cut": h.numpy()})[0] - ref).max())
         if untouched_diff > 1e-4:
             raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
@@ -374,7 +374,7 @@ def _make_lossy(
             split.head_file = (tflite_int8(split.head_file[0], calib_x.numpy()), split.head_file[1])
             log(f"head quantised to int8 (LiteRT static int8, the plan's {len(calib_x)} calibration images)")
         else:
-            split.head = _quantize_head(split.head, calib_x.numpy(), out)
+            split.head = quantize_head(split.head, calib_x.numpy(), out)
             log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
     if split.tail and transfer != "fp32":
         # at cut 0 the head is only the encoder: the device quantises or casts the image it sends

@@ -44,16 +44,16 @@ from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
 PROFILER = Path(__file__).resolve().parents[1] / "ondevice" / "timer.py"
 DEFAULT_GRID = (0.25, 0.5, 0.75, 1.0)
 M = TypeVar("M", bound=nn.Module)
-WEIGHTS = "constant-per-tensor"  # see _make_constant; older profiles shared one constant (and one tensor) between layers
+WEIGHTS = "constant-per-tensor"  # see make_constant; older profiles shared one constant (and one tensor) between layers
 Log = Callable[[str], None]
 
 
-def _export(m: nn.Module, shape: tuple[int, ...], runtime: str = "onnxruntime") -> bytes:
-    """``m`` (a unit or units of a model made constant by ``_make_constant``) as ``runtime`` runs it, gzip-compressed."""
+def timing_file(m: nn.Module, shape: tuple[int, ...], runtime: str = "onnxruntime") -> bytes:
+    """``m`` (a unit or units of a model made constant by ``make_constant``) as ``runtime`` runs it, gzip-compressed."""
     return gzip.compress(get_runtime(runtime).build(m, shape), 6)
 
 
-def _make_constant(m: M) -> M:
+def make_constant(m: M) -> M:
     """In place: each weight tensor one constant of its own (~0.01), batch-norm statistics neutral, no gradients.
 
     Units close over the model's modules, so this changes the model. Why one
@@ -107,7 +107,7 @@ def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, 
 
 def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn.Module, torch.Tensor]:
     """Layer t's unit of ``pruned`` (weights frozen as constants) and the input it gets there: zeros through the units before it."""
-    units = _make_constant(pruned).units()
+    units = make_constant(pruned).units()
     x = torch.zeros(1, *analysis.input_shape)
     with torch.no_grad():
         for u in units[: analysis.layers[t - 1].unit]:
@@ -125,7 +125,7 @@ class _Writer:
 
     def write(self, jid: str, module: nn.Module, input_shape: tuple[int, ...]) -> str:
         f = f"{jid}{self.ext}"
-        (self.workdir / f).write_bytes(_export(module, tuple(input_shape), self.runtime))
+        (self.workdir / f).write_bytes(timing_file(module, tuple(input_shape), self.runtime))
         return f
 
 
@@ -191,7 +191,7 @@ def _pruned_head_jobs(
         for keep in (k for k in grid if k < 1.0):
             ratios = [keep] * p.index
             shape = plan_shape(analysis, groups, p.index, ratios)
-            pruned = _make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
+            pruned = make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
             jid = f"head{p.index}_k{keep:.4f}"
             f = out.write(jid, nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape))
             jobs.append({
@@ -208,17 +208,17 @@ def _probe_files(analysis: ModelAnalysis, out: _Writer) -> list[tuple[str, int, 
     files = []
     for c in BLOCK_PROBE_CHANNELS:
         conv = nn.Sequential(nn.Conv2d(64, c, 3, padding=1), nn.ReLU())
-        files.append(("block", c, out.write(f"block{c}", _make_constant(conv), (64, 16, 16)), [1, 64, 16, 16], "block"))
+        files.append(("block", c, out.write(f"block{c}", make_constant(conv), (64, 16, 16)), [1, 64, 16, 16], "block"))
     if any(L.kind == "dwconv" for L in analysis.layers):  # (dw_alignment)
         for c in DW_PROBE_CHANNELS:
             dw = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c), nn.ReLU())
-            files.append(("dw", c, out.write(f"dw{c}", _make_constant(dw), (c, 16, 16)), [1, c, 16, 16], "dwprobe"))
+            files.append(("dw", c, out.write(f"dw{c}", make_constant(dw), (c, 16, 16)), [1, c, 16, 16], "dwprobe"))
     return files
 
 
 def _split_jobs(model: UnitModel, analysis: ModelAnalysis, out: _Writer) -> list[dict]:
     """The unpruned head and tail at every cut, each timed as served (one model, one run)."""
-    units = _make_constant(model).units()
+    units = make_constant(model).units()
     x = torch.zeros(1, *analysis.input_shape)
     shapes = [tuple(x.shape[1:])]
     with torch.no_grad():
@@ -285,7 +285,7 @@ def _misaligned_job(
     unit, x = _layer_alone(prune(model, analysis, n, ratios, None, cfg, groups).model, analysis, t)
     jid = f"L{t}_misaligned"
     f = f"{jid}{ext}"
-    (workdir / f).write_bytes(_export(unit, tuple(x.shape[1:]), runtime))
+    (workdir / f).write_bytes(timing_file(unit, tuple(x.shape[1:]), runtime))
     return {"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "misaligned", "layer": t, "channels": L.out_channels - 1}
 
 
@@ -312,9 +312,9 @@ def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
     now than when it was profiled.
     """
     entry = get_entry(model_name)
-    model = _make_constant(build_model(model_name))
+    model = make_constant(build_model(model_name))
     a = analyze(model, entry.input_size, model_name)
-    return _export(nn.Sequential(*model.units()), tuple(a.input_shape)), [1, *a.input_shape], a.n_layers
+    return timing_file(nn.Sequential(*model.units()), tuple(a.input_shape)), [1, *a.input_shape], a.n_layers
 
 
 OVERHEAD_ELEMENTS = (1, 4096, 32768, 262144)  # ReLU sizes for the run overhead: 8 B to 2 MB in + out

@@ -2,7 +2,7 @@
 
 Two runtimes, one interface (in the spirit of nn-Meter's backends):
 
-- ``onnxruntime``: the head as ONNX (``export._onnx_bytes``), run by ONNX Runtime;
+- ``onnxruntime``: the head as ONNX (``export.onnx_model_bytes``), run by ONNX Runtime;
 - ``litert``: the head as a ``.tflite`` flatbuffer converted from the PyTorch
   module by ``litert-torch`` (no TensorFlow), run by LiteRT (``ai-edge-litert``).
   The converter keeps NCHW at the model's boundaries (it adds the transposes

@@ -304,7 +304,7 @@ def run_methods(
         if res.best is not None and not interrupted:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
             if key not in test_cache:
-                test_cache[key] = _test_accuracy(session, res.best, net_of)
+                test_cache[key] = plan_test_accuracy(session, res.best, net_of)
             plan["accuracy"]["test"] = test_cache[key]
             plan["accuracy"]["meets_a0_on_test"] = test_cache[key] >= base_test - loss
         plans.append(plan)
@@ -343,7 +343,7 @@ def _pruned_net(session: Session, ev: Evaluation) -> torch.nn.Module:
     return prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
 
 
-def _test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evaluation], torch.nn.Module] | None = None) -> float:
+def plan_test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evaluation], torch.nn.Module] | None = None) -> float:
     """The chosen plan's top-1 on the test images; ``net_of`` builds its network (default ``_pruned_net``)."""
     e = session.evaluator
     if not any(f < 1.0 for f in ev.shape.out_keep) and not lossy_at(ev.cut, session.analysis.n_layers, e.transfer):
