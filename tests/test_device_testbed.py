@@ -259,8 +259,9 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(SSHDevice, "run", flaky)
     dev = connect(NAME)
     with pytest.raises(CpcdrlError):
-        profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10, retime_tries=0,
-                               rounds=1, window_ms=10.0)  # what is tested is the resume, not the timing
+        # what is tested is the resume, not the timing: one keep, one short pass
+        profiling.profile_host(dev, ["tinyvgg"], out, (1.0,), repeats=3, warmup=1, measure_link_too=False, batch=10, retime_tries=0,
+                               rounds=1, window_ms=10.0)
     assert not out.exists(), "no partial profile file"
     partial = json.loads(Path(str(out) + ".partial").read_text())
     assert len(partial["results"]["tinyvgg"]) == 10
@@ -268,7 +269,7 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     logs: list[str] = []
     dev = connect(NAME)
     try:
-        prof = profiling.profile_host(dev, ["tinyvgg"], out, GRID, repeats=3, warmup=1, measure_link_too=False, batch=10, log=logs.append,
+        prof = profiling.profile_host(dev, ["tinyvgg"], out, (1.0,), repeats=3, warmup=1, measure_link_too=False, batch=10, log=logs.append,
                                       retime_tries=0, rounds=1, window_ms=10.0)
     finally:
         dev.close()

@@ -238,3 +238,19 @@ def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypa
     # a device on this host: the table says what this host's CPUs did while the model was timed
     hl = t["host_load"]
     assert hl["seconds"] > 0 and len(hl["busy_pct"]) == len(hl["steal_pct"]) >= 1 and all(0.0 <= x <= 100.0 for x in hl["steal_pct"])
+
+
+def test_build_jobs_writes_a_model_built_earlier_in_the_run_without_exporting_it_again(tmp_path, monkeypatch) -> None:
+    from cpcdrl_deploy.measure import profiler
+
+    (tmp_path / "a").mkdir()
+    first, a1 = profiler.build_jobs("tinyvgg", (0.75, 1.0), tmp_path / "a", lambda s: None)
+    monkeypatch.setattr(profiler, "timing_file", lambda *a, **k: pytest.fail("exported again"))
+    logs: list[str] = []
+    (tmp_path / "b").mkdir()
+    again, a2 = profiler.build_jobs("tinyvgg", (0.75, 1.0), tmp_path / "b", logs.append)
+    assert again == first and a2 is a1 and again is not first  # the caller may change its copy
+    assert all((tmp_path / "b" / j["file"]).read_bytes() == (tmp_path / "a" / j["file"]).read_bytes() for j in first)
+    assert any("built earlier" in line for line in logs)
+    with pytest.raises(pytest.fail.Exception, match="exported again"):  # another grid is another set of models
+        profiler.build_jobs("tinyvgg", (0.6, 1.0), tmp_path / "b", lambda s: None)

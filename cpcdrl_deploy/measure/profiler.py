@@ -13,6 +13,7 @@ everything is measured.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import platform
@@ -20,6 +21,7 @@ import shlex
 import statistics
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -129,10 +131,37 @@ class _Writer:
         return f
 
 
+_BUILT: OrderedDict[tuple, tuple[list[dict], ModelAnalysis, dict[str, bytes]]] = OrderedDict()
+_BUILT_KEEP = 8  # models x grids x runtimes remembered by build_jobs in one process
+
+
 def build_jobs(
     model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
 ) -> tuple[list[dict], ModelAnalysis]:
-    """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file, input_shape, meta)."""
+    """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file, input_shape, meta).
+
+    The files depend only on the model, the grid and the runtime (constant weights), so a process that
+    profiles the same model again (``bench --profile-before-rounds``: the edge, then this host) writes
+    the files it built the first time instead of exporting and converting them again.
+    """
+    key = (model_name, tuple(grid), runtime, WEIGHTS)
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+        jobs, analysis, files = _BUILT[key]
+        for name, blob in files.items():
+            (workdir / name).write_bytes(blob)
+        log(f"{model_name}: the {len(jobs)} models built earlier in this run")
+        return copy.deepcopy(jobs), analysis
+    jobs, analysis = _build_jobs(model_name, grid, workdir, log, tick, runtime)
+    _BUILT[key] = (copy.deepcopy(jobs), analysis, {j["file"]: (workdir / j["file"]).read_bytes() for j in jobs})
+    while len(_BUILT) > _BUILT_KEEP:
+        _BUILT.popitem(last=False)
+    return jobs, analysis
+
+
+def _build_jobs(
+    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker, runtime: str,
+) -> tuple[list[dict], ModelAnalysis]:
     out = _Writer(workdir, RUNTIMES[runtime].suffix + ".gz", runtime)
     entry = get_entry(model_name)
     model: UnitModel = build_model(model_name)
