@@ -47,26 +47,51 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         for i, link in enumerate([links[0], *links]):
             req = OptimizeRequest(
-                model=args.model, checkpoint=resolve_checkpoint(args.model, ckpt, required=True),
-                data="builtin" if builtin else str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"), max_accuracy_loss=args.max_accuracy_loss,
-                methods=tuple(args.methods.split(",")), val_size=args.val_size, search=SearchConfig(episodes=args.episodes),
-                bandwidth_bytes_per_s=parse_bandwidth(link), cache=Path(cache), val_source="test",
+                model=args.model,
+                checkpoint=resolve_checkpoint(args.model, ckpt, required=True),
+                data="builtin" if builtin else str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"),
+                max_accuracy_loss=args.max_accuracy_loss,
+                methods=tuple(args.methods.split(",")),
+                val_size=args.val_size,
+                search=SearchConfig(episodes=args.episodes),
+                bandwidth_bytes_per_s=parse_bandwidth(link),
+                cache=Path(cache),
+                val_source="test",
             )
             t0 = time.perf_counter()
             res = optimize(req)
             wall = time.perf_counter() - t0
             t = res["timers"]
-            row = {"run": "cold" if i == 0 else ("same again" if i == 1 else "other link"), "link": link, "wall_s": round(wall, 2),
-                   "pruned_and_scored": t["evaluations"], "from_cache": t["store_hits"],
-                   "cpcdrl_ms": next(p for p in res["plans"] if p["method"] == "cpcdrl").get("latency_ms", {}).get("total_ms")}
+            row = {
+                "run": "cold" if i == 0 else ("same again" if i == 1 else "other link"),
+                "link": link,
+                "wall_s": round(wall, 2),
+                "pruned_and_scored": t["evaluations"],
+                "from_cache": t["store_hits"],
+                "cpcdrl_ms": (
+                    next(p for p in res["plans"] if p["method"] == "cpcdrl").get("latency_ms", {}).get("total_ms")
+                ),
+            }
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     for r in rows:
         r["ratio_to_cold"] = round(r["wall_s"] / rows[0]["wall_s"], 3)
-    lines = ["| run | link | wall s | / cold | pruned and scored | from cache | CPCDRL ms |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['link']} | {r['wall_s']:.1f} | {r['ratio_to_cold']:.2f} | {r['pruned_and_scored']} | {r['from_cache']} | "
-              f"{r['cpcdrl_ms']:.1f} |" if r["cpcdrl_ms"] is not None else f"| {r['run']} | {r['link']} | {r['wall_s']:.1f} | {r['ratio_to_cold']:.2f} | "
-              f"{r['pruned_and_scored']} | {r['from_cache']} | - |" for r in rows]
+    lines = [
+        "| run | link | wall s | / cold | pruned and scored | from cache | CPCDRL ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        (
+            f"| {r['run']} | {r['link']} | {r['wall_s']:.1f} | {r['ratio_to_cold']:.2f} | {r['pruned_and_scored']} |"
+            f" {r['from_cache']} | {r['cpcdrl_ms']:.1f} |"
+            if r["cpcdrl_ms"] is not None
+            else (
+                f"| {r['run']} | {r['link']} | {r['wall_s']:.1f} | {r['ratio_to_cold']:.2f} | "
+                f"{r['pruned_and_scored']} | {r['from_cache']} | - |"
+            )
+        )
+        for r in rows
+    ]
     print("\n".join(lines))
     if args.out:
         atomic_write_json(args.out, {"model": args.model, "args": portable_args(args), "runs": rows})

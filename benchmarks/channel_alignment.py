@@ -44,7 +44,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             jobs = []
             for i, (name, keep, rt) in enumerate(variants):
-                m = copy.deepcopy(net) if keep == 1.0 else prune(net, a, a.n_layers, [keep] * a.n_layers, None, PruneConfig(refit=False, round_to=rt)).model
+                m = (
+                    copy.deepcopy(net)
+                    if keep == 1.0
+                    else prune(
+                        net, a, a.n_layers, [keep] * a.n_layers, None, PruneConfig(refit=False, round_to=rt)
+                    ).model
+                )
                 f = Path(tmp) / f"m{i}.onnx.gz"
                 f.write_bytes(timing_file(make_constant(nn.Sequential(*m.units())), (3, 32, 32)))
                 dev.put(f, f"{remote}/{f.name}")

@@ -1,6 +1,8 @@
-"""Is a model slower when it runs after idle or after another model (as a served request does) than back to back (as profile times it)?
+"""Is a model slower when it runs after idle or after another model (as a served request does) than back to back (as
+profile times it)?
 
-    python benchmarks/cold_runs.py [--model mobilenet] [--other vgg16] [--seconds 40] [--out benchmarks/results/cold_runs.json]
+    python benchmarks/cold_runs.py [--model mobilenet] [--other vgg16] [--seconds 40] [--out \
+        benchmarks/results/cold_runs.json]
 
 One ONNX Runtime session, one thread, batch 1, on this host. Four ways of
 running it, visited in a shuffled order each round, ten runs per visit (only
@@ -33,7 +35,14 @@ from cpcdrl_deploy.serving.manifest import ort_session
 def onnx_bytes(name: str) -> bytes:
     buf = io.BytesIO()
     size = get_entry(name).input_size
-    torch.onnx.export(build_model(name).eval(), torch.randn(1, 3, size, size), buf, input_names=["x"], output_names=["y"], dynamo=False)
+    torch.onnx.export(
+        build_model(name).eval(),
+        torch.randn(1, 3, size, size),
+        buf,
+        input_names=["x"],
+        output_names=["y"],
+        dynamo=False,
+    )
     return buf.getvalue()
 
 
@@ -47,7 +56,11 @@ def main() -> None:
     sess, other = ort_session(onnx_bytes(args.model)), ort_session(onnx_bytes(args.other))
     size = get_entry(args.model).input_size
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    xo = np.random.default_rng(1).standard_normal((1, 3, get_entry(args.other).input_size, get_entry(args.other).input_size)).astype(np.float32)
+    xo = (
+        np.random.default_rng(1)
+        .standard_normal((1, 3, get_entry(args.other).input_size, get_entry(args.other).input_size))
+        .astype(np.float32)
+    )
 
     def run(way: str) -> float:
         if way == "after 2 ms idle":
@@ -72,12 +85,24 @@ def main() -> None:
         for w in order:
             per[w].append(statistics.median(run(w) for _ in range(10)))
     warm = np.array(per["warm"])
-    rows = {w: {"median_ms": float(np.median(v)), "paired_ratio_to_warm": float(np.median(np.array(v) / warm))} for w, v in per.items()}
-    doc = {"model": args.model, "other": args.other, "rounds": len(warm), "threads": 1, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "ways": rows}
+    rows = {
+        w: {"median_ms": float(np.median(v)), "paired_ratio_to_warm": float(np.median(np.array(v) / warm))}
+        for w, v in per.items()
+    }
+    doc = {
+        "model": args.model,
+        "other": args.other,
+        "rounds": len(warm),
+        "threads": 1,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ways": rows,
+    }
     atomic_write_json(Path(args.out), doc)
     for w, r in rows.items():
-        print(f"{w:20s} median {r['median_ms']:.3f} ms, paired ratio to warm {r['paired_ratio_to_warm']:.3f} ({len(warm)} rounds)")
+        print(
+            f"{w:20s} median {r['median_ms']:.3f} ms, paired ratio to warm {r['paired_ratio_to_warm']:.3f} ({len(warm)}"
+            " rounds)"
+        )
 
 
 if __name__ == "__main__":

@@ -53,17 +53,50 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=1000)
     ap.add_argument("--test-limit", type=int, default=2000)
     ap.add_argument("--requests", type=int, default=100)
-    ap.add_argument("--min-seconds", type=float, default=4.0, help="at least this long of requests per plan, by the plan's predicted latency")
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=4.0,
+        help="at least this long of requests per plan, by the plan's predicted latency",
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--attempts", type=int, default=3, help="deploys per method plan at most, while the edge probe is outside --speed-band")
-    ap.add_argument("--speed-band", type=float, default=0.10, help="the edge is at its profiled speed when |probe factor - 1| <= this")
+    ap.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        help="deploys per method plan at most, while the edge probe is outside --speed-band",
+    )
+    ap.add_argument(
+        "--speed-band",
+        type=float,
+        default=0.10,
+        help="the edge is at its profiled speed when |probe factor - 1| <= this",
+    )
     ap.add_argument("--out", default="benchmarks/results/deploy")
-    ap.add_argument("--offload-cut", default="mobilenet=27,vgg16=7", help="MODEL=CUT: the unpruned split the lossy options are measured on")
-    ap.add_argument("--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out")
-    ap.add_argument("--optimize-only", action="store_true", help="write each model's optimize.json and stop (run it with the testbed down: its duty cycle takes a CPU)")
-    ap.add_argument("--repredict", action="store_true", help="with --resume: recompute every report's predictions (no testbed needed)")
+    ap.add_argument(
+        "--offload-cut",
+        default="mobilenet=27,vgg16=7",
+        help="MODEL=CUT: the unpruned split the lossy options are measured on",
+    )
+    ap.add_argument(
+        "--resume", action="store_true", help="reuse optimize.json and deploy-report.json files already under --out"
+    )
+    ap.add_argument(
+        "--optimize-only",
+        action="store_true",
+        help="write each model's optimize.json and stop (run it with the testbed down: its duty cycle takes a CPU)",
+    )
+    ap.add_argument(
+        "--repredict",
+        action="store_true",
+        help="with --resume: recompute every report's predictions (no testbed needed)",
+    )
     ap.add_argument("--no-options", action="store_true", help="deploy the methods' plans only, not the lossy options")
-    ap.add_argument("--skip-missing", action="store_true", help="with --resume: deploy nothing new; plans and options with no report are listed as not deployed")
+    ap.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="with --resume: deploy nothing new; plans and options with no report are listed as not deployed",
+    )
     args = ap.parse_args()
     args.resume = args.resume or args.repredict or args.skip_missing
     torch.set_num_threads(args.threads)
@@ -83,15 +116,29 @@ def main() -> None:
         if args.resume and rep_path.exists():
             return read_json(rep_path)
         n = request_count(plan_path, args.requests, args.min_seconds)
-        return deploy(DeployRequest(plan_path, edge=args.host, requests=n, data=args.data, out=rep_path.parent,
-                                    edge_profile=args.edge_profile, cloud_profile=args.cloud_profile, **kw), log)
+        return deploy(
+            DeployRequest(
+                plan_path,
+                edge=args.host,
+                requests=n,
+                data=args.data,
+                out=rep_path.parent,
+                edge_profile=args.edge_profile,
+                cloud_profile=args.cloud_profile,
+                **kw,
+            ),
+            log,
+        )
 
     def run_at_speed(plan_path: Path, tag: str) -> dict:
         reps = [run(plan_path, tag)]
         while len(reps) < args.attempts and speed_off(reps[-1]) > args.speed_band:
             if (args.repredict or args.skip_missing) and not report_path(plan_path, tag, len(reps) + 1).exists():
                 break  # recompute what was measured, measure nothing new
-            log(f"{tag}: edge probe factor {edge_factor(reps[-1]):.2f}, outside 1 +- {args.speed_band:g}: deploying again")
+            log(
+                f"{tag}: edge probe factor {edge_factor(reps[-1]):.2f}, outside 1 +- {args.speed_band:g}: deploying"
+                " again"
+            )
             reps.append(run(plan_path, tag, attempt=len(reps) + 1))
         chosen = next((r for r in reps if speed_off(r) <= args.speed_band), min(reps, key=speed_off))
         chosen = dict(chosen, attempts=[_attempt(r) for r in reps], chosen_attempt=reps.index(chosen) + 1)
@@ -105,8 +152,16 @@ def main() -> None:
             res = read_json(opt_path)
         else:
             req = OptimizeRequest(
-                model=model, checkpoint=ckpt, data=args.data, edge=args.edge_profile, cloud=args.cloud_profile, max_accuracy_loss=args.loss,
-                methods=METHODS, val_size=args.val_size, test_limit=args.test_limit, search=SearchConfig(episodes=args.episodes),
+                model=model,
+                checkpoint=ckpt,
+                data=args.data,
+                edge=args.edge_profile,
+                cloud=args.cloud_profile,
+                max_accuracy_loss=args.loss,
+                methods=METHODS,
+                val_size=args.val_size,
+                test_limit=args.test_limit,
+                search=SearchConfig(episodes=args.episodes),
             )
             res = optimize(req, log)
             res.pop("history")
@@ -132,7 +187,13 @@ def main() -> None:
             # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
             up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
             offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
-            for transfer, quantize in (("fp32", None), ("fp16", None), ("int8", None), ("fp32", "int8"), ("int8", "int8")):
+            for transfer, quantize in (
+                ("fp32", None),
+                ("fp16", None),
+                ("int8", None),
+                ("fp32", "int8"),
+                ("int8", "int8"),
+            ):
                 tag = f"{offload_plan.stem}-{transfer}" + ("-q8" if quantize else "")
                 if args.skip_missing and not report_path(offload_plan, tag, 1).exists():
                     log(f"{model}: {tag} not deployed yet: left out (--skip-missing)")
@@ -170,31 +231,54 @@ def speed_off(rep: dict) -> float:
 
 def _attempt(rep: dict) -> dict:
     return {
-        "p50_ms": rep["measured"]["e2e_ms"]["p50"], "edge_factor": edge_factor(rep),
-        "table_err_pct": rep["prediction_error_pct"].get("table"), "drift_err_pct": rep["prediction_error_pct"].get("table_drift"),
+        "p50_ms": rep["measured"]["e2e_ms"]["p50"],
+        "edge_factor": edge_factor(rep),
+        "table_err_pct": rep["prediction_error_pct"].get("table"),
+        "drift_err_pct": rep["prediction_error_pct"].get("table_drift"),
     }
 
 
 def _row(model: str, method: str, transfer: str, quantize: str | None, rep: dict, plan: dict | None) -> dict:
     m = rep["measured"]
     return {
-        "attempts": rep.get("attempts", [_attempt(rep)]), "chosen_attempt": rep.get("chosen_attempt", 1),
-        "model": model, "method": method, "feasible": True, "cut": rep["cut"], "n_layers": rep["n_layers"], "transfer": transfer, "quantize": quantize,
-        "requests": rep["requests"], "answered": rep["answered"], "errors": rep["errors"],
-        "p50_ms": m["e2e_ms"]["p50"], "p90_ms": m["e2e_ms"]["p90"], "p99_ms": m["e2e_ms"]["p99"],
-        "edge_p50_ms": m["edge_ms"]["p50"], "remote_p50_ms": m["transfer_and_cloud_ms"].get("p50", 0.0),
-        "table_ms": rep["predicted"].get("table", {}).get("total_ms"), "table_err_pct": rep["prediction_error_pct"].get("table"),
-        "analytic_ms": rep["predicted"].get("analytic", {}).get("total_ms"), "analytic_err_pct": rep["prediction_error_pct"].get("analytic"),
-        "mean_ms": m["e2e_ms"]["mean"], "table_err_vs_mean_pct": rep["prediction_error_vs_mean_pct"].get("table"),
-        "table_sum_ms": rep["predicted"].get("table_sum", {}).get("total_ms"), "table_sum_err_pct": rep["prediction_error_pct"].get("table_sum"),
-        "table_median_ms": rep["predicted"].get("table_median", {}).get("total_ms"), "table_median_err_pct": rep["prediction_error_pct"].get("table_median"),
-        "quota_ms": rep["predicted"].get("table_quota", {}).get("total_ms"), "quota_err_pct": rep["prediction_error_pct"].get("table_quota"),
+        "attempts": rep.get("attempts", [_attempt(rep)]),
+        "chosen_attempt": rep.get("chosen_attempt", 1),
+        "model": model,
+        "method": method,
+        "feasible": True,
+        "cut": rep["cut"],
+        "n_layers": rep["n_layers"],
+        "transfer": transfer,
+        "quantize": quantize,
+        "requests": rep["requests"],
+        "answered": rep["answered"],
+        "errors": rep["errors"],
+        "p50_ms": m["e2e_ms"]["p50"],
+        "p90_ms": m["e2e_ms"]["p90"],
+        "p99_ms": m["e2e_ms"]["p99"],
+        "edge_p50_ms": m["edge_ms"]["p50"],
+        "remote_p50_ms": m["transfer_and_cloud_ms"].get("p50", 0.0),
+        "table_ms": rep["predicted"].get("table", {}).get("total_ms"),
+        "table_err_pct": rep["prediction_error_pct"].get("table"),
+        "analytic_ms": rep["predicted"].get("analytic", {}).get("total_ms"),
+        "analytic_err_pct": rep["prediction_error_pct"].get("analytic"),
+        "mean_ms": m["e2e_ms"]["mean"],
+        "table_err_vs_mean_pct": rep["prediction_error_vs_mean_pct"].get("table"),
+        "table_sum_ms": rep["predicted"].get("table_sum", {}).get("total_ms"),
+        "table_sum_err_pct": rep["prediction_error_pct"].get("table_sum"),
+        "table_median_ms": rep["predicted"].get("table_median", {}).get("total_ms"),
+        "table_median_err_pct": rep["prediction_error_pct"].get("table_median"),
+        "quota_ms": rep["predicted"].get("table_quota", {}).get("total_ms"),
+        "quota_err_pct": rep["prediction_error_pct"].get("table_quota"),
         "quota_p90_ms": rep["predicted"].get("table_quota", {}).get("total_p90_ms"),
-        "drift_ms": rep["predicted"].get("table_drift", {}).get("total_ms"), "drift_err_pct": rep["prediction_error_pct"].get("table_drift"),
-        "drift_edge": (rep.get("speed_probe") or {}).get("edge", {}).get("factor"), "drift_cloud": (rep.get("speed_probe") or {}).get("cloud", {}).get("factor"),
+        "drift_ms": rep["predicted"].get("table_drift", {}).get("total_ms"),
+        "drift_err_pct": rep["prediction_error_pct"].get("table_drift"),
+        "drift_edge": (rep.get("speed_probe") or {}).get("edge", {}).get("factor"),
+        "drift_cloud": (rep.get("speed_probe") or {}).get("cloud", {}).get("factor"),
         "overhead_pct": rep["protocol_overhead"]["pct_of_e2e_p50"] if rep["protocol_overhead"] else None,
         "bytes_per_request": rep["bytes_per_request"],
-        "agreement_pct": rep["agreement_with_pytorch_pct"], "accuracy_pct": rep["accuracy_pct"],
+        "agreement_pct": rep["agreement_with_pytorch_pct"],
+        "accuracy_pct": rep["accuracy_pct"],
         "plan_val_acc": plan["accuracy"]["validation"] if plan else None,
     }
 
@@ -206,10 +290,13 @@ def _f(v: float | int | None, fmt: str) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | method | cut | wire | p50 ms | p90 | p99 | mean | edge p50 | transfer+cloud p50 "
-        "| **tables, anchored** (the optimiser's) ms: err vs p50 / vs mean | speed probe: now / profiled, edge, cloud | **tables x probe** ms: err vs p50 "
-        "| tables, plain sums ms: err vs p50 | MAC est. ms: err vs p50 | protocol overhead | bytes/request | agreement | accuracy "
-        "| attempts: edge probe factor (tables err), **used** |",
+        (
+            "| model | method | cut | wire | p50 ms | p90 | p99 | mean | edge p50 | transfer+cloud p50 | **tables,"
+            " anchored** (the optimiser's) ms: err vs p50 / vs mean | speed probe: now / profiled, edge, cloud |"
+            " **tables x probe** ms: err vs p50 | tables, plain sums ms: err vs p50 | MAC est. ms: err vs p50 |"
+            " protocol overhead | bytes/request | agreement | accuracy | attempts: edge probe factor (tables err),"
+            " **used** |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -221,13 +308,16 @@ def table(rows: list[dict]) -> str:
             continue
         wire = r["transfer"] + (" + int8 head" if r["quantize"] else "")
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
-            f"{r['edge_p50_ms']:.2f} | {r['remote_p50_ms']:.2f} | "
-            f"**{_f(r['table_ms'], '.2f')}: {_f(r['table_err_pct'], '+.1f')} %** / {_f(r['table_err_vs_mean_pct'], '+.1f')} % | "
-            f"{_f(r.get('drift_edge'), '.2f')}, {_f(r.get('drift_cloud'), '.2f')} | **{_f(r.get('drift_ms'), '.2f')}: {_f(r.get('drift_err_pct'), '+.1f')} %** | "
-            f"{_f(r.get('table_sum_ms'), '.2f')}: {_f(r.get('table_sum_err_pct'), '+.1f')} % | "
-            f"{_f(r['analytic_ms'], '.2f')}: {_f(r['analytic_err_pct'], '+.1f')} % | {_f(r['overhead_pct'], '.1f')} % | {_f(r['bytes_per_request'], 'd')} | "
-            f"{r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % | {_attempts(r)} |"
+            f"| {r['model']} | {r['method']} | {r['cut']}/{r['n_layers']} | {wire} | {r['p50_ms']:.2f} |"
+            f" {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | {r['edge_p50_ms']:.2f} |"
+            f" {r['remote_p50_ms']:.2f} | **{_f(r['table_ms'], '.2f')}: {_f(r['table_err_pct'], '+.1f')} %** /"
+            f" {_f(r['table_err_vs_mean_pct'], '+.1f')} % | {_f(r.get('drift_edge'), '.2f')},"
+            f" {_f(r.get('drift_cloud'), '.2f')} | **{_f(r.get('drift_ms'), '.2f')}:"
+            f" {_f(r.get('drift_err_pct'), '+.1f')} %** | {_f(r.get('table_sum_ms'), '.2f')}:"
+            f" {_f(r.get('table_sum_err_pct'), '+.1f')} % | {_f(r['analytic_ms'], '.2f')}:"
+            f" {_f(r['analytic_err_pct'], '+.1f')} % | {_f(r['overhead_pct'], '.1f')} % |"
+            f" {_f(r['bytes_per_request'], 'd')} | {r['agreement_pct']:.1f} % | {r['accuracy_pct']:.1f} % |"
+            f" {_attempts(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -243,10 +333,14 @@ def plot(rows: list[dict], path: Path) -> None:
     from cpcdrl_deploy.core.plotting import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 5))
-    pts = [r for r in rows if r["feasible"] and not r.get("not_deployed") and r["transfer"] == "fp32" and not r["quantize"]]
+    pts = [
+        r for r in rows if r["feasible"] and not r.get("not_deployed") and r["transfer"] == "fp32" and not r["quantize"]
+    ]
     for key, marker, label in (
-        ("table_ms", "o", "tables anchored to whole heads/tails"), ("drift_ms", "D", "anchored tables x speed probe"),
-        ("table_sum_ms", "s", "tables, plain sums"), ("analytic_ms", "^", "MAC estimate (F fitted)"),
+        ("table_ms", "o", "tables anchored to whole heads/tails"),
+        ("drift_ms", "D", "anchored tables x speed probe"),
+        ("table_sum_ms", "s", "tables, plain sums"),
+        ("analytic_ms", "^", "MAC estimate (F fitted)"),
     ):
         xs = [r["p50_ms"] for r in pts if r.get(key) is not None]
         ax.scatter(xs, [r[key] for r in pts if r.get(key) is not None], marker=marker, label=label)

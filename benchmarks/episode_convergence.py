@@ -1,6 +1,7 @@
 """Has CPCDRL converged at the grid's episode count? Its plan at several budgets, beside the reference search.
 
-    python benchmarks/episode_convergence.py --model tinysplit --pair pi --link 200KB/s --losses 2,3 --episodes 40,80,160 \
+    python benchmarks/episode_convergence.py --model tinysplit --pair pi --link 200KB/s --losses 2,3 --episodes \
+        40,80,160 \
         --out benchmarks/results/optimizer_grid/convergence/tinysplit-pi
 
 The optimizer grid runs 40 episodes per method to fit this 2-core machine
@@ -22,7 +23,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optimizer_grid import PAIRS, SHARED, _row, grid_checkpoint, link_model, reference_budget, reference_search, setting_evaluator  # noqa: E402
+from optimizer_grid import (
+    PAIRS,
+    SHARED,
+    _row,
+    grid_checkpoint,
+    link_model,
+    reference_budget,
+    reference_search,
+    setting_evaluator,
+)  # noqa: E402
 
 from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args  # noqa: E402
 from cpcdrl_deploy.measure.profile import load_profile  # noqa: E402
@@ -55,9 +65,17 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",")]
     losses = [float(x) for x in args.losses.split(",")]
     req = OptimizeRequest(
-        model=args.model, checkpoint=grid_checkpoint(args.model, args.checkpoints), data=args.data, max_accuracy_loss=max(losses),
-        val_size=args.val_size, calib_size=args.calib, test_limit=args.limit, search=SearchConfig(episodes=min(episodes)),
-        cache=Path(args.cache), val_source="test", transfer=args.transfer,
+        model=args.model,
+        checkpoint=grid_checkpoint(args.model, args.checkpoints),
+        data=args.data,
+        max_accuracy_loss=max(losses),
+        val_size=args.val_size,
+        calib_size=args.calib,
+        test_limit=args.limit,
+        search=SearchConfig(episodes=min(episodes)),
+        cache=Path(args.cache),
+        val_source="test",
+        transfer=args.transfer,
     )
     session = prepare(req, log)
     lm = link_model(*(load_profile(p) for p in PAIRS[args.pair]), args.link)
@@ -71,12 +89,19 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r = run_rl(ev, a0, replace(req.search, episodes=n, seed=seed))
                 rows.append({**_row(session, r, loss), "episodes": n, "seed": seed})
-                log(f"{args.model} {args.pair} {args.link} loss {loss:g}: {n} episodes, seed {seed}: "
-                    f"{rows[-1].get('latency_ms', float('nan')):.3f} ms, {r.evaluations} plans [{time.perf_counter() - t0:.0f} s]")
+                log(
+                    f"{args.model} {args.pair} {args.link} loss {loss:g}: {n} episodes, seed {seed}:"
+                    f" {rows[-1].get('latency_ms', float('nan')):.3f} ms, {r.evaluations} plans"
+                    f" [{time.perf_counter() - t0:.0f} s]"
+                )
         budget = reference_budget(r["evaluations"] for r in rows if r["episodes"] == min(episodes))
         rows.append({**_row(session, reference_search(ev, a0, req.search, budget), loss), "budget": budget})
         settings.append({"loss": loss, "a0_test": session.base_test - loss, "a0_validation": a0, "rows": rows})
-    doc = {"args": portable_args(args, drop=("cache",)), "where": f"CPU, {torch.get_num_threads()} threads", "settings": settings}
+    doc = {
+        "args": portable_args(args, drop=("cache",)),
+        "where": f"CPU, {torch.get_num_threads()} threads",
+        "settings": settings,
+    }
     out = Path(args.out)
     atomic_write_json(out / "results.json", doc)
     atomic_write_bytes(out / "table.md", (table(args, settings, episodes) + "\n").encode())
@@ -85,8 +110,12 @@ def main() -> None:
 
 def table(args: argparse.Namespace, settings: list[dict], episodes: list[int]) -> str:
     """Per loss and episode count: CPCDRL's mean / worst latency over the seeds meeting A0 on test, and plans scored."""
-    lines = [f"# CPCDRL against its episode count ({args.model}, {args.pair} pair, {args.link})", "",
-             "| loss | " + " | ".join(f"{n} episodes" for n in episodes) + " | reference (10x the first) |", "|---|" + "---|" * (len(episodes) + 1)]
+    lines = [
+        f"# CPCDRL against its episode count ({args.model}, {args.pair} pair, {args.link})",
+        "",
+        "| loss | " + " | ".join(f"{n} episodes" for n in episodes) + " | reference (10x the first) |",
+        "|---|" + "---|" * (len(episodes) + 1),
+    ]
     for s in settings:
         cells = []
         for n in episodes:
@@ -94,10 +123,16 @@ def table(args: argparse.Namespace, settings: list[dict], episodes: list[int]) -
             ok = [r["latency_ms"] for r in rs if r.get("feasible_test")]
             worst = f" / {max(ok):.2f}" if len(ok) == len(rs) else f" ({len(ok)}/{len(rs)} meet A0)"
             plans = statistics.mean(r["evaluations"] for r in rs)
-            cells.append((f"{statistics.mean(ok):.2f}{worst}" if ok else f"misses A0 (0/{len(rs)})") + f", {plans:.0f} plans")
+            cells.append(
+                (f"{statistics.mean(ok):.2f}{worst}" if ok else f"misses A0 (0/{len(rs)})") + f", {plans:.0f} plans"
+            )
         ref = next(r for r in s["rows"] if r["method"] == "reference")
-        cells.append(f"{ref['latency_ms']:.2f}, {ref['evaluations']} plans" + ("" if ref.get("feasible_test") else " (misses A0 on test)")
-                     if ref.get("feasible_val") else "none")
+        cells.append(
+            f"{ref['latency_ms']:.2f}, {ref['evaluations']} plans"
+            + ("" if ref.get("feasible_test") else " (misses A0 on test)")
+            if ref.get("feasible_val")
+            else "none"
+        )
         lines.append(f"| {s['loss']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -49,17 +49,39 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the figures as JSON here too")
-    ap.add_argument("--compare-scoring", type=int, default=0, metavar="PLANS",
-                    help="instead: time scoring PLANS random pruned plans eagerly and with fastcpu.scoring_copy, interleaved")
-    ap.add_argument("--log-plans", default=None, metavar="FILE", help="write every plan the search pruned and scored, in order, here")
-    ap.add_argument("--replay", default=None, metavar="FILE",
-                    help="instead: rescore the plans of a --log-plans file in order, eagerly and with the scoring copy, in alternating blocks")
+    ap.add_argument(
+        "--compare-scoring",
+        type=int,
+        default=0,
+        metavar="PLANS",
+        help="instead: time scoring PLANS random pruned plans eagerly and with fastcpu.scoring_copy, interleaved",
+    )
+    ap.add_argument(
+        "--log-plans",
+        default=None,
+        metavar="FILE",
+        help="write every plan the search pruned and scored, in order, here",
+    )
+    ap.add_argument(
+        "--replay",
+        default=None,
+        metavar="FILE",
+        help=(
+            "instead: rescore the plans of a --log-plans file in order, eagerly and with the scoring copy, in"
+            " alternating blocks"
+        ),
+    )
     ap.add_argument("--replay-plans", type=int, default=60, help="how many of them (default 60)")
     args = ap.parse_args()
     log = lambda s: print(s, file=sys.stderr, flush=True)
     req = OptimizeRequest(
-        model=args.model, checkpoint=SHARED / "models" / f"{args.model}-cifar10.pth", data=args.data, max_accuracy_loss=args.loss,
-        methods=("cpcdrl",), val_size=args.val_size, search=SearchConfig(episodes=args.episodes, seed=args.seed),
+        model=args.model,
+        checkpoint=SHARED / "models" / f"{args.model}-cifar10.pth",
+        data=args.data,
+        max_accuracy_loss=args.loss,
+        methods=("cpcdrl",),
+        val_size=args.val_size,
+        search=SearchConfig(episodes=args.episodes, seed=args.seed),
     )
     if args.compare_scoring:
         return compare_scoring(req, args.compare_scoring, args.seed, log)
@@ -87,20 +109,42 @@ def main() -> None:
     }
     parts["rest (states, latency model, bookkeeping)"] = wall - sum(parts.values())
     lines = [
-        f"optimize {args.model}, cpcdrl, {args.episodes} episodes, {req.val_size} validation images, torch threads {torch.get_num_threads()}, "
-        f"{platform.processor() or platform.machine()}",
+        (
+            f"optimize {args.model}, cpcdrl, {args.episodes} episodes, {req.val_size} validation images, torch threads"
+            f" {torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+        ),
         f"wall time: {wall:.0f} s ({wall / 60:.1f} min; goal <= 10 min); search alone {search_s:.0f} s",
-        f"plans scored: {tm['evaluations']} (cache hits {tm['cache_hits']}; stopped early: {tm['early_stops']} infeasible, {tm['screened']} screened)",
+        (
+            f"plans scored: {tm['evaluations']} (cache hits {tm['cache_hits']}; stopped early: {tm['early_stops']}"
+            f" infeasible, {tm['screened']} screened)"
+        ),
     ]
     lines += [f"  {k:<48} {v:7.1f} s  {100 * v / wall:5.1f} %" for k, v in parts.items()]
     best = plan.get("latency_ms", {}).get("total_ms")
-    lines.append(f"best plan: cut {plan.get('cut')}, {best if best is None else round(best, 2)} ms, test {plan['accuracy'].get('test')}")
+    lines.append(
+        f"best plan: cut {plan.get('cut')}, {best if best is None else round(best, 2)} ms, test"
+        f" {plan['accuracy'].get('test')}"
+    )
     print("\n".join(lines))
     if args.log_plans:
         atomic_write_json(Path(args.log_plans), {"model": args.model, "seed": args.seed, "plans": scored})
     if args.out:
-        plan = {**plan, "checkpoint": os.path.relpath(plan["checkpoint"]), "data": {**plan["data"], "source": os.path.relpath(plan["data"]["source"])}}
-        atomic_write_json(Path(args.out), {"args": portable_args(args), "wall_s": wall, "parts_s": parts, "timers": tm, "plan": plan, "report": lines})
+        plan = {
+            **plan,
+            "checkpoint": os.path.relpath(plan["checkpoint"]),
+            "data": {**plan["data"], "source": os.path.relpath(plan["data"]["source"])},
+        }
+        atomic_write_json(
+            Path(args.out),
+            {
+                "args": portable_args(args),
+                "wall_s": wall,
+                "parts_s": parts,
+                "timers": tm,
+                "plan": plan,
+                "report": lines,
+            },
+        )
 
 
 def _record_plans(ev: PlanEvaluator, out: list[dict]) -> None:
@@ -130,29 +174,48 @@ def replay(req: OptimizeRequest, path: Path, n_plans: int, out: str | None, log)
     wall = dict.fromkeys(evs, 0.0)
     acc: dict[str, list[float]] = {k: [] for k in evs}
     for b, start in enumerate(range(0, len(plans), 10)):
-        for kind in (("eager", "scoring_copy") if b % 2 == 0 else ("scoring_copy", "eager")):
+        for kind in ("eager", "scoring_copy") if b % 2 == 0 else ("scoring_copy", "eager"):
             env.scoring_copy = scoring_copy if kind == "scoring_copy" else (lambda m: m)  # what env.evaluate scores on
             t = time.perf_counter()
             for p in plans[start : start + 10]:
-                acc[kind].append(evs[kind].evaluate(p["cut"], p["ratios"], incumbent_ms=-1.0 if p["screened"] else None).accuracy)
+                acc[kind].append(
+                    evs[kind].evaluate(p["cut"], p["ratios"], incumbent_ms=-1.0 if p["screened"] else None).accuracy
+                )
             wall[kind] += time.perf_counter() - t
         log(f"block {b}: " + ", ".join(f"{k} {v:.1f} s" for k, v in wall.items()))
     env.scoring_copy = scoring_copy
     same = sum(a == b for a, b in zip(acc["eager"], acc["scoring_copy"]))
-    lines = [f"replay of {len(plans)} plans from {path.name} ({req.model}), blocks of 10 in alternating order, torch threads {torch.get_num_threads()}"]
+    lines = [
+        f"replay of {len(plans)} plans from {path.name} ({req.model}), blocks of 10 in alternating order, torch threads"
+        f" {torch.get_num_threads()}"
+    ]
     for k, ev in evs.items():
-        lines.append(f"  {k:<13} {wall[k]:7.1f} s  (refit {ev.timers.refit_s:6.1f} s, accuracy {ev.timers.accuracy_s:6.1f} s)")
-    lines.append(f"eager / scoring copy: {wall['eager'] / wall['scoring_copy']:.2f}x overall, "
-                 f"{evs['eager'].timers.accuracy_s / evs['scoring_copy'].timers.accuracy_s:.2f}x on the accuracy checks; "
-                 f"identical accuracies {same} of {len(plans)}")
+        lines.append(
+            f"  {k:<13} {wall[k]:7.1f} s  (refit {ev.timers.refit_s:6.1f} s, accuracy {ev.timers.accuracy_s:6.1f} s)"
+        )
+    lines.append(
+        f"eager / scoring copy: {wall['eager'] / wall['scoring_copy']:.2f}x overall, "
+        f"{evs['eager'].timers.accuracy_s / evs['scoring_copy'].timers.accuracy_s:.2f}x on the accuracy checks; "
+        f"identical accuracies {same} of {len(plans)}"
+    )
     print("\n".join(lines))
     if out:
-        atomic_write_json(Path(out), {"replay": path.name, "plans": len(plans), "wall_s": wall,
-                                      "timers": {k: ev.timers.to_dict() for k, ev in evs.items()}, "identical": same, "report": lines})
+        atomic_write_json(
+            Path(out),
+            {
+                "replay": path.name,
+                "plans": len(plans),
+                "wall_s": wall,
+                "timers": {k: ev.timers.to_dict() for k, ev in evs.items()},
+                "identical": same,
+                "report": lines,
+            },
+        )
 
 
 def compare_scoring(req: OptimizeRequest, n_plans: int, seed: int, log) -> None:
-    """Eager vs scoring copy on one validation chunk of random pruned plans, in alternating order (drift cancels in the ratio)."""
+    """Eager vs scoring copy on one validation chunk of random pruned plans, in alternating order (drift cancels in
+    the ratio)."""
     session = prepare(req, log)
     ev = session.evaluator
     rng = np.random.default_rng(seed)
@@ -161,12 +224,16 @@ def compare_scoring(req: OptimizeRequest, n_plans: int, seed: int, log) -> None:
     rows = []
     for i in range(n_plans):
         cut = int(rng.choice(cuts))
-        net = prune(ev.model, ev.analysis, cut, list(rng.uniform(0.3, 1.0, cut)), ev.calibration, ev.prune_config, ev.groups).model
+        net = prune(
+            ev.model, ev.analysis, cut, list(rng.uniform(0.3, 1.0, cut)), ev.calibration, ev.prune_config, ev.groups
+        ).model
         times = {"eager": [], "scoring_copy": []}
         for rep in range(4):
-            for kind in (("eager", "scoring_copy") if (i + rep) % 2 == 0 else ("scoring_copy", "eager")):
+            for kind in ("eager", "scoring_copy") if (i + rep) % 2 == 0 else ("scoring_copy", "eager"):
                 t = time.perf_counter()
-                pred = predict(scoring_copy(net) if kind == "scoring_copy" else net, x)  # the copy's cost is part of its time
+                pred = predict(
+                    scoring_copy(net) if kind == "scoring_copy" else net, x
+                )  # the copy's cost is part of its time
                 times[kind].append(time.perf_counter() - t)
                 if kind == "eager":
                     want = pred
@@ -174,8 +241,15 @@ def compare_scoring(req: OptimizeRequest, n_plans: int, seed: int, log) -> None:
                     agree = float((pred == want).float().mean())
         e, f = float(np.median(times["eager"])), float(np.median(times["scoring_copy"]))
         rows.append(e / f)
-        print(f"plan {i}: cut {cut:2d}  eager {e:.3f} s  scoring copy {f:.3f} s  ratio {e / f:.2f}  predictions agree {100 * agree:.1f} %", flush=True)
-    print(f"median ratio over {n_plans} plans: {np.median(rows):.2f} (min {min(rows):.2f}, max {max(rows):.2f}); {len(x)} images, {req.model}")
+        print(
+            f"plan {i}: cut {cut:2d}  eager {e:.3f} s  scoring copy {f:.3f} s  ratio {e / f:.2f}  predictions agree"
+            f" {100 * agree:.1f} %",
+            flush=True,
+        )
+    print(
+        f"median ratio over {n_plans} plans: {np.median(rows):.2f} (min {min(rows):.2f}, max {max(rows):.2f}); {len(x)}"
+        f" images, {req.model}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python benchmarks/optimizer_grid.py --out benchmarks/results/optimizer_grid       # the grid (hours on 2 cores)
     python benchmarks/optimizer_grid.py --tiny --out /tmp/grid                        # what CI runs: tinyvgg, seconds
-    python benchmarks/optimizer_grid.py --ablation --models mobilenet --out ...       # each departure switched off alone
+    python benchmarks/optimizer_grid.py --ablation --models mobilenet --out ...       # each departure switched \
+        off alone
 
 A setting is (model, edge/cloud profile pair, link, accuracy loss). Profile
 pairs: ``paper`` (the paper's analytic edge and cloud) and ``pi`` (the
@@ -68,7 +69,9 @@ ABLATIONS = {  # name -> what is switched off alone
     "no-unpruned-prior": dict(unpruned_prior=False),
     "no-uniform-start": dict(uniform_start=False),
     "no-refine": dict(refine_fraction=0.0),
-    "exchange": dict(refine_exchange=True),  # not a departure CPCDRL keeps: switched on alone, as the reference search has it
+    "exchange": dict(
+        refine_exchange=True
+    ),  # not a departure CPCDRL keeps: switched on alone, as the reference search has it
     "no-other-cuts": dict(refine_other_cuts=False),
     "no-slack": dict(other_cut_slack=float("inf")),  # other cuts refined however far behind they start
     "no-margin": dict(margin_se=0.0),
@@ -143,15 +146,33 @@ def _row(session: Session, res: SearchResult, loss: float) -> dict:
         return {**d, "feasible_val": False, "feasible_test": False}
     test = plan_test_accuracy(session, b)
     return {
-        **d, "feasible_val": True, "cut": b.cut, "latency_ms": b.latency.total_ms, "edge_ms": b.latency.edge_ms,
-        "transfer_ms": b.latency.transfer_ms, "cloud_ms": b.latency.cloud_ms, "val_acc": b.accuracy, "val_drop_se": b.drop_se, "test_acc": test,
-        "feasible_test": test >= session.base_test - loss, "keep_mean": float(np.mean(b.ratios)) if b.ratios else 1.0,
-        "keep_min": float(min(b.ratios)) if b.ratios else 1.0, "kept_macs": b.kept_macs_fraction,
+        **d,
+        "feasible_val": True,
+        "cut": b.cut,
+        "latency_ms": b.latency.total_ms,
+        "edge_ms": b.latency.edge_ms,
+        "transfer_ms": b.latency.transfer_ms,
+        "cloud_ms": b.latency.cloud_ms,
+        "val_acc": b.accuracy,
+        "val_drop_se": b.drop_se,
+        "test_acc": test,
+        "feasible_test": test >= session.base_test - loss,
+        "keep_mean": float(np.mean(b.ratios)) if b.ratios else 1.0,
+        "keep_min": float(min(b.ratios)) if b.ratios else 1.0,
+        "kept_macs": b.kept_macs_fraction,
     }
 
 
-def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: list[int], log, ablation: bool = False,
-                only: list[str] | None = None) -> dict:
+def run_setting(
+    session: Session,
+    lm,
+    loss: float,
+    cfg: SearchConfig,
+    seeds: list[int],
+    log,
+    ablation: bool = False,
+    only: list[str] | None = None,
+) -> dict:
     ev = setting_evaluator(session, lm, loss)
     a0 = ev.a0
     rows: list[dict] = []
@@ -178,8 +199,15 @@ def run_setting(session: Session, lm, loss: float, cfg: SearchConfig, seeds: lis
         budget = reference_budget(cp_evals.values())
         rows.append({**_row(session, reference_search(ev, a0, cfg, budget), loss), "budget": budget})
     allowed = partition_actions(ev, cfg)
-    return {"loss": loss, "a0_test": session.base_test - loss, "a0_validation": a0, "rows": rows, "allowed_cuts": allowed,
-            "n_layers": ev.analysis.n_layers, "timers": ev.timers.to_dict()}
+    return {
+        "loss": loss,
+        "a0_test": session.base_test - loss,
+        "a0_validation": a0,
+        "rows": rows,
+        "allowed_cuts": allowed,
+        "n_layers": ev.analysis.n_layers,
+        "timers": ev.timers.to_dict(),
+    }
 
 
 def summarise(setting: dict) -> dict:
@@ -191,13 +219,22 @@ def summarise(setting: dict) -> dict:
     for m, rs in by.items():
         lat = [r["latency_ms"] if r.get("feasible_test") else None for r in rs]
         ok = [x for x in lat if x is not None]
-        out[m] = {"runs": len(rs), "ok": len(ok), "mean_ms": statistics.mean(ok) if ok else None,
-                  "worst_ms": max(ok) if len(ok) == len(rs) else None, "cuts": sorted({r.get("cut") for r in rs if r.get("feasible_test")}),
-                  "evaluations": statistics.mean(r["evaluations"] for r in rs)}
+        out[m] = {
+            "runs": len(rs),
+            "ok": len(ok),
+            "mean_ms": statistics.mean(ok) if ok else None,
+            "worst_ms": max(ok) if len(ok) == len(rs) else None,
+            "cuts": sorted({r.get("cut") for r in rs if r.get("feasible_test")}),
+            "evaluations": statistics.mean(r["evaluations"] for r in rs),
+        }
     feas = [r for r in setting["rows"] if r.get("feasible_test")]
     best = min(feas, key=lambda r: r["latency_ms"]) if feas else None
-    return {"methods": out, "best_ms": best["latency_ms"] if best else None, "best_cut": best["cut"] if best else None,
-            "best_method": best["method"] if best else None}
+    return {
+        "methods": out,
+        "best_ms": best["latency_ms"] if best else None,
+        "best_cut": best["cut"] if best else None,
+        "best_method": best["method"] if best else None,
+    }
 
 
 def _cpcdrl_no_slower(methods: dict) -> bool:
@@ -227,10 +264,15 @@ def acceptance(settings: list[dict]) -> dict:
             tie_random += 1
             # tied on the best plan any method found: no method could have been better than random there
             tie_random_best += int(abs(cp["mean_ms"] - s["summary"]["best_ms"]) <= 1e-9)
-        ref = min(x for x in (sm.get("reference", {}).get("mean_ms"), s["summary"]["best_ms"]) if x is not None) if s["summary"]["best_ms"] else None
+        ref = (
+            min(x for x in (sm.get("reference", {}).get("mean_ms"), s["summary"]["best_ms"]) if x is not None)
+            if s["summary"]["best_ms"]
+            else None
+        )
         if cp.get("mean_ms") is not None and ref is not None and cp["mean_ms"] <= 1.03 * ref:
             near_ref += 1
-        # the issue's words: within 3 % of the reference search's plan (the best known where the reference's misses A0 on test)
+        # the issue's words: within 3 % of the reference search's plan (the best known where the reference's misses A0
+        # on test)
         ref_alone = sm.get("reference", {}).get("mean_ms") or s["summary"]["best_ms"]
         if cp.get("mean_ms") is not None and ref_alone is not None and cp["mean_ms"] <= 1.03 * ref_alone:
             near_ref_alone += 1
@@ -241,17 +283,26 @@ def acceptance(settings: list[dict]) -> dict:
             ns = [x for x in ns if x is not None]
             if cp.get("mean_ms") is not None and ns and cp["mean_ms"] <= 0.9 * min(ns):
                 interior_win += 1
-    return {"settings": n, "cpcdrl_no_slower_than_every_baseline": no_slower, "cpcdrl_misses_where_another_meets": miss_where_other_ok,
-            "interior_best_cut": interior, "interior_cpcdrl_10pct_faster_than_ns_and_greedy": interior_win,
-            "cpcdrl_within_3pct_of_reference": near_ref, "cpcdrl_within_3pct_of_reference_search_alone": near_ref_alone,
-            "cpcdrl_beats_random": beat_random, "cpcdrl_ties_random": tie_random,
-            "cpcdrl_ties_random_on_the_best_known_plan": tie_random_best}
+    return {
+        "settings": n,
+        "cpcdrl_no_slower_than_every_baseline": no_slower,
+        "cpcdrl_misses_where_another_meets": miss_where_other_ok,
+        "interior_best_cut": interior,
+        "interior_cpcdrl_10pct_faster_than_ns_and_greedy": interior_win,
+        "cpcdrl_within_3pct_of_reference": near_ref,
+        "cpcdrl_within_3pct_of_reference_search_alone": near_ref_alone,
+        "cpcdrl_beats_random": beat_random,
+        "cpcdrl_ties_random": tie_random,
+        "cpcdrl_ties_random_on_the_best_known_plan": tie_random_best,
+    }
 
 
 def _cleared_margin(r: dict, a0_val: float, z: float) -> bool:
-    """Whether a plan's validation accuracy clears A0 by CPCDRL's selection margin (``z`` standard errors of its paired drop).
+    """Whether a plan's validation accuracy clears A0 by CPCDRL's selection margin (``z`` standard errors of its
+    paired drop).
 
-    An unpruned split is exempt, as in search.py; a row written before rows carried ``val_drop_se`` is taken as clearing it.
+    An unpruned split is exempt, as in search.py; a row written before rows carried ``val_drop_se`` is taken as
+    clearing it.
     """
     if r.get("keep_min", 0.0) >= 1.0 or r.get("val_drop_se") is None:
         return True
@@ -274,19 +325,37 @@ def loss_causes(settings: list[dict], z: float | None = None) -> list[dict]:
         if "cpcdrl" not in sm or _cpcdrl_no_slower(sm):
             continue
         worst = sm["cpcdrl"]["worst_ms"]
-        faster = [r for r in s["rows"] if r["method"] in BASELINES and r.get("feasible_test") and (worst is None or r["latency_ms"] < worst - 1e-9)]
+        faster = [
+            r
+            for r in s["rows"]
+            if r["method"] in BASELINES and r.get("feasible_test") and (worst is None or r["latency_ms"] < worst - 1e-9)
+        ]
         accepted = [r for r in faster if _cleared_margin(r, s["a0_validation"], z)]
         cause = "misses" if worst is None else ("search" if accepted else "margin")
         shown = min(accepted or faster, key=lambda r: r["latency_ms"]) if (accepted or faster) else None
-        out.append({"model": s["model"], "pair": s["pair"], "link": s["link"], "transfer": s.get("transfer", "fp32"), "loss": s["loss"],
-                    "cause": cause, "cpcdrl_worst_ms": worst,
-                    "faster": None if shown is None else {k: shown.get(k) for k in ("method", "seed", "latency_ms", "cut", "val_acc", "val_drop_se")},
-                    "a0_validation": s["a0_validation"]})
+        out.append(
+            {
+                "model": s["model"],
+                "pair": s["pair"],
+                "link": s["link"],
+                "transfer": s.get("transfer", "fp32"),
+                "loss": s["loss"],
+                "cause": cause,
+                "cpcdrl_worst_ms": worst,
+                "faster": (
+                    None
+                    if shown is None
+                    else {k: shown.get(k) for k in ("method", "seed", "latency_ms", "cut", "val_acc", "val_drop_se")}
+                ),
+                "a0_validation": s["a0_validation"],
+            }
+        )
     return out
 
 
 def miss_rates(settings: list[dict]) -> dict[str, dict]:
-    """Per method, over every seed's plan: how many it returned (met A0 on validation) and how many of those miss A0 on test.
+    """Per method, over every seed's plan: how many it returned (met A0 on validation) and how many of those miss A0
+    on test.
 
     The comparison above scores a seeded method on the seeds that meet A0 on test; this is the other half of that
     picture: the risk a user takes with a method's plan, whose test accuracy they do not know when they deploy it.
@@ -318,7 +387,11 @@ def _vs(sm: dict) -> tuple[str, str]:
 
 
 def table(settings: list[dict], methods: list[str]) -> str:
-    head = "| model | pair | link | loss | best cut (method) | CPCDRL vs best baseline | CPCDRL vs best known | " + " | ".join(methods) + " |"
+    head = (
+        "| model | pair | link | loss | best cut (method) | CPCDRL vs best baseline | CPCDRL vs best known | "
+        + " | ".join(methods)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (7 + len(methods))]
     for s in settings:
         sm = s["summary"]
@@ -330,13 +403,19 @@ def table(settings: list[dict], methods: list[str]) -> str:
             elif v["mean_ms"] is None:
                 cells.append(f"misses A0 ({v['ok']}/{v['runs']})")
             else:
-                w = f" / {v['worst_ms']:.1f}" if v["runs"] > 1 and v["worst_ms"] is not None else (f" ({v['ok']}/{v['runs']} ok)" if v["ok"] < v["runs"] else "")
+                w = (
+                    f" / {v['worst_ms']:.1f}"
+                    if v["runs"] > 1 and v["worst_ms"] is not None
+                    else (f" ({v['ok']}/{v['runs']} ok)" if v["ok"] < v["runs"] else "")
+                )
                 cells.append(f"{v['mean_ms']:.1f}{w} c{','.join(str(c) for c in v['cuts'])}")
         bc = f"{sm['best_cut']} ({sm['best_method']})" if sm["best_cut"] is not None else "-"
         vb, vr = _vs(sm) if "cpcdrl" in sm["methods"] else ("-", "-")
         wire = s.get("transfer", "fp32")  # grids run with --transfer int8 show it beside the link
         link = s["link"] + (f" {wire}" if wire != "fp32" else "")
-        lines.append(f"| {s['model']} | {s['pair']} | {link} | {s['loss']:g} | {bc} | {vb} | {vr} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {s['model']} | {s['pair']} | {link} | {s['loss']:g} | {bc} | {vb} | {vr} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -349,21 +428,42 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=60)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--val-size", type=int, default=2000)
-    ap.add_argument("--val-source", default="test", help="test: validation from half the test split (unseen images), the final test on the rest")
+    ap.add_argument(
+        "--val-source",
+        default="test",
+        help="test: validation from half the test split (unseen images), the final test on the rest",
+    )
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--limit", type=int, default=None, help="test images (default: all that validation leaves)")
     ap.add_argument("--data", default=str(SHARED / "datasets" / "cifar10-jpeg.tar.gz"))
     ap.add_argument("--checkpoints", default=str(SHARED / "models"))
     ap.add_argument("--cache", default=str(default_cache_dir()))
-    ap.add_argument("--transfer", default="fp32", help="the cut tensor's (and at cut 0 the image's) encoding on the wire: fp32, fp16, int8")
+    ap.add_argument(
+        "--transfer",
+        default="fp32",
+        help="the cut tensor's (and at cut 0 the image's) encoding on the wire: fp32, fp16, int8",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ablation", action="store_true", help="CPCDRL with each departure off alone, instead of the baselines")
-    ap.add_argument("--only", default=None, help=f"with --ablation: these departures only, comma-separated ({', '.join(ABLATIONS)})")
-    ap.add_argument("--tiny", action="store_true", help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed")
+    ap.add_argument(
+        "--ablation", action="store_true", help="CPCDRL with each departure off alone, instead of the baselines"
+    )
+    ap.add_argument(
+        "--only", default=None, help=f"with --ablation: these departures only, comma-separated ({', '.join(ABLATIONS)})"
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CI: tinyvgg on the built-in images, two links, one loss, 8 episodes, one seed",
+    )
     ap.add_argument("--out", default="benchmarks/results/optimizer_grid")
     ap.add_argument("--table-only", action="store_true", help="rewrite table.md from OUT/results.json; run nothing")
-    ap.add_argument("--merge", nargs="+", metavar="DIR", help="join the settings of grids run apart (e.g. one process per profile pair) into OUT; run nothing")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="join the settings of grids run apart (e.g. one process per profile pair) into OUT; run nothing",
+    )
     args = ap.parse_args()
     if args.merge:
         parts = [read_json(Path(d) / "results.json") for d in args.merge]
@@ -375,18 +475,36 @@ def main() -> None:
                 joined[(s["model"], s["pair"], s["link"], s["loss"], s["transfer"])] = s
         settings = list(joined.values())
         where = " + ".join(dict.fromkeys(p.get("where", "?") for p in parts))
-        doc = {"args": parts[0]["args"], "merged_from": [{"out": portable_args({"d": d})["d"], "args": p["args"]} for d, p in zip(args.merge, parts)],
-               "where": where, "settings": settings}
+        doc = {
+            "args": parts[0]["args"],
+            "merged_from": [
+                {"out": portable_args({"d": d})["d"], "args": p["args"]} for d, p in zip(args.merge, parts)
+            ],
+            "where": where,
+            "settings": settings,
+        }
         doc["acceptance"] = write_table(Path(args.out), settings, where, None, bool(parts[0]["args"].get("ablation")))
         atomic_write_json(Path(args.out) / "results.json", doc)
         return
     if args.table_only:
         d = read_json(Path(args.out) / "results.json")
-        d["acceptance"] = write_table(Path(args.out), d["settings"], d.get("where", "?"), None, bool(d["args"].get("ablation")))
+        d["acceptance"] = write_table(
+            Path(args.out), d["settings"], d.get("where", "?"), None, bool(d["args"].get("ablation"))
+        )
         atomic_write_json(Path(args.out) / "results.json", d)
         return
     if args.tiny:  # CI's size, where the command line left the defaults
-        tiny = dict(models="tinyvgg", pairs="paper", links="50KB/s,5MB/s", losses="2", episodes=8, seeds="0", val_size=250, calib=32, data="builtin")
+        tiny = dict(
+            models="tinyvgg",
+            pairs="paper",
+            links="50KB/s,5MB/s",
+            losses="2",
+            episodes=8,
+            seeds="0",
+            val_size=250,
+            calib=32,
+            data="builtin",
+        )
         for k, v in tiny.items():
             if getattr(args, k) == ap.get_default(k):
                 setattr(args, k, v)
@@ -395,7 +513,11 @@ def main() -> None:
     out = Path(args.out)
     seeds = [int(x) for x in args.seeds.split(",")]
     losses = [float(x) for x in args.losses.split(",")]
-    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     settings: list[dict] = []
     done = read_json(out / "results.json")["settings"] if (out / "results.json").exists() else []
     key = lambda s: (s["model"], s["pair"], s["link"], s["loss"])
@@ -403,9 +525,17 @@ def main() -> None:
     t0 = time.perf_counter()
     for model in args.models.split(","):
         req = OptimizeRequest(
-            model=model, checkpoint=grid_checkpoint(model, args.checkpoints), data=args.data,
-            max_accuracy_loss=max(losses), val_size=args.val_size, calib_size=args.calib, test_limit=args.limit,
-            search=SearchConfig(episodes=args.episodes), cache=Path(args.cache), device=args.device, val_source=args.val_source,
+            model=model,
+            checkpoint=grid_checkpoint(model, args.checkpoints),
+            data=args.data,
+            max_accuracy_loss=max(losses),
+            val_size=args.val_size,
+            calib_size=args.calib,
+            test_limit=args.limit,
+            search=SearchConfig(episodes=args.episodes),
+            cache=Path(args.cache),
+            device=args.device,
+            val_source=args.val_source,
             transfer=args.transfer,
         )
         session = prepare(req, log)
@@ -418,20 +548,41 @@ def main() -> None:
                     if k in have:
                         settings.append(have[k])
                         continue
-                    s = {"model": model, "pair": pair, "link": link_text, "transfer": args.transfer,
-                         **run_setting(session, lm, loss, req.search, seeds, log, args.ablation, args.only.split(",") if args.only else None)}
+                    s = {
+                        "model": model,
+                        "pair": pair,
+                        "link": link_text,
+                        "transfer": args.transfer,
+                        **run_setting(
+                            session,
+                            lm,
+                            loss,
+                            req.search,
+                            seeds,
+                            log,
+                            args.ablation,
+                            args.only.split(",") if args.only else None,
+                        ),
+                    }
                     s["summary"] = summarise(s)
                     settings.append(s)
                     sm = s["summary"]
-                    log(f"{model} {pair} {link_text} loss {loss:g}: best cut {sm['best_cut']} ({sm['best_method']}); "
-                        + ", ".join(f"{m} {v['mean_ms']:.1f}" if v["mean_ms"] is not None else f"{m} -" for m, v in sm["methods"].items())
-                        + f" [{time.perf_counter() - t0:.0f} s]")
+                    log(
+                        f"{model} {pair} {link_text} loss {loss:g}: best cut {sm['best_cut']} ({sm['best_method']}); "
+                        + ", ".join(
+                            f"{m} {v['mean_ms']:.1f}" if v["mean_ms"] is not None else f"{m} -"
+                            for m, v in sm["methods"].items()
+                        )
+                        + f" [{time.perf_counter() - t0:.0f} s]"
+                    )
                     _save(out, args, where, settings)  # after every setting: an interrupted grid resumes
     acc = write_table(out, settings, where, time.perf_counter() - t0, args.ablation)
     _save(out, args, where, settings, acc)
 
 
-def _save(out: Path, args: argparse.Namespace, where: str, settings: list[dict], acceptance: dict | None = None) -> None:
+def _save(
+    out: Path, args: argparse.Namespace, where: str, settings: list[dict], acceptance: dict | None = None
+) -> None:
     doc = {"args": portable_args(args, drop=("cache",)), "where": where, "settings": settings}
     atomic_write_json(out / "results.json", doc if acceptance is None else {**doc, "acceptance": acceptance})
 
@@ -440,36 +591,75 @@ def write_table(out: Path, settings: list[dict], where: str, wall_s: float | Non
     methods = list(dict.fromkeys(m for s in settings for m in s["summary"]["methods"]))
     acc = acceptance(settings) if not ablation else {}
     took = f"; {wall_s:.0f} s this run" if wall_s is not None else ""
-    text = [f"# Optimizer grid ({where}{took})", "",
-            "Latency in ms: mean over seeds / worst seed, then the cuts chosen; a plan that misses A0 on test counts as none.", "",
-            table(settings, methods), ""]
+    text = [
+        f"# Optimizer grid ({where}{took})",
+        "",
+        (
+            "Latency in ms: mean over seeds / worst seed, then the cuts chosen; a plan that misses A0 on test counts as"
+            " none."
+        ),
+        "",
+        table(settings, methods),
+        "",
+    ]
     if acc:
-        text += ["## Acceptance figures", "",
-                 "(`cpcdrl_within_3pct_of_reference`: of the faster of the reference search's plan and the best plan any method found; "
-                 "`..._search_alone`: of the reference search's plan, the best known where that misses A0 on test.)", "",
-                 *(f"- {k}: {v}" for k, v in acc.items()), ""]
+        text += [
+            "## Acceptance figures",
+            "",
+            (
+                "(`cpcdrl_within_3pct_of_reference`: of the faster of the reference search's plan and the best plan any"
+                " method found; `..._search_alone`: of the reference search's plan, the best known where that misses A0"
+                " on test.)"
+            ),
+            "",
+            *(f"- {k}: {v}" for k, v in acc.items()),
+            "",
+        ]
         causes = loss_causes(settings)
         if causes:
             n = {c: sum(x["cause"] == c for x in causes) for c in ("misses", "search", "margin")}
-            text += ["## Where CPCDRL is not the fastest, and why", "",
-                     f"{len(causes)} settings: a CPCDRL seed misses A0 on test in {n['misses']}; a faster baseline plan that clears A0 on "
-                     f"validation by CPCDRL's own margin ({SearchConfig().margin_se} SE of its drop), which the search did not find, in {n['search']}; "
-                     f"faster baseline plans only below that margin, which CPCDRL's rule rejects, in {n['margin']}.", "",
-                     "| model | pair | link | loss | cause | CPCDRL worst seed | fastest such plan | its validation surplus over A0 / margin |",
-                     "|---|---|---|---|---|---|---|---|"]
+            text += [
+                "## Where CPCDRL is not the fastest, and why",
+                "",
+                (
+                    f"{len(causes)} settings: a CPCDRL seed misses A0 on test in {n['misses']}; a faster baseline plan"
+                    f" that clears A0 on validation by CPCDRL's own margin ({SearchConfig().margin_se} SE of its drop),"
+                    f" which the search did not find, in {n['search']}; faster baseline plans only below that margin,"
+                    f" which CPCDRL's rule rejects, in {n['margin']}."
+                ),
+                "",
+                (
+                    "| model | pair | link | loss | cause | CPCDRL worst seed | fastest such plan | its validation"
+                    " surplus over A0 / margin |"
+                ),
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for x in causes:
                 f = x["faster"]
                 link = x["link"] + (f" {x['transfer']}" if x["transfer"] != "fp32" else "")
                 w = f"{x['cpcdrl_worst_ms']:.2f}" if x["cpcdrl_worst_ms"] is not None else "misses A0"
                 seed = f" seed {f['seed']}" if f and f.get("seed") is not None else ""
                 plan = f"{f['method']}{seed}: {f['latency_ms']:.2f} c{f['cut']}" if f else "-"
-                sur = (f"{f['val_acc'] - x['a0_validation']:+.2f} / {SearchConfig().margin_se * f['val_drop_se']:.2f}"
-                       if f and f.get("val_drop_se") is not None else "-")
-                text.append(f"| {x['model']} | {x['pair']} | {link} | {x['loss']:g} | {x['cause']} | {w} | {plan} | {sur} |")
+                sur = (
+                    f"{f['val_acc'] - x['a0_validation']:+.2f} / {SearchConfig().margin_se * f['val_drop_se']:.2f}"
+                    if f and f.get("val_drop_se") is not None
+                    else "-"
+                )
+                text.append(
+                    f"| {x['model']} | {x['pair']} | {link} | {x['loss']:g} | {x['cause']} | {w} | {plan} | {sur} |"
+                )
             text.append("")
-    text += ["## How often a method's plan misses A0 on test", "", "| method | seed plans | returned (met A0 on validation) | miss A0 on test |", "|---|---|---|---|"]
-    text += [f"| {m} | {v['plans']} | {v['returned']} | {v['miss_test']} ({100 * v['miss_test'] / max(1, v['returned']):.1f} %) |"
-             for m, v in miss_rates(settings).items()] + [""]
+    text += [
+        "## How often a method's plan misses A0 on test",
+        "",
+        "| method | seed plans | returned (met A0 on validation) | miss A0 on test |",
+        "|---|---|---|---|",
+    ]
+    text += [
+        f"| {m} | {v['plans']} | {v['returned']} | {v['miss_test']} ({100 * v['miss_test'] / max(1, v['returned']):.1f}"
+        " %) |"
+        for m, v in miss_rates(settings).items()
+    ] + [""]
     atomic_write_bytes(out / "table.md", ("\n".join(text) + "\n").encode())
     print("\n".join(text))
     return acc

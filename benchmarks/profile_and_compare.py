@@ -29,7 +29,11 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet,vgg16")
     ap.add_argument("--host", default="pi")
     ap.add_argument("--out", default="benchmarks/results/profile")
-    ap.add_argument("--compare-only", action="store_true", help="profile nothing: redo the comparisons from the profiles and walltime.json under --out")
+    ap.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="profile nothing: redo the comparisons from the profiles and walltime.json under --out",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -47,37 +51,70 @@ def main() -> None:
             finally:
                 dev.close()
             t = prof.tables[model]
-            walls[model] = {"wall_s": time.perf_counter() - t0, "models_timed": sum(len(lay["points"]) for lay in t["layers"]) + sum(
-                len(t.get(k, [])) for k in ("heads", "tails", "pruned_heads"))}
+            walls[model] = {
+                "wall_s": time.perf_counter() - t0,
+                "models_timed": (
+                    sum(len(lay["points"]) for lay in t["layers"])
+                    + sum(len(t.get(k, [])) for k in ("heads", "tails", "pruned_heads"))
+                ),
+            }
             atomic_write_json(walls_path, walls)
             log(f"profiled {model} on {args.host} in {walls[model]['wall_s']:.0f} s")
             profile_host(connect("local"), [model], out / "local.json", DEFAULT_GRID, measure_link_too=False, log=log)
         lines = ["| model | profiler wall time on the emulated Pi (0.25 CPU) | models timed |", "|---|---|---|"]
         lines += [f"| {m} | {w['wall_s']:.0f} s | {w['models_timed']} |" for m, w in walls.items()]
-        lines += ["", "| model | end to end: tables | end to end: MAC estimate (F fitted) | edge side: tables | edge side: MAC estimate |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                "| model | end to end: tables | end to end: MAC estimate (F fitted) | edge side: tables | edge side:"
+                " MAC estimate |"
+            ),
+            "|---|---|---|---|---|",
+        ]
         results = {}
         for model in args.models.split(","):
             res = results[model] = compare(model, str(out / f"{args.host}.json"), str(out / "local.json"))
             atomic_write_json(out / f"compare-{model}.json", res)
             plot_compare(res, out / f"compare-{model}.png")
             f = res["fidelity"]
-            lines.append(f"| {model} | " + " | ".join(
-                f"{f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %" for k in ("total_table", "total_analytic", "edge_table", "edge_analytic")
-            ) + " |")
-        lines += ["", "| model | channel block (edge / cloud) | pruned heads timed "
-                  "| predicted from the unpruned head by the tables' ratio: median / median abs / worst | "
-                  "interpolated between the other timed heads (leave one out) |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {model} | "
+                + " | ".join(
+                    f"{f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %"
+                    for k in ("total_table", "total_analytic", "edge_table", "edge_analytic")
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            (
+                "| model | channel block (edge / cloud) | pruned heads timed "
+                "| predicted from the unpruned head by the tables' ratio: median / median abs / worst | "
+                "interpolated between the other timed heads (leave one out) |"
+            ),
+            "|---|---|---|---|---|",
+        ]
         profiles = [load_profile(out / f"{h}.json") for h in (args.host, "local")]
         for model, res in results.items():
             f = res["fidelity"]
             blocks = " / ".join(str(p.tables[model].get("channel_block", 1)) for p in profiles)
-            lines.append(f"| {model} | {blocks} | {len(res['pruned_heads'])} | " + " | ".join(
-                f"{f[k]['median_pct']:+.1f} % / {f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %" if f[k] else "-"
-                for k in ("pruned_head_ratio", "pruned_head_interpolated")
-            ) + " |")
+            lines.append(
+                f"| {model} | {blocks} | {len(res['pruned_heads'])} | "
+                + " | ".join(
+                    (
+                        f"{f[k]['median_pct']:+.1f} % / {f[k]['median_abs_pct']:.1f} % / {f[k]['worst_abs_pct']:.1f} %"
+                        if f[k]
+                        else "-"
+                    )
+                    for k in ("pruned_head_ratio", "pruned_head_interpolated")
+                )
+                + " |"
+            )
         lines.append("")
-        lines.append("Errors vs the direct measurement, median / worst absolute, over all cuts; pruned heads: every cut at each grid keep below 1.")
+        lines.append(
+            "Errors vs the direct measurement, median / worst absolute, over all cuts; pruned heads: every cut at each"
+            " grid keep below 1."
+        )
         atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
         print("\n".join(lines))
     finally:

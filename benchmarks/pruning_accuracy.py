@@ -1,6 +1,7 @@
 """Accuracy of the CIFAR reference models pruned whole (cut N), with and without the Eq. 2 refit.
 
-    python benchmarks/pruning_accuracy.py --data ../shared/datasets/cifar10-jpeg.tar.gz --out benchmarks/results/pruning_accuracy.json
+    python benchmarks/pruning_accuracy.py --data ../shared/datasets/cifar10-jpeg.tar.gz --out \
+        benchmarks/results/pruning_accuracy.json
 
 Every layer but the classifier keeps 0.75, then 0.5, of its output channels
 (L1-ranked); the refit uses 256 calibration images from the training split;
@@ -47,7 +48,9 @@ def main() -> None:
         groups = channel_groups(model, a)
         n = a.n_layers
         base = accuracy_on(model, data.test, test_idx)
-        rows.append({"model": name, "ratio": 1.0, "refit": None, "accuracy": base, "macs": a.total_macs, "prune_s": 0.0})
+        rows.append(
+            {"model": name, "ratio": 1.0, "refit": None, "accuracy": base, "macs": a.total_macs, "prune_s": 0.0}
+        )
         print(f"{name}: unpruned {base:.2f}%", file=sys.stderr)
         calib = Calibration(calib_x)
         for ratio in (0.75, 0.5):
@@ -57,8 +60,13 @@ def main() -> None:
                 dt = time.perf_counter() - t
                 acc = accuracy_on(res.model, data.test, test_idx)
                 macs = analyze(res.model, 32).total_macs
-                rows.append({"model": name, "ratio": ratio, "refit": refit, "accuracy": acc, "macs": macs, "prune_s": dt})
-                print(f"{name}: keep {ratio} refit={refit}: {acc:.2f}% ({macs:,} MACs, prune+refit {dt:.1f} s)", file=sys.stderr)
+                rows.append(
+                    {"model": name, "ratio": ratio, "refit": refit, "accuracy": acc, "macs": macs, "prune_s": dt}
+                )
+                print(
+                    f"{name}: keep {ratio} refit={refit}: {acc:.2f}% ({macs:,} MACs, prune+refit {dt:.1f} s)",
+                    file=sys.stderr,
+                )
     print("| model | keep ratio | MACs | top-1, plain pruning | top-1, with LS refit (Eq. 2) |")
     print("|---|---|---|---|---|")
     for name in args.models.split(","):

@@ -2,7 +2,8 @@
 
     python benchmarks/runtime_choice.py [--host pi] [--model tinyvgg] [--out benchmarks/results/runtime_compare/choice]
     python benchmarks/runtime_choice.py --model vgg16 --checkpoint ../shared/models/vgg16-cifar10.pth \
-        --data ../shared/datasets/cifar10-jpeg.tar.gz --profiles EDGE CLOUD --out benchmarks/results/runtime_compare/choice-vgg16
+        --data ../shared/datasets/cifar10-jpeg.tar.gz --profiles EDGE CLOUD --out
+        benchmarks/results/runtime_compare/choice-vgg16
 
 1. Profiles the edge (``--host``) with ONNX Runtime and LiteRT side by side
    (one run, the same passes) into one file, and this host (the cloud) with
@@ -35,7 +36,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="pi")
     ap.add_argument("--model", default="tinyvgg")
-    ap.add_argument("--profiles", nargs=2, metavar=("EDGE", "CLOUD"), help="existing profiles with both runtimes' edge tables")
+    ap.add_argument(
+        "--profiles", nargs=2, metavar=("EDGE", "CLOUD"), help="existing profiles with both runtimes' edge tables"
+    )
     ap.add_argument("--checkpoint", help="the model's checkpoint (default: optimize's)")
     ap.add_argument("--data", help="CIFAR-10 data (default: optimize's)")
     ap.add_argument("--max-accuracy-loss", default="2")
@@ -49,12 +52,42 @@ def main() -> int:
         edge, cloud = args.profiles
     else:
         edge, cloud = str(out / f"{args.host}.json"), str(out / "local.json")
-        sh("profile", "--host", args.host, "-m", args.model, "--runtime", "onnxruntime", "--runtime", "litert", "-o", edge)
+        sh(
+            "profile",
+            "--host",
+            args.host,
+            "-m",
+            args.model,
+            "--runtime",
+            "onnxruntime",
+            "--runtime",
+            "litert",
+            "-o",
+            edge,
+        )
         sh("profile", "--host", "local", "-m", args.model, "-o", cloud)
     plan = out / "plan.json"
-    extra = [*(["--checkpoint", args.checkpoint] if args.checkpoint else []), *(["--data", args.data] if args.data else [])]
-    sh("optimize", args.model, *extra, "--edge", edge, "--cloud", cloud, "--max-accuracy-loss", args.max_accuracy_loss, "--episodes", args.episodes,
-       "--method", "cpcdrl", "--out", str(plan))
+    extra = [
+        *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
+        *(["--data", args.data] if args.data else []),
+    ]
+    sh(
+        "optimize",
+        args.model,
+        *extra,
+        "--edge",
+        edge,
+        "--cloud",
+        cloud,
+        "--max-accuracy-loss",
+        args.max_accuracy_loss,
+        "--episodes",
+        args.episodes,
+        "--method",
+        "cpcdrl",
+        "--out",
+        str(plan),
+    )
     chosen = read_json(plan)
     if not chosen.get("feasible", True) or "cut" not in chosen:
         print("the optimiser found no plan that meets the accuracy target: no runtime choice to check", file=sys.stderr)
@@ -68,11 +101,23 @@ def main() -> int:
     rep = read_json(out / "bench" / "bench-report.json")
     rows = {r["id"]: r for r in rep["plans"]}
     ratio = rows["p1"]["ratio_to_reference"]
-    summary = {"model": args.model, "cut": chosen["cut"], "chosen": chosen["runtime"], "other": other["runtime"],
-               "predicted_ms_tables": {chosen["runtime"]: rows["p0"]["predicted_ms"].get("table"), other["runtime"]: rows["p1"]["predicted_ms"].get("table")},
-               "measured_p50_ms": {chosen["runtime"]: rows["p0"]["e2e_ms"]["p50"], other["runtime"]: rows["p1"]["e2e_ms"]["p50"]},
-               "measured_other_over_chosen": ratio, "confirms": ratio["median"] is not None and ratio["median"] > 1.0,
-               "confirms_at_95pct": ratio["median"] is not None and ratio["ci95"][0] > 1.0}
+    summary = {
+        "model": args.model,
+        "cut": chosen["cut"],
+        "chosen": chosen["runtime"],
+        "other": other["runtime"],
+        "predicted_ms_tables": {
+            chosen["runtime"]: rows["p0"]["predicted_ms"].get("table"),
+            other["runtime"]: rows["p1"]["predicted_ms"].get("table"),
+        },
+        "measured_p50_ms": {
+            chosen["runtime"]: rows["p0"]["e2e_ms"]["p50"],
+            other["runtime"]: rows["p1"]["e2e_ms"]["p50"],
+        },
+        "measured_other_over_chosen": ratio,
+        "confirms": ratio["median"] is not None and ratio["median"] > 1.0,
+        "confirms_at_95pct": ratio["median"] is not None and ratio["ci95"][0] > 1.0,
+    }
     atomic_write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     return 0

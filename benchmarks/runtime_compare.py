@@ -1,6 +1,8 @@
-"""ONNX Runtime vs LiteRT on the edge device: whole models and plan heads, fp32 and int8, timed interleaved in one sitting.
+"""ONNX Runtime vs LiteRT on the edge device: whole models and plan heads, fp32 and int8, timed interleaved in one
+sitting.
 
-    python benchmarks/runtime_compare.py [--host pi] [--models mobilenet,vgg16] [--out benchmarks/results/runtime_compare]
+    python benchmarks/runtime_compare.py [--host pi] [--models mobilenet,vgg16] [--out \
+        benchmarks/results/runtime_compare]
 
 For each model: the whole model and heads at two cuts, unpruned and pruned
 uniformly to keep 0.5. Weights are constants, one per tensor, as the
@@ -69,12 +71,28 @@ def build(model_name: str, calib: np.ndarray, workdir: Path, log) -> list[dict]:
         lite_fp32 = tflite_bytes(head, shape)
         lite_int8 = tflite_int8(lite_fp32, calib)
         plan = f"{label}" + (f" keep {keep:g}" if keep < 1 else "")
-        for rt, prec, blob, ext in (("onnxruntime", "fp32", onnx_fp32, "onnx"), ("onnxruntime", "int8", onnx_int8, "onnx"),
-                                    ("litert", "fp32", lite_fp32, "tflite"), ("litert", "int8", lite_int8, "tflite")):
+        for rt, prec, blob, ext in (
+            ("onnxruntime", "fp32", onnx_fp32, "onnx"),
+            ("onnxruntime", "int8", onnx_int8, "onnx"),
+            ("litert", "fp32", lite_fp32, "tflite"),
+            ("litert", "int8", lite_int8, "tflite"),
+        ):
             jid = f"{model_name}_{cut}_{keep:g}_{rt}_{prec}"
             (workdir / f"{jid}.{ext}.gz").write_bytes(gzip.compress(blob, 6))
-            jobs.append({"id": jid, "file": f"{jid}.{ext}.gz", "input_shape": [1, *shape], "model": model_name, "plan": plan, "cut": cut,
-                         "keep": keep, "runtime": rt, "precision": prec, "bytes": len(blob)})
+            jobs.append(
+                {
+                    "id": jid,
+                    "file": f"{jid}.{ext}.gz",
+                    "input_shape": [1, *shape],
+                    "model": model_name,
+                    "plan": plan,
+                    "cut": cut,
+                    "keep": keep,
+                    "runtime": rt,
+                    "precision": prec,
+                    "bytes": len(blob),
+                }
+            )
         log(f"{model_name} {plan}: built 4 files")
     return jobs
 
@@ -86,8 +104,13 @@ def paired(lite: dict, ort: dict) -> tuple[float, float, float]:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | plan | ORT fp32 ms | LiteRT fp32 ms | LiteRT / ORT (rounds) | ORT int8 ms | LiteRT int8 ms | LiteRT / ORT (rounds) |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        (
+            "| model | plan | ORT fp32 ms | LiteRT fp32 ms | LiteRT / ORT (rounds) | ORT int8 ms | LiteRT int8 ms |"
+            " LiteRT / ORT (rounds) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["model"], r["plan"], r["runtime"], r["precision"]): r for r in rows}
     for model, plan in dict.fromkeys((r["model"], r["plan"]) for r in rows):
         cells = []
@@ -103,8 +126,15 @@ def summarise(rows: list[dict]) -> dict:
     by = {(r["model"], r["plan"], r["runtime"], r["precision"]): r for r in rows}
     out = {}
     for prec in ("fp32", "int8"):
-        meds = [paired(by[(m, p, "litert", prec)], by[(m, p, "onnxruntime", prec)])[0] for m, p in dict.fromkeys((r["model"], r["plan"]) for r in rows)]
-        out[prec] = {"median_litert_over_ort": statistics.median(meds), "litert_faster": sum(x < 1 for x in meds), "plans": len(meds)}
+        meds = [
+            paired(by[(m, p, "litert", prec)], by[(m, p, "onnxruntime", prec)])[0]
+            for m, p in dict.fromkeys((r["model"], r["plan"]) for r in rows)
+        ]
+        out[prec] = {
+            "median_litert_over_ort": statistics.median(meds),
+            "litert_faster": sum(x < 1 for x in meds),
+            "plans": len(meds),
+        }
     return out
 
 
@@ -116,7 +146,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--window-ms", type=float, default=200.0, help="per file per round")
     ap.add_argument("--out", default="benchmarks/results/runtime_compare")
-    ap.add_argument("--table-only", action="store_true", help="rewrite table.md (and the summary) from OUT/results.json; time nothing")
+    ap.add_argument(
+        "--table-only",
+        action="store_true",
+        help="rewrite table.md (and the summary) from OUT/results.json; time nothing",
+    )
     args = ap.parse_args()
     if args.table_only:
         doc = read_json(Path(args.out) / "results.json")
@@ -148,8 +182,13 @@ def main() -> int:
                 dev.put(PROFILER, f"{remote}/timer.py")
                 for j in jobs:
                     dev.put(Path(tmp) / j["file"], f"{remote}/{j['file']}")
-                (Path(tmp) / "job.json").write_text(json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in jobs]))
-                opts = f"--threads 1 --warmup 5 --repeats {4 * args.rounds} --rounds {args.rounds} --min-time-ms {round(args.window_ms * args.rounds)}"
+                (Path(tmp) / "job.json").write_text(
+                    json.dumps([{k: j[k] for k in ("id", "file", "input_shape")} for j in jobs])
+                )
+                opts = (
+                    f"--threads 1 --warmup 5 --repeats {4 * args.rounds} --rounds {args.rounds} --min-time-ms"
+                    f" {round(args.window_ms * args.rounds)}"
+                )
                 t0 = time.time()
                 started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 log(f"timing {len(jobs)} files on {dev.name}, {args.rounds} interleaved rounds")
@@ -161,10 +200,21 @@ def main() -> int:
         return 2
     finally:
         dev.close()
-    rows = [{**j, **{k: timed[j["id"]][k] for k in ("median_ms", "mean_ms", "p10_ms", "p90_ms", "round_means_ms")}} for j in jobs]
+    rows = [
+        {**j, **{k: timed[j["id"]][k] for k in ("median_ms", "mean_ms", "p10_ms", "p90_ms", "round_means_ms")}}
+        for j in jobs
+    ]
     summary = summarise(rows)
-    doc = {"host": dev.name, "device": facts, "started": started, "timing_s": round(time.time() - t0, 1), "rounds": args.rounds,
-           "window_ms": args.window_ms, "rows": rows, "summary": summary}
+    doc = {
+        "host": dev.name,
+        "device": facts,
+        "started": started,
+        "timing_s": round(time.time() - t0, 1),
+        "rounds": args.rounds,
+        "window_ms": args.window_ms,
+        "rows": rows,
+        "summary": summary,
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", doc)
     text = table(rows)

@@ -55,8 +55,11 @@ def _raw_ort(path: str, shape: list[int], seconds: float, q) -> None:
     q.put((len(times) / sum(times), 1000.0 * float(np.median(times))))
 
 
-def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: float, kind: str, start_at: float, q) -> None:
-    """``threads`` clients, each its own connection, sending until the shared deadline; (latencies ms, server compute ms, failures)."""
+def _client_proc(
+    url: str, model: str, shape: list[int], threads: int, seconds: float, kind: str, start_at: float, q
+) -> None:
+    """``threads`` clients, each its own connection, sending until the shared deadline; (latencies ms, server compute
+    ms, failures)."""
     import threading
 
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -77,15 +80,33 @@ def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: 
                 r = c.infer(model, [inp], outputs=outs, headers={"Authorization": f"Bearer {TOKEN}"})
                 p = r.get_response().get("parameters", {})
                 return p.get("cpcdrl_compute_ms")
+
         elif kind == "raw":  # the request encoded once, bytes over a socket: the server's capacity, least client cost
             import json
             import socket
 
             host, port = url.split("://", 1)[1].rsplit(":", 1)
-            head = json.dumps({"inputs": [{"name": "cut", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": x.nbytes}}],
-                               "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
-            req = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                   f"Inference-Header-Content-Length: {len(head)}\r\nContent-Length: {len(head) + x.nbytes}\r\n\r\n").encode() + head + x.tobytes()
+            head = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "cut",
+                            "datatype": "FP32",
+                            "shape": shape,
+                            "parameters": {"binary_data_size": x.nbytes},
+                        }
+                    ],
+                    "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+                }
+            ).encode()
+            req = (
+                (
+                    f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Inference-Header-Content-Length: {len(head)}\r\nContent-Length: {len(head) + x.nbytes}\r\n\r\n"
+                ).encode()
+                + head
+                + x.tobytes()
+            )
             c = socket.create_connection((host, int(port)), timeout=10)
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             f = c.makefile("rb")
@@ -103,6 +124,7 @@ def _client_proc(url: str, model: str, shape: list[int], threads: int, seconds: 
                         hl = int(v)
                 body = f.read(n)
                 return json.loads(body[:hl])["parameters"]["cpcdrl_compute_ms"]
+
         else:
             from cpcdrl_deploy.ondevice.runner import Remote
 
@@ -141,7 +163,10 @@ def _load(url: str, model: str, shape: list[int], clients: int, procs: int, seco
     procs = max(1, min(procs, clients))
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     start_at = time.time() + 2.0  # every client process imported and connected before the clock starts
-    ps = [mp.get_context("spawn").Process(target=_client_proc, args=(url, model, shape, n, seconds, kind, start_at, q)) for n in per]
+    ps = [
+        mp.get_context("spawn").Process(target=_client_proc, args=(url, model, shape, n, seconds, kind, start_at, q))
+        for n in per
+    ]
     for p in ps:
         p.start()
     res = [r for _ in ps for r in q.get(timeout=seconds + 120)]
@@ -150,8 +175,12 @@ def _load(url: str, model: str, shape: list[int], clients: int, procs: int, seco
     lat = [t for r in res for t in r[0]]
     comp = [t for r in res for t in r[1]]
     return {
-        "clients": clients, "requests": len(lat), "failed": sum(r[2] for r in res), "req_per_s": len(lat) / seconds,
-        "p50_ms": float(np.percentile(lat, 50)) if lat else None, "p99_ms": float(np.percentile(lat, 99)) if lat else None,
+        "clients": clients,
+        "requests": len(lat),
+        "failed": sum(r[2] for r in res),
+        "req_per_s": len(lat) / seconds,
+        "p50_ms": float(np.percentile(lat, 50)) if lat else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat else None,
         "server_compute_p50_ms": float(np.percentile(comp, 50)) if comp else None,
     }
 
@@ -165,7 +194,12 @@ def main() -> None:
     ap.add_argument("--keep", type=float, default=0.75)
     ap.add_argument("--clients", default="1,16")
     ap.add_argument("--client", choices=("tritonclient", "runner", "raw"), default="tritonclient")
-    ap.add_argument("--client-procs", type=int, default=1, help="processes the clients are spread over (1: the clients take one core, the server the other)")
+    ap.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="processes the clients are spread over (1: the clients take one core, the server the other)",
+    )
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--server-args", default="", help="extra options for `python -m cpcdrl_deploy.serving.server`")
@@ -174,47 +208,78 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        plan = atomic_write_json(Path(tmp) / "plan.json", uniform_plan(args.model, args.cut, args.keep, args.checkpoint, args.data))
+        plan = atomic_write_json(
+            Path(tmp) / "plan.json", uniform_plan(args.model, args.cut, args.keep, args.checkpoint, args.data)
+        )
         m = export_plan(plan, Path(tmp) / "e", check_images=16)
         tail = m["files"]["tail"]
         shape = [1, *tail["inputs"][0]["shape"][1:]]
         srv = CloudServer(Path(tmp) / "e", "127.0.0.1", TOKEN, extra_args=args.server_args.split())
-        print(f"{args.model} tail after layer {args.cut} (keep {args.keep}): {4 * int(np.prod(shape))} bytes per request; server {srv.url}; "
-              f"{args.client} clients in {args.client_procs} processes; {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"{args.model} tail after layer {args.cut} (keep {args.keep}): {4 * int(np.prod(shape))} bytes per request;"
+            f" server {srv.url}; {args.client} clients in {args.client_procs} processes; {os.cpu_count()} CPUs",
+            flush=True,
+        )
         try:
             for rnd in range(args.rounds):
                 q = mp.get_context("spawn").Queue()
-                p = mp.get_context("spawn").Process(target=_raw_ort, args=(str(Path(tmp) / "e" / tail["file"]), shape, args.seconds, q))
+                p = mp.get_context("spawn").Process(
+                    target=_raw_ort, args=(str(Path(tmp) / "e" / tail["file"]), shape, args.seconds, q)
+                )
                 p.start()
                 raw_rps, raw_p50 = q.get(timeout=args.seconds + 120)
                 p.join()
                 for n in counts:
                     r = _load(srv.url, tail["model_name"], shape, n, args.client_procs, args.seconds, args.client)
-                    r.update(round=rnd, raw_ort_runs_per_s=raw_rps, raw_ort_p50_ms=raw_p50, ratio_to_raw=r["req_per_s"] / raw_rps)
+                    r.update(
+                        round=rnd,
+                        raw_ort_runs_per_s=raw_rps,
+                        raw_ort_p50_ms=raw_p50,
+                        ratio_to_raw=r["req_per_s"] / raw_rps,
+                    )
                     rows.append(r)
-                    print(f"round {rnd}: raw ORT {raw_rps:.0f} runs/s ({raw_p50:.3f} ms); {n} clients: {r['req_per_s']:.0f} req/s = "
-                          f"{r['ratio_to_raw']:.2f}x raw, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, server compute p50 "
-                          f"{r['server_compute_p50_ms'] or float('nan'):.3f} ms, failed {r['failed']}", flush=True)
+                    print(
+                        f"round {rnd}: raw ORT {raw_rps:.0f} runs/s ({raw_p50:.3f} ms); {n} clients:"
+                        f" {r['req_per_s']:.0f} req/s = {r['ratio_to_raw']:.2f}x raw, p50 {r['p50_ms']:.2f} ms, p99"
+                        f" {r['p99_ms']:.2f} ms, server compute p50 {r['server_compute_p50_ms'] or float('nan'):.3f}"
+                        f" ms, failed {r['failed']}",
+                        flush=True,
+                    )
         finally:
             srv.stop()
     summary = []
     for n in counts:
         rs = [r for r in rows if r["clients"] == n]
-        s = {"clients": n, "ratio_to_raw_median": statistics.median(r["ratio_to_raw"] for r in rs),
-             "req_per_s_median": statistics.median(r["req_per_s"] for r in rs), "raw_ort_runs_per_s_median": statistics.median(r["raw_ort_runs_per_s"] for r in rs),
-             "p50_ms_median": statistics.median(r["p50_ms"] for r in rs), "failed": sum(r["failed"] for r in rs)}
+        s = {
+            "clients": n,
+            "ratio_to_raw_median": statistics.median(r["ratio_to_raw"] for r in rs),
+            "req_per_s_median": statistics.median(r["req_per_s"] for r in rs),
+            "raw_ort_runs_per_s_median": statistics.median(r["raw_ort_runs_per_s"] for r in rs),
+            "p50_ms_median": statistics.median(r["p50_ms"] for r in rs),
+            "failed": sum(r["failed"] for r in rs),
+        }
         if n == 1:
-            s["overhead_ms_median"] = statistics.median(r["p50_ms"] - r["server_compute_p50_ms"] for r in rs if r["server_compute_p50_ms"] is not None)
+            s["overhead_ms_median"] = statistics.median(
+                r["p50_ms"] - r["server_compute_p50_ms"] for r in rs if r["server_compute_p50_ms"] is not None
+            )
         summary.append(s)
-    lines = ["| clients | req/s | raw ORT runs/s | ratio | p50 ms | one client's overhead ms | failed |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| clients | req/s | raw ORT runs/s | ratio | p50 ms | one client's overhead ms | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         ov = f"{s['overhead_ms_median']:.3f}" if "overhead_ms_median" in s else ""
-        lines.append(f"| {s['clients']} | {s['req_per_s_median']:.0f} | {s['raw_ort_runs_per_s_median']:.0f} | {s['ratio_to_raw_median']:.2f}x | "
-                     f"{s['p50_ms_median']:.2f} | {ov} | {s['failed']} |")
+        lines.append(
+            f"| {s['clients']} | {s['req_per_s_median']:.0f} | {s['raw_ort_runs_per_s_median']:.0f} |"
+            f" {s['ratio_to_raw_median']:.2f}x | {s['p50_ms_median']:.2f} | {ov} | {s['failed']} |"
+        )
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out / f"results-{args.client}.json", {"args": portable_args(vars(args)), "rounds": rows, "summary": summary})
+        atomic_write_json(
+            args.out / f"results-{args.client}.json",
+            {"args": portable_args(vars(args)), "rounds": rows, "summary": summary},
+        )
         atomic_write_bytes(args.out / f"table-{args.client}.md", ("\n".join(lines) + "\n").encode())
 
 

@@ -1,6 +1,7 @@
 """How steady is each host's speed? The speed probe timed back to back on the cloud host and the edge at once.
 
-    python benchmarks/speed_drift.py [--model mobilenet] [--host pi] [--minutes 10] [--out benchmarks/results/speed_drift.json]
+    python benchmarks/speed_drift.py [--model mobilenet] [--host pi] [--minutes 10] [--out \
+        benchmarks/results/speed_drift.json]
 
 A measured table predicts a deployment only if its host runs at the speed it
 had when profiled. This times the speed probe (the whole unpruned model, the
@@ -38,7 +39,9 @@ WINDOW_MS = 100  # the profiler's window per round (profiling.measure_tables' ro
 def _per_minute(means: list[float]) -> list[float]:
     """Each minute's median window; a run shorter than half a minute is one block."""
     per = int(60_000 / WINDOW_MS)
-    blocks = [float(np.median(means[i : i + per])) for i in range(0, len(means), per) if len(means[i : i + per]) >= per // 2]
+    blocks = [
+        float(np.median(means[i : i + per])) for i in range(0, len(means), per) if len(means[i : i + per]) >= per // 2
+    ]
     return blocks or [float(np.median(means))]
 
 
@@ -52,7 +55,9 @@ def main() -> int:
     args = ap.parse_args()
     # a window is timed for at least WINDOW_MS (and >= 1 run), so the round count sets the duration
     rounds = max(2, int(args.minutes * 60_000 / WINDOW_MS))
-    opts = f"--threads {args.threads} --warmup 5 --repeats {rounds} --min-time-ms {rounds * WINDOW_MS} --rounds {rounds}"
+    opts = (
+        f"--threads {args.threads} --warmup 5 --repeats {rounds} --min-time-ms {rounds * WINDOW_MS} --rounds {rounds}"
+    )
     gz, shape, _ = probe_model(args.model)
     results: dict[str, list[float]] = {}
     errors: list[str] = []
@@ -62,7 +67,8 @@ def main() -> int:
         job.write_text(json.dumps([{"id": "probe", "file": "probe.onnx.gz", "input_shape": shape}]))
 
         def time_on(host: str, side: str) -> None:
-            # this host through the same Device interface as the edge: LocalDevice runs off the testbed's CPU, as the server does
+            # this host through the same Device interface as the edge: LocalDevice runs off the testbed's CPU, as the
+            # server does
             try:
                 dev = connect(host)
                 try:
@@ -98,17 +104,26 @@ def main() -> int:
         return 1
     report: dict = {"model": args.model, "edge": args.host, "started_at": t0, "window_ms": WINDOW_MS, "sides": {}}
     minutes = {side: _per_minute(m) for side, m in results.items()}
-    print("| side | windows | window p10 / p50 / p90 ms | minute medians ms | slowest / fastest minute |\n|---|---|---|---|---|")
+    print(
+        "| side | windows | window p10 / p50 / p90 ms | minute medians ms | slowest / fastest minute"
+        " |\n|---|---|---|---|---|"
+    )
     for side, m in results.items():
         mm = minutes[side]
         report["sides"][side] = {"round_means_ms": m, "minute_medians_ms": mm}
         p10, p50, p90 = np.percentile(m, [10, 50, 90])
-        print(f"| {side} | {len(m)} | {p10:.2f} / {p50:.2f} / {p90:.2f} | {', '.join(f'{x:.2f}' for x in mm)} | {max(mm) / min(mm):.2f} |")
+        print(
+            f"| {side} | {len(m)} | {p10:.2f} / {p50:.2f} / {p90:.2f} | {', '.join(f'{x:.2f}' for x in mm)} |"
+            f" {max(mm) / min(mm):.2f} |"
+        )
     if len(minutes) == 2:
         n = min(len(minutes["edge"]), len(minutes["host"]))
         ratio = [minutes["edge"][i] / minutes["host"][i] for i in range(n)]
         report["edge_over_host_by_minute"] = ratio
-        print(f"edge / host by minute: {', '.join(f'{r:.2f}' for r in ratio)} (slowest / fastest {max(ratio) / min(ratio):.2f})")
+        print(
+            f"edge / host by minute: {', '.join(f'{r:.2f}' for r in ratio)} (slowest / fastest"
+            f" {max(ratio) / min(ratio):.2f})"
+        )
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0

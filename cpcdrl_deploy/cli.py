@@ -40,9 +40,16 @@ class Format(str, Enum):
 # Shared options, defined once.
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 CheckpointOpt = Annotated[
-    str | None, typer.Option("--checkpoint", "-c", help="state_dict file (bare, or under net/state_dict/model); 'builtin' for the shipped one")
+    str | None,
+    typer.Option(
+        "--checkpoint",
+        "-c",
+        help="state_dict file (bare, or under net/state_dict/model); 'builtin' for the shipped one",
+    ),
 ]
-DataOpt = Annotated[str, typer.Option("--data", "-d", help="CIFAR-10: ImageFolder dir, its .tar.gz, torchvision dir, or 'builtin'")]
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="CIFAR-10: ImageFolder dir, its .tar.gz, torchvision dir, or 'builtin'")
+]
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="use only this many test images")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="random seed")]
 
@@ -97,8 +104,21 @@ def models_cmd(fmt: FormatOpt = Format.table) -> None:
     if fmt is Format.json:
         _print_json(rows)
         return
-    typer.echo(_table([[r["name"], f"{r['input_size']}x{r['input_size']}", r["classes"], "yes" if r["builtin_checkpoint"] else "", r["description"]] for r in rows],
-                      ["model", "input", "classes", "built-in ckpt", "description"]))
+    typer.echo(
+        _table(
+            [
+                [
+                    r["name"],
+                    f"{r['input_size']}x{r['input_size']}",
+                    r["classes"],
+                    "yes" if r["builtin_checkpoint"] else "",
+                    r["description"],
+                ]
+                for r in rows
+            ],
+            ["model", "input", "classes", "built-in ckpt", "description"],
+        )
+    )
 
 
 @app.command("analyze")
@@ -117,11 +137,33 @@ def analyze_cmd(
         return
     kinds = {layer.index: layer.kind for layer in a.layers}
     rows = [
-        [p.index, p.name, kinds.get(p.index, "-"), f"{p.macs:,}", f"{p.cum_macs:,}", "x".join(map(str, p.out_shape)), f"{p.out_bytes:,}", "" if p.cuttable else "no"]
+        [
+            p.index,
+            p.name,
+            kinds.get(p.index, "-"),
+            f"{p.macs:,}",
+            f"{p.cum_macs:,}",
+            "x".join(map(str, p.out_shape)),
+            f"{p.out_bytes:,}",
+            "" if p.cuttable else "no",
+        ]
         for p in a.points
     ]
     typer.echo(_table(rows, ["cut", "layer", "kind", "MACs", "cum MACs", "cut tensor", "S_i bytes", "cuttable"]))
     typer.echo(f"total MACs: {a.total_macs:,}  ({a.n_layers} prunable layers)")
+
+
+PlanOpt = Annotated[
+    Path | None,
+    typer.Option("--plan", help="a saved plan: score its own pruned weights (model, --cut, --ratios come from it)"),
+]
+RatiosOpt = Annotated[
+    str | None, typer.Option("--ratios", help="keep ratio(s) of layers 1..cut: one value or a comma list")
+]
+RoundToOpt = Annotated[
+    int,
+    typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)"),
+]
 
 
 @app.command("evaluate")
@@ -130,14 +172,14 @@ def evaluate_cmd(
     model: Annotated[str, typer.Argument(help="zoo model name")] = DEMO_MODEL,
     checkpoint: CheckpointOpt = None,
     data: DataOpt = "builtin",
-    plan: Annotated[Path | None, typer.Option("--plan", help="a saved plan: score its own pruned weights (model, --cut, --ratios come from it)")] = None,
-    ratios: Annotated[str | None, typer.Option("--ratios", help="keep ratio(s) of layers 1..cut: one value or a comma list")] = None,
+    plan: PlanOpt = None,
+    ratios: RatiosOpt = None,
     cut: Annotated[int | None, typer.Option("--cut", help="partition point P (default N: all on the edge)")] = None,
     limit: LimitOpt = None,
     refit: Annotated[bool, typer.Option("--refit/--no-refit", help="least-squares reconstruction (Eq. 2)")] = True,
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images from the training split")] = 256,
     importance: Annotated[str, typer.Option("--importance", help="channel ranking: l1 or l2")] = "l1",
-    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
+    round_to: RoundToOpt = 8,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -153,8 +195,17 @@ def evaluate_cmd(
             res = evaluate_saved_plan(plan, None if data == "builtin" else data, checkpoint, limit, seed, tick=tick)
         else:
             res = evaluate_plan(
-                model, checkpoint, data, ratios, cut, limit, calib, PruneConfig(importance=importance, round_to=round_to, refit=refit), seed,
-                log=_err, tick=tick,
+                model,
+                checkpoint,
+                data,
+                ratios,
+                cut,
+                limit,
+                calib,
+                PruneConfig(importance=importance, round_to=round_to, refit=refit),
+                seed,
+                log=_err,
+                tick=tick,
             )
     if fmt is Format.json:
         _print_json(res)
@@ -162,8 +213,14 @@ def evaluate_cmd(
     typer.echo(f"{res['model']} cut {res['cut']}: top-1 {res['accuracy']:.2f}% on {res['test_images']} test images")
     if plan is not None:
         was = res["plan_test_accuracy"]
-        typer.echo(f"the plan's {res['weights']} weights" + (f"; optimize measured {was:.2f}% on its own test images" if was is not None else ""))
-    typer.echo(f"MACs {res['macs_before']:,} -> {res['macs_after']:,} ({100 * res['macs_after'] / res['macs_before']:.1f}%), edge MACs {res['edge_macs']:,}")
+        typer.echo(
+            f"the plan's {res['weights']} weights"
+            + (f"; optimize measured {was:.2f}% on its own test images" if was is not None else "")
+        )
+    typer.echo(
+        f"MACs {res['macs_before']:,} -> {res['macs_after']:,} ({100 * res['macs_after'] / res['macs_before']:.1f}%),"
+        f" edge MACs {res['edge_macs']:,}"
+    )
     if res.get("refitted_layers"):
         typer.echo(f"refitted by least squares: {len(res['refitted_layers'])} layers")
 
@@ -174,7 +231,9 @@ def train_cmd(
     model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")],
     data: DataOpt = "builtin",
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
-    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (pytorch-cifar format)")] = Path("checkpoint.pth"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (pytorch-cifar format)")] = Path(
+        "checkpoint.pth"
+    ),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     lr: Annotated[float, typer.Option("--lr", help="peak learning rate of the one-cycle schedule")] = 0.1,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="train on at most this many images")] = None,
@@ -188,7 +247,14 @@ def train_cmd(
 
     check_writable(out, "--out")
     with _progress(fmt) as tick:
-        res = train(model, load_cifar10(data), out, TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit), log=_err, tick=tick)
+        res = train(
+            model,
+            load_cifar10(data),
+            out,
+            TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit),
+            log=_err,
+            tick=tick,
+        )
     if fmt is Format.json:
         _print_json(res)
     else:
@@ -207,7 +273,62 @@ class EdgeRuntime(str, Enum):
 
 
 RuntimeOpt = Annotated[
-    EdgeRuntime | None, typer.Option("--runtime", help="the head's runtime on the device: onnxruntime (head.onnx) or litert (head.tflite); default: the plan's")
+    EdgeRuntime | None,
+    typer.Option(
+        "--runtime",
+        help="the head's runtime on the device: onnxruntime (head.onnx) or litert (head.tflite); default: the plan's",
+    ),
+]
+
+
+LinkOpt = Annotated[str | None, typer.Option("--link", help="profile whose link to use (default: the edge profile's)")]
+BandwidthOpt = Annotated[
+    str | None,
+    typer.Option("--bandwidth", help="what-if link rate both ways, e.g. 1MB/s or 8Mbit (overrides the profile's)"),
+]
+RttOpt = Annotated[
+    str | None, typer.Option("--rtt", help="what-if round-trip time, e.g. 10ms (overrides the profile's)")
+]
+MaxLossOpt = Annotated[
+    float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")
+]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="cpcdrl|cpcdrl-paper|neurosurgeon|greedy|edge-pruned|edge-only|cloud-only|random|all, or a list",
+    ),
+]
+WarmupOpt = Annotated[int | None, typer.Option("--warmup", help="random-action episodes first (default episodes/5)")]
+ValSourceOpt = Annotated[
+    str,
+    typer.Option("--val-source", help="train (seen in training) or test (half the test split; final test on the rest)"),
+]
+TestLimitOpt = Annotated[
+    int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")
+]
+OptimizeRoundToOpt = Annotated[
+    int,
+    typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)"),
+]
+OptimizeTransferOpt = Annotated[
+    Transfer,
+    typer.Option(
+        "--transfer", help="cut tensor on the wire, priced and scored: fp32, fp16, int8 (at cut 0: the image)"
+    ),
+]
+EdgeRuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--edge-runtime", help="auto (the faster per plan of those the edge profile timed), onnxruntime or litert"
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="where refits and accuracy checks run: cpu, cuda, cuda:N")]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache", help="persistent accuracy cache (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)"
+    ),
 ]
 
 
@@ -219,25 +340,25 @@ def optimize_cmd(
     data: DataOpt = "builtin",
     edge: Annotated[str, typer.Option("--edge", help="edge profile: file or name in device_profiles/")] = "paper",
     cloud: Annotated[str, typer.Option("--cloud", help="cloud profile: file or name")] = "paper",
-    link: Annotated[str | None, typer.Option("--link", help="profile whose link to use (default: the edge profile's)")] = None,
-    bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="what-if link rate both ways, e.g. 1MB/s or 8Mbit (overrides the profile's)")] = None,
-    rtt: Annotated[str | None, typer.Option("--rtt", help="what-if round-trip time, e.g. 10ms (overrides the profile's)")] = None,
+    link: LinkOpt = None,
+    bandwidth: BandwidthOpt = None,
+    rtt: RttOpt = None,
     accuracy: Annotated[float | None, typer.Option("--accuracy", help="A0: required test top-1, percent")] = None,
-    max_loss: Annotated[float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")] = None,
-    method: Annotated[str, typer.Option("--method", help="cpcdrl|cpcdrl-paper|neurosurgeon|greedy|edge-pruned|edge-only|cloud-only|random|all, or a list")] = "cpcdrl",
+    max_loss: MaxLossOpt = None,
+    method: MethodOpt = "cpcdrl",
     episodes: Annotated[int, typer.Option("--episodes", help="RL episodes")] = 300,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="random-action episodes first (default episodes/5)")] = None,
+    warmup: WarmupOpt = None,
     r_min: Annotated[float, typer.Option("--r-min", help="smallest keep ratio")] = 0.2,
     val_size: Annotated[int, typer.Option("--val-size", min=1, help="validation images (from --val-source)")] = 2000,
-    val_source: Annotated[str, typer.Option("--val-source", help="train (seen in training) or test (half the test split; final test on the rest)")] = "train",
+    val_source: ValSourceOpt = "train",
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images for the refit")] = 256,
-    test_limit: Annotated[int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")] = None,
-    round_to: Annotated[int, typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)")] = 8,
-    transfer: Annotated[Transfer, typer.Option("--transfer", help="cut tensor on the wire, priced and scored: fp32, fp16, int8 (at cut 0: the image)")] = Transfer.fp32,
-    edge_runtime: Annotated[str, typer.Option("--edge-runtime", help="auto (the faster per plan of those the edge profile timed), onnxruntime or litert")] = "auto",
+    test_limit: TestLimitOpt = None,
+    round_to: OptimizeRoundToOpt = 8,
+    transfer: OptimizeTransferOpt = Transfer.fp32,
+    edge_runtime: EdgeRuntimeOpt = "auto",
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
-    device: Annotated[str, typer.Option("--device", help="where refits and accuracy checks run: cpu, cuda, cuda:N")] = "cpu",
-    cache: Annotated[Path | None, typer.Option("--cache", help="persistent accuracy cache (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)")] = None,
+    device: DeviceOpt = "cpu",
+    cache: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="score every plan afresh and store nothing")] = False,
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the plan (first method listed) here")] = None,
@@ -251,7 +372,6 @@ def optimize_cmd(
     from cpcdrl_deploy.search.accuracy_cache import default_cache_dir
     from cpcdrl_deploy.search.methods import METHODS, SearchConfig
     from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
-    from cpcdrl_deploy.search.report import write_report
 
     check_writable(out, "--out")
     check_writable(report, "--report", directory=True)
@@ -261,18 +381,41 @@ def optimize_cmd(
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
     assert ckpt is not None  # required=True raises instead of returning None
     req = OptimizeRequest(
-        model=model, checkpoint=ckpt, data=data, edge=edge, cloud=cloud, link=link,
-        bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None, rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
-        accuracy=accuracy, max_accuracy_loss=max_loss, methods=methods, val_size=val_size, calib_size=calib, test_limit=test_limit,
-        search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed), prune=PruneConfig(round_to=round_to, refit=refit),
-        device=device, cache=None if no_cache else (cache or default_cache_dir()), val_source=val_source, keep_models=out is not None,
-        transfer=transfer.value, edge_runtime=edge_runtime,
+        model=model,
+        checkpoint=ckpt,
+        data=data,
+        edge=edge,
+        cloud=cloud,
+        link=link,
+        bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None,
+        rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
+        accuracy=accuracy,
+        max_accuracy_loss=max_loss,
+        methods=methods,
+        val_size=val_size,
+        calib_size=calib,
+        test_limit=test_limit,
+        search=SearchConfig(episodes=episodes, warmup=warmup, r_min=r_min, seed=seed),
+        prune=PruneConfig(round_to=round_to, refit=refit),
+        device=device,
+        cache=None if no_cache else (cache or default_cache_dir()),
+        val_source=val_source,
+        keep_models=out is not None,
+        transfer=transfer.value,
+        edge_runtime=edge_runtime,
     )
     # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
     with _progress(fmt) as tick:
         result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None, tick=tick)
+    _optimize_outputs(model, result, methods[0], out, report, fmt)
+
+
+def _optimize_outputs(model: str, result: dict, first: str, out: Path | None, report: Path | None, fmt: Format) -> None:
+    """The plan file, the report folder, and the answer on stdout (a table, or JSON for scripts)."""
+    from cpcdrl_deploy.search.report import write_report
+
     if out is not None:
-        _write_chosen(out, result, methods[0])
+        _write_chosen(out, result, first)
     if report is not None:
         write_report(result, report)
         _err(f"wrote report to {report}")
@@ -296,35 +439,59 @@ def _write_chosen(out: Path, result: dict, first: str) -> None:
 
 
 def _print_optimize(model: str, result: dict) -> None:
-    """optimize's answer for people: the target, where latencies come from, one row per method, the chosen plan in words."""
+    """optimize's answer for people: the target, where latencies come from, one row per method, the chosen plan in
+    words."""
     from cpcdrl_deploy.search.report import explain_plan, methods_table
 
     n_layers = next((p["n_layers"] for p in result["plans"] if p.get("n_layers")), None)
-    typer.echo(f"{model}: the plan must keep test accuracy >= {result['a0_test']:.2f}% (unpruned {result['unpruned']['test']:.2f}%, "
-               f"at most {result['max_accuracy_loss']:g} points lost)")
+    typer.echo(
+        f"{model}: the plan must keep test accuracy >= {result['a0_test']:.2f}% (unpruned"
+        f" {result['unpruned']['test']:.2f}%, at most {result['max_accuracy_loss']:g} points lost)"
+    )
     src = result["latency_model"]
-    typer.echo(f"latencies from {src}" + (" -- a model, not a measurement (cpcdrl profile measures your hosts)" if src.startswith("the analytic") else ""))
-    typer.echo(f"cut = layers run on the edge: 0 = all on the server, {n_layers} = all on the edge; the edge sends the cut tensor to the server")
+    typer.echo(
+        f"latencies from {src}"
+        + (
+            " -- a model, not a measurement (cpcdrl profile measures your hosts)"
+            if src.startswith("the analytic")
+            else ""
+        )
+    )
+    typer.echo(
+        f"cut = layers run on the edge: 0 = all on the server, {n_layers} = all on the edge; the edge sends the cut"
+        " tensor to the server"
+    )
     typer.echo(methods_table(result["plans"]))
     if result["plans"]:
         typer.echo(explain_plan(result["plans"][0], result["input_bytes"], result["unpruned_channels"]))
     wire = next((p.get("transfer") for p in result["plans"] if p.get("transfer")), "fp32")
     heads = sorted({p["runtime"] for p in result["plans"] if p.get("runtime") and p.get("cut")})
     if wire != "fp32" or heads not in ([], ["onnxruntime"]):
-        typer.echo(f"the cut tensor travels as {wire}" + (f"; edge heads run in {' and '.join(heads)}" if heads else ""))
+        typer.echo(
+            f"the cut tensor travels as {wire}" + (f"; edge heads run in {' and '.join(heads)}" if heads else "")
+        )
     missed = [p["method"] for p in result["plans"] if p.get("accuracy", {}).get("meets_a0_on_test") is False]
     if missed:
-        typer.echo(f"{', '.join(missed)}: met the target on the search's validation images but not on the test images; "
-                   "use a smaller --max-accuracy-loss, more --val-size images or --val-source test")
+        typer.echo(
+            f"{', '.join(missed)}: met the target on the search's validation images but not on the test images; "
+            "use a smaller --max-accuracy-loss, more --val-size images or --val-source test"
+        )
     t = result["timers"]
-    typer.echo(f"{result['since_start_s']:.1f} s in all (loading {result['since_start_s'] - result['wall_s']:.1f} s); "
-               f"pruning+refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
-               f"{t['evaluations']} plans scored, {t['store_hits']} read from the accuracy cache")
+    typer.echo(
+        f"{result['since_start_s']:.1f} s in all (loading {result['since_start_s'] - result['wall_s']:.1f} s); "
+        f"pruning+refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
+        f"{t['evaluations']} plans scored, {t['store_hits']} read from the accuracy cache"
+    )
 
 
-cache_app = typer.Typer(help="The persistent accuracy cache that optimize shares across links, devices and methods.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="The persistent accuracy cache that optimize shares across links, devices and methods.", no_args_is_help=True
+)
 app.add_typer(cache_app, name="cache")
-CacheDirOpt = Annotated[Path | None, typer.Option("--cache", help="cache directory (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache", help="cache directory (default: ~/.cache/cpcdrl/accuracy, or $CPCDRL_CACHE/accuracy)"),
+]
 
 
 @cache_app.command("info")
@@ -337,7 +504,10 @@ def cache_info_cmd(cache: CacheDirOpt = None, fmt: FormatOpt = Format.table) -> 
     if fmt is Format.json:
         _print_json(info)
         return
-    typer.echo(f"{info['path']}: {info['entries']} plan accuracies in {info['contexts']} contexts (model, data, pruning set-up), {info['bytes'] / 1e3:.1f} KB")
+    typer.echo(
+        f"{info['path']}: {info['entries']} plan accuracies in {info['contexts']} contexts (model, data, pruning"
+        f" set-up), {info['bytes'] / 1e3:.1f} KB"
+    )
 
 
 @cache_app.command("clear")
@@ -350,9 +520,21 @@ def cache_clear_cmd(cache: CacheDirOpt = None) -> None:
     typer.echo(f"removed {clear_cache(root)} plan accuracies from {root}")
 
 
-testbed_app = typer.Typer(help="An emulated Raspberry Pi on this machine (root): network namespace, slow CPU, shaped link, sshd.", no_args_is_help=True)
+testbed_app = typer.Typer(
+    help="An emulated Raspberry Pi on this machine (root): network namespace, slow CPU, shaped link, sshd.",
+    no_args_is_help=True,
+)
 app.add_typer(testbed_app, name="testbed")
 NameOpt = Annotated[str, typer.Option("--name", help="testbed host name (its SSH alias)")]
+
+
+ThrottleOpt = Annotated[
+    str,
+    typer.Option(
+        "--throttle",
+        help="how the CPU is slowed: duty (a real-time task takes the rest of every 250 us) or quota (CFS)",
+    ),
+]
 
 
 @testbed_app.command("up")
@@ -361,13 +543,16 @@ def testbed_up(
     name: NameOpt = "pi",
     cpu: Annotated[float, typer.Option("--cpu", help="share of one core")] = 0.25,
     bandwidth: Annotated[str, typer.Option("--bandwidth", help="link rate, e.g. 200KB/s or 1.6Mbit")] = "200KB/s",
-    throttle: Annotated[str, typer.Option("--throttle", help="how the CPU is slowed: duty (a real-time task takes the rest of every 250 us) or quota (CFS)")] = "duty",
+    throttle: ThrottleOpt = "duty",
 ) -> None:
     """Create the emulated device and register it as an SSH host."""
     from cpcdrl_deploy.devices import testbed
 
     st = testbed.up(name, cpu, bandwidth, log=_err, throttle=throttle)
-    typer.echo(f"{st.name}: {st.user}@{st.device_ip}, cpu {st.cpu}, {st.bandwidth_bytes_per_s / 1e3:g} KB/s; try: cpcdrl profile --host {st.name}")
+    typer.echo(
+        f"{st.name}: {st.user}@{st.device_ip}, cpu {st.cpu}, {st.bandwidth_bytes_per_s / 1e3:g} KB/s; try: cpcdrl"
+        f" profile --host {st.name}"
+    )
 
 
 @testbed_app.command("down")
@@ -394,8 +579,53 @@ def testbed_status(fmt: FormatOpt = Format.table) -> None:
         typer.echo("no testbed is up")
     for r in rows:
         sshd = "running" if r["sshd_running"] else "NOT running"
-        cpu = f"cpu {r['cpu']} ({r['throttle']}" + (f", duty cycle {'running' if r['duty_cycle_running'] else 'NOT running'})" if r["throttle"] == "duty" else ")")
-        typer.echo(f"{r['name']}: {r['user']}@{r['device_ip']} {cpu} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s, sshd {sshd}")
+        cpu = f"cpu {r['cpu']} ({r['throttle']}" + (
+            f", duty cycle {'running' if r['duty_cycle_running'] else 'NOT running'})"
+            if r["throttle"] == "duty"
+            else ")"
+        )
+        typer.echo(
+            f"{r['name']}: {r['user']}@{r['device_ip']} {cpu} link {r['bandwidth_bytes_per_s'] / 1e3:g} KB/s, sshd"
+            f" {sshd}"
+        )
+
+
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="profile file (default device_profiles/<host>.json)")]
+RoundsOpt = Annotated[
+    int,
+    typer.Option(
+        "--rounds", min=1, help="passes over each batch of models, seconds apart; each reports its median pass"
+    ),
+]
+PythonOpt = Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + the runtime")]
+TrustHostKeyOpt = Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")]
+ProfileRuntimeOpt = Annotated[
+    list[EdgeRuntime],
+    typer.Option(
+        "--runtime",
+        help="time the models in onnxruntime and/or litert (repeat the option: "
+        "both are then timed side by side in the same passes; tables kept as MODEL and MODEL@litert)",
+    ),
+]
+RequestProbeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--request-probe/--no-request-probe",
+        help="also time real KServe v2 requests from the device to a "
+        "server here: the link's per-request overhead (needs --bind unless the host is a testbed)",
+    ),
+]
+BindOpt = Annotated[
+    str | None, typer.Option("--bind", help="this host's address the device reaches, for the request probe")
+]
+ColdGapMsOpt = Annotated[
+    float,
+    typer.Option(
+        "--cold-gap-ms",
+        min=0,
+        help="also time each whole head and tail after this much idle, as a served request finds it (0: do not)",
+    ),
+]
 
 
 @app.command("profile")
@@ -403,23 +633,21 @@ def testbed_status(fmt: FormatOpt = Format.table) -> None:
 def profile_cmd(
     host: Annotated[str, typer.Option("--host", help="'local', an ssh_config alias, or user@host[:port]")] = "local",
     model: Annotated[list[str], typer.Option("--model", "-m", help="zoo model(s) to profile")] = ["mobilenet"],  # noqa: B006
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="profile file (default device_profiles/<host>.json)")] = None,
+    out: OutOpt = None,
     grid: Annotated[str, typer.Option("--grid", help="kept channel fractions")] = "0.25,0.5,0.75,1.0",
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
     repeats: Annotated[int, typer.Option("--repeats", min=1)] = 20,
     warmup: Annotated[int, typer.Option("--warmup", min=0)] = 5,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="passes over each batch of models, seconds apart; each reports its median pass")] = 4,
-    python: Annotated[str | None, typer.Option("--python", help="device-side interpreter with numpy + the runtime")] = None,
-    trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
+    rounds: RoundsOpt = 4,
+    python: PythonOpt = None,
+    trust_host_key: TrustHostKeyOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", help="SSH connect time-out, s")] = 10.0,
-    runtime: Annotated[list[EdgeRuntime], typer.Option("--runtime", help="time the models in onnxruntime and/or litert (repeat the option: "
-                                                       "both are then timed side by side in the same passes; tables kept as MODEL and MODEL@litert)")] = [  # noqa: B006
-        EdgeRuntime.onnxruntime],
-    request_probe: Annotated[bool, typer.Option("--request-probe/--no-request-probe", help="also time real KServe v2 requests from the device to a "
-                                                "server here: the link's per-request overhead (needs --bind unless the host is a testbed)")] = True,
-    bind: Annotated[str | None, typer.Option("--bind", help="this host's address the device reaches, for the request probe")] = None,
-    cold_gap_ms: Annotated[float, typer.Option("--cold-gap-ms", min=0, help="also time each whole head and tail after this much idle, "
-                                              "as a served request finds it (0: do not)")] = 20.0,
+    runtime: ProfileRuntimeOpt = [  # noqa: B006
+        EdgeRuntime.onnxruntime
+    ],
+    request_probe: RequestProbeOpt = True,
+    bind: BindOpt = None,
+    cold_gap_ms: ColdGapMsOpt = 20.0,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -443,13 +671,29 @@ def profile_cmd(
         try:
             probe_at = server_address(host, bind)
         except CpcdrlError:
-            _err(f"note: no request probe ({host} is not a testbed: pass --bind ADDRESS it reaches); the link is priced from SSH transfers alone")
+            _err(
+                f"note: no request probe ({host} is not a testbed: pass --bind ADDRESS it reaches); the link is priced"
+                " from SSH transfers alone"
+            )
     dev = connect(host, python, trust_host_key, timeout)
     try:
         with _progress(fmt) as tick:
-            prof = profile_host(dev, model, dest, fractions, threads, warmup, repeats, measure_link_too=host != "local", rounds=rounds, log=_err, tick=tick,
-                               runtime=[r.value for r in runtime] or ["onnxruntime"], request_probe_at=probe_at,
-                               cold_gap_ms=cold_gap_ms)
+            prof = profile_host(
+                dev,
+                model,
+                dest,
+                fractions,
+                threads,
+                warmup,
+                repeats,
+                measure_link_too=host != "local",
+                rounds=rounds,
+                log=_err,
+                tick=tick,
+                runtime=[r.value for r in runtime] or ["onnxruntime"],
+                request_probe_at=probe_at,
+                cold_gap_ms=cold_gap_ms,
+            )
     finally:
         dev.close()
     if fmt is Format.json:
@@ -457,8 +701,13 @@ def profile_cmd(
         return
     typer.echo(f"wrote {dest}: {', '.join(prof.tables)} on {prof.host.get('hostname') if prof.host else host}")
     if prof.link:
-        extra = f", {prof.link.request_overhead_ms:.2f} ms per request (request probe)" if prof.link.request_probe else ""
-        typer.echo(f"link: {prof.link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {prof.link.downlink_bytes_per_s / 1e3:.1f} KB/s down, RTT {prof.link.rtt_ms:.1f} ms{extra}")
+        extra = (
+            f", {prof.link.request_overhead_ms:.2f} ms per request (request probe)" if prof.link.request_probe else ""
+        )
+        typer.echo(
+            f"link: {prof.link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {prof.link.downlink_bytes_per_s / 1e3:.1f} KB/s"
+            f" down, RTT {prof.link.rtt_ms:.1f} ms{extra}"
+        )
 
 
 @app.command("compare")
@@ -482,45 +731,85 @@ def compare_cmd(
         _print_json(res)
         return
     rows = [
-        [r["cut"], r["name"], f"{r['direct']['edge_ms']:.2f}", f"{r['direct']['transfer_ms']:.1f}", f"{r['direct']['cloud_ms']:.2f}", f"{r['direct']['total_ms']:.1f}",
-         f"{r['table']['total_ms']:.1f}", f"{r['table_error_pct']:+.1f}%", f"{r['analytic']['total_ms']:.1f}", f"{r['analytic_error_pct']:+.1f}%"]
+        [
+            r["cut"],
+            r["name"],
+            f"{r['direct']['edge_ms']:.2f}",
+            f"{r['direct']['transfer_ms']:.1f}",
+            f"{r['direct']['cloud_ms']:.2f}",
+            f"{r['direct']['total_ms']:.1f}",
+            f"{r['table']['total_ms']:.1f}",
+            f"{r['table_error_pct']:+.1f}%",
+            f"{r['analytic']['total_ms']:.1f}",
+            f"{r['analytic_error_pct']:+.1f}%",
+        ]
         for r in res["rows"]
     ]
-    typer.echo(_table(rows, ["cut", "layer", "edge ms", "link ms", "cloud ms", "measured", "table", "err", "MAC est.", "err"]))
+    typer.echo(
+        _table(rows, ["cut", "layer", "edge ms", "link ms", "cloud ms", "measured", "table", "err", "MAC est.", "err"])
+    )
     fi = res["fidelity"]
-    typer.echo(f"per-layer tables vs measured: median {fi['total_table']['median_abs_pct']:.1f}%, worst {fi['total_table']['worst_abs_pct']:.1f}% "
-               f"(edge side median {fi['edge_table'].get('median_abs_pct', 0):.1f}%); MAC estimate: median {fi['total_analytic']['median_abs_pct']:.1f}%, "
-               f"worst {fi['total_analytic']['worst_abs_pct']:.1f}%")
+    typer.echo(
+        f"per-layer tables vs measured: median {fi['total_table']['median_abs_pct']:.1f}%, worst"
+        f" {fi['total_table']['worst_abs_pct']:.1f}% (edge side median"
+        f" {fi['edge_table'].get('median_abs_pct', 0):.1f}%); MAC estimate: median"
+        f" {fi['total_analytic']['median_abs_pct']:.1f}%, worst {fi['total_analytic']['worst_abs_pct']:.1f}%"
+    )
     ratio, interp = fi.get("pruned_head_ratio"), fi.get("pruned_head_interpolated")
     if ratio:  # profiles that timed pruned heads
-        typer.echo(f"{len(res['pruned_heads'])} pruned heads: the unpruned head x the tables' ratio median {ratio['median_pct']:+.1f}%, "
-                   f"worst {ratio['worst_abs_pct']:.1f}%" + (f"; interpolated from the other heads (leave one out) median {interp['median_pct']:+.1f}%, "
-                                                             f"worst {interp['worst_abs_pct']:.1f}%" if interp else ""))
+        typer.echo(
+            f"{len(res['pruned_heads'])} pruned heads: the unpruned head x the tables' ratio median"
+            f" {ratio['median_pct']:+.1f}%, worst {ratio['worst_abs_pct']:.1f}%"
+            + (
+                f"; interpolated from the other heads (leave one out) median {interp['median_pct']:+.1f}%, "
+                f"worst {interp['worst_abs_pct']:.1f}%"
+                if interp
+                else ""
+            )
+        )
     for side in ("edge", "total"):
         if f"ranks_{side}_table" in fi:
             t, m = fi[f"ranks_{side}_table"], fi[f"ranks_{side}_analytic"]
-            typer.echo(f"order and ratios ({'heads on the edge' if side == 'edge' else 'whole splits'}): tables Spearman {t['spearman']:.2f}, "
-                       f"ratio error median {t['ratio_error_median_pct']:.1f}%; MAC estimate Spearman {m['spearman']:.2f}, "
-                       f"ratio error median {m['ratio_error_median_pct']:.1f}%")
+            typer.echo(
+                f"order and ratios ({'heads on the edge' if side == 'edge' else 'whole splits'}): tables Spearman"
+                f" {t['spearman']:.2f}, ratio error median {t['ratio_error_median_pct']:.1f}%; MAC estimate Spearman"
+                f" {m['spearman']:.2f}, ratio error median {m['ratio_error_median_pct']:.1f}%"
+            )
 
 
 TransferOpt = Annotated[
-    Transfer | None, typer.Option("--transfer", help="cut tensor on the wire: fp32, fp16 (cast), int8 (per-tensor quantised); default: the plan's")
+    Transfer | None,
+    typer.Option(
+        "--transfer", help="cut tensor on the wire: fp32, fp16 (cast), int8 (per-tensor quantised); default: the plan's"
+    ),
 ]
-QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: static quantisation of the head (ONNX Runtime, QDQ)")]
+QuantizeOpt = Annotated[
+    str | None, typer.Option("--quantize", help="int8: static quantisation of the head (ONNX Runtime, QDQ)")
+]
 PlanArg = Annotated[Path, typer.Argument(help="plan.json from cpcdrl optimize")]
+
+
+ExportOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="directory for head.onnx, tail.onnx, full.onnx, manifest.json")
+]
+ExportDataOpt = Annotated[
+    str | None, typer.Option("--data", "-d", help="CIFAR-10 the plan was made on (default: the plan's)")
+]
+TritonOpt = Annotated[
+    Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")
+]
 
 
 @app.command("export")
 @command
 def export_cmd(
     plan: PlanArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for head.onnx, tail.onnx, full.onnx, manifest.json")] = Path("export"),
-    data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 the plan was made on (default: the plan's)")] = None,
+    out: ExportOutOpt = Path("export"),
+    data: ExportDataOpt = None,
     checkpoint: CheckpointOpt = None,
     quantize: QuantizeOpt = None,
     transfer: TransferOpt = None,
-    triton: Annotated[Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")] = None,
+    triton: TritonOpt = None,
     runtime: RuntimeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -531,20 +820,45 @@ def export_cmd(
     check_writable(out, "--out", directory=True)
     check_writable(triton, "--triton", directory=True)
     with _progress(fmt) as tick:
-        m = export_plan(plan, out, data, checkpoint, quantize, transfer.value if transfer else None, triton, log=_err, tick=tick,
-                      runtime=runtime.value if runtime else None)
+        m = export_plan(
+            plan,
+            out,
+            data,
+            checkpoint,
+            quantize,
+            transfer.value if transfer else None,
+            triton,
+            log=_err,
+            tick=tick,
+            runtime=runtime.value if runtime else None,
+        )
     if fmt is Format.json:
         _print_json(m)
         return
-    rows = [[role, f["file"], f"{f['bytes'] / 1e3:.1f} KB", ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["inputs"]),
-             ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["outputs"])] for role, f in m["files"].items()]
+    rows = [
+        [
+            role,
+            f["file"],
+            f"{f['bytes'] / 1e3:.1f} KB",
+            ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["inputs"]),
+            ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["outputs"]),
+        ]
+        for role, f in m["files"].items()
+    ]
     typer.echo(_table(rows, ["part", "file", "size", "inputs", "outputs"]))
     c = m["check"]
-    typer.echo(f"split vs pruned PyTorch: max |diff| {c['split_vs_pytorch_max_abs']:.1e}; after {m['transfer']} transfer"
-               f"{' and int8 head' if m['quantize'] else ''}: agreement {c['agreement_with_pytorch_pct']:.1f} %, accuracy {c['accuracy_pct']:.2f} % "
-               f"(PyTorch {c['pytorch_accuracy_pct']:.2f} %) on {c['images']} test images")
+    typer.echo(
+        f"split vs pruned PyTorch: max |diff| {c['split_vs_pytorch_max_abs']:.1e}; after {m['transfer']}"
+        f" transfer{' and int8 head' if m['quantize'] else ''}: agreement {c['agreement_with_pytorch_pct']:.1f} %,"
+        f" accuracy {c['accuracy_pct']:.2f} % (PyTorch {c['pytorch_accuracy_pct']:.2f} %) on {c['images']} test images"
+    )
     if triton:
         typer.echo(f"Triton model repository: {triton}")
+
+
+TokenEnvOpt = Annotated[
+    str, typer.Option("--token-env", help="environment variable holding the bearer token (unset: no token)")
+]
 
 
 @app.command("serve")
@@ -554,7 +868,7 @@ def serve_cmd(
     host: Annotated[str, typer.Option("--host", help="address to listen on (loopback unless told)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
-    token_env: Annotated[str, typer.Option("--token-env", help="environment variable holding the bearer token (unset: no token)")] = "CPCDRL_TOKEN",
+    token_env: TokenEnvOpt = "CPCDRL_TOKEN",
 ) -> None:
     """Serve the tail over the KServe v2 / Open Inference Protocol (tritonclient works unchanged)."""
     import os
@@ -566,7 +880,10 @@ def serve_cmd(
         _err(f"warning: {warn}")
     httpd = make_server(export_dir, host, port, token, threads)
     h, p = httpd.server_address[:2]
-    _err(f"serving {httpd.cpcdrl_model.name} on http://{h}:{p} (KServe v2{', bearer token' if token else ''}); Ctrl-C stops")
+    _err(
+        f"serving {httpd.cpcdrl_model.name} on http://{h}:{p} (KServe v2{', bearer token' if token else ''}); Ctrl-C"
+        " stops"
+    )
     try:
         httpd.serve_forever()
     finally:
@@ -574,26 +891,57 @@ def serve_cmd(
         _err(f"served {httpd.cpcdrl_stats.requests} requests, refused {httpd.cpcdrl_stats.errors}")
 
 
+PlansOpt = Annotated[
+    list[Path], typer.Argument(help="two or more plan.json files (the first is the reference of the ratios)")
+]
+EdgeOpt = Annotated[
+    str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")
+]
+BenchOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="directory for bench-report.json, bench.png and the exports")
+]
+BenchBindOpt = Annotated[
+    str | None,
+    typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)"),
+]
+EdgeProfileOpt = Annotated[
+    str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the first plan's)")
+]
+CloudProfileOpt = Annotated[
+    str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the first plan's)")
+]
+BenchTrustHostKeyOpt = Annotated[
+    bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")
+]
+ProfileBeforeRoundsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--profile-before-rounds",
+        help="profile the edge and this host into this folder "
+        "once everything is uploaded, right before the rounds, and judge those profiles' "
+        "estimates (the plans keep the profiles they were made with)",
+    ),
+]
+
+
 @app.command("bench")
 @command
 def bench_cmd(
-    plans: Annotated[list[Path], typer.Argument(help="two or more plan.json files (the first is the reference of the ratios)")],
-    edge: Annotated[str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")] = "local",
+    plans: PlansOpt,
+    edge: EdgeOpt = "local",
     seconds: Annotated[float, typer.Option("--seconds", help="requests' time per plan, at least")] = 10.0,
     block: Annotated[int, typer.Option("--block", min=1, help="requests per plan per visit, at least")] = 3,
     slice_ms: Annotated[float, typer.Option("--slice-ms", help="time per plan per visit, at least")] = 100.0,
     min_rounds: Annotated[int, typer.Option("--min-rounds", min=1, help="interleaved rounds, at least")] = 5,
     images: Annotated[int, typer.Option("--images", min=1, help="distinct test images, sent in turn")] = 64,
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for bench-report.json, bench.png and the exports")] = Path("bench"),
-    bind: Annotated[str | None, typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)")] = None,
+    out: BenchOutOpt = Path("bench"),
+    bind: BenchBindOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds, every network call of the edge runner")] = 10.0,
-    edge_profile: Annotated[str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the first plan's)")] = None,
-    cloud_profile: Annotated[str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the first plan's)")] = None,
-    trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
+    edge_profile: EdgeProfileOpt = None,
+    cloud_profile: CloudProfileOpt = None,
+    trust_host_key: BenchTrustHostKeyOpt = False,
     runtime: RuntimeOpt = None,
-    profile_before_rounds: Annotated[Path | None, typer.Option("--profile-before-rounds", help="profile the edge and this host into this folder "
-                                                               "once everything is uploaded, right before the rounds, and judge those profiles' "
-                                                               "estimates (the plans keep the profiles they were made with)")] = None,
+    profile_before_rounds: ProfileBeforeRoundsOpt = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -605,8 +953,21 @@ def bench_cmd(
     if profile_before_rounds is not None:
         check_writable(profile_before_rounds, "--profile-before-rounds", directory=True)
     req = BenchRequest(
-        list(plans), edge=edge, out=out, seconds=seconds, block=block, slice_ms=slice_ms, min_rounds=min_rounds, images=images, bind=bind, timeout_s=timeout,
-        edge_profile=edge_profile, cloud_profile=cloud_profile, trust_host_key=trust_host_key, seed=seed, runtime=runtime.value if runtime else None,
+        list(plans),
+        edge=edge,
+        out=out,
+        seconds=seconds,
+        block=block,
+        slice_ms=slice_ms,
+        min_rounds=min_rounds,
+        images=images,
+        bind=bind,
+        timeout_s=timeout,
+        edge_profile=edge_profile,
+        cloud_profile=cloud_profile,
+        trust_host_key=trust_host_key,
+        seed=seed,
+        runtime=runtime.value if runtime else None,
         profile_before_rounds=profile_before_rounds,
     )
     with _progress(fmt) as tick:
@@ -617,25 +978,59 @@ def bench_cmd(
         typer.echo("\n".join(summary_lines(rep)))
 
 
+DeployEdgeOpt = Annotated[
+    str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")
+]
+RequestsOpt = Annotated[
+    int, typer.Option("--requests", "-n", min=1, help="test images sent end to end, one per request")
+]
+DeployOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="directory for the export, deploy-report.json and deploy.png")
+]
+FallbackOpt = Annotated[
+    bool, typer.Option("--fallback", help="answer on the edge (full model) when the server cannot be reached")
+]
+DeployBindOpt = Annotated[
+    str | None,
+    typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)"),
+]
+DeployEdgeProfileOpt = Annotated[
+    str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the plan's)")
+]
+DeployCloudProfileOpt = Annotated[
+    str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the plan's)")
+]
+DeployTrustHostKeyOpt = Annotated[
+    bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")
+]
+ProbeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--probe/--no-probe",
+        help="time the whole model beside the requests; scale the tables by the speed now vs profiled",
+    ),
+]
+
+
 @app.command("deploy")
 @command
 def deploy_cmd(
     plan: PlanArg,
-    edge: Annotated[str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")] = "local",
+    edge: DeployEdgeOpt = "local",
     cloud: Annotated[str, typer.Option("--cloud", help="where the tail runs: 'local' (this machine)")] = "local",
-    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="test images sent end to end, one per request")] = 50,
+    requests: RequestsOpt = 50,
     data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 (default: the plan's)")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="directory for the export, deploy-report.json and deploy.png")] = Path("deploy"),
+    out: DeployOutOpt = Path("deploy"),
     transfer: TransferOpt = None,
     quantize: QuantizeOpt = None,
-    fallback: Annotated[bool, typer.Option("--fallback", help="answer on the edge (full model) when the server cannot be reached")] = False,
-    bind: Annotated[str | None, typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)")] = None,
+    fallback: FallbackOpt = False,
+    bind: DeployBindOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds, every network call of the edge runner")] = 10.0,
-    edge_profile: Annotated[str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the plan's)")] = None,
-    cloud_profile: Annotated[str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the plan's)")] = None,
-    trust_host_key: Annotated[bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")] = False,
+    edge_profile: DeployEdgeProfileOpt = None,
+    cloud_profile: DeployCloudProfileOpt = None,
+    trust_host_key: DeployTrustHostKeyOpt = False,
     seed: SeedOpt = 0,
-    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="time the whole model beside the requests; scale the tables by the speed now vs profiled")] = True,
+    probe: ProbeOpt = True,
     runtime: RuntimeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -647,16 +1042,35 @@ def deploy_cmd(
     with _progress(fmt) as tick:
         rep = deploy(
             DeployRequest(
-                plan, edge, cloud, requests, data, out, transfer.value if transfer else None, quantize, fallback, bind, timeout, edge_profile, cloud_profile,
-                trust_host_key, seed, probe, runtime.value if runtime else None,
+                plan,
+                edge,
+                cloud,
+                requests,
+                data,
+                out,
+                transfer.value if transfer else None,
+                quantize,
+                fallback,
+                bind,
+                timeout,
+                edge_profile,
+                cloud_profile,
+                trust_host_key,
+                seed,
+                probe,
+                runtime.value if runtime else None,
             ),
-            log=_err, tick=tick,
+            log=_err,
+            tick=tick,
         )
     if fmt is Format.json:
         _print_json({k: v for k, v in rep.items() if k != "records"})
     else:
         typer.echo("\n".join(summary_lines(rep)))
-        _err(f"wrote {out / 'deploy-report.json'}" + (f" and {out / 'deploy.png'}" if (out / "deploy.png").exists() else ""))
+        _err(
+            f"wrote {out / 'deploy-report.json'}"
+            + (f" and {out / 'deploy.png'}" if (out / "deploy.png").exists() else "")
+        )
     if rep["aborted"]:
         raise typer.Exit(1)
 
@@ -669,10 +1083,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+VersionOpt = Annotated[
+    bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+]
+
+
 @app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
-) -> None:
+def _root(version: VersionOpt = False) -> None:
     """Split a DNN between an edge device and a cloud server, prune the edge half (CPCDRL)."""
 
 

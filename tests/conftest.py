@@ -14,7 +14,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CPCDRL_SHARED", REPO.parent / "shared"))
 DATASET_TGZ = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
-CHECKPOINTS = {"vgg16": SHARED / "models" / "vgg16-cifar10.pth", "mobilenet": SHARED / "models" / "mobilenet-cifar10.pth"}
+CHECKPOINTS = {
+    "vgg16": SHARED / "models" / "vgg16-cifar10.pth",
+    "mobilenet": SHARED / "models" / "mobilenet-cifar10.pth",
+}
 
 torch.set_num_threads(2)
 # every test session gets its own caches (unpacked data, accuracies): never the user's
@@ -36,7 +39,8 @@ def need_shared(path: Path) -> Path:
 
 
 def need_litert() -> None:
-    """LiteRT tests need the converter and the runtime (``pip install -e ".[litert]"``); CI sets CPCDRL_REQUIRE_LITERT so they never skip there."""
+    """LiteRT tests need the converter and the runtime (``pip install -e ".[litert]"``); CI sets
+    CPCDRL_REQUIRE_LITERT so they never skip there."""
     try:
         import ai_edge_litert  # noqa: F401
         import ai_edge_quantizer  # noqa: F401
@@ -58,8 +62,9 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _extract(DATASET_TGZ)
 
 
-
-def make_plan(path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpoint: Path | None = None, data: str = "builtin") -> Path:
+def make_plan(
+    path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpoint: Path | None = None, data: str = "builtin"
+) -> Path:
     """A plan.json as `optimize` writes it, for a uniform keep ratio at ``cut`` (no search: tests need it fast)."""
     from cpcdrl_deploy.core.fileio import atomic_write_json
     from cpcdrl_deploy.search.optimize import uniform_plan

@@ -16,8 +16,16 @@ from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
 
 def _req(cache, **kw) -> OptimizeRequest:
     base = dict(
-        model="tinyvgg", checkpoint=_builtin_ckpt(), data="builtin", max_accuracy_loss=3.0, methods=("cpcdrl", "greedy"),
-        val_size=200, calib_size=32, test_limit=100, search=SearchConfig(episodes=5, warmup=2, seed=0), cache=cache,
+        model="tinyvgg",
+        checkpoint=_builtin_ckpt(),
+        data="builtin",
+        max_accuracy_loss=3.0,
+        methods=("cpcdrl", "greedy"),
+        val_size=200,
+        calib_size=32,
+        test_limit=100,
+        search=SearchConfig(episodes=5, warmup=2, seed=0),
+        cache=cache,
     )
     base.update(kw)
     return OptimizeRequest(**base)
@@ -30,7 +38,10 @@ def _builtin_ckpt():
 
 
 def _plans(result) -> list[tuple]:
-    return [(p["method"], p.get("cut"), p.get("ratios"), p["accuracy"]["validation"], p["accuracy"]["test"]) for p in result["plans"]]
+    return [
+        (p["method"], p.get("cut"), p.get("ratios"), p["accuracy"]["validation"], p["accuracy"]["test"])
+        for p in result["plans"]
+    ]
 
 
 def test_second_run_on_another_link_prunes_nothing_and_answers_the_same(tmp_path) -> None:

@@ -52,14 +52,38 @@ def test_evaluate_builtin_demo() -> None:
 
 @pytest.mark.slow
 def test_evaluate_reference_checkpoint_on_shared_data() -> None:
-    res = run("evaluate", "mobilenet", "-c", str(need_shared(CHECKPOINTS["mobilenet"])), "--data", str(need_shared(DATASET_TGZ)), "--limit", "500", "--format", "json")
+    res = run(
+        "evaluate",
+        "mobilenet",
+        "-c",
+        str(need_shared(CHECKPOINTS["mobilenet"])),
+        "--data",
+        str(need_shared(DATASET_TGZ)),
+        "--limit",
+        "500",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["accuracy"] > 78.0
 
 
 def test_train_writes_a_pytorch_cifar_checkpoint(tmp_path) -> None:
     out = tmp_path / "t.pth"
-    res = run("train", "tinyvgg", "--data", "builtin", "--epochs", "1", "--limit", "128", "--out", str(out), "--format", "json")
+    res = run(
+        "train",
+        "tinyvgg",
+        "--data",
+        "builtin",
+        "--epochs",
+        "1",
+        "--limit",
+        "128",
+        "--out",
+        str(out),
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.output
     ck = torch.load(out, map_location="cpu", weights_only=True)
     assert set(ck) == {"net", "acc", "epoch"} and ck["epoch"] == 1
@@ -82,5 +106,8 @@ def test_errors_are_one_line_and_nonzero(tmp_path) -> None:
     for args in cases:
         res = run(*args)
         assert res.exit_code == 2, (args, res.output)
-        assert res.stderr.strip().startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+        assert res.stderr.strip().startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, (
+            args,
+            res.stderr,
+        )
         assert "Traceback" not in res.output

@@ -75,7 +75,10 @@ def test_hand_edited_plan_is_refused_in_one_line(field, value, msg, tmp_path) ->
     d = json.loads(path.read_text())
     d[field] = value
     path.write_text(json.dumps(d))
-    for args in (["export", str(path), "--out", str(tmp_path / "exp")], ["deploy", str(path), "--out", str(tmp_path / "dep")]):
+    for args in (
+        ["export", str(path), "--out", str(tmp_path / "exp")],
+        ["deploy", str(path), "--out", str(tmp_path / "dep")],
+    ):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, res.output
         assert msg in res.stderr and "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
@@ -111,7 +114,21 @@ def test_ctrl_c_during_optimize_keeps_the_best_plan_so_far(tmp_path, monkeypatch
 
     monkeypatch.setattr(PlanEvaluator, "evaluate", evaluate)
     out = tmp_path / "plan.json"
-    res = runner.invoke(app, ["optimize", "--max-accuracy-loss", "3", "--episodes", "30", "--method", "cpcdrl,greedy", "--out", str(out), "--no-cache"])
+    res = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--max-accuracy-loss",
+            "3",
+            "--episodes",
+            "30",
+            "--method",
+            "cpcdrl,greedy",
+            "--out",
+            str(out),
+            "--no-cache",
+        ],
+    )
     assert res.exit_code == 130, res.output
     assert "interrupted" in res.stderr and "best plan when interrupted" in res.stderr and "Traceback" not in res.output
     plan = json.loads(out.read_text())
@@ -133,7 +150,10 @@ def test_messages_a_newcomer_can_act_on(tmp_path) -> None:
         (["optimize", "nosuchmodel"], "unknown model 'nosuchmodel'; known: vgg16"),
         (["evaluate", "tinyvgg", "--data", str(tmp_path / "typo"), "--limit", "5"], "no such file or directory"),
         (["evaluate", "tinyvgg", "--data", str(nonempty), "--limit", "5"], "no CIFAR-10 here"),
-        (["deploy", str(plan), "--edge", "nosuchhost.invalid", "--out", str(tmp_path / "d")], "cannot reach nosuchhost.invalid"),
+        (
+            ["deploy", str(plan), "--edge", "nosuchhost.invalid", "--out", str(tmp_path / "d")],
+            "cannot reach nosuchhost.invalid",
+        ),
         (["evaluate", "--plan", str(tmp_path / "nope.json")], "nope.json"),
         (["evaluate", "--plan", str(text)], "notes.txt"),
         (["evaluate", "--plan", str(plan), "--cut", "2"], "--plan brings its own cut and ratios"),
@@ -141,7 +161,9 @@ def test_messages_a_newcomer_can_act_on(tmp_path) -> None:
     for args, msg in cases:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and msg in res.stderr and "Traceback" not in res.output, (args, res.output)
-    assert not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()  # no download directory, no half-filled output
+    assert (
+        not (tmp_path / "typo").exists() and not (tmp_path / "d").exists()
+    )  # no download directory, no half-filled output
 
 
 @pytest.mark.parametrize(

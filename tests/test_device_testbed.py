@@ -22,7 +22,14 @@ pytestmark = pytest.mark.device
 
 NAME = "cpcdrlci"
 GRID = (0.5, 1.0)
-FAST = {"warmup": 1, "repeats": 4, "rounds": 2, "window_ms": 30.0, "cold_gap_ms": 2.0, "retime_tries": 0}  # profile_host's timing, sized for CI
+FAST = {
+    "warmup": 1,
+    "repeats": 4,
+    "rounds": 2,
+    "window_ms": 30.0,
+    "cold_gap_ms": 2.0,
+    "retime_tries": 0,
+}  # profile_host's timing, sized for CI
 
 
 def _can_run() -> str | None:
@@ -43,7 +50,13 @@ def bed(tmp_path_factory):
     home = tmp_path_factory.mktemp("cpcdrl-home")
     old = os.environ.get("CPCDRL_HOME")
     os.environ["CPCDRL_HOME"] = str(home)
-    st = testbed.up(NAME, cpu=0.25, bandwidth="200KB/s", python_venv=Path(os.environ.get("CPCDRL_DEVICE_VENV", home / "venv")), log=print)
+    st = testbed.up(
+        NAME,
+        cpu=0.25,
+        bandwidth="200KB/s",
+        python_venv=Path(os.environ.get("CPCDRL_DEVICE_VENV", home / "venv")),
+        log=print,
+    )
     yield st
     removed = testbed.down(NAME)
     assert removed
@@ -52,7 +65,9 @@ def bed(tmp_path_factory):
     assert subprocess.run(["ip", "link", "show", st.host_veth], capture_output=True).returncode != 0
     assert not Path(st.cgroup).exists()
     assert not testbed._is_throttle(st.throttle_pid)
-    assert not Path(f"/proc/{st.sshd_pid}").exists() or "sshd" not in Path(f"/proc/{st.sshd_pid}/cmdline").read_text(errors="ignore")
+    assert not Path(f"/proc/{st.sshd_pid}").exists() or "sshd" not in Path(f"/proc/{st.sshd_pid}/cmdline").read_text(
+        errors="ignore"
+    )
     assert testbed.status() == []
     if old is None:
         del os.environ["CPCDRL_HOME"]
@@ -73,11 +88,27 @@ def profiles(bed, tmp_path_factory):
         # four of 100 ms and 20, which made this fixture 7 minutes of the suite's 15), a 2 ms idle before the
         # as-served runs, not 20;
         # no re-timing (tested in test_profiling): at a quarter core it times a third of the models again
-        pi = profile_host(dev, ["mobilenet", "tinyvgg"], out / "pi.json", GRID, threads=1, log=print, request_probe_at=bed.host_ip, **FAST)
+        pi = profile_host(
+            dev,
+            ["mobilenet", "tinyvgg"],
+            out / "pi.json",
+            GRID,
+            threads=1,
+            log=print,
+            request_probe_at=bed.host_ip,
+            **FAST,
+        )
     finally:
         dev.close()
     local = profile_host(
-        connect("local"), ["mobilenet", "tinyvgg"], out / "local.json", GRID, threads=1, measure_link_too=False, log=print, **FAST,
+        connect("local"),
+        ["mobilenet", "tinyvgg"],
+        out / "local.json",
+        GRID,
+        threads=1,
+        measure_link_too=False,
+        log=print,
+        **FAST,
     )
     return out / "pi.json", out / "local.json", pi, local
 
@@ -92,9 +123,13 @@ def test_profile_over_ssh(profiles) -> None:
     pi_path, _, pi, local = profiles
     assert pi.kind == "measured" and pi.name == NAME
     assert pi.host["onnxruntime"] and pi.host["threads"] == 1 and pi.host["testbed"]["cpu_share"] == 0.25
-    assert pi.host["rounds"] == FAST["rounds"] and pi.host["round_window_ms"] == FAST["window_ms"]  # the settings are recorded
+    assert (
+        pi.host["rounds"] == FAST["rounds"] and pi.host["round_window_ms"] == FAST["window_ms"]
+    )  # the settings are recorded
     assert pi.host["testbed"]["throttle"] == "duty" and pi.host["testbed"]["duty_period_us"] == 250
-    assert abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375  # calibrated at up, of the time the hypervisor left
+    assert (
+        abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375
+    )  # calibrated at up, of the time the hypervisor left
     assert 0.0 <= pi.host["testbed"]["calibration_steal"] <= 0.9
     t = pi.tables["mobilenet"]
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
@@ -103,7 +138,9 @@ def test_profile_over_ssh(profiles) -> None:
     whole_local = next(h["ms"] for h in local.tables["mobilenet"]["heads"] if h["cut"] == 28)
     assert 2.0 < whole_pi / whole_local < 10.0, (whole_pi, whole_local)
     # every cut's head again, pruned to each grid keep below 1: at half the channels the whole model is faster
-    assert sorted((h["cut"], h["keep"]) for h in t["pruned_heads"]) == [(c, k) for c in range(1, 29) for k in GRID if k < 1.0]
+    assert sorted((h["cut"], h["keep"]) for h in t["pruned_heads"]) == [
+        (c, k) for c in range(1, 29) for k in GRID if k < 1.0
+    ]
     half = next(h["ms"] for h in t["pruned_heads"] if h["cut"] == 28 and h["keep"] == 0.5)
     assert half < whole_pi, (half, whole_pi)
     assert t["channel_block"] in (1, 4, 8, 16, 32) and len(t["channel_block_probe_ms"]) == 9
@@ -111,7 +148,9 @@ def test_profile_over_ssh(profiles) -> None:
     assert all(w["cold_median_ms"] > 0 and w["cold_gap_ms"] == 2.0 for w in t["heads"] + t["pruned_heads"] + t["tails"])
     assert t["dw_alignment"] in (1, 2, 4, 8, 16) and len(t["dw_alignment_probe_ms"]) == 6
     dw = [row for row in t["layers"] if row["kind"] == "dwconv"]
-    assert len(dw) == 13 and all(row["misaligned"]["channels"] == row["out_channels"] - 1 and row["misaligned"]["ms"] > 0 for row in dw)
+    assert len(dw) == 13 and all(
+        row["misaligned"]["channels"] == row["out_channels"] - 1 and row["misaligned"]["ms"] > 0 for row in dw
+    )
     assert "dw_alignment" not in pi.tables["tinyvgg"]  # no depthwise layer, no probe
     # the shaped link is 200 KB/s each way; the uplink as real requests see it (the request probe), SSH's beside it
     probe = pi.link.request_probe
@@ -130,7 +169,21 @@ def test_compare_and_optimize_against_measured_tables(profiles, tmp_path) -> Non
 
     pi_path, local_path, _, _ = profiles
     runner = CliRunner()
-    res = runner.invoke(app, ["compare", "mobilenet", "--edge", str(pi_path), "--cloud", str(local_path), "--format", "json", "--plot", str(tmp_path / "c.png")])
+    res = runner.invoke(
+        app,
+        [
+            "compare",
+            "mobilenet",
+            "--edge",
+            str(pi_path),
+            "--cloud",
+            str(local_path),
+            "--format",
+            "json",
+            "--plot",
+            str(tmp_path / "c.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert len(d["rows"]) == 29 and (tmp_path / "c.png").exists()
@@ -175,7 +228,9 @@ def test_changed_host_key_is_refused_even_with_trust(bed, tmp_path, monkeypatch,
     hk.save(str(kh))
     before = kh.read_bytes()
     for trust in (False, True):
-        with pytest.raises(CpcdrlError, match=r"CHANGED: known ssh-ed25519 SHA256:\S+, offered ssh-ed25519 SHA256:\S+") as e:
+        with pytest.raises(
+            CpcdrlError, match=r"CHANGED: known ssh-ed25519 SHA256:\S+, offered ssh-ed25519 SHA256:\S+"
+        ) as e:
             connect(f"root@{bed.device_ip}", timeout=5.0, trust_host_key=trust)
         fps = [w.rstrip(",;") for w in str(e.value).split() if w.startswith("SHA256:")]
         assert len(fps) == 2 and fps[0] != fps[1]
@@ -260,8 +315,19 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     dev = connect(NAME)
     with pytest.raises(CpcdrlError):
         # what is tested is the resume, not the timing: one keep, one short pass
-        profiling.profile_host(dev, ["tinyvgg"], out, (1.0,), repeats=3, warmup=1, measure_link_too=False, batch=10, retime_tries=0,
-                               rounds=1, window_ms=10.0)
+        profiling.profile_host(
+            dev,
+            ["tinyvgg"],
+            out,
+            (1.0,),
+            repeats=3,
+            warmup=1,
+            measure_link_too=False,
+            batch=10,
+            retime_tries=0,
+            rounds=1,
+            window_ms=10.0,
+        )
     assert not out.exists(), "no partial profile file"
     partial = json.loads(Path(str(out) + ".partial").read_text())
     assert len(partial["results"]["tinyvgg"]) == 10
@@ -269,8 +335,20 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     logs: list[str] = []
     dev = connect(NAME)
     try:
-        prof = profiling.profile_host(dev, ["tinyvgg"], out, (1.0,), repeats=3, warmup=1, measure_link_too=False, batch=10, log=logs.append,
-                                      retime_tries=0, rounds=1, window_ms=10.0)
+        prof = profiling.profile_host(
+            dev,
+            ["tinyvgg"],
+            out,
+            (1.0,),
+            repeats=3,
+            warmup=1,
+            measure_link_too=False,
+            batch=10,
+            log=logs.append,
+            retime_tries=0,
+            rounds=1,
+            window_ms=10.0,
+        )
     finally:
         dev.close()
     assert any("resuming: 10 of" in line for line in logs)
@@ -279,15 +357,23 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
 
 
 def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
-    """A small split over the shaped link: every request answered, same predictions, speed probe on both sides, cloud server stopped."""
+    """A small split over the shaped link: every request answered, same predictions, speed probe on both sides, cloud
+    server stopped."""
     from cpcdrl_deploy.deploy.run import DeployRequest, deploy, probe_reference
     from tests.conftest import make_plan
 
     pi_path, local_path, pi, local = profiles
     plan = make_plan(tmp_path / "plan.json", 3, 0.75)
-    rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d", edge_profile=str(pi_path), cloud_profile=str(local_path)), log=print)
+    rep = deploy(
+        DeployRequest(
+            plan, edge=NAME, requests=8, out=tmp_path / "d", edge_profile=str(pi_path), cloud_profile=str(local_path)
+        ),
+        log=print,
+    )
     sp = rep["speed_probe"]
-    assert len(sp["edge"]["block_means_ms"]) == 9 and len(sp["cloud"]["block_means_ms"]) == 4  # ran on the device, beside the requests
+    assert (
+        len(sp["edge"]["block_means_ms"]) == 9 and len(sp["cloud"]["block_means_ms"]) == 4
+    )  # ran on the device, beside the requests
     # each side against its own profile's whole tinyvgg
     assert sp["edge"]["reference_ms"] == probe_reference(pi, "tinyvgg", rep["n_layers"])["ms"]
     assert sp["cloud"]["reference_ms"] == probe_reference(local, "tinyvgg", rep["n_layers"])["ms"]
@@ -312,13 +398,24 @@ def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
 
 
 def test_bench_on_the_testbed(bed, profiles, tmp_path) -> None:
-    """Three tinyvgg plans interleaved over the shaped link: every round visits each, tables judged by rank and ratio."""
+    """Three tinyvgg plans interleaved over the shaped link: every round visits each, tables judged by rank and
+    ratio."""
     from cpcdrl_deploy.deploy.bench import BenchRequest, bench
     from tests.conftest import make_plan
 
     pi_path, local_path, _, _ = profiles
     plans = [make_plan(tmp_path / f"p{c}.json", c, k) for c, k in ((3, 0.75), (5, 0.5), (7, 1.0))]
-    rep = bench(BenchRequest(plans, edge=NAME, out=tmp_path / "b", seconds=1.0, min_rounds=3, edge_profile=str(pi_path), cloud_profile=str(local_path)))
+    rep = bench(
+        BenchRequest(
+            plans,
+            edge=NAME,
+            out=tmp_path / "b",
+            seconds=1.0,
+            min_rounds=3,
+            edge_profile=str(pi_path),
+            cloud_profile=str(local_path),
+        )
+    )
     assert rep["failed"] == {} and rep["rounds"] >= 3 and rep["edge"] == NAME
     rows = {r["id"]: r for r in rep["plans"]}
     assert all(r["agreement_with_pytorch_pct"] == 100.0 and r["requests"] > 0 for r in rows.values())
@@ -337,8 +434,18 @@ def test_litert_head_on_the_testbed(bed, profiles, tmp_path) -> None:
     need_litert()
     pi_path, local_path, _, _ = profiles
     plan = make_plan(tmp_path / "plan.json", 3, 0.75)
-    rep = deploy(DeployRequest(plan, edge=NAME, requests=8, out=tmp_path / "d", edge_profile=str(pi_path), cloud_profile=str(local_path), runtime="litert",
-                               probe=False))
+    rep = deploy(
+        DeployRequest(
+            plan,
+            edge=NAME,
+            requests=8,
+            out=tmp_path / "d",
+            edge_profile=str(pi_path),
+            cloud_profile=str(local_path),
+            runtime="litert",
+            probe=False,
+        )
+    )
     assert rep["runtime"] == {"head": "litert", "tail": "onnxruntime"}
     assert rep["answered"] == 8 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
 
@@ -353,10 +460,24 @@ def test_up_clears_a_leftover_and_its_duty_cycle(tmp_path) -> None:
 
     cg = testbed.CGROUP_CPU / "cpcdrl-cileft"
     cg.mkdir()
-    victim = subprocess.Popen(["sleep", "600"], preexec_fn=lambda: Path(cg, "cgroup.procs").write_text(str(os.getpid())))
+    victim = subprocess.Popen(
+        ["sleep", "600"], preexec_fn=lambda: Path(cg, "cgroup.procs").write_text(str(os.getpid()))
+    )
     cpu = (os.cpu_count() or 1) - 1
     duty = subprocess.Popen(
-        [sys.executable, "-m", "cpcdrl_deploy.devices.throttle", str(cg), "--share", "0.25", "--window-us", "60", "--device-cpu", str(cpu)], start_new_session=True
+        [
+            sys.executable,
+            "-m",
+            "cpcdrl_deploy.devices.throttle",
+            str(cg),
+            "--share",
+            "0.25",
+            "--window-us",
+            "60",
+            "--device-cpu",
+            str(cpu),
+        ],
+        start_new_session=True,
     )
     time.sleep(0.3)
     assert duty.poll() is None and testbed._is_throttle(duty.pid, cg)
@@ -366,7 +487,8 @@ def test_up_clears_a_leftover_and_its_duty_cycle(tmp_path) -> None:
 
 
 def _busy_loop_share(host: str, python: str, cpu: int | None = None) -> float:
-    """The share of a CPU a 2 s busy loop gets over SSH on ``host``: of wall time, or of what the hypervisor left CPU ``cpu``.
+    """The share of a CPU a 2 s busy loop gets over SSH on ``host``: of wall time, or of what the hypervisor left CPU
+    ``cpu``.
 
     A VM's vCPU can be stolen a third of the time for minutes (CI saw 36 %):
     the duty cycle's windows lose what is stolen in them, so for it a share of
@@ -378,10 +500,10 @@ def _busy_loop_share(host: str, python: str, cpu: int | None = None) -> float:
     dev = connect(host)
     try:
         spin = (
-            "import os, time\n"
-            f"def steal(): return int(next(l for l in open('/proc/stat') if l.startswith('cpu{cpu or 0} ')).split()[8]) / os.sysconf('SC_CLK_TCK')\n"
-            "w, c, s = time.perf_counter(), time.process_time(), steal()\nwhile time.perf_counter() - w < 2: pass\n"
-            "print(time.process_time() - c, time.perf_counter() - w, steal() - s)"
+            "import os, time\ndef steal(): return int(next(l for l in open('/proc/stat') if"
+            f" l.startswith('cpu{cpu or 0} ')).split()[8]) / os.sysconf('SC_CLK_TCK')\nw, c, s = time.perf_counter(),"
+            " time.process_time(), steal()\nwhile time.perf_counter() - w < 2: pass\nprint(time.process_time() - c,"
+            " time.perf_counter() - w, steal() - s)"
         )
         rc, out, err = dev.run(f"{python} -c {shlex.quote(spin)}", timeout=60)
     finally:
@@ -390,7 +512,9 @@ def _busy_loop_share(host: str, python: str, cpu: int | None = None) -> float:
     cpu_s, wall_s, steal_s = (float(v) for v in out.split())
     if cpu is None:
         return cpu_s / wall_s
-    assert steal_s < 0.8 * wall_s, f"the hypervisor took {steal_s:.2f} of {wall_s:.2f} s: nothing left to measure a share of"
+    assert steal_s < 0.8 * wall_s, (
+        f"the hypervisor took {steal_s:.2f} of {wall_s:.2f} s: nothing left to measure a share of"
+    )
     return cpu_s / (wall_s - steal_s)
 
 

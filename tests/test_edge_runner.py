@@ -36,7 +36,14 @@ def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
 def _run(tmp: Path, *args: str, token: str | None = None, timeout: float = 120) -> tuple[int, str, dict | None]:
     out = tmp / "report.json"
     env = dict(os.environ, CPCDRL_TOKEN=token or "")
-    p = subprocess.run([sys.executable, str(RUNNER), *args, "--out", str(out)], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp)
+    p = subprocess.run(
+        [sys.executable, str(RUNNER), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=tmp,
+    )
     return p.returncode, p.stdout + p.stderr, json.loads(out.read_text()) if out.exists() else None
 
 
@@ -67,16 +74,37 @@ def test_runner_imports_only_numpy_and_the_runtimes() -> None:
 
 
 def test_speed_probe_between_requests(exported, tmp_path) -> None:
-    """--probe times the reference model before, between and after the requests, as the profiler does; answers unchanged."""
+    """--probe times the reference model before, between and after the requests, as the profiler does; answers
+    unchanged."""
     _, e4, x = exported
     for f in (*RUNNER_FILES, PROFILER):  # on the device the files lie side by side
         shutil.copy(f, tmp_path / f.name)
     data, shape, _ = probe_model("tinyvgg")
     (tmp_path / "probe.onnx.gz").write_bytes(data)
     p = subprocess.run(
-        [sys.executable, str(tmp_path / RUNNER.name), "--inputs", str(x), "--head", str(e4 / "full.onnx"), "--probe", str(tmp_path / "probe.onnx.gz"),
-         "--probe-shape", ",".join(map(str, shape)), "--probe-every", "16", "--probe-repeats", "5", "--probe-min-ms", "20", "--out", str(tmp_path / "r.json")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(tmp_path / RUNNER.name),
+            "--inputs",
+            str(x),
+            "--head",
+            str(e4 / "full.onnx"),
+            "--probe",
+            str(tmp_path / "probe.onnx.gz"),
+            "--probe-shape",
+            ",".join(map(str, shape)),
+            "--probe-every",
+            "16",
+            "--probe-repeats",
+            "5",
+            "--probe-min-ms",
+            "20",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -91,7 +119,18 @@ def test_end_to_end_against_the_server(exported, tmp_path) -> None:
     e3, _, x = exported
     srv = CloudServer(e3, "127.0.0.1", "tok")
     try:
-        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", srv.url, "--model", "tinyvgg_tail", token="tok")
+        rc, log, rep = _run(
+            tmp_path,
+            "--inputs",
+            str(x),
+            "--head",
+            str(e3 / "head.onnx"),
+            "--url",
+            srv.url,
+            "--model",
+            "tinyvgg_tail",
+            token="tok",
+        )
     finally:
         srv.stop()
     assert rc == 0, log
@@ -105,11 +144,38 @@ def test_server_down_at_start(exported, tmp_path) -> None:
     e3, _, x = exported
     url = f"http://127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()
-    rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail", "--timeout", "2")
+    rc, log, rep = _run(
+        tmp_path,
+        "--inputs",
+        str(x),
+        "--head",
+        str(e3 / "head.onnx"),
+        "--url",
+        url,
+        "--model",
+        "tinyvgg_tail",
+        "--timeout",
+        "2",
+    )
     assert rc == 1 and rep["aborted"] and "3 consecutive" in rep["aborted"] and rep["answered"] == 0
     assert time.perf_counter() - t0 < 60
-    rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail", "--timeout", "2",
-                        "--fallback", "local", "--full", str(e3 / "full.onnx"))
+    rc, log, rep = _run(
+        tmp_path,
+        "--inputs",
+        str(x),
+        "--head",
+        str(e3 / "head.onnx"),
+        "--url",
+        url,
+        "--model",
+        "tinyvgg_tail",
+        "--timeout",
+        "2",
+        "--fallback",
+        "local",
+        "--full",
+        str(e3 / "full.onnx"),
+    )
     assert rc == 0 and rep["answered"] == 40 and rep["fallbacks"] == 40
     full = ort_session(e3 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
     assert [r["prediction"] for r in rep["records"]] == full.tolist()
@@ -121,8 +187,27 @@ def test_server_killed_mid_run(exported, tmp_path) -> None:
     np.save(big, np.repeat(np.load(x), 100, axis=0))  # 4,000 requests: far longer than the kill delay
     srv = CloudServer(e3, "127.0.0.1", "")
     out = tmp_path / "report.json"
-    p = subprocess.Popen([sys.executable, str(RUNNER), "--inputs", str(big), "--head", str(e3 / "head.onnx"), "--url", srv.url,
-                          "--model", "tinyvgg_tail", "--timeout", "2", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(RUNNER),
+            "--inputs",
+            str(big),
+            "--head",
+            str(e3 / "head.onnx"),
+            "--url",
+            srv.url,
+            "--model",
+            "tinyvgg_tail",
+            "--timeout",
+            "2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     time.sleep(3.0)
     srv.proc.kill()
     t0 = time.perf_counter()
@@ -136,14 +221,17 @@ def test_head_that_does_not_fit_the_tail_is_refused(exported, tmp_path) -> None:
     e3, e4, x = exported
     srv = CloudServer(e3, "127.0.0.1", "")
     try:
-        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e4 / "head.onnx"), "--url", srv.url, "--model", "tinyvgg_tail")
+        rc, log, rep = _run(
+            tmp_path, "--inputs", str(x), "--head", str(e4 / "head.onnx"), "--url", srv.url, "--model", "tinyvgg_tail"
+        )
     finally:
         srv.stop()
     assert rc == 2 and "do not match" in log and len(log.strip().splitlines()) == 1 and rep is None
 
 
 def test_https_through_tls_verifies_the_certificate(exported, tmp_path) -> None:
-    """--url https://...: the runner speaks TLS (as behind a TLS-terminating proxy) and refuses a certificate it cannot verify."""
+    """--url https://...: the runner speaks TLS (as behind a TLS-terminating proxy) and refuses a certificate it
+    cannot verify."""
     import ssl
     import threading
 
@@ -153,17 +241,50 @@ def test_https_through_tls_verifies_the_certificate(exported, tmp_path) -> None:
         pytest.skip("needs the openssl command to make a test certificate")
     e3, _, x = exported
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     httpd = make_server(e3, "127.0.0.1", 0, token="tok")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"https://localhost:{httpd.server_address[1]}"
-    base = ["--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail", "--timeout", "5"]
+    base = [
+        "--inputs",
+        str(x),
+        "--head",
+        str(e3 / "head.onnx"),
+        "--url",
+        url,
+        "--model",
+        "tinyvgg_tail",
+        "--timeout",
+        "5",
+    ]
     try:
-        os.environ["SSL_CERT_FILE"] = str(cert)  # the runner's default context trusts this test's own CA, as a device would trust a real one
+        os.environ["SSL_CERT_FILE"] = str(
+            cert
+        )  # the runner's default context trusts this test's own CA, as a device would trust a real one
         try:
             rc, log, rep = _run(tmp_path, *base, token="tok")
         finally:

@@ -13,7 +13,10 @@ import pytest
 from cpcdrl_deploy.ondevice.runner import BadReply, parse_reply
 from tests.test_edge_runner import _run, exported  # noqa: F401 - the module fixture
 
-GOOD_HEAD = {"model_name": "t", "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": 40}}]}
+GOOD_HEAD = {
+    "model_name": "t",
+    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 10], "parameters": {"binary_data_size": 40}}],
+}
 
 
 def _reply(mode: str) -> tuple[bytes, dict]:
@@ -24,7 +27,9 @@ def _reply(mode: str) -> tuple[bytes, dict]:
     if mode == "badhl":
         return head + blob, {"Inference-Header-Content-Length": "99999"}
     if mode == "wrongdtype":
-        return json.dumps({"outputs": [dict(GOOD_HEAD["outputs"][0], datatype="BYTES")]}).encode() + blob, {"Inference-Header-Content-Length": None}
+        return json.dumps({"outputs": [dict(GOOD_HEAD["outputs"][0], datatype="BYTES")]}).encode() + blob, {
+            "Inference-Header-Content-Length": None
+        }
     if mode == "shortblob":
         return head + blob[:7], {"Inference-Header-Content-Length": str(len(head))}
     if mode == "nooutputs":
@@ -42,7 +47,10 @@ def _server(mode: str, meta_inputs: bool = True):
             pass
 
         def do_GET(self) -> None:  # noqa: N802
-            meta = {"name": "tail", "inputs": [{"name": "cut", "datatype": "FP32", "shape": [-1, 24, 16, 16]}] if meta_inputs else []}
+            meta = {
+                "name": "tail",
+                "inputs": [{"name": "cut", "datatype": "FP32", "shape": [-1, 24, 16, 16]}] if meta_inputs else [],
+            }
             body = json.dumps(meta).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -85,13 +93,21 @@ def test_malformed_200_is_a_failed_request_with_report_and_fallback(mode, export
     try:
         base = ["--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tail", "--timeout", "2"]
         rc, log, rep = _run(tmp_path, *base)
-        assert rc == 1 and rep is not None and rep["aborted"] and "3 consecutive" in rep["aborted"] and rep["answered"] == 0, log
+        assert (
+            rc == 1
+            and rep is not None
+            and rep["aborted"]
+            and "3 consecutive" in rep["aborted"]
+            and rep["answered"] == 0
+        ), log
         assert all("BadReply" in r["error"] for r in rep["records"])
         rc, log, rep = _run(tmp_path, *base, "--fallback", "local", "--full", str(e3 / "full.onnx"))
         assert rc == 0 and rep["answered"] == 40 and rep["fallbacks"] == 40, log
     finally:
         httpd.shutdown()
-    assert ids and all(isinstance(i, str) and i for i in ids)  # a request id with every request (KServe's response type needs one)
+    assert ids and all(
+        isinstance(i, str) and i for i in ids
+    )  # a request id with every request (KServe's response type needs one)
 
 
 def test_trickling_server_is_bounded_by_the_timeout(exported, tmp_path) -> None:  # noqa: F811
@@ -100,8 +116,21 @@ def test_trickling_server_is_bounded_by_the_timeout(exported, tmp_path) -> None:
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
         t0 = time.monotonic()
-        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tail", "--timeout", "1",
-                            "--warmup", "0")
+        rc, log, rep = _run(
+            tmp_path,
+            "--inputs",
+            str(x),
+            "--head",
+            str(e3 / "head.onnx"),
+            "--url",
+            url,
+            "--model",
+            "tail",
+            "--timeout",
+            "1",
+            "--warmup",
+            "0",
+        )
         took = time.monotonic() - t0
     finally:
         httpd.shutdown()
@@ -115,7 +144,9 @@ def test_metadata_without_inputs_is_checked_on_the_first_reply(exported, tmp_pat
     httpd, _ = _server("good", meta_inputs=False)
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
-        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tail")
+        rc, log, rep = _run(
+            tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tail"
+        )
     finally:
         httpd.shutdown()
     assert rc == 0 and rep["answered"] == 40, log
@@ -123,8 +154,18 @@ def test_metadata_without_inputs_is_checked_on_the_first_reply(exported, tmp_pat
 
 
 def test_parse_reply_accepts_json_and_binary() -> None:
-    arr, ms = parse_reply(json.dumps({"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}],
-                                      "parameters": {"cpcdrl_compute_ms": 0.5}}).encode(), None, "logits")
+    arr, ms = parse_reply(
+        json.dumps(
+            {
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}],
+                "parameters": {"cpcdrl_compute_ms": 0.5},
+            }
+        ).encode(),
+        None,
+        "logits",
+    )
     assert arr.tolist() == [[1.0, 2.0]] and ms == 0.5
     with pytest.raises(BadReply):
-        parse_reply(b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 3], "data": [1, 2]}]}', None, "logits")
+        parse_reply(
+            b'{"outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 3], "data": [1, 2]}]}', None, "logits"
+        )

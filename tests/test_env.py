@@ -25,7 +25,10 @@ def test_compression_state_follows_eq9() -> None:
     assert s1[9] == pytest.approx(10 / 28)  # p
     last = states.state(28, 1.0, 28)
     assert last[1] == 1.0  # the fc layer
-    assert np.all((np.stack([states.state(t, 0.5, 28) for t in range(1, 29)]) >= 0) & (np.stack([states.state(t, 0.5, 28) for t in range(1, 29)]) <= 1))
+    assert np.all(
+        (np.stack([states.state(t, 0.5, 28) for t in range(1, 29)]) >= 0)
+        & (np.stack([states.state(t, 0.5, 28) for t in range(1, 29)]) <= 1)
+    )
 
 
 def test_partition_state_is_the_compression_strategy() -> None:
@@ -46,7 +49,17 @@ def _tiny_evaluator() -> PlanEvaluator:
     a = analyze(model, 32, "tinyvgg")
     x = torch.randn(40, 3, 32, 32)
     y = torch.randint(0, 10, (40,))
-    return PlanEvaluator(model, a, channel_groups(model, a), AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5), x, y, None, PruneConfig(refit=False), chunk=16)
+    return PlanEvaluator(
+        model,
+        a,
+        channel_groups(model, a),
+        AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5),
+        x,
+        y,
+        None,
+        PruneConfig(refit=False),
+        chunk=16,
+    )
 
 
 def test_evaluator_caches_identical_plans() -> None:
@@ -72,7 +85,9 @@ def test_drop_standard_error_is_paired_with_the_unpruned_model(tmp_path) -> None
     def evaluator() -> PlanEvaluator:
         ev = _tiny_evaluator()
         torch.manual_seed(1)
-        with torch.no_grad():  # He-scaled weights: the default init predicts one class for every image, and no plan changes that
+        with (
+            torch.no_grad()
+        ):  # He-scaled weights: the default init predicts one class for every image, and no plan changes that
             for w in ev.model.parameters():
                 if w.dim() > 1:
                     w.normal_(0.0, (2.0 / w[0].numel()) ** 0.5)
@@ -84,7 +99,10 @@ def test_drop_standard_error_is_paired_with_the_unpruned_model(tmp_path) -> None
     ratios = [0.25, 0.25, 0.25]
     e = ev.evaluate(3, ratios)
     ok0 = predict(scoring_copy(ev.model), ev.val_x) == ev.val_y
-    ok = predict(scoring_copy(prune(ev.model, a, 3, ratios, None, ev.prune_config, ev.groups).model), ev.val_x) == ev.val_y
+    ok = (
+        predict(scoring_copy(prune(ev.model, a, 3, ratios, None, ev.prune_config, ev.groups).model), ev.val_x)
+        == ev.val_y
+    )
     diff = ok0.float() - ok.float()  # +1 lost, -1 gained, 0 unchanged
     n = len(diff)
     assert int((ok != ok0).sum()) > 0  # the test needs a plan that changes something
@@ -148,7 +166,8 @@ def test_refinement_moves_to_another_cut_once_its_cut_is_exhausted() -> None:
 
 
 def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
-    """A cut that could beat the best at r_min, but whose known plan is over other_cut_slack x slower, gets no descent."""
+    """A cut that could beat the best at r_min, but whose known plan is over other_cut_slack x slower, gets no
+    descent."""
     from dataclasses import replace
 
     from cpcdrl_deploy.search.methods import SearchConfig, _next_cut, _Tracker
@@ -166,7 +185,8 @@ def test_refinement_skips_cuts_that_start_far_behind_the_best() -> None:
 
 
 def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
-    """With no accuracy to lose, the unpruned model is the answer: the margin is for noisy pruned estimates, not for it."""
+    """With no accuracy to lose, the unpruned model is the answer: the margin is for noisy pruned estimates, not for
+    it."""
     from cpcdrl_deploy.search.methods import SearchConfig, margin_rule, run_rl
 
     ev = _tiny_evaluator()
@@ -181,7 +201,8 @@ def test_the_selection_margin_never_excludes_the_unpruned_model() -> None:
 
 
 def test_refinement_exchanges_a_dear_block_for_a_cheaper_one_when_single_moves_are_exhausted() -> None:
-    """A descent stuck because its one pruned layer is the wrong one gives it back to prune another, if that is faster."""
+    """A descent stuck because its one pruned layer is the wrong one gives it back to prune another, if that is
+    faster."""
     from dataclasses import replace
 
     from cpcdrl_deploy.search.methods import SearchConfig, _refine, _Tracker
@@ -193,9 +214,14 @@ def test_refinement_exchanges_a_dear_block_for_a_cheaper_one_when_single_moves_a
         track = _Tracker("t", a0=-1.0, margin=lambda e: 1e9 if all(k < 1.0 for k in e.shape.out_keep[:2]) else 0.0)
         track.add(ev.evaluate(2, [0.5, 1.0]))
         start = track.result.best
-        _refine(ev, replace(SearchConfig(), refine_exchange=exchange, refine_other_cuts=False), track, budget=10, reward_of=lambda e: 0.0)
+        _refine(
+            ev,
+            replace(SearchConfig(), refine_exchange=exchange, refine_other_cuts=False),
+            track,
+            budget=10,
+            reward_of=lambda e: 0.0,
+        )
         found[exchange] = track.result.best
     assert ev.price(2, [1.0, 0.5])[1].total_ms < start.latency.total_ms  # the exchange pays (layer 2 feeds the wire)
     assert found[False] is start or found[False].shape.out_keep[:2] == start.shape.out_keep[:2]
     assert found[True].shape.out_keep[:2] == (1.0, 0.5) and found[True].latency.total_ms < start.latency.total_ms
-

@@ -27,7 +27,12 @@ def cut3(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 def test_split_matches_pruned_pytorch_with_dynamic_batch(cut3) -> None:
     plan_path, out, m = cut3
-    assert sorted(p.name for p in out.iterdir()) == ["full.onnx", "head.onnx", "manifest.json", "tail.onnx"]  # single-file ONNX
+    assert sorted(p.name for p in out.iterdir()) == [
+        "full.onnx",
+        "head.onnx",
+        "manifest.json",
+        "tail.onnx",
+    ]  # single-file ONNX
     assert m["check"]["split_vs_pytorch_max_abs"] <= 1e-4 and m["check"]["untouched_layers_max_abs"] <= 1e-4
     _, pruned, ds = rebuild(load_plan(plan_path))
     x, _ = ds.test.tensors(np.arange(7))  # a batch size the export never saw
@@ -49,8 +54,16 @@ def test_cut_0_has_no_head_and_cut_n_no_tail(tmp_path) -> None:
 
 @pytest.mark.parametrize("transfer,dtype", [("fp16", "FP16"), ("int8", "UINT8")])
 def test_compressed_transfer(tmp_path, transfer: str, dtype: str) -> None:
-    m = export_plan(make_plan(tmp_path / "p.json", 3, 0.75), tmp_path / "e", transfer=transfer, triton=tmp_path / "triton", check_images=64)
-    assert m["files"]["head"]["outputs"][0]["datatype"] == dtype and m["files"]["tail"]["inputs"][0]["datatype"] == dtype
+    m = export_plan(
+        make_plan(tmp_path / "p.json", 3, 0.75),
+        tmp_path / "e",
+        transfer=transfer,
+        triton=tmp_path / "triton",
+        check_images=64,
+    )
+    assert (
+        m["files"]["head"]["outputs"][0]["datatype"] == dtype and m["files"]["tail"]["inputs"][0]["datatype"] == dtype
+    )
     assert m["check"]["lossy"] and m["check"]["agreement_with_pytorch_pct"] >= 95.0
     cfg = (tmp_path / "triton" / "tinyvgg_tail" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in cfg and f"TYPE_{dtype}" in cfg
@@ -101,7 +114,8 @@ def test_plan_from_another_model_is_refused(tmp_path) -> None:
 
 
 def test_saved_weights_are_loaded_not_refitted_and_checked(tmp_path, monkeypatch) -> None:
-    """optimize --out saves the chosen plan's refitted weights; export loads them (same ONNX outputs), a tampered file is refused."""
+    """optimize --out saves the chosen plan's refitted weights; export loads them (same ONNX outputs), a tampered
+    file is refused."""
     import json
 
     from typer.testing import CliRunner
@@ -111,8 +125,27 @@ def test_saved_weights_are_loaded_not_refitted_and_checked(tmp_path, monkeypatch
     from cpcdrl_deploy.deploy import export as export_mod
 
     plan = tmp_path / "plan.json"
-    res = CliRunner().invoke(app, ["optimize", "--max-accuracy-loss", "3", "--episodes", "8", "--method", "greedy", "--out", str(plan),
-                                   "--no-cache", "--val-size", "200", "--calib", "32", "--limit", "100"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "optimize",
+            "--max-accuracy-loss",
+            "3",
+            "--episodes",
+            "8",
+            "--method",
+            "greedy",
+            "--out",
+            str(plan),
+            "--no-cache",
+            "--val-size",
+            "200",
+            "--calib",
+            "32",
+            "--limit",
+            "100",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(plan.read_text())
     if all(r == 1.0 for r in d["ratios"]):
@@ -137,7 +170,11 @@ def test_saved_weights_are_loaded_not_refitted_and_checked(tmp_path, monkeypatch
     ev = CliRunner().invoke(app, ["evaluate", "--plan", str(plan), "--limit", "100", "--format", "json"])
     assert ev.exit_code == 0, ev.output
     got = json.loads(ev.stdout)
-    assert got["weights"] == "saved" and got["test_images"] == 100 and got["accuracy"] == pytest.approx(d["accuracy"]["test"])
+    assert (
+        got["weights"] == "saved"
+        and got["test_images"] == 100
+        and got["accuracy"] == pytest.approx(d["accuracy"]["test"])
+    )
     # a weights file that is not the one the plan names is refused
     data = bytearray(wfile.read_bytes())
     data[-20] ^= 0xFF

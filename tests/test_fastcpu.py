@@ -51,10 +51,15 @@ def test_scoring_copy_of_a_pruned_model_and_behind_a_lossy_wire() -> None:
     model = _with_trained_bn(build_model("tinysplit"))
     a = analyze(model, 32, "tinysplit")
     cut = a.n_layers - 1
-    pruned = prune(model, a, cut, [0.55] * cut, None, PruneConfig(refit=False, round_to=1), channel_groups(model, a)).model
+    pruned = prune(
+        model, a, cut, [0.55] * cut, None, PruneConfig(refit=False, round_to=1), channel_groups(model, a)
+    ).model
     x = torch.randn(64, 3, 32, 32)
     boundary = a.points[2].unit_boundary
-    for eager, fast in ((pruned, scoring_copy(pruned)), (WireModel(pruned, boundary, "int8"), WireModel(scoring_copy(pruned), boundary, "int8"))):
+    for eager, fast in (
+        (pruned, scoring_copy(pruned)),
+        (WireModel(pruned, boundary, "int8"), WireModel(scoring_copy(pruned), boundary, "int8")),
+    ):
         with torch.no_grad():
             want, got = eager(x), fast(x)
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))

@@ -1,4 +1,5 @@
-"""benchmarks/fidelity.py: the rule that marks rounds in which something else ran on the device, and the figures without them."""
+"""benchmarks/fidelity.py: the rule that marks rounds in which something else ran on the device, and the figures
+without them."""
 
 from __future__ import annotations
 
@@ -26,8 +27,16 @@ def _report(slow_rounds: set[int], factor: float = 2.0) -> dict:
         e2e = sorted(r["e2e_ms"] for r in records if r["plan"] == pid)
         p50 = e2e[len(e2e) // 2]
         # predictions equal to the undisturbed truth: any error left comes from the disturbed rounds
-        rows.append({"id": pid, "cut": cut, "ratios_mean": 0.5 if cut else 1.0, "e2e_ms": {"p50": p50},
-                     "ratio_to_reference": {"median": p50 / 60.0}, "predicted_ms": {"table": edge + rest}})
+        rows.append(
+            {
+                "id": pid,
+                "cut": cut,
+                "ratios_mean": 0.5 if cut else 1.0,
+                "e2e_ms": {"p50": p50},
+                "ratio_to_reference": {"median": p50 / 60.0},
+                "predicted_ms": {"table": edge + rest},
+            }
+        )
     return {"plans": rows, "records": records, "rounds": 8, "reference": "p0", "seed": 0, "fidelity": {"table": {}}}
 
 

@@ -31,11 +31,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not KSERVE_PYTHON, reason="set CPCDRL_KSERVE_PYTHON to a Python with kserve and onnxruntime (.ci/run builds one)")
+@pytest.mark.skipif(
+    not KSERVE_PYTHON, reason="set CPCDRL_KSERVE_PYTHON to a Python with kserve and onnxruntime (.ci/run builds one)"
+)
 def test_edge_runner_against_kserve_python_server(exported, tmp_path) -> None:  # noqa: F811
     e3, _, x = exported
     port = _free_port()
-    srv = subprocess.Popen([KSERVE_PYTHON, str(MODEL), str(e3 / "tail.onnx"), "tinyvgg_tail", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    srv = subprocess.Popen(
+        [KSERVE_PYTHON, str(MODEL), str(e3 / "tail.onnx"), "tinyvgg_tail", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -46,9 +52,13 @@ def test_edge_runner_against_kserve_python_server(exported, tmp_path) -> None:  
                         break
             except OSError:
                 pass
-            assert srv.poll() is None and time.time() < deadline, (srv.stdout.read() if srv.poll() is not None else b"").decode()[-2000:]
+            assert srv.poll() is None and time.time() < deadline, (
+                srv.stdout.read() if srv.poll() is not None else b""
+            ).decode()[-2000:]
             time.sleep(0.5)
-        rc, log, rep = _run(tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail")
+        rc, log, rep = _run(
+            tmp_path, "--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail"
+        )
     finally:
         srv.terminate()
         try:
@@ -58,6 +68,11 @@ def test_edge_runner_against_kserve_python_server(exported, tmp_path) -> None:  
     assert rc == 0, log
     full = ort_session(e3 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
     assert rep["answered"] == len(full) and rep["errors"] == 0
-    assert [r["prediction"] for r in rep["records"]] == full.tolist()  # the split through KServe = the whole pruned model
+    assert [
+        r["prediction"] for r in rep["records"]
+    ] == full.tolist()  # the split through KServe = the whole pruned model
     # KServe's metadata lists no inputs by default: the runner checked the first reply instead, and says so
-    assert "checked the first reply instead" in rep["metadata_check"] or rep["metadata_check"] == "head outputs match the server's inputs", rep["metadata_check"]
+    assert (
+        "checked the first reply instead" in rep["metadata_check"]
+        or rep["metadata_check"] == "head outputs match the server's inputs"
+    ), rep["metadata_check"]

@@ -90,7 +90,13 @@ def test_table_model_charges_run_overhead_once(vgg) -> None:
     from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
-    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
+    rows = [
+        {
+            "index": t,
+            "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}],
+        }
+        for t in range(1, 15)
+    ]
     tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.1}}
     lm = TableLatencyModel(tables, tables, 2e5, 2e5, rtt_ms=1.0)
     b = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
@@ -128,13 +134,17 @@ def test_table_model_takes_the_per_byte_run_overhead_off_each_layer(vgg) -> None
     # the overhead points: 0.1 ms fixed + 1e-6 ms per byte
     pts = [{"io_bytes": b, "ms": 0.1 + 1e-6 * b} for b in (8, 32_768, 262_144, 2_097_152)]
     assert _slope(pts, "ms") == pytest.approx(1e-6)
-    assert _slope(pts[:1], "ms") == 0.0 and _slope([{"io_bytes": 8, "ms": 2.0}, {"io_bytes": 16, "ms": 1.0}], "ms") == 0.0  # never negative
+    assert (
+        _slope(pts[:1], "ms") == 0.0 and _slope([{"io_bytes": 8, "ms": 2.0}, {"io_bytes": 16, "ms": 1.0}], "ms") == 0.0
+    )  # never negative
     full = {"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0, "io_bytes": 200_000}
     half = {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.6, "io_bytes": 100_000}
     rows = [{"index": t, "points": [full, half]} for t in range(1, 15)]
     tables = {"vgg16": {"layers": rows, "run_overhead": {"ms": 0.1}, "run_overhead_per_io_byte": {"ms": 1e-6}}}
     lm = TableLatencyModel(tables, tables, 2e5, 2e5)
-    assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(0.1 + 4 * (1.0 - 0.1 - 0.2))
+    assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(
+        0.1 + 4 * (1.0 - 0.1 - 0.2)
+    )
     # the io bytes are interpolated at the plan's kept fractions like the times (0.75 keep: 150 KB, 0.8 ms)
     lm_pruned = lm.predict("vgg16", plan_shape(a, groups, 4, [0.75] * 4, round_to=1))
     assert lm_pruned.edge_ms < lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms
@@ -170,8 +180,21 @@ def test_table_model_anchors_each_side_to_its_whole_timing(vgg) -> None:
     from cpcdrl_deploy.measure.latency import TableLatencyModel
 
     a, groups = vgg
-    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
-    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.0, "heads": [{"cut": 4, "ms": 5.0}], "tails": [{"cut": 4, "ms": 8.0}]}}
+    rows = [
+        {
+            "index": t,
+            "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}],
+        }
+        for t in range(1, 15)
+    ]
+    tables = {
+        "vgg16": {
+            "layers": rows,
+            "run_overhead_ms": 0.0,
+            "heads": [{"cut": 4, "ms": 5.0}],
+            "tails": [{"cut": 4, "ms": 8.0}],
+        }
+    }
     lm = TableLatencyModel(tables, tables, 2e5, 2e5)
     b = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
     assert b.edge_ms == pytest.approx(5.0) and b.cloud_ms == pytest.approx(8.0)  # unpruned: the measured head and tail
@@ -192,17 +215,38 @@ def test_table_model_interpolates_between_uniformly_pruned_whole_heads(vgg) -> N
     from cpcdrl_deploy.measure.latency import TableLatencyModel, anchored
 
     a, groups = vgg
-    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, 15)]
+    rows = [
+        {
+            "index": t,
+            "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}],
+        }
+        for t in range(1, 15)
+    ]
     half = plan_shape(a, groups, 4, [0.5] * 4, round_to=1)
-    pruned_head = {"cut": 4, "keep": 0.5, "in_keep": list(half.in_keep[:4]), "out_keep": list(half.out_keep[:4]), "ms": 3.0}
-    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.0, "heads": [{"cut": 4, "ms": 5.0}], "pruned_heads": [pruned_head]}}
+    pruned_head = {
+        "cut": 4,
+        "keep": 0.5,
+        "in_keep": list(half.in_keep[:4]),
+        "out_keep": list(half.out_keep[:4]),
+        "ms": 3.0,
+    }
+    tables = {
+        "vgg16": {
+            "layers": rows,
+            "run_overhead_ms": 0.0,
+            "heads": [{"cut": 4, "ms": 5.0}],
+            "pruned_heads": [pruned_head],
+        }
+    }
     lm = TableLatencyModel(tables, tables, 2e5, 2e5)
     assert lm.predict("vgg16", half).edge_ms == pytest.approx(3.0)  # the timed pruned head itself, not 5 x 2/4 = 2.5
     assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(5.0)
     three_q = plan_shape(a, groups, 4, [0.75] * 4, round_to=1)  # tables: 4 x 0.75 = 3, halfway between 2 and 4
     assert lm.predict("vgg16", three_q).edge_ms == pytest.approx(4.0)
     # below the smallest timed head: that head's measured / table ratio
-    assert lm.predict("vgg16", plan_shape(a, groups, 4, [0.25] * 4, round_to=1)).edge_ms == pytest.approx(1.0 * 3.0 / 2.0)
+    assert lm.predict("vgg16", plan_shape(a, groups, 4, [0.25] * 4, round_to=1)).edge_ms == pytest.approx(
+        1.0 * 3.0 / 2.0
+    )
     # a pruned head at another cut is not used
     assert lm.predict("vgg16", plan_shape(a, groups, 6, [1.0] * 6)).edge_ms == pytest.approx(6.0)
     assert anchored(2.0, []) == 2.0 and anchored(2.0, [(4.0, 5.0)]) == pytest.approx(2.5)
@@ -222,8 +266,13 @@ def test_table_model_prices_conv_channels_in_blocks_where_the_host_has_them(vgg)
 
     a, groups = vgg
     rows = [
-        {"index": L.index, "kind": L.kind, "in_channels": L.in_channels, "out_channels": L.out_channels,
-         "points": [{"in_keep": k, "out_keep": k, "ms": k} for k in (0.25, 0.5, 0.75, 1.0)]}
+        {
+            "index": L.index,
+            "kind": L.kind,
+            "in_channels": L.in_channels,
+            "out_channels": L.out_channels,
+            "points": [{"in_keep": k, "out_keep": k, "ms": k} for k in (0.25, 0.5, 0.75, 1.0)],
+        }
         for L in a.layers
     ]
     shape = plan_shape(a, groups, 2, [0.875, 0.875])  # layer 1: 3 -> 56, layer 2: 56 -> 56 of 64
@@ -240,12 +289,18 @@ def test_whole_timings_are_bounded_by_every_larger_model() -> None:
 
     t = {
         "heads": [{"cut": 1, "ms": 1.0}, {"cut": 2, "ms": 9.0}, {"cut": 3, "ms": 4.0}],
-        "pruned_heads": [{"cut": 1, "keep": 0.5, "ms": 2.0}, {"cut": 3, "keep": 0.5, "ms": 5.0}, {"cut": 2, "keep": 0.5, "ms": 1.5}],
+        "pruned_heads": [
+            {"cut": 1, "keep": 0.5, "ms": 2.0},
+            {"cut": 3, "keep": 0.5, "ms": 5.0},
+            {"cut": 2, "keep": 0.5, "ms": 1.5},
+        ],
         "tails": [{"cut": 0, "ms": 6.0}, {"cut": 1, "ms": 8.0}, {"cut": 2, "ms": 3.0}],
     }
     h = whole_timings(t, "heads")
     assert h[(2, 1.0)] == 4.0 and h[(1, 1.0)] == 1.0  # cut 2 bounded by cut 3
-    assert h[(3, 0.5)] == 4.0 and h[(1, 0.5)] == 1.0 and h[(2, 0.5)] == 1.5  # by the unpruned head, then by the later cut
+    assert (
+        h[(3, 0.5)] == 4.0 and h[(1, 0.5)] == 1.0 and h[(2, 0.5)] == 1.5
+    )  # by the unpruned head, then by the later cut
     tl = whole_timings(t, "tails")
     assert tl == {(0, 1.0): 6.0, (1, 1.0): 6.0, (2, 1.0): 3.0}  # the tail at cut 1 is part of the one at cut 0
     assert whole_timings({}, "heads") == {}
@@ -260,13 +315,28 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
 
     a, groups = vgg
     n = a.n_layers
-    rows = [{"index": t, "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}]} for t in range(1, n + 1)]
+    rows = [
+        {
+            "index": t,
+            "points": [{"in_keep": 1.0, "out_keep": 1.0, "ms": 1.0}, {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.5}],
+        }
+        for t in range(1, n + 1)
+    ]
     heads = [{"cut": 4, "ms": 5.0, "cold_median_ms": 6.0}, {"cut": n, "ms": 20.0, "cold_median_ms": 30.0}]
-    tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.0, "heads": heads, "tails": [{"cut": 4, "ms": 8.0, "cold_median_ms": 12.0}]}}
+    tables = {
+        "vgg16": {
+            "layers": rows,
+            "run_overhead_ms": 0.0,
+            "heads": heads,
+            "tails": [{"cut": 4, "ms": 8.0, "cold_median_ms": 12.0}],
+        }
+    }
     lm = TableLatencyModel(tables, tables, 2e5, 2e5)
     split = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
     assert split.edge_ms == pytest.approx(6.0) and split.cloud_ms == pytest.approx(12.0)
-    assert lm.predict("vgg16", plan_shape(a, groups, n, [1.0] * n)).edge_ms == pytest.approx(20.0)  # all on the edge: back to back
+    assert lm.predict("vgg16", plan_shape(a, groups, n, [1.0] * n)).edge_ms == pytest.approx(
+        20.0
+    )  # all on the edge: back to back
     warm = dataclasses.replace(lm, cold=False)
     assert warm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).cloud_ms == pytest.approx(8.0)
     assert "as served" in lm.describe() and "as served" not in warm.describe()
@@ -274,7 +344,9 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
     assert lm.predict("vgg16", plan_shape(a, groups, 4, [0.5] * 4, round_to=1)).edge_ms == pytest.approx(3.0)
     # one whole model without the as-served timing (an older, resumed profile): that side keeps the back-to-back ones
     old = {"vgg16": {**tables["vgg16"], "heads": [heads[0], {"cut": n, "ms": 20.0}]}}
-    assert TableLatencyModel(old, old, 2e5, 2e5).predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(5.0)
+    assert TableLatencyModel(old, old, 2e5, 2e5).predict(
+        "vgg16", plan_shape(a, groups, 4, [1.0] * 4)
+    ).edge_ms == pytest.approx(5.0)
 
 
 def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> None:
@@ -284,13 +356,24 @@ def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> No
     from cpcdrl_deploy.measure.latency import TableLatencyModel, misaligned_factor
 
     pts = [{"in_keep": k, "out_keep": k, "ms": 0.1 + 1.0 * k} for k in (0.25, 0.5, 0.75, 1.0)]
-    row = {"index": 1, "kind": "dwconv", "in_channels": 64, "out_channels": 64, "points": pts, "misaligned": {"channels": 63, "ms": 4.1}}
-    assert misaligned_factor(row, 0.1) == pytest.approx(4.0) and misaligned_factor({**row, "misaligned": None}, 0.1) == 1.0
+    row = {
+        "index": 1,
+        "kind": "dwconv",
+        "in_channels": 64,
+        "out_channels": 64,
+        "points": pts,
+        "misaligned": {"channels": 63, "ms": 4.1},
+    }
+    assert (
+        misaligned_factor(row, 0.1) == pytest.approx(4.0) and misaligned_factor({**row, "misaligned": None}, 0.1) == 1.0
+    )
     tab = {"layers": [row], "run_overhead_ms": 0.1, "dw_alignment": 4}
     lm = TableLatencyModel({"m": tab}, {"m": tab}, 1e6, 1e6)
 
     def edge(lm: TableLatencyModel, keep: float) -> float:
-        return lm.predict("m", PlanShape(cut=1, in_keep=(keep,), out_keep=(keep,), layer_macs=(1,), cut_bytes=0, result_bytes=0)).edge_ms
+        return lm.predict(
+            "m", PlanShape(cut=1, in_keep=(keep,), out_keep=(keep,), layer_macs=(1,), cut_bytes=0, result_bytes=0)
+        ).edge_ms
 
     assert edge(lm, 60 / 64) == pytest.approx(0.1 + 60 / 64)  # a multiple of 4
     assert edge(lm, 62 / 64) == pytest.approx(0.1 + 4.0 * 62 / 64)  # not: 4x the interpolated time

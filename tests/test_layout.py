@@ -41,7 +41,7 @@ def test_no_import_cycle() -> None:
             if d == "cpcdrl_deploy":  # the root package holds only __version__
                 continue
             if state.get(d) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*path[path.index(d):], d]))
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(d) :], d]))
             if d not in state:
                 visit(d, [*path, d])
         state[m] = 2
@@ -83,7 +83,10 @@ def test_no_function_or_class_over_80_lines() -> None:
 def test_the_wheel_installs_one_top_level_package() -> None:
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())
     setuptools = cfg["tool"]["setuptools"]
-    assert "py-modules" not in setuptools and setuptools["packages"]["find"]["include"] == ["cpcdrl_deploy", "cpcdrl_deploy.*"]
+    assert "py-modules" not in setuptools and setuptools["packages"]["find"]["include"] == [
+        "cpcdrl_deploy",
+        "cpcdrl_deploy.*",
+    ]
     assert cfg["project"]["scripts"] == {"cpcdrl": "cpcdrl_deploy.cli:main"}
     # the device-side files and the shipped profile travel inside it
     assert (PACKAGE / "ondevice" / "runner.py").is_file() and (PACKAGE / "ondevice" / "timer.py").is_file()

@@ -33,7 +33,9 @@ def test_fit_recovers_rate_and_overhead() -> None:
     rate, overhead, rtt = 250_000.0, 1.5, 0.4
     pts = [(b, rtt + overhead + 1000.0 * b / rate) for b in (600, 4_200, 16_500, 65_700)]
     res = fit(pts, rtt)
-    assert res["bytes_per_s"] == pytest.approx(rate, rel=1e-6) and res["request_overhead_ms"] == pytest.approx(overhead, abs=1e-6)
+    assert res["bytes_per_s"] == pytest.approx(rate, rel=1e-6) and res["request_overhead_ms"] == pytest.approx(
+        overhead, abs=1e-6
+    )
     assert fit([(600, 0.1), (65_700, 2.0)], rtt_ms=5.0)["request_overhead_ms"] == 0.0  # never a negative overhead
     with pytest.raises(CpcdrlError, match="two payload sizes"):
         fit([(600, 1.0)], 0.0)
@@ -42,7 +44,8 @@ def test_fit_recovers_rate_and_overhead() -> None:
 
 
 def test_request_probe_times_the_real_runner_and_server() -> None:
-    """On this host (loopback, where a byte costs next to nothing: the fit is the testbed test's): every size answered."""
+    """On this host (loopback, where a byte costs next to nothing: the fit is the testbed test's): every size
+    answered."""
     from cpcdrl_deploy.devices.remote import connect
     from cpcdrl_deploy.measure.latency import AnalyticLatencyModel
     from cpcdrl_deploy.measure.request_probe import SIZES, time_requests
@@ -64,7 +67,9 @@ def test_request_probe_times_the_real_runner_and_server() -> None:
     shape = plan_shape(a, channel_groups(net, a), 2, [1.0, 1.0])
     plain = AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5, 1.0)
     probed = AnalyticLatencyModel(5e8, 5e9, 2e5, 2e5, 1.0, request_overhead_ms=2.5)
-    assert probed.predict("tinyvgg", shape).transfer_ms == pytest.approx(plain.predict("tinyvgg", shape).transfer_ms + 2.5)
+    assert probed.predict("tinyvgg", shape).transfer_ms == pytest.approx(
+        plain.predict("tinyvgg", shape).transfer_ms + 2.5
+    )
     assert "2.50 ms per request" in probed.describe()
 
 

@@ -21,8 +21,14 @@ runner = CliRunner()
 
 def _req(cifar_dir, **kw) -> OptimizeRequest:
     base = dict(
-        model="mobilenet", checkpoint=need_shared(CHECKPOINTS["mobilenet"]), data=str(cifar_dir), max_accuracy_loss=3.0,
-        methods=("cpcdrl", "neurosurgeon", "greedy", "edge-only", "cloud-only", "random"), val_size=200, calib_size=64, test_limit=200,
+        model="mobilenet",
+        checkpoint=need_shared(CHECKPOINTS["mobilenet"]),
+        data=str(cifar_dir),
+        max_accuracy_loss=3.0,
+        methods=("cpcdrl", "neurosurgeon", "greedy", "edge-only", "cloud-only", "random"),
+        val_size=200,
+        calib_size=64,
+        test_limit=200,
         search=SearchConfig(episodes=6, warmup=3, seed=0),
     )
     base.update(kw)
@@ -53,13 +59,16 @@ def test_end_to_end_mobilenet(result) -> None:
     plans = {p["method"]: p for p in result["plans"]}
     assert set(plans) == {"cpcdrl", "neurosurgeon", "greedy", "edge-only", "cloud-only", "random"}
     ns = plans["neurosurgeon"]
-    # under the paper profile the best unpruned split of CIFAR MobileNet is cloud-only: 12,288 B / 200 KB/s + 46.35 MMAC / 5 GMAC/s
+    # under the paper profile the best unpruned split of CIFAR MobileNet is cloud-only: 12,288 B / 200 KB/s + 46.35 MMAC
+    # / 5 GMAC/s
     assert ns["cut"] == 0 and ns["latency_ms"]["total_ms"] == pytest.approx(61.44 + 9.2708864)
     assert plans["edge-only"]["latency_ms"]["total_ms"] == pytest.approx(92.708864)
     for p in result["plans"]:
         if p["feasible"]:
             assert p["accuracy"]["validation"] >= result["a0_validation"]
-            assert p["latency_ms"]["total_ms"] == pytest.approx(p["latency_ms"]["edge_ms"] + p["latency_ms"]["transfer_ms"] + p["latency_ms"]["cloud_ms"])
+            assert p["latency_ms"]["total_ms"] == pytest.approx(
+                p["latency_ms"]["edge_ms"] + p["latency_ms"]["transfer_ms"] + p["latency_ms"]["cloud_ms"]
+            )
             assert len(p["ratios"]) == p["cut"] and len(p["channels"]) == p["n_layers"] == 28
             assert p["accuracy"]["test"] is not None
     # one reward per proposal: uniform start 1, RL 4, refinement at most 1 (6 episodes in all)
@@ -84,14 +93,47 @@ def test_impossible_a0_is_refused(cifar_dir) -> None:
 def test_cli_optimize_writes_plan_and_report(tmp_path) -> None:
     plan = tmp_path / "plan.json"
     rep = tmp_path / "rep"
-    res = runner.invoke(app, ["optimize", "--max-accuracy-loss", "5", "--episodes", "3", "--warmup", "2", "--val-size", "100", "--calib", "32",
-                              "--limit", "100", "--method", "cpcdrl,neurosurgeon", "--out", str(plan), "--report", str(rep), "--format", "json"])
+    res = runner.invoke(
+        app,
+        [
+            "optimize",
+            "--max-accuracy-loss",
+            "5",
+            "--episodes",
+            "3",
+            "--warmup",
+            "2",
+            "--val-size",
+            "100",
+            "--calib",
+            "32",
+            "--limit",
+            "100",
+            "--method",
+            "cpcdrl,neurosurgeon",
+            "--out",
+            str(plan),
+            "--report",
+            str(rep),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert [p["method"] for p in d["plans"]] == ["cpcdrl", "neurosurgeon"]
     saved = load_plan(plan)
-    assert saved.model == DEMO_MODEL and saved.method == "cpcdrl" and len(saved.checkpoint_sha256 or "") == 64 and saved.cut == len(saved.ratios)
-    assert (rep / "rewards.png").stat().st_size > 1000 and (rep / "plans.png").exists() and "| cpcdrl |" in (rep / "table.md").read_text()
+    assert (
+        saved.model == DEMO_MODEL
+        and saved.method == "cpcdrl"
+        and len(saved.checkpoint_sha256 or "") == 64
+        and saved.cut == len(saved.ratios)
+    )
+    assert (
+        (rep / "rewards.png").stat().st_size > 1000
+        and (rep / "plans.png").exists()
+        and "| cpcdrl |" in (rep / "table.md").read_text()
+    )
 
 
 @pytest.mark.parametrize(

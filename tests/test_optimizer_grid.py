@@ -15,14 +15,37 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     out = tmp_path / "grid"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--tiny", "--out", str(out), "--cache", str(tmp_path / "c")],
-                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "optimizer_grid.py"),
+            "--tiny",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads((out / "results.json").read_text())
     assert len(d["settings"]) == 2
     for s in d["settings"]:
         methods = {r["method"] for r in s["rows"]}
-        assert methods == {"cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy", "neurosurgeon", "edge-only", "cloud-only", "reference"}
+        assert methods == {
+            "cpcdrl",
+            "cpcdrl-paper",
+            "edge-pruned",
+            "random",
+            "greedy",
+            "neurosurgeon",
+            "edge-only",
+            "cloud-only",
+            "reference",
+        }
         ref = next(r for r in s["rows"] if r["method"] == "reference")
         cp = next(r for r in s["rows"] if r["method"] == "cpcdrl")
         assert ref["budget"] == 10 * cp["evaluations"]
@@ -32,18 +55,39 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     # the fast link sends everything to the cloud, the slow one keeps everything on the edge
     best = {s["link"]: s["summary"]["best_cut"] for s in d["settings"]}
     assert best == {"5MB/s": 0, "50KB/s": 7}
-    assert set(d["acceptance"]) >= {"cpcdrl_no_slower_than_every_baseline", "cpcdrl_within_3pct_of_reference", "interior_best_cut"}
+    assert set(d["acceptance"]) >= {
+        "cpcdrl_no_slower_than_every_baseline",
+        "cpcdrl_within_3pct_of_reference",
+        "interior_best_cut",
+    }
     assert "| tinyvgg | paper | 50KB/s |" in (out / "table.md").read_text()
     assert all(s["transfer"] == "fp32" for s in d["settings"])
 
     # --merge joins grids run apart; a part run with another wire keeps it visible beside the link
     other = tmp_path / "int8"
     other.mkdir()
-    d8 = {**d, "args": {**d["args"], "transfer": "int8"}, "settings": [{k: v for k, v in s.items() if k != "transfer"} for s in d["settings"]]}
+    d8 = {
+        **d,
+        "args": {**d["args"], "transfer": "int8"},
+        "settings": [{k: v for k, v in s.items() if k != "transfer"} for s in d["settings"]],
+    }
     (other / "results.json").write_text(json.dumps(d8))  # a part written before settings recorded their wire
     merged = tmp_path / "merged"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--merge", str(out), str(other), "--out", str(merged)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "optimizer_grid.py"),
+            "--merge",
+            str(out),
+            str(other),
+            "--out",
+            str(merged),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((merged / "results.json").read_text())
     assert [s["transfer"] for s in m["settings"]] == ["fp32", "fp32", "int8", "int8"]
@@ -57,8 +101,21 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     rerun = tmp_path / "rerun"
     rerun.mkdir()
     (rerun / "results.json").write_text(json.dumps({**d, "settings": [{**d["settings"][1], "rerun": True}]}))
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--merge", str(out), str(rerun), "--out", str(tmp_path / "m2")],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "optimizer_grid.py"),
+            "--merge",
+            str(out),
+            str(rerun),
+            "--out",
+            str(tmp_path / "m2"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m2 = json.loads((tmp_path / "m2" / "results.json").read_text())
     assert [s["link"] for s in m2["settings"]] == [s["link"] for s in d["settings"]]
@@ -67,8 +124,24 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
 
 def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
     out = tmp_path / "abl"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), "--tiny", "--ablation", "--only", "no-slack,no-margin",
-                          "--out", str(out), "--cache", str(tmp_path / "c")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "optimizer_grid.py"),
+            "--tiny",
+            "--ablation",
+            "--only",
+            "no-slack,no-margin",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads((out / "results.json").read_text())
     for s in d["settings"]:
@@ -79,13 +152,47 @@ def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
 @pytest.mark.slow
 def test_episode_convergence_runs_each_budget_and_the_reference(tmp_path) -> None:
     out = tmp_path / "conv"
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "episode_convergence.py"), "--model", "tinyvgg", "--data", "builtin", "--pair", "paper",
-                          "--link", "50KB/s", "--losses", "2", "--episodes", "4,8", "--seeds", "0,1", "--val-size", "250", "--calib", "32",
-                          "--out", str(out), "--cache", str(tmp_path / "c")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "episode_convergence.py"),
+            "--model",
+            "tinyvgg",
+            "--data",
+            "builtin",
+            "--pair",
+            "paper",
+            "--link",
+            "50KB/s",
+            "--losses",
+            "2",
+            "--episodes",
+            "4,8",
+            "--seeds",
+            "0,1",
+            "--val-size",
+            "250",
+            "--calib",
+            "32",
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads((out / "results.json").read_text())
     (s,) = d["settings"]
-    assert sorted((r.get("episodes"), r.get("seed")) for r in s["rows"] if r["method"] == "cpcdrl") == [(4, 0), (4, 1), (8, 0), (8, 1)]
+    assert sorted((r.get("episodes"), r.get("seed")) for r in s["rows"] if r["method"] == "cpcdrl") == [
+        (4, 0),
+        (4, 1),
+        (8, 0),
+        (8, 1),
+    ]
     ref = next(r for r in s["rows"] if r["method"] == "reference")
     first = [r["evaluations"] for r in s["rows"] if r.get("episodes") == 4]
     assert ref["budget"] == 10 * round(sum(first) / len(first))
@@ -98,16 +205,49 @@ def test_loss_causes_tell_a_missed_plan_from_one_below_the_margin() -> None:
     g = load_benchmark("optimizer_grid")
 
     def setting(cp_ms: float | None, other: dict) -> dict:
-        cp = {"method": "cpcdrl", "seed": 0, "evaluations": 10, "feasible_val": True, "feasible_test": cp_ms is not None, "latency_ms": cp_ms or 5.0,
-              "cut": 3, "val_acc": 91.0, "val_drop_se": 0.3, "keep_min": 0.5}
-        s = {"model": "m", "pair": "paper", "link": "1MB/s", "loss": 1.0, "a0_validation": 90.0, "a0_test": 89.0,
-             "rows": [cp, {"method": "edge-pruned", "seed": 1, "evaluations": 10, "feasible_val": True, "feasible_test": True, "cut": 7, "keep_min": 0.5, **other}]}
+        cp = {
+            "method": "cpcdrl",
+            "seed": 0,
+            "evaluations": 10,
+            "feasible_val": True,
+            "feasible_test": cp_ms is not None,
+            "latency_ms": cp_ms or 5.0,
+            "cut": 3,
+            "val_acc": 91.0,
+            "val_drop_se": 0.3,
+            "keep_min": 0.5,
+        }
+        s = {
+            "model": "m",
+            "pair": "paper",
+            "link": "1MB/s",
+            "loss": 1.0,
+            "a0_validation": 90.0,
+            "a0_test": 89.0,
+            "rows": [
+                cp,
+                {
+                    "method": "edge-pruned",
+                    "seed": 1,
+                    "evaluations": 10,
+                    "feasible_val": True,
+                    "feasible_test": True,
+                    "cut": 7,
+                    "keep_min": 0.5,
+                    **other,
+                },
+            ],
+        }
         s["summary"] = g.summarise(s)
         return s
 
     grid = [
-        setting(10.0, {"latency_ms": 9.0, "val_acc": 90.2, "val_drop_se": 0.4}),  # faster, but 0.2 above A0 against a 0.51 margin
-        setting(10.0, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}),  # faster and clears the margin: the search missed it
+        setting(
+            10.0, {"latency_ms": 9.0, "val_acc": 90.2, "val_drop_se": 0.4}
+        ),  # faster, but 0.2 above A0 against a 0.51 margin
+        setting(
+            10.0, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}
+        ),  # faster and clears the margin: the search missed it
         setting(None, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}),  # CPCDRL's plan misses A0 on test
         setting(8.0, {"latency_ms": 9.0, "val_acc": 91.0, "val_drop_se": 0.4}),  # CPCDRL wins: not listed
     ]
@@ -115,4 +255,9 @@ def test_loss_causes_tell_a_missed_plan_from_one_below_the_margin() -> None:
     assert [c["cause"] for c in causes] == ["margin", "search", "misses"]
     assert causes[1]["faster"]["latency_ms"] == 9.0 and causes[0]["cpcdrl_worst_ms"] == 10.0
     # an unpruned split is exempt from the margin, as in the search
-    assert g.loss_causes([setting(10.0, {"latency_ms": 9.0, "val_acc": 90.0, "val_drop_se": 0.4, "keep_min": 1.0})], z=1.28)[0]["cause"] == "search"
+    assert (
+        g.loss_causes(
+            [setting(10.0, {"latency_ms": 9.0, "val_acc": 90.0, "val_drop_se": 0.4, "keep_min": 1.0})], z=1.28
+        )[0]["cause"]
+        == "search"
+    )

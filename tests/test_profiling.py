@@ -62,7 +62,9 @@ def test_profile_jobs_include_pruned_heads_and_the_block_probe(tmp_path) -> None
     assert all(len(j["in_keep"]) == j["cut"] and min(j["out_keep"]) < 1.0 for j in pruned)
     blocks = [i for i, j in enumerate(jobs) if j["kind"] == "block"]
     assert sorted(jobs[i]["channels"] for i in blocks) == sorted(BLOCK_PROBE_CHANNELS * 3)
-    assert blocks[0] == 0 and blocks[-1] == len(jobs) - 1 and any(9 < i < len(jobs) - 10 for i in blocks)  # first, middle, last
+    assert (
+        blocks[0] == 0 and blocks[-1] == len(jobs) - 1 and any(9 < i < len(jobs) - 10 for i in blocks)
+    )  # first, middle, last
     assert all((tmp_path / j["file"]).stat().st_size > 0 for j in jobs)
     # fake timings: every model 1 ms, the block probe with blocks of 8
     done = {j["id"]: {"mean_ms": 1.0, "median_ms": 1.0, "p10_ms": 1.0, "p90_ms": 1.0} for j in jobs}
@@ -76,7 +78,14 @@ def test_profile_jobs_include_pruned_heads_and_the_block_probe(tmp_path) -> None
 
 
 def _round(mean: float) -> dict:
-    return {"mean_ms": mean, "median_ms": mean - 0.1, "p10_ms": mean - 0.2, "p90_ms": mean + 0.3, "min_ms": mean - 0.3, "repeats": 5}
+    return {
+        "mean_ms": mean,
+        "median_ms": mean - 0.1,
+        "p10_ms": mean - 0.2,
+        "p90_ms": mean + 0.3,
+        "min_ms": mean - 0.3,
+        "repeats": 5,
+    }
 
 
 def test_profiler_reports_the_median_round_not_the_fastest() -> None:
@@ -96,7 +105,9 @@ def test_time_jobs_keeps_every_rounds_mean(tmp_path) -> None:
     from cpcdrl_deploy.ondevice.timer import time_jobs
 
     (tmp_path / "relu.onnx.gz").write_bytes(timing_file(nn.ReLU(), (8, 4, 4)))
-    (res,) = time_jobs([{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}], str(tmp_path), 1, 1, 8, 0.02, rounds=4)
+    (res,) = time_jobs(
+        [{"id": "relu", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]}], str(tmp_path), 1, 1, 8, 0.02, rounds=4
+    )
     assert res["id"] == "relu" and len(res["round_means_ms"]) == 4
     ranked = sorted(res["round_means_ms"])
     assert res["mean_ms"] == pytest.approx((ranked[1] + ranked[2]) / 2)
@@ -135,11 +146,15 @@ def test_time_jobs_times_whole_models_after_idle_when_asked(tmp_path, monkeypatc
     real_sleep = timer.time.sleep
     monkeypatch.setattr(timer.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
     (tmp_path / "relu.onnx.gz").write_bytes(timing_file(nn.ReLU(), (8, 4, 4)))
-    jobs = [{"id": "warm", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]},
-            {"id": "cold", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4], "cold_gap_ms": 3.0}]
+    jobs = [
+        {"id": "warm", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4]},
+        {"id": "cold", "file": "relu.onnx.gz", "input_shape": [1, 8, 4, 4], "cold_gap_ms": 3.0},
+    ]
     warm, cold = timer.time_jobs(jobs, str(tmp_path), 1, 1, 8, 0.02, rounds=3)
     assert "cold_median_ms" not in warm
-    assert cold["cold_runs"] == 3 * timer.COLD_RUNS_PER_ROUND and cold["cold_gap_ms"] == 3.0 and cold["cold_median_ms"] > 0
+    assert (
+        cold["cold_runs"] == 3 * timer.COLD_RUNS_PER_ROUND and cold["cold_gap_ms"] == 3.0 and cold["cold_median_ms"] > 0
+    )
     assert sleeps == [0.003] * cold["cold_runs"]
 
 
@@ -225,19 +240,37 @@ def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypa
 
     monkeypatch.setattr(LocalDevice, "run", spelled)
     logs: list[str] = []
-    prof = profiling.profile_host(connect("local"), ["tinyvgg"], tmp_path / "p.json", (1.0,), warmup=1, repeats=4,
-                                  measure_link_too=False, rounds=2, window_ms=5, log=logs.append)
+    prof = profiling.profile_host(
+        connect("local"),
+        ["tinyvgg"],
+        tmp_path / "p.json",
+        (1.0,),
+        warmup=1,
+        repeats=4,
+        measure_link_too=False,
+        rounds=2,
+        window_ms=5,
+        log=logs.append,
+    )
     assert len(calls) == 2 and "--rounds 2 " in calls[0] and "--rounds 4 " in calls[1]
     assert any("timing 1 models again" in line for line in logs)
     assert not any("still disagree" in line for line in logs)  # the second timing's passes agreed
     t = prof.tables["tinyvgg"]
     entries = [p for L in t["layers"] for p in L["points"]] + t["heads"] + t["tails"] + t["pruned_heads"]
     retimed = [e for e in entries if e.get("retimed")]
-    assert retimed == [t["layers"][0]["points"][0]] and retimed[0]["retimed"] == 1 and len(retimed[0]["round_means_ms"]) == 2 + 4
+    assert (
+        retimed == [t["layers"][0]["points"][0]]
+        and retimed[0]["retimed"] == 1
+        and len(retimed[0]["round_means_ms"]) == 2 + 4
+    )
     assert prof.host["retime_spread"] == profiling.RETIME_SPREAD
     # a device on this host: the table says what this host's CPUs did while the model was timed
     hl = t["host_load"]
-    assert hl["seconds"] > 0 and len(hl["busy_pct"]) == len(hl["steal_pct"]) >= 1 and all(0.0 <= x <= 100.0 for x in hl["steal_pct"])
+    assert (
+        hl["seconds"] > 0
+        and len(hl["busy_pct"]) == len(hl["steal_pct"]) >= 1
+        and all(0.0 <= x <= 100.0 for x in hl["steal_pct"])
+    )
 
 
 def test_build_jobs_writes_a_model_built_earlier_in_the_run_without_exporting_it_again(tmp_path, monkeypatch) -> None:

@@ -37,7 +37,10 @@ def test_pruned_models_are_consistent_and_match_plan_shape(name: str) -> None:
         for layer_before, layer_after in zip(a.layers, after.layers):
             if layer_before.index > cut and layer_after.kind != "dwconv":
                 assert layer_after.out_channels == layer_before.out_channels
-    assert model.state_dict()[next(iter(model.state_dict()))].shape == build_model(name).state_dict()[next(iter(model.state_dict()))].shape
+    assert (
+        model.state_dict()[next(iter(model.state_dict()))].shape
+        == build_model(name).state_dict()[next(iter(model.state_dict()))].shape
+    )
 
 
 def test_depthwise_follows_its_producer() -> None:
@@ -95,7 +98,9 @@ def test_refit_lowers_reconstruction_error_and_output_error(name: str, cifar_dir
     assert fitted.refitted, "consumers of pruned channels must be refitted"
     for name_, (before, after) in fitted.reconstruction_error.items():
         assert after <= before, name_
-    assert sum(a_ for _, a_ in fitted.reconstruction_error.values()) < 0.6 * sum(b for b, _ in fitted.reconstruction_error.values())
+    assert sum(a_ for _, a_ in fitted.reconstruction_error.values()) < 0.6 * sum(
+        b for b, _ in fitted.reconstruction_error.values()
+    )
     with torch.no_grad():
         ref = model(x)
         err_plain = (plain.model(x) - ref).norm() / ref.norm()

@@ -20,7 +20,14 @@ def test_mktemp_answer_is_validated() -> None:
     assert checked_tempdir("/tmp/cpcdrl-Ab12cD\n", "pi") == "/tmp/cpcdrl-Ab12cD"
     # a login banner around it is skipped, not glued into the path
     assert checked_tempdir("Welcome to Raspberry Pi OS\n/tmp/cpcdrl-x9Y8z7\n", "pi") == "/tmp/cpcdrl-x9Y8z7"
-    for bad in ("", "Welcome\n", "/tmp/cpcdrl-abc def\n", "/tmp/cpcdrl-abc;rm -rf ~\n", "/home/pi\n", "/tmp/cpcdrl-aaaaaa\n/tmp/cpcdrl-bbbbbb\n"):
+    for bad in (
+        "",
+        "Welcome\n",
+        "/tmp/cpcdrl-abc def\n",
+        "/tmp/cpcdrl-abc;rm -rf ~\n",
+        "/home/pi\n",
+        "/tmp/cpcdrl-aaaaaa\n/tmp/cpcdrl-bbbbbb\n",
+    ):
         with pytest.raises(CpcdrlError, match="mktemp answered"):
             checked_tempdir(bad, "pi")
 

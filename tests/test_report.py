@@ -10,8 +10,19 @@ LINK = {"uplink_bytes_per_s": 200_000.0, "downlink_bytes_per_s": 200_000.0, "rtt
 
 
 def _plan(cut: int, edge: float, transfer: float, cloud: float) -> dict:
-    return {"method": "m", "feasible": True, "cut": cut, "n_layers": 7,
-            "latency_ms": {"edge_ms": edge, "transfer_ms": transfer, "cloud_ms": cloud, "return_ms": 0.0, "total_ms": edge + transfer + cloud}}
+    return {
+        "method": "m",
+        "feasible": True,
+        "cut": cut,
+        "n_layers": 7,
+        "latency_ms": {
+            "edge_ms": edge,
+            "transfer_ms": transfer,
+            "cloud_ms": cloud,
+            "return_ms": 0.0,
+            "total_ms": edge + transfer + cloud,
+        },
+    }
 
 
 def test_wire_time_scales_with_bandwidth_rtt_and_compute_do_not() -> None:
@@ -23,19 +34,34 @@ def test_wire_time_scales_with_bandwidth_rtt_and_compute_do_not() -> None:
 
 
 def test_plot_is_written(tmp_path) -> None:
-    res = {"model": "tinyvgg", "link": LINK, "plans": [_plan(3, 5.0, 62.0, 1.0), _plan(7, 9.0, 0.0, 0.0), {"method": "x", "feasible": False}]}
+    res = {
+        "model": "tinyvgg",
+        "link": LINK,
+        "plans": [_plan(3, 5.0, 62.0, 1.0), _plan(7, 9.0, 0.0, 0.0), {"method": "x", "feasible": False}],
+    }
     plot_latency_vs_bandwidth(res, tmp_path / "bw.png")
     assert (tmp_path / "bw.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_explain_plan_says_what_runs_where_and_what_crosses() -> None:
     chans = [32, 24, 128, 128, 256, 10]
-    split = {"method": "cpcdrl", "feasible": True, "cut": 2, "n_layers": 6, "cut_name": "features.4", "channels": [32, 16, 128, 128, 256, 10],
-             "cut_bytes": 4096}
+    split = {
+        "method": "cpcdrl",
+        "feasible": True,
+        "cut": 2,
+        "n_layers": 6,
+        "cut_name": "features.4",
+        "channels": [32, 16, 128, 128, 256, 10],
+        "cut_bytes": 4096,
+    }
     text = explain_plan(split, 12288, chans)
-    assert text == ("cpcdrl: layers 1-2 run on the edge (up to features.4, pruned to 16 of 24 channels) and send 4,096 B "
-                    "instead of the 12,288 B image; layers 3-6 run on the server")
+    assert (
+        text == "cpcdrl: layers 1-2 run on the edge (up to features.4, pruned to 16 of 24 channels) and send 4,096 B "
+        "instead of the 12,288 B image; layers 3-6 run on the server"
+    )
     assert "pruned" not in explain_plan({**split, "channels": chans, "cut_bytes": 6144}, 12288, chans)
     assert explain_plan({**split, "cut": 0}, 12288, chans).endswith("sends the 12,288 B image")
     assert explain_plan({**split, "cut": 6}, 12288, chans).endswith("nothing crosses the link")
-    assert explain_plan({"method": "greedy", "feasible": False}, 12288, chans) == "greedy: no plan met the accuracy target"
+    assert (
+        explain_plan({"method": "greedy", "feasible": False}, 12288, chans) == "greedy: no plan met the accuracy target"
+    )

@@ -43,12 +43,17 @@ def test_a_slow_feasible_plan_beats_a_gutted_one_when_charged_the_slowest_split(
     gutted = reward(30.0, 91.0, 0.1, 10.0, 70.0, infeasible_ms=160.0)
     assert slow_feasible > gutted
     flat = RewardConfig(infeasible_slope=0.0)
-    assert reward(30.0, 91.0, 0.1, 10.0, 70.0, flat) > reward(91.0, 91.0, 0.9, 150.0, 70.0, flat)  # what T_ref alone did
+    assert reward(30.0, 91.0, 0.1, 10.0, 70.0, flat) > reward(
+        91.0, 91.0, 0.9, 150.0, 70.0, flat
+    )  # what T_ref alone did
 
 
 def test_below_a0_more_accuracy_always_scores_higher() -> None:
     """The infeasible region is not flat: an actor that wandered in has a direction out."""
-    far, farther = reward(70.0, 91.0, 0.6, 50.0, 100.0, infeasible_ms=160.0), reward(60.0, 91.0, 0.6, 50.0, 100.0, infeasible_ms=160.0)
+    far, farther = (
+        reward(70.0, 91.0, 0.6, 50.0, 100.0, infeasible_ms=160.0),
+        reward(60.0, 91.0, 0.6, 50.0, 100.0, infeasible_ms=160.0),
+    )
     assert far - farther == pytest.approx(0.05 * 10, rel=1e-3)  # the exponential alone differs by ~1e-9 here
     # and nothing changes at or above A0
     assert reward(91.0, 91.0, 0.5, 80.0, 100.0) == pytest.approx(0.5 - 0.8)

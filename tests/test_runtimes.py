@@ -1,4 +1,5 @@
-"""The edge runtimes: a LiteRT head exported, checked and deployed beside ONNX Runtime; a device without the runtime is told what to install."""
+"""The edge runtimes: a LiteRT head exported, checked and deployed beside ONNX Runtime; a device without the runtime
+is told what to install."""
 
 from __future__ import annotations
 
@@ -57,8 +58,24 @@ def test_litert_head_is_exported_checked_and_recorded(litert_export) -> None:
 
 def test_deploy_with_a_litert_head(litert_export, tmp_path) -> None:
     plan_path, _, _ = litert_export
-    res = CliRunner().invoke(app, ["deploy", str(plan_path), "--edge", "local", "--runtime", "litert", "-n", "20", "--no-probe",
-                                   "--out", str(tmp_path / "d"), "--format", "json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            str(plan_path),
+            "--edge",
+            "local",
+            "--runtime",
+            "litert",
+            "-n",
+            "20",
+            "--no-probe",
+            "--out",
+            str(tmp_path / "d"),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "d" / "deploy-report.json").read_text())
     assert rep["runtime"]["head"] == "litert" and rep["answered"] == 20 and rep["agreement_with_pytorch_pct"] == 100.0
@@ -86,7 +103,16 @@ def test_a_corrupt_tflite_head_is_reported_not_hung_on(tmp_path) -> None:
     need_litert()
     (tmp_path / "head.tflite").write_bytes(b"not a flatbuffer" * 8)
     np.save(tmp_path / "x.npy", np.zeros((2, 3, 32, 32), np.float32))
-    rc = edge_runner.main(["--inputs", str(tmp_path / "x.npy"), "--head", str(tmp_path / "head.tflite"), "--out", str(tmp_path / "r.json")])
+    rc = edge_runner.main(
+        [
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--head",
+            str(tmp_path / "head.tflite"),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "r.json").exists()
 
 
@@ -95,7 +121,12 @@ def test_litert_int8_head_is_calibrated_checked_and_runs_on_float(litert_export,
     plan_path, _, _ = litert_export
     m = export_plan(plan_path, tmp_path / "q", quantize="int8", check_images=64, runtime="litert")
     head_spec = m["files"]["head"]
-    assert head_spec["runtime"] == "litert" and head_spec["precision"] == "int8" and m["quantize"] == "int8" and m["check"]["lossy"]
+    assert (
+        head_spec["runtime"] == "litert"
+        and head_spec["precision"] == "int8"
+        and m["quantize"] == "int8"
+        and m["check"]["lossy"]
+    )
     head = edge_runner.load_model(str(tmp_path / "q" / "head.tflite"))
     assert head.q_in and head.q_out and head.outputs[0][1] == "FP32"  # int8 inside, float at the boundaries
     assert head.it.get_input_details()[0]["dtype"] == np.int8
@@ -106,7 +137,9 @@ def test_litert_int8_head_is_calibrated_checked_and_runs_on_float(litert_export,
     with torch.no_grad():
         want = pruned(x).numpy()
     agree = float((got.argmax(1) == want.argmax(1)).mean() * 100)
-    assert agree == pytest.approx(m["check"]["agreement_with_pytorch_pct"]) and agree >= 90.0  # what export reports is what runs
+    assert (
+        agree == pytest.approx(m["check"]["agreement_with_pytorch_pct"]) and agree >= 90.0
+    )  # what export reports is what runs
     assert 0 < np.abs(got - want).max() < 0.5 * np.abs(want).max()  # quantised, not broken
 
 
@@ -116,12 +149,15 @@ def test_litert_refuses_what_it_does_not_build_yet(tmp_path) -> None:
         export_plan(plan, tmp_path / "e", transfer="int8", runtime="litert")
     with pytest.raises(CpcdrlError, match="--runtime must be one of"):
         export_plan(plan, tmp_path / "e", runtime="tensorrt")
-    res = CliRunner().invoke(app, ["deploy", str(plan), "--runtime", "litert", "--fallback", "--out", str(tmp_path / "d")])
+    res = CliRunner().invoke(
+        app, ["deploy", str(plan), "--runtime", "litert", "--fallback", "--out", str(tmp_path / "d")]
+    )
     assert res.exit_code == 2 and "--fallback" in res.output and len(res.output.strip().splitlines()) == 1
 
 
 def _two_runtime_profile(factor: float) -> Profile:
-    """The measured pi profile with a made-up second runtime: its VGG16 tables scaled by ``factor`` (a choice to test, not a measurement)."""
+    """The measured pi profile with a made-up second runtime: its VGG16 tables scaled by ``factor`` (a choice to
+    test, not a measurement)."""
     p = load_profile(str(REPO / "benchmarks" / "results" / "profile" / "pi.json"))
     t = json.loads(json.dumps(p.tables["vgg16"]))
     for row in t["layers"]:
@@ -133,7 +169,9 @@ def _two_runtime_profile(factor: float) -> Profile:
             for k in ("ms", "median_ms"):
                 if h.get(k):
                     h[k] *= factor
-    measured = {k: v for k, v in p.tables.items() if "@" not in k}  # only ONNX Runtime's measured tables, whatever the file holds
+    measured = {
+        k: v for k, v in p.tables.items() if "@" not in k
+    }  # only ONNX Runtime's measured tables, whatever the file holds
     return dataclasses.replace(p, tables={**measured, table_key("vgg16", "litert"): t})
 
 
@@ -141,7 +179,9 @@ def _two_runtime_profile(factor: float) -> Profile:
 def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, expect: str) -> None:
     edge = _two_runtime_profile(factor)
     cloud = load_profile(str(REPO / "benchmarks" / "results" / "profile" / "local.json"))
-    assert edge_runtimes(edge, "vgg16") == ["onnxruntime", "litert"] and edge_runtimes(edge, "mobilenet") == ["onnxruntime"]
+    assert edge_runtimes(edge, "vgg16") == ["onnxruntime", "litert"] and edge_runtimes(edge, "mobilenet") == [
+        "onnxruntime"
+    ]
     m = build_model("vgg16")
     a = analyze(m, 32, "vgg16")
     shape = plan_shape(a, channel_groups(m, a), 6, [0.5] * 6)
@@ -149,23 +189,50 @@ def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, e
     each = {r: lm.by_runtime[r].predict("vgg16", shape).edge_ms for r in lm.by_runtime}
     assert lm.runtime_for("vgg16", shape) == expect == min(each, key=each.get)
     assert lm.predict("vgg16", shape).edge_ms == pytest.approx(min(each.values()))
-    assert plan_runtime(lm, "vgg16", plan_shape(a, channel_groups(m, a), 0, [])) == "onnxruntime"  # nothing on the device at cut 0
-    # the run's link, for --report's latency-vs-bandwidth plot: the runtimes' models share it (it used to read as all None)
+    assert (
+        plan_runtime(lm, "vgg16", plan_shape(a, channel_groups(m, a), 0, [])) == "onnxruntime"
+    )  # nothing on the device at cut 0
+    # the run's link, for --report's latency-vs-bandwidth plot: the runtimes' models share it (it used to read as all
+    # None)
     assert link_fields(lm) == link_fields(lm.by_runtime["onnxruntime"]) and link_fields(lm)["uplink_bytes_per_s"] > 0
     # a transfer priced two ways would make the runtime choice depend on the link: refused
     other = build_latency_model(edge, cloud, dataclasses.replace(edge.link, rtt_ms=edge.link.rtt_ms + 5.0), "litert")
     with pytest.raises(ValueError, match="different links"):
         FastestRuntime({"onnxruntime": lm.by_runtime["onnxruntime"], "litert": other})
     with pytest.raises(CpcdrlError, match="--model mobilenet --runtime litert"):
-        build_latency_model(edge, cloud, None, "litert").predict("mobilenet", plan_shape(a, channel_groups(m, a), 2, [1.0, 1.0]))
+        build_latency_model(edge, cloud, None, "litert").predict(
+            "mobilenet", plan_shape(a, channel_groups(m, a), 2, [1.0, 1.0])
+        )
 
 
 @pytest.mark.slow
 def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
     need_litert()
     out = tmp_path / "local.json"
-    res = CliRunner().invoke(app, ["profile", "--host", "local", "-m", "tinyvgg", "--runtime", "litert", "--grid", "1.0", "--repeats", "2",
-                                   "--rounds", "1", "--warmup", "1", "-o", str(out), "--format", "json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--host",
+            "local",
+            "-m",
+            "tinyvgg",
+            "--runtime",
+            "litert",
+            "--grid",
+            "1.0",
+            "--repeats",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "1",
+            "-o",
+            str(out),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     prof = load_profile(out)
     t = prof.tables["tinyvgg@litert"]
@@ -179,12 +246,40 @@ def test_profile_times_both_runtimes_side_by_side(tmp_path) -> None:
     """Two --runtime options: every unit built for both and timed in the same batches, one table each."""
     need_litert()
     out = tmp_path / "local.json"
-    res = CliRunner().invoke(app, ["profile", "--host", "local", "-m", "tinyvgg", "--runtime", "onnxruntime", "--runtime", "litert", "--grid", "1.0",
-                                   "--repeats", "2", "--rounds", "1", "--warmup", "1", "-o", str(out), "--format", "json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--host",
+            "local",
+            "-m",
+            "tinyvgg",
+            "--runtime",
+            "onnxruntime",
+            "--runtime",
+            "litert",
+            "--grid",
+            "1.0",
+            "--repeats",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "1",
+            "-o",
+            str(out),
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     prof = load_profile(out)
     ort, lite = prof.tables["tinyvgg"], prof.tables["tinyvgg@litert"]
-    assert (ort["runtime"], lite["runtime"]) == ("onnxruntime", "litert") and ort["timed_with"] == ["litert"] and lite["timed_with"] == ["onnxruntime"]
+    assert (
+        (ort["runtime"], lite["runtime"]) == ("onnxruntime", "litert")
+        and ort["timed_with"] == ["litert"]
+        and lite["timed_with"] == ["onnxruntime"]
+    )
     assert [h["cut"] for h in ort["heads"]] == [h["cut"] for h in lite["heads"]] == list(range(1, 8))
     assert all(h["ms"] > 0 for h in ort["heads"] + lite["heads"])
     # different files were timed: the two runtimes' whole-model times are not one number copied twice

@@ -68,15 +68,30 @@ def test_tritonclient_binary_and_json(server, tail_export) -> None:
     for binary in (True, False):
         inp = th.InferInput("cut", [3, 24, 16, 16], "FP32")
         inp.set_data_from_numpy(_x(3), binary_data=binary)
-        res = client.infer("tinyvgg_tail", [inp], outputs=[th.InferRequestedOutput("logits", binary_data=binary)], headers=dict(auth))  # tritonclient adds to the dict
+        res = client.infer(
+            "tinyvgg_tail", [inp], outputs=[th.InferRequestedOutput("logits", binary_data=binary)], headers=dict(auth)
+        )  # tritonclient adds to the dict
         np.testing.assert_allclose(res.as_numpy("logits"), want, atol=1e-5)
     with pytest.raises(th.InferenceServerException, match="401|token"):
         client.infer("tinyvgg_tail", [inp])
 
 
-def _binary_request(x: np.ndarray, dtype: str = "FP32", size: int | None = None, name: str = "cut") -> tuple[bytes, dict]:
+def _binary_request(
+    x: np.ndarray, dtype: str = "FP32", size: int | None = None, name: str = "cut"
+) -> tuple[bytes, dict]:
     raw = x.tobytes()
-    head = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": dtype, "parameters": {"binary_data_size": size or len(raw)}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(x.shape),
+                    "datatype": dtype,
+                    "parameters": {"binary_data_size": size or len(raw)},
+                }
+            ]
+        }
+    ).encode()
     return head + raw, {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
 
 
@@ -90,7 +105,16 @@ def _binary_request(x: np.ndarray, dtype: str = "FP32", size: int | None = None,
         (_binary_request(_x(), size=100), 400, "binary_data_size"),
         (_binary_request(_x(), name="nope"), 400, "unknown input"),
         ((_binary_request(_x())[0], {"Inference-Header-Content-Length": "999999"}), 400, "outside the body"),
-        ((json.dumps({"inputs": [{"name": "cut", "shape": [1, 24, 16, 16], "datatype": "FP32", "data": [1.0, 2.0]}]}).encode(), {}), 400, "values for shape"),
+        (
+            (
+                json.dumps(
+                    {"inputs": [{"name": "cut", "shape": [1, 24, 16, 16], "datatype": "FP32", "data": [1.0, 2.0]}]}
+                ).encode(),
+                {},
+            ),
+            400,
+            "values for shape",
+        ),
     ],
 )
 def test_malformed_requests_get_4xx_and_server_stays_up(server, body_headers, status: int, match: str) -> None:
@@ -106,8 +130,13 @@ def test_oversized_unsized_unknown_and_unauthorised(server) -> None:
     assert _post(server, "/v2/models/other/infer", *_binary_request(_x()))[0] == 404
     assert _post(server, "/v2/models/tinyvgg_tail/infer", *_binary_request(_x()))[0] == 200
     assert _headers_only(server, {}) == 411  # no Content-Length
-    assert _post(server, "/v2/models/tinyvgg_tail/infer", *_binary_request(_x()), )[0] == 200
-    code, err = _post(server, "/v2/models/tinyvgg_tail/infer", _binary_request(_x())[0], {"Authorization": "Bearer wrong", **_binary_request(_x())[1]})
+    assert _post(server, "/v2/models/tinyvgg_tail/infer", *_binary_request(_x()))[0] == 200
+    code, err = _post(
+        server,
+        "/v2/models/tinyvgg_tail/infer",
+        _binary_request(_x())[0],
+        {"Authorization": "Bearer wrong", **_binary_request(_x())[1]},
+    )
     assert code == 401 and "token" in err["error"]
 
 

@@ -21,7 +21,9 @@ TIMEOUT_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(tail_export):
-    httpd = make_server(tail_export, "127.0.0.1", 0, token=TOKEN, max_body=1_000_000, max_connections=CAP, timeout_s=TIMEOUT_S)
+    httpd = make_server(
+        tail_export, "127.0.0.1", 0, token=TOKEN, max_body=1_000_000, max_connections=CAP, timeout_s=TIMEOUT_S
+    )
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
     yield httpd
@@ -57,11 +59,23 @@ def _malformed(rng: np.random.Generator, spec: dict) -> tuple[str, str, bytes, d
     if kind == 2:
         return "POST", infer, b'{"inputs": [], "x": ' + b"9" * int(rng.integers(4_400, 20_000)) + b"}", auth
     if kind == 3:
-        return "POST", infer, json.dumps({"inputs": [good_input], "outputs": [{"name": "logits", "parameters": rng.choice(["x", "[1]", "3"])}]}).encode(), auth
+        return (
+            "POST",
+            infer,
+            json.dumps(
+                {"inputs": [good_input], "outputs": [{"name": "logits", "parameters": rng.choice(["x", "[1]", "3"])}]}
+            ).encode(),
+            auth,
+        )
     if kind == 4:
         return "POST", infer, json.dumps({"inputs": [good_input], "parameters": ["binary_data_output"]}).encode(), auth
     if kind == 5:
-        return "POST", infer, b'{"inputs": [{"name": "' + name.encode() + b'", "datatype": "FP32", "shape": [1], "data": [NaN]}]}', auth
+        return (
+            "POST",
+            infer,
+            b'{"inputs": [{"name": "' + name.encode() + b'", "datatype": "FP32", "shape": [1], "data": [NaN]}]}',
+            auth,
+        )
     if kind == 6:
         bad = dict(good_input, shape=[int(x) for x in rng.integers(-3, 300, size=int(rng.integers(0, 6)))])
         return "POST", infer, json.dumps({"inputs": [bad]}).encode(), auth
@@ -69,12 +83,38 @@ def _malformed(rng: np.random.Generator, spec: dict) -> tuple[str, str, bytes, d
         bad = dict(good_input, datatype=str(rng.choice(["FP64", "INT8", "BYTES", "", "fp32"])))
         return "POST", infer, json.dumps({"inputs": [bad]}).encode(), auth
     if kind == 8:
-        head = json.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": int(rng.integers(0, 10**6))}}]}).encode()
-        return "POST", infer, head + rng.bytes(int(rng.integers(0, 64))), {**auth, "Inference-Header-Content-Length": str(len(head))}
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": name,
+                        "datatype": "FP32",
+                        "shape": shape,
+                        "parameters": {"binary_data_size": int(rng.integers(0, 10**6))},
+                    }
+                ]
+            }
+        ).encode()
+        return (
+            "POST",
+            infer,
+            head + rng.bytes(int(rng.integers(0, 64))),
+            {**auth, "Inference-Header-Content-Length": str(len(head))},
+        )
     if kind == 9:
-        return "POST", infer, b"{}", {**auth, "Inference-Header-Content-Length": str(rng.choice(["-1", "99999", "abc", "0"]))}
+        return (
+            "POST",
+            infer,
+            b"{}",
+            {**auth, "Inference-Header-Content-Length": str(rng.choice(["-1", "99999", "abc", "0"]))},
+        )
     if kind == 10:
-        return str(rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO"])), infer, rng.bytes(int(rng.integers(0, 50))), auth
+        return (
+            str(rng.choice(["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FOO"])),
+            infer,
+            rng.bytes(int(rng.integers(0, 50))),
+            auth,
+        )
     if kind == 11:
         return "GET", "/v2/models/nosuch", b'{"junk": 1}\r\nGET /v2 HTTP/1.1\r\n\r\n', auth
     if kind == 12:
@@ -90,7 +130,14 @@ def _malformed(rng: np.random.Generator, spec: dict) -> tuple[str, str, bytes, d
     if kind == 17:
         return "POST", "/v2/models/tinyvgg_tail/ready", b"{}", auth
     if kind == 18:
-        return "POST", infer, json.dumps({"inputs": [dict(good_input, data=[1e400] * len(good_input["data"]))]}).encode().replace(b"Infinity", b"1e400"), auth
+        return (
+            "POST",
+            infer,
+            json.dumps({"inputs": [dict(good_input, data=[1e400] * len(good_input["data"]))]})
+            .encode()
+            .replace(b"Infinity", b"1e400"),
+            auth,
+        )
     return "POST", infer, json.dumps([1, 2, 3]).encode(), {**auth, "Content-Encoding": "gzip"}
 
 
@@ -140,7 +187,9 @@ def test_fuzz_every_malformed_request_gets_a_json_4xx(server) -> None:
 def test_get_with_a_body_is_not_taken_for_a_second_request(server) -> None:
     s = socket.create_connection(_addr(server), timeout=5)
     body = b"GET /v2 HTTP/1.1\r\nHost: x\r\n\r\n"  # smuggled: a second request inside the first one's body
-    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.sendall(
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     data = b""
     while chunk := s.recv(65536):
         data += chunk
@@ -150,7 +199,9 @@ def test_get_with_a_body_is_not_taken_for_a_second_request(server) -> None:
 
 def test_unauthenticated_upload_is_refused_before_its_body(server) -> None:
     s = socket.create_connection(_addr(server), timeout=5)
-    s.sendall(b"POST /v2/models/tinyvgg_tail/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n")  # no body sent
+    s.sendall(
+        b"POST /v2/models/tinyvgg_tail/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n"
+    )  # no body sent
     t0 = time.monotonic()
     head = s.recv(4096)
     assert head.startswith(b"HTTP/1.1 401") and time.monotonic() - t0 < TIMEOUT_S / 2
@@ -160,10 +211,16 @@ def test_unauthenticated_upload_is_refused_before_its_body(server) -> None:
 def test_slow_clients_time_out_and_the_cap_holds_while_others_are_served(server) -> None:
     spec = _meta(server)["inputs"][0]
     shape = [1, *spec["shape"][1:]]
-    good = json.dumps({"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": shape, "data": [0.0] * int(np.prod(shape))}]}).encode()
+    good = json.dumps(
+        {"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": shape, "data": [0.0] * int(np.prod(shape))}]}
+    ).encode()
     idle = [socket.create_connection(_addr(server), timeout=5) for _ in range(CAP // 2)]  # silent clients
     half = socket.create_connection(_addr(server), timeout=5)
-    half.sendall(b"POST /v2/models/tinyvgg_tail/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 1000\r\n\r\n0123")
+    half.sendall(
+        b"POST /v2/models/tinyvgg_tail/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nContent-Length: 1000\r\n\r\n0123"
+    )
     time.sleep(0.1)
     # a normal client is served promptly meanwhile
     c = http.client.HTTPConnection(*_addr(server), timeout=5)
@@ -216,6 +273,10 @@ def test_slow_clients_time_out_and_the_cap_holds_while_others_are_served(server)
 def test_exposure_warnings() -> None:
     from cpcdrl_deploy.serving.server import exposure_warning
 
-    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", "t") is None and exposure_warning("localhost", None) is None
+    assert (
+        exposure_warning("127.0.0.1", None) is None
+        and exposure_warning("::1", "t") is None
+        and exposure_warning("localhost", None) is None
+    )
     assert "without a token" in exposure_warning("0.0.0.0", None)
     assert "plain HTTP" in exposure_warning("198.18.10.1", "t")

@@ -64,8 +64,22 @@ def test_host_work_stays_off_a_duty_cycled_device_cpu(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(testbed.os, "cpu_count", lambda: 4)
     assert testbed.host_cpus() == {0, 1, 2, 3}  # no testbed: every CPU
     for name, pin, throttle in (("a", 3, "duty"), ("b", 2, "quota")):
-        st = testbed.TestbedState(name=name, index=1, host_ip="", device_ip="", port=22, cpu=0.25, bandwidth_bytes_per_s=1.0, user="root",
-                                  dir=str(testbed.state_dir(name)), python="", host_veth="", cgroup="", throttle=throttle, cpu_pin=pin)
+        st = testbed.TestbedState(
+            name=name,
+            index=1,
+            host_ip="",
+            device_ip="",
+            port=22,
+            cpu=0.25,
+            bandwidth_bytes_per_s=1.0,
+            user="root",
+            dir=str(testbed.state_dir(name)),
+            python="",
+            host_veth="",
+            cgroup="",
+            throttle=throttle,
+            cpu_pin=pin,
+        )
         testbed.state_dir(name).mkdir(parents=True)
         st.save()
     assert testbed.host_cpus() == {0, 1, 2}  # a quota testbed shares its CPU fairly: only the spinner's is held

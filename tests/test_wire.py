@@ -41,7 +41,9 @@ def test_plan_shape_prices_the_wire_at_every_cut_that_sends() -> None:
         assert plan_shape(a, g, cut, [0.5] * cut, transfer="int8").cut_bytes == fp32 // 4 + 5
         assert plan_shape(a, g, cut, [0.5] * cut, transfer="fp16").cut_bytes == fp32 // 2
     assert plan_shape(a, g, 0, [], transfer="int8").cut_bytes == 3 * 32 * 32 + 5  # the image, one byte per value
-    assert plan_shape(a, g, n, [1.0] * n, transfer="int8").cut_bytes == plan_shape(a, g, n, [1.0] * n).cut_bytes  # nothing sent at N
+    assert (
+        plan_shape(a, g, n, [1.0] * n, transfer="int8").cut_bytes == plan_shape(a, g, n, [1.0] * n).cut_bytes
+    )  # nothing sent at N
 
 
 @pytest.mark.parametrize("transfer", ["fp16", "int8"])
@@ -56,7 +58,11 @@ def test_simulated_wire_equals_onnx_runtimes(transfer: str) -> None:
     tail_in.graph.node[0].output[0] = "logits"
     tail = ort_session(_decompress_input(tail_in, transfer).SerializeToString())
     rng = np.random.default_rng(0)
-    for x in (rng.normal(size=(5, *shape)), np.maximum(rng.normal(size=(5, *shape)), 0) * 7.0, np.full((1, *shape), 0.3)):
+    for x in (
+        rng.normal(size=(5, *shape)),
+        np.maximum(rng.normal(size=(5, *shape)), 0) * 7.0,
+        np.full((1, *shape), 0.3),
+    ):
         x = x.astype(np.float32)
         ort = np.concatenate([run_split(head, tail, x[i : i + 1]) for i in range(len(x))])  # one request per sample
         sim = through_wire(torch.from_numpy(x), transfer).numpy()
@@ -66,8 +72,17 @@ def test_simulated_wire_equals_onnx_runtimes(transfer: str) -> None:
 def test_optimize_prices_and_scores_the_wire_and_export_follows_it(tmp_path) -> None:
     ckpt = resolve_checkpoint("tinyvgg", None, required=True)
     req = OptimizeRequest(
-        model="tinyvgg", checkpoint=ckpt, data="builtin", methods=("neurosurgeon", "cloud-only"), max_accuracy_loss=5.0, val_size=200, calib_size=64,
-        test_limit=100, search=SearchConfig(episodes=4, seed=0), cache=None, transfer="int8",
+        model="tinyvgg",
+        checkpoint=ckpt,
+        data="builtin",
+        methods=("neurosurgeon", "cloud-only"),
+        max_accuracy_loss=5.0,
+        val_size=200,
+        calib_size=64,
+        test_limit=100,
+        search=SearchConfig(episodes=4, seed=0),
+        cache=None,
+        transfer="int8",
     )
     res = optimize(req)
     cloud = next(p for p in res["plans"] if p["method"] == "cloud-only")
@@ -86,7 +101,9 @@ def test_optimize_prices_and_scores_the_wire_and_export_follows_it(tmp_path) -> 
     assert m["transfer"] == "int8" and set(m["files"]) == {"head", "tail", "full"}
     assert m["files"]["head"]["outputs"][0]["datatype"] == "UINT8"
     assert m["check"]["agreement_with_pytorch_pct"] >= 95.0
-    assert export_plan(p, tmp_path / "e1", transfer="fp32", check_images=16)["transfer"] == "fp32"  # an explicit --transfer wins
+    assert (
+        export_plan(p, tmp_path / "e1", transfer="fp32", check_images=16)["transfer"] == "fp32"
+    )  # an explicit --transfer wins
 
 
 def test_a_plan_with_an_unknown_wire_is_refused(tmp_path) -> None:

@@ -26,12 +26,16 @@ def test_units_compose_to_the_full_forward(name: str) -> None:
 
 
 def _pytorch_cifar_mobilenet_keys() -> list[str]:
-    keys = ["conv1.weight"] + [f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    keys = ["conv1.weight"] + [
+        f"bn1.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
     for b in range(13):
         for c in ("conv1", "conv2"):
             keys.append(f"layers.{b}.{c}.weight")
             bn = "bn1" if c == "conv1" else "bn2"
-            keys += [f"layers.{b}.{bn}.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+            keys += [
+                f"layers.{b}.{bn}.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+            ]
     return keys + ["linear.weight", "linear.bias"]
 
 
@@ -49,8 +53,10 @@ def test_reference_checkpoints_load(name: str) -> None:
     meta = load_checkpoint(model, path)
     assert meta["acc"] > 80
     ref = torch.load(path, map_location="cpu", weights_only=True)["net"]
-    assert torch.equal(model.state_dict()["linear.weight" if name == "mobilenet" else "classifier.weight"],
-                       ref["linear.weight" if name == "mobilenet" else "classifier.weight"])
+    assert torch.equal(
+        model.state_dict()["linear.weight" if name == "mobilenet" else "classifier.weight"],
+        ref["linear.weight" if name == "mobilenet" else "classifier.weight"],
+    )
 
 
 @pytest.mark.parametrize("wrap", ["bare", "net", "state_dict", "model", "module_prefix"])

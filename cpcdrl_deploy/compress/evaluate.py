@@ -18,14 +18,6 @@ from cpcdrl_deploy.models.zoo import ZOO, UnitModel, file_sha256, get_entry, loa
 Log = Callable[[str], None]
 
 
-
-
-
-
-
-
-
-
 def parse_ratios(text: str | None, cut: int) -> list[float]:
     """``"0.5"`` -> the same ratio for layers 1..cut; ``"0.5,0.7,..."`` -> exactly ``cut`` ratios."""
     if text is None:
@@ -60,7 +52,10 @@ def evaluate_plan(
     """Accuracy of ``model`` (pruned by ``ratios`` up to ``cut``) on CIFAR-10 test images."""
     entry = get_entry(model)
     if entry.dataset != "cifar10":
-        raise CpcdrlError(f"{model} is an ImageNet-size model; evaluate covers the CIFAR-10 models ({', '.join(n for n, e in ZOO.items() if e.dataset == 'cifar10')})")
+        raise CpcdrlError(
+            f"{model} is an ImageNet-size model; evaluate covers the CIFAR-10 models"
+            f" ({', '.join(n for n, e in ZOO.items() if e.dataset == 'cifar10')})"
+        )
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
     net = load_model(model, ckpt)
     base = analyze(net, entry.input_size, model)
@@ -105,5 +100,3 @@ def evaluate_plan(
         "prune_s": prune_s,
         "eval_s": time.perf_counter() - t1,
     }
-
-

@@ -113,7 +113,15 @@ def channel_groups(model: UnitModel, analysis: ModelAnalysis) -> list[ChannelGro
         covered |= producers
         if analysis.n_layers in producers:  # coupled to the classifier's outputs: never pruned
             continue
-        groups.append(ChannelGroup(min(producers), tuple(sorted(producers)), tuple(sorted(dense)), tuple(sorted(consumers)), layer.out_channels))
+        groups.append(
+            ChannelGroup(
+                min(producers),
+                tuple(sorted(producers)),
+                tuple(sorted(dense)),
+                tuple(sorted(consumers)),
+                layer.out_channels,
+            )
+        )
     return groups
 
 
@@ -160,10 +168,14 @@ class Calibration:
             if y.dim() == 4:
                 nb, c, h, w = y.shape
                 m = min(self.points_per_image, h * w)
-                pos = torch.stack([torch.randperm(h * w, generator=gen)[:m] for _ in range(nb)]).to(y.device)  # N x m, drawn on the CPU: same points anywhere
+                pos = torch.stack([torch.randperm(h * w, generator=gen)[:m] for _ in range(nb)]).to(
+                    y.device
+                )  # N x m, drawn on the CPU: same points anywhere
                 self._positions[n] = pos
                 flat = y.reshape(nb, c, h * w)
-                self._targets[n] = torch.gather(flat, 2, pos.unsqueeze(1).expand(nb, c, m)).permute(0, 2, 1).reshape(-1, c)
+                self._targets[n] = (
+                    torch.gather(flat, 2, pos.unsqueeze(1).expand(nb, c, m)).permute(0, 2, 1).reshape(-1, c)
+                )
             else:
                 self._targets[n] = y.reshape(y.shape[0], -1)
 
@@ -203,7 +215,10 @@ def prune(
     if not 0 <= cut <= analysis.n_layers:
         raise CpcdrlError(f"cut {cut} outside 0..{analysis.n_layers}")
     if not analysis.points[cut].cuttable:
-        raise CpcdrlError(f"cut {cut} ({analysis.points[cut].name}) does not carry a single tensor; cuttable: {analysis.cuttable_points()}")
+        raise CpcdrlError(
+            f"cut {cut} ({analysis.points[cut].name}) does not carry a single tensor; cuttable:"
+            f" {analysis.cuttable_points()}"
+        )
     if len(ratios) != cut:
         raise CpcdrlError(f"{len(ratios)} keep ratios given for cut {cut}: need exactly one per edge layer")
     if cfg.importance not in IMPORTANCE:
@@ -230,13 +245,17 @@ def prune(
 
     kept_idx: dict[int, list[int]] = {}  # layer index -> kept output channel indices (original numbering)
     if plans:
-        dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=torch.zeros(1, *analysis.input_shape, device=device_of(pruned)))
+        dg = tp.DependencyGraph().build_dependency(
+            pruned, example_inputs=torch.zeros(1, *analysis.input_shape, device=device_of(pruned))
+        )
         for g, drop in plans:
             leader = mods[g.leader - 1]
             fn = tp.prune_linear_out_channels if isinstance(leader, nn.Linear) else tp.prune_conv_out_channels
             group = dg.get_pruning_group(leader, fn, idxs=drop)
             if not dg.check_pruning_group(group):
-                raise CpcdrlError(f"pruning {analysis.layers[g.leader - 1].name} to {g.channels - len(drop)} channels is invalid")
+                raise CpcdrlError(
+                    f"pruning {analysis.layers[g.leader - 1].name} to {g.channels - len(drop)} channels is invalid"
+                )
             group.prune()
             for j in g.producers:
                 kept_idx[j] = [c for c in range(g.channels) if c not in set(drop)]
@@ -291,7 +310,8 @@ def _refit(
 
                 def grab(m, i, captured=captured):
                     captured.append(i[0].detach())
-                    raise _Captured  # the layer's input is all we need: do not run it (and what follows) with the old weights
+                    # the layer's input is all we need: do not run it (and what follows) with the old weights
+                    raise _Captured
 
                 h = mod.register_forward_pre_hook(grab)
                 try:
@@ -300,7 +320,9 @@ def _refit(
                     pass
                 finally:
                     h.remove()
-                errors[name] = _solve_layer(mod, captured[0], calib.target(name), calib.positions(name), kept_idx.get(c), cfg.ridge)
+                errors[name] = _solve_layer(
+                    mod, captured[0], calib.target(name), calib.positions(name), kept_idx.get(c), cfg.ridge
+                )
             if u < max(by_unit):
                 x = unit(x)
             else:
@@ -309,7 +331,12 @@ def _refit(
 
 
 def _solve_layer(
-    mod: nn.Conv2d | nn.Linear, x_in: torch.Tensor, y_full: torch.Tensor, pos: torch.Tensor | None, kept_out: list[int] | None, ridge: float
+    mod: nn.Conv2d | nn.Linear,
+    x_in: torch.Tensor,
+    y_full: torch.Tensor,
+    pos: torch.Tensor | None,
+    kept_out: list[int] | None,
+    ridge: float,
 ) -> tuple[float, float]:
     """Least squares W' = argmin ||Y - X' W'^T||^2 (+ ridge toward the kept original weights).
 
@@ -386,7 +413,9 @@ def ridge_toward(X: torch.Tensor, Y: torch.Tensor, w0: torch.Tensor, ridge: floa
     gram = kernel.double()
     gram.diagonal().add_(lam)
     chol, info = torch.linalg.cholesky_ex(gram)
-    alpha = (torch.cholesky_solve(resid.double(), chol) if int(info) == 0 else torch.linalg.solve(gram, resid.double())).float()  # n x C_out
+    alpha = (
+        torch.cholesky_solve(resid.double(), chol) if int(info) == 0 else torch.linalg.solve(gram, resid.double())
+    ).float()  # n x C_out
     W = (w0.T + X.T @ alpha).T
     return W, float(torch.linalg.norm(resid)) / y_norm, float(torch.linalg.norm(resid - kernel @ alpha)) / y_norm
 
@@ -420,10 +449,15 @@ class PlanShape:
 
 
 def plan_shape(
-    analysis: ModelAnalysis, groups: list[ChannelGroup], cut: int, ratios: Sequence[float], round_to: int = PruneConfig.round_to,
+    analysis: ModelAnalysis,
+    groups: list[ChannelGroup],
+    cut: int,
+    ratios: Sequence[float],
+    round_to: int = PruneConfig.round_to,
     transfer: str = "fp32",
 ) -> PlanShape:
-    """What :func:`prune` would produce for (cut, ratios), from the analysis alone; ``cut_bytes`` as sent in ``transfer``."""
+    """What :func:`prune` would produce for (cut, ratios), from the analysis alone; ``cut_bytes`` as sent in
+    ``transfer``."""
     n = analysis.n_layers
     if len(ratios) != cut:
         raise CpcdrlError(f"{len(ratios)} keep ratios given for cut {cut}: need exactly one per edge layer")

@@ -37,7 +37,9 @@ def portable_args(args: object, drop: tuple[str, ...] = ()) -> dict:
     say nothing about the result (a cache directory)."""
     d = dict(vars(args)) if not isinstance(args, dict) else dict(args)
     d = {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}  # argparse's type=Path, as JSON text
-    return {k: os.path.relpath(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in d.items() if k not in drop}
+    return {
+        k: os.path.relpath(v) if isinstance(v, str) and os.path.isabs(v) else v for k, v in d.items() if k not in drop
+    }
 
 
 def atomic_write_json(path: str | Path, obj: object) -> Path:
@@ -78,7 +80,8 @@ def read_document(path: str | Path, kind: str, version: int, what: str) -> dict:
 
 
 def check_writable(path: str | Path | None, what: str, directory: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written: a missing or read-only parent, a path of the wrong kind.
+    """Refuse, before any work, an output that cannot be written: a missing or read-only parent, a path of the wrong
+    kind.
 
     Checked by creating and removing a probe file, which is what the final
     atomic write will need; nothing is left behind.

@@ -75,7 +75,8 @@ class BenchRequest:
     trust_host_key: bool = False
     seed: int = 0
     runtime: str | None = None  # every head's runtime; None: each plan's own
-    # a folder: profile the edge and this host once everything is uploaded, right before the rounds, and price the plans with those
+    # a folder: profile the edge and this host once everything is uploaded, right before the rounds, and price the plans
+    # with those
     profile_before_rounds: Path | None = None
 
 
@@ -104,7 +105,9 @@ def server_speed(records: list[dict], predicted_cloud_ms: dict[str, float], min_
     count (all of them if none is), so the server's fixed cost per request
     on tiny tails does not pass for drift. None when no request has both.
     """
-    big = {k: v for k, v in predicted_cloud_ms.items() if v >= min_ms} or {k: v for k, v in predicted_cloud_ms.items() if v > 0}
+    big = {k: v for k, v in predicted_cloud_ms.items() if v >= min_ms} or {
+        k: v for k, v in predicted_cloud_ms.items() if v > 0
+    }
     per: dict[int, list[float]] = {}
     for r in records:
         if r.get("plan") in big and r.get("server_ms") is not None:
@@ -112,12 +115,19 @@ def server_speed(records: list[dict], predicted_cloud_ms: dict[str, float], min_
     if not per:
         return None
     ratios = [float(np.median(v)) for _, v in sorted(per.items())]
-    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios), "per_round": ratios, "rounds": sorted(per),
-            "min_predicted_ms": min_ms}
+    return {
+        "median": float(np.median(ratios)),
+        "min": min(ratios),
+        "max": max(ratios),
+        "per_round": ratios,
+        "rounds": sorted(per),
+        "min_predicted_ms": min_ms,
+    }
 
 
 def host_load_summary(per_round: list[dict | None], server: dict | None) -> dict | None:
-    """This host's CPUs over the rounds (busy and stolen shares, per CPU), and whether the server's speed followed the steal.
+    """This host's CPUs over the rounds (busy and stolen shares, per CPU), and whether the server's speed followed
+    the steal.
 
     ``per_round``: ``hostload.load_in_windows`` over the runner's round times.
     The Spearman correlation pairs each round's ``server_vs_tables`` ratio
@@ -128,8 +138,13 @@ def host_load_summary(per_round: list[dict | None], server: dict | None) -> dict
         return None
     steal = [max(w["steal_pct"]) for _, w in have]
     busy = np.array([w["busy_pct"] for _, w in have])
-    out = {"per_round": per_round, "steal_pct_max_cpu_median": float(np.median(steal)), "steal_pct_max_cpu_max": float(max(steal)),
-           "busy_pct_median_per_cpu": [float(v) for v in np.median(busy, axis=0)], "server_vs_steal_spearman": None}
+    out = {
+        "per_round": per_round,
+        "steal_pct_max_cpu_median": float(np.median(steal)),
+        "steal_pct_max_cpu_max": float(max(steal)),
+        "busy_pct_median_per_cpu": [float(v) for v in np.median(busy, axis=0)],
+        "server_vs_steal_spearman": None,
+    }
     if server:
         by_round = dict(zip(server["rounds"], server["per_round"]))
         pairs = [(by_round[k], max(w["steal_pct"])) for k, w in have if k in by_round]
@@ -139,29 +154,26 @@ def host_load_summary(per_round: list[dict | None], server: dict | None) -> dict
 
 
 def _paper_model(model: str, shape, link_bytes_per_s: float, rtt_ms: float) -> float:
-    """The paper's MAC model as written (Sec. IV-A rates), over the measured link: the estimate the project started from."""
+    """The paper's MAC model as written (Sec. IV-A rates), over the measured link: the estimate the project started
+    from."""
     from cpcdrl_deploy.measure.latency import AnalyticLatencyModel
 
     p = load_profile("paper")
-    lm = AnalyticLatencyModel(p.compute_rate("edge").macs_per_s, p.compute_rate("cloud").macs_per_s, link_bytes_per_s, link_bytes_per_s, rtt_ms)
+    lm = AnalyticLatencyModel(
+        p.compute_rate("edge").macs_per_s,
+        p.compute_rate("cloud").macs_per_s,
+        link_bytes_per_s,
+        link_bytes_per_s,
+        rtt_ms,
+    )
     return lm.predict(model, shape).total_ms
 
 
 def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict:
-    """Export, upload, serve and run every plan interleaved; write ``out/bench-report.json`` and ``out/bench.png`` atomically."""
+    """Export, upload, serve and run every plan interleaved; write ``out/bench-report.json`` and ``out/bench.png``
+    atomically."""
     t_start = time.perf_counter()
-    if len(req.plans) < 2:
-        raise CpcdrlError("bench compares plans: give at least two")
-    if not 0 <= req.reference < len(req.plans):
-        raise CpcdrlError(f"--reference must be 0..{len(req.plans) - 1}")
-    if req.seconds <= 0 or req.block < 1 or req.images < 1:
-        raise CpcdrlError("--seconds must be > 0, --block and --images at least 1")
-    plans: list[Plan] = [load_plan(p) for p in req.plans]  # every plan valid before anything starts
-    edge_profile = req.edge_profile or plans[0].profiles.get("edge")
-    cloud_profile = req.cloud_profile or plans[0].profiles.get("cloud")
-    if not edge_profile or not cloud_profile:
-        raise CpcdrlError("the first plan names no profiles: pass --edge-profile/--cloud-profile")
-    load_profile(edge_profile), load_profile(cloud_profile)
+    plans, edge_profile, cloud_profile = _check_bench(req)
     dev = connect(req.edge, trust_host_key=req.trust_host_key)
     out = Path(req.out)
     try:
@@ -174,19 +186,38 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
         for rt in sorted(runtimes):
             check_runtime(dev, rt)
         spec = [_interleaved(e, out / "exports" / e["id"]) for e in entries]
-        args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}", f"--slice-ms {req.slice_ms:g}",
-                f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
+        args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}"]
+        args += [f"--slice-ms {req.slice_ms:g}", f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         fresh: dict[str, str] = {}
 
         before, plans_edge = Path(req.profile_before_rounds or "."), edge_profile
 
         def profile_now() -> None:
-            fresh.update(_profile_both(dev, sorted({p.model for p in plans}), sorted(runtimes | {"onnxruntime"}), before, bind, plans_edge, log))
+            fresh.update(
+                _profile_both(
+                    dev,
+                    sorted({p.model for p in plans}),
+                    sorted(runtimes | {"onnxruntime"}),
+                    before,
+                    bind,
+                    plans_edge,
+                    log,
+                )
+            )
 
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
         with HostSampler() as sampler:  # the cloud side's CPUs (and, on the testbed, the emulated device's)
-            runner = run_interleaved(dev, bind, spec, inputs, args, budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0), log=log, close=False,
-                                     before_run=profile_now if req.profile_before_rounds else None)
+            runner = run_interleaved(
+                dev,
+                bind,
+                spec,
+                inputs,
+                args,
+                budget_s=300.0 + len(spec) * (4 * req.seconds + 30.0),
+                log=log,
+                close=False,
+                before_run=profile_now if req.profile_before_rounds else None,
+            )
         runner["host_load"] = load_in_windows(sampler.samples, runner.get("round_times") or [])
     finally:
         dev.close()
@@ -210,7 +241,26 @@ def _percentile(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q))
 
 
-def _export_all(req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick: Ticker) -> tuple[list[dict], dict[str, str], torch.Tensor]:
+def _check_bench(req: BenchRequest) -> tuple[list[Plan], str, str]:
+    """(the plans, edge profile, cloud profile) of a request, refused in one line before anything starts."""
+    if len(req.plans) < 2:
+        raise CpcdrlError("bench compares plans: give at least two")
+    if not 0 <= req.reference < len(req.plans):
+        raise CpcdrlError(f"--reference must be 0..{len(req.plans) - 1}")
+    if req.seconds <= 0 or req.block < 1 or req.images < 1:
+        raise CpcdrlError("--seconds must be > 0, --block and --images at least 1")
+    plans: list[Plan] = [load_plan(p) for p in req.plans]  # every plan valid before anything starts
+    edge_profile = req.edge_profile or plans[0].profiles.get("edge")
+    cloud_profile = req.cloud_profile or plans[0].profiles.get("cloud")
+    if not edge_profile or not cloud_profile:
+        raise CpcdrlError("the first plan names no profiles: pass --edge-profile/--cloud-profile")
+    load_profile(edge_profile), load_profile(cloud_profile)
+    return plans, edge_profile, cloud_profile
+
+
+def _export_all(
+    req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick: Ticker
+) -> tuple[list[dict], dict[str, str], torch.Tensor]:
     """Every plan exported and its pruned PyTorch answers on the images; the plans that failed, and the images."""
     entries, failed = [], {}
     x_all = None
@@ -240,11 +290,17 @@ def _export_all(req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick:
 def _interleaved(entry: dict, folder: Path) -> InterleavedPlan:
     """An exported plan as the interleaved run takes it: its head file, its tail's folder and output."""
     files = entry["manifest"]["files"]
-    return InterleavedPlan(entry["id"], folder / files["head"]["file"] if "head" in files else None, folder if "tail" in files else None,
-                           files["tail"]["outputs"][0]["name"] if "tail" in files else None)
+    return InterleavedPlan(
+        entry["id"],
+        folder / files["head"]["file"] if "head" in files else None,
+        folder if "tail" in files else None,
+        files["tail"]["outputs"][0]["name"] if "tail" in files else None,
+    )
 
 
-def _profile_both(dev, models: list[str], runtimes: list[str], folder: Path, bind: str, plans_edge: str, log: Log) -> dict[str, str]:
+def _profile_both(
+    dev, models: list[str], runtimes: list[str], folder: Path, bind: str, plans_edge: str, log: Log
+) -> dict[str, str]:
     """Profile ``models`` on the edge and on this host into ``folder``, as ``cpcdrl profile`` would; the two paths.
 
     Why: uploads over a slow link and the optimiser's searches put an hour
@@ -263,7 +319,15 @@ def _profile_both(dev, models: list[str], runtimes: list[str], folder: Path, bin
     on_edge = dev.name != "local"
     t0 = time.perf_counter()
     log(f"profiling {', '.join(models)} on {dev.name}, then on this host, before the rounds")
-    prof = profile_host(dev, models, edge_path, measure_link_too=on_edge, request_probe_at=bind if on_edge else None, runtime=runtimes, log=log)
+    prof = profile_host(
+        dev,
+        models,
+        edge_path,
+        measure_link_too=on_edge,
+        request_probe_at=bind if on_edge else None,
+        runtime=runtimes,
+        log=log,
+    )
     if prof.link is None:
         prof.link = load_profile(plans_edge).link
         prof.notes = f"{prof.notes}; link from {plans_edge}, not measured (a local edge)".lstrip("; ")
@@ -277,9 +341,21 @@ def _profile_both(dev, models: list[str], runtimes: list[str], folder: Path, bin
     return {"edge": str(edge_path), "cloud": str(cloud_path)}
 
 
-def plan_estimates(plan: Plan, payload: int | None, edge_profile: str, cloud_profile: str, edge_runtime: str) -> tuple[dict[str, float], dict[str, float]]:
-    """Each estimate's end-to-end price of ``plan`` (``payload``: bytes sent per request, None for cut N), and its cloud part (no paper's)."""
-    pred = predictions(plan.model, plan.cut, plan.ratios, edge_profile, cloud_profile, payload, round_to=plan.prune.round_to, edge_runtime=edge_runtime)
+def plan_estimates(
+    plan: Plan, payload: int | None, edge_profile: str, cloud_profile: str, edge_runtime: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each estimate's end-to-end price of ``plan`` (``payload``: bytes sent per request, None for cut N), and its
+    cloud part (no paper's)."""
+    pred = predictions(
+        plan.model,
+        plan.cut,
+        plan.ratios,
+        edge_profile,
+        cloud_profile,
+        payload,
+        round_to=plan.prune.round_to,
+        edge_runtime=edge_runtime,
+    )
     link = pred.pop("_link")
     total = {k: v["total_ms"] for k, v in pred.items() if k in ESTIMATES}
     shape, _ = shape_of(plan.model, plan.cut, plan.ratios, plan.prune.round_to)
@@ -289,64 +365,122 @@ def plan_estimates(plan: Plan, payload: int | None, edge_profile: str, cloud_pro
     return total, {k: v["cloud_ms"] for k, v in pred.items() if k in ESTIMATES}
 
 
-def analyse(entries: list[dict], runner: dict, failed: dict, req: BenchRequest, edge_profile: str, cloud_profile: str, edge_name: str) -> dict:
+def _plan_row(
+    e: dict, recs: list[dict], failed: dict, req: BenchRequest, ref: str, edge_profile: str, cloud_profile: str
+) -> dict:
+    """One plan's measured percentiles, agreement with PyTorch, paired ratio to the reference and predictions."""
+    pid, plan = e["id"], e["plan"]
+    mine = [r for r in recs if r["plan"] == pid and "e2e_ms" in r]
+    row: dict = {
+        "id": pid,
+        "plan": e["path"],
+        "model": plan.model,
+        "method": plan.method,
+        "cut": plan.cut,
+        "n_layers": plan.n_layers,
+        "ratios_mean": float(np.mean(plan.ratios)) if plan.ratios else 1.0,
+        "runtime": e["manifest"]["runtime"],
+        "failed": failed.get(pid),
+    }
+    if pid in failed or not mine:
+        return row
+    e2e = np.array([r["e2e_ms"] for r in mine])
+    preds = np.array([r["prediction"] for r in mine])
+    agree = float((preds == e["want"][[r["i"] for r in mine]]).mean() * 100.0)
+    stats: dict[str, Any] = {}
+    for q in (50, 90, 99):
+        stats[f"p{q}"] = float(np.percentile(e2e, q))
+        stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, functools.partial(_percentile, q=q), seed=req.seed))
+    payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"]["files"] else None
+    runtime = e["manifest"]["runtime"]["head"] or "onnxruntime"
+    shape_pred, cloud_pred = plan_estimates(plan, payload, edge_profile, cloud_profile, runtime)
+    row.update(
+        requests=len(mine),
+        e2e_ms=stats,
+        edge_p50_ms=float(np.median([r["edge_ms"] for r in mine])),
+        transfer_and_cloud_p50_ms=float(np.median([r["remote_ms"] for r in mine])),
+        bytes_per_request=payload,
+        agreement_with_pytorch_pct=agree,
+        predicted_ms=shape_pred,
+        ratio_to_reference=paired_ratio(recs, pid, ref, req.seed),
+    )
+    # where the transfer + cloud time goes: the tail's compute as the server timed it, against the cloud tables
+    server = [r["server_ms"] for r in mine if r.get("server_ms") is not None]
+    if server:
+        row.update(cloud_server_p50_ms=float(np.median(server)), predicted_cloud_ms=cloud_pred)
+    return row
+
+
+def _fidelity(good: list[dict], refrow: dict | None) -> dict:
+    """Each estimate's rank and ratio fidelity over the plans that answered (``predicted_ratio`` set on each row)."""
+    fid: dict = {}
+    if refrow is None or len(good) < 2:
+        return fid
+    meas = [r["e2e_ms"]["p50"] for r in good]
+    meas_ratio = [r["ratio_to_reference"]["median"] or float("nan") for r in good]
+    for est in ESTIMATES:
+        if not all(est in r["predicted_ms"] for r in good):
+            continue
+        pr = [r["predicted_ms"][est] for r in good]
+        for r in good:
+            r.setdefault("predicted_ratio", {})[est] = r["predicted_ms"][est] / refrow["predicted_ms"][est]
+        fid[est] = fidelity(pr, meas, [r["predicted_ratio"][est] for r in good], meas_ratio)
+    return fid
+
+
+def analyse(
+    entries: list[dict],
+    runner: dict,
+    failed: dict,
+    req: BenchRequest,
+    edge_profile: str,
+    cloud_profile: str,
+    edge_name: str,
+) -> dict:
     """Per-plan statistics, paired ratios and each estimate's fidelity, from the runner's records."""
     recs = runner["records"]
     ok_ids = [e["id"] for e in entries if e["id"] not in failed]
     ref = f"p{req.reference}"
     if ref not in ok_ids:
         ref = ok_ids[0] if ok_ids else ref
-    rows = []
-    for e in entries:
-        pid, plan = e["id"], e["plan"]
-        mine = [r for r in recs if r["plan"] == pid and "e2e_ms" in r]
-        row: dict = {"id": pid, "plan": e["path"], "model": plan.model, "method": plan.method, "cut": plan.cut, "n_layers": plan.n_layers,
-                     "ratios_mean": float(np.mean(plan.ratios)) if plan.ratios else 1.0, "runtime": e["manifest"]["runtime"], "failed": failed.get(pid)}
-        if pid in failed or not mine:
-            rows.append(row)
-            continue
-        e2e = np.array([r["e2e_ms"] for r in mine])
-        preds = np.array([r["prediction"] for r in mine])
-        agree = float((preds == e["want"][[r["i"] for r in mine]]).mean() * 100.0)
-        stats: dict[str, Any] = {}
-        for q in (50, 90, 99):
-            stats[f"p{q}"] = float(np.percentile(e2e, q))
-            stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, functools.partial(_percentile, q=q), seed=req.seed))
-        payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"]["files"] else None
-        shape_pred, cloud_pred = plan_estimates(plan, payload, edge_profile, cloud_profile, e["manifest"]["runtime"]["head"] or "onnxruntime")
-        row.update(requests=len(mine), e2e_ms=stats, edge_p50_ms=float(np.median([r["edge_ms"] for r in mine])),
-                   transfer_and_cloud_p50_ms=float(np.median([r["remote_ms"] for r in mine])), bytes_per_request=payload,
-                   agreement_with_pytorch_pct=agree, predicted_ms=shape_pred, ratio_to_reference=paired_ratio(recs, pid, ref, req.seed))
-        server = [r["server_ms"] for r in mine if r.get("server_ms") is not None]
-        if server:  # where the transfer + cloud time goes: the tail's compute as the server timed it, against the cloud tables
-            row.update(cloud_server_p50_ms=float(np.median(server)), predicted_cloud_ms=cloud_pred)
-        rows.append(row)
-    rows += [{"id": pid, "failed": why} for pid, why in failed.items() if pid not in {e["id"] for e in entries}]  # never exported
+    rows = [_plan_row(e, recs, failed, req, ref, edge_profile, cloud_profile) for e in entries]
+    rows += [
+        {"id": pid, "failed": why} for pid, why in failed.items() if pid not in {e["id"] for e in entries}
+    ]  # never exported
     rows.sort(key=lambda r: int(r["id"][1:]))
     good = [r for r in rows if r.get("e2e_ms")]
     refrow = next((r for r in good if r["id"] == ref), None)
-    fid = {}
-    if refrow is not None and len(good) >= 2:
-        meas = [r["e2e_ms"]["p50"] for r in good]
-        meas_ratio = [r["ratio_to_reference"]["median"] or float("nan") for r in good]
-        for est in ESTIMATES:
-            if not all(est in r["predicted_ms"] for r in good):
-                continue
-            pr = [r["predicted_ms"][est] for r in good]
-            for r in good:
-                r.setdefault("predicted_ratio", {})[est] = r["predicted_ms"][est] / refrow["predicted_ms"][est]
-            fid[est] = fidelity(pr, meas, [r["predicted_ratio"][est] for r in good], meas_ratio)
+    fid = _fidelity(good, refrow)
     # the tables' cloud price where every served plan has one (profiles without tables for the model: the fitted MACs')
     served = [r for r in good if r.get("predicted_cloud_ms")]
-    by = next((e for e in ("table", "analytic") if served and all(r["predicted_cloud_ms"].get(e) is not None for r in served)), None)
+    by = next(
+        (
+            e
+            for e in ("table", "analytic")
+            if served and all(r["predicted_cloud_ms"].get(e) is not None for r in served)
+        ),
+        None,
+    )
     cloud = {r["id"]: r["predicted_cloud_ms"][by] for r in served} if by else {}
     speed = server_speed(recs, cloud)
     host = host_load_summary(runner.get("host_load") or [], speed)
     return {
-        "schema_version": REPORT_SCHEMA_VERSION, "kind": "cpcdrl-bench", "edge": edge_name, "profiles": {"edge": edge_profile, "cloud": cloud_profile},
-        "reference": ref, "rounds": runner["rounds"], "block": req.block, "seconds_per_plan": req.seconds, "seed": req.seed,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plans": rows, "failed": failed, "fidelity": fid,
-        "server_vs_tables": {**speed, "estimate": by} if speed else None, "host_load": host, "records": recs,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "cpcdrl-bench",
+        "edge": edge_name,
+        "profiles": {"edge": edge_profile, "cloud": cloud_profile},
+        "reference": ref,
+        "rounds": runner["rounds"],
+        "block": req.block,
+        "seconds_per_plan": req.seconds,
+        "seed": req.seed,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "plans": rows,
+        "failed": failed,
+        "fidelity": fid,
+        "server_vs_tables": {**speed, "estimate": by} if speed else None,
+        "host_load": host,
+        "records": recs,
     }
 
 
@@ -393,7 +527,10 @@ def plot_bench(report: dict, path: Path) -> None:
 
 
 def summary_lines(report: dict) -> list[str]:
-    lines = [f"{len(report['plans'])} plans on {report['edge']}, {report['rounds']} interleaved rounds; reference {report['reference']}"]
+    lines = [
+        f"{len(report['plans'])} plans on {report['edge']}, {report['rounds']} interleaved rounds; reference"
+        f" {report['reference']}"
+    ]
     for r in report["plans"]:
         if not r.get("e2e_ms"):
             lines.append(f"  {r['id']}: failed ({r.get('failed')})")
@@ -401,20 +538,30 @@ def summary_lines(report: dict) -> list[str]:
         rr = r["ratio_to_reference"]
         ci = f" [{rr['ci95'][0]:.2f}, {rr['ci95'][1]:.2f}]" if rr["ci95"] else ""
         pr = r.get("predicted_ratio", {}).get("table")
-        lines.append(f"  {r['id']} {r['model']} cut {r['cut']}/{r['n_layers']}: p50 {r['e2e_ms']['p50']:.2f} ms, ratio {rr['median']:.3f}{ci}"
-                     + (f", tables predict {pr:.3f}" if pr is not None else ""))
+        lines.append(
+            f"  {r['id']} {r['model']} cut {r['cut']}/{r['n_layers']}: p50 {r['e2e_ms']['p50']:.2f} ms, ratio"
+            f" {rr['median']:.3f}{ci}" + (f", tables predict {pr:.3f}" if pr is not None else "")
+        )
     sv = report.get("server_vs_tables")
     if sv and not 1 / SERVER_DRIFT_WARN <= sv["median"] <= SERVER_DRIFT_WARN:
-        lines.append(f"  warning: the server's compute took {sv['median']:.2f}x the {sv.get('estimate') or 'table'} estimate's cloud time"
-                     f" (per round {sv['min']:.2f}-{sv['max']:.2f}x);"
-                     " pairing does not cancel a server that alone runs slower or faster: profile the cloud again beside the bench")
+        lines.append(
+            f"  warning: the server's compute took {sv['median']:.2f}x the {sv.get('estimate') or 'table'} estimate's"
+            f" cloud time (per round {sv['min']:.2f}-{sv['max']:.2f}x); pairing does not cancel a server that alone"
+            " runs slower or faster: profile the cloud again beside the bench"
+        )
     hl = report.get("host_load")
     if hl:
         rho = hl["server_vs_steal_spearman"]
-        lines.append(f"  this host's CPUs: busy {', '.join(f'{b:.0f}' for b in hl['busy_pct_median_per_cpu'])} % (median per CPU), "
-                     f"stolen by the hypervisor {hl['steal_pct_max_cpu_median']:.1f} % (median round, worst CPU; max {hl['steal_pct_max_cpu_max']:.1f} %)"
-                     + (f"; server speed vs steal per round: Spearman {rho:.2f}" if rho is not None else ""))
+        lines.append(
+            f"  this host's CPUs: busy {', '.join(f'{b:.0f}' for b in hl['busy_pct_median_per_cpu'])} % (median per"
+            f" CPU), stolen by the hypervisor {hl['steal_pct_max_cpu_median']:.1f} % (median round, worst CPU; max"
+            f" {hl['steal_pct_max_cpu_max']:.1f} %)"
+            + (f"; server speed vs steal per round: Spearman {rho:.2f}" if rho is not None else "")
+        )
     for est, f in report["fidelity"].items():
-        lines.append(f"  {est}: Spearman {f['spearman']:.2f}, Kendall {f['kendall']:.2f}, pair order {f['pair_order_right']:.2f} of "
-                     f"{f['pairs_predicted_10pct_apart']}, ratio error median {f['ratio_error_median_pct']:.1f} % p90 {f['ratio_error_p90_pct']:.1f} %")
+        lines.append(
+            f"  {est}: Spearman {f['spearman']:.2f}, Kendall {f['kendall']:.2f}, pair order {f['pair_order_right']:.2f}"
+            f" of {f['pairs_predicted_10pct_apart']}, ratio error median {f['ratio_error_median_pct']:.1f} % p90"
+            f" {f['ratio_error_p90_pct']:.1f} %"
+        )
     return lines

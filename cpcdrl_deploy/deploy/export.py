@@ -54,11 +54,7 @@ OPSET = 17
 Log = Callable[[str], None]
 
 
-
-
 EXPORT_STEPS = "export: rebuild, ONNX, check, quantise/write"
-
-
 
 
 def onnx_model_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, out_name: str) -> bytes:
@@ -71,16 +67,21 @@ def onnx_model_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, o
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
         f: Any = buf  # torch annotates a path, and takes a file object too
         torch.onnx.export(
-            m, (torch.zeros(1, *input_shape),), f, dynamo=False, opset_version=OPSET, input_names=[in_name], output_names=[out_name],
+            m,
+            (torch.zeros(1, *input_shape),),
+            f,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[in_name],
+            output_names=[out_name],
             dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
         )
     return buf.getvalue()
 
 
-
-
 def _litert_split(blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) -> np.ndarray:
-    """The split's output with the LiteRT head ``blob`` run here as the device runs it (batch 1) before the ONNX tail."""
+    """The split's output with the LiteRT head ``blob`` run here as the device runs it (batch 1) before the ONNX
+    tail."""
     tmp = out / ".head_check.tflite"
     atomic_write_bytes(tmp, blob)
     try:
@@ -97,8 +98,17 @@ def _litert_split(blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) 
     return np.concatenate(got)
 
 
-def _litert_head(head: nn.Module, in_shape: tuple[int, ...], head_onnx: bytes, tail_b: bytes | None, xs: np.ndarray, want: np.ndarray, out: Path) -> tuple[bytes, dict]:
-    """The head converted to LiteRT (fp32), checked image by image before the ONNX tail against the pruned PyTorch model.
+def _litert_head(
+    head: nn.Module,
+    in_shape: tuple[int, ...],
+    head_onnx: bytes,
+    tail_b: bytes | None,
+    xs: np.ndarray,
+    want: np.ndarray,
+    out: Path,
+) -> tuple[bytes, dict]:
+    """The head converted to LiteRT (fp32), checked image by image before the ONNX tail against the pruned PyTorch
+    model.
 
     The dict holds the I/O specs, the largest difference and ``split_out``, the checked split's output."""
     blob = tflite_bytes(head, in_shape)
@@ -116,8 +126,10 @@ def _identity_onnx(shape: tuple[int, ...]) -> bytes:
     """A head that computes nothing: ``input`` -> ``cut`` (for a cut-0 plan whose wire encodes the image)."""
     dims: list[str | int] = ["batch", *shape]
     g = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["cut"])], "cpcdrl_encoder",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)], [helper.make_tensor_value_info("cut", TensorProto.FLOAT, dims)],
+        [helper.make_node("Identity", ["input"], ["cut"])],
+        "cpcdrl_encoder",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("cut", TensorProto.FLOAT, dims)],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
 
@@ -196,7 +208,15 @@ def quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
     src.write_bytes(head)
     logging.disable(logging.WARNING)  # ORT's "consider pre-processing" notice on every call
     try:
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
         return dst.read_bytes()
     finally:
         logging.disable(logging.NOTSET)
@@ -204,10 +224,6 @@ def quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
         dst.unlink(missing_ok=True)
         for extra in workdir.glob(".head_fp32*-inferred.onnx"):
             extra.unlink(missing_ok=True)
-
-
-
-
 
 
 def _check_options(quantize: str | None, transfer: str) -> None:
@@ -257,9 +273,18 @@ class _Split:
 
 
 def export_models(
-    plan: Plan, original: UnitModel, pruned: UnitModel, ds: Cifar10, out: str | Path,
-    quantize: str | None = None, transfer: str = "fp32", triton: str | Path | None = None, check_images: int = 256,
-    log: Log = lambda s: None, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
+    plan: Plan,
+    original: UnitModel,
+    pruned: UnitModel,
+    ds: Cifar10,
+    out: str | Path,
+    quantize: str | None = None,
+    transfer: str = "fp32",
+    triton: str | Path | None = None,
+    check_images: int = 256,
+    log: Log = lambda s: None,
+    tick: Ticker = no_ticker,
+    runtime: str = "onnxruntime",
 ) -> dict:
     """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check).
 
@@ -269,7 +294,10 @@ def export_models(
     # at cut 0 the device runs no layers (at most the wire's encoder, in ONNX): the runtime choice is moot
     rt = get_runtime(runtime) if plan.cut > 0 else RUNTIMES["onnxruntime"]
     if transfer not in rt.transfers:
-        raise CpcdrlError(f"--runtime {rt.name} sends the cut tensor in {'|'.join(rt.transfers)} for now; for --transfer {transfer} use --runtime onnxruntime")
+        raise CpcdrlError(
+            f"--runtime {rt.name} sends the cut tensor in {'|'.join(rt.transfers)} for now; for --transfer {transfer}"
+            " use --runtime onnxruntime"
+        )
     t0 = time.perf_counter()
     tick(EXPORT_STEPS, 1, 4)
     analysis = analyze(pruned, get_entry(plan.model).input_size, plan.model)
@@ -282,47 +310,83 @@ def export_models(
     check = _check_float(split, pruned.units(), original.units(), b, x_check, want, log)
     xs = x_check.numpy()
     if split.head and not rt.onnx_head:
-        split.head_file = _litert_head(nn.Sequential(*pruned.units()[:b]), tuple(x_check.shape[1:]), split.head, split.tail, xs, want, out)
-        log(f"LiteRT head checked on {len(xs)} test images: max |diff| {split.head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model")
+        split.head_file = _litert_head(
+            nn.Sequential(*pruned.units()[:b]), tuple(x_check.shape[1:]), split.head, split.tail, xs, want, out
+        )
+        log(
+            f"LiteRT head checked on {len(xs)} test images: max |diff| {split.head_file[1]['max_abs_diff']:.1e} against"
+            " the pruned PyTorch model"
+        )
     tick(EXPORT_STEPS, 3, 4)
     _make_lossy(split, plan, ds, quantize, transfer, tuple(x_check.shape[1:]), out, log)
+    check.update(_check_final(split, xs, want, y_check.numpy(), quantize, transfer, out))
+    files = _write_files(out, plan.model.replace("-", "_"), rt, split, quantize)
+    manifest = _manifest(
+        plan, analysis.n_layers, split, b, transfer, quantize, files, check, rt, time.perf_counter() - t0
+    )
+    atomic_write_json(out / "manifest.json", manifest)
+    if triton and split.tail:
+        write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
+    tick(EXPORT_STEPS, 4, 4)
+    log(
+        f"wrote {', '.join(sorted(files))} + manifest.json to {out} "
+        f"(agreement with PyTorch {check['agreement_with_pytorch_pct']:.1f} % on {len(xs)} images)"
+    )
+    return manifest
+
+
+def _check_final(
+    split: _Split, xs: np.ndarray, want: np.ndarray, y: np.ndarray, quantize: str | None, transfer: str, out: Path
+) -> dict:
+    """The split as it will run (quantised, on its wire) against the pruned PyTorch model and the labels."""
     if split.head_file is not None:
         # the fp32 head's split was run by the check above; an int8 head is a new model
         final = _litert_split(split.head_file[0], split.tail, xs, out) if quantize else split.head_file[1]["split_out"]
     else:
-        final = run_split(ort_session(split.head) if split.head else None, ort_session(split.tail) if split.tail else None, xs)
-    y = y_check.numpy()
-    check.update(
-        agreement_with_pytorch_pct=float((final.argmax(1) == want.argmax(1)).mean() * 100.0), accuracy_pct=float((final.argmax(1) == y).mean() * 100.0),
+        head, tail = (ort_session(b) if b else None for b in (split.head, split.tail))
+        final = run_split(head, tail, xs)
+    return dict(
+        agreement_with_pytorch_pct=float((final.argmax(1) == want.argmax(1)).mean() * 100.0),
+        accuracy_pct=float((final.argmax(1) == y).mean() * 100.0),
         pytorch_accuracy_pct=float((want.argmax(1) == y).mean() * 100.0),
         lossy=bool(quantize is not None or (transfer != "fp32" and split.tail is not None)),
         **({"litert_head_max_abs": split.head_file[1]["max_abs_diff"]} if split.head_file is not None else {}),
     )
-    files = _write_files(out, plan.model.replace("-", "_"), rt, split, quantize)
-    manifest = {
+
+
+def _manifest(
+    plan: Plan,
+    n_layers: int,
+    split: _Split,
+    b: int,
+    transfer: str,
+    quantize: str | None,
+    files: dict,
+    check: dict,
+    rt: Runtime,
+    export_s: float,
+) -> dict:
+    """The export's manifest: what each file is, how the split was checked, and the plan it came from."""
+    return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "kind": "cpcdrl-export",
         "cpcdrl_version": __version__,
         "model": plan.model,
         "cut": plan.cut,
-        "n_layers": analysis.n_layers,
+        "n_layers": n_layers,
         "cut_shape": list(split.cut_shape),
         "transfer": transfer if split.head and split.tail else "fp32",
         "quantize": quantize if b > 0 else None,
-        "preprocess": {"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)"},
+        "preprocess": {
+            "layout": "NCHW float32",
+            "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)",
+        },
         "files": files,
         "check": check,
         "runtime": {"head": rt.name if split.head else None, "tail": "onnxruntime" if split.tail else None},
         "plan": plan.to_dict(),
-        "export_s": time.perf_counter() - t0,
+        "export_s": export_s,
     }
-    atomic_write_json(out / "manifest.json", manifest)
-    if triton and split.tail:
-        write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
-    tick(EXPORT_STEPS, 4, 4)
-    log(f"wrote {', '.join(sorted(files))} + manifest.json to {out} "
-        f"(agreement with PyTorch {check['agreement_with_pytorch_pct']:.1f} % on {len(xs)} images)")
-    return manifest
 
 
 def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Split, np.ndarray]:
@@ -340,11 +404,20 @@ def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Spl
 
 
 def _check_float(
-    split: _Split, units: Sequence[nn.Module], orig_units: Sequence[nn.Module], b: int, x_check: torch.Tensor, want: np.ndarray, log: Log,
+    split: _Split,
+    units: Sequence[nn.Module],
+    orig_units: Sequence[nn.Module],
+    b: int,
+    x_check: torch.Tensor,
+    want: np.ndarray,
+    log: Log,
 ) -> dict:
-    """The float split must be the pruned model before anything lossy is applied, and the tail's unpruned layers the original's."""
+    """The float split must be the pruned model before anything lossy is applied, and the tail's unpruned layers the
+    original's."""
     xs = x_check.numpy()
-    got = run_split(ort_session(split.head) if split.head else None, ort_session(split.tail) if split.tail else None, xs)
+    got = run_split(
+        ort_session(split.head) if split.head else None, ort_session(split.tail) if split.tail else None, xs
+    )
     split_diff = float(np.abs(got - want).max())
     if split_diff > 1e-4:
         raise CpcdrlError(f"exported split differs from the pruned PyTorch model by {split_diff:.2e} (> 1e-4)")
@@ -359,12 +432,22 @@ def _check_float(
         untouched_diff = float(np.abs(tail_rest.run(None, {"cut": h.numpy()})[0] - ref).max())
         if untouched_diff > 1e-4:
             raise CpcdrlError(f"the tail's unpruned layers differ from the original model by {untouched_diff:.2e}")
-    log(f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched layers {untouched_diff:.1e}")
+    log(
+        f"checked in ONNX Runtime on {len(xs)} test images: split vs PyTorch max |diff| {split_diff:.1e}, untouched"
+        f" layers {untouched_diff:.1e}"
+    )
     return {"images": len(xs), "split_vs_pytorch_max_abs": split_diff, "untouched_layers_max_abs": untouched_diff}
 
 
 def _make_lossy(
-    split: _Split, plan: Plan, ds: Cifar10, quantize: str | None, transfer: str, in_shape: tuple[int, ...], out: Path, log: Log,
+    split: _Split,
+    plan: Plan,
+    ds: Cifar10,
+    quantize: str | None,
+    transfer: str,
+    in_shape: tuple[int, ...],
+    out: Path,
+    log: Log,
 ) -> None:
     """Quantise the head to int8 and / or encode the wire (fp16, int8), in place."""
     if split.head and quantize == "int8":
@@ -386,7 +469,9 @@ def _make_lossy(
 def _write_files(out: Path, name: str, rt: Runtime, split: _Split, quantize: str | None) -> dict[str, dict]:
     """head / tail / full model files (checked, written atomically) and their manifest entries."""
     files: dict[str, dict] = {}
-    for stale in (out / f"head{r.suffix}" for r in RUNTIMES.values()):  # a head of another runtime from an earlier export
+    for stale in (
+        out / f"head{r.suffix}" for r in RUNTIMES.values()
+    ):  # a head of another runtime from an earlier export
         stale.unlink(missing_ok=True)
     for role, blob in (("head", split.head), ("tail", split.tail), ("full", split.full)):
         path = out / f"{role}.onnx"
@@ -396,16 +481,34 @@ def _write_files(out: Path, name: str, rt: Runtime, split: _Split, quantize: str
         if role == "head" and split.head_file is not None:
             path = out / f"head{rt.suffix}"
             atomic_write_bytes(path, split.head_file[0])
-            files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(split.head_file[0]), "model_name": f"{name}_{role}",
-                           "runtime": rt.name, "layout": "NCHW at the boundaries", "precision": quantize or "fp32",
-                           **({"io": "int8 inside; the runner quantises the image and dequantises the cut tensor"} if quantize else {}),
-                           **split.head_file[1]["specs"]}
+            files[role] = {
+                "file": path.name,
+                "sha256": file_sha256(path),
+                "bytes": len(split.head_file[0]),
+                "model_name": f"{name}_{role}",
+                "runtime": rt.name,
+                "layout": "NCHW at the boundaries",
+                "precision": quantize or "fp32",
+                **(
+                    {"io": "int8 inside; the runner quantises the image and dequantises the cut tensor"}
+                    if quantize
+                    else {}
+                ),
+                **split.head_file[1]["specs"],
+            }
             continue
         onnx.checker.check_model(onnx.load_from_string(blob))
         atomic_write_bytes(path, blob)
-        files[role] = {"file": path.name, "sha256": file_sha256(path), "bytes": len(blob), "model_name": f"{name}_{role}",
-                       "runtime": "onnxruntime", "layout": "NCHW", "precision": quantize if role == "head" and quantize else "fp32",
-                       **io_specs(onnx.load_from_string(blob))}
+        files[role] = {
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "bytes": len(blob),
+            "model_name": f"{name}_{role}",
+            "runtime": "onnxruntime",
+            "layout": "NCHW",
+            "precision": quantize if role == "head" and quantize else "fp32",
+            **io_specs(onnx.load_from_string(blob)),
+        }
     return files
 
 
@@ -418,15 +521,19 @@ def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
     """
 
     def block(kind: str, items: list[dict]) -> str:
-        rows = [f'  {{ name: "{t["name"]}" data_type: {triton_type(t["datatype"])} dims: [ {", ".join(str(d) for d in t["shape"])} ] }}' for t in items]
+        rows = [
+            f'  {{ name: "{t["name"]}" data_type: {triton_type(t["datatype"])} dims: ['
+            f" {', '.join(str(d) for d in t['shape'])} ] }}"
+            for t in items
+        ]
         return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
     name = spec["model_name"]
-    config = f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + block("input", spec["inputs"]) + block("output", spec["outputs"])
+    config = (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        + block("input", spec["inputs"])
+        + block("output", spec["outputs"])
+    )
     atomic_write_bytes(repo / name / "config.pbtxt", config.encode())
     atomic_write_bytes(repo / name / "1" / "model.onnx", onnx_path.read_bytes())
     return repo / name
-
-
-
-

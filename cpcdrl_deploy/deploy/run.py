@@ -46,7 +46,13 @@ from cpcdrl_deploy.deploy.export import export_models
 from cpcdrl_deploy.devices.remote import Device, connect
 from cpcdrl_deploy.devices.testbed import on_host_cpus
 from cpcdrl_deploy.measure.compare import fitted_rate
-from cpcdrl_deploy.measure.latency import AnalyticLatencyModel, build_latency_model, edge_runtimes, throttled_latencies, transfer_ms
+from cpcdrl_deploy.measure.latency import (
+    AnalyticLatencyModel,
+    build_latency_model,
+    edge_runtimes,
+    throttled_latencies,
+    transfer_ms,
+)
 from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.measure.profiler import PROFILER, WEIGHTS, probe_model
 from cpcdrl_deploy.measure.runtimes import check_runtime, get_runtime
@@ -56,7 +62,14 @@ from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
 from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import rebuild
-from cpcdrl_deploy.serving.session import CloudServer, count_requests, run_edge_runner, server_address, tear_down, upload_runner
+from cpcdrl_deploy.serving.session import (
+    CloudServer,
+    count_requests,
+    run_edge_runner,
+    server_address,
+    tear_down,
+    upload_runner,
+)
 
 REPORT_SCHEMA_VERSION = 1
 Log = Callable[[str], None]
@@ -83,28 +96,21 @@ class DeployRequest:
     runtime: str | None = None  # the head's runtime on the device (runtimes.py); None: the plan's
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _pct(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values, dtype=float)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+    }
 
 
-def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: UnitModel | None = None) -> tuple[PlanShape, ModelAnalysis]:
+def shape_of(
+    model: str, cut: int, ratios: Sequence[float], round_to: int, net: UnitModel | None = None
+) -> tuple[PlanShape, ModelAnalysis]:
     """A plan's channel counts, MACs and cut size (what the latency models price), and the model's analysis."""
     net = net if net is not None else build_model(model)  # the unpruned architecture; weights do not matter here
     a = analyze(net, get_entry(model).input_size, model)
@@ -112,8 +118,16 @@ def shape_of(model: str, cut: int, ratios: Sequence[float], round_to: int, net: 
 
 
 def predictions(
-    model: str, cut: int, ratios: Sequence[float], edge_profile: str, cloud_profile: str, payload_bytes: int | None, net: UnitModel | None = None,
-    drift: dict[str, float | None] | None = None, round_to: int = PruneConfig.round_to, edge_runtime: str = "onnxruntime",
+    model: str,
+    cut: int,
+    ratios: Sequence[float],
+    edge_profile: str,
+    cloud_profile: str,
+    payload_bytes: int | None,
+    net: UnitModel | None = None,
+    drift: dict[str, float | None] | None = None,
+    round_to: int = PruneConfig.round_to,
+    edge_runtime: str = "onnxruntime",
 ) -> dict[str, dict]:
     """The plan's latency under the analytic model (rates fitted to measured hosts) and the measured tables.
 
@@ -136,7 +150,8 @@ def predictions(
         models["table"] = table = build_latency_model(ep, cp, link, runtime)
         models["table_sum"] = dataclasses.replace(table, anchor=False)  # type: ignore[type-var]
         warm = dataclasses.replace(table, cold=False)  # type: ignore[type-var]
-        if warm.describe() != table.describe():  # the profiles timed whole models as served too: the back-to-back anchors beside
+        # the profiles timed whole models as served too: the back-to-back anchors beside
+        if warm.describe() != table.describe():
             models["table_warm"] = warm
         models["table_median"] = dataclasses.replace(table, stat="median_ms")  # type: ignore[type-var]
         f_e, f_c = fitted_rate(ep, "edge", model), fitted_rate(cp, "cloud", model)
@@ -159,19 +174,31 @@ def predictions(
         out["table_drift"] = d
     quota = device_quota(ep)
     if "table_median" in out and quota is not None:
-        # per-request latency on a quota-limited device: the unthrottled run time (per-run
-        # medians) through CFS bandwidth control, the device idling while the cloud answers
-        share, period_ms, tick_ms = quota
-        med = out["table_median"]
-        idle = med["transfer_ms"] + med["cloud_ms"] + med["return_ms"]
-        lat = np.array(throttled_latencies(med["edge_ms"], idle, share, period_ms, tick_ms)[50:])  # past the first periods
-        d = {**med, "edge_ms": float(np.percentile(lat, 50)), "edge_p90_ms": float(np.percentile(lat, 90)), "edge_mean_ms": float(lat.mean())}
-        d["total_ms"] = d["edge_ms"] + idle
-        d["total_p90_ms"] = d["edge_p90_ms"] + idle
-        d["model"] = f"{med['model']} through a CPU quota of {share:g} core per {period_ms:g} ms, {tick_ms:g} ms ticks"
-        out["table_quota"] = d
-    out["_link"] = {"uplink_bytes_per_s": link.uplink_bytes_per_s, "rtt_ms": link.rtt_ms, "request_overhead_ms": link.request_overhead_ms}
+        out["table_quota"] = _through_quota(out["table_median"], quota)
+    out["_link"] = {
+        "uplink_bytes_per_s": link.uplink_bytes_per_s,
+        "rtt_ms": link.rtt_ms,
+        "request_overhead_ms": link.request_overhead_ms,
+    }
     return out
+
+
+def _through_quota(med: dict, quota: tuple[float, float, float]) -> dict:
+    """Per-request latency on a quota-limited device: the unthrottled run time (per-run medians) through CFS
+    bandwidth control, the device idling while the cloud answers."""
+    share, period_ms, tick_ms = quota
+    idle = med["transfer_ms"] + med["cloud_ms"] + med["return_ms"]
+    lat = np.array(throttled_latencies(med["edge_ms"], idle, share, period_ms, tick_ms)[50:])  # past the first periods
+    d = {
+        **med,
+        "edge_ms": float(np.percentile(lat, 50)),
+        "edge_p90_ms": float(np.percentile(lat, 90)),
+        "edge_mean_ms": float(lat.mean()),
+    }
+    d["total_ms"] = d["edge_ms"] + idle
+    d["total_p90_ms"] = d["edge_p90_ms"] + idle
+    d["model"] = f"{med['model']} through a CPU quota of {share:g} core per {period_ms:g} ms, {tick_ms:g} ms ticks"
+    return d
 
 
 def device_quota(profile: Profile) -> tuple[float, float, float] | None:
@@ -186,8 +213,14 @@ def device_quota(profile: Profile) -> tuple[float, float, float] | None:
     if tb and tb.get("throttle", "quota") != "quota":
         return None
     if tb and tb.get("cpu_share"):
-        return float(tb["cpu_share"]), float(tb.get("cfs_period_us", 10_000)) / 1000.0, tick  # testbeds before 4 ms periods used 10 ms
-    q = str(host.get("cpu_quota") or "").split()  # what the profiler read from the device's cgroup: "quota period" in us
+        return (
+            float(tb["cpu_share"]),
+            float(tb.get("cfs_period_us", 10_000)) / 1000.0,
+            tick,
+        )  # testbeds before 4 ms periods used 10 ms
+    q = str(
+        host.get("cpu_quota") or ""
+    ).split()  # what the profiler read from the device's cgroup: "quota period" in us
     if len(q) == 2 and q[0].lstrip("-").isdigit() and int(q[0]) > 0 and q[1].isdigit() and int(q[1]) > 0:
         return int(q[0]) / int(q[1]), int(q[1]) / 1000.0, tick
     return None
@@ -207,9 +240,12 @@ def probe_reference(profile: Profile, model: str, n_layers: int) -> dict | None:
     host = profile.host or {}
     rounds = max(1, int(host.get("rounds") or 1))
     return {
-        "ms": float(head["ms"]), "threads": int(t.get("threads", 1)), "repeats": max(1, int(host.get("repeats") or 20) // rounds),
+        "ms": float(head["ms"]),
+        "threads": int(t.get("threads", 1)),
+        "repeats": max(1, int(host.get("repeats") or 20) // rounds),
         # one round's window: recorded by newer profilers; older ones split 200 ms over their rounds
-        "min_ms": float(host.get("round_window_ms") or 200.0 / rounds), "profiled_at": t.get("measured_at") or host.get("measured_at"),
+        "min_ms": float(host.get("round_window_ms") or 200.0 / rounds),
+        "profiled_at": t.get("measured_at") or host.get("measured_at"),
     }
 
 
@@ -219,7 +255,9 @@ def _time_probe_here(path: Path, shape: list[int], ref: dict, blocks: int = 2) -
 
     with on_host_cpus():  # this thread plays the cloud here: off the device's CPU, as the server is
         sess = load_session(str(path), ref["threads"])
-        time_session(sess, shape, 5, 1, ref["min_ms"] / 1000.0)  # one untimed block: the first one after loading read up to 6x the rest
+        time_session(
+            sess, shape, 5, 1, ref["min_ms"] / 1000.0
+        )  # one untimed block: the first one after loading read up to 6x the rest
         return [time_session(sess, shape, 1, ref["repeats"], ref["min_ms"] / 1000.0) for _ in range(blocks)]
 
 
@@ -235,11 +273,25 @@ def _drift(blocks: list[dict], ref: dict, request_ids: list[int] | None = None) 
     """
     means = [b["mean_ms"] for b in blocks]
     med = float(np.median(means))
-    d = {"reference_ms": ref["ms"], "profiled_at": ref["profiled_at"], "block_means_ms": means, "median_ms": med, "factor": med / ref["ms"]}
+    d = {
+        "reference_ms": ref["ms"],
+        "profiled_at": ref["profiled_at"],
+        "block_means_ms": means,
+        "median_ms": med,
+        "factor": med / ref["ms"],
+    }
     if request_ids and len(blocks) > 1:
         starts = [b["before_request"] for b in blocks]
-        per = [(means[k] + means[min(k + 1, len(means) - 1)]) / 2.0 for k in (max(0, bisect.bisect_right(starts, i) - 1) for i in request_ids)]
-        d.update(block_before_request=starts, median_ms=float(np.median(per)), factor=float(np.median(per)) / ref["ms"], per_request=True)
+        per = [
+            (means[k] + means[min(k + 1, len(means) - 1)]) / 2.0
+            for k in (max(0, bisect.bisect_right(starts, i) - 1) for i in request_ids)
+        ]
+        d.update(
+            block_before_request=starts,
+            median_ms=float(np.median(per)),
+            factor=float(np.median(per)) / ref["ms"],
+            per_request=True,
+        )
     return d
 
 
@@ -278,7 +330,8 @@ class _Ran:
 
 
 def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict:
-    """Export ``req.plan``, serve its tail here, run its head on ``req.edge``; the report (also written to ``req.out``)."""
+    """Export ``req.plan``, serve its tail here, run its head on ``req.edge``; the report (also written to
+    ``req.out``)."""
     t_start = time.perf_counter()
     plan = load_plan(req.plan)
     edge_profile, cloud_profile, runtime, no_probe = _check_request(req, plan)
@@ -300,33 +353,59 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
 
 
 def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]:
-    """(edge profile, cloud profile, head runtime, no speed probe on the device?) of a request, refused in one line where it cannot run."""
+    """(edge profile, cloud profile, head runtime, no speed probe on the device?) of a request, refused in one line
+    where it cannot run."""
     if req.requests < 1:
         raise CpcdrlError("--requests must be at least 1")
     if req.cloud != "local":
-        raise CpcdrlError("--cloud: only 'local' (this machine) is supported; serve elsewhere with `cpcdrl serve` and run the edge runner by hand")
+        raise CpcdrlError(
+            "--cloud: only 'local' (this machine) is supported; serve elsewhere with `cpcdrl serve` and run the edge"
+            " runner by hand"
+        )
     edge_profile = req.edge_profile or plan.profiles.get("edge")
     cloud_profile = req.cloud_profile or plan.profiles.get("cloud")
     if not edge_profile or not cloud_profile:
-        raise CpcdrlError(f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass --edge-profile/--cloud-profile")
+        raise CpcdrlError(
+            f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass"
+            " --edge-profile/--cloud-profile"
+        )
     load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
     runtime = req.runtime or plan.runtime
     rt = get_runtime(runtime)
     head_on_device = plan.cut > 0  # at cut 0 the device runs no head: the runtime choice is moot
     if head_on_device and req.fallback and not rt.local_fallback:
-        raise CpcdrlError(f"--fallback runs the full model in ONNX Runtime; it is not built for --runtime {rt.name} yet")
+        raise CpcdrlError(
+            f"--fallback runs the full model in ONNX Runtime; it is not built for --runtime {rt.name} yet"
+        )
     return edge_profile, cloud_profile, runtime, head_on_device and not rt.speed_probe
 
 
 def _stage(
-    req: DeployRequest, plan: Plan, edge_profile: str, cloud_profile: str, runtime: str, no_probe: bool, log: Log, tick: Ticker,
+    req: DeployRequest,
+    plan: Plan,
+    edge_profile: str,
+    cloud_profile: str,
+    runtime: str,
+    no_probe: bool,
+    log: Log,
+    tick: Ticker,
 ) -> _Staged:
     """Export the plan, pick and save the test images with the pruned PyTorch model's answers, ready the speed probe."""
     out = Path(req.out)
     export_dir = out / "export"
     original, pruned, ds = rebuild(plan, req.data, plan_path=req.plan)
-    manifest = export_models(plan, original, pruned, ds, export_dir, quantize=req.quantize, transfer=req.transfer or plan.transfer,
-                             log=log, tick=tick, runtime=runtime)
+    manifest = export_models(
+        plan,
+        original,
+        pruned,
+        ds,
+        export_dir,
+        quantize=req.quantize,
+        transfer=req.transfer or plan.transfer,
+        log=log,
+        tick=tick,
+        runtime=runtime,
+    )
     # the images, and what the pruned PyTorch model says about them
     idx = subset(len(ds.test), req.requests, req.seed)
     x, y = ds.test.tensors(idx)
@@ -345,8 +424,21 @@ def _stage(
         refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
         if not any(refs.values()):
             log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
-    staged = _Staged(plan, edge_profile, cloud_profile, out, export_dir, manifest, original, idx, y.numpy(), torch_pred, inputs, refs,
-                     out / "probe.onnx.gz")
+    staged = _Staged(
+        plan,
+        edge_profile,
+        cloud_profile,
+        out,
+        export_dir,
+        manifest,
+        original,
+        idx,
+        y.numpy(),
+        torch_pred,
+        inputs,
+        refs,
+        out / "probe.onnx.gz",
+    )
     if any(refs.values()):
         probe_bytes, probe_shape, _ = probe_model(plan.model)
         staged.probe_path.write_bytes(probe_bytes)
@@ -357,8 +449,11 @@ def _stage(
 def _runner_args(dev: Device, req: DeployRequest, st: _Staged, remote_dir: str) -> tuple[list[str], float]:
     """Upload the head, the full model (fallback) and the speed probe; the runner's arguments and its time budget."""
     files = st.files
-    args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--out {shlex.quote(remote_dir + '/report.json')}",
-            f"--timeout {req.timeout_s:g}"]
+    args = [
+        f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}",
+        f"--out {shlex.quote(remote_dir + '/report.json')}",
+        f"--timeout {req.timeout_s:g}",
+    ]
     if "head" in files:
         head_name = files["head"]["file"]  # head.onnx or head.tflite: the runner picks the runtime by suffix
         dev.put(st.export_dir / head_name, f"{remote_dir}/{head_name}")
@@ -372,15 +467,20 @@ def _runner_args(dev: Device, req: DeployRequest, st: _Staged, remote_dir: str) 
         dev.put(st.probe_path, f"{remote_dir}/{st.probe_path.name}")
         every = max(1, math.ceil(len(st.idx) / 8))  # ~10 blocks, before, between and after the requests
         args += [
-            f"--probe {shlex.quote(remote_dir + '/' + st.probe_path.name)}", f"--probe-shape {','.join(map(str, st.probe_shape))}",
-            f"--probe-every {every}", f"--probe-repeats {ref['repeats']}", f"--probe-min-ms {ref['min_ms']:g}", f"--threads {ref['threads']}",
+            f"--probe {shlex.quote(remote_dir + '/' + st.probe_path.name)}",
+            f"--probe-shape {','.join(map(str, st.probe_shape))}",
+            f"--probe-every {every}",
+            f"--probe-repeats {ref['repeats']}",
+            f"--probe-min-ms {ref['min_ms']:g}",
+            f"--threads {ref['threads']}",
         ]
         budget += 10 * (ref["min_ms"] / 1000.0 + 10 * ref["repeats"] * ref["ms"] / 1000.0)
     return args, budget
 
 
 def _run_on_device(dev: Device, req: DeployRequest, st: _Staged, bind: str, log: Log, tick: Ticker) -> _Ran:
-    """Upload, serve the tail, run the requests (the speed probe beside them); stop and remove everything whatever happens."""
+    """Upload, serve the tail, run the requests (the speed probe beside them); stop and remove everything whatever
+    happens."""
     server: CloudServer | None = None
     remote_dir = None
     token = secrets.token_urlsafe(24)
@@ -398,8 +498,15 @@ def _run_on_device(dev: Device, req: DeployRequest, st: _Staged, bind: str, log:
         if "tail" in files:
             server = CloudServer(st.export_dir, bind, token)
             log(f"cloud server {server.url} ({files['tail']['model_name']})")
-            args += [f"--url {server.url}", f"--model {files['tail']['model_name']}", f"--output {files['tail']['outputs'][0]['name']}"]
-        log(f"running {len(st.idx)} requests from {dev.name}" + (" with the speed probe between them" if st.refs["edge"] else ""))
+            args += [
+                f"--url {server.url}",
+                f"--model {files['tail']['model_name']}",
+                f"--output {files['tail']['outputs'][0]['name']}",
+            ]
+        log(
+            f"running {len(st.idx)} requests from {dev.name}"
+            + (" with the speed probe between them" if st.refs["edge"] else "")
+        )
         with count_requests(server, files, token, len(st.idx), tick):
             runner = run_edge_runner(dev, remote_dir, args, token, budget)
         server_alive = server.alive() if server else None
@@ -423,7 +530,13 @@ def _measured(ok: list[dict]) -> dict:
 
 def _protocol_overhead(ok: list[dict], measured: dict, bw: float | None) -> dict:
     """What a request costs beyond the edge's compute, the bytes at the link's rate and the server's compute (p50)."""
-    per = [r["e2e_ms"] - r["edge_ms"] - (1000.0 * r["bytes_sent"] / bw if bw else 0.0) - (r.get("server_compute_ms") or 0.0) for r in ok]
+    per = [
+        r["e2e_ms"]
+        - r["edge_ms"]
+        - (1000.0 * r["bytes_sent"] / bw if bw else 0.0)
+        - (r.get("server_compute_ms") or 0.0)
+        for r in ok
+    ]
     p50 = float(np.percentile(per, 50))
     return {"p50_ms": p50, "pct_of_e2e_p50": 100.0 * p50 / measured["e2e_ms"]["p50"], "bandwidth_bytes_per_s": bw}
 
@@ -438,23 +551,54 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
     at = np.array([r["i"] for r in answered], dtype=np.int64)
     payload = int(np.median([r["bytes_sent"] for r in ok])) if ok and "tail" in files else None
     ok_ids = [r["i"] for r in ok]
-    speed_probe = {role: _drift(blocks, ref, ok_ids if role == "edge" else None) for role, blocks in ran.probes.items() if (ref := st.refs[role])}
+    speed_probe = {
+        role: _drift(blocks, ref, ok_ids if role == "edge" else None)
+        for role, blocks in ran.probes.items()
+        if (ref := st.refs[role])
+    }
     drift = {role: d["factor"] for role, d in speed_probe.items()}
-    pred = predictions(plan.model, plan.cut, plan.ratios, st.edge_profile, st.cloud_profile, payload, st.original, drift, plan.prune.round_to,
-                       manifest["runtime"]["head"] or "onnxruntime")
+    pred = predictions(
+        plan.model,
+        plan.cut,
+        plan.ratios,
+        st.edge_profile,
+        st.cloud_profile,
+        payload,
+        st.original,
+        drift,
+        plan.prune.round_to,
+        manifest["runtime"]["head"] or "onnxruntime",
+    )
     link = pred.pop("_link")
     measured = _measured(ok)
     # loopback has no link to charge; elsewhere the bytes go at the measured link's rate
-    overhead = _protocol_overhead(ok, measured, None if req.edge == "local" else link["uplink_bytes_per_s"]) if ok and "tail" in files else None
+    overhead = (
+        _protocol_overhead(ok, measured, None if req.edge == "local" else link["uplink_bytes_per_s"])
+        if ok and "tail" in files
+        else None
+    )
     errors, errors_mean = _errors(pred, measured)
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "cpcdrl-deploy-report",
-        "model": plan.model, "method": plan.method, "cut": plan.cut, "n_layers": plan.n_layers,
-        "plan": str(req.plan), "edge": edge_name, "cloud": "local", "server": ran.server_url,
-        "transfer": manifest["transfer"], "quantize": manifest["quantize"], "runtime": manifest["runtime"],
-        "requests": len(st.idx), "answered": len(answered), "fallbacks": runner["fallbacks"], "errors": runner["errors"],
-        "aborted": runner["aborted"], "server_alive_at_end": ran.server_alive, "warmup_requests": runner["warmup"],
+        "model": plan.model,
+        "method": plan.method,
+        "cut": plan.cut,
+        "n_layers": plan.n_layers,
+        "plan": str(req.plan),
+        "edge": edge_name,
+        "cloud": "local",
+        "server": ran.server_url,
+        "transfer": manifest["transfer"],
+        "quantize": manifest["quantize"],
+        "runtime": manifest["runtime"],
+        "requests": len(st.idx),
+        "answered": len(answered),
+        "fallbacks": runner["fallbacks"],
+        "errors": runner["errors"],
+        "aborted": runner["aborted"],
+        "server_alive_at_end": ran.server_alive,
+        "warmup_requests": runner["warmup"],
         "accuracy_pct": float((preds == st.y[at]).mean() * 100.0) if len(preds) else None,
         "agreement_with_pytorch_pct": float((preds == st.torch_pred[at]).mean() * 100.0) if len(preds) else None,
         "bytes_per_request": payload,
@@ -463,7 +607,9 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
         "speed_probe": speed_probe,  # per side: the reference model's time now vs in the profile
         "predicted": pred,
         "prediction_error_pct": errors,  # (predicted - measured p50) / measured p50
-        "prediction_error_vs_mean_pct": errors_mean,  # against the measured mean: what sustained-mean tables predict under a CPU quota
+        "prediction_error_vs_mean_pct": (
+            errors_mean
+        ),  # against the measured mean: what sustained-mean tables predict under a CPU quota
         "plan_estimate_ms": plan.latency_ms,
         "profiles": {"edge": st.edge_profile, "cloud": st.cloud_profile},
         "records": records,
@@ -475,7 +621,9 @@ def _errors(pred: dict, measured: dict) -> tuple[dict, dict]:
     if not measured["e2e_ms"]:
         return {}, {}
     m, mean = measured["e2e_ms"]["p50"], measured["e2e_ms"]["mean"]
-    return {k: 100.0 * (v["total_ms"] - m) / m for k, v in pred.items()}, {k: 100.0 * (v["total_ms"] - mean) / mean for k, v in pred.items()}
+    return {k: 100.0 * (v["total_ms"] - m) / m for k, v in pred.items()}, {
+        k: 100.0 * (v["total_ms"] - mean) / mean for k, v in pred.items()
+    }
 
 
 def repredict(report_path: Path) -> dict:
@@ -490,8 +638,15 @@ def repredict(report_path: Path) -> dict:
     drift = {role: d["factor"] for role, d in sp.items()}
     plan = load_plan(Path(report["plan"]))
     pred = predictions(
-        plan.model, plan.cut, plan.ratios, report["profiles"]["edge"], report["profiles"]["cloud"], report["bytes_per_request"], drift=drift,
-        round_to=plan.prune.round_to, edge_runtime=(report.get("runtime") or {}).get("head") or "onnxruntime",
+        plan.model,
+        plan.cut,
+        plan.ratios,
+        report["profiles"]["edge"],
+        report["profiles"]["cloud"],
+        report["bytes_per_request"],
+        drift=drift,
+        round_to=plan.prune.round_to,
+        edge_runtime=(report.get("runtime") or {}).get("head") or "onnxruntime",
     )
     pred.pop("_link")
     report["predicted"] = pred
@@ -512,8 +667,18 @@ def plot_deploy(report: dict, path: Path) -> None:
     ax1.plot(np.arange(1, len(e2e) + 1) / len(e2e) * 100.0, e2e, "k-")
     for k, v in report["predicted"].items():
         ax1.axhline(
-            v["total_ms"], ls={"table": "--", "table_sum": (0, (1, 1)), "table_median": "-.", "table_quota": "-", "table_drift": "-"}.get(k, ":"),
-            color={"table": "b", "table_sum": "c", "table_median": "g", "table_quota": "m", "table_drift": "k"}.get(k, "r"), label=f"{k} prediction",
+            v["total_ms"],
+            ls={
+                "table": "--",
+                "table_sum": (0, (1, 1)),
+                "table_median": "-.",
+                "table_quota": "-",
+                "table_drift": "-",
+            }.get(k, ":"),
+            color={"table": "b", "table_sum": "c", "table_median": "g", "table_quota": "m", "table_drift": "k"}.get(
+                k, "r"
+            ),
+            label=f"{k} prediction",
         )
     ax1.set_xlabel("requests (%)")
     ax1.set_ylabel("end-to-end latency (ms)")
@@ -532,34 +697,42 @@ def plot_deploy(report: dict, path: Path) -> None:
     ax2.set_ylabel("ms")
     ax2.set_title("p50 split vs predictions")
     ax2.legend(fontsize=8)
-    fig.suptitle(f"{report['model']} {report['method']} cut {report['cut']}/{report['n_layers']} on {report['edge']} ({report['transfer']})")
+    fig.suptitle(
+        f"{report['model']} {report['method']} cut {report['cut']}/{report['n_layers']} on {report['edge']}"
+        f" ({report['transfer']})"
+    )
     save_figure(fig, path)
 
 
 def summary_lines(report: dict) -> list[str]:
     m = report["measured"]
     lines = [
-        f"{report['model']} {report['method']} cut {report['cut']}/{report['n_layers']}: {report['answered']}/{report['requests']} answered"
+        f"{report['model']} {report['method']} cut {report['cut']}/{report['n_layers']}:"
+        f" {report['answered']}/{report['requests']} answered"
         + (f", {report['fallbacks']} locally (fallback)" if report["fallbacks"] else "")
-        + (f"; ABORTED: {report['aborted']}" if report["aborted"] else ""),
+        + (f"; ABORTED: {report['aborted']}" if report["aborted"] else "")
     ]
     if report["accuracy_pct"] is not None:
-        lines.append(f"accuracy {report['accuracy_pct']:.2f} %, agreement with pruned PyTorch {report['agreement_with_pytorch_pct']:.2f} %")
+        lines.append(
+            f"accuracy {report['accuracy_pct']:.2f} %, agreement with pruned PyTorch"
+            f" {report['agreement_with_pytorch_pct']:.2f} %"
+        )
     if m["e2e_ms"]:
         e = m["e2e_ms"]
         lines.append(
-            f"end to end p50 {e['p50']:.2f} ms, p90 {e['p90']:.2f}, p99 {e['p99']:.2f}, mean {e['mean']:.2f} "
-            f"(edge p50 {m['edge_ms']['p50']:.2f} ms, transfer+cloud p50 {m['transfer_and_cloud_ms'].get('p50', 0.0):.2f} ms)"
+            f"end to end p50 {e['p50']:.2f} ms, p90 {e['p90']:.2f}, p99 {e['p99']:.2f}, mean {e['mean']:.2f} (edge p50"
+            f" {m['edge_ms']['p50']:.2f} ms, transfer+cloud p50 {m['transfer_and_cloud_ms'].get('p50', 0.0):.2f} ms)"
         )
     for k, v in report["predicted"].items():
         lines.append(
-            f"{k} prediction {v['total_ms']:.2f} ms [{v['model']}] (error vs p50 {report['prediction_error_pct'].get(k, float('nan')):+.1f} %, "
-            f"vs mean {report['prediction_error_vs_mean_pct'].get(k, float('nan')):+.1f} %)"
+            f"{k} prediction {v['total_ms']:.2f} ms [{v['model']}] (error vs p50"
+            f" {report['prediction_error_pct'].get(k, float('nan')):+.1f} %, vs mean"
+            f" {report['prediction_error_vs_mean_pct'].get(k, float('nan')):+.1f} %)"
         )
     for role, d in (report.get("speed_probe") or {}).items():
         lines.append(
-            f"speed probe, {role}: the whole model took {d['median_ms']:.2f} ms now, {d['reference_ms']:.2f} ms when profiled "
-            f"(x{d['factor']:.3f}; blocks {min(d['block_means_ms']):.2f}-{max(d['block_means_ms']):.2f} ms)"
+            f"speed probe, {role}: the whole model took {d['median_ms']:.2f} ms now, {d['reference_ms']:.2f} ms when"
+            f" profiled (x{d['factor']:.3f}; blocks {min(d['block_means_ms']):.2f}-{max(d['block_means_ms']):.2f} ms)"
         )
     if report["protocol_overhead"]:
         o = report["protocol_overhead"]

@@ -17,7 +17,8 @@ import psutil
 
 
 class HostSampler:
-    """Samples every CPU's cumulative times every ``interval_s`` seconds on a daemon thread; use as a context manager."""
+    """Samples every CPU's cumulative times every ``interval_s`` seconds on a daemon thread; use as a context
+    manager."""
 
     def __init__(self, interval_s: float = 0.5):
         self.interval_s = interval_s
@@ -44,7 +45,9 @@ class HostSampler:
 def _shares(a, b) -> dict[str, float]:
     """One CPU's busy and stolen shares (per cent of its elapsed time) between two samples of its times."""
     d = {f: max(getattr(b, f, 0.0) - getattr(a, f, 0.0), 0.0) for f in a._fields}
-    total = sum(v for f, v in d.items() if f not in ("guest", "guest_nice"))  # Linux counts guest time inside user time too
+    total = sum(
+        v for f, v in d.items() if f not in ("guest", "guest_nice")
+    )  # Linux counts guest time inside user time too
     if total <= 0:
         return {"busy_pct": 0.0, "steal_pct": 0.0}
     idle = d.get("idle", 0.0) + d.get("iowait", 0.0)
@@ -68,6 +71,11 @@ def load_in_windows(samples: list[tuple[float, list]], windows: list[tuple[float
             out.append(None)
             continue
         per_cpu = [_shares(a, b) for a, b in zip(samples[i][1], samples[j][1])]
-        out.append({"seconds": float(times[j] - times[i]), "busy_pct": [round(c["busy_pct"], 1) for c in per_cpu],
-                    "steal_pct": [round(c["steal_pct"], 1) for c in per_cpu]})
+        out.append(
+            {
+                "seconds": float(times[j] - times[i]),
+                "busy_pct": [round(c["busy_pct"], 1) for c in per_cpu],
+                "steal_pct": [round(c["steal_pct"], 1) for c in per_cpu],
+            }
+        )
     return out

@@ -68,8 +68,13 @@ class LocalDevice:
         # off any duty-cycled testbed's CPU: this machine plays the cloud (or an unthrottled device);
         # in its own session, so that a time-out kills everything the command started, not only the shell
         p = subprocess.Popen(
-            command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=host_cpus_preexec(), start_new_session=True,
+            command,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=host_cpus_preexec(),
+            start_new_session=True,
         )
         try:
             out, err = p.communicate(input=stdin, timeout=timeout)
@@ -109,8 +114,12 @@ def resolve_host(host: str, python: str | None = None) -> HostSpec:
             entry = cfg.lookup(host)
             tb = load_state(host)
             return HostSpec(
-                alias=host, hostname=entry.get("hostname", host), port=int(entry.get("port", 22)), user=entry.get("user"),
-                identity_files=tuple(entry.get("identityfile", [])), python=python or (tb.python if tb else "python3"),
+                alias=host,
+                hostname=entry.get("hostname", host),
+                port=int(entry.get("port", 22)),
+                user=entry.get("user"),
+                identity_files=tuple(entry.get("identityfile", [])),
+                python=python or (tb.python if tb else "python3"),
             )
     user, _, rest = host.rpartition("@")
     hostname, _, port = rest.partition(":")
@@ -169,8 +178,9 @@ def trust_on_first_use(spec: HostSpec, key_name: str, timeout: float, known: par
             return  # already trusted: nothing to record
         old = next(iter(entry.values()))
         raise CpcdrlError(
-            f"host key for {spec.alias} ({key_name}) has CHANGED: known {fingerprint(old)}, offered {fingerprint(key)}; "
-            "--trust-host-key only adds keys for new hosts: if the change is expected, remove the old entry from known_hosts first"
+            f"host key for {spec.alias} ({key_name}) has CHANGED: known {fingerprint(old)}, offered {fingerprint(key)};"
+            " --trust-host-key only adds keys for new hosts: if the change is expected, remove the old entry from"
+            " known_hosts first"
         )
     path = cpcdrl_home() / "known_hosts"
     hk = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
@@ -194,7 +204,9 @@ def _connect_error(exc: Exception, spec: HostSpec, timeout: float) -> CpcdrlErro
             fp = _offered_fingerprint(spec, timeout)
             return CpcdrlError(f"unknown host key for {where}, {fp}; check it, then rerun with --trust-host-key")
         if isinstance(exc, paramiko.AuthenticationException) or "authentication methods" in msg:
-            return CpcdrlError(f"authentication to {spec.alias} ({spec.user}@{spec.hostname}:{spec.port}) failed: {msg}")
+            return CpcdrlError(
+                f"authentication to {spec.alias} ({spec.user}@{spec.hostname}:{spec.port}) failed: {msg}"
+            )
         if "banner" in msg:
             return CpcdrlError(f"cannot reach {where}: no SSH server answered ({msg})")
         return CpcdrlError(f"SSH to {spec.alias} failed: {msg}")
@@ -218,9 +230,15 @@ def open_client(spec: HostSpec, timeout: float = 10.0, trust_new_host_key: bool 
             trust_on_first_use(spec, key_name, timeout, _known_host_keys())
             client.load_host_keys(str(ours))
         client.connect(
-            spec.hostname, port=spec.port, username=spec.user, key_filename=list(spec.identity_files) or None,
-            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-            allow_agent=not spec.identity_files, look_for_keys=not spec.identity_files,
+            spec.hostname,
+            port=spec.port,
+            username=spec.user,
+            key_filename=list(spec.identity_files) or None,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=not spec.identity_files,
+            look_for_keys=not spec.identity_files,
         )
     except (paramiko.SSHException, OSError) as exc:  # TimeoutError is an OSError
         raise _connect_error(exc, spec, timeout) from None
@@ -282,7 +300,11 @@ def stream_s(transport: paramiko.Transport, name: str, n_bytes: int, upload: boo
     device acknowledges with one byte once it has read everything.
     """
     # ``head -c 1`` reads the single handshake byte: nothing else is in the pipe yet to over-read
-    cmd = f"head -c 1 >/dev/null; head -c {n_bytes} /dev/zero" if upload else f"head -c 1; head -c {n_bytes} >/dev/null; echo"
+    cmd = (
+        f"head -c 1 >/dev/null; head -c {n_bytes} /dev/zero"
+        if upload
+        else f"head -c 1; head -c {n_bytes} >/dev/null; echo"
+    )
     chan = transport.open_session(timeout=30)
     chan.settimeout(120)
     try:
@@ -295,6 +317,11 @@ def stream_s(transport: paramiko.Transport, name: str, n_bytes: int, upload: boo
     if got != n_bytes:
         raise CpcdrlError(f"link test to {name} failed: {got} of {n_bytes} bytes")
     return elapsed
+
+
+def _finished(chan: paramiko.Channel) -> bool:
+    """The command exited and everything it wrote was read: exit status can arrive before the last data, so EOF too."""
+    return chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready()
 
 
 def _drain(chan: paramiko.Channel, out: bytearray, err: bytearray) -> None:
@@ -334,8 +361,7 @@ class SSHDevice:
             deadline = time.monotonic() + timeout
             while True:
                 _drain(chan, out, err)
-                # exit status can arrive before the last data: wait for EOF too
-                if chan.exit_status_ready() and chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+                if _finished(chan):
                     break
                 if time.monotonic() > deadline:
                     chan.close()
@@ -396,7 +422,8 @@ def checked_tempdir(out: str, name: str) -> str:
 
 
 def remote_command(command: str, timeout: float) -> str:
-    """``command`` under coreutils ``timeout`` on the device: when our deadline passes, its whole process group is killed there too."""
+    """``command`` under coreutils ``timeout`` on the device: when our deadline passes, its whole process group is
+    killed there too."""
     return f"timeout -k 5 {int(math.ceil(timeout)) + 1} sh -c {shlex.quote(command)}"
 
 
@@ -404,5 +431,3 @@ def connect(host: str, python: str | None = None, trust_host_key: bool = False, 
     if host == "local":
         return LocalDevice(python)
     return SSHDevice(resolve_host(host, python), timeout, trust_host_key)
-
-

@@ -88,7 +88,9 @@ class TestbedState:
     sshd_pid: int = 0
     cfs_period_us: int = 10_000  # testbeds made before the period followed the share used 10 ms
     cpu_pin: int | None = None  # the one CPU the device runs on (None: testbeds made before pinning)
-    throttle: str = "quota"  # how the slow CPU is made (THROTTLES); state files from before --throttle are quota testbeds
+    throttle: str = (
+        "quota"  # how the slow CPU is made (THROTTLES); state files from before --throttle are quota testbeds
+    )
     freezer: str | None = None  # only in testbeds made when the duty cycle froze a freezer cgroup
     duty_period_us: int | None = None
     duty_on_us: float | None = None  # the device's window per period, calibrated so a busy loop gets ``cpu``
@@ -137,7 +139,8 @@ def parse_duration_ms(text: str) -> float:
 def _run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if check and res.returncode != 0:
-        raise CpcdrlError(f"{' '.join(cmd)} failed: {(res.stderr or res.stdout).strip().splitlines()[-1] if (res.stderr or res.stdout).strip() else res.returncode}")
+        said = (res.stderr or res.stdout).strip()
+        raise CpcdrlError(f"{' '.join(cmd)} failed: {said.splitlines()[-1] if said else res.returncode}")
     return res
 
 
@@ -152,16 +155,21 @@ def _preflight(throttle: str = "quota") -> None:
     if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
         raise CpcdrlError(f"the testbed needs the cgroup-v1 cpu controller at {CGROUP_CPU}")
     if throttle == "duty" and (os.cpu_count() or 1) < 2:
-        raise CpcdrlError("--throttle duty takes one CPU for the device and needs another for the host (or use --throttle quota)")
+        raise CpcdrlError(
+            "--throttle duty takes one CPU for the device and needs another for the host (or use --throttle quota)"
+        )
 
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}")
 
 
 def check_name(name: str) -> str:
-    """A testbed name becomes a directory, an interface, a cgroup and an SSH alias: letters, digits, ``_``, ``-`` only."""
+    """A testbed name becomes a directory, an interface, a cgroup and an SSH alias: letters, digits, ``_``, ``-``
+    only."""
     if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
-        raise CpcdrlError(f"bad testbed name {name!r}: 1-31 letters, digits, '_' or '-', starting with a letter or digit")
+        raise CpcdrlError(
+            f"bad testbed name {name!r}: 1-31 letters, digits, '_' or '-', starting with a letter or digit"
+        )
     return name
 
 
@@ -201,7 +209,9 @@ def _clear_leftovers(name: str) -> None:
 
 
 def _netns_exists(ns: str) -> bool:
-    return ns in _run(["ip", "netns", "list"], check=False).stdout.split()  # whole names: "cpcdrl-pi" is not in "cpcdrl-pi2"
+    return (
+        ns in _run(["ip", "netns", "list"], check=False).stdout.split()
+    )  # whole names: "cpcdrl-pi" is not in "cpcdrl-pi2"
 
 
 def _cgroup_pids(cg: Path) -> set[int]:
@@ -234,7 +244,11 @@ def _remove_cgroup(cg: Path) -> bool:
 def provision_python(venv: Path, log=print) -> Path:
     """A venv with numpy and both edge runtimes for the device side, built from the host (which reaches PyPI)."""
     py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import numpy, onnxruntime, ai_edge_litert"], capture_output=True).returncode == 0:
+    if (
+        py.exists()
+        and subprocess.run([str(py), "-c", "import numpy, onnxruntime, ai_edge_litert"], capture_output=True).returncode
+        == 0
+    ):
         return py
     log(f"provisioning the device's Python at {venv} (numpy, onnxruntime, ai-edge-litert)...")
     if not py.exists():
@@ -245,7 +259,12 @@ def provision_python(venv: Path, log=print) -> Path:
 
 
 def up(
-    name: str = "pi", cpu: float = 0.25, bandwidth: str = "200KB/s", python_venv: Path | None = None, log=print, throttle: str = "duty",
+    name: str = "pi",
+    cpu: float = 0.25,
+    bandwidth: str = "200KB/s",
+    python_venv: Path | None = None,
+    log=print,
+    throttle: str = "duty",
 ) -> TestbedState:
     """Bring up an emulated device: its own network namespace and shaped link, a slowed CPU, an sshd inside.
 
@@ -256,8 +275,19 @@ def up(
     d = state_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     st = TestbedState(
-        name=name, index=k, host_ip=f"198.18.{k}.1", device_ip=f"198.18.{k}.2", port=22, cpu=cpu, bandwidth_bytes_per_s=bps,
-        user="root", dir=str(d), python="", host_veth=f"cpv{k}h", cgroup=str(CGROUP_CPU / f"cpcdrl-{name}"), throttle=throttle,
+        name=name,
+        index=k,
+        host_ip=f"198.18.{k}.1",
+        device_ip=f"198.18.{k}.2",
+        port=22,
+        cpu=cpu,
+        bandwidth_bytes_per_s=bps,
+        user="root",
+        dir=str(d),
+        python="",
+        host_veth=f"cpv{k}h",
+        cgroup=str(CGROUP_CPU / f"cpcdrl-{name}"),
+        throttle=throttle,
     )
     st.save()  # from here on, `down` can clean up whatever was made
     try:
@@ -269,7 +299,10 @@ def up(
         _start_sshd(st, d, ns)
         st.save()
         _register(st)
-        log(f"testbed {name!r} up: ssh {st.user}@{st.device_ip} (cpu {cpu} core, link {bps / 1e3:g} KB/s); device python {st.python}")
+        log(
+            f"testbed {name!r} up: ssh {st.user}@{st.device_ip} (cpu {cpu} core, link {bps / 1e3:g} KB/s); device"
+            f" python {st.python}"
+        )
         return st
     except BaseException:
         down(name, quiet=True)
@@ -291,7 +324,10 @@ def _check_up(name: str, cpu: float, bandwidth: str, throttle: str) -> float:
     # every testbed runs on the last CPU, and a duty cycle takes the rest of it: two would slow each other
     others = [r["name"] for r in status() if throttle == "duty" or r["throttle"] == "duty"]
     if others:
-        raise CpcdrlError(f"a duty-cycled testbed needs the device CPU to itself: take {others[0]!r} down first (cpcdrl testbed down --name {others[0]})")
+        raise CpcdrlError(
+            f"a duty-cycled testbed needs the device CPU to itself: take {others[0]!r} down first (cpcdrl testbed down"
+            f" --name {others[0]})"
+        )
     return parse_bandwidth(bandwidth)
 
 
@@ -315,10 +351,28 @@ def _make_link(st: TestbedState, ns: str, dv: str) -> None:
     peak = f"{int(bps * 8 * 1.01)}bit"
     for prefix in ([], ["ip", "netns", "exec", ns]):
         dev = hv if not prefix else dv
-        _run(prefix + [
-            "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", str(TBF_FRAME_BYTES),
-            "peakrate", peak, "mtu", str(TBF_FRAME_BYTES), "latency", "200ms",
-        ])
+        _run(
+            prefix
+            + [
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                str(TBF_FRAME_BYTES),
+                "peakrate",
+                peak,
+                "mtu",
+                str(TBF_FRAME_BYTES),
+                "latency",
+                "200ms",
+            ]
+        )
 
 
 def _slow_cpu(st: TestbedState, d: Path, log) -> None:
@@ -335,10 +389,19 @@ def _slow_cpu(st: TestbedState, d: Path, log) -> None:
     # in its windows the device comes first: a host task the balancer left on this CPU must not halve them
     (cg / "cpu.shares").write_text(str(MAX_CPU_SHARES))
     st.duty_period_us = DUTY_PERIOD_US
-    st.duty_on_us, st.measured_share, st.calibration_steal, st.throttle_pid = _start_duty_cycle(cg, st.cpu, DUTY_PERIOD_US, st.cpu_pin, d)
+    st.duty_on_us, st.measured_share, st.calibration_steal, st.throttle_pid = _start_duty_cycle(
+        cg, st.cpu, DUTY_PERIOD_US, st.cpu_pin, d
+    )
     st.save()
-    log(f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured {st.measured_share:.3f} of a CPU"
-        + (f" (of the {100 * (1 - st.calibration_steal):.0f} % the hypervisor left it)" if st.calibration_steal >= 0.01 else ""))
+    log(
+        f"duty cycle: the device gets {st.duty_on_us:.1f} of every {DUTY_PERIOD_US} us; a busy loop measured"
+        f" {st.measured_share:.3f} of a CPU"
+        + (
+            f" (of the {100 * (1 - st.calibration_steal):.0f} % the hypervisor left it)"
+            if st.calibration_steal >= 0.01
+            else ""
+        )
+    )
 
 
 def _start_sshd(st: TestbedState, d: Path, ns: str) -> None:
@@ -348,15 +411,20 @@ def _start_sshd(st: TestbedState, d: Path, ns: str) -> None:
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)])
     shutil.copy(d / "client_key.pub", d / "authorized_keys")
     (d / "sshd_config").write_text(
-        f"Port {st.port}\nListenAddress {st.device_ip}\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        f"PidFile {d / 'sshd.pid'}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\nLogLevel ERROR\n"
+        f"Port {st.port}\nListenAddress {st.device_ip}\nHostKey {d / 'host_key'}\nAuthorizedKeysFile"
+        f" {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\nUsePAM no\nStrictModes no\nPasswordAuthentication"
+        " no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSubsystem sftp"
+        " /usr/lib/openssh/sftp-server\nLogLevel ERROR\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     enter = f"echo $$ > {shlex.quote(str(Path(st.cgroup) / 'cgroup.procs'))}"
     # enter the cgroup(s) first, then exec sshd inside the namespace: every session inherits them all
     _run(
-        ["sh", "-c", f"{enter} && exec ip netns exec {shlex.quote(ns)} /usr/sbin/sshd -f {shlex.quote(str(d / 'sshd_config'))}"],
+        [
+            "sh",
+            "-c",
+            f"{enter} && exec ip netns exec {shlex.quote(ns)} /usr/sbin/sshd -f {shlex.quote(str(d / 'sshd_config'))}",
+        ],
         preexec_fn=lambda: os.sched_setaffinity(0, {st.cpu_pin or 0}),
     )
     # sshd creates its pid file before it writes the number: wait for the number, not the file
@@ -368,15 +436,35 @@ def _start_sshd(st: TestbedState, d: Path, ns: str) -> None:
     raise CpcdrlError(f"sshd did not start inside the testbed (no pid in {d / 'sshd.pid'} after 10 s)")
 
 
-def _start_duty_cycle(cg: Path, share: float, period_us: int, device_cpu: int, d: Path) -> tuple[float, float, float, int]:
-    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (window_us, measured share, steal share, pid)."""
-    cmd = [sys.executable, "-m", "cpcdrl_deploy.devices.throttle", str(cg), "--share", str(share), "--period-us", str(period_us), "--device-cpu", str(device_cpu)]
+def _start_duty_cycle(
+    cg: Path, share: float, period_us: int, device_cpu: int, d: Path
+) -> tuple[float, float, float, int]:
+    """Calibrate and start the duty-cycle process (cpcdrl_deploy/throttle.py); returns (window_us, measured share,
+    steal share, pid)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "cpcdrl_deploy.devices.throttle",
+        str(cg),
+        "--share",
+        str(share),
+        "--period-us",
+        str(period_us),
+        "--device-cpu",
+        str(device_cpu),
+    ]
     res = _run(cmd + ["--calibrate-only"], timeout=60)
     fields = dict(kv.split("=") for kv in res.stdout.split())
-    window_us, measured, steal = float(fields["window_us"]), float(fields["measured_share"]), float(fields["steal_share"])
+    window_us, measured, steal = (
+        float(fields["window_us"]),
+        float(fields["measured_share"]),
+        float(fields["steal_share"]),
+    )
     with open(d / "throttle.log", "ab") as logf:
         # its own session: it outlives `testbed up`, and a Ctrl-C in this terminal does not reach it
-        proc = subprocess.Popen(cmd + ["--window-us", f"{window_us:.1f}"], stdout=logf, stderr=logf, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd + ["--window-us", f"{window_us:.1f}"], stdout=logf, stderr=logf, start_new_session=True
+        )
     time.sleep(0.2)
     if proc.poll() is not None:
         raise CpcdrlError(f"the duty-cycle process exited at once (see {d / 'throttle.log'})")
@@ -429,8 +517,10 @@ def _register(st: TestbedState) -> None:
     pub = (Path(st.dir) / "host_key.pub").read_text().split()
     _replace_block(home / "known_hosts", st.name, f"{st.device_ip} {pub[0]} {pub[1]}\n")
     _replace_block(
-        home / "ssh_config", st.name,
-        f"Host {st.name}\n  HostName {st.device_ip}\n  User {st.user}\n  Port {st.port}\n  IdentityFile {Path(st.dir) / 'client_key'}\n",
+        home / "ssh_config",
+        st.name,
+        f"Host {st.name}\n  HostName {st.device_ip}\n  User {st.user}\n  Port {st.port}\n  IdentityFile"
+        f" {Path(st.dir) / 'client_key'}\n",
     )
 
 

@@ -1,4 +1,5 @@
-"""The testbed's slow CPU with ``--throttle duty``: a real-time process that takes the device's CPU for the rest of every short period.
+"""The testbed's slow CPU with ``--throttle duty``: a real-time process that takes the device's CPU for the rest of
+every short period.
 
 A Raspberry Pi is slow all the time. The other emulator, a CFS quota
 (``cpu.cfs_quota_us``), is slow only on average: its period cannot be shorter
@@ -47,7 +48,8 @@ RT_PRIORITY = 10  # above every ordinary task; below the kernel's own real-time 
 
 
 class DutyCycle:
-    """Leave the CPU to others for ``window_s`` of every ``period_s`` and spin through the rest, on absolute deadlines."""
+    """Leave the CPU to others for ``window_s`` of every ``period_s`` and spin through the rest, on absolute
+    deadlines."""
 
     def __init__(self, window_s: float, period_s: float, cgroup: Path | None = None) -> None:
         self.window_s, self.period_s = window_s, period_s
@@ -67,7 +69,9 @@ class DutyCycle:
             while now() < t:
                 pass
             if now() - t > self.period_s:
-                t = now()  # held up for a whole period (the kernel's real-time limit, a stall): restart the grid, do not spin to catch up
+                # held up for a whole period (the kernel's real-time limit, a stall): restart the grid, do not spin to
+                # catch up
+                t = now()
             if t > check:
                 check = t + 1.0
                 if self.cgroup is not None and not self.cgroup.exists():
@@ -84,8 +88,11 @@ def _steal_s(cpu: int) -> float:
     return float(getattr(psutil.cpu_times(percpu=True)[cpu], "steal", 0.0))
 
 
-def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seconds: float = 1.0, rounds: int = 3) -> tuple[float, float, float]:
-    """The window per period that gives a busy process ``share`` of the CPU, the share measured with it, and the steal seen.
+def calibrate(
+    cgroup: Path | None, share: float, period_s: float, cpu: int, seconds: float = 1.0, rounds: int = 3
+) -> tuple[float, float, float]:
+    """The window per period that gives a busy process ``share`` of the CPU, the share measured with it, and the
+    steal seen.
 
     Waking from the window's sleep takes microseconds the device gets on top
     of its window, and switching in and out costs it some, so the window is
@@ -116,7 +123,9 @@ def calibrate(cgroup: Path | None, share: float, period_s: float, cpu: int, seco
             c0, s0, t0 = _cpu_ns(spin.pid), _steal_s(cpu), time.perf_counter()
             DutyCycle(window, period_s).run(seconds)
             wall = time.perf_counter() - t0
-            steal_share = min(max(_steal_s(cpu) - s0, 0.0) / wall, 0.9)  # steal ticks are 10 ms: never let them eat the whole wall
+            steal_share = min(
+                max(_steal_s(cpu) - s0, 0.0) / wall, 0.9
+            )  # steal ticks are 10 ms: never let them eat the whole wall
             measured = (_cpu_ns(spin.pid) - c0) / 1e9 / (wall * (1.0 - steal_share))
             if measured <= 0:
                 break
@@ -134,12 +143,16 @@ def _become_realtime(cpu: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="duty-cycle one CPU: the testbed's slow CPU")
-    ap.add_argument("cgroup", type=Path, help="the device's cpu cgroup (calibration runs in it; this process exits when it goes)")
+    ap.add_argument(
+        "cgroup", type=Path, help="the device's cpu cgroup (calibration runs in it; this process exits when it goes)"
+    )
     ap.add_argument("--share", type=float, required=True)
     ap.add_argument("--period-us", type=int, default=250)
     ap.add_argument("--window-us", type=float, help="the device's time per period (default: calibrate to --share)")
     ap.add_argument("--device-cpu", type=int, required=True, help="the CPU the device is pinned to")
-    ap.add_argument("--calibrate-only", action="store_true", help="print the calibrated window and measured share, then exit")
+    ap.add_argument(
+        "--calibrate-only", action="store_true", help="print the calibrated window and measured share, then exit"
+    )
     args = ap.parse_args(argv)
     period = args.period_us / 1e6
     try:

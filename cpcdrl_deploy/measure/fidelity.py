@@ -12,7 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 
-def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float], reps: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: np.ndarray, stat: Callable[[np.ndarray], float], reps: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat`` over ``values`` (resampled with replacement)."""
     if len(values) < 2:
         v = float(stat(values)) if len(values) else float("nan")
@@ -67,7 +69,8 @@ def kendall(x: list[float], y: list[float]) -> float:
 
 
 def pair_order(pred: list[float], meas: list[float], min_ratio: float = 1.10) -> tuple[float, int]:
-    """Among plan pairs the estimate says differ by at least ``min_ratio``, the share it orders as measured; and their count."""
+    """Among plan pairs the estimate says differ by at least ``min_ratio``, the share it orders as measured; and
+    their count."""
     right = total = 0
     for i in range(len(pred)):
         for j in range(i + 1, len(pred)):
@@ -84,6 +87,10 @@ def fidelity(pred_ms: list[float], meas_ms: list[float], pred_ratio: list[float]
     order, pairs = pair_order(pred_ms, meas_ms)
     err = [abs(p / m - 1.0) * 100.0 for p, m in zip(pred_ratio, meas_ratio) if m > 0]
     return {
-        "spearman": spearman(pred_ms, meas_ms), "kendall": kendall(pred_ms, meas_ms), "pair_order_right": order, "pairs_predicted_10pct_apart": pairs,
-        "ratio_error_median_pct": float(np.median(err)) if err else float("nan"), "ratio_error_p90_pct": float(np.percentile(err, 90)) if err else float("nan"),
+        "spearman": spearman(pred_ms, meas_ms),
+        "kendall": kendall(pred_ms, meas_ms),
+        "pair_order_right": order,
+        "pairs_predicted_10pct_apart": pairs,
+        "ratio_error_median_pct": float(np.median(err)) if err else float("nan"),
+        "ratio_error_p90_pct": float(np.percentile(err, 90)) if err else float("nan"),
     }

@@ -51,7 +51,7 @@ def transfer_ms(n_bytes: int, bytes_per_s: float, rtt_ms: float = 0.0) -> float:
 
 
 def throttled_latencies(
-    work_ms: float, idle_ms: float, share: float, period_ms: float, tick_ms: float = 0.0, requests: int = 500,
+    work_ms: float, idle_ms: float, share: float, period_ms: float, tick_ms: float = 0.0, requests: int = 500
 ) -> list[float]:
     """Latency of each of ``requests`` runs of ``work_ms`` of CPU time on a device under a CFS quota.
 
@@ -111,14 +111,23 @@ class AnalyticLatencyModel:
 
     @classmethod
     def over(cls, edge_macs_per_s: float, cloud_macs_per_s: float, link: LinkProfile) -> AnalyticLatencyModel:
-        """The MAC model at these compute rates over ``link`` (every term of the link: rates, RTT, per-request overhead)."""
-        return cls(edge_macs_per_s, cloud_macs_per_s, link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return,
-                   link.request_overhead_ms)
+        """The MAC model at these compute rates over ``link`` (every term of the link: rates, RTT, per-request
+        overhead)."""
+        return cls(
+            edge_macs_per_s,
+            cloud_macs_per_s,
+            link.uplink_bytes_per_s,
+            link.downlink_bytes_per_s,
+            link.rtt_ms,
+            link.count_result_return,
+            link.request_overhead_ms,
+        )
 
     def describe(self) -> str:
         return (
-            f"the analytic MAC model (Eq. 5-7): edge {self.edge_macs_per_s / 1e6:g} MMAC/s, cloud {self.cloud_macs_per_s / 1e6:g} MMAC/s, "
-            f"link {self.uplink_bytes_per_s / 1e3:g} KB/s up, RTT {self.rtt_ms:g} ms{_per_request(self.request_overhead_ms)}"
+            f"the analytic MAC model (Eq. 5-7): edge {self.edge_macs_per_s / 1e6:g} MMAC/s, cloud"
+            f" {self.cloud_macs_per_s / 1e6:g} MMAC/s, link {self.uplink_bytes_per_s / 1e3:g} KB/s up, RTT"
+            f" {self.rtt_ms:g} ms{_per_request(self.request_overhead_ms)}"
         )
 
 
@@ -288,7 +297,9 @@ class SideTable:
         if model not in tables:
             name, _, runtime = model.partition("@")
             how = f" --runtime {runtime}" if runtime else ""
-            raise CpcdrlError(f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {name}{how}")
+            raise CpcdrlError(
+                f"profile {host!r} has no table for {model}; run: cpcdrl profile --host {host} --model {name}{how}"
+            )
         return cls(tables[model], stat)
 
     @property
@@ -296,7 +307,8 @@ class SideTable:
         return self.table.get("run_overhead", {}).get(self.stat, self.table.get("run_overhead_ms", 0.0))
 
     def alone(self, i: int, in_keep: float, out_keep: float) -> float:
-        """Layer ``i`` at these keep ratios, less its run's overhead; blocked and misaligned channel counts priced as measured."""
+        """Layer ``i`` at these keep ratios, less its run's overhead; blocked and misaligned channel counts priced as
+        measured."""
         t, ov = self.table, self.overhead_ms
         per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
         block, dw_align = int(t.get("channel_block", 1)), int(t.get("dw_alignment", 1))
@@ -317,7 +329,8 @@ class SideTable:
         return self.overhead_ms + sum(self.alone(i, in_keep[i - 1], out_keep[i - 1]) for i in layers)
 
     def whole_stat(self, side: str, cold: bool) -> str:
-        """The statistic of the whole timings to anchor to: the as-served one where wanted and every whole model has it."""
+        """The statistic of the whole timings to anchor to: the as-served one where wanted and every whole model has
+        it."""
         whole = self.table.get(side, []) + (self.table.get("pruned_heads", []) if side == "heads" else [])
         return COLD_STAT if cold and whole and all(w.get(COLD_STAT) for w in whole) else self.stat
 
@@ -375,7 +388,14 @@ class TableLatencyModel:
     _anchor_points: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _sum(
-        self, tables: dict, host: str, model: str, shape: PlanShape, layers: range, whole: tuple[str, int] | None = None, cold: bool = False,
+        self,
+        tables: dict,
+        host: str,
+        model: str,
+        shape: PlanShape,
+        layers: range,
+        whole: tuple[str, int] | None = None,
+        cold: bool = False,
     ) -> float:
         """The plan's table sum on one side (``SideTable.total``), anchored to the whole models timed at its cut.
 
@@ -395,23 +415,33 @@ class TableLatencyModel:
     def predict(self, model: str, shape: PlanShape) -> LatencyBreakdown:
         n = len(shape.layer_macs)
         offloads = shape.cut < n
+        edge, cloud = range(1, shape.cut + 1), range(shape.cut + 1, n + 1)
+        edge_key = table_key(model, self.edge_runtime)
         return LatencyBreakdown(
-            edge_ms=self._sum(self.edge_tables, self.edge_name, table_key(model, self.edge_runtime), shape, range(1, shape.cut + 1), ("heads", shape.cut),
-                              cold=offloads)
-            if shape.cut else 0.0,
-            cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, range(shape.cut + 1, n + 1), ("tails", shape.cut), cold=True)
-            if offloads else 0.0,
+            edge_ms=self._sum(self.edge_tables, self.edge_name, edge_key, shape, edge, ("heads", shape.cut), offloads)
+            if shape.cut
+            else 0.0,
+            cloud_ms=self._sum(self.cloud_tables, self.cloud_name, model, shape, cloud, ("tails", shape.cut), True)
+            if offloads
+            else 0.0,
             **_link_terms(self, shape, offloads),
         )
 
     def describe(self) -> str:
-        tabs = (*self.edge_tables.values(), *self.cloud_tables.values())
-        served = self.cold and any(COLD_STAT in w for tab in tabs for w in tab.get("tails", []) + tab.get("heads", []))
-        kind = ("per-run medians" if self.stat == "median_ms" else "sustained means") + (
-            (", anchored to whole heads/tails" + (" as served (timed after idle)" if served else "")) if self.anchor else ", plain sums")
-        rt = f" ({self.edge_runtime})" if self.edge_runtime != "onnxruntime" else ""
-        link = f"B={self.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {self.rtt_ms:.1f} ms{_per_request(self.request_overhead_ms)}"
-        return f"measured tables ({kind}): edge {self.edge_name}{rt}, cloud {self.cloud_name}, {link}"
+        return _describe_tables(self)
+
+
+def _describe_tables(m: TableLatencyModel) -> str:
+    tabs = (*m.edge_tables.values(), *m.cloud_tables.values())
+    served = m.cold and any(COLD_STAT in w for tab in tabs for w in tab.get("tails", []) + tab.get("heads", []))
+    kind = ("per-run medians" if m.stat == "median_ms" else "sustained means") + (
+        (", anchored to whole heads/tails" + (" as served (timed after idle)" if served else ""))
+        if m.anchor
+        else ", plain sums"
+    )
+    rt = f" ({m.edge_runtime})" if m.edge_runtime != "onnxruntime" else ""
+    link = f"B={m.uplink_bytes_per_s / 1e3:.1f} KB/s up, RTT {m.rtt_ms:.1f} ms{_per_request(m.request_overhead_ms)}"
+    return f"measured tables ({kind}): edge {m.edge_name}{rt}, cloud {m.cloud_name}, {link}"
 
 
 @dataclass(frozen=True)
@@ -422,7 +452,9 @@ class FastestRuntime:
 
     def __post_init__(self) -> None:
         links = {tuple(link_fields(m).values()) for m in self.by_runtime.values()}
-        if len(links) != 1:  # the runtimes differ in the head only: a plan's transfer must not depend on which one runs it
+        if (
+            len(links) != 1
+        ):  # the runtimes differ in the head only: a plan's transfer must not depend on which one runs it
             raise ValueError(f"the runtimes' latency models price different links: {sorted(links)}")
 
     @property
@@ -450,7 +482,9 @@ def edge_runtimes(edge: Profile, model: str) -> list[str]:
     return [r for r in ("onnxruntime", "litert") if table_key(model, r) in edge.tables]
 
 
-def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None = None, edge_runtime: str = "onnxruntime") -> LatencyModel:
+def build_latency_model(
+    edge: Profile, cloud: Profile, link: LinkProfile | None = None, edge_runtime: str = "onnxruntime"
+) -> LatencyModel:
     """The latency model the profiles call for: analytic if both are, else measured tables.
 
     The link comes from ``link``, else the edge profile's, else the cloud
@@ -460,13 +494,22 @@ def build_latency_model(edge: Profile, cloud: Profile, link: LinkProfile | None 
     if link is None:
         raise CpcdrlError(f"no link given: neither {edge.name!r} nor {cloud.name!r} holds one; pass --link")
     if edge.kind == "analytic" and cloud.kind == "analytic":
-        return AnalyticLatencyModel.over(edge.compute_rate("edge").macs_per_s, cloud.compute_rate("cloud").macs_per_s, link)
+        return AnalyticLatencyModel.over(
+            edge.compute_rate("edge").macs_per_s, cloud.compute_rate("cloud").macs_per_s, link
+        )
     if edge.kind == "measured" and cloud.kind == "measured":
         return TableLatencyModel(
             edge.tables,
             cloud.tables,
-            link.uplink_bytes_per_s, link.downlink_bytes_per_s, link.rtt_ms, link.count_result_return, edge.name, cloud.name,
+            link.uplink_bytes_per_s,
+            link.downlink_bytes_per_s,
+            link.rtt_ms,
+            link.count_result_return,
+            edge.name,
+            cloud.name,
             edge_runtime=edge_runtime,
             request_overhead_ms=link.request_overhead_ms,
         )
-    raise CpcdrlError(f"cannot mix an analytic and a measured profile ({edge.name!r} is {edge.kind}, {cloud.name!r} is {cloud.kind})")
+    raise CpcdrlError(
+        f"cannot mix an analytic and a measured profile ({edge.name!r} is {edge.kind}, {cloud.name!r} is {cloud.kind})"
+    )

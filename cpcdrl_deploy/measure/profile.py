@@ -84,7 +84,9 @@ class Profile:
             raise CpcdrlError(f"{source}: not a profile (expected a JSON object)")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise CpcdrlError(f"{source}: schema_version {version!r} is not supported (this cpcdrl reads {SCHEMA_VERSION})")
+            raise CpcdrlError(
+                f"{source}: schema_version {version!r} is not supported (this cpcdrl reads {SCHEMA_VERSION})"
+            )
         if d.get("kind") not in KINDS:
             raise CpcdrlError(f"{source}: kind must be one of {', '.join(KINDS)}, got {d.get('kind')!r}")
         try:
@@ -121,7 +123,9 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
         candidate = folder / f"{name_or_path}.json"
         if candidate.is_file():
             return candidate
-    raise CpcdrlError(f"unknown profile {str(name_or_path)!r}: not a file, and not one of {', '.join(builtin_profiles())}")
+    raise CpcdrlError(
+        f"unknown profile {str(name_or_path)!r}: not a file, and not one of {', '.join(builtin_profiles())}"
+    )
 
 
 def load_profile(name_or_path: str | Path) -> Profile:

@@ -86,7 +86,9 @@ def _in_group(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int) -> Ch
     return None
 
 
-def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, grid: tuple[float, ...]) -> list[tuple[int, list[float]]]:
+def layer_variants(
+    analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, grid: tuple[float, ...]
+) -> list[tuple[int, list[float]]]:
     """(cut N, ratios) plans that put layer t at each reachable (in, out) grid point."""
     n = analysis.n_layers
     gin = _in_group(analysis, groups, t)
@@ -108,7 +110,8 @@ def layer_variants(analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, 
 
 
 def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn.Module, torch.Tensor]:
-    """Layer t's unit of ``pruned`` (weights frozen as constants) and the input it gets there: zeros through the units before it."""
+    """Layer t's unit of ``pruned`` (weights frozen as constants) and the input it gets there: zeros through the
+    units before it."""
     units = make_constant(pruned).units()
     x = torch.zeros(1, *analysis.input_shape)
     with torch.no_grad():
@@ -136,9 +139,15 @@ _BUILT_KEEP = 8  # models x grids x runtimes remembered by build_jobs in one pro
 
 
 def build_jobs(
-    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker = no_ticker, runtime: str = "onnxruntime",
+    model_name: str,
+    grid: tuple[float, ...],
+    workdir: Path,
+    log: Log,
+    tick: Ticker = no_ticker,
+    runtime: str = "onnxruntime",
 ) -> tuple[list[dict], ModelAnalysis]:
-    """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file, input_shape, meta).
+    """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file,
+    input_shape, meta).
 
     The files depend only on the model, the grid and the runtime (constant weights), so a process that
     profiles the same model again (``bench --profile-before-rounds``: the edge, then this host) writes
@@ -160,7 +169,7 @@ def build_jobs(
 
 
 def _build_jobs(
-    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker, runtime: str,
+    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker, runtime: str
 ) -> tuple[list[dict], ModelAnalysis]:
     out = _Writer(workdir, RUNTIMES[runtime].suffix + ".gz", runtime)
     entry = get_entry(model_name)
@@ -168,9 +177,14 @@ def _build_jobs(
     analysis = analyze(model, entry.input_size, model_name)
     units_per_layer = {layer.unit for layer in analysis.layers}
     if len(units_per_layer) != analysis.n_layers:
-        raise CpcdrlError(f"profiling per layer needs one prunable layer per unit; {model_name} has blocks (profile a sequential CIFAR model)")
+        raise CpcdrlError(
+            f"profiling per layer needs one prunable layer per unit; {model_name} has blocks (profile a sequential"
+            " CIFAR model)"
+        )
     groups = channel_groups(model, analysis)
-    jobs = _layer_jobs(model, analysis, groups, grid, out, lambda t: tick(f"{model_name}: exporting layers", t, analysis.n_layers))
+    jobs = _layer_jobs(
+        model, analysis, groups, grid, out, lambda t: tick(f"{model_name}: exporting layers", t, analysis.n_layers)
+    )
     jobs += _pruned_head_jobs(model, analysis, groups, grid, out, log)
     probes = _probe_files(analysis, out)
     jobs += _split_jobs(model, analysis, out)
@@ -181,22 +195,41 @@ def _build_jobs(
 
 
 def _layer_jobs(
-    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], grid: tuple[float, ...], out: _Writer, done: Callable[[int], None],
+    model: UnitModel,
+    analysis: ModelAnalysis,
+    groups: list[ChannelGroup],
+    grid: tuple[float, ...],
+    out: _Writer,
+    done: Callable[[int], None],
 ) -> list[dict]:
-    """Each prunable layer alone at every (input keep, output keep) of the grid, and a depthwise one off its fast layout."""
+    """Each prunable layer alone at every (input keep, output keep) of the grid, and a depthwise one off its fast
+    layout."""
     jobs: list[dict] = []
     for t in range(1, analysis.n_layers + 1):
         for cut, ratios in layer_variants(analysis, groups, t, grid):
             shape = plan_shape(analysis, groups, cut, ratios)
             fi, fo = shape.in_keep[t - 1], shape.out_keep[t - 1]
-            unit, x = _layer_alone(prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model, analysis, t)
+            unit, x = _layer_alone(
+                prune(model, analysis, cut, ratios, None, PruneConfig(refit=False), groups).model, analysis, t
+            )
             jid = f"L{t}_i{fi:.4f}_o{fo:.4f}"
             with torch.no_grad():
-                io_bytes = 4 * (x.numel() + unit(x).numel())  # float32 in and out: what a run alone copies across ORT's boundary
+                io_bytes = 4 * (
+                    x.numel() + unit(x).numel()
+                )  # float32 in and out: what a run alone copies across ORT's boundary
             f = out.write(jid, unit, tuple(x.shape[1:]))
-            jobs.append({
-                "id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "layer", "layer": t, "in_keep": fi, "out_keep": fo, "io_bytes": io_bytes,
-            })
+            jobs.append(
+                {
+                    "id": jid,
+                    "file": f,
+                    "input_shape": [1, *x.shape[1:]],
+                    "kind": "layer",
+                    "layer": t,
+                    "in_keep": fi,
+                    "out_keep": fo,
+                    "io_bytes": io_bytes,
+                }
+            )
         if analysis.layers[t - 1].kind == "dwconv":
             jobs.append(_misaligned_job(model, analysis, groups, t, out.workdir, out.ext, out.runtime))
         done(t)
@@ -204,7 +237,12 @@ def _layer_jobs(
 
 
 def _pruned_head_jobs(
-    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], grid: tuple[float, ...], out: _Writer, log: Log,
+    model: UnitModel,
+    analysis: ModelAnalysis,
+    groups: list[ChannelGroup],
+    grid: tuple[float, ...],
+    out: _Writer,
+    log: Log,
 ) -> list[dict]:
     """Whole heads pruned uniformly to each grid keep below 1 at every cut.
 
@@ -220,13 +258,23 @@ def _pruned_head_jobs(
         for keep in (k for k in grid if k < 1.0):
             ratios = [keep] * p.index
             shape = plan_shape(analysis, groups, p.index, ratios)
-            pruned = make_constant(prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model)
+            pruned = make_constant(
+                prune(model, analysis, p.index, ratios, None, PruneConfig(refit=False), groups).model
+            )
             jid = f"head{p.index}_k{keep:.4f}"
             f = out.write(jid, nn.Sequential(*pruned.units()[: p.unit_boundary]), tuple(analysis.input_shape))
-            jobs.append({
-                "id": jid, "file": f, "input_shape": [1, *analysis.input_shape], "kind": "pruned_head", "cut": p.index, "keep": keep,
-                "in_keep": list(shape.in_keep[: p.index]), "out_keep": list(shape.out_keep[: p.index]),
-            })
+            jobs.append(
+                {
+                    "id": jid,
+                    "file": f,
+                    "input_shape": [1, *analysis.input_shape],
+                    "kind": "pruned_head",
+                    "cut": p.index,
+                    "keep": keep,
+                    "in_keep": list(shape.in_keep[: p.index]),
+                    "out_keep": list(shape.out_keep[: p.index]),
+                }
+            )
         log(f"exported pruned heads at cut {p.index}")
     return jobs
 
@@ -261,10 +309,14 @@ def _split_jobs(model: UnitModel, analysis: ModelAnalysis, out: _Writer) -> list
         b = p.unit_boundary
         if b > 0:
             f = out.write(f"head{p.index}", nn.Sequential(*units[:b]), shapes[0])
-            jobs.append({"id": f"head{p.index}", "file": f, "input_shape": [1, *shapes[0]], "kind": "head", "cut": p.index})
+            jobs.append(
+                {"id": f"head{p.index}", "file": f, "input_shape": [1, *shapes[0]], "kind": "head", "cut": p.index}
+            )
         if b < len(units):
             f = out.write(f"tail{p.index}", nn.Sequential(*units[b:]), shapes[b])
-            jobs.append({"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index})
+            jobs.append(
+                {"id": f"tail{p.index}", "file": f, "input_shape": [1, *shapes[b]], "kind": "tail", "cut": p.index}
+            )
     return jobs
 
 
@@ -280,7 +332,15 @@ def _overhead_jobs(out: _Writer) -> list[dict]:
     jobs = []
     for n in OVERHEAD_ELEMENTS:
         f = out.write(f"overhead{n}", nn.ReLU(), (n, 1, 1))
-        jobs.append({"id": "overhead" if n == 1 else f"overhead{n}", "file": f, "input_shape": [1, n, 1, 1], "kind": "overhead", "io_bytes": 8 * n})
+        jobs.append(
+            {
+                "id": "overhead" if n == 1 else f"overhead{n}",
+                "file": f,
+                "input_shape": [1, n, 1, 1],
+                "kind": "overhead",
+                "io_bytes": 8 * n,
+            }
+        )
     return jobs
 
 
@@ -296,7 +356,7 @@ def _spread_probes(jobs: list[dict], probes: list[tuple[str, int, str, list[int]
 
 
 def _misaligned_job(
-    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, workdir: Path, ext: str, runtime: str,
+    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], t: int, workdir: Path, ext: str, runtime: str
 ) -> dict:
     """Depthwise layer t alone at one channel fewer than it has (an odd count): its price off the fast layout.
 
@@ -315,7 +375,14 @@ def _misaligned_job(
     jid = f"L{t}_misaligned"
     f = f"{jid}{ext}"
     (workdir / f).write_bytes(timing_file(unit, tuple(x.shape[1:]), runtime))
-    return {"id": jid, "file": f, "input_shape": [1, *x.shape[1:]], "kind": "misaligned", "layer": t, "channels": L.out_channels - 1}
+    return {
+        "id": jid,
+        "file": f,
+        "input_shape": [1, *x.shape[1:]],
+        "kind": "misaligned",
+        "layer": t,
+        "channels": L.out_channels - 1,
+    }
 
 
 def dw_alignment(ms_by_channels: dict[int, float], slow: float = 2.0) -> int:
@@ -375,7 +442,9 @@ def channel_block(ms_by_channels: dict[int, float]) -> int:
     return 1
 
 
-def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None) -> LinkProfile:
+def measure_link(
+    dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000), log: Log = lambda s: None
+) -> LinkProfile:
     """Bandwidth each way from timed transfers of several sizes (least-squares slope), RTT from tiny round trips."""
     echo, stream = getattr(dev, "echo_rtt_ms", None), getattr(dev, "stream_s", None)
     if echo is None or stream is None:
@@ -389,12 +458,15 @@ def measure_link(dev: Device, sizes: tuple[int, ...] = (32_000, 128_000, 512_000
         log(f"link: {n} bytes up {up[-1][1]:.2f} s, down {down[-1][1]:.2f} s")
     up_s, down_s = _ls_slope(up), _ls_slope(down)  # seconds per byte
     return LinkProfile(
-        uplink_bytes_per_s=1.0 / up_s if up_s > 0 else float("inf"), downlink_bytes_per_s=1.0 / down_s if down_s > 0 else float("inf"), rtt_ms=rtt,
+        uplink_bytes_per_s=1.0 / up_s if up_s > 0 else float("inf"),
+        downlink_bytes_per_s=1.0 / down_s if down_s > 0 else float("inf"),
+        rtt_ms=rtt,
     )
 
 
 def with_request_probe(dev: Device, link: LinkProfile, bind: str, log: Log = lambda s: None) -> LinkProfile:
-    """``link`` with the per-request overhead and the uplink rate of real requests (linkprobe.py), or as it was if the probe fails."""
+    """``link`` with the per-request overhead and the uplink rate of real requests (linkprobe.py), or as it was if
+    the probe fails."""
     from cpcdrl_deploy.measure.request_probe import measure_request_link
 
     try:
@@ -403,7 +475,9 @@ def with_request_probe(dev: Device, link: LinkProfile, bind: str, log: Log = lam
         log(f"request probe skipped ({str(exc) or type(exc).__name__}); the link keeps the SSH figures")
         return link
     res["ssh_uplink_bytes_per_s"] = link.uplink_bytes_per_s
-    return replace(link, uplink_bytes_per_s=res["bytes_per_s"], request_overhead_ms=res["request_overhead_ms"], request_probe=res)
+    return replace(
+        link, uplink_bytes_per_s=res["bytes_per_s"], request_overhead_ms=res["request_overhead_ms"], request_probe=res
+    )
 
 
 def _profiler_failed(dev: Device, rc: int, err: str) -> CpcdrlError:
@@ -425,7 +499,9 @@ def time_on_device(dev: Device, remote: str, job_file: Path, opts: str, timeout:
     The one command line every profiling caller shares (``profile_host`` and the benchmarks), so a change
     of the profiler's interface has one place to go."""
     dev.put(job_file, f"{remote}/job.json")
-    cmd = f"{shlex.quote(dev.python)} {shlex.quote(remote + '/timer.py')} time {shlex.quote(remote + '/job.json')} {opts}"
+    cmd = (
+        f"{shlex.quote(dev.python)} {shlex.quote(remote + '/timer.py')} time {shlex.quote(remote + '/job.json')} {opts}"
+    )
     rc, out, err = dev.run(cmd, timeout=timeout)
     if rc != 0:
         raise _profiler_failed(dev, rc, err)
@@ -463,13 +539,7 @@ def profile_host(
 
     Each model is timed in ``rounds`` passes over a batch of ``batch`` models,
     for at least ``window_ms`` per pass, and reports its median pass
-    (``timer.time_jobs``). Why four passes of 100 ms over 60-model
-    batches: the emulated Pi's speed comes in slow spells of 0.5-5 s; with
-    two passes over 40-model batches the previous profile had MobileNet
-    heads slower than the larger heads they are part of (16 of 108 steps
-    along the cuts, by up to 26 %). Why the median pass and not the
-    fastest (as that profile, and a first one with four passes, kept): the
-    deployed requests' p50 ran 60-90 % above the fastest-of-four profile.
+    (``timer.time_jobs``); docs/measuring.md says why these defaults.
 
     ``request_probe_at``: an address of this host the device reaches; the
     link is then also timed with real KServe v2 requests to a server there
@@ -486,15 +556,16 @@ def profile_host(
     runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
     for rt in runtimes:
         check_runtime(dev, rt)  # also refuses an unknown runtime
-    run = _Run(grid, threads, warmup, repeats, rounds, batch, window_ms, cold_gap_ms, retime_tries, runtimes,
-               out.with_name(out.name + ".partial"), log, tick)
+    timing = (grid, threads, warmup, repeats, rounds, batch, window_ms, cold_gap_ms, retime_tries)
+    run = _Run(*timing, runtimes, out.with_name(out.name + ".partial"), log, tick)
     partial = _load_partial(run.partial_path, dev.name, "+".join(runtimes))
     remote = dev.mkdtemp()
     try:
         dev.put(PROFILER, f"{remote}/timer.py")
         facts = _host_facts(dev, remote, run)
         tables: dict[str, dict] = {}
-        on_this_host = dev.name == "local" or "testbed" in facts  # then this host's CPUs are the device's: say what else took them
+        # then this host's CPUs are the device's: say what else took them
+        on_this_host = dev.name == "local" or "testbed" in facts
         for model_name in models:
             tables.update(_profile_model(dev, remote, model_name, run, partial, on_this_host))
         link = measure_link(dev, log=log) if measure_link_too else None
@@ -502,8 +573,14 @@ def profile_host(
             link = with_request_probe(dev, link, request_probe_at, log)
     finally:
         dev.remove(remote)
-    prof = Profile(name=dev.name, kind="measured", link=link, host=facts, tables=_with_older_tables(out, facts, tables),
-                   notes=f"measured by cpcdrl profile on {dev.name}")
+    prof = Profile(
+        name=dev.name,
+        kind="measured",
+        link=link,
+        host=facts,
+        tables=_with_older_tables(out, facts, tables),
+        notes=f"measured by cpcdrl profile on {dev.name}",
+    )
     save_profile(prof, out)
     run.partial_path.unlink(missing_ok=True)
     return prof
@@ -542,28 +619,51 @@ def _load_partial(path: Path, host: str, tag: str) -> dict:
 def _host_facts(dev: Device, remote: str, run: _Run) -> dict:
     """The device's runtime facts and this run's settings; for a testbed, what it emulates."""
     facts = profiler_facts(dev, remote)
-    facts.update(threads=run.threads, warmup=run.warmup, repeats=run.repeats, rounds=run.rounds, round_window_ms=run.window_ms,
-                 cold_gap_ms=run.cold_gap_ms, retime_spread=RETIME_SPREAD, retime_tries=run.retime_tries)
+    facts.update(
+        threads=run.threads,
+        warmup=run.warmup,
+        repeats=run.repeats,
+        rounds=run.rounds,
+        round_window_ms=run.window_ms,
+        cold_gap_ms=run.cold_gap_ms,
+        retime_spread=RETIME_SPREAD,
+        retime_tries=run.retime_tries,
+    )
     tb = load_state(dev.name) if dev.name != "local" else None
     if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
         facts["testbed"] = {
-            "cpu_share": tb.cpu, "throttle": tb.throttle, "cpu_pin": tb.cpu_pin,
-            "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s, "emulated_on": platform.node(),
+            "cpu_share": tb.cpu,
+            "throttle": tb.throttle,
+            "cpu_pin": tb.cpu_pin,
+            "bandwidth_bytes_per_s": tb.bandwidth_bytes_per_s,
+            "emulated_on": platform.node(),
         }
         if tb.throttle == "quota":
             facts["testbed"]["cfs_period_us"] = tb.cfs_period_us
         else:
-            facts["testbed"].update(duty_period_us=tb.duty_period_us, duty_on_us=tb.duty_on_us, measured_share=tb.measured_share,
-                                    calibration_steal=tb.calibration_steal)
+            facts["testbed"].update(
+                duty_period_us=tb.duty_period_us,
+                duty_on_us=tb.duty_on_us,
+                measured_share=tb.measured_share,
+                calibration_steal=tb.calibration_steal,
+            )
     return facts
 
 
-def _profile_model(dev: Device, remote: str, model_name: str, run: _Run, partial: dict, on_this_host: bool) -> dict[str, dict]:
-    """``model_name``'s tables, one per runtime, keyed by ``table_key``; this host's load beside them when it is the device."""
+def _profile_model(
+    dev: Device, remote: str, model_name: str, run: _Run, partial: dict, on_this_host: bool
+) -> dict[str, dict]:
+    """``model_name``'s tables, one per runtime, keyed by ``table_key``; this host's load beside them when it is the
+    device."""
     t_model = time.time()
     runtimes = run.runtimes
-    with tempfile.TemporaryDirectory() as tmp, (HostSampler(interval_s=1.0) if on_this_host else nullcontext()) as sampler:
-        built = {rt: build_jobs(model_name, run.grid, Path(tmp), run.log, run.tick, rt) for rt in runtimes}  # file names differ by suffix
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        HostSampler(interval_s=1.0) if on_this_host else nullcontext() as sampler,
+    ):
+        built = {
+            rt: build_jobs(model_name, run.grid, Path(tmp), run.log, run.tick, rt) for rt in runtimes
+        }  # file names differ by suffix
         analysis = built[runtimes[0]][1]
         jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
         done = partial["results"].setdefault(model_name, {})
@@ -573,7 +673,9 @@ def _profile_model(dev: Device, remote: str, model_name: str, run: _Run, partial
             key = table_key(model_name, rt)
             own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
             tables[key] = _table(built[rt][0], own, analysis, run.grid, run.threads)
-            tables[key]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at is the run's start
+            tables[key]["measured_at"] = time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
+            )  # host.measured_at is the run's start
             tables[key]["runtime"] = rt
             if len(runtimes) > 1:
                 tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
@@ -584,7 +686,9 @@ def _profile_model(dev: Device, remote: str, model_name: str, run: _Run, partial
     return tables
 
 
-def _time_all(dev: Device, remote: str, model_name: str, jobs: list[dict], done: dict, tmp: Path, run: _Run, partial: dict) -> None:
+def _time_all(
+    dev: Device, remote: str, model_name: str, jobs: list[dict], done: dict, tmp: Path, run: _Run, partial: dict
+) -> None:
     """Time every job not yet in ``done`` in batches, saving the partial file after each; retime disturbed ones."""
     todo = [j for j in jobs if j["id"] not in done]
     if len(todo) < len(jobs):
@@ -593,13 +697,19 @@ def _time_all(dev: Device, remote: str, model_name: str, jobs: list[dict], done:
 
     def time_chunk(chunk: list[dict], n_rounds: int) -> dict[str, dict]:
         job_file = tmp / "job.json"
-        job_file.write_text(json.dumps([
-            {k: j[k] for k in ("id", "file", "input_shape")}
-            | ({"cold_gap_ms": run.cold_gap_ms} if run.cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
-            for j in chunk
-        ]))
-        opts = (f"--threads {run.threads} --warmup {run.warmup} --repeats {run.repeats} --rounds {n_rounds}"
-                f" --min-time-ms {round(run.window_ms * n_rounds)}")
+        job_file.write_text(
+            json.dumps(
+                [
+                    {k: j[k] for k in ("id", "file", "input_shape")}
+                    | ({"cold_gap_ms": run.cold_gap_ms} if run.cold_gap_ms > 0 and j["kind"] in WHOLE_KINDS else {})
+                    for j in chunk
+                ]
+            )
+        )
+        opts = (
+            f"--threads {run.threads} --warmup {run.warmup} --repeats {run.repeats} --rounds {n_rounds}"
+            f" --min-time-ms {round(run.window_ms * n_rounds)}"
+        )
         return time_on_device(dev, remote, job_file, opts, timeout=1800)
 
     still = 0  # models whose passes still disagree after the re-timing
@@ -607,8 +717,15 @@ def _time_all(dev: Device, remote: str, model_name: str, jobs: list[dict], done:
         chunk = todo[start : start + run.batch]
         for j in chunk:
             dev.put(tmp / j["file"], f"{remote}/{j['file']}")
-        attempts = _time_with_retries(time_chunk, chunk, run.rounds, run.retime_tries, lambda n: run.log(
-            f"{model_name}: timing {n} models again: their passes disagreed by more than {RETIME_SPREAD:g}x"))
+        attempts = _time_with_retries(
+            time_chunk,
+            chunk,
+            run.rounds,
+            run.retime_tries,
+            lambda n: run.log(
+                f"{model_name}: timing {n} models again: their passes disagreed by more than {RETIME_SPREAD:g}x"
+            ),
+        )
         done.update({i: _pooled(a) for i, a in attempts.items()})
         atomic_write_json(run.partial_path, partial)
         still += sum(_disturbed(a[-1]) for a in attempts.values())
@@ -616,9 +733,11 @@ def _time_all(dev: Device, remote: str, model_name: str, jobs: list[dict], done:
     if still:
         # a busy device is one cause; a small CPU share is another (at a third of a core, with nothing
         # else running, passes of millisecond models spread this much), so the warning names both
-        run.log(f"warning: {model_name}: {still} of {len(jobs)} models still disagree by more than {RETIME_SPREAD:g}x"
-                f" between passes (other work on {dev.name}, or a throttled or small CPU share);"
-                " each keeps its attempt nearest the median pass")
+        run.log(
+            f"warning: {model_name}: {still} of {len(jobs)} models still disagree by more than {RETIME_SPREAD:g}x"
+            f" between passes (other work on {dev.name}, or a throttled or small CPU share);"
+            " each keeps its attempt nearest the median pass"
+        )
 
 
 def _with_older_tables(out: Path, facts: dict, tables: dict[str, dict]) -> dict[str, dict]:
@@ -634,8 +753,13 @@ def _with_older_tables(out: Path, facts: dict, tables: dict[str, dict]) -> dict[
     return tables
 
 
-def _time_with_retries(time_chunk: Callable[[list[dict], int], dict[str, dict]], chunk: list[dict], rounds: int, tries: int,
-                       say: Callable[[int], None]) -> dict[str, list[dict]]:
+def _time_with_retries(
+    time_chunk: Callable[[list[dict], int], dict[str, dict]],
+    chunk: list[dict],
+    rounds: int,
+    tries: int,
+    say: Callable[[int], None],
+) -> dict[str, list[dict]]:
     """Every attempt at each job of ``chunk``: one timing, then up to ``tries`` more of those still ``_disturbed``."""
     attempts = {i: [r] for i, r in time_chunk(chunk, rounds).items()}
     for _ in range(tries):
@@ -671,12 +795,14 @@ def _pooled(attempts: list[dict]) -> dict:
 
 
 def _job_id(runtime: str, job_id: str, runtimes: list[str]) -> str:
-    """A job's id on the device: unchanged with one runtime (resumable from older partial files), ``runtime:id`` with several."""
+    """A job's id on the device: unchanged with one runtime (resumable from older partial files), ``runtime:id`` with
+    several."""
     return job_id if len(runtimes) == 1 else f"{runtime}:{job_id}"
 
 
 def _interleave(lists: list[list[dict]]) -> list[dict]:
-    """Round-robin over the runtimes' job lists (built in the same order), so each batch holds each unit in every runtime."""
+    """Round-robin over the runtimes' job lists (built in the same order), so each batch holds each unit in every
+    runtime."""
     out: list[dict] = []
     for i in range(max(map(len, lists))):
         out.extend(lst[i] for lst in lists if i < len(lst))
@@ -714,7 +840,9 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         if "cold_median_ms" in r:  # whole models: the median run after cold_gap_ms of idle, as a served request
             stats.update(cold_median_ms=r["cold_median_ms"], cold_gap_ms=r["cold_gap_ms"])
         if j["kind"] == "layer":
-            layers.setdefault(j["layer"], []).append({"in_keep": j["in_keep"], "out_keep": j["out_keep"], "io_bytes": j["io_bytes"], **stats})
+            layers.setdefault(j["layer"], []).append(
+                {"in_keep": j["in_keep"], "out_keep": j["out_keep"], "io_bytes": j["io_bytes"], **stats}
+            )
         elif j["kind"] == "overhead":
             overhead_points.append({"io_bytes": j["io_bytes"], **stats})
             if j["id"] == "overhead":
@@ -744,9 +872,23 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
         "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in STATS if k in overhead},
         "channel_block": channel_block(block_ms) if block_ms else 1,
         "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
-        **({"dw_alignment": dw_alignment(dw_ms), "dw_alignment_probe_ms": {str(c): ms for c, ms in sorted(dw_ms.items())}} if dw_ms else {}),
+        **(
+            {
+                "dw_alignment": dw_alignment(dw_ms),
+                "dw_alignment_probe_ms": {str(c): ms for c, ms in sorted(dw_ms.items())},
+            }
+            if dw_ms
+            else {}
+        ),
         "layers": [
-            {"index": t, "name": L.name, "kind": L.kind, "in_channels": L.in_channels, "out_channels": L.out_channels, "points": pts}
+            {
+                "index": t,
+                "name": L.name,
+                "kind": L.kind,
+                "in_channels": L.in_channels,
+                "out_channels": L.out_channels,
+                "points": pts,
+            }
             | ({"misaligned": misaligned[t]} if t in misaligned else {})
             for t, pts in sorted(layers.items())
             for L in (analysis.layers[t - 1],)

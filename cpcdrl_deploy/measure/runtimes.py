@@ -40,7 +40,15 @@ def onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
         f: Any = buf  # torch annotates a path, and takes a file object too
-        torch.onnx.export(module, (torch.zeros(1, *input_shape),), f, dynamo=False, input_names=["x"], output_names=["y"], opset_version=17)
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, *input_shape),),
+            f,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+        )
     return buf.getvalue()
 
 
@@ -57,16 +65,36 @@ class Runtime:
     install: str  # what to install on the device when none imports
     build: Callable[[nn.Module, tuple[int, ...]], bytes]  # a unit or head (batch 1, float32) as this runtime's file
     transfers: tuple[str, ...]  # the cut tensor's encodings a head of this runtime sends (compress/transfer.py)
-    onnx_head: bool  # the exported head is the ONNX model itself; otherwise converted from the module and checked against it
+    onnx_head: (
+        bool  # the exported head is the ONNX model itself; otherwise converted from the module and checked against it
+    )
     speed_probe: bool  # deploy's speed probe (the profile's ONNX whole model) runs on the device beside this head
     local_fallback: bool  # deploy --fallback (the full model in ONNX Runtime on the device) works beside this head
 
 
 RUNTIMES = {
-    "onnxruntime": Runtime("onnxruntime", ".onnx", ("onnxruntime",), "onnxruntime", onnx_bytes, ("fp32", "fp16", "int8"),
-                           onnx_head=True, speed_probe=True, local_fallback=True),
-    "litert": Runtime("litert", ".tflite", ("ai_edge_litert", "tflite_runtime"), "ai-edge-litert", lambda m, s: tflite_bytes(m, s), ("fp32",),
-                      onnx_head=False, speed_probe=False, local_fallback=False),
+    "onnxruntime": Runtime(
+        "onnxruntime",
+        ".onnx",
+        ("onnxruntime",),
+        "onnxruntime",
+        onnx_bytes,
+        ("fp32", "fp16", "int8"),
+        onnx_head=True,
+        speed_probe=True,
+        local_fallback=True,
+    ),
+    "litert": Runtime(
+        "litert",
+        ".tflite",
+        ("ai_edge_litert", "tflite_runtime"),
+        "ai-edge-litert",
+        lambda m, s: tflite_bytes(m, s),
+        ("fp32",),
+        onnx_head=False,
+        speed_probe=False,
+        local_fallback=False,
+    ),
 }
 
 
@@ -112,7 +140,9 @@ def tflite_int8(fp32: bytes, calib) -> bytes:
             from ai_edge_litert.interpreter import Interpreter
             from ai_edge_quantizer import quantizer, recipe
         except ImportError:
-            raise CpcdrlError('--runtime litert --quantize int8 needs ai-edge-quantizer on this host: pip install -e ".[litert]"') from None
+            raise CpcdrlError(
+                '--runtime litert --quantize int8 needs ai-edge-quantizer on this host: pip install -e ".[litert]"'
+            ) from None
         try:
             sig = Interpreter(model_content=fp32).get_signature_list()
             name = next(iter(sig))
@@ -133,7 +163,12 @@ def _quiet(log: Path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(log, "wb") as f, open(log, "a") as text, contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+    with (
+        open(log, "wb") as f,
+        open(log, "a") as text,
+        contextlib.redirect_stdout(text),
+        contextlib.redirect_stderr(text),
+    ):
         # the descriptors for C++ and subprocess output, sys.stdout/err for Python's prints
         # (they need not be fds 1 and 2: a test runner or a notebook replaces them)
         os.dup2(f.fileno(), 1)
@@ -153,9 +188,9 @@ def check_runtime(dev: Device, runtime: str = "onnxruntime") -> dict[str, str]:
     """The device's Python must import numpy and the runtime's package (runtimes.py); say exactly what is missing."""
     rt = get_runtime(runtime)
     probe = (
-        "import sys, importlib\ndef v(names):\n  for n in names:\n"
-        "    try: return getattr(importlib.import_module(n), '__version__', 'present')\n    except Exception: pass\n  return None\n"
-        f"print(sys.version.split()[0], v(['numpy']), v({list(rt.modules)!r}))"
+        "import sys, importlib\ndef v(names):\n  for n in names:\n    try: return getattr(importlib.import_module(n),"
+        " '__version__', 'present')\n    except Exception: pass\n  return None\nprint(sys.version.split()[0],"
+        f" v(['numpy']), v({list(rt.modules)!r}))"
     )
     rc, out, err = dev.run(f"{shlex.quote(dev.python)} -c {shlex.quote(probe)}", timeout=60)
     if rc != 0:
@@ -164,5 +199,8 @@ def check_runtime(dev: Device, runtime: str = "onnxruntime") -> dict[str, str]:
     py, np_v, rt_v = out.split()[-3:]
     missing = [pkg for pkg, v in (("numpy", np_v), (rt.install, rt_v)) if v == "None"]
     if missing:
-        raise CpcdrlError(f"{dev.name}: {dev.python} lacks {' and '.join(missing)}; on the device run: {dev.python} -m pip install {' '.join(missing)}")
+        raise CpcdrlError(
+            f"{dev.name}: {dev.python} lacks {' and '.join(missing)}; on the device run: {dev.python} -m pip install"
+            f" {' '.join(missing)}"
+        )
     return {"python": py, "numpy": np_v, rt.name: rt_v}

@@ -77,7 +77,9 @@ class ImageSet:
 
     def tensors(self, indices: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised float32 NCHW images and int64 labels for ``indices``."""
-        return normalize(self.uint8(indices)), torch.as_tensor(self.labels[np.asarray(indices, dtype=np.int64)], dtype=torch.int64)
+        return normalize(self.uint8(indices)), torch.as_tensor(
+            self.labels[np.asarray(indices, dtype=np.int64)], dtype=torch.int64
+        )
 
 
 def normalize(pixels: np.ndarray) -> torch.Tensor:
@@ -109,9 +111,12 @@ def _image_folder(split_dir: Path) -> ImageSet:
 
 
 _PICKLE_GLOBALS = {  # all a CIFAR-10 batch pickles: numpy arrays inside a dict of lists
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
 
 
@@ -123,13 +128,16 @@ def _restricted_load(f) -> object:
         def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
             if (module, name) in _PICKLE_GLOBALS:
                 return super().find_class(module, name)
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays belong in a CIFAR-10 batch)")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} (only numpy arrays belong in a CIFAR-10 batch)"
+            )
 
     return Restricted(f, encoding="latin1").load()
 
 
 def _python_format(root: Path) -> Cifar10:
-    """torchvision's ``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 rows and labels (read with a restricted unpickler)."""
+    """torchvision's ``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 rows and labels (read with a restricted
+    unpickler)."""
     import pickle
 
     base = root / "cifar-10-batches-py"
@@ -196,8 +204,10 @@ def load_cifar10(data: str | Path) -> Cifar10:
             "or an existing empty directory to download CIFAR-10 into)"
         )
     if any(root.iterdir()):
-        raise CpcdrlError(f"--data {data}: no CIFAR-10 here (ImageFolder train/ and test/, cifar-10-batches-py, or a .tar.gz); "
-                          "an empty directory is downloaded into")
+        raise CpcdrlError(
+            f"--data {data}: no CIFAR-10 here (ImageFolder train/ and test/, cifar-10-batches-py, or a .tar.gz); "
+            "an empty directory is downloaded into"
+        )
     # An existing empty directory: torchvision's own download path, where a network exists.
     try:
         import torchvision
@@ -206,7 +216,8 @@ def load_cifar10(data: str | Path) -> Cifar10:
         torchvision.datasets.CIFAR10(str(root), train=False, download=True)
     except Exception as exc:
         raise CpcdrlError(
-            f"--data {data}: no CIFAR-10 found (ImageFolder train/ test/, cifar-10-batches-py, or a .tar.gz) and the download failed: {str(exc).splitlines()[0]}"
+            f"--data {data}: no CIFAR-10 found (ImageFolder train/ test/, cifar-10-batches-py, or a .tar.gz) and the"
+            f" download failed: {str(exc).splitlines()[0]}"
         ) from None
     return _python_format(root)
 
@@ -222,7 +233,9 @@ def split_train(n_train: int, val_size: int, calib_size: int, seed: int = 0) -> 
     whatever its validation size.
     """
     if val_size + calib_size > n_train:
-        raise CpcdrlError(f"validation ({val_size}) + calibration ({calib_size}) images exceed the {n_train} training images")
+        raise CpcdrlError(
+            f"validation ({val_size}) + calibration ({calib_size}) images exceed the {n_train} training images"
+        )
     perm = np.random.default_rng(seed).permutation(n_train)
     return np.sort(perm[calib_size : calib_size + val_size]), np.sort(perm[:calib_size])
 

@@ -22,7 +22,9 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = BATCH) -> 
     """Class predictions (int64) for normalised NCHW ``images``."""
     model.eval()
     dev = device_of(model)
-    return torch.cat([model(images[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(images[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = BATCH) -> float:

@@ -120,15 +120,28 @@ def analyze(model: UnitModel, input_size: int, name: str = "", channels: int = 3
     for i, (mod, in_shape, out_shape, u) in enumerate(seen, start=1):
         if isinstance(mod, nn.Conv2d):
             kind = "dwconv" if mod.groups > 1 else "conv"
-            info = dict(in_channels=mod.in_channels, out_channels=mod.out_channels, kernel=mod.kernel_size[0], stride=mod.stride[0], groups=mod.groups)
+            info = dict(
+                in_channels=mod.in_channels,
+                out_channels=mod.out_channels,
+                kernel=mod.kernel_size[0],
+                stride=mod.stride[0],
+                groups=mod.groups,
+            )
         else:
             kind = "fc"
             fc = cast(nn.Linear, mod)
             info = dict(in_channels=fc.in_features, out_channels=fc.out_features, kernel=1, stride=1, groups=1)
         layers.append(
             LayerInfo(
-                index=i, name=names[mod], kind=kind, in_shape=in_shape, out_shape=out_shape,
-                macs=layer_macs(mod, out_shape), params=sum(p.numel() for p in mod.parameters()), unit=u, **info,
+                index=i,
+                name=names[mod],
+                kind=kind,
+                in_shape=in_shape,
+                out_shape=out_shape,
+                macs=layer_macs(mod, out_shape),
+                params=sum(p.numel() for p in mod.parameters()),
+                unit=u,
+                **info,
             )
         )
 
@@ -140,7 +153,16 @@ def analyze(model: UnitModel, input_size: int, name: str = "", channels: int = 3
         is_last_in_unit = layer.index == len(layers) or layers[layer.index].unit != layer.unit
         shape = unit_out[layer.unit] if is_last_in_unit else layer.out_shape
         points.append(
-            CutPoint(layer.index, layer.name, layer.macs, cum, shape, _nbytes(shape), is_last_in_unit, layer.unit + 1 if is_last_in_unit else -1)
+            CutPoint(
+                layer.index,
+                layer.name,
+                layer.macs,
+                cum,
+                shape,
+                _nbytes(shape),
+                is_last_in_unit,
+                layer.unit + 1 if is_last_in_unit else -1,
+            )
         )
     return ModelAnalysis(name, in_shape, layers, points, cum, _nbytes(unit_out[-1]))
 

@@ -45,7 +45,15 @@ class _PackedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = not x.is_mkldnn
         padding: Any = self.padding  # numeric: _packable refuses "same" / "valid"
-        y = torch.mkldnn_convolution(x.to_mkldnn() if dense else x, self.packed, self.packed_bias, padding, self.stride, self.dilation, self.groups)
+        y = torch.mkldnn_convolution(
+            x.to_mkldnn() if dense else x,
+            self.packed,
+            self.packed_bias,
+            padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+        )
         return y.to_dense() if dense else y
 
 
@@ -70,7 +78,9 @@ def _packable(m: nn.Module) -> bool:
 
 def _pack(module: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     conv: Any = module  # becomes a _PackedConv2d in place: new attributes, then its class
-    conv.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), conv.padding, conv.stride, conv.dilation, conv.groups)
+    conv.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.to_mkldnn(), conv.padding, conv.stride, conv.dilation, conv.groups
+    )
     conv.packed_bias = bias.to_mkldnn() if bias is not None else None
     conv.__class__ = _PackedConv2d
 
@@ -78,11 +88,14 @@ def _pack(module: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) ->
 def available(model: nn.Module) -> bool:
     """oneDNN is built in and the model is on the CPU in float32."""
     p = next(model.parameters(), None)
-    return torch.backends.mkldnn.is_available() and p is not None and p.device.type == "cpu" and p.dtype == torch.float32
+    return (
+        torch.backends.mkldnn.is_available() and p is not None and p.device.type == "cpu" and p.dtype == torch.float32
+    )
 
 
 def scoring_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for eval-mode inference only (see the module docstring); ``model`` itself when nothing would change."""
+    """A copy of ``model`` for eval-mode inference only (see the module docstring); ``model`` itself when nothing
+    would change."""
     if not available(model) or not any(_fast_sequential(m) for m in model.modules()):
         return model
     net = copy.deepcopy(model).eval()
@@ -97,7 +110,9 @@ def scoring_copy(model: nn.Module) -> nn.Module:
                     _pack(conv, *_fold_bn(conv, bn))
                     seq[i + 1] = nn.Identity()
                 else:
-                    _pack(conv, conv.weight.detach().contiguous(), conv.bias.detach() if conv.bias is not None else None)
+                    _pack(
+                        conv, conv.weight.detach().contiguous(), conv.bias.detach() if conv.bias is not None else None
+                    )
     return _LayoutRunner(net) if isinstance(net, UnitModel) else net
 
 
@@ -109,7 +124,9 @@ def _fast_sequential(m: nn.Module) -> bool:
     scoring slower than eager when it was tried.
     """
     kids = list(m.children()) if isinstance(m, nn.Sequential) else []
-    return any(_packable(k) for k in kids) and all(_packable(k) or type(k) is nn.BatchNorm2d or isinstance(k, _LAYOUT_SAFE) for k in kids)
+    return any(_packable(k) for k in kids) and all(
+        _packable(k) or type(k) is nn.BatchNorm2d or isinstance(k, _LAYOUT_SAFE) for k in kids
+    )
 
 
 def _layout_safe(unit: nn.Module) -> bool:

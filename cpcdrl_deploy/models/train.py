@@ -48,7 +48,12 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def train(
-    model_name: str, data: Cifar10, out: str | Path, cfg: TrainConfig, log: Callable[[str], None] = print, tick: Ticker = no_ticker,
+    model_name: str,
+    data: Cifar10,
+    out: str | Path,
+    cfg: TrainConfig,
+    log: Callable[[str], None] = print,
+    tick: Ticker = no_ticker,
 ) -> dict[str, Any]:
     """Train from scratch; write ``{"net", "acc", "epoch"}`` to ``out`` atomically."""
     if get_entry(model_name).dataset != "cifar10":
@@ -87,4 +92,11 @@ def train(
     buf = io.BytesIO()
     torch.save({"net": model.state_dict(), "acc": acc, "epoch": cfg.epochs}, buf)
     atomic_write_bytes(out, buf.getvalue())
-    return {"model": model_name, "out": str(out), "acc": acc, "epochs": cfg.epochs, "train_images": len(idx), "test_images": len(data.test)}
+    return {
+        "model": model_name,
+        "out": str(out),
+        "acc": acc,
+        "epochs": cfg.epochs,
+        "train_images": len(idx),
+        "test_images": len(data.test),
+    }

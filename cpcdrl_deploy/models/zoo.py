@@ -34,7 +34,21 @@ TINYVGG_CFG: list[int | str] = [16, 16, "M", 32, 32, "M", 64, 64, "M"]
 # arXiv:2201.02693). On 32x32 inputs every plain CIFAR network's early
 # tensors outweigh the image, so without one a split cannot pay.
 TINYSPLIT_CFG: list[int | str] = [32, "M", 24, "M", 128, 128, "M", 256, "M"]
-MOBILENET_CFG: list[int | tuple[int, int]] = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
+MOBILENET_CFG: list[int | tuple[int, int]] = [
+    64,
+    (128, 2),
+    128,
+    (256, 2),
+    256,
+    (512, 2),
+    512,
+    512,
+    512,
+    512,
+    512,
+    (1024, 2),
+    1024,
+]
 
 
 class Unit(nn.Module):
@@ -150,7 +164,7 @@ class CifarMobileNet(UnitModel):
             units.append(Unit(f"layers.{b}.conv1", conv_bn_relu(blk.conv1, blk.bn1), [blk.conv1, blk.bn1]))
             pw = conv_bn_relu(blk.conv2, blk.bn2)
             if b == last:  # fold the global pooling into the last unit: its cut tensor is the pooled one
-                pw = (lambda f: (lambda x: F.avg_pool2d(f(x), 2)))(pw)
+                pw = (lambda f: lambda x: F.avg_pool2d(f(x), 2))(pw)
             units.append(Unit(f"layers.{b}.conv2", pw, [blk.conv2, blk.bn2]))
         lin = self.linear
         units.append(Unit("linear", lambda x: lin(torch.flatten(x, 1)), [lin]))
@@ -173,7 +187,9 @@ class TorchvisionUnits(UnitModel):
             for lname in ("layer1", "layer2", "layer3", "layer4"):
                 for b, blk in enumerate(getattr(n, lname)):
                     units.append(Unit(f"net.{lname}.{b}", blk, [blk]))
-            units[-1] = Unit(units[-1].unit_name, (lambda blk: lambda x: n.avgpool(blk(x)))(n.layer4[-1]), [n.layer4[-1]])
+            units[-1] = Unit(
+                units[-1].unit_name, (lambda blk: lambda x: n.avgpool(blk(x)))(n.layer4[-1]), [n.layer4[-1]]
+            )
             units.append(Unit("net.fc", lambda x: n.fc(torch.flatten(x, 1)), [n.fc]))
             return units
         if self.arch == "mobilenet_v2":
@@ -206,13 +222,42 @@ def _torchvision(arch: str) -> UnitModel:
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("vgg16", "VGG16-BN for CIFAR-10 (pytorch-cifar layout)", 32, 10, lambda: CifarVGG(VGG16_CFG), "cifar10"),
+        ZooEntry(
+            "vgg16", "VGG16-BN for CIFAR-10 (pytorch-cifar layout)", 32, 10, lambda: CifarVGG(VGG16_CFG), "cifar10"
+        ),
         ZooEntry("mobilenet", "MobileNet v1 for CIFAR-10 (pytorch-cifar layout)", 32, 10, CifarMobileNet, "cifar10"),
-        ZooEntry("tinyvgg", "6-conv VGG-BN for CIFAR-10, shipped with weights", 32, 10, lambda: CifarVGG(TINYVGG_CFG), "cifar10"),
-        ZooEntry("tinysplit", "5-conv VGG-BN for CIFAR-10 with a narrow layer early, so a split pays; the built-in demo model",
-                 32, 10, lambda: CifarVGG(TINYSPLIT_CFG), "cifar10"),
-        ZooEntry("resnet18", "torchvision ResNet-18, 224x224, cut at block boundaries", 224, 1000, lambda: _torchvision("resnet18"), "imagenet"),
-        ZooEntry("mobilenet_v2", "torchvision MobileNetV2, 224x224, cut at block boundaries", 224, 1000, lambda: _torchvision("mobilenet_v2"), "imagenet"),
+        ZooEntry(
+            "tinyvgg",
+            "6-conv VGG-BN for CIFAR-10, shipped with weights",
+            32,
+            10,
+            lambda: CifarVGG(TINYVGG_CFG),
+            "cifar10",
+        ),
+        ZooEntry(
+            "tinysplit",
+            "5-conv VGG-BN for CIFAR-10 with a narrow layer early, so a split pays; the built-in demo model",
+            32,
+            10,
+            lambda: CifarVGG(TINYSPLIT_CFG),
+            "cifar10",
+        ),
+        ZooEntry(
+            "resnet18",
+            "torchvision ResNet-18, 224x224, cut at block boundaries",
+            224,
+            1000,
+            lambda: _torchvision("resnet18"),
+            "imagenet",
+        ),
+        ZooEntry(
+            "mobilenet_v2",
+            "torchvision MobileNetV2, 224x224, cut at block boundaries",
+            224,
+            1000,
+            lambda: _torchvision("mobilenet_v2"),
+            "imagenet",
+        ),
     ]
 }
 
@@ -238,8 +283,10 @@ def extract_state_dict(obj: object) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()) or not obj:
-        raise CpcdrlError("checkpoint holds no state_dict (expected tensors, or a dict with 'net', 'state_dict' or 'model')")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+        raise CpcdrlError(
+            "checkpoint holds no state_dict (expected tensors, or a dict with 'net', 'state_dict' or 'model')"
+        )
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -254,7 +301,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a torch file
         first = (str(exc).splitlines() or [""])[0]
-        raise CpcdrlError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})") from None
+        raise CpcdrlError(
+            f"{path} is not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
+        ) from None
     sd = extract_state_dict(raw)
     if isinstance(model, TorchvisionUnits) and not any(k.startswith("net.") for k in sd):
         sd = {f"net.{k}": v for k, v in sd.items()}  # plain torchvision checkpoints
@@ -264,14 +313,22 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+            parts.append(
+                f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+            )
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
+            parts.append(
+                f"unexpected {', '.join(unexpected[:3])}"
+                + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+            )
         raise CpcdrlError(f"checkpoint {path.name} does not fit this architecture: {'; '.join(parts)}")
     bad = [k for k in own if own[k].shape != sd[k].shape]
     if bad:
         k = bad[0]
-        raise CpcdrlError(f"checkpoint {path.name} does not fit this architecture: {k} has shape {tuple(sd[k].shape)}, expected {tuple(own[k].shape)}")
+        raise CpcdrlError(
+            f"checkpoint {path.name} does not fit this architecture: {k} has shape {tuple(sd[k].shape)}, expected"
+            f" {tuple(own[k].shape)}"
+        )
     model.load_state_dict(sd)
     meta = {k: raw[k] for k in ("acc", "epoch") if isinstance(raw, dict) and k in raw}
     return meta
@@ -320,7 +377,13 @@ def resolve_checkpoint(model: str, checkpoint: str | Path | None, required: bool
 
 def list_models() -> list[dict[str, Any]]:
     return [
-        {"name": e.name, "input_size": e.input_size, "classes": e.num_classes, "dataset": e.dataset,
-         "builtin_checkpoint": builtin_checkpoint(e.name) is not None, "description": e.description}
+        {
+            "name": e.name,
+            "input_size": e.input_size,
+            "classes": e.num_classes,
+            "dataset": e.dataset,
+            "builtin_checkpoint": builtin_checkpoint(e.name) is not None,
+            "description": e.description,
+        }
         for e in ZOO.values()
     ]

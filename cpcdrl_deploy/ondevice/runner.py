@@ -66,9 +66,14 @@ def parse_reply(data: bytes, header_len: str | None, output: str) -> tuple[np.nd
             raise BadReply("reply has no outputs")
         out = next((o for o in outs if isinstance(o, dict) and o.get("name") == output), outs[0])
         if not isinstance(out, dict) or out.get("datatype") not in NUMPY:
-            raise BadReply(f"reply output datatype {out.get('datatype') if isinstance(out, dict) else out!r} is not one of {sorted(NUMPY)}")
+            raise BadReply(
+                f"reply output datatype {out.get('datatype') if isinstance(out, dict) else out!r} is not one of"
+                f" {sorted(NUMPY)}"
+            )
         shape = out.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise BadReply(f"reply output shape {shape!r} is not a list of sizes")
         count = int(np.prod(shape)) if shape else 1
         dtype = np.dtype(NUMPY[out["datatype"]])
@@ -97,9 +102,18 @@ def encode_request(tensors: dict[str, np.ndarray], output: str, request_id: str)
     inputs, blobs = [], []
     for name, arr in tensors.items():
         b = np.ascontiguousarray(arr).tobytes()
-        inputs.append({"name": name, "shape": list(arr.shape), "datatype": NAMES[arr.dtype], "parameters": {"binary_data_size": len(b)}})
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(arr.shape),
+                "datatype": NAMES[arr.dtype],
+                "parameters": {"binary_data_size": len(b)},
+            }
+        )
         blobs.append(b)
-    header = json.dumps({"id": request_id, "inputs": inputs, "outputs": [{"name": output, "parameters": {"binary_data": True}}]}).encode()
+    header = json.dumps(
+        {"id": request_id, "inputs": inputs, "outputs": [{"name": output, "parameters": {"binary_data": True}}]}
+    ).encode()
     return header + b"".join(blobs), len(header)
 
 
@@ -124,7 +138,11 @@ class Remote:
         """(first output, server compute ms or None, bytes sent)."""
         body, header_len = encode_request(tensors, self.output, str(self.sent + 1))
         self.sent += 1
-        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_len), **self.headers}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_len),
+            **self.headers,
+        }
         status, data, reply_header_len = self._post(body, headers)
         if status != 200:
             try:
@@ -140,7 +158,8 @@ class Remote:
         return arr, ms, len(body)
 
     def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
-        """(status, reply body, its Inference-Header-Content-Length) over the kept-alive connection, within the timeout."""
+        """(status, reply body, its Inference-Header-Content-Length) over the kept-alive connection, within the
+        timeout."""
         if self.conn is None:
             self.conn = self.connection_class(self.host, self.port, timeout=self.timeout)
             self.conn.connect()
@@ -225,7 +244,9 @@ class OrtModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise MissingRuntime(f"{os.path.basename(path)} needs ONNX Runtime: python3 -m pip install onnxruntime") from None
+            raise MissingRuntime(
+                f"{os.path.basename(path)} needs ONNX Runtime: python3 -m pip install onnxruntime"
+            ) from None
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -253,12 +274,16 @@ class LiteRTModel:
             try:
                 from tflite_runtime.interpreter import Interpreter  # the old package (2.14, numpy < 2)
             except ImportError:
-                raise MissingRuntime(f"{os.path.basename(path)} needs LiteRT: python3 -m pip install ai-edge-litert") from None
+                raise MissingRuntime(
+                    f"{os.path.basename(path)} needs LiteRT: python3 -m pip install ai-edge-litert"
+                ) from None
         self.it = Interpreter(model_path=path, num_threads=threads)
         self.it.allocate_tensors()
         ins, outs = self.it.get_input_details(), self.it.get_output_details()
         if len(ins) != 1 or len(outs) != 1:
-            raise ValueError(f"{os.path.basename(path)}: expected one input and one output, found {len(ins)} and {len(outs)}")
+            raise ValueError(
+                f"{os.path.basename(path)}: expected one input and one output, found {len(ins)} and {len(outs)}"
+            )
         self.inp, self.out = ins[0], outs[0]
         # a fully int8 model (static int8 export) takes and returns int8 with one scale / zero point:
         # quantise the float image and dequantise the cut tensor here, so the wire and tail stay float
@@ -276,7 +301,9 @@ class LiteRTModel:
         y = self.it.get_tensor(self.out["index"])
         if self.q_out:
             scale, zp = self.q_out
-            return {self.outputs[0][0]: ((y.astype(np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)}
+            return {
+                self.outputs[0][0]: ((y.astype(np.float32) - np.float32(zp)) * np.float32(scale)).astype(np.float32)
+            }
         return {self.outputs[0][0]: y.copy()}
 
 
@@ -300,7 +327,11 @@ def run(args: argparse.Namespace) -> dict:
     x = np.load(args.inputs)
     head = load_model(args.head, args.threads) if args.head else None
     full = load_model(args.full, args.threads) if args.full and args.fallback == "local" else None
-    remote = Remote(args.url, args.model, args.timeout, os.environ.get("CPCDRL_TOKEN") or None, args.output) if args.url else None
+    remote = (
+        Remote(args.url, args.model, args.timeout, os.environ.get("CPCDRL_TOKEN") or None, args.output)
+        if args.url
+        else None
+    )
     if head is None and remote is None:
         raise ValueError("nothing to run: give --head, --url or both")
     probe = _Probe(args) if args.probe else None
@@ -336,10 +367,16 @@ def run(args: argparse.Namespace) -> dict:
                 break
             continue
         failures = 0 if "error" not in rec else failures + 1
-        if metadata_check is not None and metadata_check.endswith("not checked against the tail") and "error" not in rec:
+        if (
+            metadata_check is not None
+            and metadata_check.endswith("not checked against the tail")
+            and "error" not in rec
+        ):
             metadata_check += f"; checked the first reply instead: {NAMES[logits.dtype]} {list(logits.shape)}"
             if logits.ndim != 2 or logits.shape[0] != 1:
-                raise ValueError(f"the server's first reply has shape {list(logits.shape)}, not [1, classes]: wrong model?")
+                raise ValueError(
+                    f"the server's first reply has shape {list(logits.shape)}, not [1, classes]: wrong model?"
+                )
         rec["e2e_ms"] = (time.perf_counter() - t0) * 1000.0
         rec["prediction"] = int(np.argmax(logits[0]))
         records.append(rec)
@@ -348,14 +385,22 @@ def run(args: argparse.Namespace) -> dict:
     if probe is not None:
         probe.block(len(records))
     return {
-        "records": records, "requests": len(x), "answered": sum(1 for r in records if "prediction" in r),
-        "fallbacks": sum(1 for r in records if r.get("fallback")), "errors": sum(1 for r in records if "error" in r),
-        "aborted": aborted, "warmup": args.warmup, "host": socket.gethostname(), "metadata_check": metadata_check,
+        "records": records,
+        "requests": len(x),
+        "answered": sum(1 for r in records if "prediction" in r),
+        "fallbacks": sum(1 for r in records if r.get("fallback")),
+        "errors": sum(1 for r in records if "error" in r),
+        "aborted": aborted,
+        "warmup": args.warmup,
+        "host": socket.gethostname(),
+        "metadata_check": metadata_check,
         "probe": probe.report() if probe is not None else None,
     }
 
 
-def _send(rec: dict, feeds: dict[str, np.ndarray], remote: Remote | None, full: OrtModel | LiteRTModel | None, xi: np.ndarray) -> np.ndarray | None:
+def _send(
+    rec: dict, feeds: dict[str, np.ndarray], remote: Remote | None, full: OrtModel | LiteRTModel | None, xi: np.ndarray
+) -> np.ndarray | None:
     """The request's logits: the head's output where nothing is served, the server's reply, or on failure the full
     model here (``rec["fallback"]``); None when the request failed with no fallback. Fills ``rec``'s timings."""
     t1 = time.perf_counter()
@@ -451,8 +496,19 @@ def run_bench(args: argparse.Namespace) -> dict:
             break
     if remote is not None:
         remote.close()
-    return {"bench": True, "records": records, "rounds": r, "round_times": round_times, "failed": failed, "plans": [p["id"] for p in plans], "host": socket.gethostname(),
-            "block": args.block, "slice_ms": args.slice_ms, "seconds": args.seconds, "seed": args.seed}
+    return {
+        "bench": True,
+        "records": records,
+        "rounds": r,
+        "round_times": round_times,
+        "failed": failed,
+        "plans": [p["id"] for p in plans],
+        "host": socket.gethostname(),
+        "block": args.block,
+        "slice_ms": args.slice_ms,
+        "seconds": args.seconds,
+        "seed": args.seed,
+    }
 
 
 def _load_heads(plans: list[dict], have_url: bool, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
@@ -471,8 +527,17 @@ def _load_heads(plans: list[dict], have_url: bool, threads: int) -> tuple[dict[s
 
 
 def _visit(
-    p: dict, r: int, k: int, x: np.ndarray, one: Callable, args: argparse.Namespace, records: list[dict],
-    spent: dict[str, float], fails: dict[str, int], failed: dict[str, str], live: list[dict],
+    p: dict,
+    r: int,
+    k: int,
+    x: np.ndarray,
+    one: Callable,
+    args: argparse.Namespace,
+    records: list[dict],
+    spent: dict[str, float],
+    fails: dict[str, int],
+    failed: dict[str, str],
+    live: list[dict],
 ) -> int:
     """One plan's visit in round ``r``: at least --block requests and at least --slice-ms, so a fast plan gets as much
     time per round as a slow one; a plan that keeps failing is dropped from ``live``. Returns the next image counter."""
@@ -484,7 +549,13 @@ def _visit(
         rec: dict = {"plan": p["id"], "round": r, "i": i}
         try:
             edge_ms, remote_ms, logits, sent, server_ms = one(p, x[i : i + 1])
-            rec.update(edge_ms=edge_ms, remote_ms=remote_ms, e2e_ms=edge_ms + remote_ms, bytes_sent=sent, prediction=int(np.argmax(logits[0])))
+            rec.update(
+                edge_ms=edge_ms,
+                remote_ms=remote_ms,
+                e2e_ms=edge_ms + remote_ms,
+                bytes_sent=sent,
+                prediction=int(np.argmax(logits[0])),
+            )
             if server_ms is not None:  # the tail's own compute, as the server timed it (Triton does not say)
                 rec["server_ms"] = server_ms
             spent[p["id"]] += edge_ms + remote_ms
@@ -527,7 +598,9 @@ class _Probe:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="cpcdrl edge runner (numpy + onnxruntime or ai-edge-litert only)")
     ap.add_argument("--inputs", required=True, help=".npy of N x C x H x W float32 images, preprocessed")
-    ap.add_argument("--bench", help="plans.json: run many plans in randomised interleaved blocks (run_bench) instead of one")
+    ap.add_argument(
+        "--bench", help="plans.json: run many plans in randomised interleaved blocks (run_bench) instead of one"
+    )
     ap.add_argument("--seconds", type=float, default=10.0, help="--bench: requests' time per plan, at least")
     ap.add_argument("--block", type=int, default=3, help="--bench: requests per plan per visit")
     ap.add_argument("--slice-ms", type=float, default=100.0, help="--bench: time per plan per visit, at least")
@@ -544,7 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-failures", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--probe", help="reference model (.onnx or .onnx.gz) to time between requests; needs timer.py beside this file")
+    ap.add_argument(
+        "--probe", help="reference model (.onnx or .onnx.gz) to time between requests; needs timer.py beside this file"
+    )
     ap.add_argument("--probe-shape", default="1,3,32,32", help="its input shape, comma-separated")
     ap.add_argument("--probe-every", type=int, default=50, help="requests between probe blocks")
     ap.add_argument("--probe-repeats", type=int, default=10, help="at least this many runs per block")
@@ -562,10 +637,16 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, args.out)
     if args.bench:
         ok = sum(1 for r in report["records"] if "prediction" in r)
-        print(f"{ok} requests answered over {report['rounds']} rounds; {len(report['failed'])} of {len(report['plans'])} plans failed")
+        print(
+            f"{ok} requests answered over {report['rounds']} rounds; {len(report['failed'])} of {len(report['plans'])}"
+            " plans failed"
+        )
         return 1 if len(report["failed"]) == len(report["plans"]) else 0
     tail = f"; {report['aborted']}" if report["aborted"] else ""
-    print(f"{report['answered']}/{report['requests']} answered, {report['fallbacks']} locally, {report['errors']} errors{tail}")
+    print(
+        f"{report['answered']}/{report['requests']} answered, {report['fallbacks']} locally, {report['errors']}"
+        f" errors{tail}"
+    )
     return 1 if report["aborted"] else 0
 
 

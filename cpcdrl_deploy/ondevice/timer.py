@@ -67,7 +67,11 @@ def facts() -> dict:
             pass
     try:
         with open("/proc/self/cgroup") as f:
-            cg = [parts[2] for parts in (line.strip().split(":", 2) for line in f) if len(parts) == 3 and "cpu" in parts[1].split(",")]
+            cg = [
+                parts[2]
+                for parts in (line.strip().split(":", 2) for line in f)
+                if len(parts) == 3 and "cpu" in parts[1].split(",")
+            ]
         if cg and cg[0] not in ("/", ""):
             base = "/sys/fs/cgroup/cpu" + cg[0]
             with open(base + "/cpu.cfs_quota_us") as q, open(base + "/cpu.cfs_period_us") as p:
@@ -168,7 +172,14 @@ def time_session(sess, shape: list[int], warmup: int, repeats: int, min_time_s: 
     def q(p: float) -> float:
         return ts[min(len(ts) - 1, int(p * (len(ts) - 1) + 0.5))]
 
-    return {"mean_ms": mean, "median_ms": q(0.5), "p10_ms": q(0.1), "p90_ms": q(0.9), "min_ms": ts[0], "repeats": len(ts)}
+    return {
+        "mean_ms": mean,
+        "median_ms": q(0.5),
+        "p10_ms": q(0.1),
+        "p90_ms": q(0.9),
+        "min_ms": ts[0],
+        "repeats": len(ts),
+    }
 
 
 COLD_RUNS_PER_ROUND = 6
@@ -195,7 +206,9 @@ def cold_runs(sess, shape: list[int], gap_ms: float, n: int) -> list[float]:
     return out
 
 
-def time_jobs(jobs: list[dict], base: str, threads: int, warmup: int, repeats: int, min_time_s: float, rounds: int) -> list[dict]:
+def time_jobs(
+    jobs: list[dict], base: str, threads: int, warmup: int, repeats: int, min_time_s: float, rounds: int
+) -> list[dict]:
     """Time every job ``rounds`` times, one pass over all jobs per round; report each job's middle rounds.
 
     Why rounds: the machine's own speed wanders. On this project's 2-core VMs
@@ -220,7 +233,11 @@ def time_jobs(jobs: list[dict], base: str, threads: int, warmup: int, repeats: i
     cold: list[list[float]] = [[] for _ in jobs]
     for r in range(rounds):
         for i, (job, sess) in enumerate(zip(jobs, sessions)):
-            runs[i].append(time_session(sess, job["input_shape"], warmup if r == 0 else 1, max(1, repeats // rounds), min_time_s / rounds))
+            runs[i].append(
+                time_session(
+                    sess, job["input_shape"], warmup if r == 0 else 1, max(1, repeats // rounds), min_time_s / rounds
+                )
+            )
             if job.get("cold_gap_ms"):
                 cold[i] += cold_runs(sess, job["input_shape"], float(job["cold_gap_ms"]), COLD_RUNS_PER_ROUND)
     out = []
@@ -228,13 +245,18 @@ def time_jobs(jobs: list[dict], base: str, threads: int, warmup: int, repeats: i
         res = {"id": j["id"], **middle_round(rs), "round_means_ms": [x["mean_ms"] for x in rs]}
         if cs:
             cs.sort()
-            res.update(cold_median_ms=(cs[(len(cs) - 1) // 2] + cs[len(cs) // 2]) / 2, cold_gap_ms=float(j["cold_gap_ms"]), cold_runs=len(cs))
+            res.update(
+                cold_median_ms=(cs[(len(cs) - 1) // 2] + cs[len(cs) // 2]) / 2,
+                cold_gap_ms=float(j["cold_gap_ms"]),
+                cold_runs=len(cs),
+            )
         out.append(res)
     return out
 
 
 def middle_round(results: list[dict]) -> dict:
-    """The median round by its mean: one round's figures for an odd count, the two middle rounds' averaged for an even one."""
+    """The median round by its mean: one round's figures for an odd count, the two middle rounds' averaged for an
+    even one."""
     ranked = sorted(results, key=lambda x: x["mean_ms"])
     n = len(ranked)
     mid = ranked[(n - 1) // 2 : n // 2 + 1]
@@ -247,7 +269,11 @@ def middle_round(results: list[dict]) -> dict:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("facts", "time"):
-        print("usage: timer.py facts | time JOB.json [--threads N] [--warmup N] [--repeats N] [--min-time-ms N] [--rounds N]", file=sys.stderr)
+        print(
+            "usage: timer.py facts | time JOB.json [--threads N] [--warmup N] [--repeats N] [--min-time-ms N]"
+            " [--rounds N]",
+            file=sys.stderr,
+        )
         return 2
     if argv[0] == "facts":
         print(json.dumps(facts()))
@@ -260,7 +286,15 @@ def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         jobs = json.load(f)
     base = os.path.dirname(os.path.abspath(argv[1]))
-    for res in time_jobs(jobs, base, opts["--threads"], opts["--warmup"], opts["--repeats"], opts["--min-time-ms"] / 1000.0, max(1, opts["--rounds"])):
+    for res in time_jobs(
+        jobs,
+        base,
+        opts["--threads"],
+        opts["--warmup"],
+        opts["--repeats"],
+        opts["--min-time-ms"] / 1000.0,
+        max(1, opts["--rounds"]),
+    ):
         print(json.dumps(res), flush=True)
     return 0
 

@@ -14,7 +14,8 @@ has two parts:
 An entry holds the number of correct predictions per chunk of validation
 images, and how many of them the unpruned model got the other way (right
 where the plan is wrong or the reverse: the paired standard error of the
-plan's accuracy drop, search.py's selection margin, comes from it), as far as scoring went (early stopping and screening score only the
+plan's accuracy drop, search.py's selection margin, comes from it), as far as scoring went (early stopping and
+screening score only the
 first chunks). The evaluator replays those counts chunk by chunk with the
 same stopping rules, so a cached answer is exactly what a fresh evaluation
 would give; when it needs more chunks than are stored, it scores the plan
@@ -73,7 +74,9 @@ def context_key(**parts: object) -> str:
 class CachedScore:
     chunk_correct: tuple[int, ...]  # correct predictions in each chunk scored, in order
     chunk_sizes: tuple[int, ...]
-    chunk_changed: tuple[int, ...] = ()  # per chunk: images whose correctness differs from the unpruned model's (empty: not recorded)
+    chunk_changed: tuple[
+        int, ...
+    ] = ()  # per chunk: images whose correctness differs from the unpruned model's (empty: not recorded)
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **{k: list(v) for k, v in asdict(self).items()}}
@@ -109,7 +112,9 @@ class AccuracyCache:
         try:
             d = json.loads(p.read_text())
             score = CachedScore(
-                tuple(int(x) for x in d["chunk_correct"]), tuple(int(x) for x in d["chunk_sizes"]), tuple(int(x) for x in d.get("chunk_changed", ())),
+                tuple(int(x) for x in d["chunk_correct"]),
+                tuple(int(x) for x in d["chunk_sizes"]),
+                tuple(int(x) for x in d.get("chunk_changed", ())),
             )
             if d.get("schema_version") not in (1, SCHEMA_VERSION) or len(score.chunk_correct) != len(score.chunk_sizes):
                 return None

@@ -91,7 +91,9 @@ class PlanEvaluator:
         shape = plan_shape(self.analysis, self.groups, cut, list(ratios), self.prune_config.round_to, self.transfer)
         return shape, self.latency_model.predict(self.analysis.model, shape)
 
-    def evaluate(self, cut: int, ratios: list[float] | tuple[float, ...], incumbent_ms: float | None = None) -> Evaluation:
+    def evaluate(
+        self, cut: int, ratios: list[float] | tuple[float, ...], incumbent_ms: float | None = None
+    ) -> Evaluation:
         """Price and score a plan; ``incumbent_ms``: the caller's best feasible latency so far (enables screening)."""
         shape, lat = self.price(cut, ratios)
         pruned_any = any(f < 1.0 for f in shape.out_keep)
@@ -103,14 +105,20 @@ class PlanEvaluator:
         if hit is not None and (screen or not hit.screened):
             self.timers.cache_hits += 1
             if hit.cut != cut:  # the unpruned model scores the same at every cut
-                hit = Evaluation(cut, tuple(1.0 for _ in range(cut)), hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se)
+                ones = tuple(1.0 for _ in range(cut))
+                hit = Evaluation(
+                    cut, ones, hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se
+                )
             return hit
         score = _score(self, cut, list(ratios), shape, pruned_any, per_cut, screen)
         screened = screen and score.images < len(self.val_y)  # a one-chunk validation set is scored in full anyway
         self.timers.screened += int(screened)
         eff = tuple(float(f) for f in shape.out_keep[:cut])  # effective keep ratio of each edge layer
         kept = sum(shape.layer_macs) / self.analysis.total_macs
-        ev = Evaluation(cut, eff, score.accuracy, score.images, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=score.drop_se)
+        acc, se = score.accuracy, score.drop_se
+        ev = Evaluation(
+            cut, eff, acc, score.images, lat, shape, kept, screened=screened, unpruned=not per_cut, drop_se=se
+        )
         self._cache[key] = ev
         return ev
 
@@ -121,8 +129,12 @@ class PlanEvaluator:
         assert isinstance(net, UnitModel)  # the wire goes between its units
         return WireModel(net, self.analysis.points[cut].unit_boundary, self.transfer)
 
-    def _chunks(self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False) -> ChunkScore | None:
-        score = score_in_chunks(self.val_x, self.val_y, self.unpruned_correct(), self.chunk, self.a0, stored, one_chunk, net, from_pairs)
+    def _chunks(
+        self, stored: CachedScore | None, one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False
+    ) -> ChunkScore | None:
+        score = score_in_chunks(
+            self.val_x, self.val_y, self.unpruned_correct(), self.chunk, self.a0, stored, one_chunk, net, from_pairs
+        )
         if score is not None and score.early_stop:
             self.timers.early_stops += 1
         return score
@@ -134,7 +146,9 @@ class PlanEvaluator:
         return self._base_ok
 
 
-def _score(self: PlanEvaluator, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool) -> ChunkScore:
+def _score(
+    self: PlanEvaluator, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool
+) -> ChunkScore:
     """The plan's validation score: from the persistent cache as far as it goes, else pruned and scored here."""
     t0 = time.perf_counter()
     store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
@@ -143,7 +157,9 @@ def _score(self: PlanEvaluator, cut: int, ratios: list[float], shape: PlanShape,
     t1 = t2 = time.perf_counter()
     if score is None:  # not in the persistent cache, or not far enough: prune and score
         if pruned_any:
-            pruned = prune(self.model, self.analysis, cut, ratios, self.calibration, self.prune_config, self.groups).model
+            pruned = prune(
+                self.model, self.analysis, cut, ratios, self.calibration, self.prune_config, self.groups
+            ).model
             net: torch.nn.Module | None = self.on_wire(scoring_copy(pruned), cut)
         elif per_cut:  # unpruned through a lossy wire
             net = self.on_wire(scoring_copy(self.model), cut)
@@ -177,8 +193,15 @@ class ChunkScore(NamedTuple):
 
 
 def score_in_chunks(
-    val_x: torch.Tensor, val_y: torch.Tensor, base_ok: torch.Tensor, chunk: int, a0: float | None, stored: CachedScore | None,
-    one_chunk: bool, net: torch.nn.Module | None = None, from_pairs: bool = False,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    base_ok: torch.Tensor,
+    chunk: int,
+    a0: float | None,
+    stored: CachedScore | None,
+    one_chunk: bool,
+    net: torch.nn.Module | None = None,
+    from_pairs: bool = False,
 ) -> ChunkScore | None:
     """Score chunk by chunk under the stopping rules, taking each chunk's counts from ``stored`` where it has them.
 
@@ -194,7 +217,12 @@ def score_in_chunks(
     for i, start in enumerate(range(0, len(val_y), chunk)):
         y = val_y[start : start + chunk]
         ok0 = base_ok[start : start + chunk]
-        if stored is not None and i < len(stored.chunk_correct) and i < len(stored.chunk_changed) and stored.chunk_sizes[i] == len(y):
+        if (
+            stored is not None
+            and i < len(stored.chunk_correct)
+            and i < len(stored.chunk_changed)
+            and stored.chunk_sizes[i] == len(y)
+        ):
             c, d = stored.chunk_correct[i], stored.chunk_changed[i]
         elif from_pairs:
             c, d = int(ok0.sum()), 0
@@ -233,7 +261,19 @@ class CompressionStates:
         rows = []
         for layer in analysis.layers:
             h, w = (layer.in_shape[1], layer.in_shape[2]) if len(layer.in_shape) == 3 else (1, 1)
-            rows.append([layer.index, KIND_CODE[layer.kind], layer.out_channels, layer.in_channels, h, w, layer.stride, layer.kernel, layer.macs])
+            rows.append(
+                [
+                    layer.index,
+                    KIND_CODE[layer.kind],
+                    layer.out_channels,
+                    layer.in_channels,
+                    h,
+                    w,
+                    layer.stride,
+                    layer.kernel,
+                    layer.macs,
+                ]
+            )
         static = np.asarray(rows, dtype=np.float64)
         lo, hi = static.min(0), static.max(0)
         self.static = ((static - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)

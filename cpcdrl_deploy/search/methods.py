@@ -55,7 +55,9 @@ class SearchConfig:
     # few predictions and too narrow for one that changes many: at 2-3 points lost the chosen all-on-edge
     # plans were 0.5-0.95 points above A0 on validation and below it on test
     margin_paired: bool = True
-    refine_fraction: float = 0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
+    refine_fraction: float = (
+        0.3  # share of the episodes spent refining the best plan layer by layer at the end (0: off)
+    )
     # once no single layer can go lower, give one pruned layer a block back to take a step off another: a descent
     # that first pruned a layer dear in accuracy is otherwise stuck with it. Off for CPCDRL, whose short descent
     # seldom runs out of single moves (measured: benchmarks/results/optimizer_grid/README.md, eighth pass); the
@@ -77,9 +79,21 @@ class SearchConfig:
     def paper(self) -> SearchConfig:
         """The paper's Alg. 1-2 and Eq. 10 as written: every departure off, the literal reward."""
         return replace(
-            self, mask_cuts=False, pay_best_at_cut=False, unpruned_prior=False, uniform_start=False, refine_fraction=0.0, refine_other_cuts=False,
+            self,
+            mask_cuts=False,
+            pay_best_at_cut=False,
+            unpruned_prior=False,
+            uniform_start=False,
+            refine_fraction=0.0,
+            refine_other_cuts=False,
             margin_se=0.0,
-            reward=RewardConfig(eta=self.reward.eta, mu=self.reward.mu, clip_surplus=False, no_speed_credit_when_infeasible=False, infeasible_slope=0.0),
+            reward=RewardConfig(
+                eta=self.reward.eta,
+                mu=self.reward.mu,
+                clip_surplus=False,
+                no_speed_credit_when_infeasible=False,
+                infeasible_slope=0.0,
+            ),
         )
 
     def budget_split(self) -> tuple[int, int, int]:
@@ -96,7 +110,9 @@ class SearchResult:
     evaluations: int  # distinct plans whose accuracy was measured
     episodes: int = 0
     rewards: list[float] = field(default_factory=list)  # per episode (RL methods)
-    history: list[tuple[int, float, float]] = field(default_factory=list)  # (cut, val accuracy, latency ms) of every plan tried
+    history: list[tuple[int, float, float]] = field(
+        default_factory=list
+    )  # (cut, val accuracy, latency ms) of every plan tried
     wall_s: float = 0.0
 
 
@@ -108,7 +124,12 @@ class _Tracker:
     """
 
     def __init__(
-        self, method: str, a0: float, live: list[SearchResult] | None = None, tick: Ticker = no_ticker, total: int | None = None,
+        self,
+        method: str,
+        a0: float,
+        live: list[SearchResult] | None = None,
+        tick: Ticker = no_ticker,
+        total: int | None = None,
         margin: Callable[[Evaluation], float] | None = None,
     ) -> None:
         self.result = SearchResult(method, None, 0)
@@ -200,7 +221,15 @@ def reference_latencies(ev: PlanEvaluator, cuts: list[int] | None = None) -> tup
 
 def _episode_reward(ev: Evaluation, track: _Tracker, t_ref: tuple[float, float], cfg: SearchConfig) -> float:
     """Eq. 10 on the accuracy the selection rule sees (less the plan's margin), so reward and feasibility agree."""
-    return reward(track.decision_accuracy(ev), track.a0, ev.kept_macs_fraction, ev.latency.total_ms, t_ref[0], cfg.reward, infeasible_ms=t_ref[1])
+    return reward(
+        track.decision_accuracy(ev),
+        track.a0,
+        ev.kept_macs_fraction,
+        ev.latency.total_ms,
+        t_ref[0],
+        cfg.reward,
+        infeasible_ms=t_ref[1],
+    )
 
 
 @dataclass
@@ -234,11 +263,19 @@ class _RL:
     def say_best(self, what: str, progress: Progress | None, none: str = "none yet") -> None:
         if progress:
             b = self.track.result.best
-            progress(f"[{self.method}] {what}; best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else none))
+            progress(
+                f"[{self.method}] {what}; best feasible "
+                + (f"{b.latency.total_ms:.1f} ms (cut {b.cut})" if b else none)
+            )
 
 
 def run_rl(
-    evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None = None, progress: Progress | None = None, method: str | None = None,
+    evaluator: PlanEvaluator,
+    a0: float,
+    cfg: SearchConfig,
+    fixed_cut: int | None = None,
+    progress: Progress | None = None,
+    method: str | None = None,
     callbacks: Callbacks | None = None,
 ) -> SearchResult:
     """CPCDRL: A_p (DQN) proposes the cut, A_c (DDPG) the edge layers' ratios; both learn from Eq. 10.
@@ -265,11 +302,15 @@ def run_rl(
     if n_refine:
         _refine(evaluator, cfg, rl.track, n_refine, rl.reward, rl.allowed if fixed_cut is None else [fixed_cut])
         rl.say_best(f"refinement: {n_refine} proposals", progress, none="none")
-    rl.track.result.episodes = len(rl.track.result.rewards)  # proposals made: the refinement stops early when nothing is left to try
+    rl.track.result.episodes = len(
+        rl.track.result.rewards
+    )  # proposals made: the refinement stops early when nothing is left to try
     return rl.track.finish(time.perf_counter() - t_start)
 
 
-def _setup_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None, method: str, cb: Callbacks) -> _RL:
+def _setup_rl(
+    evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut: int | None, method: str, cb: Callbacks
+) -> _RL:
     """Both agents and the search's state; the agents' seeds drawn in a fixed order, so a seed repeats a run."""
     n = evaluator.analysis.n_layers
     allowed = partition_actions(evaluator, cfg)
@@ -285,14 +326,32 @@ def _setup_rl(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, fixed_cut:
     dqn = DQNAgent(n + 1, n + 1, _with_seed(cfg.dqn, cfg.seed + 1)) if fixed_cut is None else None
     rng = np.random.default_rng(cfg.seed + 2)
     t_ref = reference_latencies(evaluator, allowed if fixed_cut is None else [*allowed, fixed_cut])
-    return _RL(evaluator, cfg, method, allowed, fixed_cut, track, states, ddpg, dqn, rng, t_ref, warm, n_rl, partition_state([], n, n))
+    return _RL(
+        evaluator,
+        cfg,
+        method,
+        allowed,
+        fixed_cut,
+        track,
+        states,
+        ddpg,
+        dqn,
+        rng,
+        t_ref,
+        warm,
+        n_rl,
+        partition_state([], n, n),
+    )
 
 
 def _unpruned_prior(rl: _RL, dqn: DQNAgent, progress: Progress | None) -> None:
     """Free prior knowledge: the unpruned model's accuracy is measured once, so every unpruned split's reward
     costs no evaluation. A_p starts from those (Neurosurgeon's view), and the best of them is a known feasible plan."""
     if progress:
-        progress(f"[cpcdrl] A_p chooses among cuts {rl.allowed} (the others cannot beat {rl.t_ref[0]:.1f} ms even at keep {rl.cfg.r_min})")
+        progress(
+            f"[cpcdrl] A_p chooses among cuts {rl.allowed} (the others cannot beat {rl.t_ref[0]:.1f} ms even at keep"
+            f" {rl.cfg.r_min})"
+        )
     for c in rl.allowed:
         ev0 = rl.evaluator.evaluate(c, [1.0] * c)
         rl.best_at_cut[c] = rl.reward(ev0)
@@ -356,11 +415,14 @@ def _rl_episode(rl: _RL, episode: int, progress: Progress | None) -> None:
         if dqn is not None:
             dqn.learn()
     ev_.timers.agents_s += time.perf_counter() - t_agent
-    if progress and ((episode + 1) % max(1, rl.n_rl // 4) == 0 or episode + 1 == rl.n_rl):  # the bar shows the count; this, what is found
+    if progress and (
+        (episode + 1) % max(1, rl.n_rl // 4) == 0 or episode + 1 == rl.n_rl
+    ):  # the bar shows the count; this, what is found
         b = rl.track.result.best
         progress(
-            f"[{rl.method}] episode {episode + 1}/{rl.n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%, {ev.latency.total_ms:.1f} ms; "
-            "best feasible " + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
+            f"[{rl.method}] episode {episode + 1}/{rl.n_rl}: reward {r:+.3f}, cut {cut}, val acc {ev.accuracy:.2f}%,"
+            f" {ev.latency.total_ms:.1f} ms; best feasible "
+            + (f"{b.latency.total_ms:.1f} ms (cut {b.cut}, {b.accuracy:.2f}%)" if b else "none yet")
         )
 
 
@@ -381,7 +443,9 @@ def _observe_episode(ddpg: DDPGAgent, states: CompressionStates, cut: int, actio
     _store_transitions(ddpg, obs_list, actions, r)
 
 
-def _uniform_start(evaluator: PlanEvaluator, cfg: SearchConfig, allowed: list[int], track: _Tracker, budget: int) -> list[Evaluation]:
+def _uniform_start(
+    evaluator: PlanEvaluator, cfg: SearchConfig, allowed: list[int], track: _Tracker, budget: int
+) -> list[Evaluation]:
     """Bisect one keep ratio for all edge layers at the few cuts where that is fastest.
 
     Two families of plans: uniform (Greedy's), and uniform with the cut
@@ -403,7 +467,11 @@ def _uniform_start(evaluator: PlanEvaluator, cfg: SearchConfig, allowed: list[in
     scored: dict[tuple[int, bool], float] = {}
     for k in ladder:
         for thin in (False, True):
-            c = min((c for c in allowed if c > 0), key=lambda c: evaluator.price(c, family(c, k, thin))[1].total_ms, default=None)
+            c = min(
+                (c for c in allowed if c > 0),
+                key=lambda c: evaluator.price(c, family(c, k, thin))[1].total_ms,
+                default=None,
+            )
             if c is not None and not (thin and c == n):
                 t = evaluator.price(c, family(c, k, thin))[1].total_ms
                 scored[(c, thin)] = min(scored.get((c, thin), np.inf), t)
@@ -427,7 +495,11 @@ def _uniform_start(evaluator: PlanEvaluator, cfg: SearchConfig, allowed: list[in
 
 
 def _refine(
-    evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, budget: int, reward_of: Callable[[Evaluation], float],
+    evaluator: PlanEvaluator,
+    cfg: SearchConfig,
+    track: _Tracker,
+    budget: int,
+    reward_of: Callable[[Evaluation], float],
     cuts: list[int] | None = None,
 ) -> None:
     """Coordinate descent from the best feasible plan: lower one layer's keep, keep the change if still feasible.
@@ -477,7 +549,9 @@ def _refine(
         used += 1
         if not ev.screened and track.feasible(ev) and ev.latency.total_ms < cur_ms - 1e-9:
             cur = ev
-            if len(key) == 3:  # an exchange moved two layers: the single steps that failed from the old plan may not now
+            if (
+                len(key) == 3
+            ):  # an exchange moved two layers: the single steps that failed from the old plan may not now
                 for k in [k for k in steps if len(k) == 2 and k[0] == c2 and k[1] >= 0]:
                     del steps[k]
         else:
@@ -487,9 +561,16 @@ def _refine(
 Move = tuple[float, tuple[int, ...], int, list[float], float]  # (predicted gain ms, step key, cut, ratios, step)
 
 
-def _single_moves(evaluator: PlanEvaluator, cfg: SearchConfig, cut: int, ratios: list[float], cur_ms: float,
-                  steps: dict[tuple[int, ...], float]) -> list[Move]:
-    """Every single change that saves predicted latency: one layer's keep lowered by its step, or the cut moved by one."""
+def _single_moves(
+    evaluator: PlanEvaluator,
+    cfg: SearchConfig,
+    cut: int,
+    ratios: list[float],
+    cur_ms: float,
+    steps: dict[tuple[int, ...], float],
+) -> list[Move]:
+    """Every single change that saves predicted latency: one layer's keep lowered by its step, or the cut moved by
+    one."""
     a = evaluator.analysis
     cands: list[Move] = []
     for t in range(cut):
@@ -514,9 +595,15 @@ def _single_moves(evaluator: PlanEvaluator, cfg: SearchConfig, cut: int, ratios:
 
 
 def _descend_elsewhere(
-    evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool: list[int], done: set[int], reward_of: Callable[[Evaluation], float],
+    evaluator: PlanEvaluator,
+    cfg: SearchConfig,
+    track: _Tracker,
+    pool: list[int],
+    done: set[int],
+    reward_of: Callable[[Evaluation], float],
 ) -> tuple[Evaluation | None, int]:
-    """(where the descent goes on, proposals spent getting there) once a cut has nothing left to try; (None, 0) ends it."""
+    """(where the descent goes on, proposals spent getting there) once a cut has nothing left to try; (None, 0) ends
+    it."""
     nxt = _next_cut(evaluator, cfg, track, pool, done) if cfg.refine_other_cuts else None
     cur = None if nxt is None else track.best_at_cut.get(nxt)
     if nxt is None or cur is not None:
@@ -533,12 +620,13 @@ def _descend_elsewhere(
 
 
 def _block(evaluator: PlanEvaluator, t: int) -> float:
-    """One channel block of layer ``t`` (``round_to`` channels) as a keep ratio: the smallest change a plan can make there."""
+    """One channel block of layer ``t`` (``round_to`` channels) as a keep ratio: the smallest change a plan can make
+    there."""
     return evaluator.prune_config.round_to / max(1, evaluator.analysis.layers[t].out_channels)
 
 
 def _exchanges(
-    evaluator: PlanEvaluator, cfg: SearchConfig, cut: int, ratios: list[float], cur_ms: float, steps: dict,
+    evaluator: PlanEvaluator, cfg: SearchConfig, cut: int, ratios: list[float], cur_ms: float, steps: dict
 ) -> list[tuple[float, tuple, int, list[float], float]]:
     """Moves that give pruned layer ``i`` one channel block back and take a step off layer ``j``, faster on the whole.
 
@@ -563,7 +651,9 @@ def _exchanges(
     return out
 
 
-def _next_cut(evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool: list[int], done: set[int]) -> int | None:
+def _next_cut(
+    evaluator: PlanEvaluator, cfg: SearchConfig, track: _Tracker, pool: list[int], done: set[int]
+) -> int | None:
     """Where the refinement goes next: the cut not yet exhausted whose fastest known feasible plan is fastest.
 
     A cut with no feasible plan yet is ranked by its unpruned split. A cut
@@ -619,7 +709,9 @@ def _with_seed(c, seed: int):
 
 def run_neurosurgeon(evaluator: PlanEvaluator, a0: float, callbacks: Callbacks | None = None) -> SearchResult:
     """Best cut without compression (Kang et al., ASPLOS'17)."""
-    return _best_of(evaluator, a0, "neurosurgeon", [(c, [1.0] * c) for c in evaluator.analysis.cuttable_points()], callbacks)
+    return _best_of(
+        evaluator, a0, "neurosurgeon", [(c, [1.0] * c) for c in evaluator.analysis.cuttable_points()], callbacks
+    )
 
 
 def run_fixed(evaluator: PlanEvaluator, a0: float, method: str, callbacks: Callbacks | None = None) -> SearchResult:
@@ -629,7 +721,9 @@ def run_fixed(evaluator: PlanEvaluator, a0: float, method: str, callbacks: Callb
     return _best_of(evaluator, a0, method, [(cut, [1.0] * cut)], callbacks)
 
 
-def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, callbacks: Callbacks | None = None) -> SearchResult:
+def run_greedy(
+    evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, callbacks: Callbacks | None = None
+) -> SearchResult:
     """For each uniform keep ratio, the cut that minimises latency; the fastest that meets A0."""
     t0 = time.perf_counter()
     cb = callbacks or Callbacks()
@@ -640,7 +734,9 @@ def run_greedy(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, callbacks
     return track.finish(time.perf_counter() - t0)
 
 
-def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int, callbacks: Callbacks | None = None) -> SearchResult:
+def run_random(
+    evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: int, callbacks: Callbacks | None = None
+) -> SearchResult:
     """Uniform random plans until ``budget`` distinct plans have been scored (CPCDRL's count)."""
     t0 = time.perf_counter()
     cb = callbacks or Callbacks()
@@ -651,12 +747,20 @@ def run_random(evaluator: PlanEvaluator, a0: float, cfg: SearchConfig, budget: i
     while track.result.evaluations < budget and tries < 50 * max(1, budget):
         tries += 1
         cut = int(rng.choice(allowed))
-        track.add(evaluator.evaluate(cut, [keep_ratio(rng.uniform(), cfg.r_min) for _ in range(cut)], incumbent_ms=track.incumbent_ms))
+        track.add(
+            evaluator.evaluate(
+                cut, [keep_ratio(rng.uniform(), cfg.r_min) for _ in range(cut)], incumbent_ms=track.incumbent_ms
+            )
+        )
     return track.finish(time.perf_counter() - t0)
 
 
 def _best_of(
-    evaluator: PlanEvaluator, a0: float, method: str, plans: list[tuple[int, list[float]]], callbacks: Callbacks | None = None,
+    evaluator: PlanEvaluator,
+    a0: float,
+    method: str,
+    plans: list[tuple[int, list[float]]],
+    callbacks: Callbacks | None = None,
 ) -> SearchResult:
     t0 = time.perf_counter()
     cb = callbacks or Callbacks()
@@ -670,7 +774,9 @@ SearchFn = Callable[[PlanEvaluator, float, SearchConfig, Callbacks, Sequence[Sea
 """(evaluator, A0 on validation, config, callbacks, the results of the methods run before it) -> its result."""
 
 
-def _random_at_cpcdrl_budget(ev: PlanEvaluator, a0: float, cfg: SearchConfig, cb: Callbacks, earlier: Sequence[SearchResult]) -> SearchResult:
+def _random_at_cpcdrl_budget(
+    ev: PlanEvaluator, a0: float, cfg: SearchConfig, cb: Callbacks, earlier: Sequence[SearchResult]
+) -> SearchResult:
     rl = next((r for r in earlier if r.method == "cpcdrl"), None)  # random search gets CPCDRL's evaluation count
     return run_random(ev, a0, cfg, rl.evaluations if rl else cfg.episodes, cb)
 

@@ -61,15 +61,21 @@ class OptimizeRequest:
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     cache: Path | None = None  # persistent accuracy cache directory (None: off)
-    keep_models: bool = False  # return each chosen plan's pruned, refitted module (result["models"]) to save beside the plan
+    keep_models: bool = (
+        False  # return each chosen plan's pruned, refitted module (result["models"]) to save beside the plan
+    )
     # where validation images come from: "train" (images the network was trained on) or "test" (half of the
     # test split, unseen in training; the final test accuracy is then taken on the other half)
     val_source: str = "train"
-    transfer: str = "fp32"  # the cut tensor's encoding on the wire (wire.py), priced and simulated; export uses the plan's
+    transfer: str = (
+        "fp32"  # the cut tensor's encoding on the wire (wire.py), priced and simulated; export uses the plan's
+    )
     # the head's runtime on the device: "auto" prices each plan with every runtime the edge profile has tables for
     # and takes the faster (latency.FastestRuntime); export and deploy use the plan's
     edge_runtime: str = "auto"
-    device: str = "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
+    device: str = (
+        "cpu"  # where refits and accuracy run ("cuda" on a GPU host); plans do not depend on it beyond float rounding
+    )
 
 
 def _validate(req: OptimizeRequest) -> None:
@@ -122,7 +128,11 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
     if entry.dataset != "cifar10":
         raise CpcdrlError(f"optimize needs a CIFAR-10 model for its accuracy checks; {req.model} is not one")
     edge_p, cloud_p = load_profile(req.edge), load_profile(req.cloud)
-    link_p = what_if_link(load_profile(req.link).link if req.link else (edge_p.link or cloud_p.link), req.bandwidth_bytes_per_s, req.rtt_ms)
+    link_p = what_if_link(
+        load_profile(req.link).link if req.link else (edge_p.link or cloud_p.link),
+        req.bandwidth_bytes_per_s,
+        req.rtt_ms,
+    )
     latency_model = _latency_model(req, edge_p, cloud_p, link_p, log)
     model = load_model(req.model, req.checkpoint)
     torch.manual_seed(req.search.seed)
@@ -153,30 +163,64 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         f"{len(val_idx)} validation, {len(calib_idx)} calibration, {len(test_idx)} test images ({data.source})"
     )
     val_x, val_y = val_set.tensors(val_idx)
-    calib = Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed) if req.prune.refit else None
+    calib = (
+        Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed)
+        if req.prune.refit
+        else None
+    )
     sha = file_sha256(req.checkpoint)
     val_store, test_store = _stores(req, sha, val_x, val_y, calib, data.test.digest(test_idx))
     base_test = _cached_test_accuracy(
-        test_store, 0, (), len(test_idx), lambda: accuracy_on(model, data.test, test_idx, progress=lambda d, t: tick("unpruned model, test images", d, t))
+        test_store,
+        0,
+        (),
+        len(test_idx),
+        lambda: accuracy_on(
+            model, data.test, test_idx, progress=lambda d, t: tick("unpruned model, test images", d, t)
+        ),
     )
-    evaluator = PlanEvaluator(model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store, transfer=req.transfer)
+    evaluator = PlanEvaluator(
+        model, analysis, groups, latency_model, val_x, val_y, calib, req.prune, store=val_store, transfer=req.transfer
+    )
     base_val = evaluator.evaluate(analysis.n_layers, [1.0] * analysis.n_layers).accuracy
-    return Session(req, model, analysis, groups, data, test_idx, evaluator, latency_model.describe(), base_val, base_test, sha, t_start, test_store)
+    return Session(
+        req,
+        model,
+        analysis,
+        groups,
+        data,
+        test_idx,
+        evaluator,
+        latency_model.describe(),
+        base_val,
+        base_test,
+        sha,
+        t_start,
+        test_store,
+    )
 
 
 def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> LatencyModel:
     """The profiles' latency model, with the edge runtime(s) the request allows (``edge_runtime``)."""
     if req.edge_runtime == "auto":
-        runtimes = edge_runtimes(edge_p, req.model) or ["onnxruntime"]  # none: ONNX Runtime's missing table is the error to show
+        runtimes = edge_runtimes(edge_p, req.model) or [
+            "onnxruntime"
+        ]  # none: ONNX Runtime's missing table is the error to show
         able = [r for r in runtimes if req.transfer in get_runtime(r).transfers]
         if able != runtimes:
             # none left: ONNX Runtime's missing table is again the error to show
-            log(f"{', '.join(r for r in runtimes if r not in able)} heads cannot send --transfer {req.transfer}: pricing the others")
+            log(
+                f"{', '.join(r for r in runtimes if r not in able)} heads cannot send --transfer {req.transfer}:"
+                " pricing the others"
+            )
             runtimes = able or ["onnxruntime"]
     else:
         rt = get_runtime(req.edge_runtime)
         if req.transfer not in rt.transfers:
-            raise CpcdrlError(f"--edge-runtime {rt.name} builds fp32 heads with an fp32 wire only; drop --transfer {req.transfer} or use onnxruntime")
+            raise CpcdrlError(
+                f"--edge-runtime {rt.name} builds fp32 heads with an fp32 wire only; drop --transfer {req.transfer} or"
+                " use onnxruntime"
+            )
         runtimes = [req.edge_runtime]
     if len(runtimes) == 1:
         return build_latency_model(edge_p, cloud_p, link_p, runtimes[0])
@@ -184,7 +228,8 @@ def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> L
 
 
 def plan_runtime(latency_model: LatencyModel, model: str, shape: PlanShape) -> str:
-    """The edge runtime a plan's head is priced with (ONNX Runtime where nothing runs on the edge or the model does not say)."""
+    """The edge runtime a plan's head is priced with (ONNX Runtime where nothing runs on the edge or the model does
+    not say)."""
     if shape.cut == 0:
         return "onnxruntime"
     if isinstance(latency_model, FastestRuntime):
@@ -192,22 +237,33 @@ def plan_runtime(latency_model: LatencyModel, model: str, shape: PlanShape) -> s
     return getattr(latency_model, "edge_runtime", "onnxruntime")
 
 
-def _stores(req: OptimizeRequest, sha: str, val_x, val_y, calib: Calibration | None, test_digest: str) -> tuple[AccuracyCache | None, AccuracyCache | None]:
-    """The persistent accuracy caches of this model, pruning set-up and image sets (validation, test); None when disabled."""
+def _stores(
+    req: OptimizeRequest, sha: str, val_x, val_y, calib: Calibration | None, test_digest: str
+) -> tuple[AccuracyCache | None, AccuracyCache | None]:
+    """The persistent accuracy caches of this model, pruning set-up and image sets (validation, test); None when
+    disabled."""
     if req.cache is None:
         return None, None
     common = {
-        "model": req.model, "checkpoint_sha256": sha, "prune": asdict(req.prune), "seed": req.search.seed,
-        "calibration": tensor_digest(calib.images) if calib is not None else None, "device": torch.device(req.device).type,
+        "model": req.model,
+        "checkpoint_sha256": sha,
+        "prune": asdict(req.prune),
+        "seed": req.search.seed,
+        "calibration": tensor_digest(calib.images) if calib is not None else None,
+        "device": torch.device(req.device).type,
     }
     if req.transfer != "fp32":  # a lossy wire scores differently; fp32 keeps the keys it always had
         common["transfer"] = req.transfer
-    val = AccuracyCache(req.cache, context_key(split="validation", images=tensor_digest(val_x, val_y), chunk=500, **common))
+    val = AccuracyCache(
+        req.cache, context_key(split="validation", images=tensor_digest(val_x, val_y), chunk=500, **common)
+    )
     tst = AccuracyCache(req.cache, context_key(split="test", images=test_digest, **common))
     return val, tst
 
 
-def _cached_test_accuracy(store: AccuracyCache | None, cut: int, out_keep: tuple, n: int, score: Callable[[], float]) -> float:
+def _cached_test_accuracy(
+    store: AccuracyCache | None, cut: int, out_keep: tuple, n: int, score: Callable[[], float]
+) -> float:
     """Top-1 (percent) on ``n`` test images from the persistent cache, else ``score()``, stored as one chunk."""
     hit = store.get(cut, out_keep) if store is not None else None
     if hit is not None and hit.chunk_sizes == (n,):
@@ -218,7 +274,9 @@ def _cached_test_accuracy(store: AccuracyCache | None, cut: int, out_keep: tuple
     return acc
 
 
-def what_if_link(link: LinkProfile | None, bandwidth_bytes_per_s: float | None, rtt_ms: float | None) -> LinkProfile | None:
+def what_if_link(
+    link: LinkProfile | None, bandwidth_bytes_per_s: float | None, rtt_ms: float | None
+) -> LinkProfile | None:
     """The link with its rate (both ways) and/or RTT replaced: "what if the Pi moved to Wi-Fi", without re-profiling."""
     if bandwidth_bytes_per_s is None and rtt_ms is None:
         return link
@@ -240,7 +298,8 @@ def constraint_loss(session: Session, accuracy: float | None, max_loss: float | 
     loss = max_loss if max_loss is not None else session.base_test - float(accuracy)  # type: ignore[arg-type]
     if loss < 0:
         raise CpcdrlError(
-            f"--accuracy {accuracy}% is above what even the unpruned model reaches ({session.base_test:.2f}% on {len(session.test_idx)} test images)"
+            f"--accuracy {accuracy}% is above what even the unpruned model reaches ({session.base_test:.2f}% on"
+            f" {len(session.test_idx)} test images)"
         )
     return loss
 
@@ -254,17 +313,11 @@ def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_
     return run_methods(session, constraint_loss(session, req.accuracy, req.max_accuracy_loss), log, tick=tick)
 
 
-def run_methods(
-    session: Session, loss: float, log: Log = lambda s: None, early_stop_a0: float | None = None, tick: Ticker = no_ticker,
-) -> dict[str, Any]:
-    """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
-    req, analysis, evaluator = session.req, session.analysis, session.evaluator
-    t_start = time.perf_counter()
-    base_val, base_test = session.base_val, session.base_test
-    a0_val = base_val - loss
-    evaluator.a0 = a0_val if early_stop_a0 is None else early_stop_a0
-    log(f"unpruned: {base_test:.2f}% test, {base_val:.2f}% validation; constraint: at most {loss:.2f} points lost (A0 = {a0_val:.2f}% on validation)")
-
+def _search_all(
+    session: Session, a0_val: float, log: Log, tick: Ticker, t_start: float
+) -> tuple[list[SearchResult], bool]:
+    """Every requested method's result, and whether Ctrl-C cut the run short (each method's best so far then)."""
+    req, evaluator = session.req, session.evaluator
     results: list[SearchResult] = []
     live: list[SearchResult] = []
     interrupted = False
@@ -275,7 +328,10 @@ def run_methods(
             results.append(SEARCHES[m](evaluator, a0_val, req.search, Callbacks(log, tick, live), list(results)))
             if results[-1].method in ("cpcdrl", "cpcdrl-paper", "edge-pruned", "random", "greedy"):
                 b = results[-1].best
-                log(f"[{m}] done: {results[-1].evaluations} plans scored; best feasible " + (f"{b.latency.total_ms:.1f} ms" if b else "none"))
+                log(
+                    f"[{m}] done: {results[-1].evaluations} plans scored; best feasible "
+                    + (f"{b.latency.total_ms:.1f} ms" if b else "none")
+                )
     except KeyboardInterrupt:
         # Ctrl-C: keep what was found, the finished methods and the best plan so far of the one running
         interrupted = True
@@ -283,9 +339,33 @@ def run_methods(
         results += [r for r in live if id(r) not in finished]
         log("interrupted: reporting each method's best plan so far (test accuracy not measured)")
 
+    return results, interrupted
+
+
+def run_methods(
+    session: Session,
+    loss: float,
+    log: Log = lambda s: None,
+    early_stop_a0: float | None = None,
+    tick: Ticker = no_ticker,
+) -> dict[str, Any]:
+    """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
+    req, analysis, evaluator = session.req, session.analysis, session.evaluator
+    t_start = time.perf_counter()
+    base_val, base_test = session.base_val, session.base_test
+    a0_val = base_val - loss
+    evaluator.a0 = a0_val if early_stop_a0 is None else early_stop_a0
+    log(
+        f"unpruned: {base_test:.2f}% test, {base_val:.2f}% validation; constraint: at most {loss:.2f} points lost (A0 ="
+        f" {a0_val:.2f}% on validation)"
+    )
+
+    results, interrupted = _search_all(session, a0_val, log, tick, t_start)
+
     plans = []
     test_cache: dict[tuple, float] = {}
-    nets: dict[tuple, torch.nn.Module] = {}  # with keep_models: each chosen plan pruned and refitted once, for its test score and for saving
+    # with keep_models: each chosen plan pruned and refitted once, for its test score and for saving
+    nets: dict[tuple, torch.nn.Module] = {}
 
     def net_of(ev: Evaluation) -> torch.nn.Module:
         key = (ev.cut, ev.shape.out_keep[: ev.cut])
@@ -298,7 +378,9 @@ def run_methods(
 
     tick("plans on the test images", 0, len(results))
     for i, res in enumerate(results):
-        plan = _plan_dict(req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val)
+        plan = _plan_dict(
+            req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val
+        )
         if res.best is not None:
             plan["runtime"] = plan_runtime(evaluator.latency_model, req.model, res.best.shape)
         if res.best is not None and not interrupted:
@@ -312,7 +394,11 @@ def run_methods(
     wall = time.perf_counter() - t_start
     for p in plans:
         p["wall_s"] = wall
-    models = {res.method: net_of(res.best) for res in results if res.best is not None} if req.keep_models and not interrupted else {}
+    models = (
+        {res.method: net_of(res.best) for res in results if res.best is not None}
+        if req.keep_models and not interrupted
+        else {}
+    )
     return {
         "model": req.model,
         "models": models,
@@ -340,10 +426,14 @@ def _pruned_net(session: Session, ev: Evaluation) -> torch.nn.Module:
     if not any(f < 1.0 for f in ev.shape.out_keep):
         return session.model
     e = session.evaluator
-    return prune(session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups).model
+    return prune(
+        session.model, session.analysis, ev.cut, list(ev.ratios), e.calibration, e.prune_config, session.groups
+    ).model
 
 
-def plan_test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evaluation], torch.nn.Module] | None = None) -> float:
+def plan_test_accuracy(
+    session: Session, ev: Evaluation, net_of: Callable[[Evaluation], torch.nn.Module] | None = None
+) -> float:
     """The chosen plan's top-1 on the test images; ``net_of`` builds its network (default ``_pruned_net``)."""
     e = session.evaluator
     if not any(f < 1.0 for f in ev.shape.out_keep) and not lossy_at(ev.cut, session.analysis.n_layers, e.transfer):
@@ -359,7 +449,17 @@ def plan_test_accuracy(session: Session, ev: Evaluation, net_of: Callable[[Evalu
     return acc
 
 
-def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: str, sha: str, base_val: float, base_test: float, loss: float, a0_val: float) -> dict:
+def _plan_dict(
+    req: OptimizeRequest,
+    res: SearchResult,
+    analysis,
+    latency_desc: str,
+    sha: str,
+    base_val: float,
+    base_test: float,
+    loss: float,
+    a0_val: float,
+) -> dict:
     b = res.best
     d: dict[str, Any] = {
         "schema_version": PLAN_SCHEMA_VERSION,
@@ -370,16 +470,32 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
         "checkpoint_sha256": sha,
         "method": res.method,
         "feasible": b is not None,
-        "profiles": {"edge": req.edge, "cloud": req.cloud, "link": req.link, "bandwidth_bytes_per_s": req.bandwidth_bytes_per_s, "rtt_ms": req.rtt_ms},
+        "profiles": {
+            "edge": req.edge,
+            "cloud": req.cloud,
+            "link": req.link,
+            "bandwidth_bytes_per_s": req.bandwidth_bytes_per_s,
+            "rtt_ms": req.rtt_ms,
+        },
         "latency_model": latency_desc,
         "accuracy": {
-            "a0_test": base_test - loss, "a0_validation": a0_val, "max_accuracy_loss": loss,
-            "unpruned_validation": base_val, "unpruned_test": base_test,
-            "validation": b.accuracy if b else None, "validation_images": b.images if b else None, "test": None,
+            "a0_test": base_test - loss,
+            "a0_validation": a0_val,
+            "max_accuracy_loss": loss,
+            "unpruned_validation": base_val,
+            "unpruned_test": base_test,
+            "validation": b.accuracy if b else None,
+            "validation_images": b.images if b else None,
+            "test": None,
         },
         "seed": req.search.seed,
         # what `cpcdrl export` needs to rebuild the same pruned, refitted weights
-        "data": {"source": str(req.data), "val_size": req.val_size, "calib_size": req.calib_size, "val_source": req.val_source},
+        "data": {
+            "source": str(req.data),
+            "val_size": req.val_size,
+            "calib_size": req.calib_size,
+            "val_source": req.val_source,
+        },
         "episodes": res.episodes,
         "evaluations": res.evaluations,
         "search_s": res.wall_s,
@@ -394,10 +510,20 @@ def _plan_dict(req: OptimizeRequest, res: SearchResult, analysis, latency_desc: 
             ratios=[round(r, 6) for r in b.ratios],
             channels=plan_channels(analysis, b.shape),
             latency_ms=b.latency.to_dict(),
-            macs={"edge": b.shape.edge_macs, "cloud": b.shape.cloud_macs, "total": b.shape.edge_macs + b.shape.cloud_macs, "unpruned": analysis.total_macs},
+            macs={
+                "edge": b.shape.edge_macs,
+                "cloud": b.shape.cloud_macs,
+                "total": b.shape.edge_macs + b.shape.cloud_macs,
+                "unpruned": analysis.total_macs,
+            },
             cut_bytes=b.shape.cut_bytes,
             transfer=req.transfer,
-            prune={"importance": req.prune.importance, "round_to": req.prune.round_to, "refit": req.prune.refit, "calibration_images": req.calib_size},
+            prune={
+                "importance": req.prune.importance,
+                "round_to": req.prune.round_to,
+                "refit": req.prune.refit,
+                "calibration_images": req.calib_size,
+            },
         )
     return d
 
@@ -408,7 +534,13 @@ def plan_channels(analysis: ModelAnalysis, shape: PlanShape) -> list[int]:
 
 
 def uniform_plan(
-    model: str, cut: int, keep: float, checkpoint: str | Path | None = None, data: str = "builtin", val_size: int = 2000, calib_size: int = 256,
+    model: str,
+    cut: int,
+    keep: float,
+    checkpoint: str | Path | None = None,
+    data: str = "builtin",
+    val_size: int = 2000,
+    calib_size: int = 256,
 ) -> dict:
     """A plan for a given cut and one keep ratio, without search or accuracy measurement.
 
@@ -425,14 +557,31 @@ def uniform_plan(
     cfg = PruneConfig()
     shape = plan_shape(a, channel_groups(net, a), cut, [keep] * cut, cfg.round_to)
     return {
-        "schema_version": PLAN_SCHEMA_VERSION, "kind": "cpcdrl-plan", "cpcdrl_version": __version__, "model": model, "checkpoint": str(ckpt),
-        "checkpoint_sha256": file_sha256(ckpt), "method": "uniform", "feasible": True, "profiles": {"edge": "paper", "cloud": "paper", "link": None},
-        "accuracy": {}, "seed": 0, "data": {"source": str(data), "val_size": val_size, "calib_size": calib_size},
-        "cut": cut, "cut_name": a.points[cut].name, "n_layers": a.n_layers, "ratios": [keep] * cut,
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "kind": "cpcdrl-plan",
+        "cpcdrl_version": __version__,
+        "model": model,
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_sha256(ckpt),
+        "method": "uniform",
+        "feasible": True,
+        "profiles": {"edge": "paper", "cloud": "paper", "link": None},
+        "accuracy": {},
+        "seed": 0,
+        "data": {"source": str(data), "val_size": val_size, "calib_size": calib_size},
+        "cut": cut,
+        "cut_name": a.points[cut].name,
+        "n_layers": a.n_layers,
+        "ratios": [keep] * cut,
         "channels": plan_channels(a, shape),
         "latency_ms": {"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "return_ms": 0.0, "total_ms": 0.0},
         "cut_bytes": shape.cut_bytes,
-        "prune": {"importance": cfg.importance, "round_to": cfg.round_to, "refit": cfg.refit, "calibration_images": calib_size},
+        "prune": {
+            "importance": cfg.importance,
+            "round_to": cfg.round_to,
+            "refit": cfg.refit,
+            "calibration_images": calib_size,
+        },
     }
 
 
@@ -454,5 +603,3 @@ def write_plan(path: str | Path, plan: dict, model: torch.nn.Module | None = Non
         atomic_write_bytes(wpath, data)
         plan["weights"] = {"file": wpath.name, "sha256": hashlib.sha256(data).hexdigest()}
     return atomic_write_json(path, plan)
-
-

@@ -30,7 +30,8 @@ class PlanWeights:
 
 @dataclass(frozen=True)
 class Plan:
-    """A feasible plan: cut after layer ``cut`` (0: all on the server, ``n_layers``: all on the edge), keep ratios of layers 1..cut."""
+    """A feasible plan: cut after layer ``cut`` (0: all on the server, ``n_layers``: all on the edge), keep ratios of
+    layers 1..cut."""
 
     model: str
     method: str
@@ -64,16 +65,30 @@ class Plan:
         data, pcfg, w = d["data"], d.get("prune") or {}, d.get("weights")
         defaults = PruneConfig()
         return cls(
-            model=d["model"], method=str(d.get("method", "")), checkpoint=d["checkpoint"], checkpoint_sha256=d.get("checkpoint_sha256"),
-            n_layers=d["n_layers"], cut=d["cut"], ratios=tuple(float(r) for r in d["ratios"]), channels=tuple(d["channels"]),
-            data_source=data["source"], val_size=data.get("val_size"), calib_size=data.get("calib_size", pcfg.get("calibration_images")),
+            model=d["model"],
+            method=str(d.get("method", "")),
+            checkpoint=d["checkpoint"],
+            checkpoint_sha256=d.get("checkpoint_sha256"),
+            n_layers=d["n_layers"],
+            cut=d["cut"],
+            ratios=tuple(float(r) for r in d["ratios"]),
+            channels=tuple(d["channels"]),
+            data_source=data["source"],
+            val_size=data.get("val_size"),
+            calib_size=data.get("calib_size", pcfg.get("calibration_images")),
             seed=int(d.get("seed", 0)),
-            prune=PruneConfig(importance=str(pcfg.get("importance", defaults.importance)), round_to=int(pcfg.get("round_to", defaults.round_to)),
-                              refit=bool(pcfg.get("refit", defaults.refit))),
+            prune=PruneConfig(
+                importance=str(pcfg.get("importance", defaults.importance)),
+                round_to=int(pcfg.get("round_to", defaults.round_to)),
+                refit=bool(pcfg.get("refit", defaults.refit)),
+            ),
             weights=PlanWeights(w["file"], w["sha256"]) if w is not None else None,
-            latency_ms={k: float(v) for k, v in (d.get("latency_ms") or {}).items()}, profiles=dict(d.get("profiles") or {}),
-            accuracy=dict(d.get("accuracy") or {}), transfer=str(d.get("transfer", "fp32")),
-            runtime=str(d.get("runtime", "onnxruntime")), document=d,
+            latency_ms={k: float(v) for k, v in (d.get("latency_ms") or {}).items()},
+            profiles=dict(d.get("profiles") or {}),
+            accuracy=dict(d.get("accuracy") or {}),
+            transfer=str(d.get("transfer", "fp32")),
+            runtime=str(d.get("runtime", "onnxruntime")),
+            document=d,
         )
 
     def to_dict(self) -> dict:
@@ -100,7 +115,11 @@ def validate_plan(d: dict, where: str = "plan") -> None:
             raise bad(name or field, "is missing")
         v = container[field]
         if isinstance(v, bool) or not isinstance(v, kind):
-            raise bad(name or field, f"must be {kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}, not {type(v).__name__}")
+            raise bad(
+                name or field,
+                f"must be {kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}, not"
+                f" {type(v).__name__}",
+            )
         return v
 
     model = need("model", str)
@@ -110,14 +129,18 @@ def validate_plan(d: dict, where: str = "plan") -> None:
         raise bad("model", f"names no zoo model ({model!r})") from None
     need("checkpoint", str)
     sha = d.get("checkpoint_sha256")
-    if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+    if sha is not None and (
+        not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)
+    ):
         raise bad("checkpoint_sha256", "must be 64 lowercase hex digits")
     n = need("n_layers", int)
     cut = need("cut", int)
     if not 0 <= cut <= n:
         raise bad("cut", f"must be in 0..{n}, not {cut}")
     ratios = need("ratios", list)
-    if len(ratios) != cut or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 < r <= 1.0 for r in ratios):
+    if len(ratios) != cut or not all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 < r <= 1.0 for r in ratios
+    ):
         raise bad("ratios", f"must be {cut} keep ratios in (0, 1]")
     channels = need("channels", list)
     if len(channels) != n or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
@@ -139,9 +162,15 @@ def validate_plan(d: dict, where: str = "plan") -> None:
     if d.get("runtime", "onnxruntime") not in RUNTIMES:
         raise bad("runtime", f"must be one of {', '.join(RUNTIMES)}")
     w = d.get("weights")
-    if w is not None and not (isinstance(w, dict) and isinstance(w.get("file"), str) and "/" not in w["file"] and isinstance(w.get("sha256"), str)):
+    if w is not None and not (
+        isinstance(w, dict)
+        and isinstance(w.get("file"), str)
+        and "/" not in w["file"]
+        and isinstance(w.get("sha256"), str)
+    ):
         raise bad("weights", "must be {file: a name beside the plan, sha256}")
     lat = d.get("latency_ms", {})
-    if not isinstance(lat, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in lat.values()):
+    if not isinstance(lat, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in lat.values()
+    ):
         raise bad("latency_ms", "must map parts to non-negative milliseconds")
-

@@ -28,7 +28,10 @@ from cpcdrl_deploy.search.plan import Plan, load_plan
 
 
 def rebuild(
-    plan: Plan, data: str | Path | None = None, checkpoint: str | Path | None = None, plan_path: str | Path | None = None,
+    plan: Plan,
+    data: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    plan_path: str | Path | None = None,
 ) -> tuple[UnitModel, UnitModel, Cifar10]:
     """(original, pruned) models of ``plan`` and the dataset.
 
@@ -56,7 +59,9 @@ def rebuild(
             raise CpcdrlError(f"the plan's weights {wfile} are missing")
         blob = wfile.read_bytes()
         if hashlib.sha256(blob).hexdigest() != plan.weights.sha256:
-            raise CpcdrlError(f"{wfile} does not match the plan's SHA-256: refusing weights that are not the ones the search scored")
+            raise CpcdrlError(
+                f"{wfile} does not match the plan's SHA-256: refusing weights that are not the ones the search scored"
+            )
         pruned = prune(original, analysis, cut, ratios, None, replace(cfg, refit=False)).model
         try:
             pruned.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True), strict=True)
@@ -79,7 +84,12 @@ def calibration_images(plan: Plan, ds: Cifar10) -> torch.Tensor:
 
 
 def evaluate_saved_plan(
-    plan_path: str | Path, data: str | None = None, checkpoint: str | None = None, limit: int | None = None, seed: int = 0, tick: Ticker = no_ticker,
+    plan_path: str | Path,
+    data: str | None = None,
+    checkpoint: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    tick: Ticker = no_ticker,
 ) -> dict[str, Any]:
     """Accuracy of a saved plan's pruned model on CIFAR-10 test images: its saved weights, not a new refit."""
     plan = load_plan(plan_path)
@@ -91,9 +101,19 @@ def evaluate_saved_plan(
     acc = accuracy_on(pruned, ds.test, test_idx, progress=lambda d, t: tick("test images", d, t))
     cut = plan.cut
     return {
-        "model": plan.model, "plan": str(plan_path), "method": plan.method, "data": ds.source, "test_images": int(len(test_idx)), "cut": cut,
-        "ratios": list(plan.ratios), "weights": "saved" if plan.weights and plan.pruned else "unpruned or replayed",
-        "accuracy": acc, "plan_test_accuracy": plan.accuracy.get("test"),
-        "macs_before": base.total_macs, "macs_after": after.total_macs, "edge_macs": after.points[cut].cum_macs, "cut_bytes": after.points[cut].out_bytes,
+        "model": plan.model,
+        "plan": str(plan_path),
+        "method": plan.method,
+        "data": ds.source,
+        "test_images": int(len(test_idx)),
+        "cut": cut,
+        "ratios": list(plan.ratios),
+        "weights": "saved" if plan.weights and plan.pruned else "unpruned or replayed",
+        "accuracy": acc,
+        "plan_test_accuracy": plan.accuracy.get("test"),
+        "macs_before": base.total_macs,
+        "macs_after": after.total_macs,
+        "edge_macs": after.points[cut].cum_macs,
+        "cut_bytes": after.points[cut].out_bytes,
         "eval_s": time.perf_counter() - t1,
     }

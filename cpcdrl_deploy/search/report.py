@@ -40,8 +40,10 @@ def explain_plan(plan: dict, input_bytes: int, unpruned_channels: list[int]) -> 
         return f"{plan['method']}: everything runs on the edge; nothing crosses the link"
     kept, full = plan["channels"][cut - 1], unpruned_channels[cut - 1]
     pruned = f", pruned to {kept} of {full} channels" if kept < full else ""
-    return (f"{plan['method']}: layers 1-{cut} run on the edge (up to {plan['cut_name']}{pruned}) and send {plan['cut_bytes']:,} B "
-            f"instead of the {input_bytes:,} B image; layers {cut + 1}-{n} run on the server")
+    return (
+        f"{plan['method']}: layers 1-{cut} run on the edge (up to {plan['cut_name']}{pruned}) and send"
+        f" {plan['cut_bytes']:,} B instead of the {input_bytes:,} B image; layers {cut + 1}-{n} run on the server"
+    )
 
 
 def plot_rewards(rewards: dict[str, list[float]], path: Path, title: str = "") -> None:
@@ -67,7 +69,14 @@ def plot_search_space(history: dict[str, list], a0: float, plans: list[dict], pa
             ax.scatter([x[2] for x in h], [x[1] for x in h], s=6, alpha=0.35, label=f"{method} (tried)")
     for p in plans:
         if p["feasible"]:
-            ax.scatter([p["latency_ms"]["total_ms"]], [p["accuracy"]["validation"]], marker="*", s=120, edgecolors="k", label=f"{p['method']} pick")
+            ax.scatter(
+                [p["latency_ms"]["total_ms"]],
+                [p["accuracy"]["validation"]],
+                marker="*",
+                s=120,
+                edgecolors="k",
+                label=f"{p['method']} pick",
+            )
     ax.axhline(a0, color="r", linestyle="--", linewidth=1, label="A0 (validation)")
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel("validation accuracy (%)")
@@ -76,7 +85,9 @@ def plot_search_space(history: dict[str, list], a0: float, plans: list[dict], pa
     save_figure(fig, path)
 
 
-def plot_latency_vs(xs: list[float], series: dict[str, list[float | None]], xlabel: str, path: Path, title: str = "") -> None:
+def plot_latency_vs(
+    xs: list[float], series: dict[str, list[float | None]], xlabel: str, path: Path, title: str = ""
+) -> None:
     """Latency of each method against an accuracy requirement or loss (Fig. 4/5); None = infeasible."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     markers = "os^vD<>p"
@@ -92,7 +103,8 @@ def plot_latency_vs(xs: list[float], series: dict[str, list[float | None]], xlab
 
 
 def latency_at_bandwidth(plan: dict, link: dict, bytes_per_s: float) -> float | None:
-    """A plan's predicted latency if the link ran at ``bytes_per_s`` (its compute and RTT unchanged); None if infeasible."""
+    """A plan's predicted latency if the link ran at ``bytes_per_s`` (its compute and RTT unchanged); None if
+    infeasible."""
     if not plan.get("feasible"):
         return None
     lat = plan["latency_ms"]
@@ -112,13 +124,19 @@ def plot_latency_vs_bandwidth(result: dict, path: Path) -> None:
     for p in result["plans"]:
         ys = [latency_at_bandwidth(p, link, b) for b in bws]
         if any(y is not None for y in ys):
-            ax.plot([b / 1e3 for b in bws], [float("nan") if y is None else y for y in ys], label=f"{p['method']} (cut {p.get('cut')})")
+            ax.plot(
+                [b / 1e3 for b in bws],
+                [float("nan") if y is None else y for y in ys],
+                label=f"{p['method']} (cut {p.get('cut')})",
+            )
     ax.axvline(link["uplink_bytes_per_s"] / 1e3, color="k", linestyle=":", linewidth=1, label="this run's link")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("link bandwidth (KB/s)")
     ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(f"{result['model']}: each method's plan vs bandwidth (plans fixed; --bandwidth re-optimises)", fontsize=9)
+    ax.set_title(
+        f"{result['model']}: each method's plan vs bandwidth (plans fixed; --bandwidth re-optimises)", fontsize=9
+    )
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
@@ -127,12 +145,20 @@ def write_report(result: dict, out_dir: str | Path) -> list[Path]:
     """results.json, table.md and the plots of one optimize run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "models"})]  # modules are not JSON
+    written = [
+        atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "models"})
+    ]  # modules are not JSON
     written.append(atomic_write_bytes(out / "table.md", (methods_table(result["plans"]) + "\n").encode()))
     if result.get("rewards"):
         plot_rewards(result["rewards"], out / "rewards.png", f"{result['model']}: reward vs episode")
         written.append(out / "rewards.png")
-    plot_search_space(result["history"], result["a0_validation"], result["plans"], out / "plans.png", f"{result['model']}: plans tried")
+    plot_search_space(
+        result["history"],
+        result["a0_validation"],
+        result["plans"],
+        out / "plans.png",
+        f"{result['model']}: plans tried",
+    )
     written.append(out / "plans.png")
     if result.get("link"):
         plot_latency_vs_bandwidth(result, out / "latency_vs_bandwidth.png")

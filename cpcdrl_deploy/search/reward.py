@@ -52,8 +52,13 @@ class RewardConfig:
 
 
 def reward(
-    accuracy: float, a0: float, kept_macs_fraction: float, latency_ms: float, ref_latency_ms: float,
-    cfg: RewardConfig = RewardConfig(), infeasible_ms: float | None = None,
+    accuracy: float,
+    a0: float,
+    kept_macs_fraction: float,
+    latency_ms: float,
+    ref_latency_ms: float,
+    cfg: RewardConfig = RewardConfig(),
+    infeasible_ms: float | None = None,
 ) -> float:
     """Eq. 10 with the conventions above. Accuracy in percent, latency in ms.
 

@@ -56,11 +56,15 @@ def dumps(obj: object) -> bytes:
         raise RequestError(400, "the result is not finite (NaN or Infinity): check the inputs") from None
 
 
-def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tuple[dict[str, np.ndarray], dict, list[str], bool]:
+def decode_infer(
+    model: ServedModel, body: bytes, header_len: int | None
+) -> tuple[dict[str, np.ndarray], dict, list[str], bool]:
     """Validate an infer request; returns (feeds, request json, requested outputs, binary replies?)."""
     if header_len is not None:
         if not 0 < header_len <= len(body):
-            raise RequestError(400, f"Inference-Header-Content-Length {header_len} outside the body ({len(body)} bytes)")
+            raise RequestError(
+                400, f"Inference-Header-Content-Length {header_len} outside the body ({len(body)} bytes)"
+            )
         head, binary = body[:header_len], body[header_len:]
     else:
         head, binary = body, b""
@@ -82,7 +86,9 @@ def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tup
         if t.get("datatype") != spec["datatype"]:
             raise RequestError(400, f"input {name!r}: datatype {t.get('datatype')!r}, expected {spec['datatype']}")
         shape = t.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise RequestError(400, f"input {name!r}: shape must be a list of non-negative integers")
         want = spec["shape"]
         if len(shape) != len(want) or any(w != -1 and w != d for w, d in zip(want, shape)):
@@ -118,6 +124,12 @@ def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tup
     missing = sorted(set(expected) - set(feeds))
     if missing:
         raise RequestError(400, f"missing inputs {missing}")
+    out_names, binary_out = requested_outputs(model, req)
+    return feeds, req, out_names, binary_out
+
+
+def requested_outputs(model: ServedModel, req: dict) -> tuple[list[str], bool]:
+    """(the outputs a request asks for, whether it wants them as binary tensors)."""
     out_names = [o["name"] for o in model.outputs]
     wanted = req.get("outputs")
     rparams = req.get("parameters")
@@ -132,10 +144,12 @@ def decode_infer(model: ServedModel, body: bytes, header_len: int | None) -> tup
             raise RequestError(400, "outputs[].parameters must be an object")
         out_names = [o["name"] for o in wanted]
         binary_out = any(bool((o.get("parameters") or {}).get("binary_data", binary_default)) for o in wanted)
-    return feeds, req, out_names, binary_out
+    return out_names, binary_out
 
 
-def encode_infer(model: ServedModel, req: dict, names: list[str], results: dict[str, np.ndarray], binary: bool, compute_ms: float) -> tuple[bytes, int | None]:
+def encode_infer(
+    model: ServedModel, req: dict, names: list[str], results: dict[str, np.ndarray], binary: bool, compute_ms: float
+) -> tuple[bytes, int | None]:
     outputs, blobs = [], []
     for n in names:
         arr = np.ascontiguousarray(results[n])
@@ -148,7 +162,12 @@ def encode_infer(model: ServedModel, req: dict, names: list[str], results: dict[
         else:
             o["data"] = arr.ravel().tolist()
         outputs.append(o)
-    resp = {"model_name": model.name, "model_version": model.version, "outputs": outputs, "parameters": {"cpcdrl_compute_ms": compute_ms}}
+    resp = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": outputs,
+        "parameters": {"cpcdrl_compute_ms": compute_ms},
+    }
     if "id" in req:
         resp["id"] = req["id"]
     head = dumps(resp)

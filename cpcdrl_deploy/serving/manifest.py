@@ -21,8 +21,6 @@ from cpcdrl_deploy.ondevice.datatypes import FROM_ONNX
 MANIFEST_SCHEMA_VERSION = 1
 
 
-
-
 def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
     """Inputs and outputs as KServe v2 tensor metadata (datatype names, -1 for dynamic dims)."""
 
@@ -32,7 +30,10 @@ def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
         return {"name": v.name, "datatype": FROM_ONNX.get(t.elem_type, str(t.elem_type)), "shape": dims}
 
     inits = {i.name for i in model.graph.initializer}
-    return {"inputs": [spec(v) for v in model.graph.input if v.name not in inits], "outputs": [spec(v) for v in model.graph.output]}
+    return {
+        "inputs": [spec(v) for v in model.graph.input if v.name not in inits],
+        "outputs": [spec(v) for v in model.graph.output],
+    }
 
 
 def ort_session(model: bytes | str | Path, threads: int = 1):
@@ -43,9 +44,13 @@ def ort_session(model: bytes | str | Path, threads: int = 1):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/...: all mean "not a model we can run"
-        raise CpcdrlError(f"ONNX Runtime cannot load {'the model' if isinstance(model, bytes) else model}: {str(exc).splitlines()[0]}") from None
+        raise CpcdrlError(
+            f"ONNX Runtime cannot load {'the model' if isinstance(model, bytes) else model}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def run_split(head, tail, x: np.ndarray) -> np.ndarray:

@@ -56,23 +56,15 @@ def load_served_model(path: str | Path, name: str, threads: int = 1) -> ServedMo
     return ServedModel(name, sess, specs["inputs"], specs["outputs"])
 
 
-
-
-
-
-
-
-
-
-
-
 MAX_HEADERS, MAX_HEADER_LINE = 100, 65536  # http.client's limits
 
 
 class _Headers:
     """Request headers by case-insensitive name, first value kept; the framing headers may not repeat."""
 
-    _SINGLE = frozenset({"content-length", "transfer-encoding", "inference-header-content-length", "authorization", "host"})
+    _SINGLE = frozenset(
+        {"content-length", "transfer-encoding", "inference-header-content-length", "authorization", "host"}
+    )
 
     def __init__(self) -> None:
         self._d: dict[str, str] = {}
@@ -115,7 +107,12 @@ def read_headers(rfile) -> _Headers | tuple[int, str]:
 def reply_head(status: int, server: str, length: int, header_len: int | None, allow: str | None, close: bool) -> bytes:
     """Status line and headers of a reply, ready to be sent with its body in one write."""
     kind = "application/octet-stream" if header_len is not None else "application/json"
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Server: {server}", f"Content-Type: {kind}", f"Content-Length: {length}"]
+    head = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        f"Server: {server}",
+        f"Content-Type: {kind}",
+        f"Content-Length: {length}",
+    ]
     if allow:
         head.append(f"Allow: {allow}")
     if header_len is not None:
@@ -135,13 +132,29 @@ def get_reply(path: str, models: dict[str, ServedModel], stats: Stats) -> dict:
     if rest == "/ready":
         return {"name": model.name, "ready": True}
     if rest == "/config":
-        return {"name": model.name, "platform": "onnxruntime_onnx", "max_batch_size": 0, "input": model.inputs, "output": model.outputs}
+        return {
+            "name": model.name,
+            "platform": "onnxruntime_onnx",
+            "max_batch_size": 0,
+            "input": model.inputs,
+            "output": model.outputs,
+        }
     if rest == "/stats":  # Triton's statistics extension, the counts only: what deploy's progress bar polls
         with stats.lock:
-            counts = {"inference_count": stats.requests, "execution_count": stats.requests, "refused_count": stats.errors}
+            counts = {
+                "inference_count": stats.requests,
+                "execution_count": stats.requests,
+                "refused_count": stats.errors,
+            }
         return {"model_stats": [{"name": model.name, "version": model.version, **counts}]}
     if rest is None:
-        return {"name": model.name, "versions": [model.version], "platform": "onnxruntime_onnx", "inputs": model.inputs, "outputs": model.outputs}
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": model.inputs,
+            "outputs": model.outputs,
+        }
     raise RequestError(405, f"{path} takes POST")
 
 
@@ -174,11 +187,9 @@ def infer(model: ServedModel, body: bytes, header_len_text: str | None) -> tuple
     return encode_infer(model, req, names, dict(zip(names, outs)), binary, compute_ms)
 
 
-class StrictHTTPHandler(BaseHTTPRequestHandler):
-    """http.server's handler made strict and lean: JSON errors for everything, one write per reply, bounded reads."""
+class JsonReplies(BaseHTTPRequestHandler):
+    """Replies in one write, and every refusal (http.server's own included) as a JSON error, counted."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection per client, as tritonclient expects
-    server_version = f"cpcdrl/{__version__}"
     stats: Stats
 
     def __getattr__(self, name: str):
@@ -189,7 +200,9 @@ class StrictHTTPHandler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         # a body we will not read must not be taken for the next request: close after answering
-        self._error(405, f"method {self.command} not allowed", close=True, allow="GET, POST", body=self.command != "HEAD")
+        self._error(
+            405, f"method {self.command} not allowed", close=True, allow="GET, POST", body=self.command != "HEAD"
+        )
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # http.server's own refusals (bad request line, header too long, ...): JSON too
@@ -198,19 +211,48 @@ class StrictHTTPHandler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        header_len: int | None = None,
+        close: bool = False,
+        allow: str | None = None,
+        send_body: bool = True,
+    ) -> None:
+        # status line, headers and body in one write: one send() per reply instead of
+        # http.server's two (headers, then body), which cost a second loopback wake-up
+        if close:
+            self.close_connection = True
+        head = reply_head(status, self.server_version, len(body), header_len, allow, close)
+        self.wfile.write(head + (body if send_body else b""))
+
+    def _json(self, status: int, obj: object, close: bool = False) -> None:
+        self._send(status, dumps(obj), close=close)
+
+    def _error(self, status: int, msg: str, close: bool = False, allow: str | None = None, body: bool = True) -> None:
+        with self.stats.lock:
+            self.stats.errors += 1
+        self._send(status, json.dumps({"error": msg}).encode(), close=close, allow=allow, send_body=body)
+
+
+class StrictHTTPHandler(JsonReplies):
+    """http.server's handler made strict and lean: HTTP/1.0 and 1.1 only, bounded header reads, no Nagle delay."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection per client, as tritonclient expects
+    server_version = f"cpcdrl/{__version__}"
+
     def parse_request(self) -> bool:
-        """http.server's request parsing with a lean header reader (the email parser it uses costs about 0.1 ms a request);
+        """http.server's request parsing with a lean header reader (its email parser costs about 0.1 ms a request);
         only HTTP/1.0 and 1.1."""
         self.command, self.request_version, self.close_connection = "", self.default_request_version, True
         self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         words = line.split()
         if not words:
             return False
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            self.send_error(400, f"bad request line {line[:80]!r}")
-            return False
-        if words[2] not in ("HTTP/1.0", "HTTP/1.1"):
-            self.send_error(505, f"HTTP version {words[2][5:][:10]!r} not supported (1.0, 1.1)")
+        refusal = _request_line_refusal(words, line)
+        if refusal is not None:
+            self.send_error(*refusal)
             return False
         self.command, self.path, self.request_version = words
         self.close_connection = self.request_version == "HTTP/1.0"
@@ -228,8 +270,8 @@ class StrictHTTPHandler(BaseHTTPRequestHandler):
             return self.handle_expect_100()
         return True
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature; quiet: the counters tell the story
-        pass
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
+        pass  # quiet: the counters tell the story
 
     def setup(self) -> None:
         super().setup()
@@ -237,22 +279,27 @@ class StrictHTTPHandler(BaseHTTPRequestHandler):
         # algorithm holds the body until the client's delayed ACK (~40 ms)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def _send(self, status: int, body: bytes, header_len: int | None = None, close: bool = False, allow: str | None = None,
-              send_body: bool = True) -> None:
-        # status line, headers and body in one write: one send() per reply instead of
-        # http.server's two (headers, then body), which cost a second loopback wake-up
-        if close:
-            self.close_connection = True
-        head = reply_head(status, self.server_version, len(body), header_len, allow, close)
-        self.wfile.write(head + (body if send_body else b""))
 
-    def _json(self, status: int, obj: object, close: bool = False) -> None:
-        self._send(status, dumps(obj), close=close)
+def body_length(header: str | None, max_body: int) -> int | tuple[int, str]:
+    """The body's length from its Content-Length header, or (status, reason) refusing it."""
+    if header is None:
+        return 411, "Content-Length required (chunked bodies are not accepted)"
+    try:
+        length = int(header)
+    except ValueError:
+        length = -1
+    if length < 0 or length > max_body:
+        return 413 if length > max_body else 400, f"body of {header} bytes refused (limit {max_body})"
+    return length
 
-    def _error(self, status: int, msg: str, close: bool = False, allow: str | None = None, body: bool = True) -> None:
-        with self.stats.lock:
-            self.stats.errors += 1
-        self._send(status, json.dumps({"error": msg}).encode(), close=close, allow=allow, send_body=body)
+
+def _request_line_refusal(words: list[str], line: str) -> tuple[int, str] | None:
+    """(status, reason) for a request line this server refuses; None for METHOD PATH HTTP/1.0 or 1.1."""
+    if len(words) != 3 or not words[2].startswith("HTTP/"):
+        return 400, f"bad request line {line[:80]!r}"
+    if words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+        return 505, f"HTTP version {words[2][5:][:10]!r} not supported (1.0, 1.1)"
+    return None
 
 
 class KServeHandler(StrictHTTPHandler):
@@ -263,7 +310,9 @@ class KServeHandler(StrictHTTPHandler):
     max_body: int
 
     def _has_body(self) -> bool:
-        return self.headers.get("Transfer-Encoding") is not None or (self.headers.get("Content-Length") or "0").strip() not in ("0", "")
+        return self.headers.get("Transfer-Encoding") is not None or (
+            self.headers.get("Content-Length") or "0"
+        ).strip() not in ("0", "")
 
     def _authorised(self) -> bool:
         if self.token is None or self.path.startswith("/v2/health/"):
@@ -284,17 +333,10 @@ class KServeHandler(StrictHTTPHandler):
 
     def _admit(self) -> tuple[ServedModel, int] | None:
         """(model, body length) of an infer request, checked before its body is read; None once refused."""
-        length_h = self.headers.get("Content-Length")
-        try:
-            length = int(length_h) if length_h is not None else -1
-        except ValueError:
-            length = -2
         # refuse before reading: an oversized or unsized body is never buffered
-        if length == -1:
-            self._error(411, "Content-Length required (chunked bodies are not accepted)", close=True)
-            return None
-        if length < 0 or length > self.max_body:
-            self._error(413 if length > self.max_body else 400, f"body of {length_h} bytes refused (limit {self.max_body})", close=True)
+        length = body_length(self.headers.get("Content-Length"), self.max_body)
+        if isinstance(length, tuple):
+            self._error(*length, close=True)
             return None
         try:
             # route and token before the body: an unauthenticated client never makes us buffer its upload
@@ -334,7 +376,11 @@ class KServeHandler(StrictHTTPHandler):
 
 
 def make_handler(
-    models: dict[str, ServedModel], token: str | None, stats: Stats, max_body: int = MAX_BODY, timeout_s: float = IDLE_TIMEOUT_S,
+    models: dict[str, ServedModel],
+    token: str | None,
+    stats: Stats,
+    max_body: int = MAX_BODY,
+    timeout_s: float = IDLE_TIMEOUT_S,
 ) -> type[KServeHandler]:
     """A handler class bound to one server's models, token and counters.
 
@@ -358,8 +404,13 @@ def exposure_warning(host: str, token: str | None) -> str | None:
     if loopback:
         return None
     if token is None:
-        return f"serving on {host} without a token: anyone who reaches this address can use the model (set $CPCDRL_TOKEN)"
-    return f"serving on {host} over plain HTTP: the bearer token crosses the network in clear (put a TLS-terminating proxy in front)"
+        return (
+            f"serving on {host} without a token: anyone who reaches this address can use the model (set $CPCDRL_TOKEN)"
+        )
+    return (
+        f"serving on {host} over plain HTTP: the bearer token crosses the network in clear (put a TLS-terminating proxy"
+        " in front)"
+    )
 
 
 class CappedHTTPServer(ThreadingHTTPServer):
@@ -380,8 +431,8 @@ class CappedHTTPServer(ThreadingHTTPServer):
             try:
                 request.settimeout(1.0)
                 request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After:"
+                    b" 1\r\nConnection: close\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
                 )
             except OSError:
                 pass
@@ -407,8 +458,14 @@ class CappedHTTPServer(ThreadingHTTPServer):
 
 
 def make_server(
-    export_dir: str | Path | list, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, threads: int = 1, max_body: int = MAX_BODY,
-    max_connections: int = MAX_CONNECTIONS, timeout_s: float = IDLE_TIMEOUT_S,
+    export_dir: str | Path | list,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    threads: int = 1,
+    max_body: int = MAX_BODY,
+    max_connections: int = MAX_CONNECTIONS,
+    timeout_s: float = IDLE_TIMEOUT_S,
 ):
     """A ready (not yet serving) server for the tail of an export directory, or of each of several.
 
@@ -451,14 +508,25 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     token = os.environ.get("CPCDRL_TOKEN") or None  # from the environment: a token on the command line shows in `ps`
     try:
-        httpd = make_server(args.export_dir if len(args.export_dir) > 1 else args.export_dir[0], args.host, args.port, token, args.threads, args.max_body)
+        httpd = make_server(
+            args.export_dir if len(args.export_dir) > 1 else args.export_dir[0],
+            args.host,
+            args.port,
+            token,
+            args.threads,
+            args.max_body,
+        )
     except CpcdrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if (warn := exposure_warning(args.host, token)) is not None:
         print(f"warning: {warn}", file=sys.stderr, flush=True)
     host, port = httpd.server_address[:2]
-    print(f"serving {', '.join(httpd.cpcdrl_models)} on http://{host}:{port} (KServe v2{', bearer token' if token else ''})", flush=True)
+    print(
+        f"serving {', '.join(httpd.cpcdrl_models)} on http://{host}:{port} (KServe"
+        f" v2{', bearer token' if token else ''})",
+        flush=True,
+    )
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

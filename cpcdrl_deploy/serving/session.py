@@ -35,31 +35,55 @@ def upload_runner(dev: Device, remote_dir: str) -> None:
     """The edge runner and the files it imports, into ``remote_dir`` on the device."""
     for f in RUNNER_FILES:
         dev.put(f, f"{remote_dir}/{f.name}")
+
+
 Log = Callable[[str], None]
-
-
 
 
 class CloudServer:
     """The tail server as a child process (so it can be stopped, or killed, like a real one)."""
 
     def __init__(
-        self, export_dir: Path | list[Path], host: str, token: str, port: int = 0, threads: int = 1, start_timeout: float = 60.0,
+        self,
+        export_dir: Path | list[Path],
+        host: str,
+        token: str,
+        port: int = 0,
+        threads: int = 1,
+        start_timeout: float = 60.0,
         extra_args: list[str] | None = None,
     ) -> None:
         env = dict(os.environ, CPCDRL_TOKEN=token)
         dirs = [str(d) for d in (export_dir if isinstance(export_dir, list) else [export_dir])]
-        cmd = [sys.executable, "-m", "cpcdrl_deploy.serving.server", *dirs, "--host", host, "--port", str(port), "--threads", str(threads), *(extra_args or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cpcdrl_deploy.serving.server",
+            *dirs,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            *(extra_args or []),
+        ]
         # the cloud host must not share a duty-cycled device's CPU (testbed.host_cpus)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=host_cpus_preexec())
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, preexec_fn=host_cpus_preexec()
+        )
         line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        stdout = self.proc.stdout
+        assert stdout is not None  # stdout=PIPE
+        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(start_timeout)
         if not line or not line[0].startswith("serving "):
             self.stop()
             err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()
-            raise CpcdrlError(f"the cloud server did not start: {err[-1] if err else f'no answer in {start_timeout:.0f} s'}")
+            raise CpcdrlError(
+                f"the cloud server did not start: {err[-1] if err else f'no answer in {start_timeout:.0f} s'}"
+            )
         self.url = line[0].split(" on ", 1)[1].split()[0]
 
     def alive(self) -> bool:
@@ -94,8 +118,14 @@ def count_requests(server: CloudServer | None, files: dict, token: str, n: int, 
     def poll() -> None:
         while not stop.wait(0.5):
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=2) as r:
-                    tick("requests answered by the server", min(n, json.loads(r.read())["model_stats"][0]["inference_count"]), n)
+                with urllib.request.urlopen(
+                    urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=2
+                ) as r:
+                    tick(
+                        "requests answered by the server",
+                        min(n, json.loads(r.read())["model_stats"][0]["inference_count"]),
+                        n,
+                    )
             except (OSError, ValueError, KeyError, IndexError):
                 pass  # a progress bar is not worth failing a deploy over
 
@@ -113,7 +143,10 @@ def run_edge_runner(dev: Device, remote_dir: str, args: list[str], token: str, b
 
     The server's token travels on stdin, not the command line (visible in ps on the device).
     """
-    cmd = f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)} {shlex.quote(remote_dir + '/runner.py')} " + " ".join(args)
+    cmd = (
+        f"read -r CPCDRL_TOKEN; export CPCDRL_TOKEN; {shlex.quote(dev.python)}"
+        f" {shlex.quote(remote_dir + '/runner.py')} " + " ".join(args)
+    )
     rc, stdout, stderr = dev.run(cmd, timeout=budget_s, stdin=(token + "\n").encode())
     if rc not in (0, 1):
         why = (stderr or stdout).strip().splitlines()
@@ -126,7 +159,8 @@ def run_edge_runner(dev: Device, remote_dir: str, args: list[str], token: str, b
 
 @dataclass(frozen=True)
 class InterleavedPlan:
-    """One plan of an interleaved run on the device: its head file (None: all on the cloud), its export's tail folder (None: all on the edge)."""
+    """One plan of an interleaved run on the device: its head file (None: all on the cloud), its export's tail folder
+    (None: all on the edge)."""
 
     id: str
     head: Path | None
@@ -135,10 +169,18 @@ class InterleavedPlan:
 
 
 def run_interleaved(
-    dev: Device, bind: str, plans: Sequence[InterleavedPlan], inputs: Path, runner_args: list[str], budget_s: float,
-    log: Log = lambda s: None, close: bool = True, before_run: Callable[[], None] | None = None,
+    dev: Device,
+    bind: str,
+    plans: Sequence[InterleavedPlan],
+    inputs: Path,
+    runner_args: list[str],
+    budget_s: float,
+    log: Log = lambda s: None,
+    close: bool = True,
+    before_run: Callable[[], None] | None = None,
 ) -> dict:
-    """Serve every tail from one server, upload every head and the runner, run the runner's bench mode; the runner's report.
+    """Serve every tail from one server, upload every head and the runner, run the runner's bench mode; the runner's
+    report.
 
     What ``bench`` and the request probe share: the device sets up, runs
     ``edge_runner.run_bench`` (``runner_args``: its timing options) and is
@@ -169,8 +211,12 @@ def run_interleaved(
             spec_file = Path(tmp) / "bench-plans.json"
             spec_file.write_text(json.dumps(spec))
             dev.put(spec_file, f"{remote_dir}/bench-plans.json")
-        args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}", f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
-                f"--out {shlex.quote(remote_dir + '/report.json')}", *runner_args]
+        args = [
+            f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}",
+            f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
+            f"--out {shlex.quote(remote_dir + '/report.json')}",
+            *runner_args,
+        ]
         if server is not None:
             args.append(f"--url {server.url}")
         if before_run is not None:
@@ -181,7 +227,8 @@ def run_interleaved(
 
 
 def tear_down(dev: Device, server: CloudServer | None, remote_dir: str | None, close: bool = True) -> None:
-    """Stop the server, remove the device's working folder, close the connection (unless the caller still needs it); cleanup never hides the real error."""
+    """Stop the server, remove the device's working folder, close the connection (unless the caller still needs it);
+    cleanup never hides the real error."""
     if server is not None:
         server.stop()
     if remote_dir is not None:

@@ -7,7 +7,12 @@ from cpcdrl_deploy.search.agents.ddpg import DDPGAgent, DDPGConfig, truncated_no
 
 def test_ddpg_learns_a_state_dependent_target() -> None:
     """One-step task: reward -(a - target(s))^2 with target = 0.2 + 0.6 s."""
-    agent = DDPGAgent(1, DDPGConfig(seed=0, hidden=64, actor_lr=1e-3, critic_lr=3e-3, batch_size=64, updates_per_episode=4, sigma_decay=0.99))
+    agent = DDPGAgent(
+        1,
+        DDPGConfig(
+            seed=0, hidden=64, actor_lr=1e-3, critic_lr=3e-3, batch_size=64, updates_per_episode=4, sigma_decay=0.99
+        ),
+    )
     rng = np.random.default_rng(0)
     for episode in range(500):
         s = np.array([rng.uniform()], np.float32)
