@@ -307,10 +307,6 @@ ValSourceOpt = Annotated[
 TestLimitOpt = Annotated[
     int | None, typer.Option("--limit", min=1, help="test images for the final accuracy (default all)")
 ]
-OptimizeRoundToOpt = Annotated[
-    int,
-    typer.Option("--round-to", min=1, help="kept channels are multiples of this (8: ONNX Runtime's fast conv layout)"),
-]
 OptimizeTransferOpt = Annotated[
     Transfer,
     typer.Option(
@@ -353,7 +349,7 @@ def optimize_cmd(
     val_source: ValSourceOpt = "train",
     calib: Annotated[int, typer.Option("--calib", min=1, help="calibration images for the refit")] = 256,
     test_limit: TestLimitOpt = None,
-    round_to: OptimizeRoundToOpt = 8,
+    round_to: RoundToOpt = 8,
     transfer: OptimizeTransferOpt = Transfer.fp32,
     edge_runtime: EdgeRuntimeOpt = "auto",
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
@@ -900,7 +896,7 @@ EdgeOpt = Annotated[
 BenchOutOpt = Annotated[
     Path, typer.Option("--out", "-o", help="directory for bench-report.json, bench.png and the exports")
 ]
-BenchBindOpt = Annotated[
+ServerBindOpt = Annotated[
     str | None,
     typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)"),
 ]
@@ -909,9 +905,6 @@ EdgeProfileOpt = Annotated[
 ]
 CloudProfileOpt = Annotated[
     str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the first plan's)")
-]
-BenchTrustHostKeyOpt = Annotated[
-    bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")
 ]
 ProfileBeforeRoundsOpt = Annotated[
     Path | None,
@@ -935,11 +928,11 @@ def bench_cmd(
     min_rounds: Annotated[int, typer.Option("--min-rounds", min=1, help="interleaved rounds, at least")] = 5,
     images: Annotated[int, typer.Option("--images", min=1, help="distinct test images, sent in turn")] = 64,
     out: BenchOutOpt = Path("bench"),
-    bind: BenchBindOpt = None,
+    bind: ServerBindOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds, every network call of the edge runner")] = 10.0,
     edge_profile: EdgeProfileOpt = None,
     cloud_profile: CloudProfileOpt = None,
-    trust_host_key: BenchTrustHostKeyOpt = False,
+    trust_host_key: TrustHostKeyOpt = False,
     runtime: RuntimeOpt = None,
     profile_before_rounds: ProfileBeforeRoundsOpt = None,
     seed: SeedOpt = 0,
@@ -978,9 +971,6 @@ def bench_cmd(
         typer.echo("\n".join(summary_lines(rep)))
 
 
-DeployEdgeOpt = Annotated[
-    str, typer.Option("--edge", help="'local', an ssh_config alias (e.g. the testbed's 'pi'), or user@host[:port]")
-]
 RequestsOpt = Annotated[
     int, typer.Option("--requests", "-n", min=1, help="test images sent end to end, one per request")
 ]
@@ -990,18 +980,11 @@ DeployOutOpt = Annotated[
 FallbackOpt = Annotated[
     bool, typer.Option("--fallback", help="answer on the edge (full model) when the server cannot be reached")
 ]
-DeployBindOpt = Annotated[
-    str | None,
-    typer.Option("--bind", help="server address the edge reaches (default: loopback, or the testbed's link)"),
-]
 DeployEdgeProfileOpt = Annotated[
     str | None, typer.Option("--edge-profile", help="profile for the predictions (default: the plan's)")
 ]
 DeployCloudProfileOpt = Annotated[
     str | None, typer.Option("--cloud-profile", help="profile for the predictions (default: the plan's)")
-]
-DeployTrustHostKeyOpt = Annotated[
-    bool, typer.Option("--trust-host-key", help="accept and record an unknown SSH host key")
 ]
 ProbeOpt = Annotated[
     bool,
@@ -1016,7 +999,7 @@ ProbeOpt = Annotated[
 @command
 def deploy_cmd(
     plan: PlanArg,
-    edge: DeployEdgeOpt = "local",
+    edge: EdgeOpt = "local",
     cloud: Annotated[str, typer.Option("--cloud", help="where the tail runs: 'local' (this machine)")] = "local",
     requests: RequestsOpt = 50,
     data: Annotated[str | None, typer.Option("--data", "-d", help="CIFAR-10 (default: the plan's)")] = None,
@@ -1024,11 +1007,11 @@ def deploy_cmd(
     transfer: TransferOpt = None,
     quantize: QuantizeOpt = None,
     fallback: FallbackOpt = False,
-    bind: DeployBindOpt = None,
+    bind: ServerBindOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds, every network call of the edge runner")] = 10.0,
     edge_profile: DeployEdgeProfileOpt = None,
     cloud_profile: DeployCloudProfileOpt = None,
-    trust_host_key: DeployTrustHostKeyOpt = False,
+    trust_host_key: TrustHostKeyOpt = False,
     seed: SeedOpt = 0,
     probe: ProbeOpt = True,
     runtime: RuntimeOpt = None,
