@@ -335,11 +335,13 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     t_start = time.perf_counter()
     plan = load_plan(req.plan)
     edge_profile, cloud_profile, runtime, no_probe = _check_request(req, plan)
+    ep, cp = load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
+    refs = _probe_refs(req, plan, ep, cp, no_probe)
     # the device first: an unreachable host or an unknown key is a one-line error in seconds, before the export
     dev: Device = connect(req.edge, trust_host_key=req.trust_host_key)
     try:
         bind = server_address(req.edge, req.bind)
-        staged = _stage(req, plan, edge_profile, cloud_profile, runtime, no_probe, log, tick)
+        staged = _stage(req, plan, edge_profile, cloud_profile, runtime, refs, log, tick)
     except BaseException:
         dev.close()
         raise
@@ -369,7 +371,6 @@ def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]
             f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass"
             " --edge-profile/--cloud-profile"
         )
-    load_profile(edge_profile), load_profile(cloud_profile)  # fail early on a bad name
     runtime = req.runtime or plan.runtime
     rt = get_runtime(runtime)
     head_on_device = plan.cut > 0  # at cut 0 the device runs no head: the runtime choice is moot
@@ -380,13 +381,25 @@ def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]
     return edge_profile, cloud_profile, runtime, head_on_device and not rt.speed_probe
 
 
+def _probe_refs(req: DeployRequest, plan: Plan, ep: Profile, cp: Profile, no_probe: bool) -> dict[str, dict | None]:
+    """How each side's profile timed the speed probe, on each side that computes something and whose profile timed
+    it (None elsewhere)."""
+    n_layers, cut = plan.n_layers, plan.cut
+    refs: dict[str, dict | None] = {"edge": None, "cloud": None}
+    if req.probe:
+        # the probe is the ONNX model the profile timed, run by ONNX Runtime: only beside heads whose runtime allows it
+        refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not no_probe else None
+        refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
+    return refs
+
+
 def _stage(
     req: DeployRequest,
     plan: Plan,
     edge_profile: str,
     cloud_profile: str,
     runtime: str,
-    no_probe: bool,
+    refs: dict[str, dict | None],
     log: Log,
     tick: Ticker,
 ) -> _Staged:
@@ -414,16 +427,8 @@ def _stage(
     inputs = out / "inputs.npy"
     out.mkdir(parents=True, exist_ok=True)
     np.save(inputs, x.numpy().astype(np.float32))
-    # the speed probe, on each side that computes something and whose profile timed it
-    n_layers, cut = plan.n_layers, plan.cut
-    refs: dict[str, dict | None] = {"edge": None, "cloud": None}
-    if req.probe:
-        ep, cp = load_profile(edge_profile), load_profile(cloud_profile)
-        # the probe is the ONNX model the profile timed, run by ONNX Runtime: only beside heads whose runtime allows it
-        refs["edge"] = probe_reference(ep, plan.model, n_layers) if cut > 0 and not no_probe else None
-        refs["cloud"] = probe_reference(cp, plan.model, n_layers) if cut < n_layers else None
-        if not any(refs.values()):
-            log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
+    if req.probe and not any(refs.values()):  # said after the export, which fails first on a bad plan
+        log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
     staged = _Staged(
         plan,
         edge_profile,
