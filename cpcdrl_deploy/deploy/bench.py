@@ -190,20 +190,12 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
         args += [f"--slice-ms {req.slice_ms:g}", f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         fresh: dict[str, str] = {}
 
-        before, plans_edge = Path(req.profile_before_rounds or "."), edge_profile
+        folder, plans_edge = req.profile_before_rounds, edge_profile
 
         def profile_now() -> None:
-            fresh.update(
-                _profile_both(
-                    dev,
-                    sorted({p.model for p in plans}),
-                    sorted(runtimes | {"onnxruntime"}),
-                    before,
-                    bind,
-                    plans_edge,
-                    log,
-                )
-            )
+            assert folder is not None  # handed to the run only with --profile-before-rounds
+            models, rts = sorted({p.model for p in plans}), sorted(runtimes | {"onnxruntime"})
+            fresh.update(_profile_both(dev, models, rts, Path(folder), bind, plans_edge, log))
 
         log(f"running {len(spec)} plans interleaved on {dev.name}, at least {req.seconds:g} s of requests each")
         with HostSampler() as sampler:  # the cloud side's CPUs (and, on the testbed, the emulated device's)

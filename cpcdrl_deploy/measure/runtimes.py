@@ -72,38 +72,6 @@ class Runtime:
     local_fallback: bool  # deploy --fallback (the full model in ONNX Runtime on the device) works beside this head
 
 
-RUNTIMES = {
-    "onnxruntime": Runtime(
-        "onnxruntime",
-        ".onnx",
-        ("onnxruntime",),
-        "onnxruntime",
-        onnx_bytes,
-        ("fp32", "fp16", "int8"),
-        onnx_head=True,
-        speed_probe=True,
-        local_fallback=True,
-    ),
-    "litert": Runtime(
-        "litert",
-        ".tflite",
-        ("ai_edge_litert", "tflite_runtime"),
-        "ai-edge-litert",
-        lambda m, s: tflite_bytes(m, s),
-        ("fp32",),
-        onnx_head=False,
-        speed_probe=False,
-        local_fallback=False,
-    ),
-}
-
-
-def get_runtime(name: str) -> Runtime:
-    if name not in RUNTIMES:
-        raise CpcdrlError(f"--runtime must be one of {', '.join(RUNTIMES)} (got {name!r})")
-    return RUNTIMES[name]
-
-
 def tflite_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """``module`` (batch 1, float32) as a LiteRT flatbuffer, converted by litert-torch."""
     module.eval()
@@ -182,6 +150,38 @@ def _quiet(log: Path):
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+RUNTIMES = {
+    "onnxruntime": Runtime(
+        "onnxruntime",
+        ".onnx",
+        ("onnxruntime",),
+        "onnxruntime",
+        onnx_bytes,
+        ("fp32", "fp16", "int8"),
+        onnx_head=True,
+        speed_probe=True,
+        local_fallback=True,
+    ),
+    "litert": Runtime(
+        "litert",
+        ".tflite",
+        ("ai_edge_litert", "tflite_runtime"),
+        "ai-edge-litert",
+        tflite_bytes,
+        ("fp32",),
+        onnx_head=False,
+        speed_probe=False,
+        local_fallback=False,
+    ),
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise CpcdrlError(f"--runtime must be one of {', '.join(RUNTIMES)} (got {name!r})")
+    return RUNTIMES[name]
 
 
 def check_runtime(dev: Device, runtime: str = "onnxruntime") -> dict[str, str]:

@@ -147,38 +147,36 @@ class PlanEvaluator:
 
 
 def _score(
-    self: PlanEvaluator, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool
+    ev: PlanEvaluator, cut: int, ratios: list[float], shape: PlanShape, pruned_any: bool, per_cut: bool, screen: bool
 ) -> ChunkScore:
     """The plan's validation score: from the persistent cache as far as it goes, else pruned and scored here."""
     t0 = time.perf_counter()
     store_key = (cut, shape.out_keep[:cut]) if per_cut else (0, ())
-    stored = self.store.get(*store_key) if self.store is not None else None
-    score = self._chunks(stored, one_chunk=screen)
+    stored = ev.store.get(*store_key) if ev.store is not None else None
+    score = ev._chunks(stored, one_chunk=screen)
     t1 = t2 = time.perf_counter()
     if score is None:  # not in the persistent cache, or not far enough: prune and score
         if pruned_any:
-            pruned = prune(
-                self.model, self.analysis, cut, ratios, self.calibration, self.prune_config, self.groups
-            ).model
-            net: torch.nn.Module | None = self.on_wire(scoring_copy(pruned), cut)
+            pruned = prune(ev.model, ev.analysis, cut, ratios, ev.calibration, ev.prune_config, ev.groups).model
+            net: torch.nn.Module | None = ev.on_wire(scoring_copy(pruned), cut)
         elif per_cut:  # unpruned through a lossy wire
-            net = self.on_wire(scoring_copy(self.model), cut)
+            net = ev.on_wire(scoring_copy(ev.model), cut)
         else:  # the unpruned model itself: its predictions are the pairs, already computed
             net = None
         t1 = time.perf_counter()
-        score = self._chunks(stored, one_chunk=screen, net=net, from_pairs=net is None)
+        score = ev._chunks(stored, one_chunk=screen, net=net, from_pairs=net is None)
         assert score is not None
         t2 = time.perf_counter()
-        if self.store is not None:
-            self.store.put(*store_key, CachedScore(tuple(score.counts), tuple(score.sizes), tuple(score.changed)))
-        self.timers.evaluations += 1
+        if ev.store is not None:
+            ev.store.put(*store_key, CachedScore(tuple(score.counts), tuple(score.sizes), tuple(score.changed)))
+        ev.timers.evaluations += 1
     else:
-        self.timers.store_hits += 1
+        ev.timers.store_hits += 1
         t0 = t1 = t2  # nothing pruned or scored
     # prune() does both the surgery and the refit; the refit dominates when enabled
-    self.timers.refit_s += (t1 - t0) if self.prune_config.refit and pruned_any else 0.0
-    self.timers.prune_s += (t1 - t0) if not self.prune_config.refit else 0.0
-    self.timers.accuracy_s += t2 - t1
+    ev.timers.refit_s += (t1 - t0) if ev.prune_config.refit and pruned_any else 0.0
+    ev.timers.prune_s += (t1 - t0) if not ev.prune_config.refit else 0.0
+    ev.timers.accuracy_s += t2 - t1
     return score
 
 
