@@ -59,7 +59,7 @@ def main() -> None:
                 val_source="test",
             )
             t0 = time.perf_counter()
-            res = optimize(req)
+            res = optimize(req).to_data()
             wall = time.perf_counter() - t0
             t = res["timers"]
             row = {

@@ -35,6 +35,7 @@ from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, por
 from cpcdrl_deploy.deploy.run import DeployRequest, deploy, repredict
 from cpcdrl_deploy.search.methods import METHODS, SearchConfig
 from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, uniform_plan, write_plan
+from cpcdrl_deploy.search.plan import PlanRecord
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -163,7 +164,7 @@ def main() -> None:
                 test_limit=args.test_limit,
                 search=SearchConfig(episodes=args.episodes),
             )
-            res = optimize(req, log)
+            res = optimize(req, log).to_data()
             res.pop("history")
             atomic_write_json(opt_path, res)
             log(f"{model}: optimize took {time.perf_counter() - t0:.0f} s")
@@ -174,7 +175,7 @@ def main() -> None:
             if not plan["feasible"]:
                 rows.append({"model": model, "method": plan["method"], "feasible": False})
                 continue
-            path = write_plan(out / model / "plans" / f"{plan['method']}.json", plan)
+            path = write_plan(out / model / "plans" / f"{plan['method']}.json", PlanRecord.from_data(plan))
             key = (plan["cut"], tuple(plan["channels"][: plan["cut"]]))
             if args.skip_missing and key not in seen and not report_path(path, plan["method"], 1).exists():
                 log(f"{model}: {plan['method']} not deployed yet: listed as such (--skip-missing)")
@@ -186,7 +187,7 @@ def main() -> None:
         if not args.no_options:
             # the lossy options need a head and a tail: measured on one unpruned split with a small head to upload
             up = uniform_plan(model, offload_cut[model], 1.0, ckpt, args.data)
-            offload_plan = write_plan(out / model / "plans" / f"cut{up['cut']}-unpruned.json", up)
+            offload_plan = write_plan(out / model / "plans" / f"cut{up.cut}-unpruned.json", up)
             for transfer, quantize in (
                 ("fp32", None),
                 ("fp16", None),

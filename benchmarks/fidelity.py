@@ -40,6 +40,7 @@ from cpcdrl_deploy.deploy.run import shape_of
 from cpcdrl_deploy.measure.fidelity import fidelity
 from cpcdrl_deploy.measure.profile import load_profile, table_key
 from cpcdrl_deploy.search.optimize import plan_channels, uniform_plan
+from cpcdrl_deploy.search.plan import Plan, PlanRecord
 
 # relative to the repository root, where benchmarks run: the committed plans and report name no machine's folders
 SHARED = Path("../shared")
@@ -65,13 +66,13 @@ def make_plans(model: str, n: int, out: Path, data: str, seed: int, edge: Path, 
     paths = []
     out.mkdir(parents=True, exist_ok=True)
     for i, (kind, c, ratios, round_to) in enumerate(specs):
-        p = uniform_plan(model, c, 1.0, ckpt, data)
+        p = uniform_plan(model, c, 1.0, ckpt, data).to_data()
         p.update(method=kind, ratios=ratios, profiles={"edge": str(edge), "cloud": str(cloud), "link": None})
         p["prune"]["round_to"] = round_to
         shape, a = shape_of(model, c, ratios, round_to)
         p["channels"] = plan_channels(a, shape)
         p["cut_bytes"] = shape.cut_bytes
-        paths.append(atomic_write_json(out / f"{i:02d}-{kind}-cut{c}.json", p))
+        paths.append(Plan.from_data(p).save(out / f"{i:02d}-{kind}-cut{c}.json"))
     return paths
 
 
@@ -109,7 +110,7 @@ def optimizer_plans(
             search=SearchConfig(episodes=episodes, seed=0),
         )
         t0 = time.time()
-        res = optimize(req, log=log)
+        res = optimize(req, log=log).to_data()
         log(f"optimize at {link}: {time.time() - t0:.0f} s")
         for p in res["plans"]:
             key = (p.get("cut"), tuple(p.get("ratios") or ()))
@@ -118,7 +119,10 @@ def optimizer_plans(
             seen.add(key)
             name = f"opt-{link.replace('/', 'p')}-{p['method']}-cut{p['cut']}"
             paths.append(
-                write_plan(out / f"{len(paths):02d}-{name}.json", {**p, "method": f"optimize {link} {p['method']}"})
+                write_plan(
+                    out / f"{len(paths):02d}-{name}.json",
+                    PlanRecord.from_data({**p, "method": f"optimize {link} {p['method']}"}),
+                )
             )
     return paths
 
@@ -213,8 +217,8 @@ def repriced(rep: dict, edge_profile: str, cloud_profile: str, runtime: str) -> 
 def profiled_at(model: str, runtime: str, host: str, edge: Path, cloud: Path) -> dict[str, str | None]:
     """When the edge and cloud profiles timed ``model``."""
     return {
-        host: load_profile(str(edge)).tables[table_key(model, runtime)].get("measured_at"),
-        "local": load_profile(str(cloud)).tables[model].get("measured_at"),
+        host: load_profile(str(edge)).tables[table_key(model, runtime)].measured_at,
+        "local": load_profile(str(cloud)).tables[model].measured_at,
     }
 
 

@@ -95,7 +95,7 @@ def main() -> None:
         _record_plans(session.evaluator, scored)
     # the unpruned validation score in prepare() is one evaluation: count the search's own from here
     before = dict(session.evaluator.timers.to_dict())
-    res = run_methods(session, args.loss, log)
+    res = run_methods(session, args.loss, log).to_data()
     wall = time.perf_counter() - t0
     tm = {k: v - before.get(k, 0) for k, v in res["timers"].items()}
     plan = res["plans"][0]

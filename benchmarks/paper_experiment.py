@@ -26,6 +26,7 @@ import torch
 from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, portable_args, read_json
 from cpcdrl_deploy.search.methods import METHODS, SearchConfig
 from cpcdrl_deploy.search.optimize import OptimizeRequest, prepare, run_methods
+from cpcdrl_deploy.search.plan import PlanRecord
 from cpcdrl_deploy.search.report import methods_table, plot_latency_vs, plot_rewards
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -101,7 +102,7 @@ def main() -> None:
         dest = out / args.part if args.part else out
         runs = []
         for loss in losses:
-            res = run_methods(session, loss, log, early_stop_a0=session.base_val - max(losses))
+            res = run_methods(session, loss, log, early_stop_a0=session.base_val - max(losses)).to_data()
             res.pop("history")
             runs.append(res)
             log(f"{model} loss {loss}: done at {time.perf_counter() - t0:.0f} s")
@@ -131,7 +132,7 @@ def write_outputs(out: Path, model: str, runs: list[dict], test_images: int, wal
         lines += [
             f"### at most {res['max_accuracy_loss']:g} points lost (A0 = {res['a0_test']:.2f}% test)",
             "",
-            methods_table(res["plans"]),
+            methods_table([PlanRecord.from_data(p) for p in res["plans"]]),
             "",
         ]
     lines.append(f"wall time {wall}; evaluator: {runs[-1]['timers']}")

@@ -53,10 +53,10 @@ def main() -> None:
             t = prof.tables[model]
             walls[model] = {
                 "wall_s": time.perf_counter() - t0,
-                "models_timed": (
-                    sum(len(lay["points"]) for lay in t["layers"])
-                    + sum(len(t.get(k, [])) for k in ("heads", "tails", "pruned_heads"))
-                ),
+                "models_timed": sum(len(lay.points) for lay in t.layers)
+                + len(t.heads)
+                + len(t.tails)
+                + len(t.pruned_heads),
             }
             atomic_write_json(walls_path, walls)
             log(f"profiled {model} on {args.host} in {walls[model]['wall_s']:.0f} s")
@@ -97,7 +97,7 @@ def main() -> None:
         profiles = [load_profile(out / f"{h}.json") for h in (args.host, "local")]
         for model, res in results.items():
             f = res["fidelity"]
-            blocks = " / ".join(str(p.tables[model].get("channel_block", 1)) for p in profiles)
+            blocks = " / ".join(str(p.tables[model].channel_block) for p in profiles)
             lines.append(
                 f"| {model} | {blocks} | {len(res['pruned_heads'])} | "
                 + " | ".join(

@@ -40,10 +40,11 @@ from torch import nn
 from cpcdrl_deploy.compress.pruning import PruneConfig, channel_groups, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json, read_json
-from cpcdrl_deploy.deploy.export import onnx_model_bytes, quantize_head
+from cpcdrl_deploy.deploy.export import onnx_model_bytes
 from cpcdrl_deploy.devices.remote import connect
 from cpcdrl_deploy.measure.profiler import PROFILER, make_constant, time_on_device
 from cpcdrl_deploy.measure.runtimes import check_runtime, tflite_bytes, tflite_int8
+from cpcdrl_deploy.measure.runtimes import onnx_int8 as quantize_onnx
 from cpcdrl_deploy.models.data import load_cifar10
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import build_model, get_entry
@@ -66,8 +67,7 @@ def build(model_name: str, calib: np.ndarray, workdir: Path, log) -> list[dict]:
         m = make_constant(copy.deepcopy(m))
         head = nn.Sequential(*m.units()[: a.points[cut].unit_boundary]).eval()
         onnx_fp32 = onnx_model_bytes(head, shape, "input", "cut")
-        with tempfile.TemporaryDirectory() as d:
-            onnx_int8 = quantize_head(onnx_fp32, calib, Path(d))
+        onnx_int8 = quantize_onnx(onnx_fp32, calib)
         lite_fp32 = tflite_bytes(head, shape)
         lite_int8 = tflite_int8(lite_fp32, calib)
         plan = f"{label}" + (f" keep {keep:g}" if keep < 1 else "")

@@ -32,9 +32,10 @@ def ratios(ort: list[dict], lite: list[dict], key: tuple[str, ...]) -> list[floa
 
 
 def row(model: str, prof) -> str | None:
-    ort, lite = prof.tables.get(model), prof.tables.get(table_key(model, "litert"))
-    if ort is None or lite is None:
+    ort_t, lite_t = prof.tables.get(model), prof.tables.get(table_key(model, "litert"))
+    if ort_t is None or lite_t is None:
         return None
+    ort, lite = ort_t.model_dump(), lite_t.model_dump()
     whole = max(ort["heads"], key=lambda h: h["cut"])
     whole_l = next(h for h in lite["heads"] if h["cut"] == whole["cut"])
     heads = ratios(ort["heads"], lite["heads"], ("cut",))
@@ -45,7 +46,7 @@ def row(model: str, prof) -> str | None:
         f" {statistics.median(heads):.2f} ({q(heads, n=10)[0]:.2f}-{q(heads, n=10)[-1]:.2f}) |"
         f" {sum(r < 1 for r in heads)} / {len(heads)} | {statistics.median(pruned):.2f}"
         f" ({q(pruned, n=10)[0]:.2f}-{q(pruned, n=10)[-1]:.2f}) | {sum(r < 1 for r in pruned)} / {len(pruned)} |"
-        f" {ort.get('measured_at', '?')} / {lite.get('measured_at', '?')} |"
+        f" {ort['measured_at'] or '?'} / {lite['measured_at'] or '?'} |"
     )
 
 

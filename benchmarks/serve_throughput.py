@@ -208,12 +208,10 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        plan = atomic_write_json(
-            Path(tmp) / "plan.json", uniform_plan(args.model, args.cut, args.keep, args.checkpoint, args.data)
-        )
+        plan = uniform_plan(args.model, args.cut, args.keep, args.checkpoint, args.data).save(Path(tmp) / "plan.json")
         m = export_plan(plan, Path(tmp) / "e", check_images=16)
-        tail = m["files"]["tail"]
-        shape = [1, *tail["inputs"][0]["shape"][1:]]
+        tail = m.files["tail"]
+        shape = [1, *tail.inputs[0].shape[1:]]
         srv = CloudServer(Path(tmp) / "e", "127.0.0.1", TOKEN, extra_args=args.server_args.split())
         print(
             f"{args.model} tail after layer {args.cut} (keep {args.keep}): {4 * int(np.prod(shape))} bytes per request;"
@@ -224,13 +222,13 @@ def main() -> None:
             for rnd in range(args.rounds):
                 q = mp.get_context("spawn").Queue()
                 p = mp.get_context("spawn").Process(
-                    target=_raw_ort, args=(str(Path(tmp) / "e" / tail["file"]), shape, args.seconds, q)
+                    target=_raw_ort, args=(str(Path(tmp) / "e" / tail.file), shape, args.seconds, q)
                 )
                 p.start()
                 raw_rps, raw_p50 = q.get(timeout=args.seconds + 120)
                 p.join()
                 for n in counts:
-                    r = _load(srv.url, tail["model_name"], shape, n, args.client_procs, args.seconds, args.client)
+                    r = _load(srv.url, tail.model_name, shape, n, args.client_procs, args.seconds, args.client)
                     r.update(
                         round=rnd,
                         raw_ort_runs_per_s=raw_rps,

@@ -12,11 +12,14 @@ import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from cpcdrl_deploy.core.errors import CpcdrlError
+
+if TYPE_CHECKING:  # imported where used: `cpcdrl --help` stays fast
+    from cpcdrl_deploy.search.result import OptimizeResult
 
 # The built-in demo model (its weights ship in the package); the same name as
 # zoo.DEMO_MODEL, kept here so the CLI starts without importing torch.
@@ -119,6 +122,22 @@ def models_cmd(fmt: FormatOpt = Format.table) -> None:
             ["model", "input", "classes", "built-in ckpt", "description"],
         )
     )
+
+
+@app.command("schemas")
+@command
+def schemas_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for one <artifact>.schema.json each")] = Path(
+        "docs/schemas"
+    ),
+) -> None:
+    """Write the JSON Schema of every file cpcdrl writes (plan, profile, manifest, reports)."""
+    from cpcdrl_deploy.core.fileio import check_writable
+    from cpcdrl_deploy.deploy.schemas import write_schemas
+
+    check_writable(out, "--out", directory=True)
+    for path in write_schemas(out):
+        typer.echo(f"wrote {path}")
 
 
 @app.command("analyze")
@@ -406,7 +425,9 @@ def optimize_cmd(
     _optimize_outputs(model, result, methods[0], out, report, fmt)
 
 
-def _optimize_outputs(model: str, result: dict, first: str, out: Path | None, report: Path | None, fmt: Format) -> None:
+def _optimize_outputs(
+    model: str, result: OptimizeResult, first: str, out: Path | None, report: Path | None, fmt: Format
+) -> None:
     """The plan file, the report folder, and the answer on stdout (a table, or JSON for scripts)."""
     from cpcdrl_deploy.search.report import write_report
 
@@ -415,36 +436,36 @@ def _optimize_outputs(model: str, result: dict, first: str, out: Path | None, re
     if report is not None:
         write_report(result, report)
         _err(f"wrote report to {report}")
-    if result["interrupted"]:
+    if result.interrupted:
         _err("interrupted")
         raise typer.Exit(130)
     if fmt is Format.json:
-        _print_json({k: v for k, v in result.items() if k not in ("history", "models")})
+        _print_json(result.summary())
         return
     _print_optimize(model, result)
 
 
-def _write_chosen(out: Path, result: dict, first: str) -> None:
+def _write_chosen(out: Path, result: OptimizeResult, first: str) -> None:
     """The plan of the first method listed, whatever order they ran in (after Ctrl-C: the first that got to run)."""
     from cpcdrl_deploy.search.optimize import write_plan
 
-    chosen = next((p for p in result["plans"] if p["method"] == first), result["plans"][0] if result["plans"] else None)
+    chosen = result.plan_of(first) or (result.plans[0] if result.plans else None)
     if chosen is not None:
-        write_plan(out, chosen, result["models"].get(chosen["method"]))
-        _err(f"wrote {out}" + (f" ({chosen['method']}'s best plan when interrupted)" if result["interrupted"] else ""))
+        write_plan(out, chosen, result.models.get(chosen.method))
+        _err(f"wrote {out}" + (f" ({chosen.method}'s best plan when interrupted)" if result.interrupted else ""))
 
 
-def _print_optimize(model: str, result: dict) -> None:
+def _print_optimize(model: str, result: OptimizeResult) -> None:
     """optimize's answer for people: the target, where latencies come from, one row per method, the chosen plan in
     words."""
     from cpcdrl_deploy.search.report import explain_plan, methods_table
 
-    n_layers = next((p["n_layers"] for p in result["plans"] if p.get("n_layers")), None)
+    n_layers = next((p.n_layers for p in result.plans if p.n_layers), None)
     typer.echo(
-        f"{model}: the plan must keep test accuracy >= {result['a0_test']:.2f}% (unpruned"
-        f" {result['unpruned']['test']:.2f}%, at most {result['max_accuracy_loss']:g} points lost)"
+        f"{model}: the plan must keep test accuracy >= {result.a0_test:.2f}% (unpruned"
+        f" {result.unpruned.test:.2f}%, at most {result.max_accuracy_loss:g} points lost)"
     )
-    src = result["latency_model"]
+    src = result.latency_model
     typer.echo(
         f"latencies from {src}"
         + (
@@ -457,24 +478,24 @@ def _print_optimize(model: str, result: dict) -> None:
         f"cut = layers run on the edge: 0 = all on the server, {n_layers} = all on the edge; the edge sends the cut"
         " tensor to the server"
     )
-    typer.echo(methods_table(result["plans"]))
-    if result["plans"]:
-        typer.echo(explain_plan(result["plans"][0], result["input_bytes"], result["unpruned_channels"]))
-    wire = next((p.get("transfer") for p in result["plans"] if p.get("transfer")), "fp32")
-    heads = sorted({p["runtime"] for p in result["plans"] if p.get("runtime") and p.get("cut")})
+    typer.echo(methods_table(result.plans))
+    if result.plans:
+        typer.echo(explain_plan(result.plans[0], result.input_bytes or 0, result.unpruned_channels))
+    wire = next((p.transfer for p in result.plans if p.feasible), "fp32")
+    heads = sorted({p.runtime for p in result.plans if p.feasible and p.cut})
     if wire != "fp32" or heads not in ([], ["onnxruntime"]):
         typer.echo(
             f"the cut tensor travels as {wire}" + (f"; edge heads run in {' and '.join(heads)}" if heads else "")
         )
-    missed = [p["method"] for p in result["plans"] if p.get("accuracy", {}).get("meets_a0_on_test") is False]
+    missed = [p.method for p in result.plans if p.accuracy.meets_a0_on_test is False]
     if missed:
         typer.echo(
             f"{', '.join(missed)}: met the target on the search's validation images but not on the test images; "
             "use a smaller --max-accuracy-loss, more --val-size images or --val-source test"
         )
-    t = result["timers"]
+    t, since_start = result.timers, result.since_start_s or result.wall_s
     typer.echo(
-        f"{result['since_start_s']:.1f} s in all (loading {result['since_start_s'] - result['wall_s']:.1f} s); "
+        f"{since_start:.1f} s in all (loading {since_start - result.wall_s:.1f} s); "
         f"pruning+refit {t['refit_s']:.1f} s, accuracy {t['accuracy_s']:.1f} s, agents {t['agents_s']:.1f} s; "
         f"{t['evaluations']} plans scored, {t['store_hits']} read from the accuracy cache"
     )
@@ -693,7 +714,7 @@ def profile_cmd(
     finally:
         dev.close()
     if fmt is Format.json:
-        _print_json(prof.to_dict())
+        _print_json(prof.to_data())
         return
     typer.echo(f"wrote {dest}: {', '.join(prof.tables)} on {prof.host.get('hostname') if prof.host else host}")
     if prof.link:
@@ -829,23 +850,23 @@ def export_cmd(
             runtime=runtime.value if runtime else None,
         )
     if fmt is Format.json:
-        _print_json(m)
+        _print_json(m.to_data())
         return
     rows = [
         [
             role,
-            f["file"],
-            f"{f['bytes'] / 1e3:.1f} KB",
-            ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["inputs"]),
-            ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in f["outputs"]),
+            f.file,
+            f"{(f.bytes or 0) / 1e3:.1f} KB",
+            ", ".join(f"{t.name} {t.datatype}{t.shape}" for t in f.inputs),
+            ", ".join(f"{t.name} {t.datatype}{t.shape}" for t in f.outputs),
         ]
-        for role, f in m["files"].items()
+        for role, f in m.files.items()
     ]
     typer.echo(_table(rows, ["part", "file", "size", "inputs", "outputs"]))
-    c = m["check"]
+    c = m.check
     typer.echo(
-        f"split vs pruned PyTorch: max |diff| {c['split_vs_pytorch_max_abs']:.1e}; after {m['transfer']}"
-        f" transfer{' and int8 head' if m['quantize'] else ''}: agreement {c['agreement_with_pytorch_pct']:.1f} %,"
+        f"split vs pruned PyTorch: max |diff| {c['split_vs_pytorch_max_abs']:.1e}; after {m.transfer}"
+        f" transfer{' and int8 head' if m.quantize else ''}: agreement {c['agreement_with_pytorch_pct']:.1f} %,"
         f" accuracy {c['accuracy_pct']:.2f} % (PyTorch {c['pytorch_accuracy_pct']:.2f} %) on {c['images']} test images"
     )
     if triton:

@@ -66,10 +66,9 @@ def make_plan(
     path: Path, cut: int, keep: float, model: str = "tinyvgg", checkpoint: Path | None = None, data: str = "builtin"
 ) -> Path:
     """A plan.json as `optimize` writes it, for a uniform keep ratio at ``cut`` (no search: tests need it fast)."""
-    from cpcdrl_deploy.core.fileio import atomic_write_json
     from cpcdrl_deploy.search.optimize import uniform_plan
 
-    return atomic_write_json(path, uniform_plan(model, cut, keep, checkpoint, data, val_size=200, calib_size=64))
+    return uniform_plan(model, cut, keep, checkpoint, data, val_size=200, calib_size=64).save(path)
 
 
 @pytest.fixture(scope="module")

@@ -46,18 +46,18 @@ def _plans(result) -> list[tuple]:
 
 def test_second_run_on_another_link_prunes_nothing_and_answers_the_same(tmp_path) -> None:
     cache = tmp_path / "acc"
-    first = optimize(_req(cache))
+    first = optimize(_req(cache)).to_data()
     assert first["timers"]["store_hits"] == 0 and cache_info(cache)["entries"] > 0
     # the same searches again: every plan comes from the cache, bit for bit the same answer
-    again = optimize(_req(cache))
+    again = optimize(_req(cache)).to_data()
     assert _plans(again) == _plans(first)
     assert again["timers"]["evaluations"] == 0 and again["timers"]["refit_s"] == 0.0
     assert again["timers"]["store_hits"] >= first["timers"]["evaluations"] - 1
     # and without a cache the answers are the same too: the cache changes cost, not results
-    fresh = optimize(_req(None))
+    fresh = optimize(_req(None)).to_data()
     assert _plans(fresh) == _plans(first)
     # another link: other plans may be tried, but whatever overlaps is not scored again
-    other = optimize(_req(cache, bandwidth_bytes_per_s=2e6, rtt_ms=20.0))
+    other = optimize(_req(cache, bandwidth_bytes_per_s=2e6, rtt_ms=20.0)).to_data()
     assert other["timers"]["store_hits"] > 0
     assert all(p["profiles"]["bandwidth_bytes_per_s"] == 2e6 for p in other["plans"])
 
@@ -67,7 +67,7 @@ def test_changed_checkpoint_or_calibration_misses(tmp_path) -> None:
     optimize(_req(cache, methods=("greedy",)))
     n = cache_info(cache)["entries"]
     # another calibration set (size) changes the refit: a new context, nothing reused
-    other = optimize(_req(cache, methods=("greedy",), calib_size=48))
+    other = optimize(_req(cache, methods=("greedy",), calib_size=48)).to_data()
     assert other["timers"]["store_hits"] == 0
     # a checkpoint with one weight changed: another SHA-256, nothing reused
     sd = torch.load(_builtin_ckpt(), map_location="cpu", weights_only=False)
@@ -77,7 +77,7 @@ def test_changed_checkpoint_or_calibration_misses(tmp_path) -> None:
     net[k].view(-1)[0] += 1e-3
     ck = tmp_path / "changed.pth"
     torch.save(sd, ck)
-    changed = optimize(_req(cache, methods=("greedy",), checkpoint=ck))
+    changed = optimize(_req(cache, methods=("greedy",), checkpoint=ck)).to_data()
     assert changed["timers"]["store_hits"] == 0
     # three set-ups x (validation, test) images
     assert cache_info(cache)["contexts"] == 6 and cache_info(cache)["entries"] > n

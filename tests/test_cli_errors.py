@@ -53,14 +53,14 @@ def test_version() -> None:
 
 _EDITS = [
     ("cut", 99, "'cut' must be in 0..7"),
-    ("cut", "3", "'cut' must be int"),
+    ("cut", "3", "'cut' input should be a valid integer"),
     ("ratios", [0.5, 0.5], "'ratios' must be 3 keep ratios"),
     ("ratios", [0.5, 1.5, 0.5], "'ratios' must be 3 keep ratios"),
     ("channels", [16, 16], "'channels' must be 7 positive integers"),
     ("model", "resnet9000", "'model' names no zoo model"),
     ("checkpoint_sha256", "xyz", "'checkpoint_sha256' must be 64"),
-    ("data", "builtin", "'data' must be dict"),
-    ("seed", 1.5, "'seed' must be an integer"),
+    ("data", "builtin", "'data' input should be a valid dictionary"),
+    ("seed", 1.5, "'seed' input should be a valid integer"),
     ("latency_ms", {"total_ms": -1}, "'latency_ms' must map"),
 ]
 

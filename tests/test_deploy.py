@@ -73,20 +73,21 @@ def test_predictions_run_the_medians_through_the_devices_cpu_quota(tmp_path) -> 
     prof = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "profile"
     # the facts a profile on a quota testbed records (cpcdrl testbed up --throttle quota)
     pi = {"host": {"kernel_hz": 250, "testbed": {"cpu_share": 0.25, "throttle": "quota", "cfs_period_us": 4000}}}
-    quota = device_quota(Profile("x", "measured", host=pi["host"]))
+    quota = device_quota(Profile(name="x", kind="measured", host=pi["host"]))
     assert quota == (0.25, 4.0, 4.0)
-    del pi["host"]["testbed"]["throttle"]  # profiles from before --throttle: a quota
-    assert device_quota(Profile("x", "measured", host=pi["host"])) == quota
+    del pi["host"]["testbed"]["throttle"]  # profiles from before --throttle: a quota (the loader says so)
+    old = {"schema_version": 1, "name": "x", "kind": "measured", "host": pi["host"]}
+    assert device_quota(Profile.from_data(old)) == quota
     pi["host"]["testbed"]["throttle"] = "duty"  # 250 us windows: already in the tables, no quota model
-    assert device_quota(Profile("x", "measured", host=pi["host"])) is None
+    assert device_quota(Profile(name="x", kind="measured", host=pi["host"])) is None
     assert device_quota(load_profile(prof / "local.json")) is None  # this host, unthrottled
-    assert device_quota(Profile("x", "measured", host={"cpu_quota": "50000 100000", "kernel_hz": 1000})) == (
+    assert device_quota(Profile(name="x", kind="measured", host={"cpu_quota": "50000 100000", "kernel_hz": 1000})) == (
         0.5,
         100.0,
         1.0,
     )  # read from a cgroup
-    assert device_quota(Profile("x", "measured", host={"cpu_quota": "-1 100000"})) is None
-    assert device_quota(Profile("x", "measured", host={"cpu_quota": "max 100000"})) is None
+    assert device_quota(Profile(name="x", kind="measured", host={"cpu_quota": "-1 100000"})) is None
+    assert device_quota(Profile(name="x", kind="measured", host={"cpu_quota": "max 100000"})) is None
     measured = json.loads((prof / "pi.json").read_text())  # the emulated Pi's tables, as if measured under a quota
     measured["host"]["testbed"] = {**measured["host"].get("testbed", {}), **pi["host"]["testbed"], "throttle": "quota"}
     (tmp_path / "pi.json").write_text(json.dumps(measured))

@@ -131,11 +131,11 @@ def test_profile_over_ssh(profiles) -> None:
         abs(pi.host["testbed"]["measured_share"] - 0.25) < 0.0375
     )  # calibrated at up, of the time the hypervisor left
     assert 0.0 <= pi.host["testbed"]["calibration_steal"] <= 0.9
-    t = pi.tables["mobilenet"]
+    t = pi.tables["mobilenet"].model_dump()
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
     # the whole model: a quarter of a core is several times slower than this host
     whole_pi = next(h["ms"] for h in t["heads"] if h["cut"] == 28)
-    whole_local = next(h["ms"] for h in local.tables["mobilenet"]["heads"] if h["cut"] == 28)
+    whole_local = next(h.ms for h in local.tables["mobilenet"].heads if h.cut == 28)
     assert 2.0 < whole_pi / whole_local < 10.0, (whole_pi, whole_local)
     # every cut's head again, pruned to each grid keep below 1: at half the channels the whole model is faster
     assert sorted((h["cut"], h["keep"]) for h in t["pruned_heads"]) == [
@@ -151,7 +151,7 @@ def test_profile_over_ssh(profiles) -> None:
     assert len(dw) == 13 and all(
         row["misaligned"]["channels"] == row["out_channels"] - 1 and row["misaligned"]["ms"] > 0 for row in dw
     )
-    assert "dw_alignment" not in pi.tables["tinyvgg"]  # no depthwise layer, no probe
+    assert pi.tables["tinyvgg"].dw_alignment_probe_ms == {}  # no depthwise layer, no probe
     # the shaped link is 200 KB/s each way; the uplink as real requests see it (the request probe), SSH's beside it
     probe = pi.link.request_probe
     assert probe is not None and len(probe["points"]) == 4 and pi.link.uplink_bytes_per_s == probe["bytes_per_s"]
@@ -353,7 +353,7 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
         dev.close()
     assert any("resuming: 10 of" in line for line in logs)
     assert out.exists() and not Path(str(out) + ".partial").exists()
-    assert len(prof.tables["tinyvgg"]["layers"]) == 7
+    assert len(prof.tables["tinyvgg"].layers) == 7
 
 
 def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:

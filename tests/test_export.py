@@ -22,7 +22,7 @@ from tests.conftest import make_plan
 def cut3(tmp_path_factory) -> tuple[Path, Path, dict]:
     d = tmp_path_factory.mktemp("export")
     plan = make_plan(d / "plan.json", 3, 0.75)
-    return plan, d / "out", export_plan(plan, d / "out", check_images=64)
+    return plan, d / "out", export_plan(plan, d / "out", check_images=64).to_data()
 
 
 def test_split_matches_pruned_pytorch_with_dynamic_batch(cut3) -> None:
@@ -46,9 +46,9 @@ def test_split_matches_pruned_pytorch_with_dynamic_batch(cut3) -> None:
 
 def test_cut_0_has_no_head_and_cut_n_no_tail(tmp_path) -> None:
     m0 = export_plan(make_plan(tmp_path / "p0.json", 0, 1.0), tmp_path / "e0", check_images=16)
-    assert set(m0["files"]) == {"tail", "full"}
+    assert set(m0.files) == {"tail", "full"}
     mn = export_plan(make_plan(tmp_path / "pn.json", 7, 0.5), tmp_path / "en", check_images=16)
-    assert set(mn["files"]) == {"head", "full"}
+    assert set(mn.files) == {"head", "full"}
     assert not (tmp_path / "en" / "tail.onnx").exists()
 
 
@@ -60,7 +60,7 @@ def test_compressed_transfer(tmp_path, transfer: str, dtype: str) -> None:
         transfer=transfer,
         triton=tmp_path / "triton",
         check_images=64,
-    )
+    ).to_data()
     assert (
         m["files"]["head"]["outputs"][0]["datatype"] == dtype and m["files"]["tail"]["inputs"][0]["datatype"] == dtype
     )
@@ -71,7 +71,7 @@ def test_compressed_transfer(tmp_path, transfer: str, dtype: str) -> None:
 
 
 def test_int8_head_is_quantised_and_close(tmp_path) -> None:
-    m = export_plan(make_plan(tmp_path / "p.json", 3, 0.75), tmp_path / "e", quantize="int8", check_images=64)
+    m = export_plan(make_plan(tmp_path / "p.json", 3, 0.75), tmp_path / "e", quantize="int8", check_images=64).to_data()
     ops = {n.op_type for n in onnx.load(str(tmp_path / "e" / "head.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     # the built-in tinyvgg's top two logits are close, so int8 rounding flips some answers, and how many
@@ -94,7 +94,7 @@ def test_tampered_file_and_mismatched_pair_are_refused(cut3, tmp_path) -> None:
     with pytest.raises(CpcdrlError, match="ONNX Runtime cannot load"):
         ort_session(bad / "tail.onnx")
     # a head from another cut: manifest consistent on its own, pair does not fit
-    other = export_plan(make_plan(tmp_path / "p4.json", 4, 0.75), tmp_path / "e4", check_images=16)
+    other = export_plan(make_plan(tmp_path / "p4.json", 4, 0.75), tmp_path / "e4", check_images=16).to_data()
     mixed = json.loads((bad / "manifest.json").read_text())
     shutil.copy(tmp_path / "e4" / "head.onnx", bad / "head.onnx")
     shutil.copy(out / "tail.onnx", bad / "tail.onnx")

@@ -7,9 +7,40 @@ import pytest
 from cpcdrl_deploy.compress.pruning import channel_groups, plan_shape
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.measure.latency import AnalyticLatencyModel, build_latency_model
-from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile, save_profile
+from cpcdrl_deploy.measure.profile import (
+    LayerPoint,
+    LayerRow,
+    LinkProfile,
+    ModelTable,
+    Profile,
+    load_profile,
+    save_profile,
+)
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import build_model
+
+
+def _point(p: dict) -> dict:
+    return {"io_bytes": 0, **p}
+
+
+def _row(r: dict) -> dict:
+    return {"name": f"l{r['index']}", "kind": "conv", "in_channels": 1, "out_channels": 1, **r}
+
+
+def typed(tables: dict) -> dict[str, ModelTable]:
+    """Sparse tables written for a test, typed: the fields every profile has get neutral values."""
+    return {
+        m: ModelTable.model_validate(
+            {"grid": [1.0], "threads": 1, "weights": "test", "total_macs": 0, "layers": [], **t}
+            | {"layers": [_row(r) | {"points": [_point(p) for p in r["points"]]} for r in t.get("layers", [])]}
+        )
+        for m, t in tables.items()
+    }
+
+
+def points(pts: list[dict]) -> list[LayerPoint]:
+    return [LayerPoint.model_validate(_point(p)) for p in pts]
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +90,14 @@ def test_result_return_and_rtt_are_visible_terms(vgg) -> None:
 
 
 def test_profile_round_trip_and_errors(tmp_path) -> None:
-    p = Profile("x", "analytic", link=LinkProfile(1e6, 2e6, 3.0))
+    p = Profile(
+        name="x", kind="analytic", link=LinkProfile(uplink_bytes_per_s=1e6, downlink_bytes_per_s=2e6, rtt_ms=3.0)
+    )
     path = save_profile(p, tmp_path / "x.json")
     assert load_profile(path) == p
     assert json.loads(path.read_text())["schema_version"] == 1
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**p.to_dict(), "schema_version": 99}))
+    bad.write_text(json.dumps({**p.to_data(), "schema_version": 99}))
     with pytest.raises(CpcdrlError, match="schema_version"):
         load_profile(bad)
     with pytest.raises(CpcdrlError, match="unknown profile"):
@@ -77,13 +110,13 @@ def test_interpolation_on_grid_and_axes() -> None:
     from cpcdrl_deploy.measure.latency import interpolate_layer
 
     grid = [{"in_keep": i, "out_keep": o, "ms": 10 * i + o} for i in (0.5, 1.0) for o in (0.5, 1.0)]
-    assert interpolate_layer(grid, 1.0, 1.0) == pytest.approx(11.0)
-    assert interpolate_layer(grid, 0.75, 0.75) == pytest.approx(8.25)  # bilinear
-    assert interpolate_layer(grid, 0.25, 0.5) == pytest.approx(3.0)  # extrapolated along in
+    assert interpolate_layer(points(grid), 1.0, 1.0) == pytest.approx(11.0)
+    assert interpolate_layer(points(grid), 0.75, 0.75) == pytest.approx(8.25)  # bilinear
+    assert interpolate_layer(points(grid), 0.25, 0.5) == pytest.approx(3.0)  # extrapolated along in
     diag = [{"in_keep": f, "out_keep": f, "ms": 4 * f} for f in (0.25, 0.5, 1.0)]  # depthwise: in == out
-    assert interpolate_layer(diag, 0.75, 0.75) == pytest.approx(3.0)
+    assert interpolate_layer(points(diag), 0.75, 0.75) == pytest.approx(3.0)
     first = [{"in_keep": 1.0, "out_keep": o, "ms": 2 * o} for o in (0.5, 1.0)]
-    assert interpolate_layer(first, 1.0, 0.75) == pytest.approx(1.5)
+    assert interpolate_layer(points(first), 1.0, 0.75) == pytest.approx(1.5)
 
 
 def test_table_model_charges_run_overhead_once(vgg) -> None:
@@ -98,7 +131,7 @@ def test_table_model_charges_run_overhead_once(vgg) -> None:
         for t in range(1, 15)
     ]
     tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.1}}
-    lm = TableLatencyModel(tables, tables, 2e5, 2e5, rtt_ms=1.0)
+    lm = TableLatencyModel(typed(tables), typed(tables), 2e5, 2e5, rtt_ms=1.0)
     b = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
     assert b.edge_ms == pytest.approx(0.1 + 4 * 0.9)
     assert b.cloud_ms == pytest.approx(0.1 + 10 * 0.9)
@@ -118,7 +151,7 @@ def test_table_model_takes_the_overhead_in_the_statistic_it_sums(vgg) -> None:
     pt = {"in_keep": 1.0, "out_keep": 1.0, "ms": 2.0, "median_ms": 0.5}
     rows = [{"index": t, "points": [pt]} for t in range(1, 15)]
     tables = {"vgg16": {"layers": rows, "run_overhead_ms": 0.2, "run_overhead": {"ms": 0.2, "median_ms": 0.05}}}
-    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    lm = TableLatencyModel(typed(tables), typed(tables), 2e5, 2e5)
     shape = plan_shape(a, groups, 4, [1.0] * 4)
     assert lm.predict("vgg16", shape).edge_ms == pytest.approx(0.2 + 4 * 1.8)
     med = dataclasses.replace(lm, stat="median_ms")
@@ -141,7 +174,7 @@ def test_table_model_takes_the_per_byte_run_overhead_off_each_layer(vgg) -> None
     half = {"in_keep": 0.5, "out_keep": 0.5, "ms": 0.6, "io_bytes": 100_000}
     rows = [{"index": t, "points": [full, half]} for t in range(1, 15)]
     tables = {"vgg16": {"layers": rows, "run_overhead": {"ms": 0.1}, "run_overhead_per_io_byte": {"ms": 1e-6}}}
-    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    lm = TableLatencyModel(typed(tables), typed(tables), 2e5, 2e5)
     assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(
         0.1 + 4 * (1.0 - 0.1 - 0.2)
     )
@@ -195,7 +228,7 @@ def test_table_model_anchors_each_side_to_its_whole_timing(vgg) -> None:
             "tails": [{"cut": 4, "ms": 8.0}],
         }
     }
-    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    lm = TableLatencyModel(typed(tables), typed(tables), 2e5, 2e5)
     b = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
     assert b.edge_ms == pytest.approx(5.0) and b.cloud_ms == pytest.approx(8.0)  # unpruned: the measured head and tail
     pruned = plan_shape(a, groups, 4, [0.5] * 4, round_to=1)
@@ -238,7 +271,7 @@ def test_table_model_interpolates_between_uniformly_pruned_whole_heads(vgg) -> N
             "pruned_heads": [pruned_head],
         }
     }
-    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    lm = TableLatencyModel(typed(tables), typed(tables), 2e5, 2e5)
     assert lm.predict("vgg16", half).edge_ms == pytest.approx(3.0)  # the timed pruned head itself, not 5 x 2/4 = 2.5
     assert lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4)).edge_ms == pytest.approx(5.0)
     three_q = plan_shape(a, groups, 4, [0.75] * 4, round_to=1)  # tables: 4 x 0.75 = 3, halfway between 2 and 4
@@ -277,8 +310,8 @@ def test_table_model_prices_conv_channels_in_blocks_where_the_host_has_them(vgg)
     ]
     shape = plan_shape(a, groups, 2, [0.875, 0.875])  # layer 1: 3 -> 56, layer 2: 56 -> 56 of 64
     plain_t, blocked_t = {"vgg16": {"layers": rows}}, {"vgg16": {"layers": rows, "channel_block": 16}}
-    plain = TableLatencyModel(plain_t, plain_t, 2e5, 2e5).predict("vgg16", shape).edge_ms
-    blocked = TableLatencyModel(blocked_t, blocked_t, 2e5, 2e5).predict("vgg16", shape).edge_ms
+    plain = TableLatencyModel(typed(plain_t), typed(plain_t), 2e5, 2e5).predict("vgg16", shape).edge_ms
+    blocked = TableLatencyModel(typed(blocked_t), typed(blocked_t), 2e5, 2e5).predict("vgg16", shape).edge_ms
     assert plain == pytest.approx(0.875 + 0.875)  # diagonal grid: each layer at its out keep
     assert blocked == pytest.approx(1.0 + 1.0)  # 56 channels cost 64
 
@@ -290,12 +323,13 @@ def test_whole_timings_are_bounded_by_every_larger_model() -> None:
     t = {
         "heads": [{"cut": 1, "ms": 1.0}, {"cut": 2, "ms": 9.0}, {"cut": 3, "ms": 4.0}],
         "pruned_heads": [
-            {"cut": 1, "keep": 0.5, "ms": 2.0},
-            {"cut": 3, "keep": 0.5, "ms": 5.0},
-            {"cut": 2, "keep": 0.5, "ms": 1.5},
+            {"cut": 1, "keep": 0.5, "ms": 2.0, "in_keep": [], "out_keep": []},
+            {"cut": 3, "keep": 0.5, "ms": 5.0, "in_keep": [], "out_keep": []},
+            {"cut": 2, "keep": 0.5, "ms": 1.5, "in_keep": [], "out_keep": []},
         ],
         "tails": [{"cut": 0, "ms": 6.0}, {"cut": 1, "ms": 8.0}, {"cut": 2, "ms": 3.0}],
     }
+    t = typed({"m": t})["m"]
     h = whole_timings(t, "heads")
     assert h[(2, 1.0)] == 4.0 and h[(1, 1.0)] == 1.0  # cut 2 bounded by cut 3
     assert (
@@ -303,7 +337,7 @@ def test_whole_timings_are_bounded_by_every_larger_model() -> None:
     )  # by the unpruned head, then by the later cut
     tl = whole_timings(t, "tails")
     assert tl == {(0, 1.0): 6.0, (1, 1.0): 6.0, (2, 1.0): 3.0}  # the tail at cut 1 is part of the one at cut 0
-    assert whole_timings({}, "heads") == {}
+    assert whole_timings(typed({"m": {}})["m"], "heads") == {}
 
 
 def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None:
@@ -331,7 +365,7 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
             "tails": [{"cut": 4, "ms": 8.0, "cold_median_ms": 12.0}],
         }
     }
-    lm = TableLatencyModel(tables, tables, 2e5, 2e5)
+    lm = TableLatencyModel(typed(tables), typed(tables), 2e5, 2e5)
     split = lm.predict("vgg16", plan_shape(a, groups, 4, [1.0] * 4))
     assert split.edge_ms == pytest.approx(6.0) and split.cloud_ms == pytest.approx(12.0)
     assert lm.predict("vgg16", plan_shape(a, groups, n, [1.0] * n)).edge_ms == pytest.approx(
@@ -344,7 +378,7 @@ def test_table_model_anchors_a_waiting_side_to_its_as_served_timing(vgg) -> None
     assert lm.predict("vgg16", plan_shape(a, groups, 4, [0.5] * 4, round_to=1)).edge_ms == pytest.approx(3.0)
     # one whole model without the as-served timing (an older, resumed profile): that side keeps the back-to-back ones
     old = {"vgg16": {**tables["vgg16"], "heads": [heads[0], {"cut": n, "ms": 20.0}]}}
-    assert TableLatencyModel(old, old, 2e5, 2e5).predict(
+    assert TableLatencyModel(typed(old), typed(old), 2e5, 2e5).predict(
         "vgg16", plan_shape(a, groups, 4, [1.0] * 4)
     ).edge_ms == pytest.approx(5.0)
 
@@ -365,10 +399,12 @@ def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> No
         "misaligned": {"channels": 63, "ms": 4.1},
     }
     assert (
-        misaligned_factor(row, 0.1) == pytest.approx(4.0) and misaligned_factor({**row, "misaligned": None}, 0.1) == 1.0
+        misaligned_factor(LayerRow.model_validate(_row(row) | {"points": points(pts)}), 0.1) == pytest.approx(4.0)
+        and misaligned_factor(LayerRow.model_validate(_row(row) | {"points": points(pts), "misaligned": None}), 0.1)
+        == 1.0
     )
     tab = {"layers": [row], "run_overhead_ms": 0.1, "dw_alignment": 4}
-    lm = TableLatencyModel({"m": tab}, {"m": tab}, 1e6, 1e6)
+    lm = TableLatencyModel(typed({"m": tab}), typed({"m": tab}), 1e6, 1e6)
 
     def edge(lm: TableLatencyModel, keep: float) -> float:
         return lm.predict(
@@ -377,5 +413,5 @@ def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> No
 
     assert edge(lm, 60 / 64) == pytest.approx(0.1 + 60 / 64)  # a multiple of 4
     assert edge(lm, 62 / 64) == pytest.approx(0.1 + 4.0 * 62 / 64)  # not: 4x the interpolated time
-    no_slow_path = TableLatencyModel({"m": {**tab, "dw_alignment": 1}}, {"m": tab}, 1e6, 1e6)
+    no_slow_path = TableLatencyModel(typed({"m": {**tab, "dw_alignment": 1}}), typed({"m": tab}), 1e6, 1e6)
     assert edge(no_slow_path, 62 / 64) == pytest.approx(0.1 + 62 / 64)

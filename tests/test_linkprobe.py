@@ -20,7 +20,7 @@ def test_probe_exports_send_the_sizes_they_promise(tmp_path) -> None:
         assert cut.dtype == np.float32 and cut.nbytes == size  # 20,000 bytes: more than the image, tiled
         assert np.array_equal(cut.ravel(), np.tile(x.ravel(), -(-cut.size // x.size))[: cut.size])
         m = load_manifest(d)  # a manifest the server accepts, checksums and all
-        total = ort_session((d / m["files"]["tail"]["file"]).read_bytes()).run(None, {"cut": cut})[0]
+        total = ort_session((d / m.files["tail"].file).read_bytes()).run(None, {"cut": cut})[0]
         assert total.shape == (1, 1) and total[0, 0] == pytest.approx(cut.sum(), rel=1e-4)
     httpd = make_server([d for _, _, d in probes], port=0)
     try:
@@ -83,7 +83,7 @@ def test_a_failed_probe_keeps_the_ssh_link(monkeypatch) -> None:
         raise OSError("connection reset")
 
     monkeypatch.setattr(linkprobe, "measure_request_link", boom)
-    link = LinkProfile(200_000.0, 200_000.0, 1.2)
+    link = LinkProfile(uplink_bytes_per_s=200_000.0, downlink_bytes_per_s=200_000.0, rtt_ms=1.2)
     lines: list[str] = []
     assert with_request_probe(object(), link, "198.18.0.1", lines.append) is link
     assert lines == ["request probe skipped (connection reset); the link keeps the SSH figures"]

@@ -40,7 +40,7 @@ TICKS: list[tuple[str, int, int | None]] = []  # what the progress bars of the m
 
 @pytest.fixture(scope="module")
 def result(cifar_dir):
-    return optimize(_req(cifar_dir), tick=lambda *a: TICKS.append(a))
+    return optimize(_req(cifar_dir), tick=lambda *a: TICKS.append(a)).to_data()
 
 
 def test_progress_reaches_each_methods_total(result) -> None:
@@ -78,7 +78,7 @@ def test_end_to_end_mobilenet(result) -> None:
 
 
 def test_same_seed_same_plan(cifar_dir, result) -> None:
-    again = optimize(_req(cifar_dir, methods=("cpcdrl",)))
+    again = optimize(_req(cifar_dir, methods=("cpcdrl",))).to_data()
     a = next(p for p in result["plans"] if p["method"] == "cpcdrl")
     b = again["plans"][0]
     assert (a["cut"], a["ratios"], a["accuracy"]["validation"]) == (b["cut"], b["ratios"], b["accuracy"]["validation"])

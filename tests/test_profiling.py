@@ -73,8 +73,8 @@ def test_profile_jobs_include_pruned_heads_and_the_block_probe(tmp_path) -> None
             slow = 1.3 if j["id"].endswith("_p0") and j["channels"] >= 56 else 1.0
             done[j["id"]]["p10_ms"] = slow * (0.1 + 0.01 * (-(-j["channels"] // 8) * 8))
     t = _table(jobs, done, analysis, grid, 1)
-    assert t["channel_block"] == 8 and len(t["pruned_heads"]) == len(cuts)
-    assert {"kind", "in_channels", "out_channels"} <= set(t["layers"][0])
+    assert t.channel_block == 8 and len(t.pruned_heads) == len(cuts)
+    assert t.layers[0].kind == analysis.layers[0].kind and t.layers[0].out_channels == analysis.layers[0].out_channels
 
 
 def _round(mean: float) -> dict:
@@ -168,8 +168,8 @@ def test_table_keeps_the_as_served_timing_of_whole_models() -> None:
     jobs = [{"id": "head2", "kind": "head", "cut": 2}, {"id": "tail2", "kind": "tail", "cut": 2}]
     done = {"head2": {**stats, "cold_median_ms": 1.4, "cold_gap_ms": 20.0}, "tail2": stats}
     t = _table(jobs, done, a, (1.0,), 1)
-    assert t["heads"][0]["cold_median_ms"] == 1.4 and t["heads"][0]["cold_gap_ms"] == 20.0
-    assert "cold_median_ms" not in t["tails"][0]
+    assert t.heads[0].cold_median_ms == 1.4 and t.heads[0].cold_gap_ms == 20.0
+    assert t.tails[0].cold_median_ms is None
 
 
 def test_dw_alignment_is_the_smallest_multiple_whose_counts_are_all_fast() -> None:
@@ -256,16 +256,12 @@ def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypa
     assert any("timing 1 models again" in line for line in logs)
     assert not any("still disagree" in line for line in logs)  # the second timing's passes agreed
     t = prof.tables["tinyvgg"]
-    entries = [p for L in t["layers"] for p in L["points"]] + t["heads"] + t["tails"] + t["pruned_heads"]
-    retimed = [e for e in entries if e.get("retimed")]
-    assert (
-        retimed == [t["layers"][0]["points"][0]]
-        and retimed[0]["retimed"] == 1
-        and len(retimed[0]["round_means_ms"]) == 2 + 4
-    )
+    entries = [p for L in t.layers for p in L.points] + t.heads + t.tails + t.pruned_heads
+    retimed = [e for e in entries if e.retimed]
+    assert retimed == [t.layers[0].points[0]] and retimed[0].retimed == 1 and len(retimed[0].round_means_ms) == 2 + 4
     assert prof.host["retime_spread"] == profiling.RETIME_SPREAD
     # a device on this host: the table says what this host's CPUs did while the model was timed
-    hl = t["host_load"]
+    hl = t.host_load
     assert (
         hl["seconds"] > 0
         and len(hl["busy_pct"]) == len(hl["steal_pct"]) >= 1

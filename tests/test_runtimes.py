@@ -3,7 +3,6 @@ is told what to install."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
@@ -18,7 +17,7 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.deploy.export import export_plan
 from cpcdrl_deploy.devices.remote import LocalDevice
 from cpcdrl_deploy.measure.latency import FastestRuntime, build_latency_model, edge_runtimes, link_fields
-from cpcdrl_deploy.measure.profile import Profile, load_profile, table_key
+from cpcdrl_deploy.measure.profile import ModelTable, Profile, load_profile, table_key
 from cpcdrl_deploy.measure.runtimes import check_runtime
 from cpcdrl_deploy.models.data import subset
 from cpcdrl_deploy.models.graph import analyze
@@ -42,9 +41,9 @@ def litert_export(tmp_path_factory):
 def test_litert_head_is_exported_checked_and_recorded(litert_export) -> None:
     plan_path, out, m = litert_export
     assert sorted(p.name for p in out.iterdir()) == ["full.onnx", "head.tflite", "manifest.json", "tail.onnx"]
-    assert m["runtime"] == {"head": "litert", "tail": "onnxruntime"} and m["files"]["head"]["runtime"] == "litert"
-    assert m["check"]["litert_head_max_abs"] <= 1e-4 and m["check"]["agreement_with_pytorch_pct"] == 100.0
-    assert load_manifest(out)["files"]["head"]["file"] == "head.tflite"  # hashes and the head/tail pair check hold
+    assert m.runtime.head == "litert" and m.runtime.tail == "onnxruntime" and m.files["head"].runtime == "litert"
+    assert m.check["litert_head_max_abs"] <= 1e-4 and m.check["agreement_with_pytorch_pct"] == 100.0
+    assert load_manifest(out).files["head"].file == "head.tflite"  # hashes and the head/tail pair check hold
     # the head as the device runs it (edge_runner.load_model picks LiteRT by the suffix), before the ONNX tail
     head, tail = edge_runner.load_model(str(out / "head.tflite")), ort_session(out / "tail.onnx")
     assert head.runtime == "litert" and head.outputs[0][0] == "cut"
@@ -119,7 +118,7 @@ def test_a_corrupt_tflite_head_is_reported_not_hung_on(tmp_path) -> None:
 def test_litert_int8_head_is_calibrated_checked_and_runs_on_float(litert_export, tmp_path) -> None:
     """--quantize int8: the head is fully int8 inside; the runner quantises the image and dequantises the cut tensor."""
     plan_path, _, _ = litert_export
-    m = export_plan(plan_path, tmp_path / "q", quantize="int8", check_images=64, runtime="litert")
+    m = export_plan(plan_path, tmp_path / "q", quantize="int8", check_images=64, runtime="litert").to_data()
     head_spec = m["files"]["head"]
     assert (
         head_spec["runtime"] == "litert"
@@ -159,7 +158,7 @@ def _two_runtime_profile(factor: float) -> Profile:
     """The measured pi profile with a made-up second runtime: its VGG16 tables scaled by ``factor`` (a choice to
     test, not a measurement)."""
     p = load_profile(str(REPO / "benchmarks" / "results" / "profile" / "pi.json"))
-    t = json.loads(json.dumps(p.tables["vgg16"]))
+    t = p.tables["vgg16"].model_dump()
     for row in t["layers"]:
         for pt in row["points"]:
             pt["ms"] *= factor
@@ -172,7 +171,7 @@ def _two_runtime_profile(factor: float) -> Profile:
     measured = {
         k: v for k, v in p.tables.items() if "@" not in k
     }  # only ONNX Runtime's measured tables, whatever the file holds
-    return dataclasses.replace(p, tables={**measured, table_key("vgg16", "litert"): t})
+    return p.model_copy(update={"tables": {**measured, table_key("vgg16", "litert"): ModelTable.model_validate(t)}})
 
 
 @pytest.mark.parametrize("factor,expect", [(0.5, "litert"), (2.0, "onnxruntime")])
@@ -196,7 +195,7 @@ def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, e
     # None)
     assert link_fields(lm) == link_fields(lm.by_runtime["onnxruntime"]) and link_fields(lm)["uplink_bytes_per_s"] > 0
     # a transfer priced two ways would make the runtime choice depend on the link: refused
-    other = build_latency_model(edge, cloud, dataclasses.replace(edge.link, rtt_ms=edge.link.rtt_ms + 5.0), "litert")
+    other = build_latency_model(edge, cloud, edge.link.model_copy(update={"rtt_ms": edge.link.rtt_ms + 5.0}), "litert")
     with pytest.raises(ValueError, match="different links"):
         FastestRuntime({"onnxruntime": lm.by_runtime["onnxruntime"], "litert": other})
     with pytest.raises(CpcdrlError, match="--model mobilenet --runtime litert"):
@@ -235,7 +234,7 @@ def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
     )
     assert res.exit_code == 0, res.output
     prof = load_profile(out)
-    t = prof.tables["tinyvgg@litert"]
+    t = prof.tables["tinyvgg@litert"].model_dump()
     assert t["runtime"] == "litert" and prof.host["litert"] and len(t["layers"]) == 7
     assert len(t["heads"]) == 7 and all(h["ms"] > 0 for h in t["heads"])
     assert "tinyvgg" not in prof.tables  # ONNX Runtime's tables come from a run without --runtime
@@ -274,7 +273,7 @@ def test_profile_times_both_runtimes_side_by_side(tmp_path) -> None:
     )
     assert res.exit_code == 0, res.output
     prof = load_profile(out)
-    ort, lite = prof.tables["tinyvgg"], prof.tables["tinyvgg@litert"]
+    ort, lite = prof.tables["tinyvgg"].model_dump(), prof.tables["tinyvgg@litert"].model_dump()
     assert (
         (ort["runtime"], lite["runtime"]) == ("onnxruntime", "litert")
         and ort["timed_with"] == ["litert"]

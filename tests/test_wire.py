@@ -84,7 +84,7 @@ def test_optimize_prices_and_scores_the_wire_and_export_follows_it(tmp_path) -> 
         cache=None,
         transfer="int8",
     )
-    res = optimize(req)
+    res = optimize(req).to_data()
     cloud = next(p for p in res["plans"] if p["method"] == "cloud-only")
     assert cloud["transfer"] == "int8" and cloud["cut"] == 0 and cloud["cut_bytes"] == 3 * 32 * 32 + 5
     # the image through the int8 wire is scored, not assumed lossless: it equals the simulated model's accuracy
@@ -94,20 +94,20 @@ def test_optimize_prices_and_scores_the_wire_and_export_follows_it(tmp_path) -> 
     assert cloud["accuracy"]["test"] == pytest.approx(accuracy_on(WireModel(net, 0, "int8"), ds.test, idx))
 
     # export takes the plan's wire by default; at cut 0 the head is the encoder alone
-    plan = uniform_plan("tinyvgg", 0, 1.0)
+    plan = uniform_plan("tinyvgg", 0, 1.0).to_data()
     plan["transfer"] = "int8"
     p = atomic_write_json(tmp_path / "p0.json", plan)
-    m = export_plan(p, tmp_path / "e0", check_images=32)
+    m = export_plan(p, tmp_path / "e0", check_images=32).to_data()
     assert m["transfer"] == "int8" and set(m["files"]) == {"head", "tail", "full"}
     assert m["files"]["head"]["outputs"][0]["datatype"] == "UINT8"
     assert m["check"]["agreement_with_pytorch_pct"] >= 95.0
     assert (
-        export_plan(p, tmp_path / "e1", transfer="fp32", check_images=16)["transfer"] == "fp32"
+        export_plan(p, tmp_path / "e1", transfer="fp32", check_images=16).transfer == "fp32"
     )  # an explicit --transfer wins
 
 
 def test_a_plan_with_an_unknown_wire_is_refused(tmp_path) -> None:
-    plan = uniform_plan("tinyvgg", 3, 0.75)
+    plan = uniform_plan("tinyvgg", 3, 0.75).to_data()
     plan["transfer"] = "int4"
     p = tmp_path / "p.json"
     p.write_text(json.dumps(plan))

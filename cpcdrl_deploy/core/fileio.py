@@ -65,20 +65,6 @@ def read_json(path: str | Path) -> object:
     return json.loads(raw)
 
 
-def read_document(path: str | Path, kind: str, version: int, what: str) -> dict:
-    """A versioned JSON document (``{"kind": kind, "schema_version": version, ...}``), or one error line."""
-    p = Path(path)
-    if existing(p) is None:
-        raise CpcdrlError(f"{what} not found: {p}")
-    try:
-        d = read_json(p)
-    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        raise CpcdrlError(f"cannot read {what} {p}: {exc}") from None
-    if not isinstance(d, dict) or d.get("kind") != kind or d.get("schema_version") != version:
-        raise CpcdrlError(f"{p} is not a {kind} file (schema_version {version})")
-    return d
-
-
 def check_writable(path: str | Path | None, what: str, directory: bool = False) -> None:
     """Refuse, before any work, an output that cannot be written: a missing or read-only parent, a path of the wrong
     kind.

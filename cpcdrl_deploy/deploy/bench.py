@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.deploy.export import export_models
+from cpcdrl_deploy.deploy.reports import BenchReport
 from cpcdrl_deploy.deploy.run import predictions, shape_of
 from cpcdrl_deploy.devices.hostload import HostSampler, load_in_windows
 from cpcdrl_deploy.devices.remote import connect
@@ -50,7 +51,6 @@ from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import rebuild
 from cpcdrl_deploy.serving.session import InterleavedPlan, run_interleaved, server_address
 
-REPORT_SCHEMA_VERSION = 1
 # the anchored tables (the optimiser's), the same anchored to back-to-back timings (profiles that timed whole
 # models as served too), plain sums, MACs with F fitted, the paper's MACs
 ESTIMATES = ("table", "table_warm", "table_sum", "analytic", "paper")
@@ -182,7 +182,7 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
         inputs = out / "inputs.npy"
         out.mkdir(parents=True, exist_ok=True)
         np.save(inputs, x_all.numpy().astype(np.float32))
-        runtimes = {e["manifest"]["runtime"]["head"] for e in entries if e["manifest"]["runtime"]["head"]}
+        runtimes = {e["manifest"].runtime.head for e in entries if e["manifest"].runtime.head}
         for rt in sorted(runtimes):
             check_runtime(dev, rt)
         spec = [_interleaved(e, out / "exports" / e["id"]) for e in entries]
@@ -221,7 +221,7 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     if fresh:  # the plans were made with the older profiles; the estimates judged here are the fresh ones'
         report["profiles_of_the_plans"] = chosen_with
     report["wall_s"] = time.perf_counter() - t_start
-    atomic_write_json(out / "bench-report.json", report)
+    BenchReport.from_data(report, "bench report").save(out / "bench-report.json")  # checked against its schema
     try:
         plot_bench(report, out / "bench.png")
     except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the measurements
@@ -242,8 +242,8 @@ def _check_bench(req: BenchRequest) -> tuple[list[Plan], str, str]:
     if req.seconds <= 0 or req.block < 1 or req.images < 1:
         raise CpcdrlError("--seconds must be > 0, --block and --images at least 1")
     plans: list[Plan] = [load_plan(p) for p in req.plans]  # every plan valid before anything starts
-    edge_profile = req.edge_profile or plans[0].profiles.get("edge")
-    cloud_profile = req.cloud_profile or plans[0].profiles.get("cloud")
+    edge_profile = req.edge_profile or plans[0].profiles.edge
+    cloud_profile = req.cloud_profile or plans[0].profiles.cloud
     if not edge_profile or not cloud_profile:
         raise CpcdrlError("the first plan names no profiles: pass --edge-profile/--cloud-profile")
     load_profile(edge_profile), load_profile(cloud_profile)
@@ -281,12 +281,12 @@ def _export_all(
 
 def _interleaved(entry: dict, folder: Path) -> InterleavedPlan:
     """An exported plan as the interleaved run takes it: its head file, its tail's folder and output."""
-    files = entry["manifest"]["files"]
+    files = entry["manifest"].files
     return InterleavedPlan(
         entry["id"],
-        folder / files["head"]["file"] if "head" in files else None,
+        folder / files["head"].file if "head" in files else None,
         folder if "tail" in files else None,
-        files["tail"]["outputs"][0]["name"] if "tail" in files else None,
+        files["tail"].outputs[0].name if "tail" in files else None,
     )
 
 
@@ -371,7 +371,7 @@ def _plan_row(
         "cut": plan.cut,
         "n_layers": plan.n_layers,
         "ratios_mean": float(np.mean(plan.ratios)) if plan.ratios else 1.0,
-        "runtime": e["manifest"]["runtime"],
+        "runtime": e["manifest"].runtime.model_dump(),
         "failed": failed.get(pid),
     }
     if pid in failed or not mine:
@@ -383,8 +383,8 @@ def _plan_row(
     for q in (50, 90, 99):
         stats[f"p{q}"] = float(np.percentile(e2e, q))
         stats[f"p{q}_ci95"] = list(bootstrap_ci(e2e, functools.partial(_percentile, q=q), seed=req.seed))
-    payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"]["files"] else None
-    runtime = e["manifest"]["runtime"]["head"] or "onnxruntime"
+    payload = int(np.median([r["bytes_sent"] for r in mine])) if "tail" in e["manifest"].files else None
+    runtime = e["manifest"].runtime.head or "onnxruntime"
     shape_pred, cloud_pred = plan_estimates(plan, payload, edge_profile, cloud_profile, runtime)
     row.update(
         requests=len(mine),
@@ -457,8 +457,8 @@ def analyse(
     speed = server_speed(recs, cloud)
     host = host_load_summary(runner.get("host_load") or [], speed)
     return {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "kind": "cpcdrl-bench",
+        "schema_version": BenchReport.VERSION,
+        "kind": BenchReport.KIND,
         "edge": edge_name,
         "profiles": {"edge": edge_profile, "cloud": cloud_profile},
         "reference": ref,

@@ -21,7 +21,6 @@ serves it unchanged).
 from __future__ import annotations
 
 import io
-import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,9 +37,9 @@ from torch import nn
 from cpcdrl_deploy import __version__
 from cpcdrl_deploy.compress.transfer import check_transfer
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
-from cpcdrl_deploy.measure.runtimes import RUNTIMES, Runtime, get_runtime, tflite_bytes, tflite_int8
+from cpcdrl_deploy.measure.runtimes import RUNTIMES, Runtime, get_runtime
 from cpcdrl_deploy.models.data import Cifar10, subset
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry
@@ -48,7 +47,15 @@ from cpcdrl_deploy.ondevice.datatypes import triton_type
 from cpcdrl_deploy.ondevice.runner import load_model as load_edge_model
 from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import calibration_images, rebuild
-from cpcdrl_deploy.serving.manifest import MANIFEST_SCHEMA_VERSION, io_specs, ort_session, run_split
+from cpcdrl_deploy.serving.manifest import (
+    ExportManifest,
+    ModelFile,
+    RoleRuntimes,
+    TensorSpec,
+    io_specs,
+    ort_session,
+    run_split,
+)
 
 OPSET = 17
 Log = Callable[[str], None]
@@ -79,10 +86,10 @@ def onnx_model_bytes(m: nn.Module, input_shape: tuple[int, ...], in_name: str, o
     return buf.getvalue()
 
 
-def _litert_split(blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) -> np.ndarray:
-    """The split's output with the LiteRT head ``blob`` run here as the device runs it (batch 1) before the ONNX
-    tail."""
-    tmp = out / ".head_check.tflite"
+def _converted_split(rt: Runtime, blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) -> np.ndarray:
+    """The split's output with the converted head ``blob`` run here as the device runs it (batch 1; the runner's
+    loader picks the runtime by the file's suffix) before the ONNX tail."""
+    tmp = out / f".head_check{rt.suffix}"
     atomic_write_bytes(tmp, blob)
     try:
         model = load_edge_model(str(tmp))
@@ -91,14 +98,15 @@ def _litert_split(blob: bytes, tail_b: bytes | None, xs: np.ndarray, out: Path) 
         for i in range(len(xs)):
             cut = model.run(xs[i : i + 1])["cut"]
             got.append(tail.run(None, {"cut": cut})[0] if tail is not None else cut)
-    except Exception as exc:  # noqa: BLE001 - a head LiteRT cannot load or run is one line, not a traceback
-        raise CpcdrlError(f"the LiteRT head does not run here: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a head the runtime cannot load or run is one line, not a traceback
+        raise CpcdrlError(f"the {rt.name} head does not run here: {type(exc).__name__}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return np.concatenate(got)
 
 
-def _litert_head(
+def _converted_head(
+    rt: Runtime,
     head: nn.Module,
     in_shape: tuple[int, ...],
     head_onnx: bytes,
@@ -107,18 +115,18 @@ def _litert_head(
     want: np.ndarray,
     out: Path,
 ) -> tuple[bytes, dict]:
-    """The head converted to LiteRT (fp32), checked image by image before the ONNX tail against the pruned PyTorch
-    model.
+    """The head built by a runtime whose file is not the ONNX model (fp32), checked image by image before the ONNX
+    tail against the pruned PyTorch model.
 
     The dict holds the I/O specs, the largest difference and ``split_out``, the checked split's output."""
-    blob = tflite_bytes(head, in_shape)
-    got = _litert_split(blob, tail_b, xs, out)
+    blob = rt.build(head, in_shape)
+    got = _converted_split(rt, blob, tail_b, xs, out)
     diff = float(np.abs(got - want).max())
     if diff > 1e-4:
-        raise CpcdrlError(f"the LiteRT head's split differs from the pruned PyTorch model by {diff:.2e} (> 1e-4)")
+        raise CpcdrlError(f"the {rt.name} head's split differs from the pruned PyTorch model by {diff:.2e} (> 1e-4)")
     specs = io_specs(onnx.load_from_string(head_onnx))
     for t in specs["inputs"] + specs["outputs"]:
-        t["shape"] = [1, *t["shape"][1:]]  # a LiteRT model has a fixed batch of 1
+        t["shape"] = [1, *t["shape"][1:]]  # converted heads are built for a batch of 1
     return blob, {"specs": specs, "max_abs_diff": diff, "split_out": got}
 
 
@@ -193,39 +201,6 @@ def _decompress_input(model: onnx.ModelProto, transfer: str) -> onnx.ModelProto:
     return model
 
 
-def quantize_head(head: bytes, calib_x: np.ndarray, workdir: Path) -> bytes:
-    """Static int8 (QDQ) quantisation with ONNX Runtime, activations calibrated on ``calib_x``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": calib_x[i : i + 32]} for i in range(0, len(calib_x), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    src, dst = workdir / ".head_fp32.onnx", workdir / ".head_int8.onnx"
-    src.write_bytes(head)
-    logging.disable(logging.WARNING)  # ORT's "consider pre-processing" notice on every call
-    try:
-        quantize_static(
-            str(src),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-        return dst.read_bytes()
-    finally:
-        logging.disable(logging.NOTSET)
-        src.unlink(missing_ok=True)
-        dst.unlink(missing_ok=True)
-        for extra in workdir.glob(".head_fp32*-inferred.onnx"):
-            extra.unlink(missing_ok=True)
-
-
 def _check_options(quantize: str | None, transfer: str) -> None:
     check_transfer(transfer)
     if quantize not in (None, "int8"):
@@ -244,7 +219,7 @@ def export_plan(
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
     runtime: str | None = None,
-) -> dict:
+) -> ExportManifest:
     """Write head.onnx (or head.tflite) / tail.onnx / full.onnx and manifest.json to ``out``; return the manifest.
 
     ``transfer`` / ``runtime`` None: the wire and the edge runtime the plan was optimised for.
@@ -285,7 +260,7 @@ def export_models(
     log: Log = lambda s: None,
     tick: Ticker = no_ticker,
     runtime: str = "onnxruntime",
-) -> dict:
+) -> ExportManifest:
     """The export proper, from models ``rebuild`` made (``deploy`` reuses them for its own check).
 
     ``runtime``: what the head is built for (runtimes.py); the tail is ONNX for the server either way.
@@ -310,21 +285,21 @@ def export_models(
     check = _check_float(split, pruned.units(), original.units(), b, x_check, want, log)
     xs = x_check.numpy()
     if split.head and not rt.onnx_head:
-        split.head_file = _litert_head(
-            nn.Sequential(*pruned.units()[:b]), tuple(x_check.shape[1:]), split.head, split.tail, xs, want, out
+        split.head_file = _converted_head(
+            rt, nn.Sequential(*pruned.units()[:b]), tuple(x_check.shape[1:]), split.head, split.tail, xs, want, out
         )
         log(
-            f"LiteRT head checked on {len(xs)} test images: max |diff| {split.head_file[1]['max_abs_diff']:.1e} against"
-            " the pruned PyTorch model"
+            f"{rt.name} head checked on {len(xs)} test images: max |diff|"
+            f" {split.head_file[1]['max_abs_diff']:.1e} against the pruned PyTorch model"
         )
     tick(EXPORT_STEPS, 3, 4)
-    _make_lossy(split, plan, ds, quantize, transfer, tuple(x_check.shape[1:]), out, log)
-    check.update(_check_final(split, xs, want, y_check.numpy(), quantize, transfer, out))
+    _make_lossy(split, rt, plan, ds, quantize, transfer, tuple(x_check.shape[1:]), log)
+    check.update(_check_final(split, rt, xs, want, y_check.numpy(), quantize, transfer, out))
     files = _write_files(out, plan.model.replace("-", "_"), rt, split, quantize)
     manifest = _manifest(
         plan, analysis.n_layers, split, b, transfer, quantize, files, check, rt, time.perf_counter() - t0
     )
-    atomic_write_json(out / "manifest.json", manifest)
+    manifest.save(out / "manifest.json")
     if triton and split.tail:
         write_triton_repo(Path(triton), files["tail"], out / "tail.onnx")
     tick(EXPORT_STEPS, 4, 4)
@@ -336,12 +311,23 @@ def export_models(
 
 
 def _check_final(
-    split: _Split, xs: np.ndarray, want: np.ndarray, y: np.ndarray, quantize: str | None, transfer: str, out: Path
+    split: _Split,
+    rt: Runtime,
+    xs: np.ndarray,
+    want: np.ndarray,
+    y: np.ndarray,
+    quantize: str | None,
+    transfer: str,
+    out: Path,
 ) -> dict:
     """The split as it will run (quantised, on its wire) against the pruned PyTorch model and the labels."""
     if split.head_file is not None:
         # the fp32 head's split was run by the check above; an int8 head is a new model
-        final = _litert_split(split.head_file[0], split.tail, xs, out) if quantize else split.head_file[1]["split_out"]
+        final = (
+            _converted_split(rt, split.head_file[0], split.tail, xs, out)
+            if quantize
+            else split.head_file[1]["split_out"]
+        )
     else:
         head, tail = (ort_session(b) if b else None for b in (split.head, split.tail))
         final = run_split(head, tail, xs)
@@ -361,32 +347,27 @@ def _manifest(
     b: int,
     transfer: str,
     quantize: str | None,
-    files: dict,
+    files: dict[str, ModelFile],
     check: dict,
     rt: Runtime,
     export_s: float,
-) -> dict:
+) -> ExportManifest:
     """The export's manifest: what each file is, how the split was checked, and the plan it came from."""
-    return {
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "kind": "cpcdrl-export",
-        "cpcdrl_version": __version__,
-        "model": plan.model,
-        "cut": plan.cut,
-        "n_layers": n_layers,
-        "cut_shape": list(split.cut_shape),
-        "transfer": transfer if split.head and split.tail else "fp32",
-        "quantize": quantize if b > 0 else None,
-        "preprocess": {
-            "layout": "NCHW float32",
-            "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)",
-        },
-        "files": files,
-        "check": check,
-        "runtime": {"head": rt.name if split.head else None, "tail": "onnxruntime" if split.tail else None},
-        "plan": plan.to_dict(),
-        "export_s": export_s,
-    }
+    return ExportManifest(
+        cpcdrl_version=__version__,
+        model=plan.model,
+        cut=plan.cut,
+        n_layers=n_layers,
+        cut_shape=list(split.cut_shape),
+        transfer=transfer if split.head and split.tail else "fp32",
+        quantize=quantize if b > 0 else None,
+        preprocess={"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)"},
+        files=files,
+        check=check,
+        runtime=RoleRuntimes(head=rt.name if split.head else None, tail="onnxruntime" if split.tail else None),
+        plan=plan.to_data(),
+        export_s=export_s,
+    )
 
 
 def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Split, np.ndarray]:
@@ -441,24 +422,23 @@ def _check_float(
 
 def _make_lossy(
     split: _Split,
+    rt: Runtime,
     plan: Plan,
     ds: Cifar10,
     quantize: str | None,
     transfer: str,
     in_shape: tuple[int, ...],
-    out: Path,
     log: Log,
 ) -> None:
-    """Quantise the head to int8 and / or encode the wire (fp16, int8), in place."""
+    """Quantise the head to int8 (the runtime's own quantiser) and / or encode the wire (fp16, int8), in place."""
     if split.head and quantize == "int8":
         # activations calibrated on the refit's own images (data.search_split), not a second draw
-        calib_x = calibration_images(plan, ds)
+        calib_x = calibration_images(plan, ds).numpy()
         if split.head_file is not None:
-            split.head_file = (tflite_int8(split.head_file[0], calib_x.numpy()), split.head_file[1])
-            log(f"head quantised to int8 (LiteRT static int8, the plan's {len(calib_x)} calibration images)")
+            split.head_file = (rt.quantize(split.head_file[0], calib_x), split.head_file[1])
         else:
-            split.head = quantize_head(split.head, calib_x.numpy(), out)
-            log(f"head quantised to int8 (QDQ, the plan's {len(calib_x)} calibration images)")
+            split.head = rt.quantize(split.head, calib_x)
+        log(f"head quantised to int8 ({rt.quantizer}, the plan's {len(calib_x)} calibration images)")
     if split.tail and transfer != "fp32":
         # at cut 0 the head is only the encoder: the device quantises or casts the image it sends
         head = split.head or _identity_onnx(in_shape)
@@ -466,9 +446,9 @@ def _make_lossy(
         split.tail = _decompress_input(onnx.load_from_string(split.tail), transfer).SerializeToString()
 
 
-def _write_files(out: Path, name: str, rt: Runtime, split: _Split, quantize: str | None) -> dict[str, dict]:
+def _write_files(out: Path, name: str, rt: Runtime, split: _Split, quantize: str | None) -> dict[str, ModelFile]:
     """head / tail / full model files (checked, written atomically) and their manifest entries."""
-    files: dict[str, dict] = {}
+    files: dict[str, ModelFile] = {}
     for stale in (
         out / f"head{r.suffix}" for r in RUNTIMES.values()
     ):  # a head of another runtime from an earlier export
@@ -481,38 +461,34 @@ def _write_files(out: Path, name: str, rt: Runtime, split: _Split, quantize: str
         if role == "head" and split.head_file is not None:
             path = out / f"head{rt.suffix}"
             atomic_write_bytes(path, split.head_file[0])
-            files[role] = {
-                "file": path.name,
-                "sha256": file_sha256(path),
-                "bytes": len(split.head_file[0]),
-                "model_name": f"{name}_{role}",
-                "runtime": rt.name,
-                "layout": "NCHW at the boundaries",
-                "precision": quantize or "fp32",
-                **(
-                    {"io": "int8 inside; the runner quantises the image and dequantises the cut tensor"}
-                    if quantize
-                    else {}
-                ),
+            files[role] = ModelFile(
+                file=path.name,
+                sha256=file_sha256(path),
+                bytes=len(split.head_file[0]),
+                model_name=f"{name}_{role}",
+                runtime=rt.name,
+                layout="NCHW at the boundaries",
+                precision=quantize or "fp32",
+                io="int8 inside; the runner quantises the image and dequantises the cut tensor" if quantize else None,
                 **split.head_file[1]["specs"],
-            }
+            )
             continue
         onnx.checker.check_model(onnx.load_from_string(blob))
         atomic_write_bytes(path, blob)
-        files[role] = {
-            "file": path.name,
-            "sha256": file_sha256(path),
-            "bytes": len(blob),
-            "model_name": f"{name}_{role}",
-            "runtime": "onnxruntime",
-            "layout": "NCHW",
-            "precision": quantize if role == "head" and quantize else "fp32",
+        files[role] = ModelFile(
+            file=path.name,
+            sha256=file_sha256(path),
+            bytes=len(blob),
+            model_name=f"{name}_{role}",
+            runtime="onnxruntime",
+            layout="NCHW",
+            precision=quantize if role == "head" and quantize else "fp32",
             **io_specs(onnx.load_from_string(blob)),
-        }
+        )
     return files
 
 
-def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
+def write_triton_repo(repo: Path, spec: ModelFile, onnx_path: Path) -> Path:
     """``repo/<name>/config.pbtxt`` + ``repo/<name>/1/model.onnx`` for NVIDIA Triton's onnxruntime backend.
 
     max_batch_size 0 with an explicit -1 batch dimension: the int8 transfer's
@@ -520,19 +496,18 @@ def write_triton_repo(repo: Path, spec: dict, onnx_path: Path) -> Path:
     otherwise require to carry a batch dimension too.
     """
 
-    def block(kind: str, items: list[dict]) -> str:
+    def block(kind: str, items: list[TensorSpec]) -> str:
         rows = [
-            f'  {{ name: "{t["name"]}" data_type: {triton_type(t["datatype"])} dims: ['
-            f" {', '.join(str(d) for d in t['shape'])} ] }}"
+            f'  {{ name: "{t.name}" data_type: {triton_type(t.datatype)} dims: [ {", ".join(map(str, t.shape))} ] }}'
             for t in items
         ]
         return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
 
-    name = spec["model_name"]
+    name = spec.model_name
     config = (
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
-        + block("input", spec["inputs"])
-        + block("output", spec["outputs"])
+        + block("input", spec.inputs)
+        + block("output", spec.outputs)
     )
     atomic_write_bytes(repo / name / "config.pbtxt", config.encode())
     atomic_write_bytes(repo / name / "1" / "model.onnx", onnx_path.read_bytes())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 import math
 import secrets
 import shlex
@@ -40,9 +39,9 @@ import torch
 
 from cpcdrl_deploy.compress.pruning import PlanShape, PruneConfig, channel_groups, plan_shape
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_json
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.deploy.export import export_models
+from cpcdrl_deploy.deploy.reports import DeployReport
 from cpcdrl_deploy.devices.remote import Device, connect
 from cpcdrl_deploy.devices.testbed import on_host_cpus
 from cpcdrl_deploy.measure.compare import fitted_rate
@@ -62,6 +61,7 @@ from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
 from cpcdrl_deploy.search.plan import Plan, load_plan
 from cpcdrl_deploy.search.plan_model import rebuild
+from cpcdrl_deploy.serving.manifest import ExportManifest
 from cpcdrl_deploy.serving.session import (
     CloudServer,
     count_requests,
@@ -71,7 +71,6 @@ from cpcdrl_deploy.serving.session import (
     upload_runner,
 )
 
-REPORT_SCHEMA_VERSION = 1
 Log = Callable[[str], None]
 
 
@@ -210,14 +209,10 @@ def device_quota(profile: Profile) -> tuple[float, float, float] | None:
     hz = host.get("kernel_hz")
     tick = 1000.0 / float(hz) if hz else 4.0  # not recorded: HZ=250, the common default (and this project's build VMs)
     tb = host.get("testbed")
-    if tb and tb.get("throttle", "quota") != "quota":
+    if tb and tb["throttle"] != "quota":
         return None
     if tb and tb.get("cpu_share"):
-        return (
-            float(tb["cpu_share"]),
-            float(tb.get("cfs_period_us", 10_000)) / 1000.0,
-            tick,
-        )  # testbeds before 4 ms periods used 10 ms
+        return float(tb["cpu_share"]), float(tb["cfs_period_us"]) / 1000.0, tick
     q = str(
         host.get("cpu_quota") or ""
     ).split()  # what the profiler read from the device's cgroup: "quota period" in us
@@ -232,20 +227,20 @@ def probe_reference(profile: Profile, model: str, n_layers: int) -> dict | None:
     Profiles made before the probe's weights were (WEIGHTS) timed a different model: None.
     """
     t = profile.tables.get(model) if profile.kind == "measured" else None
-    if not t or t.get("weights") != WEIGHTS:
+    if t is None or t.weights != WEIGHTS:
         return None
-    head = next((h for h in t.get("heads", []) if h["cut"] == n_layers), None)
+    head = next((h for h in t.heads if h.cut == n_layers), None)
     if head is None:
         return None
     host = profile.host or {}
     rounds = max(1, int(host.get("rounds") or 1))
     return {
-        "ms": float(head["ms"]),
-        "threads": int(t.get("threads", 1)),
+        "ms": head.ms,
+        "threads": t.threads,
         "repeats": max(1, int(host.get("repeats") or 20) // rounds),
         # one round's window: recorded by newer profilers; older ones split 200 ms over their rounds
         "min_ms": float(host.get("round_window_ms") or 200.0 / rounds),
-        "profiled_at": t.get("measured_at") or host.get("measured_at"),
+        "profiled_at": t.measured_at or host.get("measured_at"),
     }
 
 
@@ -304,7 +299,7 @@ class _Staged:
     cloud_profile: str
     out: Path
     export_dir: Path
-    manifest: dict
+    manifest: ExportManifest
     original: UnitModel
     idx: np.ndarray
     y: np.ndarray
@@ -316,7 +311,7 @@ class _Staged:
 
     @property
     def files(self) -> dict:
-        return self.manifest["files"]
+        return self.manifest.files
 
 
 @dataclass
@@ -348,7 +343,9 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     ran = _run_on_device(dev, req, staged, bind, log, tick)
     report = _report(req, dev.name, staged, ran)
     report["wall_s"] = time.perf_counter() - t_start
-    atomic_write_json(staged.out / "deploy-report.json", report)
+    DeployReport.from_data(report, "deploy report").save(
+        staged.out / "deploy-report.json"
+    )  # checked against its schema
     if any("prediction" in r and not r.get("fallback") for r in ran.runner["records"]):
         plot_deploy(report, staged.out / "deploy.png")
     return report
@@ -364,8 +361,8 @@ def _check_request(req: DeployRequest, plan: Plan) -> tuple[str, str, str, bool]
             "--cloud: only 'local' (this machine) is supported; serve elsewhere with `cpcdrl serve` and run the edge"
             " runner by hand"
         )
-    edge_profile = req.edge_profile or plan.profiles.get("edge")
-    cloud_profile = req.cloud_profile or plan.profiles.get("cloud")
+    edge_profile = req.edge_profile or plan.profiles.edge
+    cloud_profile = req.cloud_profile or plan.profiles.cloud
     if not edge_profile or not cloud_profile:
         raise CpcdrlError(
             f"{req.plan} names no {'edge' if not edge_profile else 'cloud'} profile: pass"
@@ -460,11 +457,11 @@ def _runner_args(dev: Device, req: DeployRequest, st: _Staged, remote_dir: str) 
         f"--timeout {req.timeout_s:g}",
     ]
     if "head" in files:
-        head_name = files["head"]["file"]  # head.onnx or head.tflite: the runner picks the runtime by suffix
+        head_name = files["head"].file  # head.onnx or head.tflite: the runner picks the runtime by suffix
         dev.put(st.export_dir / head_name, f"{remote_dir}/{head_name}")
         args.append(f"--head {shlex.quote(remote_dir + '/' + head_name)}")
     if req.fallback:
-        dev.put(st.export_dir / files["full"]["file"], f"{remote_dir}/full.onnx")
+        dev.put(st.export_dir / files["full"].file, f"{remote_dir}/full.onnx")
         args += ["--fallback local", f"--full {shlex.quote(remote_dir + '/full.onnx')}"]
     budget = 120.0 + len(st.idx) * (req.timeout_s + 5.0)
     if (ref := st.refs["edge"]) is not None:
@@ -492,7 +489,7 @@ def _run_on_device(dev: Device, req: DeployRequest, st: _Staged, bind: str, log:
     probes: dict[str, list[dict]] = {}
     files, cloud_ref = st.files, st.refs["cloud"]
     try:
-        check_runtime(dev, st.manifest["runtime"]["head"] or "onnxruntime")
+        check_runtime(dev, st.manifest.runtime.head or "onnxruntime")
         remote_dir = dev.mkdtemp()
         upload_runner(dev, remote_dir)
         dev.put(st.inputs, f"{remote_dir}/inputs.npy")
@@ -502,11 +499,11 @@ def _run_on_device(dev: Device, req: DeployRequest, st: _Staged, bind: str, log:
             probes["cloud"] = _time_probe_here(st.probe_path, st.probe_shape, cloud_ref)  # again after the requests
         if "tail" in files:
             server = CloudServer(st.export_dir, bind, token)
-            log(f"cloud server {server.url} ({files['tail']['model_name']})")
+            log(f"cloud server {server.url} ({files['tail'].model_name})")
             args += [
                 f"--url {server.url}",
-                f"--model {files['tail']['model_name']}",
-                f"--output {files['tail']['outputs'][0]['name']}",
+                f"--model {files['tail'].model_name}",
+                f"--output {files['tail'].outputs[0].name}",
             ]
         log(
             f"running {len(st.idx)} requests from {dev.name}"
@@ -572,7 +569,7 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
         st.original,
         drift,
         plan.prune.round_to,
-        manifest["runtime"]["head"] or "onnxruntime",
+        manifest.runtime.head or "onnxruntime",
     )
     link = pred.pop("_link")
     measured = _measured(ok)
@@ -584,8 +581,8 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
     )
     errors, errors_mean = _errors(pred, measured)
     return {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "kind": "cpcdrl-deploy-report",
+        "schema_version": DeployReport.VERSION,
+        "kind": DeployReport.KIND,
         "model": plan.model,
         "method": plan.method,
         "cut": plan.cut,
@@ -594,9 +591,9 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
         "edge": edge_name,
         "cloud": "local",
         "server": ran.server_url,
-        "transfer": manifest["transfer"],
-        "quantize": manifest["quantize"],
-        "runtime": manifest["runtime"],
+        "transfer": manifest.transfer,
+        "quantize": manifest.quantize,
+        "runtime": manifest.runtime.model_dump(),
         "requests": len(st.idx),
         "answered": len(answered),
         "fallbacks": runner["fallbacks"],
@@ -633,31 +630,32 @@ def _errors(pred: dict, measured: dict) -> tuple[dict, dict]:
 
 def repredict(report_path: Path) -> dict:
     """Recompute a deploy report's predictions with today's latency models (the measurements stay)."""
-    report = json.loads(Path(report_path).read_text())
-    sp = report.get("speed_probe") or {}
-    if "block_before_request" in sp.get("edge", {}):  # today's way of turning the probe blocks into a factor
-        e = sp["edge"]
+    rep: DeployReport = DeployReport.load(report_path, "deploy report")
+    sp = rep.speed_probe
+    e = sp.get("edge")
+    if e is not None:  # the factor from the probe blocks the way deploy computes it today
         blocks = [{"before_request": b, "mean_ms": m} for b, m in zip(e["block_before_request"], e["block_means_ms"])]
-        ids = [r["i"] for r in report["records"] if "prediction" in r and not r.get("fallback")]
+        ids = [r["i"] for r in rep.records if "prediction" in r and not r.get("fallback")]
         sp["edge"] = _drift(blocks, {"ms": e["reference_ms"], "profiled_at": e["profiled_at"]}, ids)
     drift = {role: d["factor"] for role, d in sp.items()}
-    plan = load_plan(Path(report["plan"]))
+    plan = load_plan(Path(rep.plan))
     pred = predictions(
         plan.model,
         plan.cut,
         plan.ratios,
-        report["profiles"]["edge"],
-        report["profiles"]["cloud"],
-        report["bytes_per_request"],
+        rep.profiles.edge,
+        rep.profiles.cloud,
+        rep.bytes_per_request,
         drift=drift,
         round_to=plan.prune.round_to,
-        edge_runtime=(report.get("runtime") or {}).get("head") or "onnxruntime",
+        edge_runtime=rep.runtime.head or "onnxruntime",
     )
     pred.pop("_link")
-    report["predicted"] = pred
-    report["prediction_error_pct"], report["prediction_error_vs_mean_pct"] = _errors(pred, report["measured"])
-    atomic_write_json(report_path, report)
-    if report["measured"]["e2e_ms"]:
+    rep.predicted = pred
+    rep.prediction_error_pct, rep.prediction_error_vs_mean_pct = _errors(pred, rep.measured)
+    rep.save(report_path)
+    report = rep.to_data()
+    if rep.measured["e2e_ms"]:
         plot_deploy(report, Path(report_path).parent / "deploy.png")
     return report
 

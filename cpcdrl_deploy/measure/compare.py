@@ -20,7 +20,7 @@ from cpcdrl_deploy.compress.pruning import ChannelGroup, PlanShape, channel_grou
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.measure.fidelity import fidelity
 from cpcdrl_deploy.measure.latency import AnalyticLatencyModel, TableLatencyModel, build_latency_model, transfer_ms
-from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile
+from cpcdrl_deploy.measure.profile import LinkProfile, Profile, PrunedHead, load_profile
 from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import build_model, get_entry
 
@@ -29,13 +29,13 @@ def fitted_rate(p: Profile, role: str, model: str) -> float:
     if p.kind == "analytic":
         return p.compute_rate(role).macs_per_s
     t = p.tables.get(model)
-    if not t:
+    if t is None:
         raise CpcdrlError(f"profile {p.name!r} has no table for {model}")
-    n = len(t["layers"])
-    whole = next((h["ms"] for h in t["heads"] if h["cut"] == n), None)
+    n = len(t.layers)
+    whole = next((h.ms for h in t.heads if h.cut == n), None)
     if whole is None:
-        whole = next(x["ms"] for x in t["tails"] if x["cut"] == 0)
-    return t["total_macs"] / (whole / 1000.0)
+        whole = next(x.ms for x in t.tails if x.cut == 0)
+    return t.total_macs / (whole / 1000.0)
 
 
 def _cut_row(
@@ -93,8 +93,8 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
     table = dataclasses.replace(table, anchor=False)
     f_e, f_c = fitted_rate(ep, "edge", model), fitted_rate(cp, "cloud", model)
     analytic = AnalyticLatencyModel.over(f_e, f_c, lp)
-    heads = {h["cut"]: h["ms"] for h in ep.tables[model]["heads"]}
-    tails = {h["cut"]: h["ms"] for h in cp.tables[model]["tails"]}
+    heads = {h.cut: h.ms for h in ep.tables[model].heads}
+    tails = {h.cut: h.ms for h in cp.tables[model].tails}
     rows = [
         _cut_row(a, cut, plan_shape(a, groups, cut, [1.0] * cut), analytic, table, heads, tails, lp)
         for cut in a.cuttable_points()
@@ -176,29 +176,29 @@ def _pruned_head_rows(model: str, a: ModelAnalysis, groups: list[ChannelGroup], 
     what the latency model does for a plan between grid keeps).
     """
     t = table.edge_tables[model]
-    heads = t.get("pruned_heads", [])
+    heads = t.pruned_heads
     rows = []
     for h in heads:
-        shape = plan_shape(a, groups, h["cut"], [h["keep"]] * h["cut"])
+        shape = plan_shape(a, groups, h.cut, [h.keep] * h.cut)
         others = [o for o in heads if o is not h]
 
-        def edge(pruned_heads: list[dict]) -> float:
-            tables = {**table.edge_tables, model: {**t, "pruned_heads": pruned_heads}}
+        def edge(pruned_heads: list[PrunedHead]) -> float:
+            tables = {**table.edge_tables, model: t.model_copy(update={"pruned_heads": pruned_heads})}
             return dataclasses.replace(table, edge_tables=tables).predict(model, shape).edge_ms
 
         ratio = edge([])
         # interpolation needs a timed head on each side: below it at this cut, there is one only above keep 0.25
-        inside = any(o["cut"] == h["cut"] and o["keep"] < h["keep"] for o in others)
+        inside = any(o.cut == h.cut and o.keep < h.keep for o in others)
         interp = edge(others) if inside else None
         rows.append(
             {
-                "cut": h["cut"],
-                "keep": h["keep"],
-                "measured_ms": h["ms"],
+                "cut": h.cut,
+                "keep": h.keep,
+                "measured_ms": h.ms,
                 "ratio_ms": ratio,
                 "interpolated_ms": interp,
-                "ratio_error_pct": 100.0 * (ratio - h["ms"]) / h["ms"],
-                "interpolated_error_pct": 100.0 * (interp - h["ms"]) / h["ms"] if interp is not None else None,
+                "ratio_error_pct": 100.0 * (ratio - h.ms) / h.ms,
+                "interpolated_error_pct": 100.0 * (interp - h.ms) / h.ms if interp is not None else None,
             }
         )
     return rows

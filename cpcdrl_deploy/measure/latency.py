@@ -19,7 +19,7 @@ from typing import Protocol
 
 from cpcdrl_deploy.compress.pruning import PlanShape
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.measure.profile import LinkProfile, Profile, table_key
+from cpcdrl_deploy.measure.profile import LayerPoint, LayerRow, LinkProfile, ModelTable, Profile, table_key
 
 
 @dataclass(frozen=True)
@@ -182,16 +182,16 @@ def _lerp(xs: list[float], ys: list[float], x: float) -> float:
     return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
-def interpolate_layer(points: list[dict], in_keep: float, out_keep: float, stat: str = "ms") -> float:
+def interpolate_layer(points: Sequence[LayerPoint], in_keep: float, out_keep: float, stat: str = "ms") -> float:
     """Latency (ms) of one layer at (in_keep, out_keep) from its measured grid.
 
     Bilinear on a full (in, out) grid; linear along the one axis that varies
     otherwise (a depthwise conv's in == out, the first layer's input and the
     classifier's output never change).
     """
-    ins = sorted({p["in_keep"] for p in points})
-    outs = sorted({p["out_keep"] for p in points})
-    val = {(p["in_keep"], p["out_keep"]): p[stat] for p in points}
+    ins = sorted({p.in_keep for p in points})
+    outs = sorted({p.out_keep for p in points})
+    val = {(p.in_keep, p.out_keep): _stat(p, stat) for p in points}
     if len(ins) > 1 and len(outs) > 1 and len(val) == len(ins) * len(outs):
         col = [_lerp(outs, [val[(i, o)] for o in outs], out_keep) for i in ins]
         return _lerp(ins, col, in_keep)
@@ -199,11 +199,16 @@ def interpolate_layer(points: list[dict], in_keep: float, out_keep: float, stat:
         return _lerp(ins, [val[(i, outs[0])] for i in ins], in_keep)
     if len(ins) == 1:
         return _lerp(outs, [val[(ins[0], o)] for o in outs], out_keep)
-    diag = sorted(points, key=lambda p: p["out_keep"])  # coupled in == out
-    return _lerp([p["out_keep"] for p in diag], [p[stat] for p in diag], out_keep)
+    diag = sorted(points, key=lambda p: p.out_keep)  # coupled in == out
+    return _lerp([p.out_keep for p in diag], [_stat(p, stat) for p in diag], out_keep)
 
 
-def whole_timings(table: dict, side: str, stat: str = "ms") -> dict[tuple[int, float], float]:
+def _stat(p: LayerPoint, stat: str) -> float:
+    """A point's timing statistic, or its ``io_bytes`` (interpolated the same way)."""
+    return float(p.io_bytes) if stat == "io_bytes" else p.stat(stat)
+
+
+def whole_timings(table: ModelTable, side: str, stat: str = "ms") -> dict[tuple[int, float], float]:
     """(cut, keep) -> ms of the whole heads (``side`` "heads", pruned ones included) or tails, made monotone.
 
     A head at cut p computes a prefix of the head at p + 1 (the same keep),
@@ -213,9 +218,9 @@ def whole_timings(table: dict, side: str, stat: str = "ms") -> dict[tuple[int, f
     replaced by the least of those bounds. Seen on the emulated Pi: MobileNet's
     unpruned head at cut 27 timed 9.86 ms, the whole model 7.36 ms.
     """
-    rows = [(w["cut"], 1.0, w[stat]) for w in table.get(side, []) if w.get(stat)]
+    rows = [(w.cut, 1.0, w.stat(stat)) for w in (table.heads if side == "heads" else table.tails) if w.stat(stat)]
     if side == "heads":
-        rows += [(w["cut"], float(w["keep"]), w[stat]) for w in table.get("pruned_heads", []) if w.get(stat)]
+        rows += [(w.cut, float(w.keep), w.stat(stat)) for w in table.pruned_heads if w.stat(stat)]
     t = {(c, k): ms for c, k, ms in rows}
     later = (lambda c: -c) if side == "heads" else (lambda c: c)  # the larger model comes first
     for k in {k for _, k in t}:
@@ -269,14 +274,14 @@ def blocked_keep(keep: float, channels: int, block: int) -> float:
     return min(channels, math.ceil(kept / block) * block) / channels
 
 
-def misaligned_factor(row: dict, overhead_ms: float, stat: str = "ms") -> float:
+def misaligned_factor(row: LayerRow, overhead_ms: float, stat: str = "ms") -> float:
     """How much slower a layer's table row says it runs off the fast channel layout: its ``misaligned``
     timing (one channel fewer than it has) over its unpruned one, each less the run overhead; at least 1."""
-    full = next((p for p in row["points"] if p["in_keep"] == 1.0 and p["out_keep"] == 1.0), None)
-    mis = row.get("misaligned")
-    if full is None or not mis or full[stat] <= overhead_ms:
+    full = next((p for p in row.points if p.in_keep == 1.0 and p.out_keep == 1.0), None)
+    mis = row.misaligned
+    if full is None or mis is None or full.stat(stat) <= overhead_ms:
         return 1.0
-    return max(1.0, (mis[stat] - overhead_ms) / (full[stat] - overhead_ms))
+    return max(1.0, (mis.stat(stat) - overhead_ms) / (full.stat(stat) - overhead_ms))
 
 
 @dataclass(frozen=True)
@@ -289,11 +294,11 @@ class SideTable:
     the fixed part, or only the sustained one).
     """
 
-    table: dict
+    table: ModelTable
     stat: str
 
     @classmethod
-    def of(cls, tables: dict, host: str, model: str, stat: str) -> SideTable:
+    def of(cls, tables: dict[str, ModelTable], host: str, model: str, stat: str) -> SideTable:
         if model not in tables:
             name, _, runtime = model.partition("@")
             how = f" --runtime {runtime}" if runtime else ""
@@ -304,22 +309,22 @@ class SideTable:
 
     @property
     def overhead_ms(self) -> float:
-        return self.table.get("run_overhead", {}).get(self.stat, self.table.get("run_overhead_ms", 0.0))
+        return self.table.overhead(self.stat)
 
     def alone(self, i: int, in_keep: float, out_keep: float) -> float:
         """Layer ``i`` at these keep ratios, less its run's overhead; blocked and misaligned channel counts priced as
         measured."""
         t, ov = self.table, self.overhead_ms
-        per_byte = t.get("run_overhead_per_io_byte", {}).get(self.stat, 0.0)
-        block, dw_align = int(t.get("channel_block", 1)), int(t.get("dw_alignment", 1))
-        row = t["layers"][i - 1]
-        pts = row["points"]
+        per_byte = t.run_overhead_per_io_byte.get(self.stat, 0.0)  # a statistic the profile did not time: none
+        block, dw_align = t.channel_block, t.dw_alignment
+        row = t.layers[i - 1]
+        pts = row.points
         # a depthwise conv off its fast path (a channel count that is not a multiple of the host's
         # dw_alignment): its interpolated time x its own measured slowdown there (misaligned_factor)
-        slow = dw_align > 1 and "misaligned" in row and round(out_keep * row["out_channels"]) % dw_align != 0
-        if block > 1 and row.get("kind") in BLOCKED_KINDS:
-            in_keep = blocked_keep(in_keep, row["in_channels"], block)
-            out_keep = blocked_keep(out_keep, row["out_channels"], block)
+        slow = dw_align > 1 and row.misaligned is not None and round(out_keep * row.out_channels) % dw_align != 0
+        if block > 1 and row.kind in BLOCKED_KINDS:
+            in_keep = blocked_keep(in_keep, row.in_channels, block)
+            out_keep = blocked_keep(out_keep, row.out_channels, block)
         io = interpolate_layer(pts, in_keep, out_keep, "io_bytes") if per_byte else 0.0
         ms = max(0.0, interpolate_layer(pts, in_keep, out_keep, self.stat) - ov - per_byte * io)
         return ms * misaligned_factor(row, ov, self.stat) if slow else ms
@@ -331,8 +336,8 @@ class SideTable:
     def whole_stat(self, side: str, cold: bool) -> str:
         """The statistic of the whole timings to anchor to: the as-served one where wanted and every whole model has
         it."""
-        whole = self.table.get(side, []) + (self.table.get("pruned_heads", []) if side == "heads" else [])
-        return COLD_STAT if cold and whole and all(w.get(COLD_STAT) for w in whole) else self.stat
+        whole = self.table.whole(side)
+        return COLD_STAT if cold and whole and all(w.cold_median_ms for w in whole) else self.stat
 
     def anchor_points(self, side: str, cut: int, layers: range, whole_stat: str) -> list[tuple[float, float]]:
         """(table sum, measured) of every whole model timed at ``cut``: the unpruned one, and on the
@@ -342,9 +347,9 @@ class SideTable:
             return []
         n = max(layers, default=0)
         points = [(self.total(layers, [1.0] * n, [1.0] * n), timed[(cut, 1.0)])]
-        for h in self.table.get("pruned_heads", []) if side == "heads" else []:
-            if h["cut"] == cut and timed.get((h["cut"], h["keep"])):
-                points.append((self.total(layers, h["in_keep"], h["out_keep"]), timed[(h["cut"], h["keep"])]))
+        for h in self.table.pruned_heads if side == "heads" else []:
+            if h.cut == cut and timed.get((h.cut, h.keep)):
+                points.append((self.total(layers, h.in_keep, h.out_keep), timed[(h.cut, h.keep)]))
         return points
 
 
@@ -364,8 +369,8 @@ class TableLatencyModel:
     anchored to the whole models timed after idle.
     """
 
-    edge_tables: dict  # model -> {"layers": [{"index", "points"}], "run_overhead_ms", "heads", "tails"}
-    cloud_tables: dict
+    edge_tables: dict[str, ModelTable]  # by profile.table_key
+    cloud_tables: dict[str, ModelTable]
     uplink_bytes_per_s: float
     downlink_bytes_per_s: float
     rtt_ms: float = 0.0
@@ -389,7 +394,7 @@ class TableLatencyModel:
 
     def _sum(
         self,
-        tables: dict,
+        tables: dict[str, ModelTable],
         host: str,
         model: str,
         shape: PlanShape,
@@ -433,7 +438,7 @@ class TableLatencyModel:
 
 def _describe_tables(m: TableLatencyModel) -> str:
     tabs = (*m.edge_tables.values(), *m.cloud_tables.values())
-    served = m.cold and any(COLD_STAT in w for tab in tabs for w in tab.get("tails", []) + tab.get("heads", []))
+    served = m.cold and any(w.cold_median_ms is not None for tab in tabs for w in [*tab.tails, *tab.heads])
     kind = ("per-run medians" if m.stat == "median_ms" else "sustained means") + (
         (", anchored to whole heads/tails" + (" as served (timed after idle)" if served else ""))
         if m.anchor

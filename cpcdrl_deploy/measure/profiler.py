@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +38,7 @@ from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.devices.hostload import HostSampler, load_in_windows
 from cpcdrl_deploy.devices.remote import Device
 from cpcdrl_deploy.devices.testbed import load_state
-from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile, save_profile, table_key
+from cpcdrl_deploy.measure.profile import LinkProfile, ModelTable, Profile, load_profile, save_profile, table_key
 from cpcdrl_deploy.measure.runtimes import RUNTIMES, check_runtime, get_runtime
 from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
 from cpcdrl_deploy.models.zoo import UnitModel, build_model, get_entry
@@ -475,8 +475,12 @@ def with_request_probe(dev: Device, link: LinkProfile, bind: str, log: Log = lam
         log(f"request probe skipped ({str(exc) or type(exc).__name__}); the link keeps the SSH figures")
         return link
     res["ssh_uplink_bytes_per_s"] = link.uplink_bytes_per_s
-    return replace(
-        link, uplink_bytes_per_s=res["bytes_per_s"], request_overhead_ms=res["request_overhead_ms"], request_probe=res
+    return link.model_copy(
+        update={
+            "uplink_bytes_per_s": res["bytes_per_s"],
+            "request_overhead_ms": res["request_overhead_ms"],
+            "request_probe": res,
+        }
     )
 
 
@@ -563,7 +567,7 @@ def profile_host(
     try:
         dev.put(PROFILER, f"{remote}/timer.py")
         facts = _host_facts(dev, remote, run)
-        tables: dict[str, dict] = {}
+        tables: dict[str, ModelTable] = {}
         # then this host's CPUs are the device's: say what else took them
         on_this_host = dev.name == "local" or "testbed" in facts
         for model_name in models:
@@ -652,7 +656,7 @@ def _host_facts(dev: Device, remote: str, run: _Run) -> dict:
 
 def _profile_model(
     dev: Device, remote: str, model_name: str, run: _Run, partial: dict, on_this_host: bool
-) -> dict[str, dict]:
+) -> dict[str, ModelTable]:
     """``model_name``'s tables, one per runtime, keyed by ``table_key``; this host's load beside them when it is the
     device."""
     t_model = time.time()
@@ -668,21 +672,19 @@ def _profile_model(
         jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
         done = partial["results"].setdefault(model_name, {})
         _time_all(dev, remote, model_name, jobs, done, Path(tmp), run, partial)
-        tables = {}
+        tables: dict[str, ModelTable] = {}
         for rt in runtimes:
-            key = table_key(model_name, rt)
             own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
-            tables[key] = _table(built[rt][0], own, analysis, run.grid, run.threads)
-            tables[key]["measured_at"] = time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()
-            )  # host.measured_at is the run's start
-            tables[key]["runtime"] = rt
+            table = _table(built[rt][0], own, analysis, run.grid, run.threads)
+            table.measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at: the run's start
+            table.runtime = rt
             if len(runtimes) > 1:
-                tables[key]["timed_with"] = [r for r in runtimes if r != rt]  # in the same batches and passes
+                table.timed_with = [r for r in runtimes if r != rt]  # in the same batches and passes
+            tables[table_key(model_name, rt)] = table
     if sampler is not None:  # stopped with the block: the whole model's timing, one window
         window = load_in_windows(sampler.samples, [(t_model, time.time())])[0]
         for table in tables.values():
-            table["host_load"] = window
+            table.host_load = window
     return tables
 
 
@@ -740,7 +742,7 @@ def _time_all(
         )
 
 
-def _with_older_tables(out: Path, facts: dict, tables: dict[str, dict]) -> dict[str, dict]:
+def _with_older_tables(out: Path, facts: dict, tables: dict[str, ModelTable]) -> dict[str, ModelTable]:
     """Profiling another model adds to the host's file: the tables already in ``out`` for the same host stay."""
     old = None
     if out.exists():
@@ -821,7 +823,7 @@ def _slope(points: list[dict], stat: str) -> float:
     return max(0.0, _ls_slope([(p["io_bytes"], p[stat]) for p in points])) if len(points) >= 2 else 0.0
 
 
-def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> dict:
+def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> ModelTable:
     layers: dict[int, list[dict]] = {}
     heads, tails, pruned_heads = [], [], []
     block_ms: dict[int, float] = {}
@@ -861,39 +863,41 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
             block_ms[j["channels"]] = min(block_ms.get(j["channels"], float("inf")), r["p10_ms"])
         else:
             tails.append({"cut": j["cut"], **stats})
-    return {
-        "grid": list(grid),
-        "threads": threads,
-        "weights": WEIGHTS,  # how the timed models were made: the speed probe must be made the same way
-        "total_macs": analysis.total_macs,
-        "run_overhead_ms": overhead.get("ms", 0.0),
-        "run_overhead": overhead,  # per statistic: medians are corrected with the median overhead
-        "run_overhead_points": sorted(overhead_points, key=lambda p: p["io_bytes"]),
-        "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in STATS if k in overhead},
-        "channel_block": channel_block(block_ms) if block_ms else 1,
-        "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
-        **(
-            {
-                "dw_alignment": dw_alignment(dw_ms),
-                "dw_alignment_probe_ms": {str(c): ms for c, ms in sorted(dw_ms.items())},
-            }
-            if dw_ms
-            else {}
-        ),
-        "layers": [
-            {
-                "index": t,
-                "name": L.name,
-                "kind": L.kind,
-                "in_channels": L.in_channels,
-                "out_channels": L.out_channels,
-                "points": pts,
-            }
-            | ({"misaligned": misaligned[t]} if t in misaligned else {})
-            for t, pts in sorted(layers.items())
-            for L in (analysis.layers[t - 1],)
-        ],
-        "heads": sorted(heads, key=lambda h: h["cut"]),
-        "pruned_heads": sorted(pruned_heads, key=lambda h: (h["cut"], h["keep"])),
-        "tails": sorted(tails, key=lambda h: h["cut"]),
-    }
+    return ModelTable.model_validate(
+        {
+            "grid": list(grid),
+            "threads": threads,
+            "weights": WEIGHTS,  # how the timed models were made: the speed probe must be made the same way
+            "total_macs": analysis.total_macs,
+            "run_overhead_ms": overhead.get("ms", 0.0),
+            "run_overhead": overhead or None,  # per statistic: medians are corrected with the median overhead
+            "run_overhead_points": sorted(overhead_points, key=lambda p: p["io_bytes"]),
+            "run_overhead_per_io_byte": {k: _slope(overhead_points, k) for k in STATS if k in overhead},
+            "channel_block": channel_block(block_ms) if block_ms else 1,
+            "channel_block_probe_ms": {str(c): ms for c, ms in sorted(block_ms.items())},
+            **(
+                {
+                    "dw_alignment": dw_alignment(dw_ms),
+                    "dw_alignment_probe_ms": {str(c): ms for c, ms in sorted(dw_ms.items())},
+                }
+                if dw_ms
+                else {}
+            ),
+            "layers": [
+                {
+                    "index": t,
+                    "name": L.name,
+                    "kind": L.kind,
+                    "in_channels": L.in_channels,
+                    "out_channels": L.out_channels,
+                    "points": pts,
+                }
+                | ({"misaligned": misaligned[t]} if t in misaligned else {})
+                for t, pts in sorted(layers.items())
+                for L in (analysis.layers[t - 1],)
+            ],
+            "heads": sorted(heads, key=lambda h: h["cut"]),
+            "pruned_heads": sorted(pruned_heads, key=lambda h: (h["cut"], h["keep"])),
+            "tails": sorted(tails, key=lambda h: h["cut"]),
+        }
+    )

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_json
 from cpcdrl_deploy.models.zoo import file_sha256
 
 SIZES = (512, 4_096, 16_384, 65_536)  # payload bytes: the cut tensors of the zoo's plans span about 1-130 KB
@@ -80,7 +79,7 @@ def build_probe_exports(root: Path, sizes: tuple[int, ...] = SIZES) -> list[tupl
     """One export directory (tail + manifest, as ``export`` writes them) and one head file per payload size."""
     import onnx
 
-    from cpcdrl_deploy.serving.manifest import MANIFEST_SCHEMA_VERSION, io_specs
+    from cpcdrl_deploy.serving.manifest import ExportManifest, ModelFile, io_specs
 
     out = []
     for size in sizes:
@@ -91,17 +90,8 @@ def build_probe_exports(root: Path, sizes: tuple[int, ...] = SIZES) -> list[tupl
         (d / "tail.onnx").write_bytes(tail)
         (root / f"head_s{size}.onnx").write_bytes(_head(n))
         specs = io_specs(onnx.load_from_string(tail))
-        atomic_write_json(
-            d / "manifest.json",
-            {
-                "schema_version": MANIFEST_SCHEMA_VERSION,
-                "kind": "cpcdrl-export",
-                "purpose": "cpcdrl profile: request probe",
-                "files": {
-                    "tail": {"file": "tail.onnx", "sha256": file_sha256(d / "tail.onnx"), "model_name": "tail", **specs}
-                },
-            },
-        )
+        tail_file = ModelFile(file="tail.onnx", sha256=file_sha256(d / "tail.onnx"), model_name="tail", **specs)
+        ExportManifest(purpose="cpcdrl profile: request probe", files={"tail": tail_file}).save(d / "manifest.json")
         out.append((n * 4, root / f"head_s{size}.onnx", d))
     return out
 

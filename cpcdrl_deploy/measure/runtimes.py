@@ -70,6 +70,40 @@ class Runtime:
     )
     speed_probe: bool  # deploy's speed probe (the profile's ONNX whole model) runs on the device beside this head
     local_fallback: bool  # deploy --fallback (the full model in ONNX Runtime on the device) works beside this head
+    quantize: Callable[[bytes, Any], bytes]  # this runtime's head file and calibration images -> its int8 head
+    quantizer: str  # how, in words (export's log line)
+
+
+def onnx_int8(head: bytes, calib_x: Any) -> bytes:
+    """Static int8 (QDQ) quantisation with ONNX Runtime, activations calibrated on ``calib_x`` (N, C, H, W float32)."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": calib_x[i : i + 32]} for i in range(0, len(calib_x), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "head_fp32.onnx", Path(d) / "head_int8.onnx"
+        src.write_bytes(head)
+        logging.disable(logging.WARNING)  # ORT's "consider pre-processing" notice on every call
+        try:
+            quantize_static(
+                str(src),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
+            return dst.read_bytes()
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def tflite_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
@@ -163,6 +197,8 @@ RUNTIMES = {
         onnx_head=True,
         speed_probe=True,
         local_fallback=True,
+        quantize=onnx_int8,
+        quantizer="ONNX Runtime static QDQ",
     ),
     "litert": Runtime(
         "litert",
@@ -174,6 +210,8 @@ RUNTIMES = {
         onnx_head=False,
         speed_probe=False,
         local_fallback=False,
+        quantize=tflite_int8,
+        quantizer="LiteRT static int8",
     ),
 }
 

@@ -14,9 +14,8 @@ import hashlib
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from cpcdrl_deploy import __version__
 from cpcdrl_deploy.compress.pruning import Calibration, PlanShape, PruneConfig, channel_groups, plan_shape, prune
 from cpcdrl_deploy.compress.transfer import check_transfer, lossy_at
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
+from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.measure.latency import FastestRuntime, LatencyModel, build_latency_model, edge_runtimes, link_fields
 from cpcdrl_deploy.measure.profile import LinkProfile, load_profile
@@ -37,7 +36,17 @@ from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_mod
 from cpcdrl_deploy.search.accuracy_cache import AccuracyCache, CachedScore, context_key, tensor_digest
 from cpcdrl_deploy.search.evaluator import Evaluation, PlanEvaluator
 from cpcdrl_deploy.search.methods import METHODS, SEARCHES, Callbacks, SearchConfig, SearchResult
-from cpcdrl_deploy.search.plan import PLAN_SCHEMA_VERSION
+from cpcdrl_deploy.search.plan import (
+    Plan,
+    PlanAccuracy,
+    PlanData,
+    PlanMacs,
+    PlanProfiles,
+    PlanPrune,
+    PlanRecord,
+    PlanWeights,
+)
+from cpcdrl_deploy.search.result import OptimizeResult, UnprunedAccuracy
 
 Log = Callable[[str], None]
 
@@ -284,12 +293,13 @@ def what_if_link(
         raise CpcdrlError("--bandwidth must be > 0")
     if rtt_ms is not None and not rtt_ms >= 0:
         raise CpcdrlError("--rtt must be >= 0")
-    base = link or LinkProfile(1.0, 1.0, 0.0, False)
-    return replace(
-        base,
-        uplink_bytes_per_s=bandwidth_bytes_per_s or base.uplink_bytes_per_s,
-        downlink_bytes_per_s=bandwidth_bytes_per_s or base.downlink_bytes_per_s,
-        rtt_ms=base.rtt_ms if rtt_ms is None else rtt_ms,
+    base = link or LinkProfile(uplink_bytes_per_s=1.0, downlink_bytes_per_s=1.0)
+    return base.model_copy(
+        update={
+            "uplink_bytes_per_s": bandwidth_bytes_per_s or base.uplink_bytes_per_s,
+            "downlink_bytes_per_s": bandwidth_bytes_per_s or base.downlink_bytes_per_s,
+            "rtt_ms": base.rtt_ms if rtt_ms is None else rtt_ms,
+        }
     )
 
 
@@ -304,8 +314,8 @@ def constraint_loss(session: Session, accuracy: float | None, max_loss: float | 
     return loss
 
 
-def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict[str, Any]:
-    """Run the requested methods; returns {"plans": [...], "rewards", "history", "timers", ...}.
+def optimize(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> OptimizeResult:
+    """Run the requested methods: each one's plan, its rewards and history, the timers.
 
     ``log`` gets milestones, ``tick`` counters: each method's proposals, then the test images.
     """
@@ -348,7 +358,7 @@ def run_methods(
     log: Log = lambda s: None,
     early_stop_a0: float | None = None,
     tick: Ticker = no_ticker,
-) -> dict[str, Any]:
+) -> OptimizeResult:
     """Search under "at most ``loss`` points below the unpruned model" with every requested method."""
     req, analysis, evaluator = session.req, session.analysis, session.evaluator
     t_start = time.perf_counter()
@@ -362,7 +372,7 @@ def run_methods(
 
     results, interrupted = _search_all(session, a0_val, log, tick, t_start)
 
-    plans = []
+    plans: list[PlanRecord] = []
     test_cache: dict[tuple, float] = {}
     # with keep_models: each chosen plan pruned and refitted once, for its test score and for saving
     nets: dict[tuple, torch.nn.Module] = {}
@@ -378,47 +388,40 @@ def run_methods(
 
     tick("plans on the test images", 0, len(results))
     for i, res in enumerate(results):
-        plan = _plan_dict(
-            req, res, analysis, session.latency_desc, session.checkpoint_sha, base_val, base_test, loss, a0_val
-        )
-        if res.best is not None:
-            plan["runtime"] = plan_runtime(evaluator.latency_model, req.model, res.best.shape)
+        plan = _plan_record(session, res, loss, a0_val)
         if res.best is not None and not interrupted:
             key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
             if key not in test_cache:
                 test_cache[key] = plan_test_accuracy(session, res.best, net_of)
-            plan["accuracy"]["test"] = test_cache[key]
-            plan["accuracy"]["meets_a0_on_test"] = test_cache[key] >= base_test - loss
+            plan.accuracy.test = test_cache[key]
+            plan.accuracy.meets_a0_on_test = test_cache[key] >= base_test - loss
         plans.append(plan)
         tick("plans on the test images", i + 1, len(results))
     wall = time.perf_counter() - t_start
     for p in plans:
-        p["wall_s"] = wall
-    models = (
-        {res.method: net_of(res.best) for res in results if res.best is not None}
-        if req.keep_models and not interrupted
-        else {}
-    )
-    return {
-        "model": req.model,
-        "models": models,
-        "interrupted": interrupted,
-        "a0_test": base_test - loss,
-        "a0_validation": a0_val,
-        "max_accuracy_loss": loss,
-        "unpruned": {"validation": base_val, "test": base_test},
-        "latency_model": session.latency_desc,
-        "link": link_fields(evaluator.latency_model),
+        p.wall_s = wall
+    result = OptimizeResult(
+        model=req.model,
+        interrupted=interrupted,
+        a0_test=base_test - loss,
+        a0_validation=a0_val,
+        max_accuracy_loss=loss,
+        unpruned=UnprunedAccuracy(validation=base_val, test=base_test),
+        latency_model=session.latency_desc,
+        link=link_fields(evaluator.latency_model),
         # what cut 0 sends (the image, in the wire's encoding): what a split's cut tensor is weighed against
-        "input_bytes": plan_shape(analysis, session.groups, 0, [], transfer=req.transfer).cut_bytes,
-        "unpruned_channels": [layer.out_channels for layer in analysis.layers],
-        "plans": plans,
-        "rewards": {r.method: r.rewards for r in results if r.rewards},
-        "history": {r.method: r.history for r in results},
-        "timers": evaluator.timers.to_dict(),
-        "wall_s": wall,
-        "since_start_s": time.perf_counter() - session.t_start,  # includes loading and the unpruned baselines
-    }
+        input_bytes=plan_shape(analysis, session.groups, 0, [], transfer=req.transfer).cut_bytes,
+        unpruned_channels=[layer.out_channels for layer in analysis.layers],
+        plans=plans,
+        rewards={r.method: r.rewards for r in results if r.rewards},
+        history={r.method: r.history for r in results},
+        timers=evaluator.timers.to_dict(),
+        wall_s=wall,
+        since_start_s=time.perf_counter() - session.t_start,
+    )
+    if req.keep_models and not interrupted:
+        result.models.update({res.method: net_of(res.best) for res in results if res.best is not None})
+    return result
 
 
 def _pruned_net(session: Session, ev: Evaluation) -> torch.nn.Module:
@@ -449,83 +452,81 @@ def plan_test_accuracy(
     return acc
 
 
-def _plan_dict(
-    req: OptimizeRequest,
-    res: SearchResult,
-    analysis,
-    latency_desc: str,
-    sha: str,
-    base_val: float,
-    base_test: float,
-    loss: float,
-    a0_val: float,
-) -> dict:
-    b = res.best
-    d: dict[str, Any] = {
-        "schema_version": PLAN_SCHEMA_VERSION,
-        "kind": "cpcdrl-plan",
-        "cpcdrl_version": __version__,
-        "model": req.model,
-        "checkpoint": str(req.checkpoint),
-        "checkpoint_sha256": sha,
-        "method": res.method,
-        "feasible": b is not None,
-        "profiles": {
-            "edge": req.edge,
-            "cloud": req.cloud,
-            "link": req.link,
-            "bandwidth_bytes_per_s": req.bandwidth_bytes_per_s,
-            "rtt_ms": req.rtt_ms,
-        },
-        "latency_model": latency_desc,
-        "accuracy": {
-            "a0_test": base_test - loss,
-            "a0_validation": a0_val,
-            "max_accuracy_loss": loss,
-            "unpruned_validation": base_val,
-            "unpruned_test": base_test,
-            "validation": b.accuracy if b else None,
-            "validation_images": b.images if b else None,
-            "test": None,
-        },
-        "seed": req.search.seed,
+def _plan_record(session: Session, res: SearchResult, loss: float, a0_val: float) -> PlanRecord:
+    """A method's outcome as a plan document: its best feasible plan, or ``feasible: false``."""
+    req, analysis, b = session.req, session.analysis, res.best
+    record = PlanRecord(
+        cpcdrl_version=__version__,
+        model=req.model,
+        checkpoint=str(req.checkpoint),
+        checkpoint_sha256=session.checkpoint_sha,
+        method=res.method,
+        feasible=b is not None,
+        profiles=PlanProfiles(
+            edge=req.edge,
+            cloud=req.cloud,
+            link=req.link,
+            bandwidth_bytes_per_s=req.bandwidth_bytes_per_s,
+            rtt_ms=req.rtt_ms,
+        ),
+        latency_model=session.latency_desc,
+        accuracy=PlanAccuracy(
+            a0_test=session.base_test - loss,
+            a0_validation=a0_val,
+            max_accuracy_loss=loss,
+            unpruned_validation=session.base_val,
+            unpruned_test=session.base_test,
+            validation=b.accuracy if b else None,
+            validation_images=b.images if b else None,
+        ),
+        seed=req.search.seed,
         # what `cpcdrl export` needs to rebuild the same pruned, refitted weights
-        "data": {
-            "source": str(req.data),
-            "val_size": req.val_size,
-            "calib_size": req.calib_size,
-            "val_source": req.val_source,
-        },
-        "episodes": res.episodes,
-        "evaluations": res.evaluations,
-        "search_s": res.wall_s,
-        "host": platform.node(),
-    }
-    if b is not None:
-        n = analysis.n_layers
-        d.update(
-            cut=b.cut,
-            cut_name=analysis.points[b.cut].name,
-            n_layers=n,
-            ratios=[round(r, 6) for r in b.ratios],
-            channels=plan_channels(analysis, b.shape),
-            latency_ms=b.latency.to_dict(),
-            macs={
-                "edge": b.shape.edge_macs,
-                "cloud": b.shape.cloud_macs,
-                "total": b.shape.edge_macs + b.shape.cloud_macs,
-                "unpruned": analysis.total_macs,
-            },
-            cut_bytes=b.shape.cut_bytes,
-            transfer=req.transfer,
-            prune={
-                "importance": req.prune.importance,
-                "round_to": req.prune.round_to,
-                "refit": req.prune.refit,
-                "calibration_images": req.calib_size,
-            },
-        )
-    return d
+        data=PlanData(
+            source=str(req.data), val_size=req.val_size, calib_size=req.calib_size, val_source=req.val_source
+        ),
+        episodes=res.episodes,
+        evaluations=res.evaluations,
+        search_s=res.wall_s,
+        host=platform.node(),
+    )
+    if b is None:
+        return record
+    # the record's fields (the feasible ones' defaults are None there) plus what the best plan sets
+    common = {k: getattr(record, k) for k in ("cpcdrl_version", "model", "checkpoint", "checkpoint_sha256", "method")}
+    return Plan(
+        **common,
+        feasible=True,
+        profiles=record.profiles,
+        latency_model=record.latency_model,
+        accuracy=record.accuracy,
+        seed=record.seed,
+        data=record.data,
+        episodes=record.episodes,
+        evaluations=record.evaluations,
+        search_s=record.search_s,
+        host=record.host,
+        cut=b.cut,
+        cut_name=analysis.points[b.cut].name,
+        n_layers=analysis.n_layers,
+        ratios=[round(r, 6) for r in b.ratios],
+        channels=plan_channels(analysis, b.shape),
+        latency_ms=b.latency.to_dict(),
+        macs=PlanMacs(
+            edge=b.shape.edge_macs,
+            cloud=b.shape.cloud_macs,
+            total=b.shape.edge_macs + b.shape.cloud_macs,
+            unpruned=analysis.total_macs,
+        ),
+        cut_bytes=b.shape.cut_bytes,
+        transfer=req.transfer,
+        runtime=plan_runtime(session.evaluator.latency_model, req.model, b.shape),
+        prune=PlanPrune(
+            importance=req.prune.importance,
+            round_to=req.prune.round_to,
+            refit=req.prune.refit,
+            calibration_images=req.calib_size,
+        ),
+    )
 
 
 def plan_channels(analysis: ModelAnalysis, shape: PlanShape) -> list[int]:
@@ -541,7 +542,7 @@ def uniform_plan(
     data: str = "builtin",
     val_size: int = 2000,
     calib_size: int = 256,
-) -> dict:
+) -> Plan:
     """A plan for a given cut and one keep ratio, without search or accuracy measurement.
 
     For tests, benchmarks and "what if" deployments; ``feasible`` is asserted,
@@ -556,43 +557,35 @@ def uniform_plan(
     a = analyze(net, get_entry(model).input_size, model)
     cfg = PruneConfig()
     shape = plan_shape(a, channel_groups(net, a), cut, [keep] * cut, cfg.round_to)
-    return {
-        "schema_version": PLAN_SCHEMA_VERSION,
-        "kind": "cpcdrl-plan",
-        "cpcdrl_version": __version__,
-        "model": model,
-        "checkpoint": str(ckpt),
-        "checkpoint_sha256": file_sha256(ckpt),
-        "method": "uniform",
-        "feasible": True,
-        "profiles": {"edge": "paper", "cloud": "paper", "link": None},
-        "accuracy": {},
-        "seed": 0,
-        "data": {"source": str(data), "val_size": val_size, "calib_size": calib_size},
-        "cut": cut,
-        "cut_name": a.points[cut].name,
-        "n_layers": a.n_layers,
-        "ratios": [keep] * cut,
-        "channels": plan_channels(a, shape),
-        "latency_ms": {"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "return_ms": 0.0, "total_ms": 0.0},
-        "cut_bytes": shape.cut_bytes,
-        "prune": {
-            "importance": cfg.importance,
-            "round_to": cfg.round_to,
-            "refit": cfg.refit,
-            "calibration_images": calib_size,
-        },
-    }
+    return Plan(
+        cpcdrl_version=__version__,
+        model=model,
+        checkpoint=str(ckpt),
+        checkpoint_sha256=file_sha256(ckpt),
+        method="uniform",
+        feasible=True,
+        profiles=PlanProfiles(edge="paper", cloud="paper"),
+        data=PlanData(source=str(data), val_size=val_size, calib_size=calib_size),
+        cut=cut,
+        cut_name=a.points[cut].name,
+        n_layers=a.n_layers,
+        ratios=[keep] * cut,
+        channels=plan_channels(a, shape),
+        latency_ms={"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "return_ms": 0.0, "total_ms": 0.0},
+        cut_bytes=shape.cut_bytes,
+        prune=PlanPrune(
+            importance=cfg.importance, round_to=cfg.round_to, refit=cfg.refit, calibration_images=calib_size
+        ),
+    )
 
 
-def write_plan(path: str | Path, plan: dict, model: torch.nn.Module | None = None) -> Path:
+def write_plan(path: str | Path, plan: PlanRecord, model: torch.nn.Module | None = None) -> Path:
     """The plan, and with ``model`` its pruned, refitted weights beside it (``<name>.weights.pt``, SHA-256 in the plan).
 
     Export and deploy then load those very weights instead of replaying the
     refit. The weights go first: a plan never names a file that is not there.
     """
     path = Path(path)
-    plan = dict(plan)
     if model is not None:
         import io
 
@@ -601,5 +594,7 @@ def write_plan(path: str | Path, plan: dict, model: torch.nn.Module | None = Non
         data = buf.getvalue()
         wpath = path.with_name(path.stem + ".weights.pt")
         atomic_write_bytes(wpath, data)
-        plan["weights"] = {"file": wpath.name, "sha256": hashlib.sha256(data).hexdigest()}
-    return atomic_write_json(path, plan)
+        plan = plan.model_copy(
+            update={"weights": PlanWeights(file=wpath.name, sha256=hashlib.sha256(data).hexdigest())}
+        )
+    return plan.save(path)

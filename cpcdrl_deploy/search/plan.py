@@ -3,174 +3,208 @@
 A plan file is JSON (``kind: cpcdrl-plan``, ``schema_version``); the pruned,
 refitted weights the search scored sit beside it (``weights``: file name and
 SHA-256), so export, deploy and evaluate load them instead of replaying the
-refit. ``Plan.from_dict`` turns a (possibly hand-edited) document into typed
-fields or one error line naming the first bad field.
+refit. ``PlanRecord`` is what every method's search yields (feasible or not);
+``Plan`` is a feasible one, what export and deploy take. A hand-edited file
+loads into typed fields or gives one error line naming the first bad field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from cpcdrl_deploy.compress.pruning import PruneConfig
 from cpcdrl_deploy.compress.transfer import TRANSFERS
+from cpcdrl_deploy.core.artifact import Artifact, StrictPart
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import read_document
 from cpcdrl_deploy.measure.runtimes import RUNTIMES
 from cpcdrl_deploy.models.zoo import get_entry
 
 PLAN_SCHEMA_VERSION = 1
+Positive = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class PlanWeights:
-    file: str  # a name beside the plan file
+def _hex_digest(v: str) -> str:
+    if re.fullmatch(r"[0-9a-f]{64}", v) is None:
+        raise ValueError("must be 64 lowercase hex digits")
+    return v
+
+
+Sha256 = Annotated[str, AfterValidator(_hex_digest)]
+
+
+class PlanWeights(StrictPart):
+    file: Annotated[str, StringConstraints(pattern=r"^[^/]+$")]  # a name beside the plan file
     sha256: str
 
 
-@dataclass(frozen=True)
-class Plan:
+class PlanData(StrictPart):
+    """Where the search's images came from: what a rebuild needs to draw the same calibration images."""
+
+    source: str
+    val_size: Positive | None = None
+    calib_size: Positive | None = None
+    val_source: str | None = None
+
+
+class PlanPrune(StrictPart):
+    importance: str = PruneConfig.importance
+    round_to: Positive = PruneConfig.round_to
+    refit: bool = PruneConfig.refit
+    calibration_images: Positive | None = None
+
+    def config(self) -> PruneConfig:
+        return PruneConfig(importance=self.importance, round_to=self.round_to, refit=self.refit)
+
+
+class PlanProfiles(StrictPart):
+    """The profiles (names or paths) and link overrides optimize was given."""
+
+    edge: str | None = None
+    cloud: str | None = None
+    link: str | None = None
+    bandwidth_bytes_per_s: float | None = None
+    rtt_ms: float | None = None
+
+
+class PlanAccuracy(StrictPart):
+    """Top-1 in percent; empty for plans made without a search (``uniform_plan``)."""
+
+    a0_test: float | None = None
+    a0_validation: float | None = None
+    max_accuracy_loss: float | None = None
+    unpruned_validation: float | None = None
+    unpruned_test: float | None = None
+    validation: float | None = None
+    validation_images: int | None = None
+    test: float | None = None
+    meets_a0_on_test: bool | None = None
+
+
+class PlanMacs(StrictPart):
+    edge: int
+    cloud: int
+    total: int
+    unpruned: int
+
+
+class PlanRecord(Artifact):
+    """One method's outcome: a plan where it found one meeting the accuracy constraint (``feasible``)."""
+
+    model_config = StrictPart.model_config  # a file people edit by hand
+    KIND = "cpcdrl-plan"
+    VERSION = PLAN_SCHEMA_VERSION
+    REMAKE = "cpcdrl optimize MODEL --out plan.json"
+
+    cpcdrl_version: str | None = None
+    model: str
+    checkpoint: str
+    checkpoint_sha256: Sha256 | None = None
+    method: str = ""
+    feasible: bool
+    profiles: PlanProfiles = PlanProfiles()
+    latency_model: str | None = None
+    accuracy: PlanAccuracy = PlanAccuracy()
+    seed: int = 0
+    data: PlanData
+    episodes: int | None = None
+    evaluations: int | None = None
+    search_s: float | None = None
+    host: str | None = None
+    wall_s: float | None = None
+    # a feasible plan's cut, keep ratios and what they cost
+    cut: int | None = None
+    cut_name: str | None = None
+    n_layers: int | None = None
+    ratios: list[float] | None = None  # keep ratios of layers 1..cut
+    channels: list[int] | None = None  # every layer's output channels after pruning
+    latency_ms: dict[str, float] = {}  # the optimiser's estimate, by part
+    macs: PlanMacs | None = None
+    cut_bytes: int | None = None
+    transfer: str = "fp32"  # the cut tensor's encoding the plan was priced and scored with (compress/transfer.py)
+    runtime: str = "onnxruntime"  # the head's runtime on the device it was priced with (measure/runtimes.py)
+    prune: PlanPrune = PlanPrune()
+    weights: PlanWeights | None = None
+
+    @classmethod
+    def upgrade(cls, d: dict[str, Any], version: int) -> dict[str, Any]:
+        # plans written before calib_size sat in data kept it only as prune.calibration_images
+        data, prune = d.get("data"), d.get("prune")
+        if isinstance(data, dict) and "calib_size" not in data and isinstance(prune, dict):
+            d["data"] = {**data, "calib_size": prune.get("calibration_images")}
+        return d
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlanRecord:
+        """What one field cannot say alone: the cut within the layers, one ratio per edge layer, a zoo model."""
+        if self.cut is None:  # no plan (feasible: false)
+            return self
+        try:
+            get_entry(self.model)
+        except CpcdrlError:
+            raise ValueError(f"field 'model' names no zoo model ({self.model!r})") from None
+        for name in ("n_layers", "ratios", "channels"):  # a plan with a cut has them all
+            if getattr(self, name) is None:
+                raise ValueError(f"field {name!r} is missing")
+        n = self.n_layers if self.n_layers is not None else -1
+        if not 0 <= self.cut <= n:
+            raise ValueError(f"field 'cut' must be in 0..{n}, not {self.cut}")
+        if self.ratios is None or len(self.ratios) != self.cut or not all(0.0 < r <= 1.0 for r in self.ratios):
+            raise ValueError(f"field 'ratios' must be {self.cut} keep ratios in (0, 1]")
+        if self.channels is None or len(self.channels) != n or not all(c >= 1 for c in self.channels):
+            raise ValueError(f"field 'channels' must be {n} positive integers")
+        if any(v < 0 for v in self.latency_ms.values()):
+            raise ValueError("field 'latency_ms' must map parts to non-negative milliseconds")
+        return self
+
+    @field_validator("transfer", "runtime")
+    @classmethod
+    def _known(cls, v: str, info: ValidationInfo) -> str:
+        known = TRANSFERS if info.field_name == "transfer" else RUNTIMES
+        if v not in known:
+            raise ValueError(f"must be one of {', '.join(known)}")
+        return v
+
+
+class Plan(PlanRecord):
     """A feasible plan: cut after layer ``cut`` (0: all on the server, ``n_layers``: all on the edge), keep ratios of
     layers 1..cut."""
 
-    model: str
-    method: str
-    checkpoint: str
-    checkpoint_sha256: str | None
-    n_layers: int
     cut: int
-    ratios: tuple[float, ...]
-    channels: tuple[int, ...]  # every layer's output channels after pruning: what a rebuild must reproduce
-    data_source: str
-    val_size: int | None
-    calib_size: int | None
-    seed: int
-    prune: PruneConfig
-    weights: PlanWeights | None
-    latency_ms: dict[str, float]  # the optimiser's estimate, by part
-    profiles: dict  # edge, cloud, link names as optimize was given them
-    accuracy: dict  # a0_test, validation, test, ...
-    transfer: str  # the cut tensor's encoding the plan was priced and scored with (wire.py); "fp32" in older plans
-    runtime: str  # the head's runtime on the device it was priced with (runtimes.py); "onnxruntime" in older plans
-    document: dict  # the whole JSON document: reports and manifests embed it as it was
+    n_layers: int
+    ratios: list[float]
+    channels: list[int]
+
+    @model_validator(mode="after")
+    def _feasible(self) -> Plan:
+        if not self.feasible:
+            raise ValueError("field 'feasible' is false: the method found no plan meeting the accuracy constraint")
+        return self
 
     @property
     def pruned(self) -> bool:
         return any(r < 1.0 for r in self.ratios)
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "plan") -> Plan:
-        """Validate ``d`` (a feasible plan) and type it; raise CpcdrlError naming the first bad field."""
-        validate_plan(d, where)
-        data, pcfg, w = d["data"], d.get("prune") or {}, d.get("weights")
-        defaults = PruneConfig()
-        return cls(
-            model=d["model"],
-            method=str(d.get("method", "")),
-            checkpoint=d["checkpoint"],
-            checkpoint_sha256=d.get("checkpoint_sha256"),
-            n_layers=d["n_layers"],
-            cut=d["cut"],
-            ratios=tuple(float(r) for r in d["ratios"]),
-            channels=tuple(d["channels"]),
-            data_source=data["source"],
-            val_size=data.get("val_size"),
-            calib_size=data.get("calib_size", pcfg.get("calibration_images")),
-            seed=int(d.get("seed", 0)),
-            prune=PruneConfig(
-                importance=str(pcfg.get("importance", defaults.importance)),
-                round_to=int(pcfg.get("round_to", defaults.round_to)),
-                refit=bool(pcfg.get("refit", defaults.refit)),
-            ),
-            weights=PlanWeights(w["file"], w["sha256"]) if w is not None else None,
-            latency_ms={k: float(v) for k, v in (d.get("latency_ms") or {}).items()},
-            profiles=dict(d.get("profiles") or {}),
-            accuracy=dict(d.get("accuracy") or {}),
-            transfer=str(d.get("transfer", "fp32")),
-            runtime=str(d.get("runtime", "onnxruntime")),
-            document=d,
-        )
+    @property
+    def data_source(self) -> str:
+        return self.data.source
 
-    def to_dict(self) -> dict:
-        return dict(self.document)
+    @property
+    def val_size(self) -> int | None:
+        return self.data.val_size
+
+    @property
+    def calib_size(self) -> int | None:
+        return self.data.calib_size
 
 
 def load_plan(path: str | Path) -> Plan:
     """A plan file, validated: every field export and deploy use has the right type and range, or one error line."""
-    d = read_document(path, "cpcdrl-plan", PLAN_SCHEMA_VERSION, "plan")
-    p = Path(path)
-    if not d.get("feasible"):
-        raise CpcdrlError(f"{p}: method {d.get('method')} found no plan meeting the accuracy constraint")
-    return Plan.from_dict(d, str(p))
-
-
-def validate_plan(d: dict, where: str = "plan") -> None:
-    """Check a (possibly hand-edited) feasible plan's fields; raise CpcdrlError naming the first bad one."""
-
-    def bad(field: str, why: str) -> CpcdrlError:
-        return CpcdrlError(f"{where}: field {field!r} {why}")
-
-    def need(field: str, kind: type | tuple[type, ...], container: dict = d, name: str | None = None):
-        if field not in container:
-            raise bad(name or field, "is missing")
-        v = container[field]
-        if isinstance(v, bool) or not isinstance(v, kind):
-            raise bad(
-                name or field,
-                f"must be {kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}, not"
-                f" {type(v).__name__}",
-            )
-        return v
-
-    model = need("model", str)
-    try:
-        get_entry(model)
-    except CpcdrlError:
-        raise bad("model", f"names no zoo model ({model!r})") from None
-    need("checkpoint", str)
-    sha = d.get("checkpoint_sha256")
-    if sha is not None and (
-        not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)
-    ):
-        raise bad("checkpoint_sha256", "must be 64 lowercase hex digits")
-    n = need("n_layers", int)
-    cut = need("cut", int)
-    if not 0 <= cut <= n:
-        raise bad("cut", f"must be in 0..{n}, not {cut}")
-    ratios = need("ratios", list)
-    if len(ratios) != cut or not all(
-        isinstance(r, (int, float)) and not isinstance(r, bool) and 0.0 < r <= 1.0 for r in ratios
-    ):
-        raise bad("ratios", f"must be {cut} keep ratios in (0, 1]")
-    channels = need("channels", list)
-    if len(channels) != n or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-        raise bad("channels", f"must be {n} positive integers")
-    data = need("data", dict)
-    need("source", str, data, "data.source")
-    for k in ("val_size", "calib_size"):
-        if k in data and (not isinstance(data[k], int) or isinstance(data[k], bool) or data[k] < 1):
-            raise bad(f"data.{k}", "must be a positive integer")
-    if "seed" in d and (not isinstance(d["seed"], int) or isinstance(d["seed"], bool)):
-        raise bad("seed", "must be an integer")
-    prune_cfg = d.get("prune", {})
-    if not isinstance(prune_cfg, dict):
-        raise bad("prune", "must be an object")
-    if "round_to" in prune_cfg and (not isinstance(prune_cfg["round_to"], int) or prune_cfg["round_to"] < 1):
-        raise bad("prune.round_to", "must be a positive integer")
-    if d.get("transfer", "fp32") not in TRANSFERS:
-        raise bad("transfer", f"must be one of {', '.join(TRANSFERS)}")
-    if d.get("runtime", "onnxruntime") not in RUNTIMES:
-        raise bad("runtime", f"must be one of {', '.join(RUNTIMES)}")
-    w = d.get("weights")
-    if w is not None and not (
-        isinstance(w, dict)
-        and isinstance(w.get("file"), str)
-        and "/" not in w["file"]
-        and isinstance(w.get("sha256"), str)
-    ):
-        raise bad("weights", "must be {file: a name beside the plan, sha256}")
-    lat = d.get("latency_ms", {})
-    if not isinstance(lat, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in lat.values()
-    ):
-        raise bad("latency_ms", "must map parts to non-negative milliseconds")
+    record: PlanRecord = PlanRecord.load(path, "plan")
+    if not record.feasible:
+        raise CpcdrlError(f"{path}: method {record.method} found no plan meeting the accuracy constraint")
+    # the fields as the file has them: one a feasible plan needs and the file lacks is named as missing
+    return Plan.from_data(record.model_dump(mode="json", exclude_unset=True), str(path))

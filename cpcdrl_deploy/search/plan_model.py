@@ -50,7 +50,7 @@ def rebuild(
     if plan.n_layers != analysis.n_layers or len(plan.channels) != analysis.n_layers:
         raise CpcdrlError(f"the plan's layers do not match {plan.model} ({analysis.n_layers} layers)")
     ds = load_cifar10(data or plan.data_source)
-    cut, ratios, cfg = plan.cut, list(plan.ratios), plan.prune
+    cut, ratios, cfg = plan.cut, list(plan.ratios), plan.prune.config()
     pruned = original
     if plan.weights is not None and plan_path is not None and plan.pruned:
         # the very weights the search scored: the structure from the surgery alone, then the saved tensors
@@ -110,7 +110,7 @@ def evaluate_saved_plan(
         "ratios": list(plan.ratios),
         "weights": "saved" if plan.weights and plan.pruned else "unpruned or replayed",
         "accuracy": acc,
-        "plan_test_accuracy": plan.accuracy.get("test"),
+        "plan_test_accuracy": plan.accuracy.test,
         "macs_before": base.total_macs,
         "macs_after": after.total_macs,
         "edge_macs": after.points[cut].cum_macs,

@@ -9,19 +9,74 @@ inputs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
+from cpcdrl_deploy.core.artifact import Artifact, Part
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import read_document
 from cpcdrl_deploy.models.zoo import file_sha256
 from cpcdrl_deploy.ondevice.datatypes import FROM_ONNX
 
 MANIFEST_SCHEMA_VERSION = 1
 
 
-def io_specs(model: onnx.ModelProto) -> dict[str, list[dict]]:
+class TensorSpec(Part):
+    """KServe v2 tensor metadata: -1 marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelFile(Part):
+    """One model file of an export, as the server and the runner find it."""
+
+    file: str
+    sha256: str
+    model_name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    bytes: int | None = None
+    runtime: str = "onnxruntime"
+    layout: str | None = None
+    precision: str = "fp32"
+    io: str | None = None  # how an int8 head's inputs and outputs are converted, where they are
+
+
+class RoleRuntimes(Part):
+    head: str | None = None
+    tail: str | None = None
+
+
+class ExportManifest(Artifact):
+    """What ``cpcdrl export`` wrote: each file and its hash, how the split was checked, the plan it came from."""
+
+    KIND = "cpcdrl-export"
+    VERSION = MANIFEST_SCHEMA_VERSION
+    REMAKE = "cpcdrl export PLAN --out DIR"
+
+    cpcdrl_version: str | None = None
+    purpose: str | None = None  # set where the export is not a plan's (the request probe's tails)
+    model: str | None = None
+    cut: int | None = None
+    n_layers: int | None = None
+    cut_shape: list[int] | None = None
+    transfer: str = "fp32"
+    quantize: str | None = None
+    preprocess: dict[str, str] = {}
+    files: dict[str, ModelFile]  # by role: head, tail, full
+    check: dict[str, float | bool] = {}  # agreement with PyTorch, accuracy, ... on the check images
+    runtime: RoleRuntimes = RoleRuntimes()
+    plan: dict[str, Any] | None = None  # the plan document, as export read it (search/plan.py types it)
+    export_s: float | None = None
+
+    def spec(self, role: str) -> ModelFile | None:
+        return self.files.get(role)
+
+
+def io_specs(model: onnx.ModelProto) -> dict[str, Any]:
     """Inputs and outputs as KServe v2 tensor metadata (datatype names, -1 for dynamic dims)."""
 
     def spec(v) -> dict:
@@ -64,27 +119,27 @@ def run_split(head, tail, x: np.ndarray) -> np.ndarray:
     return tail.run(None, feeds)[0]
 
 
-def load_manifest(export_dir: str | Path) -> dict:
+def load_manifest(export_dir: str | Path) -> ExportManifest:
     """The manifest of an export directory, with every file's SHA-256 checked."""
     d = Path(export_dir)
     if not (d / "manifest.json").is_file():
         raise CpcdrlError(f"{d} has no manifest.json (run cpcdrl export first)")
-    m = read_document(d / "manifest.json", "cpcdrl-export", MANIFEST_SCHEMA_VERSION, "export manifest")
-    for role, f in m["files"].items():
-        fp = d / f["file"]
+    m: ExportManifest = ExportManifest.load(d / "manifest.json", "export manifest")
+    for role, f in m.files.items():
+        fp = d / f.file
         if not fp.is_file():
             raise CpcdrlError(f"{role} model {fp} is missing")
-        if file_sha256(fp) != f["sha256"]:
+        if file_sha256(fp) != f.sha256:
             raise CpcdrlError(f"{fp} does not match the manifest's SHA-256 (modified or corrupt)")
-    check_pair(m["files"].get("head"), m["files"].get("tail"))
+    check_pair(m.spec("head"), m.spec("tail"))
     return m
 
 
-def check_pair(head: dict | None, tail: dict | None) -> None:
+def check_pair(head: ModelFile | None, tail: ModelFile | None) -> None:
     """A head's outputs must be exactly its tail's inputs (names, datatypes, per-sample shapes)."""
     if head is None or tail is None:
         return
-    outs = {t["name"]: (t["datatype"], t["shape"][1:]) for t in head["outputs"]}
-    ins = {t["name"]: (t["datatype"], t["shape"][1:]) for t in tail["inputs"]}
+    outs = {t.name: (t.datatype, t.shape[1:]) for t in head.outputs}
+    ins = {t.name: (t.datatype, t.shape[1:]) for t in tail.inputs}
     if outs != ins:
         raise CpcdrlError(f"head and tail do not match: head gives {outs}, tail takes {ins}")

@@ -479,11 +479,11 @@ def make_server(
     dirs = export_dir if isinstance(export_dir, list) else [export_dir]
     models = {}
     for i, d in enumerate(dirs):
-        tail = load_manifest(d)["files"].get("tail")
+        tail = load_manifest(d).spec("tail")
         if tail is None:
             raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
-        name = tail["model_name"] if len(dirs) == 1 else f"p{i}"
-        models[name] = load_served_model(Path(d) / tail["file"], name, threads)
+        name = tail.model_name if len(dirs) == 1 else f"p{i}"
+        models[name] = load_served_model(Path(d) / tail.file, name, threads)
     stats = Stats()
     try:
         httpd = CappedHTTPServer((host, port), make_handler(models, token, stats, max_body, timeout_s), max_connections)

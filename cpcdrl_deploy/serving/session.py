@@ -25,6 +25,7 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.devices.remote import Device
 from cpcdrl_deploy.devices.testbed import host_cpus_preexec, load_state
+from cpcdrl_deploy.serving.manifest import ModelFile
 
 ONDEVICE = Path(__file__).resolve().parents[1] / "ondevice"
 RUNNER = ONDEVICE / "runner.py"
@@ -100,7 +101,7 @@ class CloudServer:
 
 
 @contextlib.contextmanager
-def count_requests(server: CloudServer | None, files: dict, token: str, n: int, tick: Ticker):
+def count_requests(server: CloudServer | None, files: dict[str, ModelFile], token: str, n: int, tick: Ticker):
     """While the edge runs its requests, tick the number the server has answered (its stats, polled twice a second).
 
     The runner's own output arrives only when it ends; the server is the
@@ -113,7 +114,7 @@ def count_requests(server: CloudServer | None, files: dict, token: str, n: int, 
     import urllib.request
 
     stop = threading.Event()
-    url = f"{server.url}/v2/models/{files['tail']['model_name']}/stats"
+    url = f"{server.url}/v2/models/{files['tail'].model_name}/stats"
 
     def poll() -> None:
         while not stop.wait(0.5):
