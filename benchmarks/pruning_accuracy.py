@@ -20,7 +20,7 @@ import torch
 
 from cpcdrl_deploy.compress.pruning import Calibration, PruneConfig, channel_groups, prune
 from cpcdrl_deploy.core.fileio import atomic_write_json
-from cpcdrl_deploy.models.data import load_cifar10, split_train
+from cpcdrl_deploy.models.data import load_images, split_train
 from cpcdrl_deploy.models.evaluate import accuracy_on
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import load_model
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    data = load_cifar10(args.data)
+    data = load_images(args.data)
     test_idx = np.arange(len(data.test)) if args.limit is None else np.arange(args.limit)
     _, calib_idx = split_train(len(data.train), 0, args.calib, seed=0)
     calib_x = data.train.tensors(calib_idx)[0]

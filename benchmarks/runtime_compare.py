@@ -45,7 +45,7 @@ from cpcdrl_deploy.devices.remote import connect
 from cpcdrl_deploy.measure.profiler import PROFILER, make_constant, time_on_device
 from cpcdrl_deploy.measure.runtimes import check_runtime, tflite_bytes, tflite_int8
 from cpcdrl_deploy.measure.runtimes import onnx_int8 as quantize_onnx
-from cpcdrl_deploy.models.data import load_cifar10
+from cpcdrl_deploy.models.data import load_images
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import build_model, get_entry
 
@@ -164,7 +164,7 @@ def main() -> int:
     out = Path(args.out)
     torch.set_num_threads(2)
     try:
-        ds = load_cifar10(args.data)
+        ds = load_images(args.data)
         calib = ds.train.tensors(np.arange(64))[0].numpy()
         dev = connect(args.host)
     except CpcdrlError as exc:

@@ -6,6 +6,7 @@ exit status 2, no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -42,6 +43,15 @@ class Format(str, Enum):
 
 # Shared options, defined once.
 FormatOpt = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
+ModelHelp = (
+    "a zoo name (cpcdrl models) or package.module:function returning an nn.Module; MODEL:SIZE is MODEL at SIZE px"
+)
+InputSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--input-size", min=8, max=2048, help="square input side in pixels (default: the model's); kept as MODEL:SIZE"
+    ),
+]
 CheckpointOpt = Annotated[
     str | None,
     typer.Option(
@@ -143,16 +153,19 @@ def schemas_cmd(
 @app.command("analyze")
 @command
 def analyze_cmd(
-    model: Annotated[str, typer.Argument(help="zoo model name (cpcdrl models)")],
+    model: Annotated[str, typer.Argument(help=ModelHelp)],
     checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Prunable layers, cut points, MACs (Eq. 3-4) and bytes at each cut (S_i)."""
-    from cpcdrl_deploy.models.graph import analyze_model
+    """Prunable layers, cut points (bytes crossing each, S_i), MACs (Eq. 3-4), the channel groups pruned together."""
+    from cpcdrl_deploy.compress.pruning import model_structure
+    from cpcdrl_deploy.models.zoo import model_key
 
-    a = analyze_model(model, checkpoint)
+    a, groups = model_structure(model_key(model, input_size), checkpoint)
+    names = {layer.index: layer.name for layer in a.layers}
     if fmt is Format.json:
-        _print_json(a.to_dict())
+        _print_json({**a.to_dict(), "groups": [dataclasses.asdict(g) for g in groups]})
         return
     kinds = {layer.index: layer.kind for layer in a.layers}
     rows = [
@@ -169,7 +182,13 @@ def analyze_cmd(
         for p in a.points
     ]
     typer.echo(_table(rows, ["cut", "layer", "kind", "MACs", "cum MACs", "cut tensor", "S_i bytes", "cuttable"]))
-    typer.echo(f"total MACs: {a.total_macs:,}  ({a.n_layers} prunable layers)")
+    typer.echo(f"total MACs: {a.total_macs:,}  ({a.n_layers} prunable layers, {len(a.cuttable_points())} cut points)\n")
+    rows = [
+        [g.leader, g.channels, ", ".join(names[j] for j in g.producers), ", ".join(names[j] for j in g.consumers)]
+        for g in groups
+    ]
+    typer.echo(f"{len(groups)} channel groups (each pruned as one: one action of the compression agent)")
+    typer.echo(_table(rows, ["group", "channels", "layers whose outputs are pruned together", "refitted consumers"]))
 
 
 PlanOpt = Annotated[
@@ -188,8 +207,9 @@ RoundToOpt = Annotated[
 @app.command("evaluate")
 @command
 def evaluate_cmd(
-    model: Annotated[str, typer.Argument(help="zoo model name")] = DEMO_MODEL,
+    model: Annotated[str, typer.Argument(help=ModelHelp)] = DEMO_MODEL,
     checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
     data: DataOpt = "builtin",
     plan: PlanOpt = None,
     ratios: RatiosOpt = None,
@@ -205,7 +225,10 @@ def evaluate_cmd(
     """Top-1 accuracy of a model, optionally pruned, and its MACs before and after."""
     from cpcdrl_deploy.compress.evaluate import evaluate_plan
     from cpcdrl_deploy.compress.pruning import PruneConfig
+    from cpcdrl_deploy.models.zoo import model_key
     from cpcdrl_deploy.search.plan_model import evaluate_saved_plan
+
+    model = model_key(model, input_size)
 
     with _progress(fmt) as tick:
         if plan is not None:
@@ -247,8 +270,9 @@ def evaluate_cmd(
 @app.command("train")
 @command
 def train_cmd(
-    model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")],
+    model: Annotated[str, typer.Argument(help=ModelHelp)],
     data: DataOpt = "builtin",
+    input_size: InputSizeOpt = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 10,
     out: Annotated[Path, typer.Option("--out", "-o", help="checkpoint to write (pytorch-cifar format)")] = Path(
         "checkpoint.pth"
@@ -259,16 +283,18 @@ def train_cmd(
     seed: SeedOpt = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Train a zoo model on CIFAR-10 and write a checkpoint with its test accuracy."""
+    """Train a model from scratch on an image folder (its classes) and write a checkpoint with its test accuracy."""
     from cpcdrl_deploy.core.fileio import check_writable
-    from cpcdrl_deploy.models.data import load_cifar10
+    from cpcdrl_deploy.models.data import load_images
     from cpcdrl_deploy.models.train import TrainConfig, train
+    from cpcdrl_deploy.models.zoo import model_key, preprocess_for
 
     check_writable(out, "--out")
+    model = model_key(model, input_size)
     with _progress(fmt) as tick:
         res = train(
             model,
-            load_cifar10(data),
+            load_images(data, preprocess_for(model)),
             out,
             TrainConfig(epochs=epochs, batch_size=batch_size, max_lr=lr, seed=seed, limit=limit),
             log=_err,
@@ -350,7 +376,8 @@ CacheOpt = Annotated[
 @app.command("optimize")
 @command
 def optimize_cmd(
-    model: Annotated[str, typer.Argument(help="CIFAR-10 zoo model name")] = DEMO_MODEL,
+    model: Annotated[str, typer.Argument(help=ModelHelp)] = DEMO_MODEL,
+    input_size: InputSizeOpt = None,
     checkpoint: CheckpointOpt = None,
     data: DataOpt = "builtin",
     edge: Annotated[str, typer.Option("--edge", help="edge profile: file or name in device_profiles/")] = "paper",
@@ -383,13 +410,14 @@ def optimize_cmd(
     """Choose the partition point and the edge layers' keep ratios (CPCDRL) or run a baseline."""
     from cpcdrl_deploy.compress.pruning import PruneConfig
     from cpcdrl_deploy.core.fileio import check_writable
-    from cpcdrl_deploy.models.zoo import resolve_checkpoint
+    from cpcdrl_deploy.models.zoo import model_key, resolve_checkpoint
     from cpcdrl_deploy.search.accuracy_cache import default_cache_dir
     from cpcdrl_deploy.search.methods import METHODS, SearchConfig
     from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize
 
     check_writable(out, "--out")
     check_writable(report, "--report", directory=True)
+    model = model_key(model, input_size)
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
     from cpcdrl_deploy.devices.testbed import parse_bandwidth, parse_duration_ms
 

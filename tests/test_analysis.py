@@ -34,7 +34,9 @@ def test_mobilenet_macs_count_depthwise_with_groups() -> None:
     assert a.points[27].out_shape == (1024, 1, 1)  # global pooling folded into the last conv's unit
 
 
-@pytest.mark.parametrize("name,n_cuts", [("resnet18", 11), ("mobilenet_v2", 21)])
+# found from the traced graph: ResNet-18's 8 blocks, stem and classifier; MobileNetV2 inside its 7 blocks without a
+# residual add too (between expansion, depthwise and projection: one tensor crosses there), never inside the 10 with one
+@pytest.mark.parametrize("name,n_cuts", [("resnet18", 11), ("mobilenet_v2", 34)])
 def test_dag_models_cut_only_at_block_boundaries(name: str, n_cuts: int) -> None:
     a = _analysis(name)
     cuts = a.cuttable_points()
@@ -42,6 +44,10 @@ def test_dag_models_cut_only_at_block_boundaries(name: str, n_cuts: int) -> None
     # inside a residual block no single tensor crosses
     names = {p.index: p.name for p in a.points if not p.cuttable}
     assert names, "a DAG model must have non-cuttable points"
+    if name == "mobilenet_v2":
+        cuttable = {p.name for p in a.points if p.cuttable}
+        assert "net.features.2.conv.1.0" in cuttable  # stride 2, 16 -> 24: no residual add
+        assert {"net.features.3.conv.0.0", "net.features.3.conv.1.0"} <= set(names.values())  # 24 -> 24, residual
     if name == "resnet18":
         assert "net.layer1.0.conv1" in names.values()
         assert a.total_macs == 1_814_073_344

@@ -86,7 +86,8 @@ def test_train_writes_a_pytorch_cifar_checkpoint(tmp_path) -> None:
     )
     assert res.exit_code == 0, res.output
     ck = torch.load(out, map_location="cpu", weights_only=True)
-    assert set(ck) == {"net", "acc", "epoch"} and ck["epoch"] == 1
+    assert set(ck) == {"net", "acc", "epoch", "classes", "input_size", "mean", "std"} and ck["epoch"] == 1
+    assert ck["classes"][0] == "airplane" and ck["input_size"] == 32
     assert set(ck["net"]) == set(build_model("tinyvgg").state_dict())
     assert json.loads(res.stdout)["acc"] == ck["acc"]
 

@@ -147,9 +147,9 @@ def test_messages_a_newcomer_can_act_on(tmp_path) -> None:
     plan = make_plan(tmp_path / "p.json", 3, 0.75)
     cases = [
         (["evaluate", "mobilenet", "-c", str(text), "--limit", "5"], "is not a PyTorch checkpoint"),
-        (["optimize", "nosuchmodel"], "unknown model 'nosuchmodel'; known: vgg16"),
+        (["optimize", "nosuchmodel"], "unknown model 'nosuchmodel': give a zoo name (vgg16"),
         (["evaluate", "tinyvgg", "--data", str(tmp_path / "typo"), "--limit", "5"], "no such file or directory"),
-        (["evaluate", "tinyvgg", "--data", str(nonempty), "--limit", "5"], "no CIFAR-10 here"),
+        (["evaluate", "tinyvgg", "--data", str(nonempty), "--limit", "5"], "no images here (an ImageFolder"),
         (
             ["deploy", str(plan), "--edge", "nosuchhost.invalid", "--out", str(tmp_path / "d")],
             "cannot reach nosuchhost.invalid",

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.models.data import CIFAR_MEAN, load_cifar10, normalize, split_train, subset
+from cpcdrl_deploy.models.data import CIFAR_MEAN, load_images, normalize, split_train, subset
 
 
 def test_builtin_sample_is_balanced() -> None:
-    d = load_cifar10("builtin")
+    d = load_images("builtin")
     assert len(d.train) == 500 and len(d.test) == 500
     assert np.bincount(d.test.labels, minlength=10).tolist() == [50] * 10
     x, y = d.test.tensors([0, 1, 2])
@@ -17,7 +17,7 @@ def test_builtin_sample_is_balanced() -> None:
 
 
 def test_imagefolder_archive_layout(cifar_dir) -> None:
-    d = load_cifar10(cifar_dir)
+    d = load_images(cifar_dir)
     assert len(d.train) == 50_000 and len(d.test) == 10_000
     assert d.test.labels[0] == 0 and d.test.labels[-1] == 9  # airplane ... truck
 
@@ -37,7 +37,7 @@ def test_torchvision_python_format(tmp_path) -> None:
         (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch(4)))
     (base / "test_batch").write_bytes(pickle.dumps(batch(3)))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
-    d = load_cifar10(tmp_path)
+    d = load_images(tmp_path)
     assert len(d.train) == 20 and len(d.test) == 3
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from cpcdrl_deploy.deploy.export import export_plan
 from cpcdrl_deploy.measure.profiler import PROFILER, probe_model
-from cpcdrl_deploy.models.data import load_cifar10
+from cpcdrl_deploy.models.data import load_images
 from cpcdrl_deploy.serving.manifest import ort_session
 from cpcdrl_deploy.serving.session import RUNNER, RUNNER_FILES, CloudServer
 from tests.conftest import make_plan
@@ -28,7 +28,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
     d = tmp_path_factory.mktemp("runner")
     export_plan(make_plan(d / "p3.json", 3, 0.75), d / "e3", check_images=16)
     export_plan(make_plan(d / "p4.json", 4, 0.75), d / "e4", check_images=16)
-    x, _ = load_cifar10("builtin").test.tensors(np.arange(40))
+    x, _ = load_images("builtin").test.tensors(np.arange(40))
     np.save(d / "x.npy", x.numpy())
     return d / "e3", d / "e4", d / "x.npy"
 

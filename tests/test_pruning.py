@@ -85,11 +85,11 @@ def test_bad_plans_are_refused() -> None:
 
 @pytest.mark.parametrize("name", ["vgg16", "mobilenet"])
 def test_refit_lowers_reconstruction_error_and_output_error(name: str, cifar_dir) -> None:
-    from cpcdrl_deploy.models.data import load_cifar10
+    from cpcdrl_deploy.models.data import load_images
 
     model = load_model(name, need_shared(CHECKPOINTS[name]))
     a = analyze(model, 32, name)
-    data = load_cifar10(cifar_dir)
+    data = load_images(cifar_dir)
     calib = Calibration(data.train.tensors(list(range(0, 50000, 250)))[0])
     x, _ = data.test.tensors(list(range(0, 10000, 50)))
     cut = 8

@@ -13,7 +13,7 @@ import pytest
 
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.devices.remote import LocalDevice, checked_tempdir, remote_command
-from cpcdrl_deploy.models.data import load_cifar10
+from cpcdrl_deploy.models.data import load_images
 
 
 def test_mktemp_answer_is_validated() -> None:
@@ -70,13 +70,13 @@ def test_torchvision_reader_refuses_code_in_pickles(tmp_path, monkeypatch) -> No
     monkeypatch.setenv("CPCDRL_PWNED", str(pwned))
     _batches(tmp_path / "evil", {"data": _Boom(), "labels": [0]})
     with pytest.raises(CpcdrlError, match=r"data_batch_3.*refusing to load builtins\.exec"):
-        load_cifar10(tmp_path / "evil")
+        load_images(tmp_path / "evil")
     assert not pwned.exists()
 
 
 def test_torchvision_reader_still_reads_real_batches(tmp_path) -> None:
     _batches(tmp_path / "ok", {"data": np.full((2, 3072), 7, dtype=np.uint8), "labels": [3, 4]})
-    ds = load_cifar10(tmp_path / "ok")
+    ds = load_images(tmp_path / "ok")
     assert len(ds.train) == 10 and len(ds.test) == 2
     assert int(ds.train.uint8([4])[0, 0, 0, 0]) == 7 and ds.train.labels[4] == 3
 

@@ -14,7 +14,7 @@ from cpcdrl_deploy.compress.transfer import WireModel, through_wire, wire_bytes
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_json
 from cpcdrl_deploy.deploy.export import _compress_output, _decompress_input, _identity_onnx, export_plan
-from cpcdrl_deploy.models.data import load_cifar10, subset
+from cpcdrl_deploy.models.data import load_images, subset
 from cpcdrl_deploy.models.evaluate import accuracy_on
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import load_model, resolve_checkpoint
@@ -89,7 +89,7 @@ def test_optimize_prices_and_scores_the_wire_and_export_follows_it(tmp_path) -> 
     assert cloud["transfer"] == "int8" and cloud["cut"] == 0 and cloud["cut_bytes"] == 3 * 32 * 32 + 5
     # the image through the int8 wire is scored, not assumed lossless: it equals the simulated model's accuracy
     net = load_model("tinyvgg", ckpt)
-    ds = load_cifar10("builtin")
+    ds = load_images("builtin")
     idx = subset(len(ds.test), 100, 0)
     assert cloud["accuracy"]["test"] == pytest.approx(accuracy_on(WireModel(net, 0, "int8"), ds.test, idx))
 

@@ -10,10 +10,10 @@ from typing import Any
 from cpcdrl_deploy.compress.pruning import Calibration, PruneConfig, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
-from cpcdrl_deploy.models.data import load_cifar10, split_train, subset
-from cpcdrl_deploy.models.evaluate import accuracy_on
+from cpcdrl_deploy.models.data import load_images, split_train, subset
+from cpcdrl_deploy.models.evaluate import accuracy_on, check_classes
 from cpcdrl_deploy.models.graph import analyze
-from cpcdrl_deploy.models.zoo import ZOO, UnitModel, file_sha256, get_entry, load_model, resolve_checkpoint
+from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_model, preprocess_for, resolve_checkpoint
 
 Log = Callable[[str], None]
 
@@ -51,11 +51,6 @@ def evaluate_plan(
 ) -> dict[str, Any]:
     """Accuracy of ``model`` (pruned by ``ratios`` up to ``cut``) on CIFAR-10 test images."""
     entry = get_entry(model)
-    if entry.dataset != "cifar10":
-        raise CpcdrlError(
-            f"{model} is an ImageNet-size model; evaluate covers the CIFAR-10 models"
-            f" ({', '.join(n for n, e in ZOO.items() if e.dataset == 'cifar10')})"
-        )
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
     net = load_model(model, ckpt)
     base = analyze(net, entry.input_size, model)
@@ -63,7 +58,8 @@ def evaluate_plan(
     if not 0 <= cut <= base.n_layers:
         raise CpcdrlError(f"--cut {cut} outside 0..{base.n_layers}")
     values = parse_ratios(ratios, cut)
-    ds = load_cifar10(data)
+    ds = load_images(data, preprocess_for(model))
+    check_classes(net, ds, model)
     test_idx = subset(len(ds.test), limit, seed)
     cfg = prune_config or PruneConfig()
     t0 = time.perf_counter()

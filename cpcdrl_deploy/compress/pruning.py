@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -123,6 +124,17 @@ def channel_groups(model: UnitModel, analysis: ModelAnalysis) -> list[ChannelGro
             )
         )
     return groups
+
+
+def model_structure(model: str, checkpoint: str | Path | None = None) -> tuple[ModelAnalysis, list[ChannelGroup]]:
+    """What ``cpcdrl analyze`` shows: the layers and cut points, and the channel groups pruned together."""
+    from cpcdrl_deploy.models.graph import analyze
+    from cpcdrl_deploy.models.zoo import get_entry, load_model, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(model, checkpoint, required=False) if checkpoint else None
+    net = load_model(model, ckpt)
+    a = analyze(net, get_entry(model).input_size, model)
+    return a, channel_groups(net, a)
 
 
 def kept_channels(ratio: float, channels: int, round_to: int = 1) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.models.zoo import UnitModel
+from cpcdrl_deploy.models.zoo import Unit, UnitModel
 
 TRANSFERS = ("fp32", "fp16", "int8")
 INT8_SIDE_BYTES = 5  # the per-request scale (float32) and zero point (uint8) sent beside the tensor
@@ -68,9 +68,13 @@ class WireModel(nn.Module):
     def __init__(self, net: UnitModel, boundary: int, transfer: str) -> None:
         super().__init__()
         self.net, self.boundary, self.transfer = net, boundary, transfer
+        self._units: list[Unit] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        units = self.net.units()
+        # made once per wrapper: a graph model's units come from tracing it, too slow for every batch
+        if self._units is None:
+            self._units = self.net.units()
+        units = self._units
         for u in units[: self.boundary]:
             x = u(x)
         x = through_wire(x, self.transfer)

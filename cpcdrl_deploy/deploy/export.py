@@ -40,7 +40,7 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.measure.runtimes import RUNTIMES, Runtime, get_runtime
-from cpcdrl_deploy.models.data import Cifar10, subset
+from cpcdrl_deploy.models.data import ImageData, subset
 from cpcdrl_deploy.models.graph import analyze
 from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry
 from cpcdrl_deploy.ondevice.datatypes import triton_type
@@ -251,7 +251,7 @@ def export_models(
     plan: Plan,
     original: UnitModel,
     pruned: UnitModel,
-    ds: Cifar10,
+    ds: ImageData,
     out: str | Path,
     quantize: str | None = None,
     transfer: str = "fp32",
@@ -424,7 +424,7 @@ def _make_lossy(
     split: _Split,
     rt: Runtime,
     plan: Plan,
-    ds: Cifar10,
+    ds: ImageData,
     quantize: str | None,
     transfer: str,
     in_shape: tuple[int, ...],

@@ -1,8 +1,11 @@
-"""CIFAR-10 from any of the layouts people have on disk, as normalised tensors.
+"""Image classification data from the layouts people have on disk, as tensors preprocessed for one model.
 
 Accepted ``--data`` values:
-- a directory in the torchvision ``ImageFolder`` layout (``train/<class>/*.jpg``,
-  ``test/<class>/*.jpg``), e.g. ``../shared/datasets/cifar10-jpeg.tar.gz`` unpacked;
+- a directory in the torchvision ``ImageFolder`` layout (``train/<class>/*.jpg``
+  and ``test/<class>/*.jpg`` or ``val/<class>/*.jpg``), any number of classes
+  (at least two; the folder names, sorted, are the class indices) and images
+  of any size, e.g. ``../shared/datasets/cifar10-jpeg.tar.gz`` unpacked; or
+  one folder of class folders, split into train and test by seed;
 - that ``.tar.gz`` archive itself (unpacked once into ``~/.cache/cpcdrl``);
 - a directory holding torchvision's python format (``cifar-10-batches-py``);
 - ``builtin``: the few hundred images shipped inside the package (demo and tests).
@@ -13,6 +16,7 @@ start a download).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tarfile
 from dataclasses import dataclass
@@ -28,7 +32,61 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's convention for its ImageNet models
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+HELD_OUT = 0.2  # of a single folder of class folders: the test split
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What turns an RGB image into a model's input: resize the shorter side to ``resize`` (default ``size``,
+    bilinear, as torchvision's ``Resize`` on tensors), centre-crop ``size`` x ``size``, scale to [0, 1], normalise.
+
+    Recorded in the plan and the export manifest, so the device prepares its
+    images the same way. CIFAR images at 32 px go through untouched but for
+    the normalisation.
+    """
+
+    size: int = 32
+    mean: tuple[float, float, float] = CIFAR_MEAN
+    std: tuple[float, float, float] = CIFAR_STD
+    resize: int | None = None
+
+    def apply(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+        """uint8 H x W x 3 images (one array of equal sizes, or a list) -> normalised float32 N x 3 x size x size."""
+        if isinstance(images, np.ndarray):
+            return self._normalise(self._fit(_to_float(images)))
+        return self._normalise(torch.cat([self._fit(_to_float(im[None])) for im in images])) if images else _empty(self)
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if (h, w) == (self.size, self.size) and self.resize in (None, self.size):
+            return x
+        short = self.resize or self.size
+        x = torch.nn.functional.interpolate(
+            x, size=(max(short, round(h * short / min(h, w))), max(short, round(w * short / min(h, w)))),
+            mode="bilinear", align_corners=False,
+        )  # fmt: skip
+        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
+        return x[..., top : top + self.size, left : left + self.size]
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "resize": self.resize, "mean": list(self.mean), "std": list(self.std)}
+
+
+CIFAR = Preprocess()
+
+
+def _to_float(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _empty(prep: Preprocess) -> torch.Tensor:
+    return torch.zeros(0, 3, prep.size, prep.size)
 
 
 @dataclass
@@ -37,22 +95,27 @@ class ImageSet:
 
     labels: np.ndarray
     files: list[Path] | None = None  # ImageFolder: decoded lazily
-    pixels: np.ndarray | None = None  # N x 32 x 32 x 3 uint8 when already in memory
+    pixels: np.ndarray | None = None  # N x H x W x 3 uint8 when already in memory
+    prep: Preprocess = CIFAR  # how tensors() prepares them for the model at hand
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def uint8(self, indices: np.ndarray | list[int]) -> np.ndarray:
+    def uint8(self, indices: np.ndarray | list[int]) -> np.ndarray | list[np.ndarray]:
+        """The images at ``indices`` as stored: one uint8 array in memory, or a list decoded from files (any sizes)."""
         idx = np.asarray(indices, dtype=np.int64)
         if self.pixels is not None:
             return self.pixels[idx]
         from PIL import Image
 
         assert self.files is not None
-        out = np.empty((len(idx), 32, 32, 3), dtype=np.uint8)
-        for j, i in enumerate(idx):
-            with Image.open(self.files[i]) as im:
-                out[j] = np.asarray(im.convert("RGB"))
+        out = []
+        for i in idx:
+            try:
+                with Image.open(self.files[i]) as im:
+                    out.append(np.array(im.convert("RGB")))  # a writable copy: torch wraps it without copying
+            except OSError as exc:
+                raise CpcdrlError(f"cannot read image {self.files[i]}: {exc}") from None
         return out
 
     def digest(self, indices: np.ndarray | list[int]) -> str:
@@ -66,6 +129,8 @@ class ImageSet:
 
         idx = np.asarray(indices, dtype=np.int64)
         h = hashlib.sha256(self.labels[idx].astype(np.int64).tobytes())
+        if self.prep != CIFAR:  # the same files prepared for another input are other tensors
+            h.update(repr(self.prep).encode())
         if self.pixels is not None:
             h.update(np.ascontiguousarray(self.pixels[idx]).tobytes())
         else:
@@ -76,38 +141,75 @@ class ImageSet:
         return h.hexdigest()
 
     def tensors(self, indices: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised float32 NCHW images and int64 labels for ``indices``."""
-        return normalize(self.uint8(indices)), torch.as_tensor(
+        """Preprocessed float32 NCHW images (``prep``) and int64 labels for ``indices``."""
+        return self.prep.apply(self.uint8(indices)), torch.as_tensor(
             self.labels[np.asarray(indices, dtype=np.int64)], dtype=torch.int64
         )
 
 
 def normalize(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> normalised float32 N x 3 x H x W."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """uint8 N x H x W x 3 CIFAR images -> normalised float32 N x 3 x H x W."""
+    return CIFAR.apply(pixels)
 
 
 @dataclass
-class Cifar10:
+class ImageData:
+    """A train and a test split, their class names (index order) and where they came from."""
+
     train: ImageSet
     test: ImageSet
     source: str
+    classes: tuple[str, ...] = CIFAR_CLASSES
+
+    def prepared(self, prep: Preprocess) -> ImageData:
+        """The same images, prepared for a model whose input ``prep`` describes."""
+        return dataclasses.replace(
+            self, train=dataclasses.replace(self.train, prep=prep), test=dataclasses.replace(self.test, prep=prep)
+        )
 
 
-def _image_folder(split_dir: Path) -> ImageSet:
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    if len(classes) != 10:
-        raise CpcdrlError(f"{split_dir} has {len(classes)} class folders, CIFAR-10 needs 10")
-    files: list[Path] = []
-    labels: list[int] = []
-    for c, name in enumerate(classes):
-        fs = sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        files += fs
-        labels += [c] * len(fs)
+def _class_files(folder: Path) -> dict[str, list[Path]]:
+    return {
+        d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        for d in sorted(folder.iterdir())
+        if d.is_dir()
+    }
+
+
+def _image_set(by_class: dict[str, list[Path]], classes: list[str]) -> ImageSet:
+    files = [f for c in classes for f in by_class.get(c, [])]
+    labels = [i for i, c in enumerate(classes) for _ in by_class.get(c, [])]
     return ImageSet(labels=np.asarray(labels, dtype=np.int64), files=files)
+
+
+def _image_folder(root: Path, test_name: str | None, seed: int = 0) -> ImageData:
+    """``root/train`` and ``root/<test_name>``, or (``test_name`` None) one folder of class folders split by seed."""
+    if test_name is None:
+        by_class = _class_files(root)
+        classes = sorted(by_class)
+        _check_classes(root, classes, by_class)
+        rng = np.random.default_rng(seed)
+        train, test = {}, {}
+        for c in classes:
+            order = rng.permutation(len(by_class[c]))
+            n_test = max(1, int(round(HELD_OUT * len(order))))
+            test[c] = [by_class[c][i] for i in sorted(order[:n_test])]
+            train[c] = [by_class[c][i] for i in sorted(order[n_test:])]
+        return ImageData(_image_set(train, classes), _image_set(test, classes), f"imagefolder:{root}", tuple(classes))
+    tr, te = _class_files(root / "train"), _class_files(root / test_name)
+    classes = sorted(tr)
+    _check_classes(root / "train", classes, tr)
+    if sorted(te) != classes:
+        raise CpcdrlError(f"{root}: train/ and {test_name}/ have different class folders")
+    return ImageData(_image_set(tr, classes), _image_set(te, classes), f"imagefolder:{root}", tuple(classes))
+
+
+def _check_classes(folder: Path, classes: list[str], by_class: dict[str, list[Path]]) -> None:
+    if len(classes) < 2:
+        raise CpcdrlError(f"{folder} has {len(classes)} class folder(s); a classifier needs at least 2")
+    empty = [c for c in classes if not by_class[c]]
+    if empty:
+        raise CpcdrlError(f"{folder}: class folder {empty[0]!r} holds no .jpg/.jpeg/.png image")
 
 
 _PICKLE_GLOBALS = {  # all a CIFAR-10 batch pickles: numpy arrays inside a dict of lists
@@ -135,7 +237,7 @@ def _restricted_load(f) -> object:
     return Restricted(f, encoding="latin1").load()
 
 
-def _python_format(root: Path) -> Cifar10:
+def _python_format(root: Path) -> ImageData:
     """torchvision's ``cifar-10-batches-py``: pickled dicts of N x 3072 uint8 rows and labels (read with a restricted
     unpickler)."""
     import pickle
@@ -154,13 +256,13 @@ def _python_format(root: Path) -> Cifar10:
                 raise CpcdrlError(f"cannot read {base / n}: {exc}") from None
         return ImageSet(np.asarray(ys, dtype=np.int64), pixels=np.ascontiguousarray(np.concatenate(xs)))
 
-    return Cifar10(read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), f"torchvision:{root}")
+    return ImageData(read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), f"torchvision:{root}")
 
 
-def _builtin() -> Cifar10:
+def _builtin() -> ImageData:
     with resources.as_file(resources.files("cpcdrl_deploy") / "assets" / "cifar10-sample.npz") as p:
         z = np.load(p)
-        return Cifar10(
+        return ImageData(
             ImageSet(z["train_y"].astype(np.int64), pixels=z["train_x"]),
             ImageSet(z["test_y"].astype(np.int64), pixels=z["test_x"]),
             "builtin",
@@ -180,8 +282,12 @@ def _extract(archive: Path) -> Path:
     return cache
 
 
-def load_cifar10(data: str | Path) -> Cifar10:
-    """Open CIFAR-10 from ``data`` (see the module docstring for what it may be)."""
+def load_images(data: str | Path, prep: Preprocess = CIFAR) -> ImageData:
+    """Open the images at ``data`` (see the module docstring for what it may be), prepared as ``prep`` says."""
+    return _open(data).prepared(prep)
+
+
+def _open(data: str | Path) -> ImageData:
     if str(data) == "builtin":
         return _builtin()
     root = Path(data).expanduser()
@@ -191,22 +297,26 @@ def load_cifar10(data: str | Path) -> Cifar10:
         # an archive may wrap the splits in one top-level folder
         candidates = [root] + [d for d in sorted(root.iterdir()) if d.is_dir()]
         for c in candidates:
-            if (c / "train").is_dir() and (c / "test").is_dir():
-                return Cifar10(_image_folder(c / "train"), _image_folder(c / "test"), f"imagefolder:{c}")
+            test = next((t for t in ("test", "val") if (c / t).is_dir()), None)
+            if (c / "train").is_dir() and test is not None:
+                return _image_folder(c, test)
             if (c / "cifar-10-batches-py").is_dir():
                 return _python_format(c)
+        subdirs = [d for d in root.iterdir() if d.is_dir()]
+        if subdirs and all(any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir()) for d in subdirs):
+            return _image_folder(root, None)  # one folder of class folders: split by seed
     elif root.exists():
         raise CpcdrlError(f"--data {data}: not a directory or a .tar.gz archive")
     else:
         # a typo must not start a download or leave a directory behind
         raise CpcdrlError(
-            f"--data {data}: no such file or directory (give 'builtin', a CIFAR-10 ImageFolder or its .tar.gz, "
+            f"--data {data}: no such file or directory (give 'builtin', an ImageFolder or its .tar.gz, "
             "or an existing empty directory to download CIFAR-10 into)"
         )
     if any(root.iterdir()):
         raise CpcdrlError(
-            f"--data {data}: no CIFAR-10 here (ImageFolder train/ and test/, cifar-10-batches-py, or a .tar.gz); "
-            "an empty directory is downloaded into"
+            f"--data {data}: no images here (an ImageFolder: train/ and test/ or val/, or class folders; "
+            "cifar-10-batches-py; or a .tar.gz of one); an empty directory is downloaded CIFAR-10 into"
         )
     # An existing empty directory: torchvision's own download path, where a network exists.
     try:

@@ -1,4 +1,4 @@
-"""Top-1 accuracy of a (pruned) model on CIFAR-10 images."""
+"""Top-1 accuracy of a (pruned) model on a split of images, and whether a model fits a data set at all."""
 
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpcdrl_deploy.models.data import ImageSet
+from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.models.data import ImageData, ImageSet
 from cpcdrl_deploy.models.scoring import scoring_copy
 from cpcdrl_deploy.models.zoo import device_of
 
 # small batches keep a layer's activations in cache: 64 ran VGG16 20 % and MobileNet
 # up to 2x faster than 250 on a 2-core CPU
 BATCH = 64
+
+
+def check_classes(net: nn.Module, data: ImageData, model: str) -> None:
+    """A classifier's outputs must be the data's classes: one line saying which counts differ, before any work."""
+    linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if linear and linear[-1].out_features != len(data.classes):
+        raise CpcdrlError(
+            f"{model} outputs {linear[-1].out_features} classes (its checkpoint's count); {data.source} has"
+            f" {len(data.classes)} class folders"
+        )
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.models.zoo import UnitModel, get_entry, load_model, resolve_checkpoint
 
 FLOAT32_BYTES = 4
@@ -112,6 +113,9 @@ def analyze(model: UnitModel, input_size: int, name: str = "", channels: int = 3
                 current_unit[0] = u
                 x = unit(x)
                 unit_out.append(tuple(x.shape[1:]))
+    except RuntimeError as exc:  # a feature map shrunk to nothing, a classifier sized for another input
+        first = (str(exc).splitlines() or [""])[0]
+        raise CpcdrlError(f"{name or 'the model'} cannot take a {input_size}x{input_size} input: {first}") from None
     finally:
         for h in handles:
             h.remove()

@@ -1,4 +1,4 @@
-"""Train a zoo model on CIFAR-10 and save a pytorch-cifar style checkpoint.
+"""Train a zoo or factory model on an image folder (CIFAR-10 or the user's) and save a pytorch-cifar style checkpoint.
 
 The recipe is the one the reference checkpoints in ``../shared/models`` were
 trained with: SGD (Nesterov, momentum 0.9, weight decay 5e-4), one-cycle
@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
-from cpcdrl_deploy.models.data import Cifar10, subset
+from cpcdrl_deploy.models.data import ImageData, subset
 from cpcdrl_deploy.models.evaluate import accuracy_on
-from cpcdrl_deploy.models.zoo import build_model, get_entry
+from cpcdrl_deploy.models.zoo import build_model
 
 
 @dataclass
@@ -36,12 +35,13 @@ class TrainConfig:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel-padded 32x32 crops and horizontal flips."""
-    n = x.shape[0]
-    padded = F.pad(x, (4, 4, 4, 4))
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    dy = torch.randint(0, 9, (n,), generator=gen)
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(n)])
+    """Random crops of the input padded by an eighth of its side (4 pixels at 32) and horizontal flips."""
+    n, side = x.shape[0], x.shape[-1]
+    pad = max(1, side // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + side, dx[i] : dx[i] + side] for i in range(n)])
     flip = torch.rand(n, generator=gen) < 0.5
     out[flip] = out[flip].flip(3)
     return out
@@ -49,20 +49,22 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train(
     model_name: str,
-    data: Cifar10,
+    data: ImageData,
     out: str | Path,
     cfg: TrainConfig,
     log: Callable[[str], None] = print,
     tick: Ticker = no_ticker,
 ) -> dict[str, Any]:
-    """Train from scratch; write ``{"net", "acc", "epoch"}`` to ``out`` atomically."""
-    if get_entry(model_name).dataset != "cifar10":
-        raise CpcdrlError(f"{model_name} is not a CIFAR-10 model; cpcdrl train covers the CIFAR-10 (32x32) zoo models")
+    """Train from scratch for ``data``'s classes; write ``{"net", "acc", "epoch", ...}`` to ``out`` atomically.
+
+    ``data`` comes prepared for the model (``zoo.preprocess_for``); each
+    batch is prepared when it is drawn, so images at any size never sit in
+    memory all at once.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(model_name)
+    model = build_model(model_name, len(data.classes))
     idx = subset(len(data.train), cfg.limit, cfg.seed)
-    x_all, y_all = data.train.tensors(idx)
     steps = cfg.epochs * ((len(idx) + cfg.batch_size - 1) // cfg.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.max_lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=steps)
@@ -73,8 +75,8 @@ def train(
         total, loss_sum = 0, 0.0
         for b in range(0, len(idx), cfg.batch_size):
             sel = perm[b : b + cfg.batch_size]
-            xb = _augment(x_all[sel], gen)
-            loss = F.cross_entropy(model(xb), y_all[sel], label_smoothing=cfg.label_smoothing)
+            xb, yb = data.train.tensors(idx[sel.numpy()])
+            loss = F.cross_entropy(model(_augment(xb, gen)), yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -90,7 +92,9 @@ def train(
     import io
 
     buf = io.BytesIO()
-    torch.save({"net": model.state_dict(), "acc": acc, "epoch": cfg.epochs}, buf)
+    prep = data.train.prep
+    meta = {"classes": list(data.classes), "input_size": prep.size, "mean": list(prep.mean), "std": list(prep.std)}
+    torch.save({"net": model.state_dict(), "acc": acc, "epoch": cfg.epochs, **meta}, buf)
     atomic_write_bytes(out, buf.getvalue())
     return {
         "model": model_name,

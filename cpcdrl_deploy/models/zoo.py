@@ -13,7 +13,11 @@ unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
+import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpcdrl_deploy.core.errors import CpcdrlError
+from cpcdrl_deploy.models.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from cpcdrl_deploy.models.fxgraph import graph_units
 
 VGG16_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 TINYVGG_CFG: list[int | str] = [16, 16, "M", 32, 32, "M", 64, 64, "M"]
@@ -171,35 +177,60 @@ class CifarMobileNet(UnitModel):
         return units
 
 
-class TorchvisionUnits(UnitModel):
-    """Wraps a torchvision ResNet / MobileNetV2 and cuts it at block boundaries."""
+class GraphModel(UnitModel):
+    """Any torch.fx-traceable classifier, its units found from its graph (``models/fxgraph.py``): no list per
+    architecture. Its ``state_dict`` is the wrapped network's under ``net.``."""
 
-    def __init__(self, arch: str, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.arch = arch
         self.net = net
 
     def units(self) -> list[Unit]:
-        n: Any = self.net  # torchvision's modules by attribute: typed as Tensor | Module by torch
-        if self.arch == "resnet18":
-            stem = nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool)
-            units = [Unit("net.conv1", stem, [stem])]
-            for lname in ("layer1", "layer2", "layer3", "layer4"):
-                for b, blk in enumerate(getattr(n, lname)):
-                    units.append(Unit(f"net.{lname}.{b}", blk, [blk]))
-            units[-1] = Unit(
-                units[-1].unit_name, (lambda blk: lambda x: n.avgpool(blk(x)))(n.layer4[-1]), [n.layer4[-1]]
-            )
-            units.append(Unit("net.fc", lambda x: n.fc(torch.flatten(x, 1)), [n.fc]))
-            return units
-        if self.arch == "mobilenet_v2":
-            units = [Unit(f"net.features.{i}", m, [m]) for i, m in enumerate(n.features)]
-            last = n.features[-1]
-            units[-1] = Unit(units[-1].unit_name, lambda x: F.adaptive_avg_pool2d(last(x), 1), [last])
-            cls = n.classifier
-            units.append(Unit("net.classifier", lambda x: cls(torch.flatten(x, 1)), [cls]))
-            return units
-        raise AssertionError(self.arch)
+        return [Unit(name, fn, mods) for name, fn, mods in graph_units(self.net)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _BasicBlock(nn.Module):
+    """pytorch-cifar's ResNet ``BasicBlock``: two 3x3 convs and a shortcut (a 1x1 conv where the shape changes)."""
+
+    def __init__(self, c_in: int, c: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet (ResNet-20: 3 stages of 3 blocks), pytorch-cifar layout (``../shared/models``)."""
+
+    def __init__(self, blocks: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        stages, c_in = [], 16
+        for c, stride in ((16, 1), (32, 2), (64, 2)):
+            layers = []
+            for b in range(blocks):
+                layers.append(_BasicBlock(c_in, c, stride if b == 0 else 1))
+                c_in = c
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
 @dataclass(frozen=True)
@@ -207,31 +238,49 @@ class ZooEntry:
     name: str
     description: str
     input_size: int  # square image side in pixels
-    num_classes: int
-    build: Callable[[], UnitModel]
+    num_classes: int  # the default; a checkpoint's own count wins (load_model)
+    build: Callable[[int], UnitModel]  # num_classes -> a fresh model
     dataset: str  # what it is meant for: "cifar10" or "imagenet"
 
 
-def _torchvision(arch: str) -> UnitModel:
+def _torchvision(arch: str, num_classes: int) -> UnitModel:
     import torchvision
 
-    net = getattr(torchvision.models, arch)(weights=None)
-    return TorchvisionUnits(arch, net)
+    return GraphModel(getattr(torchvision.models, arch)(weights=None, num_classes=num_classes))
+
+
+def _torchvision_entry(arch: str, what: str) -> ZooEntry:
+    return ZooEntry(
+        arch,
+        f"torchvision {what}, 224x224 by default (--input-size), cut where one tensor crosses",
+        224,
+        1000,
+        lambda n: _torchvision(arch, n),
+        "imagenet",
+    )
 
 
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
         ZooEntry(
-            "vgg16", "VGG16-BN for CIFAR-10 (pytorch-cifar layout)", 32, 10, lambda: CifarVGG(VGG16_CFG), "cifar10"
+            "vgg16", "VGG16-BN for CIFAR-10 (pytorch-cifar layout)", 32, 10, lambda n: CifarVGG(VGG16_CFG, n), "cifar10"
         ),
         ZooEntry("mobilenet", "MobileNet v1 for CIFAR-10 (pytorch-cifar layout)", 32, 10, CifarMobileNet, "cifar10"),
+        ZooEntry(
+            "resnet20",
+            "ResNet-20 for CIFAR-10 (pytorch-cifar layout, residual: cut at block boundaries)",
+            32,
+            10,
+            lambda n: GraphModel(CifarResNet(3, n)),
+            "cifar10",
+        ),
         ZooEntry(
             "tinyvgg",
             "6-conv VGG-BN for CIFAR-10, shipped with weights",
             32,
             10,
-            lambda: CifarVGG(TINYVGG_CFG),
+            lambda n: CifarVGG(TINYVGG_CFG, n),
             "cifar10",
         ),
         ZooEntry(
@@ -239,38 +288,91 @@ ZOO: dict[str, ZooEntry] = {
             "5-conv VGG-BN for CIFAR-10 with a narrow layer early, so a split pays; the built-in demo model",
             32,
             10,
-            lambda: CifarVGG(TINYSPLIT_CFG),
+            lambda n: CifarVGG(TINYSPLIT_CFG, n),
             "cifar10",
         ),
-        ZooEntry(
-            "resnet18",
-            "torchvision ResNet-18, 224x224, cut at block boundaries",
-            224,
-            1000,
-            lambda: _torchvision("resnet18"),
-            "imagenet",
-        ),
-        ZooEntry(
-            "mobilenet_v2",
-            "torchvision MobileNetV2, 224x224, cut at block boundaries",
-            224,
-            1000,
-            lambda: _torchvision("mobilenet_v2"),
-            "imagenet",
-        ),
+        _torchvision_entry("resnet18", "ResNet-18"),
+        _torchvision_entry("resnet50", "ResNet-50"),
+        _torchvision_entry("mobilenet_v2", "MobileNetV2"),
+        _torchvision_entry("mobilenet_v3_small", "MobileNetV3-Small"),
+        _torchvision_entry("mobilenet_v3_large", "MobileNetV3-Large"),
+        _torchvision_entry("efficientnet_b0", "EfficientNet-B0"),
+        _torchvision_entry("regnet_x_400mf", "RegNetX-400MF"),
     ]
 }
 
 
+def split_key(model: str) -> tuple[str, int | None]:
+    """A model key is a zoo name or a factory (``package.module:function``), optionally ``:SIZE`` for its input side
+    (``mobilenet_v2:96``): the key plans and profiles name it by, since tables at one size say nothing of another."""
+    base, sep, size = model.rpartition(":")
+    if sep and size.isdigit():
+        return base, int(size)
+    return model, None
+
+
+def model_key(model: str, input_size: int | None) -> str:
+    """``model`` at ``input_size`` as a key (the bare name where the size is the entry's own, or not given)."""
+    base, size = split_key(model)
+    size = input_size or size
+    if size is None or size == get_entry(base).input_size:
+        return base
+    return f"{base}:{size}"
+
+
 def get_entry(name: str) -> ZooEntry:
-    if name not in ZOO:
-        raise CpcdrlError(f"unknown model {name!r}; known: {', '.join(ZOO)}")
-    return ZOO[name]
+    """The zoo entry of a model key: a zoo name or a factory, at the key's input size (see ``split_key``)."""
+    base, size = split_key(name)
+    entry = ZOO.get(base) or (_factory_entry(base) if ":" in base else None)
+    if entry is None:
+        raise CpcdrlError(
+            f"unknown model {name!r}: give a zoo name ({', '.join(ZOO)}; cpcdrl models) or package.module:function"
+        )
+    if size is not None:
+        if not 8 <= size <= 2048:
+            raise CpcdrlError(f"--input-size {size} is outside 8..2048 pixels")
+        entry = dataclasses.replace(entry, name=name, input_size=size)
+    return entry
 
 
-def build_model(name: str) -> UnitModel:
-    """A fresh, randomly initialised zoo model in eval mode."""
-    model = get_entry(name).build()
+def _factory_entry(spec: str) -> ZooEntry:
+    """A user's ``package.module:function`` returning an ``nn.Module`` (imported from the working directory first)."""
+    mod_name, _, fn_name = spec.partition(":")
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, "")  # the user's own package, where they run cpcdrl
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's code is one line
+        raise CpcdrlError(f"cannot import the model factory {spec!r}: {type(exc).__name__}: {exc}") from None
+    if not callable(fn):
+        raise CpcdrlError(f"model factory {spec!r} is not callable")
+
+    def build(num_classes: int) -> UnitModel:
+        try:
+            params = inspect.signature(fn).parameters
+            net = fn(num_classes=num_classes) if "num_classes" in params else fn()
+        except Exception as exc:  # noqa: BLE001 - the user's code: one line naming it
+            raise CpcdrlError(f"model factory {spec!r} failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(net, nn.Module):
+            raise CpcdrlError(f"model factory {spec!r} returned {type(net).__name__}, not a torch.nn.Module")
+        return net if isinstance(net, UnitModel) else GraphModel(net)
+
+    return ZooEntry(spec, f"factory {spec}", 224, 1000, build, "imagefolder")
+
+
+def preprocess_for(model: str) -> Preprocess:
+    """How images become ``model``'s input: its input side, and CIFAR-10's mean and std for the CIFAR models,
+    torchvision's ImageNet ones for every other (the convention their weights and the reference checkpoints use)."""
+    entry = get_entry(model)
+    if entry.dataset == "cifar10":
+        return Preprocess(size=entry.input_size)
+    return Preprocess(size=entry.input_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def build_model(name: str, num_classes: int | None = None) -> UnitModel:
+    """A fresh, randomly initialised model in eval mode (the entry's class count unless given)."""
+    entry = get_entry(name)
+    model = entry.build(num_classes or entry.num_classes)
     model.eval()
     return model
 
@@ -304,9 +406,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
         raise CpcdrlError(
             f"{path} is not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
         ) from None
-    sd = extract_state_dict(raw)
-    if isinstance(model, TorchvisionUnits) and not any(k.startswith("net.") for k in sd):
-        sd = {f"net.{k}": v for k, v in sd.items()}  # plain torchvision checkpoints
+    sd = own_keys(model, extract_state_dict(raw))
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -342,10 +442,33 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def own_keys(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A plain network's checkpoint (torchvision's, pytorch-cifar's, a user's) as a ``GraphModel``'s (``net.``)."""
+    if isinstance(model, GraphModel) and not any(k.startswith("net.") for k in sd):
+        return {f"net.{k}": v for k, v in sd.items()}
+    return sd
+
+
+def checkpoint_classes(model: nn.Module, path: str | Path) -> int | None:
+    """The class count a checkpoint was trained for: its last linear layer's outputs (None where it has none)."""
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last or not Path(path).is_file():
+        return None
+    try:
+        sd = own_keys(model, extract_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
+    except Exception:  # noqa: BLE001 - load_checkpoint reports an unreadable file in its own words
+        return None
+    w = sd.get(f"{last[-1]}.weight")
+    return int(w.shape[0]) if w is not None and w.dim() == 2 else None
+
+
 def load_model(name: str, checkpoint: str | Path | None = None) -> UnitModel:
-    """Build a zoo model and, if given, load a checkpoint into it (eval mode)."""
+    """Build a model and, if given, load a checkpoint into it (eval mode); the checkpoint's class count wins."""
     model = build_model(name)
     if checkpoint is not None:
+        n = checkpoint_classes(model, checkpoint)
+        if n is not None and n != get_entry(name).num_classes:
+            model = build_model(name, n)
         load_checkpoint(model, checkpoint)
     model.eval()
     return model

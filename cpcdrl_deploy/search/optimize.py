@@ -29,10 +29,10 @@ from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.measure.latency import FastestRuntime, LatencyModel, build_latency_model, edge_runtimes, link_fields
 from cpcdrl_deploy.measure.profile import LinkProfile, load_profile
 from cpcdrl_deploy.measure.runtimes import get_runtime
-from cpcdrl_deploy.models.data import Cifar10, load_cifar10, search_split, subset
-from cpcdrl_deploy.models.evaluate import accuracy_on
+from cpcdrl_deploy.models.data import ImageData, load_images, search_split, subset
+from cpcdrl_deploy.models.evaluate import accuracy_on, check_classes
 from cpcdrl_deploy.models.graph import ModelAnalysis, analyze
-from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_model
+from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_model, preprocess_for
 from cpcdrl_deploy.search.accuracy_cache import AccuracyCache, CachedScore, context_key, tensor_digest
 from cpcdrl_deploy.search.evaluator import Evaluation, PlanEvaluator
 from cpcdrl_deploy.search.methods import METHODS, SEARCHES, Callbacks, SearchConfig, SearchResult
@@ -118,7 +118,7 @@ class Session:
     model: UnitModel
     analysis: ModelAnalysis
     groups: list
-    data: Cifar10
+    data: ImageData
     test_idx: np.ndarray
     evaluator: PlanEvaluator
     latency_desc: str
@@ -134,8 +134,6 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
     _validate(req)
     t_start = time.perf_counter()
     entry = get_entry(req.model)
-    if entry.dataset != "cifar10":
-        raise CpcdrlError(f"optimize needs a CIFAR-10 model for its accuracy checks; {req.model} is not one")
     edge_p, cloud_p = load_profile(req.edge), load_profile(req.cloud)
     link_p = what_if_link(
         load_profile(req.link).link if req.link else (edge_p.link or cloud_p.link),
@@ -152,7 +150,8 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         model = model.to(req.device)
-    data = load_cifar10(req.data)
+    data = load_images(req.data, preprocess_for(req.model))
+    check_classes(model, data, req.model)
     val_idx, calib_idx = search_split(len(data.train), req.val_size, req.calib_size, req.search.seed)
     test_idx = subset(len(data.test), req.test_limit, req.search.seed)
     val_set = data.train

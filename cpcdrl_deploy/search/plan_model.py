@@ -20,10 +20,10 @@ import torch
 from cpcdrl_deploy.compress.pruning import Calibration, prune
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
-from cpcdrl_deploy.models.data import Cifar10, load_cifar10, search_split, subset
-from cpcdrl_deploy.models.evaluate import accuracy_on
+from cpcdrl_deploy.models.data import ImageData, load_images, search_split, subset
+from cpcdrl_deploy.models.evaluate import accuracy_on, check_classes
 from cpcdrl_deploy.models.graph import analyze
-from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_model
+from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, load_model, preprocess_for
 from cpcdrl_deploy.search.plan import Plan, load_plan
 
 
@@ -32,7 +32,7 @@ def rebuild(
     data: str | Path | None = None,
     checkpoint: str | Path | None = None,
     plan_path: str | Path | None = None,
-) -> tuple[UnitModel, UnitModel, Cifar10]:
+) -> tuple[UnitModel, UnitModel, ImageData]:
     """(original, pruned) models of ``plan`` and the dataset.
 
     With the plan's saved weights (``plan.weights``, beside ``plan_path``),
@@ -49,7 +49,8 @@ def rebuild(
     analysis = analyze(original, entry.input_size, plan.model)
     if plan.n_layers != analysis.n_layers or len(plan.channels) != analysis.n_layers:
         raise CpcdrlError(f"the plan's layers do not match {plan.model} ({analysis.n_layers} layers)")
-    ds = load_cifar10(data or plan.data_source)
+    ds = load_images(data or plan.data_source, preprocess_for(plan.model))
+    check_classes(original, ds, plan.model)
     cut, ratios, cfg = plan.cut, list(plan.ratios), plan.prune.config()
     pruned = original
     if plan.weights is not None and plan_path is not None and plan.pruned:
@@ -77,7 +78,7 @@ def rebuild(
     return original, pruned, ds
 
 
-def calibration_images(plan: Plan, ds: Cifar10) -> torch.Tensor:
+def calibration_images(plan: Plan, ds: ImageData) -> torch.Tensor:
     """The training images the plan's refit was calibrated on (optimize's recipe, data.search_split)."""
     _, idx = search_split(len(ds.train), plan.val_size or 0, plan.calib_size or 256, plan.seed)
     return ds.train.tensors(idx)[0]

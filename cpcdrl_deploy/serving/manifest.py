@@ -67,7 +67,7 @@ class ExportManifest(Artifact):
     quantize: str | None = None
     preprocess: dict[str, str] = {}
     files: dict[str, ModelFile]  # by role: head, tail, full
-    check: dict[str, float | bool] = {}  # agreement with PyTorch, accuracy, ... on the check images
+    check: dict[str, bool | int | float] = {}  # agreement with PyTorch, accuracy, ... on the check images
     runtime: RoleRuntimes = RoleRuntimes()
     plan: dict[str, Any] | None = None  # the plan document, as export read it (search/plan.py types it)
     export_s: float | None = None
