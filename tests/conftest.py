@@ -17,6 +17,7 @@ DATASET_TGZ = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
 CHECKPOINTS = {
     "vgg16": SHARED / "models" / "vgg16-cifar10.pth",
     "mobilenet": SHARED / "models" / "mobilenet-cifar10.pth",
+    "resnet20": SHARED / "models" / "resnet20-cifar10.pth",
 }
 
 torch.set_num_threads(2)

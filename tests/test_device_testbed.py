@@ -397,6 +397,36 @@ def test_deploy_on_the_testbed(bed, profiles, tmp_path) -> None:
         assert s.connect_ex((u.hostname, u.port)) != 0
 
 
+def test_a_residual_model_from_analysis_to_the_device(bed, cifar_dir, tmp_path) -> None:
+    """ResNet-20 (a DAG: cut only between blocks, residual channels pruned as one group): analyse, optimise on the
+    paper profile, export, deploy on the emulated Pi; every answer is the pruned PyTorch model's."""
+    from typer.testing import CliRunner
+
+    from cpcdrl_deploy.cli import app
+    from tests.conftest import CHECKPOINTS, need_shared
+
+    ckpt = str(need_shared(CHECKPOINTS["resnet20"]))
+    cli = CliRunner()
+    a = json.loads(cli.invoke(app, ["analyze", "resnet20", "--format", "json"]).stdout)
+    cuts = [p["index"] for p in a["points"] if p["cuttable"]]
+    assert 2 in [p["index"] for p in a["points"]] and 2 not in cuts  # inside the first block: two tensors live
+    plan = tmp_path / "plan.json"
+    res = cli.invoke(
+        app,
+        ["optimize", "resnet20", "-c", ckpt, "--data", str(cifar_dir), "--method", "greedy", "--episodes", "2",
+         "--val-size", "100", "--calib", "32", "--limit", "100", "--max-accuracy-loss", "5", "--bandwidth", "20KB/s",
+         "--no-cache", "--out", str(plan)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    saved = json.loads(plan.read_text())
+    assert saved["model"] == "resnet20" and saved["cut"] in cuts
+    res = cli.invoke(app, ["deploy", str(plan), "--edge", NAME, "--requests", "6", "--out", str(tmp_path / "d"),
+                           "--format", "json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["answered"] == 6 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
+
+
 def test_bench_on_the_testbed(bed, profiles, tmp_path) -> None:
     """Three tinyvgg plans interleaved over the shaped link: every round visits each, tables judged by rank and
     ratio."""

@@ -42,7 +42,7 @@ from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.measure.runtimes import RUNTIMES, Runtime, get_runtime
 from cpcdrl_deploy.models.data import ImageData, subset
 from cpcdrl_deploy.models.graph import analyze
-from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry
+from cpcdrl_deploy.models.zoo import UnitModel, file_sha256, get_entry, preprocess_for
 from cpcdrl_deploy.ondevice.datatypes import triton_type
 from cpcdrl_deploy.ondevice.runner import load_model as load_edge_model
 from cpcdrl_deploy.search.plan import Plan, load_plan
@@ -361,7 +361,7 @@ def _manifest(
         cut_shape=list(split.cut_shape),
         transfer=transfer if split.head and split.tail else "fp32",
         quantize=quantize if b > 0 else None,
-        preprocess={"layout": "NCHW float32", "normalise": "CIFAR-10 mean/std (cpcdrl_deploy.models.data.normalize)"},
+        preprocess={"layout": "NCHW float32", **preprocess_for(plan.model).to_dict()},
         files=files,
         check=check,
         runtime=RoleRuntimes(head=rt.name if split.head else None, tail="onnxruntime" if split.tail else None),

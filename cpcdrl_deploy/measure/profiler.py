@@ -111,13 +111,32 @@ def layer_variants(
 
 def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn.Module, torch.Tensor]:
     """Layer t's unit of ``pruned`` (weights frozen as constants) and the input it gets there: zeros through the
-    units before it."""
-    units = make_constant(pruned).units()
+    units before it.
+
+    A unit holding several prunable layers (a residual block) is timed whole
+    by the heads and tails; its layers are timed one by one, each convolution
+    alone on the input it gets inside the block (the add, its batch norms and
+    activations are left to the whole-model anchors, latency.anchored).
+    """
+    const = make_constant(pruned)
+    units = const.units()
+    layer = analysis.layers[t - 1]
     x = torch.zeros(1, *analysis.input_shape)
-    with torch.no_grad():
-        for u in units[: analysis.layers[t - 1].unit]:
-            x = u(x)
-    return units[analysis.layers[t - 1].unit], x
+    if sum(1 for other in analysis.layers if other.unit == layer.unit) == 1:
+        with torch.no_grad():
+            for u in units[: layer.unit]:
+                x = u(x)
+        return units[layer.unit], x
+    mod = dict(const.named_modules())[layer.name]
+    seen: list[torch.Tensor] = []
+    handle = mod.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    try:
+        with torch.no_grad():
+            for u in units[: layer.unit + 1]:
+                x = u(x)
+    finally:
+        handle.remove()
+    return mod, seen[0]
 
 
 @dataclass(frozen=True)
@@ -175,12 +194,6 @@ def _build_jobs(
     entry = get_entry(model_name)
     model: UnitModel = build_model(model_name)
     analysis = analyze(model, entry.input_size, model_name)
-    units_per_layer = {layer.unit for layer in analysis.layers}
-    if len(units_per_layer) != analysis.n_layers:
-        raise CpcdrlError(
-            f"profiling per layer needs one prunable layer per unit; {model_name} has blocks (profile a sequential"
-            " CIFAR model)"
-        )
     groups = channel_groups(model, analysis)
     jobs = _layer_jobs(
         model, analysis, groups, grid, out, lambda t: tick(f"{model_name}: exporting layers", t, analysis.n_layers)

@@ -41,6 +41,7 @@ from cpcdrl_deploy.search.plan import (
     PlanAccuracy,
     PlanData,
     PlanMacs,
+    PlanPreprocess,
     PlanProfiles,
     PlanPrune,
     PlanRecord,
@@ -483,6 +484,7 @@ def _plan_record(session: Session, res: SearchResult, loss: float, a0_val: float
         data=PlanData(
             source=str(req.data), val_size=req.val_size, calib_size=req.calib_size, val_source=req.val_source
         ),
+        preprocess=PlanPreprocess.model_validate(preprocess_for(req.model).to_dict()),
         episodes=res.episodes,
         evaluations=res.evaluations,
         search_s=res.wall_s,
@@ -500,6 +502,7 @@ def _plan_record(session: Session, res: SearchResult, loss: float, a0_val: float
         accuracy=record.accuracy,
         seed=record.seed,
         data=record.data,
+        preprocess=record.preprocess,
         episodes=record.episodes,
         evaluations=record.evaluations,
         search_s=record.search_s,
@@ -565,6 +568,7 @@ def uniform_plan(
         feasible=True,
         profiles=PlanProfiles(edge="paper", cloud="paper"),
         data=PlanData(source=str(data), val_size=val_size, calib_size=calib_size),
+        preprocess=PlanPreprocess.model_validate(preprocess_for(model).to_dict()),
         cut=cut,
         cut_name=a.points[cut].name,
         n_layers=a.n_layers,

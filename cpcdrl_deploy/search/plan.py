@@ -60,6 +60,15 @@ class PlanPrune(StrictPart):
         return PruneConfig(importance=self.importance, round_to=self.round_to, refit=self.refit)
 
 
+class PlanPreprocess(StrictPart):
+    """How an image becomes the model's input (models/data.Preprocess): what the device must do the same way."""
+
+    size: Positive
+    resize: Positive | None = None
+    mean: list[float]
+    std: list[float]
+
+
 class PlanProfiles(StrictPart):
     """The profiles (names or paths) and link overrides optimize was given."""
 
@@ -110,6 +119,7 @@ class PlanRecord(Artifact):
     accuracy: PlanAccuracy = PlanAccuracy()
     seed: int = 0
     data: PlanData
+    preprocess: PlanPreprocess | None = None  # plans from before it was recorded: the CIFAR models' own
     episodes: int | None = None
     evaluations: int | None = None
     search_s: float | None = None

@@ -65,7 +65,7 @@ class ExportManifest(Artifact):
     cut_shape: list[int] | None = None
     transfer: str = "fp32"
     quantize: str | None = None
-    preprocess: dict[str, str] = {}
+    preprocess: dict[str, Any] = {}  # layout, size, resize, mean, std: how the device prepares an image
     files: dict[str, ModelFile]  # by role: head, tail, full
     check: dict[str, bool | int | float] = {}  # agreement with PyTorch, accuracy, ... on the check images
     runtime: RoleRuntimes = RoleRuntimes()
