@@ -492,21 +492,10 @@ def _plan_record(session: Session, res: SearchResult, loss: float, a0_val: float
     )
     if b is None:
         return record
-    # the record's fields (the feasible ones' defaults are None there) plus what the best plan sets
-    common = {k: getattr(record, k) for k in ("cpcdrl_version", "model", "checkpoint", "checkpoint_sha256", "method")}
+    # the record's fields (a feasible plan's own are None there) and what the best plan sets
     return Plan(
-        **common,
+        **record.model_dump(exclude_unset=True, exclude={"kind", "schema_version", "feasible"}),
         feasible=True,
-        profiles=record.profiles,
-        latency_model=record.latency_model,
-        accuracy=record.accuracy,
-        seed=record.seed,
-        data=record.data,
-        preprocess=record.preprocess,
-        episodes=record.episodes,
-        evaluations=record.evaluations,
-        search_s=record.search_s,
-        host=record.host,
         cut=b.cut,
         cut_name=analysis.points[b.cut].name,
         n_layers=analysis.n_layers,
