@@ -484,7 +484,9 @@ def edge_runtimes(edge: Profile, model: str) -> list[str]:
     """The edge runtimes ``edge`` has tables for (ONNX Runtime first); an analytic profile prices none apart."""
     if edge.kind != "measured":
         return ["onnxruntime"]
-    return [r for r in ("onnxruntime", "litert") if table_key(model, r) in edge.tables]
+    # read from the table keys (profile.table_key): whatever runtimes the profiler timed, no list to keep here
+    others = sorted(k.partition("@")[2] for k in edge.tables if k.startswith(f"{model}@"))
+    return (["onnxruntime"] if model in edge.tables else []) + others
 
 
 def build_latency_model(

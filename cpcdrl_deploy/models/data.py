@@ -55,6 +55,8 @@ class Preprocess:
 
     def apply(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor:
         """uint8 H x W x 3 images (one array of equal sizes, or a list) -> normalised float32 N x 3 x size x size."""
+        if isinstance(images, list) and len({im.shape for im in images}) == 1:
+            images = np.stack(images)  # one size (a CIFAR folder): one batch, not one resize per image
         if isinstance(images, np.ndarray):
             return self._normalise(self._fit(_to_float(images)))
         return self._normalise(torch.cat([self._fit(_to_float(im[None])) for im in images])) if images else _empty(self)
