@@ -313,21 +313,12 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(SSHDevice, "run", flaky)
     dev = connect(NAME)
+    # what is tested is the resume, not the timing: one keep, one short pass
+    quick = dict(
+        repeats=3, warmup=1, measure_link_too=False, batch=10, retime_tries=0, rounds=1, window_ms=10.0
+    )  # fmt: skip
     with pytest.raises(CpcdrlError):
-        # what is tested is the resume, not the timing: one keep, one short pass
-        profiling.profile_host(
-            dev,
-            ["tinyvgg"],
-            out,
-            (1.0,),
-            repeats=3,
-            warmup=1,
-            measure_link_too=False,
-            batch=10,
-            retime_tries=0,
-            rounds=1,
-            window_ms=10.0,
-        )
+        profiling.profile_host(dev, ["tinyvgg"], out, (1.0,), **quick)
     assert not out.exists(), "no partial profile file"
     partial = json.loads(Path(str(out) + ".partial").read_text())
     assert len(partial["results"]["tinyvgg"]) == 10
@@ -335,20 +326,7 @@ def test_connection_cut_then_resume(bed, tmp_path, monkeypatch) -> None:
     logs: list[str] = []
     dev = connect(NAME)
     try:
-        prof = profiling.profile_host(
-            dev,
-            ["tinyvgg"],
-            out,
-            (1.0,),
-            repeats=3,
-            warmup=1,
-            measure_link_too=False,
-            batch=10,
-            log=logs.append,
-            retime_tries=0,
-            rounds=1,
-            window_ms=10.0,
-        )
+        prof = profiling.profile_host(dev, ["tinyvgg"], out, (1.0,), log=logs.append, **quick)
     finally:
         dev.close()
     assert any("resuming: 10 of" in line for line in logs)

@@ -144,38 +144,11 @@ def test_server_down_at_start(exported, tmp_path) -> None:
     e3, _, x = exported
     url = f"http://127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()
-    rc, log, rep = _run(
-        tmp_path,
-        "--inputs",
-        str(x),
-        "--head",
-        str(e3 / "head.onnx"),
-        "--url",
-        url,
-        "--model",
-        "tinyvgg_tail",
-        "--timeout",
-        "2",
-    )
+    args = ["--inputs", str(x), "--head", str(e3 / "head.onnx"), "--url", url, "--model", "tinyvgg_tail"]
+    rc, log, rep = _run(tmp_path, *args, "--timeout", "2")
     assert rc == 1 and rep["aborted"] and "3 consecutive" in rep["aborted"] and rep["answered"] == 0
     assert time.perf_counter() - t0 < 60
-    rc, log, rep = _run(
-        tmp_path,
-        "--inputs",
-        str(x),
-        "--head",
-        str(e3 / "head.onnx"),
-        "--url",
-        url,
-        "--model",
-        "tinyvgg_tail",
-        "--timeout",
-        "2",
-        "--fallback",
-        "local",
-        "--full",
-        str(e3 / "full.onnx"),
-    )
+    rc, log, rep = _run(tmp_path, *args, "--timeout", "2", "--fallback", "local", "--full", str(e3 / "full.onnx"))
     assert rc == 0 and rep["answered"] == 40 and rep["fallbacks"] == 40
     full = ort_session(e3 / "full.onnx").run(None, {"input": np.load(x)})[0].argmax(1)
     assert [r["prediction"] for r in rep["records"]] == full.tolist()

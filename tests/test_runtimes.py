@@ -204,35 +204,19 @@ def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, e
         )
 
 
+def _profile_locally(out, *runtimes: str) -> None:
+    """tinyvgg profiled on this host with each of ``runtimes``, one short pass (what is tested is the tables' form)."""
+    args = ["profile", "--host", "local", "-m", "tinyvgg", *(a for r in runtimes for a in ("--runtime", r))]
+    args += ["--grid", "1.0", "--repeats", "2", "--rounds", "1", "--warmup", "1", "-o", str(out), "--format", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.slow
 def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
     need_litert()
     out = tmp_path / "local.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "profile",
-            "--host",
-            "local",
-            "-m",
-            "tinyvgg",
-            "--runtime",
-            "litert",
-            "--grid",
-            "1.0",
-            "--repeats",
-            "2",
-            "--rounds",
-            "1",
-            "--warmup",
-            "1",
-            "-o",
-            str(out),
-            "--format",
-            "json",
-        ],
-    )
-    assert res.exit_code == 0, res.output
+    _profile_locally(out, "litert")
     prof = load_profile(out)
     t = prof.tables["tinyvgg@litert"].model_dump()
     assert t["runtime"] == "litert" and prof.host["litert"] and len(t["layers"]) == 7
@@ -245,33 +229,7 @@ def test_profile_times_both_runtimes_side_by_side(tmp_path) -> None:
     """Two --runtime options: every unit built for both and timed in the same batches, one table each."""
     need_litert()
     out = tmp_path / "local.json"
-    res = CliRunner().invoke(
-        app,
-        [
-            "profile",
-            "--host",
-            "local",
-            "-m",
-            "tinyvgg",
-            "--runtime",
-            "onnxruntime",
-            "--runtime",
-            "litert",
-            "--grid",
-            "1.0",
-            "--repeats",
-            "2",
-            "--rounds",
-            "1",
-            "--warmup",
-            "1",
-            "-o",
-            str(out),
-            "--format",
-            "json",
-        ],
-    )
-    assert res.exit_code == 0, res.output
+    _profile_locally(out, "onnxruntime", "litert")
     prof = load_profile(out)
     ort, lite = prof.tables["tinyvgg"].model_dump(), prof.tables["tinyvgg@litert"].model_dump()
     assert (

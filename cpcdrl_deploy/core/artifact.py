@@ -5,8 +5,8 @@ Each artifact names its ``KIND`` (the document's ``kind`` field), its
 so a file from an older, unreadable version gets one line saying how to make
 a new one. Where an older version is still readable, the artifact's
 ``upgrade`` (the loader, and the only place that knows old keys) brings the
-document up to date before validation. ``json_schema()`` is what
-``docs/schemas/`` holds.
+document up to date before validation. ``docs/schemas/`` holds each one's
+JSON Schema (``deploy/schemas.py``).
 """
 
 from __future__ import annotations

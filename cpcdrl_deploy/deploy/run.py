@@ -343,9 +343,8 @@ def deploy(req: DeployRequest, log: Log = lambda s: None, tick: Ticker = no_tick
     ran = _run_on_device(dev, req, staged, bind, log, tick)
     report = _report(req, dev.name, staged, ran)
     report["wall_s"] = time.perf_counter() - t_start
-    DeployReport.from_data(report, "deploy report").save(
-        staged.out / "deploy-report.json"
-    )  # checked against its schema
+    # checked against its schema as it is written
+    DeployReport.from_data(report, "deploy report").save(staged.out / "deploy-report.json")
     if any("prediction" in r and not r.get("fallback") for r in ran.runner["records"]):
         plot_deploy(report, staged.out / "deploy.png")
     return report

@@ -153,6 +153,7 @@ class ModelTable(Part):
 class Profile(Artifact):
     """What a latency model needs about one host and the link; ``kind`` says whether it was measured."""
 
+    VERSION = SCHEMA_VERSION
     REMAKE = "cpcdrl profile --host HOST"
 
     name: str

@@ -391,21 +391,29 @@ def extract_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load weights into ``model``; refuse a checkpoint of another architecture.
-
-    Returns the checkpoint's metadata (``acc``, ``epoch`` where present).
-    """
+def read_checkpoint(path: str | Path) -> Any:
+    """The object a checkpoint file holds (tensors, numbers, strings only), or one error line."""
     path = Path(path)
     if not path.is_file():
         raise CpcdrlError(f"checkpoint not found: {path}")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or not a torch file
         first = (str(exc).splitlines() or [""])[0]
         raise CpcdrlError(
             f"{path} is not a PyTorch checkpoint ({type(exc).__name__}{': ' + first if first else ''})"
         ) from None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, raw: Any = None) -> dict[str, Any]:
+    """Load weights into ``model``; refuse a checkpoint of another architecture.
+
+    ``raw``: the file's contents where the caller has read them already
+    (``read_checkpoint``). Returns the checkpoint's metadata (``acc``,
+    ``epoch`` where present).
+    """
+    path = Path(path)
+    raw = read_checkpoint(path) if raw is None else raw
     sd = own_keys(model, extract_state_dict(raw))
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -449,16 +457,15 @@ def own_keys(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.T
     return sd
 
 
-def checkpoint_classes(model: nn.Module, path: str | Path) -> int | None:
-    """The class count a checkpoint was trained for: its last linear layer's outputs (None where it has none)."""
+def checkpoint_classes(model: nn.Module, raw: Any) -> int | None:
+    """The class count a checkpoint (``read_checkpoint``) was trained for: its last linear layer's outputs, None where
+    it has none or holds no state_dict (load_checkpoint then says why)."""
     last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not last or not Path(path).is_file():
-        return None
     try:
-        sd = own_keys(model, extract_state_dict(torch.load(path, map_location="cpu", weights_only=True)))
-    except Exception:  # noqa: BLE001 - load_checkpoint reports an unreadable file in its own words
+        sd = own_keys(model, extract_state_dict(raw))
+    except CpcdrlError:
         return None
-    w = sd.get(f"{last[-1]}.weight")
+    w = sd.get(f"{last[-1]}.weight") if last else None
     return int(w.shape[0]) if w is not None and w.dim() == 2 else None
 
 
@@ -466,10 +473,11 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> UnitModel:
     """Build a model and, if given, load a checkpoint into it (eval mode); the checkpoint's class count wins."""
     model = build_model(name)
     if checkpoint is not None:
-        n = checkpoint_classes(model, checkpoint)
+        raw = read_checkpoint(checkpoint)  # read once: its class count, then its weights
+        n = checkpoint_classes(model, raw)
         if n is not None and n != get_entry(name).num_classes:
             model = build_model(name, n)
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, raw)
     model.eval()
     return model
 

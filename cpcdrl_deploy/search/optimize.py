@@ -484,7 +484,7 @@ def _plan_record(session: Session, res: SearchResult, loss: float, a0_val: float
         data=PlanData(
             source=str(req.data), val_size=req.val_size, calib_size=req.calib_size, val_source=req.val_source
         ),
-        preprocess=PlanPreprocess.model_validate(preprocess_for(req.model).to_dict()),
+        preprocess=PlanPreprocess.of(req.model),
         episodes=res.episodes,
         evaluations=res.evaluations,
         search_s=res.wall_s,
@@ -557,7 +557,7 @@ def uniform_plan(
         feasible=True,
         profiles=PlanProfiles(edge="paper", cloud="paper"),
         data=PlanData(source=str(data), val_size=val_size, calib_size=calib_size),
-        preprocess=PlanPreprocess.model_validate(preprocess_for(model).to_dict()),
+        preprocess=PlanPreprocess.of(model),
         cut=cut,
         cut_name=a.points[cut].name,
         n_layers=a.n_layers,

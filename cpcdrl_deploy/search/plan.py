@@ -21,7 +21,7 @@ from cpcdrl_deploy.compress.transfer import TRANSFERS
 from cpcdrl_deploy.core.artifact import Artifact, StrictPart
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.measure.runtimes import RUNTIMES
-from cpcdrl_deploy.models.zoo import get_entry
+from cpcdrl_deploy.models.zoo import get_entry, preprocess_for
 
 PLAN_SCHEMA_VERSION = 1
 Positive = Annotated[int, Field(ge=1)]
@@ -67,6 +67,11 @@ class PlanPreprocess(StrictPart):
     resize: Positive | None = None
     mean: list[float]
     std: list[float]
+
+    @classmethod
+    def of(cls, model: str) -> PlanPreprocess:
+        """What ``model`` (a model key) takes: ``zoo.preprocess_for``, as the plan records it."""
+        return cls.model_validate(preprocess_for(model).to_dict())
 
 
 class PlanProfiles(StrictPart):
