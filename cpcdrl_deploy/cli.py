@@ -52,6 +52,7 @@ InputSizeOpt = Annotated[
         "--input-size", min=8, max=2048, help="square input side in pixels (default: the model's); kept as MODEL:SIZE"
     ),
 ]
+ProfileModelsOpt = Annotated[list[str], typer.Option("--model", "-m", help=f"model(s) to profile: {ModelHelp}")]
 CheckpointOpt = Annotated[
     str | None,
     typer.Option(
@@ -677,7 +678,8 @@ ColdGapMsOpt = Annotated[
 @command
 def profile_cmd(
     host: Annotated[str, typer.Option("--host", help="'local', an ssh_config alias, or user@host[:port]")] = "local",
-    model: Annotated[list[str], typer.Option("--model", "-m", help="zoo model(s) to profile")] = ["mobilenet"],  # noqa: B006
+    model: ProfileModelsOpt = ["mobilenet"],  # noqa: B006
+    input_size: InputSizeOpt = None,
     out: OutOpt = None,
     grid: Annotated[str, typer.Option("--grid", help="kept channel fractions")] = "0.25,0.5,0.75,1.0",
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
@@ -699,6 +701,7 @@ def profile_cmd(
     from cpcdrl_deploy.core.fileio import check_writable
     from cpcdrl_deploy.devices.remote import connect
     from cpcdrl_deploy.measure.profiler import profile_host
+    from cpcdrl_deploy.models.zoo import model_key
 
     check_writable(out, "--out")
 
@@ -725,7 +728,7 @@ def profile_cmd(
         with _progress(fmt) as tick:
             prof = profile_host(
                 dev,
-                model,
+                [model_key(m, input_size) for m in model],
                 dest,
                 fractions,
                 threads,
@@ -758,17 +761,19 @@ def profile_cmd(
 @app.command("compare")
 @command
 def compare_cmd(
-    model: Annotated[str, typer.Argument(help="zoo model name")],
+    model: Annotated[str, typer.Argument(help=ModelHelp)],
     edge: Annotated[str, typer.Option("--edge", help="measured edge profile")],
     cloud: Annotated[str, typer.Option("--cloud", help="measured cloud profile")],
     link: Annotated[str | None, typer.Option("--link")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of all three across cut points")] = None,
+    input_size: InputSizeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Estimated (MACs, tables) vs directly measured latency at every cut."""
     from cpcdrl_deploy.measure.compare import compare, plot_compare
+    from cpcdrl_deploy.models.zoo import model_key
 
-    res = compare(model, edge, cloud, link)
+    res = compare(model_key(model, input_size), edge, cloud, link)
     if plot is not None:
         plot_compare(res, plot)
         _err(f"wrote {plot}")

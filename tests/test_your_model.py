@@ -111,3 +111,31 @@ def test_a_factory_model_on_a_folder_of_its_own(user_dir: Path, tmp_path: Path) 
                     "a classifier needs at least 2")  # fmt: skip
     _one_line_error(["evaluate", model, "-c", str(ckpt), "--data", "builtin", "--input-size", "40"],
                     "outputs 3 classes")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_residual_block_is_timed_whole(user_dir: Path, tmp_path: Path) -> None:
+    """The profile times the block (two convs, batch norms, the add) whole at each grid keep, and the latency
+    model prices the block from those timings, not from its convolutions alone."""
+    from cpcdrl_deploy.measure.latency import SideTable, segment_ms
+    from cpcdrl_deploy.measure.profile import load_profile
+
+    out = tmp_path / "local.json"
+    _ok(["profile", "--host", "local", "-m", "mynets:small:40", "--grid", "0.5,1.0", "--repeats", "2", "--rounds",
+         "1", "--warmup", "1", "-o", str(out), "--format", "json"])  # fmt: skip
+    table = load_profile(out).tables["mynets:small:40"]
+    (seg,) = table.segments
+    assert (seg.first, seg.last) == (2, 3) and [p.keep for p in seg.points] == [0.5, 1.0]
+    assert seg.points[0].out_keep == [0.5, 0.5] and seg.points[1].in_keep == [1.0, 1.0]  # the block's input too
+    side, n = SideTable(table, "ms"), len(table.layers)
+    per_byte = table.run_overhead_per_io_byte.get("ms", 0.0)
+    for p in seg.points:  # at a keep the block was timed at, its price is that timing less the run's cost
+        ins, outs = [1.0] * n, [1.0] * n
+        ins[1:3], outs[1:3] = p.in_keep, p.out_keep
+        expect = max(0.0, p.ms - side.overhead_ms - per_byte * p.io_bytes)
+        assert segment_ms(side, seg, ins, outs) == pytest.approx(expect, rel=1e-6)
+    full = [1.0] * n
+    alone = sum(side.alone(i, 1.0, 1.0) for i in range(1, n + 1))
+    assert side.total(range(1, n + 1), full, full) == pytest.approx(
+        side.overhead_ms + alone - side.alone(2, 1.0, 1.0) - side.alone(3, 1.0, 1.0) + segment_ms(side, seg, full, full)
+    )

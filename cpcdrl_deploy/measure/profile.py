@@ -110,6 +110,25 @@ class PrunedHead(WholeTiming):
     out_keep: list[float]
 
 
+class SegmentPoint(Timing):
+    """A unit of several prunable layers (a residual block) timed whole, every group inside it pruned to ``keep``;
+    each of its layers' input and output keep as the pruner made them, and the bytes copied in and out of its run."""
+
+    keep: float
+    in_keep: list[float]
+    out_keep: list[float]
+    io_bytes: int
+
+
+class SegmentRow(Part):
+    """Layers ``first..last`` (one unit between two cut points) timed as one model at the grid's keeps."""
+
+    unit: int
+    first: int
+    last: int
+    points: list[SegmentPoint]
+
+
 class OverheadPoint(Timing):
     io_bytes: int
 
@@ -130,6 +149,7 @@ class ModelTable(Part):
     dw_alignment: int = 1
     dw_alignment_probe_ms: dict[str, float] = {}
     layers: list[LayerRow]
+    segments: list[SegmentRow] = []  # units of several layers, timed whole (older profiles: none)
     heads: list[WholeTiming] = []
     pruned_heads: list[PrunedHead] = []
     tails: list[WholeTiming] = []

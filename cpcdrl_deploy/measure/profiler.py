@@ -198,6 +198,7 @@ def _build_jobs(
     jobs = _layer_jobs(
         model, analysis, groups, grid, out, lambda t: tick(f"{model_name}: exporting layers", t, analysis.n_layers)
     )
+    jobs += _segment_jobs(model, analysis, groups, grid, out)
     jobs += _pruned_head_jobs(model, analysis, groups, grid, out, log)
     probes = _probe_files(analysis, out)
     jobs += _split_jobs(model, analysis, out)
@@ -246,6 +247,52 @@ def _layer_jobs(
         if analysis.layers[t - 1].kind == "dwconv":
             jobs.append(_misaligned_job(model, analysis, groups, t, out.workdir, out.ext, out.runtime))
         done(t)
+    return jobs
+
+
+def _segment_jobs(
+    model: UnitModel, analysis: ModelAnalysis, groups: list[ChannelGroup], grid: tuple[float, ...], out: _Writer
+) -> list[dict]:
+    """Each unit of several prunable layers (a residual block: the segment between two cut points) timed whole at
+    every grid keep of the groups inside it.
+
+    Its layers are timed one by one, each convolution alone (``_layer_alone``);
+    the block's add, batch norms and activations, and the caches its layers
+    share, are in none of those runs. The latency model maps a plan's sum of
+    the block's layers onto these timings (``latency.SideTable.segment``).
+    """
+    multi = sorted({L.unit for L in analysis.layers if sum(1 for o in analysis.layers if o.unit == L.unit) > 1})
+    if not multi:
+        return []
+    n = analysis.n_layers
+    jobs: list[dict] = []
+    for keep in grid:
+        ratios = [keep] * n
+        shape = plan_shape(analysis, groups, n, ratios)
+        units = make_constant(prune(model, analysis, n, ratios, None, PruneConfig(refit=False), groups).model).units()
+        x = torch.zeros(1, *analysis.input_shape)
+        with torch.no_grad():
+            for u, unit in enumerate(units):
+                y = unit(x)
+                if u in multi:
+                    idx = [L.index for L in analysis.layers if L.unit == u]
+                    jid = f"S{u}_k{keep:.4f}"
+                    jobs.append(
+                        {
+                            "id": jid,
+                            "file": out.write(jid, unit, tuple(x.shape[1:])),
+                            "input_shape": [1, *x.shape[1:]],
+                            "kind": "segment",
+                            "unit": u,
+                            "first": idx[0],
+                            "last": idx[-1],
+                            "keep": keep,
+                            "in_keep": list(shape.in_keep[idx[0] - 1 : idx[-1]]),
+                            "out_keep": list(shape.out_keep[idx[0] - 1 : idx[-1]]),
+                            "io_bytes": 4 * (x.numel() + y.numel()),
+                        }
+                    )
+                x = y
     return jobs
 
 
@@ -836,6 +883,23 @@ def _slope(points: list[dict], stat: str) -> float:
     return max(0.0, _ls_slope([(p["io_bytes"], p[stat]) for p in points])) if len(points) >= 2 else 0.0
 
 
+def _layer_rows(layers: dict[int, list[dict]], misaligned: dict[int, dict], analysis: ModelAnalysis) -> list[dict]:
+    """The table's layer rows: each timed layer's points, and its run off the fast channel layout where timed."""
+    return [
+        {
+            "index": t,
+            "name": L.name,
+            "kind": L.kind,
+            "in_channels": L.in_channels,
+            "out_channels": L.out_channels,
+            "points": pts,
+        }
+        | ({"misaligned": misaligned[t]} if t in misaligned else {})
+        for t, pts in sorted(layers.items())
+        for L in (analysis.layers[t - 1],)
+    ]
+
+
 def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[float, ...], threads: int) -> ModelTable:
     layers: dict[int, list[dict]] = {}
     heads, tails, pruned_heads = [], [], []
@@ -844,6 +908,7 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
     misaligned: dict[int, dict] = {}
     overhead: dict[str, float] = {}
     overhead_points: list[dict] = []
+    segments: dict[int, dict] = {}
     for j in jobs:
         r = done[j["id"]]
         # "ms" is the sustained mean (see cpcdrl_deploy/ondevice/timer.py); the per-run spread is kept beside it
@@ -864,6 +929,9 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
                 overhead = stats
         elif j["kind"] == "head":
             heads.append({"cut": j["cut"], **stats})
+        elif j["kind"] == "segment":
+            seg = segments.setdefault(j["unit"], {k: j[k] for k in ("unit", "first", "last")} | {"points": []})
+            seg["points"].append({k: j[k] for k in ("keep", "in_keep", "out_keep", "io_bytes")} | stats)
         elif j["kind"] == "pruned_head":
             pruned_heads.append({k: j[k] for k in ("cut", "keep", "in_keep", "out_keep")} | stats)
         elif j["kind"] == "misaligned":
@@ -896,18 +964,10 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
                 if dw_ms
                 else {}
             ),
-            "layers": [
-                {
-                    "index": t,
-                    "name": L.name,
-                    "kind": L.kind,
-                    "in_channels": L.in_channels,
-                    "out_channels": L.out_channels,
-                    "points": pts,
-                }
-                | ({"misaligned": misaligned[t]} if t in misaligned else {})
-                for t, pts in sorted(layers.items())
-                for L in (analysis.layers[t - 1],)
+            "layers": _layer_rows(layers, misaligned, analysis),
+            "segments": [
+                segments[u] | {"points": sorted(segments[u]["points"], key=lambda p: p["keep"])}
+                for u in sorted(segments)
             ],
             "heads": sorted(heads, key=lambda h: h["cut"]),
             "pruned_heads": sorted(pruned_heads, key=lambda h: (h["cut"], h["keep"])),
