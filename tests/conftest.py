@@ -53,11 +53,10 @@ def need_litert() -> None:
 
 
 @pytest.fixture(scope="session")
-def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared CIFAR-10 JPEGs, unpacked once per test session."""
+def cifar_dir() -> Path:
+    """The shared CIFAR-10 JPEGs, unpacked once per test session into the session's cache, where a command given
+    the archive itself (``--data .../cifar10-jpeg.tar.gz``) finds them unpacked too."""
     need_shared(DATASET_TGZ)
-    cache = tmp_path_factory.mktemp("cache")
-    os.environ["CPCDRL_CACHE"] = str(cache)
     from cpcdrl_deploy.models.data import _extract
 
     return _extract(DATASET_TGZ)

@@ -51,7 +51,8 @@ def test_evaluate_builtin_demo() -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_reference_checkpoint_on_shared_data() -> None:
+def test_evaluate_reference_checkpoint_on_shared_data(cifar_dir) -> None:
+    """The archive as a user passes it; unpacked once for the session (cifar_dir), as a second run finds it."""
     res = run(
         "evaluate",
         "mobilenet",

@@ -204,40 +204,47 @@ def test_the_optimiser_prices_each_plan_with_the_faster_runtime(factor: float, e
         )
 
 
+TINY = "tests.tinynets:two_convs:16"  # three layers: each LiteRT conversion takes about 2 s here
+
+
 def _profile_locally(out, *runtimes: str) -> None:
-    """tinyvgg profiled on this host with each of ``runtimes``, one short pass (what is tested is the tables' form)."""
-    args = ["profile", "--host", "local", "-m", "tinyvgg", *(a for r in runtimes for a in ("--runtime", r))]
+    """TINY profiled on this host with each of ``runtimes``, one short pass (what is tested is the tables' form)."""
+    args = ["profile", "--host", "local", "-m", TINY, *(a for r in runtimes for a in ("--runtime", r))]
     args += ["--grid", "1.0", "--repeats", "2", "--rounds", "1", "--warmup", "1", "-o", str(out), "--format", "json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
 
 
-@pytest.mark.slow
-def test_profile_times_litert_models_beside_the_onnx_tables(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def both_runtimes(tmp_path_factory) -> Profile:
+    """Two --runtime options: every unit built for both and timed in the same batches, one table each."""
     need_litert()
+    out = tmp_path_factory.mktemp("both") / "local.json"
+    _profile_locally(out, "onnxruntime", "litert")
+    return load_profile(out)
+
+
+@pytest.mark.slow
+def test_profile_times_litert_models_beside_the_onnx_tables(both_runtimes, tmp_path) -> None:
+    """--runtime litert alone: its table only (the files the fixture converted are reused: build_jobs' cache)."""
     out = tmp_path / "local.json"
     _profile_locally(out, "litert")
     prof = load_profile(out)
-    t = prof.tables["tinyvgg@litert"].model_dump()
-    assert t["runtime"] == "litert" and prof.host["litert"] and len(t["layers"]) == 7
-    assert len(t["heads"]) == 7 and all(h["ms"] > 0 for h in t["heads"])
-    assert "tinyvgg" not in prof.tables  # ONNX Runtime's tables come from a run without --runtime
+    t = prof.tables[f"{TINY}@litert"].model_dump()
+    assert t["runtime"] == "litert" and prof.host["litert"] and len(t["layers"]) == 3
+    assert len(t["heads"]) == 3 and all(h["ms"] > 0 for h in t["heads"])
+    assert TINY not in prof.tables  # ONNX Runtime's tables come from a run without --runtime
 
 
 @pytest.mark.slow
-def test_profile_times_both_runtimes_side_by_side(tmp_path) -> None:
-    """Two --runtime options: every unit built for both and timed in the same batches, one table each."""
-    need_litert()
-    out = tmp_path / "local.json"
-    _profile_locally(out, "onnxruntime", "litert")
-    prof = load_profile(out)
-    ort, lite = prof.tables["tinyvgg"].model_dump(), prof.tables["tinyvgg@litert"].model_dump()
+def test_profile_times_both_runtimes_side_by_side(both_runtimes) -> None:
+    ort, lite = both_runtimes.tables[TINY].model_dump(), both_runtimes.tables[f"{TINY}@litert"].model_dump()
     assert (
         (ort["runtime"], lite["runtime"]) == ("onnxruntime", "litert")
         and ort["timed_with"] == ["litert"]
         and lite["timed_with"] == ["onnxruntime"]
     )
-    assert [h["cut"] for h in ort["heads"]] == [h["cut"] for h in lite["heads"]] == list(range(1, 8))
+    assert [h["cut"] for h in ort["heads"]] == [h["cut"] for h in lite["heads"]] == list(range(1, 4))
     assert all(h["ms"] > 0 for h in ort["heads"] + lite["heads"])
     # different files were timed: the two runtimes' whole-model times are not one number copied twice
     assert [h["round_means_ms"] for h in ort["heads"]] != [h["round_means_ms"] for h in lite["heads"]]
