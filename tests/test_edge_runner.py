@@ -154,6 +154,7 @@ def test_server_down_at_start(exported, tmp_path) -> None:
     assert [r["prediction"] for r in rep["records"]] == full.tolist()
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run(exported, tmp_path) -> None:
     e3, _, x = exported
     big = tmp_path / "many.npy"

@@ -122,6 +122,7 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     assert [bool(s.get("rerun")) for s in m2["settings"]] == [False, True]
 
 
+@pytest.mark.slow
 def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
     out = tmp_path / "abl"
     res = subprocess.run(

@@ -216,6 +216,7 @@ def test_pooled_timing_keeps_the_attempt_nearest_the_median_of_all_passes() -> N
     assert _pooled([again]) is again
 
 
+@pytest.mark.slow
 def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypatch) -> None:
     """A model whose passes spread over more than RETIME_SPREAD is timed alone again, with twice the passes."""
     from cpcdrl_deploy.devices.remote import LocalDevice, connect

@@ -55,6 +55,7 @@ def test_litert_head_is_exported_checked_and_recorded(litert_export) -> None:
     assert np.abs(got - want).max() <= 1e-4 and (got.argmax(1) == want.argmax(1)).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_deploy_with_a_litert_head(litert_export, tmp_path) -> None:
     plan_path, _, _ = litert_export
     res = CliRunner().invoke(

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cpcdrl_deploy.search.agents.ddpg import DDPGAgent, DDPGConfig, truncated_normal
 
 
+@pytest.mark.slow
 def test_ddpg_learns_a_state_dependent_target() -> None:
     """One-step task: reward -(a - target(s))^2 with target = 0.2 + 0.6 s."""
     agent = DDPGAgent(
