@@ -611,6 +611,41 @@ def testbed_down(name: NameOpt = "pi") -> None:
     typer.echo(f"removed {name}: " + (", ".join(removed) or "nothing was left"))
 
 
+@testbed_app.command("link")
+@command
+def testbed_link(
+    name: NameOpt = "pi",
+    bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="set the link rate once, e.g. 50KB/s")] = None,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="CSV of time_s,rate rows (e.g. 20,50KB/s), replayed from now")
+    ] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Change a running testbed's link rate: once (--bandwidth) or on a schedule (--trace)."""
+    from cpcdrl_deploy.devices import linktrace, testbed
+
+    if (bandwidth is None) == (trace is None):
+        raise CpcdrlError("give one of --bandwidth RATE or --trace FILE")
+    points = (
+        linktrace.read_trace(trace)
+        if trace is not None
+        else [linktrace.TracePoint(0.0, testbed.parse_bandwidth(bandwidth or ""))]
+    )
+    testbed.check_name(name)
+    if testbed.load_state(name) is None:
+        raise CpcdrlError(f"no testbed named {name!r} is up; start one with: cpcdrl testbed up --name {name}")
+    applied = linktrace.replay(
+        points, lambda bps: testbed.set_rate(name, bps), log=_err if len(points) > 1 else lambda s: None
+    )
+    if fmt is Format.json:
+        _print_json({"name": name, "applied": applied})
+        return
+    typer.echo(
+        f"{name}: link at {applied[-1]['bytes_per_s'] / 1e3:g} KB/s"
+        + (f" after {len(applied)} changes" if len(applied) > 1 else "")
+    )
+
+
 @testbed_app.command("status")
 @command
 def testbed_status(fmt: FormatOpt = Format.table) -> None:

@@ -23,6 +23,8 @@
   (installed from the host side: the namespace has no route to PyPI);
 - an entry in ``~/.cpcdrl/ssh_config`` and ``~/.cpcdrl/known_hosts`` so that
   ``cpcdrl profile --host NAME`` connects, with the host key verified.
+``cpcdrl testbed link`` changes the link's rate in place (``set_rate``; on a
+schedule from a trace: ``devices/linktrace.py``), connections staying up.
 ``cpcdrl testbed down`` removes all of it; the state lives in ``~/.cpcdrl/testbed/NAME``.
 """
 
@@ -294,7 +296,7 @@ def up(
         venv = python_venv or (cpcdrl_home() / "device-venv")
         st.python = str(provision_python(venv, log))
         ns = f"cpcdrl-{name}"
-        _make_link(st, ns, f"cpv{k}d")
+        _make_link(st, ns, _device_veth(st))
         _slow_cpu(st, d, log)
         _start_sshd(st, d, ns)
         st.save()
@@ -342,37 +344,41 @@ def _make_link(st: TestbedState, ns: str, dv: str) -> None:
     _run(["ip", "netns", "exec", ns, "ip", "addr", "add", f"{st.device_ip}/24", "dev", dv])
     _run(["ip", "netns", "exec", ns, "ip", "link", "set", dv, "up"])
     _run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
-    bps = st.bandwidth_bytes_per_s
-    rate = f"{int(bps * 8)}bit"
+    for prefix, dev in (([], hv), (["ip", "netns", "exec", ns], dv)):
+        _run([*prefix, "tc", "qdisc", "add", "dev", dev, "root", *_tbf(st.bandwidth_bytes_per_s)])
+
+
+def _device_veth(st: TestbedState) -> str:
+    """The veth end inside the namespace: the host end's name with ``d`` for ``h`` (``cpv<k>h`` / ``cpv<k>d``)."""
+    return f"cpv{st.index}d"
+
+
+def _tbf(bytes_per_s: float) -> list[str]:
+    """The token-bucket filter of a link at ``bytes_per_s``: ``tc qdisc add|change ... root`` + these."""
     # a serial link, as near as tbf gets (no netem here): a one-frame bucket, drained at no more
     # than 1 % over the rate (peakrate), so after the link idles a request still leaves at the
     # rate. With a 16 KB burst a request that fit in the bucket left at veth speed (VGG16's 4.5 KB
     # int8 requests: -63 % "overhead"); now 4.3 KB sent and echoed back takes 32 ms of a serial 43
-    peak = f"{int(bps * 8 * 1.01)}bit"
-    for prefix in ([], ["ip", "netns", "exec", ns]):
-        dev = hv if not prefix else dv
-        _run(
-            prefix
-            + [
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                str(TBF_FRAME_BYTES),
-                "peakrate",
-                peak,
-                "mtu",
-                str(TBF_FRAME_BYTES),
-                "latency",
-                "200ms",
-            ]
-        )
+    rate, peak = f"{int(bytes_per_s * 8)}bit", f"{int(bytes_per_s * 8 * 1.01)}bit"
+    frame = str(TBF_FRAME_BYTES)
+    return ["tbf", "rate", rate, "burst", frame, "peakrate", peak, "mtu", frame, "latency", "200ms"]
+
+
+def set_rate(name: str, bytes_per_s: float) -> TestbedState:
+    """Change a running testbed's link rate, both ways, in place (``tc qdisc change``: open connections stay up)."""
+    if not bytes_per_s > 0 or bytes_per_s == float("inf"):
+        raise CpcdrlError(f"link rate {bytes_per_s!r} must be a finite number of bytes per second > 0")
+    if bytes_per_s * 8 >= 2**32:  # tc's rate is a 32-bit count of bits per second
+        raise CpcdrlError(f"link rate {bytes_per_s / 1e6:g} MB/s is above what tc's rate takes (536 MB/s)")
+    st = load_state(check_name(name))
+    if st is None:
+        raise CpcdrlError(f"no testbed named {name!r} is up; start one with: cpcdrl testbed up --name {name}")
+    ns = f"cpcdrl-{st.name}"
+    for prefix, dev in (([], st.host_veth), (["ip", "netns", "exec", ns], _device_veth(st))):
+        _run([*prefix, "tc", "qdisc", "change", "dev", dev, "root", *_tbf(bytes_per_s)])
+    st.bandwidth_bytes_per_s = bytes_per_s
+    st.save()
+    return st
 
 
 def _slow_cpu(st: TestbedState, d: Path, log) -> None:
