@@ -631,9 +631,7 @@ def testbed_link(
         if trace is not None
         else [linktrace.TracePoint(0.0, testbed.parse_bandwidth(bandwidth or ""))]
     )
-    testbed.check_name(name)
-    if testbed.load_state(name) is None:
-        raise CpcdrlError(f"no testbed named {name!r} is up; start one with: cpcdrl testbed up --name {name}")
+    testbed.running(name)  # before a trace's first wait, not after it
     applied = linktrace.replay(
         points, lambda bps: testbed.set_rate(name, bps), log=_err if len(points) > 1 else lambda s: None
     )

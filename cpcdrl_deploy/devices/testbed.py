@@ -364,15 +364,21 @@ def _tbf(bytes_per_s: float) -> list[str]:
     return ["tbf", "rate", rate, "burst", frame, "peakrate", peak, "mtu", frame, "latency", "200ms"]
 
 
+def running(name: str) -> TestbedState:
+    """The state of the testbed ``name``, or one line saying it is not up and how to start it."""
+    st = load_state(check_name(name))
+    if st is None:
+        raise CpcdrlError(f"no testbed named {name!r} is up; start one with: cpcdrl testbed up --name {name}")
+    return st
+
+
 def set_rate(name: str, bytes_per_s: float) -> TestbedState:
     """Change a running testbed's link rate, both ways, in place (``tc qdisc change``: open connections stay up)."""
     if not bytes_per_s > 0 or bytes_per_s == float("inf"):
         raise CpcdrlError(f"link rate {bytes_per_s!r} must be a finite number of bytes per second > 0")
     if bytes_per_s * 8 >= 2**32:  # tc's rate is a 32-bit count of bits per second
         raise CpcdrlError(f"link rate {bytes_per_s / 1e6:g} MB/s is above what tc's rate takes (536 MB/s)")
-    st = load_state(check_name(name))
-    if st is None:
-        raise CpcdrlError(f"no testbed named {name!r} is up; start one with: cpcdrl testbed up --name {name}")
+    st = running(name)
     ns = f"cpcdrl-{st.name}"
     for prefix, dev in (([], st.host_veth), (["ip", "netns", "exec", ns], _device_veth(st))):
         _run([*prefix, "tc", "qdisc", "change", "dev", dev, "root", *_tbf(bytes_per_s)])

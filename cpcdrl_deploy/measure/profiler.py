@@ -122,7 +122,7 @@ def _layer_alone(pruned: UnitModel, analysis: ModelAnalysis, t: int) -> tuple[nn
     units = const.units()
     layer = analysis.layers[t - 1]
     x = torch.zeros(1, *analysis.input_shape)
-    if sum(1 for other in analysis.layers if other.unit == layer.unit) == 1:
+    if len(analysis.unit_layers()[layer.unit]) == 1:
         with torch.no_grad():
             for u in units[: layer.unit]:
                 x = u(x)
@@ -258,10 +258,10 @@ def _segment_jobs(
 
     Its layers are timed one by one, each convolution alone (``_layer_alone``);
     the block's add, batch norms and activations, and the caches its layers
-    share, are in none of those runs. The latency model maps a plan's sum of
-    the block's layers onto these timings (``latency.SideTable.segment``).
+    share, are in none of those runs. The latency model prices a block from
+    these timings (``latency.segment_ms``).
     """
-    multi = sorted({L.unit for L in analysis.layers if sum(1 for o in analysis.layers if o.unit == L.unit) > 1})
+    multi = {u: idx for u, idx in analysis.unit_layers().items() if len(idx) > 1}
     if not multi:
         return []
     n = analysis.n_layers
@@ -275,7 +275,7 @@ def _segment_jobs(
             for u, unit in enumerate(units):
                 y = unit(x)
                 if u in multi:
-                    idx = [L.index for L in analysis.layers if L.unit == u]
+                    idx = multi[u]
                     jid = f"S{u}_k{keep:.4f}"
                     jobs.append(
                         {

@@ -69,6 +69,13 @@ class ModelAnalysis:
     def cuttable_points(self) -> list[int]:
         return [p.index for p in self.points if p.cuttable]
 
+    def unit_layers(self) -> dict[int, list[int]]:
+        """Unit index -> the indices of the prunable layers inside it, in order (several in a residual block)."""
+        out: dict[int, list[int]] = {}
+        for layer in self.layers:
+            out.setdefault(layer.unit, []).append(layer.index)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
