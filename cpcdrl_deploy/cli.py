@@ -1056,6 +1056,9 @@ def bench_cmd(
         _print_json({k: v for k, v in rep.items() if k != "records"})
     else:
         typer.echo("\n".join(summary_lines(rep)))
+    if rep["failed"]:  # the figures of the plans left stand, but a script must not take them for the whole bench
+        _err(f"{len(rep['failed'])} of {len(plans)} plans failed: {', '.join(sorted(rep['failed']))}")
+        raise typer.Exit(1)
 
 
 RequestsOpt = Annotated[

@@ -218,3 +218,25 @@ def test_bench_bad_inputs_are_one_line(plans, tmp_path) -> None:
     assert res.exit_code == 2 and "at least two" in res.output and len(res.output.strip().splitlines()) == 1
     res = runner.invoke(app, ["bench", str(plans[0]), str(tmp_path / "missing.json"), "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "plan not found" in res.output and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_a_bench_with_one_tail_among_plans_serves_it_under_the_name_it_asks_for(tmp_path) -> None:
+    # two plans all on the device and one all on the cloud: the server holds one tail, and the runner must ask for it
+    # by the name the server gave it (it asked for 'p0' and got 404 'serving [tinysplit_tail]')
+    plans = [make_plan(tmp_path / f"p{i}.json", c, k) for i, (c, k) in enumerate(((7, 0.5), (0, 1.0), (7, 1.0)))]
+    out = tmp_path / "b"
+    rep = bench(BenchRequest(plans, out=out, seconds=0.2, min_rounds=2, slice_ms=10, images=8))
+    rows = {r["id"]: r for r in rep["plans"]}
+    assert rep["failed"] == {} and rows["p1"]["cut"] == 0 and rows["p1"]["requests"] > 0
+    assert all(r["agreement_with_pytorch_pct"] == 100.0 for r in rows.values())
+
+
+def test_a_bench_where_a_plan_failed_exits_non_zero(plans, tmp_path, monkeypatch) -> None:
+    def one_failed(req, log, tick):
+        return {"failed": {"p1": "server answered 404"}, "plans": [], "fidelity": {}, "rounds": 0}
+
+    monkeypatch.setattr(bench_mod, "bench", one_failed)
+    monkeypatch.setattr(bench_mod, "summary_lines", lambda rep: ["p1: failed"])
+    res = CliRunner().invoke(app, ["bench", *map(str, plans), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 1 and "1 of 3 plans failed: p1" in res.output

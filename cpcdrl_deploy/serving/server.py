@@ -478,11 +478,10 @@ def make_server(
 
     dirs = export_dir if isinstance(export_dir, list) else [export_dir]
     models = {}
-    for i, d in enumerate(dirs):
+    for d, name in zip(dirs, served_names(dirs)):
         tail = load_manifest(d).spec("tail")
         if tail is None:
             raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
-        name = tail.model_name if len(dirs) == 1 else f"p{i}"
         models[name] = load_served_model(Path(d) / tail.file, name, threads)
     stats = Stats()
     try:
@@ -493,6 +492,21 @@ def make_server(
     httpd.cpcdrl_model = next(iter(models.values()))  # type: ignore[attr-defined]
     httpd.cpcdrl_models = models  # type: ignore[attr-defined]
     return httpd
+
+
+def served_names(dirs: list) -> list[str]:
+    """The model name each export directory's tail is served under: its own name when alone, else ``p<i>``.
+
+    One rule for the server and for whoever sends it requests
+    (``session.run_interleaved``): plans of one model export tails of the
+    same name, and a bench of several plans may hold only one tail.
+    """
+    from cpcdrl_deploy.serving.manifest import load_manifest
+
+    if len(dirs) == 1:
+        tail = load_manifest(dirs[0]).spec("tail")
+        return [tail.model_name if tail is not None else "p0"]
+    return [f"p{i}" for i in range(len(dirs))]
 
 
 def main(argv: list[str] | None = None) -> int:

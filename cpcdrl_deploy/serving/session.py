@@ -26,6 +26,7 @@ from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.devices.remote import Device
 from cpcdrl_deploy.devices.testbed import host_cpus_preexec, load_state
 from cpcdrl_deploy.serving.manifest import ModelFile
+from cpcdrl_deploy.serving.server import served_names
 
 ONDEVICE = Path(__file__).resolve().parents[1] / "ondevice"
 RUNNER = ONDEVICE / "runner.py"
@@ -200,7 +201,8 @@ def run_interleaved(
         if tails:
             server = CloudServer([p.tail_dir for p in tails], bind, token)  # type: ignore[misc]
             log(f"cloud server {server.url}: {len(tails)} tails")
-        served = {p.id: f"p{k}" for k, p in enumerate(tails)}  # the server names the k-th tail p<k>
+        names = served_names([p.tail_dir for p in tails]) if tails else []
+        served = {p.id: name for p, name in zip(tails, names)}
         spec = []
         for p in plans:
             head = None
