@@ -335,6 +335,17 @@ BandwidthOpt = Annotated[
 RttOpt = Annotated[
     str | None, typer.Option("--rtt", help="what-if round-trip time, e.g. 10ms (overrides the profile's)")
 ]
+BandwidthRangeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--bandwidth-range",
+        help="LOW:HIGH, e.g. 50KB/s:5MB/s: search a plan set, one plan per bandwidth band (--out writes it)",
+    ),
+]
+BucketsOpt = Annotated[int, typer.Option("--buckets", min=2, help="with --bandwidth-range: rates searched")]
+HysteresisOpt = Annotated[
+    float, typer.Option("--hysteresis", help="with --bandwidth-range: switch only this far past a threshold")
+]
 MaxLossOpt = Annotated[
     float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")
 ]
@@ -385,6 +396,9 @@ def optimize_cmd(
     cloud: Annotated[str, typer.Option("--cloud", help="cloud profile: file or name")] = "paper",
     link: LinkOpt = None,
     bandwidth: BandwidthOpt = None,
+    bandwidth_range: BandwidthRangeOpt = None,
+    buckets: BucketsOpt = 4,
+    hysteresis: HysteresisOpt = 0.2,
     rtt: RttOpt = None,
     accuracy: Annotated[float | None, typer.Option("--accuracy", help="A0: required test top-1, percent")] = None,
     max_loss: MaxLossOpt = None,
@@ -411,6 +425,7 @@ def optimize_cmd(
     """Choose the partition point and the edge layers' keep ratios (CPCDRL) or run a baseline."""
     from cpcdrl_deploy.compress.pruning import PruneConfig
     from cpcdrl_deploy.core.fileio import check_writable
+    from cpcdrl_deploy.devices.testbed import parse_bandwidth, parse_duration_ms
     from cpcdrl_deploy.models.zoo import model_key, resolve_checkpoint
     from cpcdrl_deploy.search.accuracy_cache import default_cache_dir
     from cpcdrl_deploy.search.methods import METHODS, SearchConfig
@@ -420,8 +435,6 @@ def optimize_cmd(
     check_writable(report, "--report", directory=True)
     model = model_key(model, input_size)
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
-    from cpcdrl_deploy.devices.testbed import parse_bandwidth, parse_duration_ms
-
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
     assert ckpt is not None  # required=True raises instead of returning None
     req = OptimizeRequest(
@@ -448,10 +461,38 @@ def optimize_cmd(
         transfer=transfer.value,
         edge_runtime=edge_runtime,
     )
-    # progress for people: quiet for scripts (--format json) and when stderr is not a terminal
+    log = _err if fmt is Format.table and sys.stderr.isatty() else lambda s: None  # quiet for scripts
+    if bandwidth_range is not None:
+        return _optimize_set(req, bandwidth_range, buckets, hysteresis, out, fmt, log)
     with _progress(fmt) as tick:
-        result = optimize(req, log=_err if fmt is Format.table and sys.stderr.isatty() else lambda s: None, tick=tick)
+        result = optimize(req, log=log, tick=tick)
     _optimize_outputs(model, result, methods[0], out, report, fmt)
+
+
+def _optimize_set(req, text: str, buckets: int, hysteresis: float, out: Path | None, fmt: Format, log) -> None:
+    """``optimize --bandwidth-range``: the plan set, written with its member plans and its plot, shown as bands."""
+    from cpcdrl_deploy.devices.testbed import parse_bandwidth
+    from cpcdrl_deploy.search.planset import SetRequest, optimize_set, plot_set, set_table, write_set
+
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise CpcdrlError(f"--bandwidth-range {text!r}: expected LOW:HIGH, e.g. 50KB/s:5MB/s")
+    sreq = SetRequest(parse_bandwidth(low), parse_bandwidth(high), buckets=buckets, hysteresis=hysteresis)
+    with _progress(fmt) as tick:
+        planset, plans, models = optimize_set(req, sreq, log=log, tick=tick)
+    if out is not None:
+        write_set(out, planset, plans, models)
+        plot_set(planset, out.with_suffix(".png"))
+        _err(f"wrote {out}, its {len(plans)} plans beside it and {out.with_suffix('.png')}")
+    if fmt is Format.json:
+        _print_json(planset.to_data())
+        return
+    typer.echo(
+        f"{planset.model}: {len(planset.members)} plans over {text} (searched at"
+        f" {', '.join(f'{r / 1e3:.0f}' for r in planset.searched_bytes_per_s)} KB/s; test accuracy >="
+        f" {planset.a0_test:.2f} %), switching {planset.hysteresis:.0%} past each threshold"
+    )
+    typer.echo(set_table(planset))
 
 
 def _optimize_outputs(

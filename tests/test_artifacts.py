@@ -58,7 +58,7 @@ def test_docs_schemas_are_the_models_own() -> None:
     assert sorted(p.name for p in folder.glob("*.json")) == sorted(files), "run: cpcdrl schemas --out docs/schemas"
     for name, data in files.items():
         assert (folder / name).read_bytes() == data, f"{name} is stale; run: cpcdrl schemas --out docs/schemas"
-    assert len(ARTIFACTS) == 6
+    assert len(ARTIFACTS) == 7
 
 
 def test_a_report_from_an_unknown_version_or_of_another_kind_is_one_line(tmp_path) -> None:

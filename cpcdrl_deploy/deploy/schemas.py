@@ -15,12 +15,15 @@ from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.deploy.reports import BenchReport, DeployReport
 from cpcdrl_deploy.measure.profile import Profile
 from cpcdrl_deploy.search.plan import PlanRecord
+from cpcdrl_deploy.search.planset import PlanSet
 from cpcdrl_deploy.search.result import OptimizeResult
 from cpcdrl_deploy.serving.manifest import ExportManifest
 
-# file stem -> artifact: what `cpcdrl optimize --out`, `profile`, `export`, `optimize --report`, `deploy`, `bench` write
+# file stem -> artifact: what `cpcdrl optimize --out` (a plan, or a set with --bandwidth-range), `profile`, `export`,
+# `optimize --report`, `deploy`, `bench` write
 ARTIFACTS: dict[str, type[Artifact]] = {
     "plan": PlanRecord,
+    "planset": PlanSet,
     "profile": Profile,
     "export-manifest": ExportManifest,
     "optimize-result": OptimizeResult,

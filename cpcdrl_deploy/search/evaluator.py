@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -109,7 +109,8 @@ class PlanEvaluator:
                 hit = Evaluation(
                     cut, ones, hit.accuracy, hit.images, lat, shape, 1.0, unpruned=True, drop_se=hit.drop_se
                 )
-            return hit
+            # priced now: a plan set swaps the latency model between searches (planset.py), the accuracy stays
+            return hit if hit.latency == lat else replace(hit, latency=lat)
         score = _score(self, cut, list(ratios), shape, pruned_any, per_cut, screen)
         screened = screen and score.images < len(self.val_y)  # a one-chunk validation set is scored in full anyway
         self.timers.screened += int(screened)
@@ -121,6 +122,10 @@ class PlanEvaluator:
         )
         self._cache[key] = ev
         return ev
+
+    def scored(self) -> list[Evaluation]:
+        """Every distinct plan scored so far (early-stopped and screened ones included; see their fields)."""
+        return list(self._cache.values())
 
     def on_wire(self, net: torch.nn.Module, cut: int) -> torch.nn.Module:
         """``net`` as the split runs it: with the cut tensor through this evaluator's wire where that is lossy."""

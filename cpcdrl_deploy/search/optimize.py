@@ -14,7 +14,7 @@ import hashlib
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +209,20 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
     )
 
 
+def set_link_rate(session: Session, rate: float, log: Log = lambda s: None) -> Session:
+    """The session with its link's rate replaced (both ways), priced anew; the evaluator's accuracies stay shared.
+
+    A plan set searches one session at several rates (``planset.py``): what
+    a plan scores does not depend on the link, so every search reuses every
+    accuracy measured before it.
+    """
+    req = replace(session.req, bandwidth_bytes_per_s=rate)
+    edge_p, cloud_p = load_profile(req.edge), load_profile(req.cloud)
+    base = load_profile(req.link).link if req.link else (edge_p.link or cloud_p.link)
+    lm = _latency_model(req, edge_p, cloud_p, what_if_link(base, rate, req.rtt_ms), log)
+    return replace(session, req=req, evaluator=replace(session.evaluator, latency_model=lm), latency_desc=lm.describe())
+
+
 def _latency_model(req: OptimizeRequest, edge_p, cloud_p, link_p, log: Log) -> LatencyModel:
     """The profiles' latency model, with the edge runtime(s) the request allows (``edge_runtime``)."""
     if req.edge_runtime == "auto":
@@ -371,32 +385,7 @@ def run_methods(
     )
 
     results, interrupted = _search_all(session, a0_val, log, tick, t_start)
-
-    plans: list[PlanRecord] = []
-    test_cache: dict[tuple, float] = {}
-    # with keep_models: each chosen plan pruned and refitted once, for its test score and for saving
-    nets: dict[tuple, torch.nn.Module] = {}
-
-    def net_of(ev: Evaluation) -> torch.nn.Module:
-        key = (ev.cut, ev.shape.out_keep[: ev.cut])
-        if key not in nets:
-            net = _pruned_net(session, ev)
-            if not req.keep_models:
-                return net
-            nets[key] = net
-        return nets[key]
-
-    tick("plans on the test images", 0, len(results))
-    for i, res in enumerate(results):
-        plan = _plan_record(session, res, loss, a0_val)
-        if res.best is not None and not interrupted:
-            key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
-            if key not in test_cache:
-                test_cache[key] = plan_test_accuracy(session, res.best, net_of)
-            plan.accuracy.test = test_cache[key]
-            plan.accuracy.meets_a0_on_test = test_cache[key] >= base_test - loss
-        plans.append(plan)
-        tick("plans on the test images", i + 1, len(results))
+    plans, models = test_and_record(session, results, loss, a0_val, interrupted, tick)
     wall = time.perf_counter() - t_start
     for p in plans:
         p.wall_s = wall
@@ -419,9 +408,50 @@ def run_methods(
         wall_s=wall,
         since_start_s=time.perf_counter() - session.t_start,
     )
-    if req.keep_models and not interrupted:
-        result.models.update({res.method: net_of(res.best) for res in results if res.best is not None})
+    result.models.update(models)
     return result
+
+
+def test_and_record(
+    session: Session,
+    results: list[SearchResult],
+    loss: float,
+    a0_val: float,
+    interrupted: bool = False,
+    tick: Ticker = no_ticker,
+) -> tuple[list[PlanRecord], dict[str, torch.nn.Module]]:
+    """Each search's outcome as a plan record, its best plan scored on the test images (unless interrupted); with
+    ``keep_models``, each best plan's pruned, refitted network by method."""
+    req = session.req
+    plans: list[PlanRecord] = []
+    test_cache: dict[tuple, float] = {}
+    # with keep_models: each chosen plan pruned and refitted once, for its test score and for saving
+    nets: dict[tuple, torch.nn.Module] = {}
+
+    def net_of(ev: Evaluation) -> torch.nn.Module:
+        key = (ev.cut, ev.shape.out_keep[: ev.cut])
+        if key not in nets:
+            net = _pruned_net(session, ev)
+            if not req.keep_models:
+                return net
+            nets[key] = net
+        return nets[key]
+
+    tick("plans on the test images", 0, len(results))
+    for i, res in enumerate(results):
+        plan = _plan_record(session, res, loss, a0_val)
+        if res.best is not None and not interrupted:
+            key = (res.best.cut, res.best.shape.out_keep[: res.best.cut])
+            if key not in test_cache:
+                test_cache[key] = plan_test_accuracy(session, res.best, net_of)
+            plan.accuracy.test = test_cache[key]
+            plan.accuracy.meets_a0_on_test = test_cache[key] >= session.base_test - loss
+        plans.append(plan)
+        tick("plans on the test images", i + 1, len(results))
+    models = {}
+    if req.keep_models and not interrupted:
+        models = {res.method: net_of(res.best) for res in results if res.best is not None}
+    return plans, models
 
 
 def _pruned_net(session: Session, ev: Evaluation) -> torch.nn.Module:
