@@ -68,7 +68,7 @@ def _set(req: OptimizeRequest, sreq: SetRequest) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tinysplit")
-    ap.add_argument("--checkpoint", default=None, help="default: the zoo's (built-in or ../shared/models)")
+    ap.add_argument("--checkpoint", default=None, help="default: built-in, else ../shared/models/MODEL-cifar10.pth")
     ap.add_argument("--data", default="builtin")
     ap.add_argument("--edge", default="paper")
     ap.add_argument("--cloud", default="paper")
@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: benchmarks/results/planset_cost/MODEL.json")
     args = ap.parse_args()
     lo, hi = (float(v) for v in args.range.split(":"))
-    ckpt = resolve_checkpoint(args.model, args.checkpoint, required=True)
+    shared = SHARED / "models" / f"{args.model}-cifar10.pth"
+    ckpt = resolve_checkpoint(args.model, args.checkpoint or (shared if shared.exists() else None), required=True)
     assert ckpt is not None
     data = args.data if args.data != "shared" else str(SHARED / "datasets" / "cifar10-jpeg.tar.gz")
     req = OptimizeRequest(

@@ -940,9 +940,12 @@ def export_cmd(
     """Export a plan as ONNX head (pruned, edge) and tail (cloud), checked in ONNX Runtime."""
     from cpcdrl_deploy.core.fileio import check_writable
     from cpcdrl_deploy.deploy.export import export_plan
+    from cpcdrl_deploy.search.planset import is_plan_set
 
     check_writable(out, "--out", directory=True)
     check_writable(triton, "--triton", directory=True)
+    if is_plan_set(plan):
+        return _export_set(plan, out, data, checkpoint, quantize, transfer, triton, runtime, fmt)
     with _progress(fmt) as tick:
         m = export_plan(
             plan,
@@ -980,6 +983,25 @@ def export_cmd(
         typer.echo(f"Triton model repository: {triton}")
 
 
+def _export_set(plan, out, data, checkpoint, quantize, transfer, triton, runtime, fmt) -> None:
+    """``export plans.json`` of a plan set: each member in its own folder, the set beside them; one row each."""
+    from cpcdrl_deploy.deploy.export import export_set
+
+    if triton is not None:
+        raise CpcdrlError("--triton takes one plan; export a set's members one by one for Triton")
+    opts = dict(data=data, checkpoint=checkpoint, quantize=quantize, transfer=transfer.value if transfer else None)
+    with _progress(fmt) as tick:
+        ms = export_set(plan, out, log=_err, tick=tick, runtime=runtime.value if runtime else None, **opts)
+    if fmt is Format.json:
+        return _print_json({name: m.to_data() for name, m in ms.items()})
+    rows = [
+        [name, ", ".join(m.files), f"{m.check['agreement_with_pytorch_pct']:.1f} %", f"{m.check['accuracy_pct']:.2f} %"]
+        for name, m in ms.items()
+    ]
+    typer.echo(_table(rows, ["plan", "files", "agreement with PyTorch", "accuracy"]))
+    typer.echo(f"serve every tail of the set with: cpcdrl serve {out}")
+
+
 TokenEnvOpt = Annotated[
     str, typer.Option("--token-env", help="environment variable holding the bearer token (unset: no token)")
 ]
@@ -1005,7 +1027,8 @@ def serve_cmd(
     httpd = make_server(export_dir, host, port, token, threads)
     h, p = httpd.server_address[:2]
     _err(
-        f"serving {httpd.cpcdrl_model.name} on http://{h}:{p} (KServe v2{', bearer token' if token else ''}); Ctrl-C"
+        f"serving {', '.join(httpd.cpcdrl_models)} on http://{h}:{p} (KServe v2{', bearer token' if token else ''});"
+        " Ctrl-C"
         " stops"
     )
     try:
@@ -1126,6 +1149,40 @@ ProbeOpt = Annotated[
 ]
 
 
+AdaptiveOpt = Annotated[
+    bool, typer.Option("--adaptive", help="PLAN is a plan set: follow the uplink, switching plans (needs --trace)")
+]
+TraceOpt = Annotated[
+    Path | None, typer.Option("--trace", help="--adaptive: time_s,rate rows replayed on the testbed's link")
+]
+StaticsOpt = Annotated[
+    bool, typer.Option("--statics/--no-statics", help="--adaptive: also run each plan alone under the trace")
+]
+
+
+def _deploy_adaptive(plan, edge, trace, seconds, out, statics, bind, timeout, trust_host_key, seed, fmt) -> None:
+    """``deploy --adaptive``: the set under the trace, and each of its plans alone; a table per phase."""
+    from cpcdrl_deploy.deploy.adaptive import AdaptiveRequest, deploy_adaptive, summary_lines
+    from cpcdrl_deploy.search.planset import is_plan_set
+
+    if trace is None:
+        raise CpcdrlError("--adaptive replays a link trace on the testbed: give --trace trace.csv")
+    if not is_plan_set(plan):
+        raise CpcdrlError(f"{plan}: --adaptive takes a plan set (optimize --bandwidth-range ... --out plans.json)")
+    areq = AdaptiveRequest(plan, trace, seconds, edge, out, statics=statics, bind=bind, timeout_s=timeout)
+    areq.trust_host_key, areq.seed = trust_host_key, seed
+    with _progress(fmt) as tick:
+        rep = deploy_adaptive(areq, log=_err, tick=tick)
+    if fmt is Format.json:
+        _print_json({k: v for k, v in rep.items() if k != "trace_applied"})
+    else:
+        typer.echo("\n".join(summary_lines(rep)))
+    bad = {n: c for n, c in rep["checks"].items() if c["failed"] or c["agreement_with_pytorch_pct"] != 100.0}
+    if rep["aborted"] or bad:
+        _err(f"runs with failed or wrong answers: {', '.join(sorted(set(bad) | set(rep['aborted'])))}")
+        raise typer.Exit(1)
+
+
 @app.command("deploy")
 @command
 def deploy_cmd(
@@ -1146,6 +1203,10 @@ def deploy_cmd(
     seed: SeedOpt = 0,
     probe: ProbeOpt = True,
     runtime: RuntimeOpt = None,
+    adaptive: AdaptiveOpt = False,
+    trace: TraceOpt = None,
+    seconds: Annotated[float, typer.Option("--seconds", help="--adaptive: seconds of requests per run")] = 60.0,
+    statics: StaticsOpt = True,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Run a plan for real: head on the edge, tail on this machine; measured vs estimated latency."""
@@ -1153,6 +1214,8 @@ def deploy_cmd(
     from cpcdrl_deploy.deploy.run import DeployRequest, deploy, summary_lines
 
     check_writable(out, "--out", directory=True)
+    if adaptive or trace is not None:
+        return _deploy_adaptive(plan, edge, trace, seconds, out, statics, bind, timeout, trust_host_key, seed, fmt)
     with _progress(fmt) as tick:
         rep = deploy(
             DeployRequest(

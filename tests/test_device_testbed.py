@@ -596,3 +596,59 @@ def _busy_loop_share(host: str, python: str, cpu: int | None = None) -> float:
 def test_duty_cycled_testbed_gives_a_busy_loop_its_share(bed) -> None:
     # the default testbed: the device's CPU left to it for 0.25 of every 250 us
     assert 0.18 < _busy_loop_share(NAME, bed.python, bed.cpu_pin) < 0.32
+
+
+def test_an_adaptive_runner_switches_both_ways_under_a_step_trace(bed, profiles, tmp_path) -> None:
+    """deploy --adaptive on the emulated Pi: a two-plan set under a 40 KB/s - 400 KB/s - 40 KB/s step trace.
+
+    The set's curves are made up to put the one threshold at 150 KB/s (what the runner acts on); the plans, the
+    link, the server and the runner are real: every request answered as PyTorch answers, none failed.
+    """
+    from cpcdrl_deploy.deploy.adaptive import AdaptiveRequest, deploy_adaptive
+    from cpcdrl_deploy.search.plan import load_plan
+    from cpcdrl_deploy.search.planset import Curve, PlanSet, SetMember, make_bands, write_set
+    from tests.conftest import make_plan
+
+    edge, cloud = (load_plan(make_plan(tmp_path / f"{c}.json", c, 1.0)) for c in (7, 0))
+    measured = {"edge": str(profiles[0]), "cloud": str(profiles[1])}
+    plans = {
+        n: p.model_copy(update={"profiles": p.profiles.model_copy(update=measured)})
+        for n, p in (("b0", edge), ("b1", cloud))
+    }
+    curves = {"b0": Curve(100.0, 0.0), "b1": Curve(100.0 - 1000.0 * 12288 / 150e3, 12288.0)}
+    ps = PlanSet(
+        model="tinyvgg",
+        method="hand",
+        range_bytes_per_s=(20e3, 1e6),
+        searched_bytes_per_s=[],
+        hysteresis=0.2,
+        tolerance=0.0,
+        a0_test=0.0,
+        latency_model="made up",
+        members=[
+            SetMember(
+                name=n,
+                plan="",
+                cut=plans[n].cut,
+                n_layers=plans[n].n_layers,
+                fixed_ms=c.fixed_ms,
+                link_bytes=c.link_bytes,
+            )
+            for n, c in curves.items()
+        ],
+        bands=make_bands(curves, ["b0", "b1"]),
+    )
+    write_set(tmp_path / "set.json", ps, plans, {})
+    trace = tmp_path / "step.csv"
+    trace.write_text("time_s,rate\n0,40KB/s\n4,400KB/s\n8,40KB/s\n")
+    req = AdaptiveRequest(tmp_path / "set.json", trace, 12.0, edge=NAME, out=tmp_path / "out", images=16, statics=False)
+    try:
+        rep = deploy_adaptive(req, log=print)
+    finally:
+        assert testbed.load_state(NAME).bandwidth_bytes_per_s == RATE  # the link is put back as it was
+    moves = [(s["from"], s["to"]) for s in rep["switches"]]
+    assert (0, 1) in moves and (1, 0) in moves, rep["switches"]
+    c = rep["checks"]["adaptive"]
+    assert c["failed"] == 0 and c["agreement_with_pytorch_pct"] == 100.0 and c["probes"] >= 1
+    assert [d["delay_s"] is not None for d in rep["switch_delays"]] == [True, True], rep["switch_delays"]
+    assert (tmp_path / "out" / "adaptive.png").stat().st_size > 0

@@ -67,9 +67,10 @@ def test_runner_imports_only_numpy_and_the_runtimes() -> None:
     runtimes = {"onnxruntime", "ai_edge_litert", "tflite_runtime"}
     assert _imports(RUNNER) - {"cpcdrl_deploy"} == {"numpy", "timer"} | runtimes
     # on the device the table comes from datatypes.py beside the runner (importlib), which needs numpy only
-    assert 'import_module("datatypes")' in RUNNER.read_text()
-    assert {f.name for f in RUNNER_FILES} == {"runner.py", "datatypes.py"}
+    assert 'import_module("datatypes")' in RUNNER.read_text() and 'import_module("adapt")' in RUNNER.read_text()
+    assert {f.name for f in RUNNER_FILES} == {"runner.py", "datatypes.py", "adapt.py"}
     assert _imports(RUNNER_FILES[1]) == {"numpy"}
+    assert _imports(RUNNER_FILES[2]) == set()  # the link estimate: the standard library only
     assert _imports(PROFILER) == {"numpy"} | runtimes
 
 

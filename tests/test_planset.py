@@ -111,13 +111,21 @@ def _builtin_ckpt():
     return resolve_checkpoint("tinysplit", None, required=True)
 
 
-@pytest.mark.slow
-def test_optimize_a_plan_set_over_a_range(tmp_path) -> None:
-    out = tmp_path / "plans.json"
-    args = ["optimize", "--bandwidth-range", "50KB/s:5MB/s", "--max-accuracy-loss", "2", "--episodes", "12"]
-    res = runner.invoke(app, [*args, "--cache", str(tmp_path / "c"), "--out", str(out), "--format", "json"])
+ARGS = ["optimize", "--bandwidth-range", "50KB/s:5MB/s", "--max-accuracy-loss", "2", "--episodes", "12"]
+
+
+@pytest.fixture(scope="module")
+def made_set(tmp_path_factory):
+    d = tmp_path_factory.mktemp("set")
+    res = runner.invoke(app, [*ARGS, "--cache", str(d / "c"), "--out", str(d / "plans.json"), "--format", "json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
+    return d, json.loads(res.stdout)
+
+
+@pytest.mark.slow
+def test_optimize_a_plan_set_over_a_range(made_set) -> None:
+    tmp_path, doc = made_set
+    out = tmp_path / "plans.json"
     ps, plans = load_set(out)
     assert doc["kind"] == "cpcdrl-planset" and len(ps.searched_bytes_per_s) == 4 and (tmp_path / "plans.png").stat()
     assert [b.plan for b in ps.bands] == [m.name for m in ps.members] and len(ps.members) >= 2
@@ -139,7 +147,7 @@ def test_optimize_a_plan_set_over_a_range(tmp_path) -> None:
         r = (max(b.low_bytes_per_s or lo, lo) * min(b.high_bytes_per_s or hi, hi)) ** 0.5
         pred = ps.predicted_ms(r)
         assert pred[b.plan] == min(pred.values())
-    table = runner.invoke(app, [*args, "--cache", str(tmp_path / "c")])
+    table = runner.invoke(app, [*ARGS, "--cache", str(tmp_path / "c")])
     assert table.exit_code == 0 and "| band (uplink) |" in table.output and "all on the edge" in table.output
 
 
@@ -157,3 +165,22 @@ def test_bad_ranges_are_one_line(extra, why, tmp_path) -> None:
     res = runner.invoke(app, ["optimize", "--max-accuracy-loss", "2", *extra, "--out", str(tmp_path / "p.json")])
     assert res.exit_code == 2 and why in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_set_exports_one_folder_per_plan_and_serves_every_tail_by_its_name(made_set, tmp_path) -> None:
+    from cpcdrl_deploy.serving.server import make_server
+
+    d, _ = made_set
+    res = runner.invoke(app, ["export", str(d / "plans.json"), "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    ps, _ = load_set(d / "plans.json")
+    assert (tmp_path / "e" / "planset.json").exists() and all(
+        (tmp_path / "e" / m.name / "manifest.json").exists() for m in ps.members
+    )
+    httpd = make_server(tmp_path / "e", port=0)
+    try:
+        with_tail = [m.name for m in ps.members if m.cut < m.n_layers]
+        assert sorted(httpd.cpcdrl_models) == sorted(with_tail) and with_tail
+    finally:
+        httpd.server_close()

@@ -236,6 +236,26 @@ def export_plan(
     return export_models(plan, original, pruned, ds, out, quantize, transfer, triton, check_images, log, tick, runtime)
 
 
+def export_set(
+    set_path: str | Path, out: str | Path, log: Log = lambda s: None, tick: Ticker = no_ticker, **options
+) -> dict[str, ExportManifest]:
+    """A plan set: each member exported to ``out/<member>`` (``export_plan``'s ``options``), the set beside them as
+    ``out/planset.json``; ``cpcdrl serve out`` then serves every member's tail under the member's name."""
+    from cpcdrl_deploy.search.planset import load_set
+    from cpcdrl_deploy.serving.server import SET_FILE
+
+    set_path, out = Path(set_path), Path(out)
+    planset, _ = load_set(set_path)
+    manifests = {}
+    for k, m in enumerate(planset.members):
+        tick("plans of the set exported", k, len(planset.members))
+        log(f"{m.name}: {m.plan}")
+        manifests[m.name] = export_plan(set_path.with_name(m.plan), out / m.name, log=log, **options)
+    tick("plans of the set exported", len(planset.members), len(planset.members))
+    planset.save(out / SET_FILE)  # last: a folder with the set's file holds every member's export
+    return manifests
+
+
 @dataclass
 class _Split:
     """The split as files: ONNX head (None at cut 0), tail (None at cut N) and full model; a head in another runtime."""

@@ -42,10 +42,12 @@ from typing import Any
 import numpy as np
 
 try:  # in the package on the host
+    from cpcdrl_deploy.ondevice import adapt
     from cpcdrl_deploy.ondevice.datatypes import FROM_ORT, NAMES, NUMPY
-except ImportError:  # on the device: datatypes.py lies beside this file
+except ImportError:  # on the device: datatypes.py and adapt.py lie beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     _datatypes = importlib.import_module("datatypes")
+    adapt = importlib.import_module("adapt")
     FROM_ORT, NAMES, NUMPY = _datatypes.FROM_ORT, _datatypes.NAMES, _datatypes.NUMPY
 MAX_REPLY = 16 * 1024 * 1024  # bytes: logits are a few dozen; anything near this is not a reply to us
 
@@ -459,18 +461,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     heads, failed = _load_heads(plans, remote is not None, args.threads)
     live = [p for p in plans if p["id"] not in failed]
 
-    def one(p: dict, xi: np.ndarray) -> tuple[float, float, np.ndarray, int, float | None]:
-        t0 = time.perf_counter()
-        head = heads[p["id"]]
-        feeds = head.run(xi) if head is not None else {"cut": xi}
-        t1 = time.perf_counter()
-        if not p.get("model"):
-            return (t1 - t0) * 1000.0, 0.0, next(iter(feeds.values())), 0, None
-        assert remote is not None  # a plan with a tail and no --url was dropped when the heads loaded
-        remote.path, remote.output = f"/v2/models/{p['model']}/infer", p.get("output") or "logits"
-        logits, server_ms, sent = remote.infer(feeds)
-        return (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0, logits, sent, server_ms
-
+    one = _plan_request(heads, remote)
     for p in list(live):  # warm-up, not recorded: first runs allocate; a plan that cannot answer is dropped here
         try:
             for i in range(args.warmup):
@@ -509,6 +500,105 @@ def run_bench(args: argparse.Namespace) -> dict:
         "seconds": args.seconds,
         "seed": args.seed,
     }
+
+
+def _plan_request(heads: dict[str, Any], remote: Remote | None) -> Callable:
+    """``one(plan, image)``: one request by a plan of several -> (edge ms, remote ms, logits, bytes sent, server ms)."""
+
+    def one(p: dict, xi: np.ndarray) -> tuple[float, float, np.ndarray, int, float | None]:
+        t0 = time.perf_counter()
+        head = heads[p["id"]]
+        feeds = head.run(xi) if head is not None else {"cut": xi}
+        t1 = time.perf_counter()
+        if not p.get("model"):
+            return (t1 - t0) * 1000.0, 0.0, next(iter(feeds.values())), 0, None
+        assert remote is not None  # a plan with a tail and no --url was dropped when the heads loaded
+        remote.path, remote.output = f"/v2/models/{p['model']}/infer", p.get("output") or "logits"
+        logits, server_ms, sent = remote.infer(feeds)
+        return (t1 - t0) * 1000.0, (time.perf_counter() - t1) * 1000.0, logits, sent, server_ms
+
+    return one
+
+
+def run_adaptive(args: argparse.Namespace) -> dict:
+    """The plans of a set, one at a time: each request by the plan of the band the uplink estimate is in (adapt.py).
+
+    ``--adaptive spec.json``: {"plans": [as for --bench], "bands": [{"plan",
+    "high"}] slow link first, "hysteresis", "base_ms", "start_bytes_per_s"}.
+    After the warm-up the runner waits for ``--start-at`` (epoch seconds: the
+    host starts its link trace then too) and sends requests back to back for
+    ``--seconds``. Each record has its wall-clock time, plan, band, the link
+    sample it gave and the estimate after it; each switch its time and reason.
+    While the plan sends nothing, every ``--probe-every-s`` seconds one request
+    goes by the next band's plan instead, so the runner sees the link come
+    back (0: never).
+    """
+    x = np.load(args.inputs)
+    with open(args.adaptive) as f:
+        spec = json.load(f)
+    plans = {p["id"]: p for p in spec["plans"]}
+    highs = [b["high"] for b in spec["bands"]]
+    remote = Remote(args.url, "_", args.timeout, os.environ.get("CPCDRL_TOKEN") or None, "logits") if args.url else None
+    heads, failed = _load_heads(spec["plans"], remote is not None, args.threads)
+    if failed:
+        raise ValueError(f"plans that cannot run: {failed}")
+    one = _plan_request(heads, remote)
+    for p in spec["plans"]:  # warm-up, not recorded
+        for i in range(args.warmup):
+            one(p, x[i % len(x) : i % len(x) + 1])
+    est, base_ms = adapt.UplinkEstimate(), float(spec.get("base_ms") or 0.0)
+    start = spec.get("start_bytes_per_s")
+    band = adapt.band_at(highs, start) if start else 0
+    time.sleep(max(0.0, (args.start_at or 0.0) - time.time()))
+    started = time.time()
+    records: list[dict] = []
+    switches: list[dict] = []
+    aborted, failures, last_probe, k = None, 0, started, 0
+    while time.time() < started + args.seconds:
+        p, probe = plans[spec["bands"][band]["plan"]], False
+        if not p.get("model") and band + 1 < len(highs) and 0 < args.probe_every_s <= time.time() - last_probe:
+            p, probe, last_probe = plans[spec["bands"][band + 1]["plan"]], True, time.time()
+        i, k = k % len(x), k + 1
+        rec: dict = {"t": time.time(), "i": i, "plan": p["id"], "band": band, "probe": probe}
+        try:
+            edge_ms, remote_ms, logits, sent, server_ms = one(p, x[i : i + 1])
+            rec.update(edge_ms=edge_ms, remote_ms=remote_ms, e2e_ms=edge_ms + remote_ms, bytes_sent=sent)
+            rec.update(prediction=int(np.argmax(logits[0])), server_ms=server_ms)
+            sample = est.sample(sent, remote_ms, server_ms, base_ms)
+            if sample is not None:
+                rec.update(sample_bytes_per_s=sample, change=est.add(sample))
+            failures = 0
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            rec["error"], failures = f"{type(exc).__name__}: {exc}"[:300], failures + 1
+        rec["estimate_bytes_per_s"] = est.bytes_per_s
+        records.append(rec)
+        if failures >= args.max_failures:
+            aborted = f"stopped after {failures} consecutive failed requests (last: {rec['error']})"
+            break
+        band = _follow(highs, band, est.bytes_per_s, spec["hysteresis"], switches)
+    if remote is not None:
+        remote.close()
+    return {
+        "adaptive": True,
+        "started": started,
+        "records": records,
+        "switches": switches,
+        "aborted": aborted,
+        "host": socket.gethostname(),
+        "estimate_changes": est.changes,
+    }
+
+
+def _follow(highs: list, band: int, estimate: float | None, hysteresis: float, switches: list[dict]) -> int:
+    """The band to send the next request by; a switch is logged with its time and reason."""
+    new = band if estimate is None else adapt.switch_band(highs, band, estimate, hysteresis)
+    if new != band:
+        assert estimate is not None
+        edge = highs[min(band, new)]  # the threshold crossed next to the band left
+        side = "above" if new > band else "below"
+        why = f"estimate {estimate / 1e3:.0f} KB/s {side} {edge / 1e3:.0f} KB/s by over {hysteresis:.0%}"
+        switches.append({"t": time.time(), "from": band, "to": new, "reason": why})
+    return new
 
 
 def _load_heads(plans: list[dict], have_url: bool, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
@@ -601,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--bench", help="plans.json: run many plans in randomised interleaved blocks (run_bench) instead of one"
     )
+    ap.add_argument("--adaptive", help="set.json: follow the uplink through a plan set's bands (run_adaptive)")
+    ap.add_argument("--start-at", type=float, default=None, help="--adaptive: epoch seconds to start the requests at")
+    ap.add_argument("--probe-every-s", type=float, default=1.0, help="--adaptive: probe while nothing is sent (0: off)")
     ap.add_argument("--seconds", type=float, default=10.0, help="--bench: requests' time per plan, at least")
     ap.add_argument("--block", type=int, default=3, help="--bench: requests per plan per visit")
     ap.add_argument("--slice-ms", type=float, default=100.0, help="--bench: time per plan per visit, at least")
@@ -627,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        report = run_bench(args) if args.bench else run(args)
+        report = run_bench(args) if args.bench else run_adaptive(args) if args.adaptive else run(args)
     except Exception as exc:  # on the device: a one-line reason beats a traceback over SSH
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -635,6 +728,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(tmp, "w") as f:
         json.dump(report, f)
     os.replace(tmp, args.out)
+    if args.adaptive:
+        ok = sum(1 for r in report["records"] if "prediction" in r)
+        print(f"{ok} of {len(report['records'])} requests answered; {len(report['switches'])} switches")
+        return 1 if report["aborted"] else 0
     if args.bench:
         ok = sum(1 for r in report["records"] if "prediction" in r)
         print(

@@ -33,6 +33,7 @@ import numpy as np
 from cpcdrl_deploy.core.artifact import Artifact, StrictPart
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
+from cpcdrl_deploy.ondevice.adapt import band_at, switch_band
 from cpcdrl_deploy.search.plan import Plan, load_plan
 
 Log = Callable[[str], None]
@@ -141,21 +142,16 @@ class PlanSet(Artifact):
                 return m
         raise CpcdrlError(f"the plan set has no plan {name!r}")
 
+    def highs(self) -> list[float | None]:
+        return [b.high_bytes_per_s for b in self.bands]
+
     def band_at(self, rate: float) -> int:
         """The band whose plan is lowest at ``rate`` (no hysteresis: where a runner starts)."""
-        for i, b in enumerate(self.bands):
-            if b.high_bytes_per_s is None or rate < b.high_bytes_per_s:
-                return i
-        return len(self.bands) - 1
+        return band_at(self.highs(), rate)
 
     def switch(self, band: int, estimate: float) -> int:
         """The band a runner in ``band`` should be in at an uplink ``estimate``: it moves only past the hysteresis."""
-        h = 1.0 + self.hysteresis
-        while band + 1 < len(self.bands) and estimate > (self.bands[band].high_bytes_per_s or math.inf) * h:
-            band += 1
-        while band > 0 and estimate < (self.bands[band].low_bytes_per_s or 0.0) / h:
-            band -= 1
-        return band
+        return switch_band(self.highs(), band, estimate, self.hysteresis)
 
     def predicted_ms(self, rate: float) -> dict[str, float]:
         return {m.name: float(m.curve().at(rate)) for m in self.members}

@@ -478,11 +478,14 @@ def make_server(
 
     dirs = export_dir if isinstance(export_dir, list) else [export_dir]
     models = {}
-    for d, name in zip(dirs, served_names(dirs)):
+    pairs = set_tails(Path(dirs[0])) if len(dirs) == 1 and (Path(dirs[0]) / SET_FILE).exists() else None
+    for d, name in pairs if pairs is not None else zip(dirs, served_names(dirs)):
         tail = load_manifest(d).spec("tail")
         if tail is None:
             raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
         models[name] = load_served_model(Path(d) / tail.file, name, threads)
+    if not models:
+        raise CpcdrlError(f"{dirs[0]}: every plan of the set runs all on the edge: there is no tail to serve")
     stats = Stats()
     try:
         httpd = CappedHTTPServer((host, port), make_handler(models, token, stats, max_body, timeout_s), max_connections)
@@ -492,6 +495,23 @@ def make_server(
     httpd.cpcdrl_model = next(iter(models.values()))  # type: ignore[attr-defined]
     httpd.cpcdrl_models = models  # type: ignore[attr-defined]
     return httpd
+
+
+SET_FILE = "planset.json"  # in a plan set's export folder (export_set): its members' exports are folders beside it
+
+
+def set_tails(folder: Path) -> list[tuple[Path, str]]:
+    """(export folder, served name) of each member of an exported plan set that has a tail: named as the member."""
+    import json
+
+    try:
+        members = json.loads((folder / SET_FILE).read_text())["members"]
+        names = [m["name"] for m in members]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        from cpcdrl_deploy.core.errors import CpcdrlError
+
+        raise CpcdrlError(f"{folder / SET_FILE}: not a plan set export ({exc})") from None
+    return [(folder / n, n) for n in names if (folder / n / "tail.onnx").exists()]
 
 
 def served_names(dirs: list) -> list[str]:

@@ -30,7 +30,8 @@ from cpcdrl_deploy.serving.server import served_names
 
 ONDEVICE = Path(__file__).resolve().parents[1] / "ondevice"
 RUNNER = ONDEVICE / "runner.py"
-RUNNER_FILES = (RUNNER, ONDEVICE / "datatypes.py")  # uploaded side by side: the runner imports the datatype table
+# uploaded side by side: the runner imports the datatype table and the link estimate
+RUNNER_FILES = (RUNNER, ONDEVICE / "datatypes.py", ONDEVICE / "adapt.py")
 
 
 def upload_runner(dev: Device, remote_dir: str) -> None:
@@ -190,6 +191,45 @@ def run_interleaved(
     ``before_run``: called once everything is uploaded and served, right
     before the runner starts (``bench --profile-before-rounds``).
     """
+    with plans_on_device(dev, bind, plans, inputs, log, close) as up:
+        args = [f"--bench {shlex.quote(up.put_json(dev, 'bench-plans.json', up.spec))}", *up.args(), *runner_args]
+        if before_run is not None:
+            before_run()
+        return run_edge_runner(dev, up.remote_dir, args, up.token, budget_s)
+
+
+@dataclass
+class OnDevice:
+    """Plans set up for the edge runner: its folder on the device, the server, and each plan as the runner takes it
+    ({"id", "head" on the device or None, "model" served or None, "output"})."""
+
+    remote_dir: str
+    token: str
+    server: CloudServer | None
+    spec: list[dict]
+
+    def put_json(self, dev: Device, name: str, obj: object) -> str:
+        """``obj`` as JSON in the runner's folder on the device; its path there."""
+        with tempfile.TemporaryDirectory(prefix="cpcdrl-spec-") as tmp:  # device paths: no place in the results
+            local = Path(tmp) / name
+            local.write_text(json.dumps(obj))
+            dev.put(local, f"{self.remote_dir}/{name}")
+        return f"{self.remote_dir}/{name}"
+
+    def args(self) -> list[str]:
+        """The runner's arguments every mode shares: the images, the report, the server."""
+        out = [
+            f"--inputs {shlex.quote(self.remote_dir + '/inputs.npy')}",
+            f"--out {shlex.quote(self.remote_dir + '/report.json')}",
+        ]
+        return out + ([f"--url {self.server.url}"] if self.server is not None else [])
+
+
+@contextlib.contextmanager
+def plans_on_device(
+    dev: Device, bind: str, plans: Sequence[InterleavedPlan], inputs: Path, log: Log = lambda s: None, close=True
+):
+    """Serve every tail from one server, upload every head, the runner and the images; removed whatever happens."""
     token = secrets.token_urlsafe(24)
     server: CloudServer | None = None
     remote_dir = None
@@ -210,21 +250,7 @@ def run_interleaved(
                 head = f"{remote_dir}/{p.id}_{p.head.name}"
                 dev.put(p.head, head)
             spec.append({"id": p.id, "head": head, "model": served.get(p.id), "output": p.output})
-        with tempfile.TemporaryDirectory(prefix="cpcdrl-bench-spec-") as tmp:  # device paths: no place in the results
-            spec_file = Path(tmp) / "bench-plans.json"
-            spec_file.write_text(json.dumps(spec))
-            dev.put(spec_file, f"{remote_dir}/bench-plans.json")
-        args = [
-            f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}",
-            f"--bench {shlex.quote(remote_dir + '/bench-plans.json')}",
-            f"--out {shlex.quote(remote_dir + '/report.json')}",
-            *runner_args,
-        ]
-        if server is not None:
-            args.append(f"--url {server.url}")
-        if before_run is not None:
-            before_run()
-        return run_edge_runner(dev, remote_dir, args, token, budget_s)
+        yield OnDevice(remote_dir, token, server, spec)
     finally:
         tear_down(dev, server, remote_dir, close=close)
 
