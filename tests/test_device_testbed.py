@@ -599,7 +599,7 @@ def test_duty_cycled_testbed_gives_a_busy_loop_its_share(bed) -> None:
 
 
 def test_an_adaptive_runner_switches_both_ways_under_a_step_trace(bed, profiles, tmp_path) -> None:
-    """deploy --adaptive on the emulated Pi: a two-plan set under a 40 KB/s - 400 KB/s - 40 KB/s step trace.
+    """deploy --adaptive on the emulated Pi: a two-plan set under a 40 KB/s - 400 KB/s - 40 KB/s step trace, 3 s each.
 
     The set's curves are made up to put the one threshold at 150 KB/s (what the runner acts on); the plans, the
     link, the server and the runner are real: every request answered as PyTorch answers, none failed.
@@ -640,8 +640,9 @@ def test_an_adaptive_runner_switches_both_ways_under_a_step_trace(bed, profiles,
     )
     write_set(tmp_path / "set.json", ps, plans, {})
     trace = tmp_path / "step.csv"
-    trace.write_text("time_s,rate\n0,40KB/s\n4,400KB/s\n8,40KB/s\n")
-    req = AdaptiveRequest(tmp_path / "set.json", trace, 12.0, edge=NAME, out=tmp_path / "out", images=16, statics=False)
+    trace.write_text("time_s,rate\n0,40KB/s\n3,400KB/s\n6,40KB/s\n")
+    req = AdaptiveRequest(tmp_path / "set.json", trace, 9.0, edge=NAME, out=tmp_path / "out", images=16, statics=False)
+    req.lead_s = 5.0  # two tiny plans load and warm up in about a second at a quarter core
     try:
         rep = deploy_adaptive(req, log=print)
     finally:

@@ -111,7 +111,7 @@ def _builtin_ckpt():
     return resolve_checkpoint("tinysplit", None, required=True)
 
 
-ARGS = ["optimize", "--bandwidth-range", "50KB/s:5MB/s", "--max-accuracy-loss", "2", "--episodes", "12"]
+ARGS = ["optimize", "--bandwidth-range", "50KB/s:5MB/s", "--max-accuracy-loss", "2", "--episodes", "8"]
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,8 @@ def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticke
     inputs = Path(req.out) / "inputs.npy"
     np.save(inputs, x_all.numpy().astype(np.float32))
     edge_profile = plans[names[0]].profiles.edge
+    if edge_profile and not Path(edge_profile).is_absolute() and (req.planset.parent / edge_profile).exists():
+        edge_profile = str(req.planset.parent / edge_profile)  # named as optimize was given it, beside the set
     link = load_profile(edge_profile).link if edge_profile else None
     base_ms = (link.rtt_ms + link.request_overhead_ms) if link is not None else 0.0
     dev = connect(req.edge, trust_host_key=req.trust_host_key)
