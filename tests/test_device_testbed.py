@@ -137,8 +137,8 @@ def test_profile_over_ssh(profiles) -> None:
     assert 0.0 <= pi.host["testbed"]["calibration_steal"] <= 0.9
     t = pi.tables["mobilenet"].model_dump()
     assert len(t["layers"]) == 28 and len(t["heads"]) == 28 and len(t["tails"]) == 28
-    # the whole model: a quarter of a core is several times slower than this host (4x when the hypervisor leaves
-    # both alone; 11.7x in a clean-clone run while this VM's CPUs lost half their time to steal)
+    # the whole model: a quarter of a core is several times slower than this host (about 4x in principle; 11.7x
+    # in a clean-clone run while this VM's CPUs lost half their time to steal)
     whole_pi = next(h["ms"] for h in t["heads"] if h["cut"] == 28)
     whole_local = next(h.ms for h in local.tables["mobilenet"].heads if h.cut == 28)
     assert 2.0 < whole_pi / whole_local < 16.0, (whole_pi, whole_local)
