@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cpcdrl_deploy.core.fileio import atomic_write_json
 from cpcdrl_deploy.deploy.adaptive import MIN_PHASE_S, AdaptiveRequest, deploy_adaptive, summary_lines
 
-RESULTS = Path(__file__).parent / "results" / "link_adaptation"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "link_adaptation"
 
 
 def step_trace(low: float = 50e3, high: float = 2e6, every_s: float = 20.0, seconds: float = 120.0) -> list[tuple]:
@@ -98,9 +101,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cpcdrl-adaptive-") as tmp:  # the exports stay out of the results
         req = AdaptiveRequest(Path(args.set), trace, args.seconds, edge=args.edge, out=Path(tmp), images=64)
         rep = deploy_adaptive(req, log=print)
-        for f in ("adaptive-report.json", "adaptive.png"):
-            if (Path(tmp) / f).exists():
-                shutil.copy(Path(tmp) / f, out / f)
+        if (Path(tmp) / "adaptive.png").exists():
+            shutil.copy(Path(tmp) / "adaptive.png", out / "adaptive.png")
+    # no machine's folders in a committed result: the set by its file name (its command is in the notes), the trace
+    # relative to the repository
+    rep.update(planset=Path(args.set).name, trace=os.path.relpath(trace, REPO))
+    atomic_write_json(out / "adaptive-report.json", rep)
     print("\n".join(summary_lines(rep)))
     figures = acceptance(rep)
     (out / "acceptance.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -100,6 +100,15 @@ def _print_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
+def _show_report(rep: dict, fmt: Format, lines_of: Callable[[dict], list[str]], omit: str) -> None:
+    """A run's report on stdout: JSON for scripts (less its bulky ``omit`` part, which the report file keeps), or its
+    summary lines for people."""
+    if fmt is Format.json:
+        _print_json({k: v for k, v in rep.items() if k != omit})
+    else:
+        typer.echo("\n".join(lines_of(rep)))
+
+
 def _table(rows: Sequence[Sequence[object]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -1116,10 +1125,7 @@ def bench_cmd(
     )
     with _progress(fmt) as tick:
         rep = bench(req, log=_err, tick=tick)
-    if fmt is Format.json:
-        _print_json({k: v for k, v in rep.items() if k != "records"})
-    else:
-        typer.echo("\n".join(summary_lines(rep)))
+    _show_report(rep, fmt, summary_lines, omit="records")
     if rep["failed"]:  # the figures of the plans left stand, but a script must not take them for the whole bench
         _err(f"{len(rep['failed'])} of {len(plans)} plans failed: {', '.join(sorted(rep['failed']))}")
         raise typer.Exit(1)
@@ -1169,14 +1175,13 @@ def _deploy_adaptive(plan, edge, trace, seconds, out, statics, bind, timeout, tr
         raise CpcdrlError("--adaptive replays a link trace on the testbed: give --trace trace.csv")
     if not is_plan_set(plan):
         raise CpcdrlError(f"{plan}: --adaptive takes a plan set (optimize --bandwidth-range ... --out plans.json)")
-    areq = AdaptiveRequest(plan, trace, seconds, edge, out, statics=statics, bind=bind, timeout_s=timeout)
-    areq.trust_host_key, areq.seed = trust_host_key, seed
+    areq = AdaptiveRequest(
+        plan, trace, seconds, edge, out, statics=statics, bind=bind, timeout_s=timeout, trust_host_key=trust_host_key
+    )
+    areq.seed = seed
     with _progress(fmt) as tick:
         rep = deploy_adaptive(areq, log=_err, tick=tick)
-    if fmt is Format.json:
-        _print_json({k: v for k, v in rep.items() if k != "trace_applied"})
-    else:
-        typer.echo("\n".join(summary_lines(rep)))
+    _show_report(rep, fmt, summary_lines, omit="trace_applied")
     bad = {n: c for n, c in rep["checks"].items() if c["failed"] or c["agreement_with_pytorch_pct"] != 100.0}
     if rep["aborted"] or bad:
         _err(f"runs with failed or wrong answers: {', '.join(sorted(set(bad) | set(rep['aborted'])))}")
@@ -1240,10 +1245,8 @@ def deploy_cmd(
             log=_err,
             tick=tick,
         )
-    if fmt is Format.json:
-        _print_json({k: v for k, v in rep.items() if k != "records"})
-    else:
-        typer.echo("\n".join(summary_lines(rep)))
+    _show_report(rep, fmt, summary_lines, omit="records")
+    if fmt is Format.table:
         _err(
             f"wrote {out / 'deploy-report.json'}"
             + (f" and {out / 'deploy.png'}" if (out / "deploy.png").exists() else "")

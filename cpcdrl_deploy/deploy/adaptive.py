@@ -62,7 +62,7 @@ class AdaptiveRequest:
 def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> dict:
     """Run the set adaptively and each plan statically under the trace; write ``out/adaptive-report.json`` and
     ``out/adaptive.png``; the report."""
-    from cpcdrl_deploy.deploy.bench import BenchRequest, _export_all, _interleaved
+    from cpcdrl_deploy.deploy.bench import BenchRequest, export_all, interleaved_plan
 
     planset, plans = load_set(req.planset)
     points = read_trace(req.trace)
@@ -72,7 +72,7 @@ def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticke
     names = [m.name for m in planset.members]
     paths = [req.planset.with_name(m.plan) for m in planset.members]
     breq = BenchRequest(paths, edge=req.edge, out=req.out, images=req.images, seed=req.seed)
-    entries, failed, x_all = _export_all(breq, [plans[n] for n in names], Path(req.out), log, tick)
+    entries, failed, x_all = export_all(breq, [plans[n] for n in names], Path(req.out), log, tick)
     if failed:
         raise CpcdrlError(f"plans that did not export: {failed}")
     ids = {e["id"]: n for e, n in zip(entries, names)}  # p<i> -> the member's name
@@ -82,11 +82,11 @@ def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticke
     if edge_profile and not Path(edge_profile).is_absolute() and (req.planset.parent / edge_profile).exists():
         edge_profile = str(req.planset.parent / edge_profile)  # named as optimize was given it, beside the set
     link = load_profile(edge_profile).link if edge_profile else None
-    base_ms = (link.rtt_ms + link.request_overhead_ms) if link is not None else 0.0
+    base_ms = link.per_request_ms if link is not None else 0.0
     dev = connect(req.edge, trust_host_key=req.trust_host_key)
     runs: dict[str, dict] = {}
     try:
-        spec = [_interleaved(e, Path(req.out) / "exports" / e["id"]) for e in entries]
+        spec = [interleaved_plan(e, Path(req.out) / "exports" / e["id"]) for e in entries]
         with plans_on_device(dev, server_address(req.edge, req.bind), spec, inputs, log, close=False) as up:
             by_name = {ids[p["id"]]: p for p in up.spec}
             which = ["adaptive"] + (names if req.statics else [])
@@ -216,7 +216,7 @@ def analyse(
         "switches": [{**s, "t": s["t"] - adaptive["start_at"]} for s in adaptive["switches"]] if adaptive else [],
         "switch_delays": switch_delays(planset, rel(adaptive), ph) if adaptive else [],
         "bands": [b.model_dump() for b in planset.bands],
-        "plans": {p: ids.get(p, p) for p in ids},
+        "plans": dict(ids),
         "trace_applied": {n: run.get("trace_applied") for n, run in runs.items()},
         "aborted": {n: run["aborted"] for n, run in runs.items() if run.get("aborted")},
     }

@@ -178,14 +178,14 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     out = Path(req.out)
     try:
         bind = server_address(req.edge, req.bind)
-        entries, failed, x_all = _export_all(req, plans, out, log, tick)
+        entries, failed, x_all = export_all(req, plans, out, log, tick)
         inputs = out / "inputs.npy"
         out.mkdir(parents=True, exist_ok=True)
         np.save(inputs, x_all.numpy().astype(np.float32))
         runtimes = {e["manifest"].runtime.head for e in entries if e["manifest"].runtime.head}
         for rt in sorted(runtimes):
             check_runtime(dev, rt)
-        spec = [_interleaved(e, out / "exports" / e["id"]) for e in entries]
+        spec = [interleaved_plan(e, out / "exports" / e["id"]) for e in entries]
         args = [f"--timeout {req.timeout_s:g}", f"--seconds {req.seconds:g}", f"--block {req.block}"]
         args += [f"--slice-ms {req.slice_ms:g}", f"--min-rounds {req.min_rounds}", f"--seed {req.seed}"]
         fresh: dict[str, str] = {}
@@ -250,7 +250,7 @@ def _check_bench(req: BenchRequest) -> tuple[list[Plan], str, str]:
     return plans, edge_profile, cloud_profile
 
 
-def _export_all(
+def export_all(
     req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick: Ticker
 ) -> tuple[list[dict], dict[str, str], torch.Tensor]:
     """Every plan exported and its pruned PyTorch answers on the images; the plans that failed, and the images."""
@@ -279,7 +279,7 @@ def _export_all(
     return entries, failed, x_all
 
 
-def _interleaved(entry: dict, folder: Path) -> InterleavedPlan:
+def interleaved_plan(entry: dict, folder: Path) -> InterleavedPlan:
     """An exported plan as the interleaved run takes it: its head file, its tail's folder and output."""
     files = entry["manifest"].files
     return InterleavedPlan(

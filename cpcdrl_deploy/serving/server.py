@@ -511,7 +511,9 @@ def set_tails(folder: Path) -> list[tuple[Path, str]]:
         from cpcdrl_deploy.core.errors import CpcdrlError
 
         raise CpcdrlError(f"{folder / SET_FILE}: not a plan set export ({exc})") from None
-    return [(folder / n, n) for n in names if (folder / n / "tail.onnx").exists()]
+    from cpcdrl_deploy.serving.manifest import load_manifest
+
+    return [(folder / n, n) for n in names if load_manifest(folder / n).spec("tail") is not None]
 
 
 def served_names(dirs: list) -> list[str]:
