@@ -67,11 +67,38 @@ def test_runner_imports_only_numpy_and_the_runtimes() -> None:
     runtimes = {"onnxruntime", "ai_edge_litert", "tflite_runtime"}
     assert _imports(RUNNER) - {"cpcdrl_deploy"} == {"numpy", "timer"} | runtimes
     # on the device the table comes from datatypes.py beside the runner (importlib), which needs numpy only
-    assert 'import_module("datatypes")' in RUNNER.read_text() and 'import_module("adapt")' in RUNNER.read_text()
-    assert {f.name for f in RUNNER_FILES} == {"runner.py", "datatypes.py", "adapt.py"}
+    assert all(f'import_module("{m}")' in RUNNER.read_text() for m in ("datatypes", "adapt", "prepare"))
+    assert {f.name for f in RUNNER_FILES} == {"runner.py", "datatypes.py", "adapt.py", "prepare.py"}
     assert _imports(RUNNER_FILES[1]) == {"numpy"}
     assert _imports(RUNNER_FILES[2]) == set()  # the link estimate: the standard library only
+    assert _imports(RUNNER_FILES[3]) == {"numpy"}  # the frames' preparation
     assert _imports(PROFILER) == {"numpy"} | runtimes
+
+
+def test_frames_are_prepared_on_the_device_as_on_the_host(exported, tmp_path) -> None:
+    """uint8 frames and the manifest's preprocessing give the answers of the host-prepared images; frames without
+    the preprocessing are one line and exit 2, nothing written."""
+    _, e4, x = exported
+    frames = load_images("builtin").test.uint8(np.arange(40))
+    np.save(tmp_path / "frames.npy", frames)
+    prep = json.loads((e4 / "manifest.json").read_text())["preprocess"]
+    rc, out, want = _run(tmp_path, "--inputs", str(x), "--head", str(e4 / "head.onnx"))
+    assert rc == 0, out
+    (tmp_path / "prep.json").write_text(json.dumps(prep))
+    rc, out, got = _run(
+        tmp_path, "--inputs", "frames.npy", "--head", str(e4 / "head.onnx"), "--preprocess", "prep.json"
+    )
+    assert rc == 0, out
+    assert got["inputs"]["given"] == "frames" and got["inputs"]["prepare_ms_per_frame"] > 0
+    assert [r["prediction"] for r in got["records"]] == [r["prediction"] for r in want["records"]]
+    (tmp_path / "report.json").unlink()
+    rc, out, none = _run(tmp_path, "--inputs", "frames.npy", "--head", str(e4 / "head.onnx"))
+    assert (
+        rc == 2
+        and none is None
+        and out.strip().splitlines()
+        == ["error: ValueError: uint8 frames need --preprocess (the export manifest's preprocess)"]
+    )
 
 
 def test_speed_probe_between_requests(exported, tmp_path) -> None:

@@ -72,12 +72,11 @@ def deploy_adaptive(req: AdaptiveRequest, log: Log = lambda s: None, tick: Ticke
     names = [m.name for m in planset.members]
     paths = [req.planset.with_name(m.plan) for m in planset.members]
     breq = BenchRequest(paths, edge=req.edge, out=req.out, images=req.images, seed=req.seed)
-    entries, failed, x_all = export_all(breq, [plans[n] for n in names], Path(req.out), log, tick)
+    entries, failed, given = export_all(breq, [plans[n] for n in names], Path(req.out), log, tick)
     if failed:
         raise CpcdrlError(f"plans that did not export: {failed}")
     ids = {e["id"]: n for e, n in zip(entries, names)}  # p<i> -> the member's name
-    inputs = Path(req.out) / "inputs.npy"
-    np.save(inputs, x_all.numpy().astype(np.float32))
+    inputs = given.save(Path(req.out) / "inputs.npy")
     edge_profile = plans[names[0]].profiles.edge
     if edge_profile and not Path(edge_profile).is_absolute() and (req.planset.parent / edge_profile).exists():
         edge_profile = str(req.planset.parent / edge_profile)  # named as optimize was given it, beside the set

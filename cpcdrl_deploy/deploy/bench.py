@@ -38,6 +38,7 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.deploy.export import export_models
+from cpcdrl_deploy.deploy.inputs import DeviceInputs
 from cpcdrl_deploy.deploy.reports import BenchReport
 from cpcdrl_deploy.deploy.run import predictions, shape_of
 from cpcdrl_deploy.devices.hostload import HostSampler, load_in_windows
@@ -178,10 +179,8 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     out = Path(req.out)
     try:
         bind = server_address(req.edge, req.bind)
-        entries, failed, x_all = export_all(req, plans, out, log, tick)
-        inputs = out / "inputs.npy"
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(inputs, x_all.numpy().astype(np.float32))
+        entries, failed, given = export_all(req, plans, out, log, tick)
+        inputs = given.save(out / "inputs.npy")
         runtimes = {e["manifest"].runtime.head for e in entries if e["manifest"].runtime.head}
         for rt in sorted(runtimes):
             check_runtime(dev, rt)
@@ -252,31 +251,30 @@ def _check_bench(req: BenchRequest) -> tuple[list[Plan], str, str]:
 
 def export_all(
     req: BenchRequest, plans: list[Plan], out: Path, log: Log, tick: Ticker
-) -> tuple[list[dict], dict[str, str], torch.Tensor]:
+) -> tuple[list[dict], dict[str, str], DeviceInputs]:
     """Every plan exported and its pruned PyTorch answers on the images; the plans that failed, and the images."""
     entries, failed = [], {}
-    x_all = None
+    given: DeviceInputs | None = None
     for i, (path, plan) in enumerate(zip(req.plans, plans)):
         tick("plans exported", i, len(plans))
         pid = f"p{i}"
         try:
             original, pruned, ds = rebuild(plan, plan_path=path)
-            if x_all is None:
-                idx = subset(len(ds.test), req.images, req.seed)
-                x_all = ds.test.tensors(idx)[0]
+            if given is None:
+                given = DeviceInputs.pick(ds.test, subset(len(ds.test), req.images, req.seed))
             runtime = req.runtime or plan.runtime
             m = export_models(plan, original, pruned, ds, out / "exports" / pid, runtime=runtime, log=lambda s: None)
             with torch.no_grad():
-                want = predict(pruned, x_all).numpy()
+                want = predict(pruned, given.prepared).numpy()
         except CpcdrlError as exc:
             failed[pid] = f"export: {exc}"
             log(f"{pid} ({path}): {exc}")
             continue
         entries.append({"id": pid, "path": str(path), "plan": plan, "manifest": m, "want": want})
     tick("plans exported", len(plans), len(plans))
-    if x_all is None:
+    if given is None:
         raise CpcdrlError("no plan could be exported")
-    return entries, failed, x_all
+    return entries, failed, given
 
 
 def interleaved_plan(entry: dict, folder: Path) -> InterleavedPlan:

@@ -57,6 +57,8 @@ class DeployReport(Artifact):
     profiles: ReportProfiles
     records: list[dict[str, Any]]  # one per request, as the runner wrote it
     wall_s: float | None = None
+    # what the device was given: frames it prepared (and how long that took per frame) or prepared tensors
+    inputs: dict[str, Any] | None = None
 
 
 class BenchReport(Artifact):

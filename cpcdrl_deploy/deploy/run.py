@@ -41,6 +41,7 @@ from cpcdrl_deploy.compress.pruning import PlanShape, PruneConfig, channel_group
 from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.deploy.export import export_models
+from cpcdrl_deploy.deploy.inputs import DeviceInputs
 from cpcdrl_deploy.deploy.reports import DeployReport
 from cpcdrl_deploy.devices.remote import Device, connect
 from cpcdrl_deploy.devices.testbed import on_host_cpus
@@ -68,6 +69,7 @@ from cpcdrl_deploy.serving.session import (
     run_edge_runner,
     server_address,
     tear_down,
+    upload_inputs,
     upload_runner,
 )
 
@@ -417,12 +419,11 @@ def _stage(
     )
     # the images, and what the pruned PyTorch model says about them
     idx = subset(len(ds.test), req.requests, req.seed)
-    x, y = ds.test.tensors(idx)
+    given = DeviceInputs.pick(ds.test, idx)  # frames the device prepares itself, where they share one size
+    y = ds.test.labels[idx]
     with torch.no_grad():
-        torch_pred = predict(pruned, x).numpy()
-    inputs = out / "inputs.npy"
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(inputs, x.numpy().astype(np.float32))
+        torch_pred = predict(pruned, given.prepared).numpy()
+    inputs = given.save(out / "inputs.npy")
     if req.probe and not any(refs.values()):  # said after the export, which fails first on a bad plan
         log("no speed probe: the profiles have no matching whole-model timing (re-profile to get one)")
     staged = _Staged(
@@ -434,7 +435,7 @@ def _stage(
         manifest,
         original,
         idx,
-        y.numpy(),
+        y,
         torch_pred,
         inputs,
         refs,
@@ -451,7 +452,7 @@ def _runner_args(dev: Device, req: DeployRequest, st: _Staged, remote_dir: str) 
     """Upload the head, the full model (fallback) and the speed probe; the runner's arguments and its time budget."""
     files = st.files
     args = [
-        f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}",
+        *upload_inputs(dev, st.inputs, remote_dir),
         f"--out {shlex.quote(remote_dir + '/report.json')}",
         f"--timeout {req.timeout_s:g}",
     ]
@@ -491,7 +492,6 @@ def _run_on_device(dev: Device, req: DeployRequest, st: _Staged, bind: str, log:
         check_runtime(dev, st.manifest.runtime.head or "onnxruntime")
         remote_dir = dev.mkdtemp()
         upload_runner(dev, remote_dir)
-        dev.put(st.inputs, f"{remote_dir}/inputs.npy")
         args, budget = _runner_args(dev, req, st, remote_dir)
         if cloud_ref is not None:
             # before the server starts: its start-up (a Python process importing ORT) would share this host's CPUs
@@ -600,6 +600,7 @@ def _report(req: DeployRequest, edge_name: str, st: _Staged, ran: _Ran) -> dict:
         "aborted": runner["aborted"],
         "server_alive_at_end": ran.server_alive,
         "warmup_requests": runner["warmup"],
+        "inputs": runner.get("inputs"),
         "accuracy_pct": float((preds == st.y[at]).mean() * 100.0) if len(preds) else None,
         "agreement_with_pytorch_pct": float((preds == st.torch_pred[at]).mean() * 100.0) if len(preds) else None,
         "bytes_per_request": payload,

@@ -42,12 +42,13 @@ from typing import Any
 import numpy as np
 
 try:  # in the package on the host
-    from cpcdrl_deploy.ondevice import adapt
+    from cpcdrl_deploy.ondevice import adapt, prepare
     from cpcdrl_deploy.ondevice.datatypes import FROM_ORT, NAMES, NUMPY
-except ImportError:  # on the device: datatypes.py and adapt.py lie beside this file
+except ImportError:  # on the device: datatypes.py, adapt.py and prepare.py lie beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     _datatypes = importlib.import_module("datatypes")
     adapt = importlib.import_module("adapt")
+    prepare = importlib.import_module("prepare")
     FROM_ORT, NAMES, NUMPY = _datatypes.FROM_ORT, _datatypes.NAMES, _datatypes.NUMPY
 MAX_REPLY = 16 * 1024 * 1024  # bytes: logits are a few dozen; anything near this is not a reply to us
 
@@ -324,9 +325,31 @@ def load_model(path: str, threads: int = 1) -> OrtModel | LiteRTModel:
     return OrtModel(path, threads)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """One request per image, in order: the head here, the tail on the server (or the full model here on failure)."""
+def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    """The model's inputs: ``--inputs`` as given (float32, prepared) or uint8 frames prepared here by ``--preprocess``.
+
+    Frames are prepared once, before any request, and the time it took is
+    reported: it is the same for every plan, so it is not part of a request.
+    """
     x = np.load(args.inputs)
+    if x.dtype != np.uint8:
+        return x, {"given": "prepared", "dtype": str(x.dtype), "shape": list(x.shape)}
+    if not args.preprocess:
+        raise ValueError("uint8 frames need --preprocess (the export manifest's preprocess)")
+    if args.preprocess.lstrip().startswith("{"):
+        spec = json.loads(args.preprocess)
+    else:
+        with open(args.preprocess) as f:
+            spec = json.load(f)
+    t0 = time.perf_counter()
+    out = prepare.prepare(x, spec)
+    ms = (time.perf_counter() - t0) * 1000.0
+    info = {"given": "frames", "dtype": "uint8", "shape": list(x.shape), "prepared_shape": list(out.shape)}
+    return out, {**info, "prepare_ms_per_frame": ms / max(1, len(x)), "preprocess": spec}
+
+
+def run(args: argparse.Namespace, x: np.ndarray) -> dict:
+    """One request per image, in order: the head here, the tail on the server (or the full model here on failure)."""
     head = load_model(args.head, args.threads) if args.head else None
     full = load_model(args.full, args.threads) if args.full and args.fallback == "local" else None
     remote = (
@@ -441,7 +464,7 @@ def _check_head_fits(head: OrtModel | LiteRTModel, remote: Remote, model: str) -
     return "head outputs match the server's inputs"
 
 
-def run_bench(args: argparse.Namespace) -> dict:
+def run_bench(args: argparse.Namespace, x: np.ndarray) -> dict:
     """Many plans against each other, drift cancelling: randomised interleaved blocks.
 
     ``--bench plans.json`` lists {"id", "head" (file or null), "model" (served
@@ -454,7 +477,6 @@ def run_bench(args: argparse.Namespace) -> dict:
     """
     import random
 
-    x = np.load(args.inputs)
     with open(args.bench) as f:
         plans = json.load(f)
     remote = Remote(args.url, "_", args.timeout, os.environ.get("CPCDRL_TOKEN") or None, "logits") if args.url else None
@@ -520,7 +542,7 @@ def _plan_request(heads: dict[str, Any], remote: Remote | None) -> Callable:
     return one
 
 
-def run_adaptive(args: argparse.Namespace) -> dict:
+def run_adaptive(args: argparse.Namespace, x: np.ndarray) -> dict:
     """The plans of a set, one at a time: each request by the plan of the band the uplink estimate is in (adapt.py).
 
     ``--adaptive spec.json``: {"plans": [as for --bench], "bands": [{"plan",
@@ -533,7 +555,6 @@ def run_adaptive(args: argparse.Namespace) -> dict:
     goes by the next band's plan instead, so the runner sees the link come
     back (0: never).
     """
-    x = np.load(args.inputs)
     with open(args.adaptive) as f:
         spec = json.load(f)
     plans = {p["id"]: p for p in spec["plans"]}
@@ -687,7 +708,12 @@ class _Probe:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="cpcdrl edge runner (numpy + onnxruntime or ai-edge-litert only)")
-    ap.add_argument("--inputs", required=True, help=".npy of N x C x H x W float32 images, preprocessed")
+    ap.add_argument(
+        "--inputs", required=True, help=".npy: N x C x H x W float32 (prepared) or N x H x W x 3 uint8 frames"
+    )
+    ap.add_argument(
+        "--preprocess", help="uint8 frames: how to prepare them (size, resize, mean, std): JSON or a .json file"
+    )
     ap.add_argument(
         "--bench", help="plans.json: run many plans in randomised interleaved blocks (run_bench) instead of one"
     )
@@ -720,7 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        report = run_bench(args) if args.bench else run_adaptive(args) if args.adaptive else run(args)
+        x, inputs = load_inputs(args)
+        report = run_bench(args, x) if args.bench else run_adaptive(args, x) if args.adaptive else run(args, x)
+        report["inputs"] = inputs
     except Exception as exc:  # on the device: a one-line reason beats a traceback over SSH
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

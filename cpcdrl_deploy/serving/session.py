@@ -30,8 +30,19 @@ from cpcdrl_deploy.serving.server import served_names
 
 ONDEVICE = Path(__file__).resolve().parents[1] / "ondevice"
 RUNNER = ONDEVICE / "runner.py"
-# uploaded side by side: the runner imports the datatype table and the link estimate
-RUNNER_FILES = (RUNNER, ONDEVICE / "datatypes.py", ONDEVICE / "adapt.py")
+# uploaded side by side: the runner imports the datatype table, the link estimate and the frames' preparation
+RUNNER_FILES = (RUNNER, ONDEVICE / "datatypes.py", ONDEVICE / "adapt.py", ONDEVICE / "prepare.py")
+
+
+def upload_inputs(dev: Device, inputs: Path, remote_dir: str) -> list[str]:
+    """The images (``inputs.npy``, with ``inputs.json`` beside it when they are frames to prepare) into
+    ``remote_dir``; the runner's arguments that name them."""
+    dev.put(inputs, f"{remote_dir}/inputs.npy")
+    args = [f"--inputs {shlex.quote(remote_dir + '/inputs.npy')}"]
+    if (spec := inputs.with_suffix(".json")).exists():
+        dev.put(spec, f"{remote_dir}/inputs.json")
+        args.append(f"--preprocess {shlex.quote(remote_dir + '/inputs.json')}")
+    return args
 
 
 def upload_runner(dev: Device, remote_dir: str) -> None:
@@ -207,6 +218,7 @@ class OnDevice:
     token: str
     server: CloudServer | None
     spec: list[dict]
+    input_args: list[str]
 
     def put_json(self, dev: Device, name: str, obj: object) -> str:
         """``obj`` as JSON in the runner's folder on the device; its path there."""
@@ -218,10 +230,7 @@ class OnDevice:
 
     def args(self) -> list[str]:
         """The runner's arguments every mode shares: the images, the report, the server."""
-        out = [
-            f"--inputs {shlex.quote(self.remote_dir + '/inputs.npy')}",
-            f"--out {shlex.quote(self.remote_dir + '/report.json')}",
-        ]
+        out = [*self.input_args, f"--out {shlex.quote(self.remote_dir + '/report.json')}"]
         return out + ([f"--url {self.server.url}"] if self.server is not None else [])
 
 
@@ -236,7 +245,7 @@ def plans_on_device(
     try:
         remote_dir = dev.mkdtemp()
         upload_runner(dev, remote_dir)
-        dev.put(inputs, f"{remote_dir}/inputs.npy")
+        input_args = upload_inputs(dev, inputs, remote_dir)
         tails = [p for p in plans if p.tail_dir is not None]
         if tails:
             server = CloudServer([p.tail_dir for p in tails], bind, token)  # type: ignore[misc]
@@ -250,7 +259,7 @@ def plans_on_device(
                 head = f"{remote_dir}/{p.id}_{p.head.name}"
                 dev.put(p.head, head)
             spec.append({"id": p.id, "head": head, "model": served.get(p.id), "output": p.output})
-        yield OnDevice(remote_dir, token, server, spec)
+        yield OnDevice(remote_dir, token, server, spec, input_args)
     finally:
         tear_down(dev, server, remote_dir, close=close)
 
