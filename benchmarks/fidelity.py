@@ -39,6 +39,7 @@ from cpcdrl_deploy.deploy.bench import BenchRequest, bench, paired_ratio
 from cpcdrl_deploy.deploy.run import shape_of
 from cpcdrl_deploy.measure.fidelity import fidelity
 from cpcdrl_deploy.measure.profile import load_profile, table_key
+from cpcdrl_deploy.models.zoo import load_model
 from cpcdrl_deploy.search.optimize import plan_channels, uniform_plan
 from cpcdrl_deploy.search.plan import Plan, PlanRecord
 
@@ -48,11 +49,30 @@ PROFILES = Path("benchmarks/results/profile")
 CUTS = {"mobilenet": (0, 2, 6, 12, 20, 24, 27, 28), "vgg16": (0, 2, 4, 7, 10, 13, 14), "tinyvgg": (0, 2, 3, 5, 7)}
 
 
-def make_plans(model: str, n: int, out: Path, data: str, seed: int, edge: Path, cloud: Path) -> list[Path]:
-    ckpt = SHARED / "models" / f"{model}-cifar10.pth" if model != "tinyvgg" else None
+def spread_cuts(model: str, ckpt: Path | None, k: int = 8) -> tuple[int, ...]:
+    """``CUTS[model]``, else ``k`` cut points spread evenly over the model's (0 and all on the device included)."""
+    if model in CUTS:
+        return CUTS[model]
+    from cpcdrl_deploy.models.graph import analyze
+    from cpcdrl_deploy.models.zoo import get_entry, load_model
+
+    a = analyze(load_model(model, ckpt), get_entry(model).input_size, model)
+    points = a.cuttable_points()
+    picks = np.linspace(0, len(points) - 1, min(k, len(points))).round().astype(int)
+    return tuple(sorted({points[i] for i in picks}))
+
+
+def default_checkpoint(model: str) -> Path | None:
+    return SHARED / "models" / f"{model}-cifar10.pth" if model != "tinyvgg" else None
+
+
+def make_plans(
+    model: str, n: int, out: Path, data: str, seed: int, edge: Path, cloud: Path, ckpt: Path | None
+) -> list[Path]:
     rng = random.Random(seed)
-    cuts = CUTS[model]
+    cuts = spread_cuts(model, ckpt)
     n_layers = max(cuts)
+    net = load_model(model, ckpt)  # the checkpoint's class count: the last layer's channels in the plans
     specs: list[tuple[str, int, list[float], int]] = []
     for c in cuts:
         for k in (1.0,) if c == 0 else (1.0, 0.75, 0.5, 0.25):
@@ -69,7 +89,7 @@ def make_plans(model: str, n: int, out: Path, data: str, seed: int, edge: Path, 
         p = uniform_plan(model, c, 1.0, ckpt, data).to_data()
         p.update(method=kind, ratios=ratios, profiles={"edge": str(edge), "cloud": str(cloud), "link": None})
         p["prune"]["round_to"] = round_to
-        shape, a = shape_of(model, c, ratios, round_to)
+        shape, a = shape_of(model, c, ratios, round_to, net)
         p["channels"] = plan_channels(a, shape)
         p["cut_bytes"] = shape.cut_bytes
         paths.append(Plan.from_data(p).save(out / f"{i:02d}-{kind}-cut{c}.json"))
@@ -77,7 +97,16 @@ def make_plans(model: str, n: int, out: Path, data: str, seed: int, edge: Path, 
 
 
 def optimizer_plans(
-    model: str, links: list[str], out: Path, data: str, edge: Path, cloud: Path, episodes: int, loss: float, log
+    model: str,
+    links: list[str],
+    out: Path,
+    data: str,
+    edge: Path,
+    cloud: Path,
+    episodes: int,
+    loss: float,
+    log,
+    ckpt: Path | None,
 ) -> list[Path]:
     """Every method's plan from ``optimize`` at each of ``links`` (the sitting's own profiles, the link's rate
     replaced).
@@ -91,7 +120,6 @@ def optimizer_plans(
     from cpcdrl_deploy.search.methods import METHODS, SearchConfig
     from cpcdrl_deploy.search.optimize import OptimizeRequest, optimize, write_plan
 
-    ckpt = SHARED / "models" / f"{model}-cifar10.pth"
     seen: set[tuple] = set()
     paths: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +253,9 @@ def profiled_at(model: str, runtime: str, host: str, edge: Path, cloud: Path) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet")
+    ap.add_argument(
+        "--checkpoint", default=None, help="the model's checkpoint (default: ../shared/models/MODEL-cifar10.pth)"
+    )
     ap.add_argument("--host", default="pi")
     ap.add_argument("--plans", type=int, default=40)
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -265,7 +296,9 @@ def main() -> int:
         ),
     )
     args = ap.parse_args()
-    out = Path(args.out) / (args.model if args.runtime == "onnxruntime" else f"{args.model}-{args.runtime}")
+    name = args.model.replace(":", "-")  # a model key such as mobilenet_v3_small:96
+    out = Path(args.out) / (name if args.runtime == "onnxruntime" else f"{name}-{args.runtime}")
+    ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint(args.model)
     log = lambda s: print(s, file=sys.stderr, flush=True)
     try:
         edge, cloud = Path(args.profiles) / f"{args.host}.json", Path(args.profiles) / "local.json"
@@ -274,7 +307,7 @@ def main() -> int:
             plans = sorted((out / "plans").glob("*.json")) + sorted((out / "plans-optimizer").glob("*.json"))
             wall = read_json(out / "summary.json").get("bench_wall_s") if (out / "summary.json").exists() else None
         else:
-            plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed, edge, cloud)
+            plans = make_plans(args.model, args.plans, out / "plans", args.data, args.seed, edge, cloud, ckpt)
             if args.optimizer_links:
                 plans += optimizer_plans(
                     args.model,
@@ -286,6 +319,7 @@ def main() -> int:
                     args.optimizer_episodes,
                     args.optimizer_loss,
                     log,
+                    ckpt,
                 )
             log(f"{len(plans)} plans; benching on {args.host}")
             t0 = time.time()
