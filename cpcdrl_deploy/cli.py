@@ -778,6 +778,15 @@ def profile_cmd(
     request_probe: RequestProbeOpt = True,
     bind: BindOpt = None,
     cold_gap_ms: ColdGapMsOpt = 20.0,
+    classes: Annotated[
+        int | None,
+        typer.Option(
+            "--classes",
+            min=2,
+            help="the class count of the checkpoints you will optimise (default: the zoo entry's; 1000 for"
+            " torchvision's): the last layer is timed at that size",
+        ),
+    ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -824,6 +833,7 @@ def profile_cmd(
                 runtime=[r.value for r in runtime] or ["onnxruntime"],
                 request_probe_at=probe_at,
                 cold_gap_ms=cold_gap_ms,
+                classes=classes,
             )
     finally:
         dev.close()

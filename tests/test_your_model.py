@@ -122,8 +122,9 @@ def test_a_residual_block_is_timed_whole(user_dir: Path, tmp_path: Path) -> None
 
     out = tmp_path / "local.json"
     _ok(["profile", "--host", "local", "-m", "mynets:small:40", "--grid", "0.5,1.0", "--repeats", "2", "--rounds",
-         "1", "--warmup", "1", "-o", str(out), "--format", "json"])  # fmt: skip
+         "1", "--warmup", "1", "--classes", "5", "-o", str(out), "--format", "json"])  # fmt: skip
     table = load_profile(out).tables["mynets:small:40"]
+    assert table.classes == 5 and table.layers[-1].out_channels == 5  # the checkpoints' count, not the factory's 3
     (seg,) = table.segments
     assert (seg.first, seg.last) == (2, 3) and [p.keep for p in seg.points] == [0.5, 1.0]
     assert seg.points[0].out_keep == [0.5, 0.5] and seg.points[1].in_keep == [1.0, 1.0]  # the block's input too

@@ -243,6 +243,7 @@ def probe_reference(profile: Profile, model: str, n_layers: int) -> dict | None:
         # one round's window: recorded by newer profilers; older ones split 200 ms over their rounds
         "min_ms": float(host.get("round_window_ms") or 200.0 / rounds),
         "profiled_at": t.measured_at or host.get("measured_at"),
+        "classes": t.classes,  # the probe is built with the count the profile timed
     }
 
 
@@ -442,7 +443,8 @@ def _stage(
         out / "probe.onnx.gz",
     )
     if any(refs.values()):
-        probe_bytes, probe_shape, _ = probe_model(plan.model)
+        classes = next(r["classes"] for r in refs.values() if r is not None)
+        probe_bytes, probe_shape, _ = probe_model(plan.model, classes)
         staged.probe_path.write_bytes(probe_bytes)
         staged.probe_shape = list(probe_shape)
     return staged

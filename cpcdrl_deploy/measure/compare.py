@@ -85,7 +85,8 @@ def compare(model: str, edge: str, cloud: str, link: str | None = None) -> dict:
         raise CpcdrlError("no link in the profiles: profile the edge over SSH (it measures the link) or pass --link")
     if ep.kind != "measured" or cp.kind != "measured":
         raise CpcdrlError("compare needs measured profiles for --edge and --cloud (cpcdrl profile)")
-    net = build_model(model)
+    timed = ep.tables.get(model)
+    net = build_model(model, timed.classes if timed is not None else None)  # as the profile timed it
     a = analyze(net, entry.input_size, model)
     groups = channel_groups(net, a)
     table = build_latency_model(ep, cp, lp)

@@ -139,6 +139,7 @@ class ModelTable(Part):
     grid: list[float]
     threads: int
     weights: str | None = None  # how the timed models were made (the speed probe must match); None: not recorded
+    classes: int | None = None  # the last layer's outputs as timed; None: the zoo entry's default count
     total_macs: int
     run_overhead_ms: float = 0.0
     run_overhead: Timing | None = None  # per statistic: medians are corrected with the median overhead

@@ -164,6 +164,7 @@ def build_jobs(
     log: Log,
     tick: Ticker = no_ticker,
     runtime: str = "onnxruntime",
+    classes: int | None = None,
 ) -> tuple[list[dict], ModelAnalysis]:
     """Write the gzipped model files (ONNX, or LiteRT for ``runtime="litert"``) and return the job list (id, file,
     input_shape, meta).
@@ -172,7 +173,7 @@ def build_jobs(
     profiles the same model again (``bench --profile-before-rounds``: the edge, then this host) writes
     the files it built the first time instead of exporting and converting them again.
     """
-    key = (model_name, tuple(grid), runtime, WEIGHTS)
+    key = (model_name, tuple(grid), runtime, WEIGHTS, classes)
     if key in _BUILT:
         _BUILT.move_to_end(key)
         jobs, analysis, files = _BUILT[key]
@@ -180,7 +181,7 @@ def build_jobs(
             (workdir / name).write_bytes(blob)
         log(f"{model_name}: the {len(jobs)} models built earlier in this run")
         return copy.deepcopy(jobs), analysis
-    jobs, analysis = _build_jobs(model_name, grid, workdir, log, tick, runtime)
+    jobs, analysis = _build_jobs(model_name, grid, workdir, log, tick, runtime, classes)
     _BUILT[key] = (copy.deepcopy(jobs), analysis, {j["file"]: (workdir / j["file"]).read_bytes() for j in jobs})
     while len(_BUILT) > _BUILT_KEEP:
         _BUILT.popitem(last=False)
@@ -188,11 +189,11 @@ def build_jobs(
 
 
 def _build_jobs(
-    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker, runtime: str
+    model_name: str, grid: tuple[float, ...], workdir: Path, log: Log, tick: Ticker, runtime: str, classes: int | None
 ) -> tuple[list[dict], ModelAnalysis]:
     out = _Writer(workdir, RUNTIMES[runtime].suffix + ".gz", runtime)
     entry = get_entry(model_name)
-    model: UnitModel = build_model(model_name)
+    model: UnitModel = build_model(model_name, classes)
     analysis = analyze(model, entry.input_size, model_name)
     groups = channel_groups(model, analysis)
     jobs = _layer_jobs(
@@ -459,7 +460,7 @@ def dw_alignment(ms_by_channels: dict[int, float], slow: float = 2.0) -> int:
     return next((a for a in (1, 2, 4, 8, 16) if all(ok for c, ok in fast.items() if c % a == 0)), 16)
 
 
-def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
+def probe_model(model_name: str, classes: int | None = None) -> tuple[bytes, list[int], int]:
     """(gzipped ONNX, input shape, cut) of the speed probe: the whole unpruned model, as the profiler times it.
 
     It is the profile's ``head{N}`` model byte for byte (same constant weights,
@@ -468,7 +469,7 @@ def probe_model(model_name: str) -> tuple[bytes, list[int], int]:
     now than when it was profiled.
     """
     entry = get_entry(model_name)
-    model = make_constant(build_model(model_name))
+    model = make_constant(build_model(model_name, classes))
     a = analyze(model, entry.input_size, model_name)
     return timing_file(nn.Sequential(*model.units()), tuple(a.input_shape)), [1, *a.input_shape], a.n_layers
 
@@ -590,6 +591,7 @@ def profile_host(
     request_probe_at: str | None = None,
     cold_gap_ms: float = COLD_GAP_MS,
     retime_tries: int = RETIME_TRIES,
+    classes: int | None = None,
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
@@ -616,13 +618,18 @@ def profile_host(
 
     ``retime_tries``: how many more times a model whose passes disagree by
     more than ``RETIME_SPREAD`` is timed (0: never).
+
+    ``classes``: the models' class count (their last layer's outputs), as
+    the checkpoints the plans will use have it; default: each zoo entry's
+    (1000 for torchvision's), recorded in each table either way.
     """
     runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
     for rt in runtimes:
         check_runtime(dev, rt)  # also refuses an unknown runtime
     timing = (grid, threads, warmup, repeats, rounds, batch, window_ms, cold_gap_ms, retime_tries)
-    run = _Run(*timing, runtimes, out.with_name(out.name + ".partial"), log, tick)
-    partial = _load_partial(run.partial_path, dev.name, "+".join(runtimes))
+    run = _Run(*timing, runtimes, out.with_name(out.name + ".partial"), log, tick, classes)
+    # another class count times other models: its partial results are not this run's
+    partial = _load_partial(run.partial_path, dev.name, "+".join(runtimes) + (f"/{classes}" if classes else ""))
     remote = dev.mkdtemp()
     try:
         dev.put(PROFILER, f"{remote}/timer.py")
@@ -667,6 +674,7 @@ class _Run:
     partial_path: Path
     log: Log
     tick: Ticker
+    classes: int | None = None
 
 
 def _load_partial(path: Path, host: str, tag: str) -> dict:
@@ -726,7 +734,7 @@ def _profile_model(
         HostSampler(interval_s=1.0) if on_this_host else nullcontext() as sampler,
     ):
         built = {
-            rt: build_jobs(model_name, run.grid, Path(tmp), run.log, run.tick, rt) for rt in runtimes
+            rt: build_jobs(model_name, run.grid, Path(tmp), run.log, run.tick, rt, run.classes) for rt in runtimes
         }  # file names differ by suffix
         analysis = built[runtimes[0]][1]
         jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
@@ -738,6 +746,7 @@ def _profile_model(
             table = _table(built[rt][0], own, analysis, run.grid, run.threads)
             table.measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at: the run's start
             table.runtime = rt
+            table.classes = run.classes or get_entry(model_name).num_classes
             if len(runtimes) > 1:
                 table.timed_with = [r for r in runtimes if r != rt]  # in the same batches and passes
             tables[table_key(model_name, rt)] = table

@@ -153,6 +153,14 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         model = model.to(req.device)
     data = load_images(req.data, preprocess_for(req.model))
     check_classes(model, data, req.model)
+    for side, prof in (("edge", edge_p), ("cloud", cloud_p)):
+        timed = prof.tables.get(req.model)
+        if timed is not None and timed.classes not in (None, len(data.classes)):
+            log(
+                f"note: the {side} profile timed {req.model} with {timed.classes} classes, this checkpoint has"
+                f" {len(data.classes)}: its last layer is priced as timed (profile again with --classes"
+                f" {len(data.classes)})"
+            )
     val_idx, calib_idx = search_split(len(data.train), req.val_size, req.calib_size, req.search.seed)
     test_idx = subset(len(data.test), req.test_limit, req.search.seed)
     val_set = data.train
