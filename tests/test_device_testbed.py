@@ -410,6 +410,7 @@ def test_a_residual_model_from_analysis_to_the_device(bed, cifar_dir, tmp_path) 
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["answered"] == 4 and rep["errors"] == 0 and rep["agreement_with_pytorch_pct"] == 100.0
+    assert rep["inputs"]["given"] == "frames" and rep["inputs"]["shape"] == [4, 32, 32, 3]  # prepared on the device
 
 
 def test_bench_on_the_testbed(bed, profiles, tmp_path) -> None:

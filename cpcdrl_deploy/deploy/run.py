@@ -722,6 +722,9 @@ def summary_lines(report: dict) -> list[str]:
             f"accuracy {report['accuracy_pct']:.2f} %, agreement with pruned PyTorch"
             f" {report['agreement_with_pytorch_pct']:.2f} %"
         )
+    if (given := report.get("inputs") or {}).get("given") == "frames":
+        shape = "x".join(str(v) for v in given["shape"][1:3])
+        lines.append(f"images: {shape} frames prepared on the device, {given['prepare_ms_per_frame']:.2f} ms each")
     if m["e2e_ms"]:
         e = m["e2e_ms"]
         lines.append(
