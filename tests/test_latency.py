@@ -415,3 +415,12 @@ def test_table_model_prices_a_depthwise_conv_off_its_fast_channel_counts() -> No
     assert edge(lm, 62 / 64) == pytest.approx(0.1 + 4.0 * 62 / 64)  # not: 4x the interpolated time
     no_slow_path = TableLatencyModel(typed({"m": {**tab, "dw_alignment": 1}}), typed({"m": tab}), 1e6, 1e6)
     assert edge(no_slow_path, 62 / 64) == pytest.approx(0.1 + 62 / 64)
+
+
+def test_points_at_one_keep_are_averaged_not_divided_by_zero() -> None:
+    """A coupled layer whose grid keeps round to one channel count has several points at one x (the emulated Pi's
+    MobileNetV3 profile had them): they are one point, their mean."""
+    from cpcdrl_deploy.measure.latency import _lerp
+
+    assert _lerp([0.5, 0.5, 1.0], [1.0, 3.0, 4.0], 0.75) == pytest.approx(3.0)
+    assert _lerp([1.0, 1.0], [2.0, 4.0], 0.5) == pytest.approx(3.0)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cpcdrl_deploy.core.errors import CpcdrlError
-from cpcdrl_deploy.core.fileio import atomic_write_bytes
+from cpcdrl_deploy.core.fileio import atomic_write_bytes, atomic_write_json
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.deploy.export import export_models
 from cpcdrl_deploy.deploy.inputs import DeviceInputs
@@ -213,6 +213,8 @@ def bench(req: BenchRequest, log: Log = lambda s: None, tick: Ticker = no_ticker
     finally:
         dev.close()
     failed.update(runner["failed"])
+    # the sitting's raw measurements first: an analysis that fails must not lose them
+    atomic_write_json(out / "runner-report.json", runner)
     chosen_with = {"edge": edge_profile, "cloud": cloud_profile}
     if fresh:
         edge_profile, cloud_profile = fresh["edge"], fresh["cloud"]

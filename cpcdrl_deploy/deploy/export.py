@@ -6,7 +6,7 @@ model whose accuracy the plan reports. Every file is single-file ONNX (the
 weights are small enough to live inside it) with a dynamic batch dimension,
 and is checked in ONNX Runtime before the manifest is written:
 
-- tail(head(x)) against the pruned PyTorch model on real images (max abs <= 1e-4);
+- tail(head(x)) against the pruned PyTorch model on real images (max abs <= 1e-4 of the logits' scale);
 - the tail's layers after the first (which the refit never touches) against
   the original model's, run on the same intermediate tensor.
 
@@ -122,8 +122,10 @@ def _converted_head(
     blob = rt.build(head, in_shape)
     got = _converted_split(rt, blob, tail_b, xs, out)
     diff = float(np.abs(got - want).max())
-    if diff > 1e-4:
-        raise CpcdrlError(f"the {rt.name} head's split differs from the pruned PyTorch model by {diff:.2e} (> 1e-4)")
+    if diff > (tol := float_tolerance(want)):
+        raise CpcdrlError(
+            f"the {rt.name} head's split differs from the pruned PyTorch model by {diff:.2e} (> {tol:.1e})"
+        )
     specs = io_specs(onnx.load_from_string(head_onnx))
     for t in specs["inputs"] + specs["outputs"]:
         t["shape"] = [1, *t["shape"][1:]]  # converted heads are built for a batch of 1
@@ -404,6 +406,17 @@ def _float_split(pruned: UnitModel, b: int, x_check: torch.Tensor) -> tuple[_Spl
     return _Split(head, tail, onnx_model_bytes(nn.Sequential(*units), in_shape, "input", "logits"), cut_shape), want
 
 
+def float_tolerance(want: np.ndarray) -> float:
+    """How far a float32 runtime may differ from PyTorch on these logits: 1e-4 of their largest magnitude (at least
+    1e-4).
+
+    Float rounding grows with the values it rounds: a heavily pruned, refitted head of a deep network (MobileNetV3
+    at a quarter of its channels) gives logits in the tens and differs by 1e-3 in the last digits, while an export
+    mistake changes the answer itself. Agreement of every answer is checked as well.
+    """
+    return 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
 def _check_float(
     split: _Split,
     units: Sequence[nn.Module],
@@ -420,8 +433,8 @@ def _check_float(
         ort_session(split.head) if split.head else None, ort_session(split.tail) if split.tail else None, xs
     )
     split_diff = float(np.abs(got - want).max())
-    if split_diff > 1e-4:
-        raise CpcdrlError(f"exported split differs from the pruned PyTorch model by {split_diff:.2e} (> 1e-4)")
+    if split_diff > (tol := float_tolerance(want)):
+        raise CpcdrlError(f"exported split differs from the pruned PyTorch model by {split_diff:.2e} (> {tol:.1e})")
     untouched_diff = 0.0
     if split.tail and b + 1 < len(units):
         with torch.no_grad():

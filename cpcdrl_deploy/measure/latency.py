@@ -172,7 +172,15 @@ def _per_request(ms: float) -> str:
 
 
 def _lerp(xs: list[float], ys: list[float], x: float) -> float:
-    """Piecewise-linear through (xs, ys), extrapolated linearly at both ends, never below 0."""
+    """Piecewise-linear through (xs, ys) (xs sorted), extrapolated linearly at both ends, never below 0.
+
+    Points at the same x (a coupled layer whose grid keeps round to one channel count) are averaged into one.
+    """
+    if len(set(xs)) < len(xs):
+        by: dict[float, list[float]] = {}
+        for xi, yi in zip(xs, ys):
+            by.setdefault(xi, []).append(yi)
+        xs, ys = sorted(by), [sum(by[k]) / len(by[k]) for k in sorted(by)]
     if len(xs) == 1:
         return ys[0]
     i = 1
