@@ -757,6 +757,26 @@ ColdGapMsOpt = Annotated[
 ]
 
 
+def _link_line(link: Any) -> str:
+    """A measured link in one line: rates, RTT and, with the request probe, the cost per request."""
+    extra = f", {link.request_overhead_ms:.2f} ms per request (request probe)" if link.request_probe else ""
+    return (
+        f"link: {link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {link.downlink_bytes_per_s / 1e3:.1f} KB/s"
+        f" down, RTT {link.rtt_ms:.1f} ms{extra}"
+    )
+
+
+ClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--classes",
+        min=2,
+        help="the class count of the checkpoints you will optimise (default: the zoo entry's; 1000 for"
+        " torchvision's): the last layer is timed at that size",
+    ),
+]
+
+
 @app.command("profile")
 @command
 def profile_cmd(
@@ -778,15 +798,7 @@ def profile_cmd(
     request_probe: RequestProbeOpt = True,
     bind: BindOpt = None,
     cold_gap_ms: ColdGapMsOpt = 20.0,
-    classes: Annotated[
-        int | None,
-        typer.Option(
-            "--classes",
-            min=2,
-            help="the class count of the checkpoints you will optimise (default: the zoo entry's; 1000 for"
-            " torchvision's): the last layer is timed at that size",
-        ),
-    ] = None,
+    classes: ClassesOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -842,13 +854,7 @@ def profile_cmd(
         return
     typer.echo(f"wrote {dest}: {', '.join(prof.tables)} on {prof.host.get('hostname') if prof.host else host}")
     if prof.link:
-        extra = (
-            f", {prof.link.request_overhead_ms:.2f} ms per request (request probe)" if prof.link.request_probe else ""
-        )
-        typer.echo(
-            f"link: {prof.link.uplink_bytes_per_s / 1e3:.1f} KB/s up, {prof.link.downlink_bytes_per_s / 1e3:.1f} KB/s"
-            f" down, RTT {prof.link.rtt_ms:.1f} ms{extra}"
-        )
+        typer.echo(_link_line(prof.link))
 
 
 @app.command("compare")

@@ -619,9 +619,7 @@ def profile_host(
     ``retime_tries``: how many more times a model whose passes disagree by
     more than ``RETIME_SPREAD`` is timed (0: never).
 
-    ``classes``: the models' class count (their last layer's outputs), as
-    the checkpoints the plans will use have it; default: each zoo entry's
-    (1000 for torchvision's), recorded in each table either way.
+    ``classes``: the last layer's outputs (the checkpoints'; default: the zoo entry's), recorded in each table.
     """
     runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
     for rt in runtimes:

@@ -27,7 +27,7 @@ from cpcdrl_deploy.core.errors import CpcdrlError
 from cpcdrl_deploy.core.fileio import atomic_write_bytes
 from cpcdrl_deploy.core.progress import Ticker, no_ticker
 from cpcdrl_deploy.measure.latency import FastestRuntime, LatencyModel, build_latency_model, edge_runtimes, link_fields
-from cpcdrl_deploy.measure.profile import LinkProfile, load_profile
+from cpcdrl_deploy.measure.profile import LinkProfile, Profile, load_profile
 from cpcdrl_deploy.measure.runtimes import get_runtime
 from cpcdrl_deploy.models.data import ImageData, load_images, search_split, subset
 from cpcdrl_deploy.models.evaluate import accuracy_on, check_classes
@@ -130,6 +130,17 @@ class Session:
     test_store: AccuracyCache | None = None
 
 
+def _note_class_count(model: str, edge_p: Profile, cloud_p: Profile, classes: int, log: Log) -> None:
+    """Say so where a profile timed the model's last layer at another class count than the checkpoint's."""
+    for side, prof in (("edge", edge_p), ("cloud", cloud_p)):
+        timed = prof.tables.get(model)
+        if timed is not None and timed.classes not in (None, classes):
+            log(
+                f"note: the {side} profile timed {model} with {timed.classes} classes, this checkpoint has"
+                f" {classes}: its last layer is priced as timed (profile again with --classes {classes})"
+            )
+
+
 def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_ticker) -> Session:
     """Load model, profiles and data; measure the unpruned model on validation and test images."""
     _validate(req)
@@ -153,14 +164,7 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         model = model.to(req.device)
     data = load_images(req.data, preprocess_for(req.model))
     check_classes(model, data, req.model)
-    for side, prof in (("edge", edge_p), ("cloud", cloud_p)):
-        timed = prof.tables.get(req.model)
-        if timed is not None and timed.classes not in (None, len(data.classes)):
-            log(
-                f"note: the {side} profile timed {req.model} with {timed.classes} classes, this checkpoint has"
-                f" {len(data.classes)}: its last layer is priced as timed (profile again with --classes"
-                f" {len(data.classes)})"
-            )
+    _note_class_count(req.model, edge_p, cloud_p, len(data.classes), log)
     val_idx, calib_idx = search_split(len(data.train), req.val_size, req.calib_size, req.search.seed)
     test_idx = subset(len(data.test), req.test_limit, req.search.seed)
     val_set = data.train
