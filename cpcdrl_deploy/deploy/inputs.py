@@ -31,11 +31,11 @@ class DeviceInputs:
 
     @classmethod
     def pick(cls, images: ImageSet, idx: np.ndarray) -> DeviceInputs:
-        got = images.uint8(idx)
+        got = images.uint8(idx)  # decoded once: prepared here and, where they share a size, sent as they are
         raw: np.ndarray | None = got if isinstance(got, np.ndarray) else None
         if isinstance(got, list) and got and len({im.shape for im in got}) == 1:
             raw = np.stack(got)
-        return cls(images.prep.apply(raw) if raw is not None else images.tensors(idx)[0], raw, images.prep.to_dict())
+        return cls(images.prep.apply(got), raw, images.prep.to_dict())
 
     def save(self, path: Path) -> Path:
         """``path`` (.npy): the frames, with the preprocessing beside it (``.json``), or the prepared tensors."""
