@@ -355,8 +355,13 @@ BucketsOpt = Annotated[int, typer.Option("--buckets", min=2, help="with --bandwi
 HysteresisOpt = Annotated[
     float, typer.Option("--hysteresis", help="with --bandwidth-range: switch only this far past a threshold")
 ]
+DEFAULT_MAX_LOSS = 1.0  # points, where neither constraint is given: the tightest loss the grids try
 MaxLossOpt = Annotated[
-    float | None, typer.Option("--max-accuracy-loss", help="D: at most D points below the unpruned model")
+    float | None,
+    typer.Option(
+        "--max-accuracy-loss",
+        help=f"D: at most D points below the unpruned model (default {DEFAULT_MAX_LOSS:g} without --accuracy)",
+    ),
 ]
 MethodOpt = Annotated[
     str,
@@ -446,6 +451,8 @@ def optimize_cmd(
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
     assert ckpt is not None  # required=True raises instead of returning None
+    if accuracy is None and max_loss is None:
+        max_loss = DEFAULT_MAX_LOSS
     req = OptimizeRequest(
         model=model,
         checkpoint=ckpt,

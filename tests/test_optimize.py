@@ -143,7 +143,7 @@ def test_cli_optimize_writes_plan_and_report(tmp_path) -> None:
         (["--max-accuracy-loss", "1", "--edge", "nonexistent"], "unknown profile"),
         (["--max-accuracy-loss", "1", "--episodes", "0"], "episodes"),
         (["--max-accuracy-loss", "1", "--method", "magic"], "unknown method"),
-        ([], "exactly one of"),
+        (["--accuracy", "80", "--max-accuracy-loss", "1"], "exactly one of"),
         (["--max-accuracy-loss", "1", "--device", "tpu"], "expected cpu, cuda"),
         *([] if torch.cuda.is_available() else [(["--max-accuracy-loss", "1", "--device", "cuda"], "no CUDA device")]),
     ],

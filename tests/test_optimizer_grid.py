@@ -314,3 +314,27 @@ def test_equal_reliability_scores_a_method_by_its_worst_seed() -> None:
         "no_slower_90pct": False,
         "misses_2pct": False,
     }
+
+
+def test_per_seed_split_runs_every_method_on_each_seeds_images(tmp_path) -> None:
+    # a seed is one user's run: its own validation and test images (as optimize --seed draws them), every method
+    # run on them, each row judged against its own split's A0
+    out = tmp_path / "grid"
+    args = ["--tiny", "--seeds", "0,1", "--losses", "3", "--skip", "cpcdrl-paper,random,reference", "--out", str(out)]
+    res = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), *args, "--cache", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((out / "results.json").read_text())["settings"][0]
+    assert s["split"] == "per-seed"
+    for method in ("cpcdrl", "edge-pruned", "greedy", "neurosurgeon", "edge-only", "cloud-only"):
+        assert sorted(r["seed"] for r in s["rows"] if r["method"] == method) == [0, 1]
+    a0 = {r["seed"]: (r["a0_validation"], r["a0_test"]) for r in s["rows"]}
+    assert a0[0] != a0[1]  # two splits, two unpruned baselines
+    for r in s["rows"]:
+        if r["feasible_test"]:
+            assert r["test_acc"] >= r["a0_test"] and r["val_acc"] >= r["a0_validation"]

@@ -140,3 +140,27 @@ def test_a_residual_block_is_timed_whole(user_dir: Path, tmp_path: Path) -> None
     assert side.total(range(1, n + 1), full, full) == pytest.approx(
         side.overhead_ms + alone - side.alone(2, 1.0, 1.0) - side.alone(3, 1.0, 1.0) + segment_ms(side, seg, full, full)
     )
+
+
+def test_validation_chunks_are_not_one_class_each(user_dir: Path, tmp_path: Path) -> None:
+    # an ImageFolder lists its images class by class; the evaluator stops and screens plans on their first chunks,
+    # so those must be a sample of every class, not the first class alone
+    import mynets  # type: ignore[import-not-found]  # the fixture's package
+    import torch
+
+    from cpcdrl_deploy.search.optimize import OptimizeRequest, prepare
+
+    ckpt = tmp_path / "small.pth"
+    torch.save(mynets.small().state_dict(), ckpt)
+    req = OptimizeRequest(
+        "mynets:small",
+        checkpoint=ckpt,
+        data=str(user_dir / "flowers"),
+        max_accuracy_loss=2.0,
+        val_size=12,
+        calib_size=8,
+        cache=None,
+    )
+    s = prepare(req)
+    y = s.evaluator.val_y.tolist()
+    assert sorted(y) != y and len(set(y[:6])) > 1

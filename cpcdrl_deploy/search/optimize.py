@@ -183,7 +183,7 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         f"{req.model}: {analysis.n_layers} layers, {len(analysis.cuttable_points())} cuts; "
         f"{len(val_idx)} validation, {len(calib_idx)} calibration, {len(test_idx)} test images ({data.source})"
     )
-    val_x, val_y = val_set.tensors(val_idx)
+    val_x, val_y = _shuffled(*val_set.tensors(val_idx), req.search.seed)
     calib = (
         Calibration(data.train.tensors(calib_idx)[0], req.prune.points_per_image, req.search.seed)
         if req.prune.refit
@@ -219,6 +219,20 @@ def prepare(req: OptimizeRequest, log: Log = lambda s: None, tick: Ticker = no_t
         t_start,
         test_store,
     )
+
+
+def _shuffled(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images in a seeded random order.
+
+    The evaluator scores them in chunks and stops a plan early, or screens
+    it, on the first chunks alone (``score_in_chunks``). An ImageFolder
+    lists its images class by class, so sorted indices made each chunk a
+    few classes: the reference camera model's unpruned accuracy on four
+    such runs of test images read 84.0, 69.6, 79.55 and 88.5 %, and a
+    plan was judged against A0 on whichever classes came first.
+    """
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
+    return x[order], y[order]
 
 
 def set_link_rate(session: Session, rate: float, log: Log = lambda s: None) -> Session:
