@@ -320,7 +320,17 @@ def test_per_seed_split_runs_every_method_on_each_seeds_images(tmp_path) -> None
     # a seed is one user's run: its own validation and test images (as optimize --seed draws them), every method
     # run on them, each row judged against its own split's A0
     out = tmp_path / "grid"
-    args = ["--tiny", "--seeds", "0,1", "--losses", "3", "--skip", "cpcdrl-paper,random,reference", "--out", str(out)]
+    args = [
+        "--tiny",
+        "--seeds",
+        "0,1",
+        "--links",
+        "5MB/s",
+        "--skip",
+        "cpcdrl-paper,random,reference",
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), *args, "--cache", str(tmp_path / "c")],
         capture_output=True,
