@@ -451,8 +451,6 @@ def optimize_cmd(
     methods = tuple(METHODS) if method == "all" else tuple(m.strip() for m in method.split(",") if m.strip())
     ckpt = resolve_checkpoint(model, checkpoint, required=True)
     assert ckpt is not None  # required=True raises instead of returning None
-    if accuracy is None and max_loss is None:
-        max_loss = DEFAULT_MAX_LOSS
     req = OptimizeRequest(
         model=model,
         checkpoint=ckpt,
@@ -463,7 +461,7 @@ def optimize_cmd(
         bandwidth_bytes_per_s=parse_bandwidth(bandwidth) if bandwidth is not None else None,
         rtt_ms=parse_duration_ms(rtt) if rtt is not None else None,
         accuracy=accuracy,
-        max_accuracy_loss=max_loss,
+        max_accuracy_loss=DEFAULT_MAX_LOSS if accuracy is None and max_loss is None else max_loss,
         methods=methods,
         val_size=val_size,
         calib_size=calib,
