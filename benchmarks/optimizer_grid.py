@@ -230,6 +230,7 @@ def run_setting(
             budget = reference_budget(cp_evals.values())
             rows.append({**_row(first, reference_search(ev, ev.a0, cfg, budget), loss), "budget": budget})
     allowed = partition_actions(ev, cfg)
+    timers = [e.timers.to_dict() for e in evs.values()]  # every split's evaluator, summed
     return {
         "loss": loss,
         "split": "per-seed" if per_seed else "shared",
@@ -238,7 +239,7 @@ def run_setting(
         "rows": rows,
         "allowed_cuts": allowed,
         "n_layers": ev.analysis.n_layers,
-        "timers": {k: sum(e.timers.to_dict()[k] for e in evs.values()) for k in ev.timers.to_dict()},
+        "timers": {k: sum(t[k] for t in timers) for k in timers[0]},
     }
 
 

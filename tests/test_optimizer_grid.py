@@ -12,24 +12,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
-    out = tmp_path / "grid"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "optimizer_grid.py"),
-            "--tiny",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "c"),
-        ],
+def _grid(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """benchmarks/optimizer_grid.py with ``args``, run from the repository."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), *args],
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow
+def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
+    out = tmp_path / "grid"
+    res = _grid(["--tiny", "--out", str(out), "--cache", str(tmp_path / "c")])
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads((out / "results.json").read_text())
     assert len(d["settings"]) == 2
@@ -73,21 +70,7 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     }
     (other / "results.json").write_text(json.dumps(d8))  # a part written before settings recorded their wire
     merged = tmp_path / "merged"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "optimizer_grid.py"),
-            "--merge",
-            str(out),
-            str(other),
-            "--out",
-            str(merged),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    res = _grid(["--merge", str(out), str(other), "--out", str(merged)], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((merged / "results.json").read_text())
     assert [s["transfer"] for s in m["settings"]] == ["fp32", "fp32", "int8", "int8"]
@@ -101,21 +84,7 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
     rerun = tmp_path / "rerun"
     rerun.mkdir()
     (rerun / "results.json").write_text(json.dumps({**d, "settings": [{**d["settings"][1], "rerun": True}]}))
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "optimizer_grid.py"),
-            "--merge",
-            str(out),
-            str(rerun),
-            "--out",
-            str(tmp_path / "m2"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    res = _grid(["--merge", str(out), str(rerun), "--out", str(tmp_path / "m2")], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     m2 = json.loads((tmp_path / "m2" / "results.json").read_text())
     assert [s["link"] for s in m2["settings"]] == [s["link"] for s in d["settings"]]
@@ -125,23 +94,8 @@ def test_tiny_grid_runs_every_method_and_reports(tmp_path) -> None:
 @pytest.mark.slow
 def test_ablation_runs_the_departures_asked_for(tmp_path) -> None:
     out = tmp_path / "abl"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "optimizer_grid.py"),
-            "--tiny",
-            "--ablation",
-            "--only",
-            "no-slack,no-margin",
-            "--out",
-            str(out),
-            "--cache",
-            str(tmp_path / "c"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
+    res = _grid(
+        ["--tiny", "--ablation", "--only", "no-slack,no-margin", "--out", str(out), "--cache", str(tmp_path / "c")]
     )
     assert res.returncode == 0, res.stderr[-2000:]
     d = json.loads((out / "results.json").read_text())
@@ -331,13 +285,7 @@ def test_per_seed_split_runs_every_method_on_each_seeds_images(tmp_path) -> None
         "--out",
         str(out),
     ]
-    res = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "optimizer_grid.py"), *args, "--cache", str(tmp_path / "c")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
+    res = _grid([*args, "--cache", str(tmp_path / "c")])
     assert res.returncode == 0, res.stderr[-2000:]
     s = json.loads((out / "results.json").read_text())["settings"][0]
     assert s["split"] == "per-seed"
