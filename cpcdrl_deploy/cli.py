@@ -804,6 +804,9 @@ def profile_cmd(
     bind: BindOpt = None,
     cold_gap_ms: ColdGapMsOpt = 20.0,
     classes: ClassesOpt = None,
+    whole_passes: Annotated[
+        int, typer.Option("--whole-passes", min=1, help="times each whole head and tail is timed, spread over the run")
+    ] = 3,  # profiler.WHOLE_PASSES
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measure per-layer latency tables (and the link, over SSH) on a host."""
@@ -851,6 +854,7 @@ def profile_cmd(
                 request_probe_at=probe_at,
                 cold_gap_ms=cold_gap_ms,
                 classes=classes,
+                whole_passes=whole_passes,
             )
     finally:
         dev.close()

@@ -216,6 +216,36 @@ def test_pooled_timing_keeps_the_attempt_nearest_the_median_of_all_passes() -> N
     assert _pooled([again]) is again
 
 
+def test_spread_jobs_times_whole_models_at_several_moments_in_one_seeded_order() -> None:
+    from cpcdrl_deploy.measure.profiler import PASS_MARK, _interleave, _spread_jobs
+
+    jobs = [{"id": f"L{i}", "kind": "layer"} for i in range(40)]
+    jobs += [{"id": f"H{c}", "kind": "head"} for c in range(4)] + [{"id": "T0", "kind": "tail"}]
+    jobs += [{"id": "P1", "kind": "pruned_head"}]
+    out = _spread_jobs(jobs, 3)
+    ids = [j["id"] for j in out]
+    assert len(ids) == len(set(ids)) == 40 + 6 * 3
+    assert {f"H2{PASS_MARK}1", f"H2{PASS_MARK}2", f"P1{PASS_MARK}2"} <= set(ids) and f"L0{PASS_MARK}1" not in ids
+    assert ids != [j["id"] for j in jobs][: len(ids)]  # shuffled: the whole models no longer come last together
+    assert ids == [j["id"] for j in _spread_jobs(jobs, 3)]  # the same order on a resume
+    # two runtimes' copies of one unit stay side by side
+    two = _interleave([_spread_jobs([dict(j, id=f"{rt}:{j['id']}") for j in jobs], 3) for rt in ("a", "b")])
+    assert all(x["id"].split(":")[1] == y["id"].split(":")[1] for x, y in zip(two[::2], two[1::2], strict=True))
+
+
+def test_whole_model_passes_are_pooled_round_by_round() -> None:
+    from cpcdrl_deploy.measure.profiler import PASS_MARK, _passes_pooled
+
+    fast = {"mean_ms": 6.0, "round_means_ms": [6.0, 6.1], "cold_median_ms": 7.0}
+    slow = {"mean_ms": 9.9, "round_means_ms": [9.8, 10.0], "cold_median_ms": 12.0}  # one pass in a slow spell
+    mid = {"mean_ms": 6.3, "round_means_ms": [6.2, 6.4], "cold_median_ms": 7.4, "retimed": 1}
+    done = {"H": slow, f"H{PASS_MARK}1": fast, f"H{PASS_MARK}2": mid, "L": fast}
+    r = _passes_pooled(done, "H")
+    assert r["mean_ms"] == 6.3 and r["passes"] == 3 and len(r["round_means_ms"]) == 6
+    assert r["cold_median_ms"] == 7.4 and r["retimed"] == 1
+    assert _passes_pooled(done, "L") is fast
+
+
 @pytest.mark.slow
 def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypatch) -> None:
     """A model whose passes spread over more than RETIME_SPREAD is timed alone again, with twice the passes."""
@@ -252,6 +282,7 @@ def test_profile_times_a_model_again_when_its_passes_disagree(tmp_path, monkeypa
         rounds=2,
         window_ms=5,
         log=logs.append,
+        whole_passes=1,  # one batch: the retime is then the second call
     )
     assert len(calls) == 2 and "--rounds 2 " in calls[0] and "--rounds 4 " in calls[1]
     assert any("timing 1 models again" in line for line in logs)

@@ -65,6 +65,7 @@ class Timing(Part):
     p90_ms: float | None = None
     round_means_ms: list[float] = []  # every pass's mean, for a reader asking how much the host wandered
     retimed: int | None = None  # timed again because its passes disagreed; its passes are all of them
+    passes: int | None = None  # whole models: timed at this many moments spread over the run, pooled
     cold_median_ms: float | None = None  # whole models: the median run after cold_gap_ms of idle, as served
     cold_gap_ms: float | None = None
 

@@ -17,6 +17,7 @@ import copy
 import gzip
 import json
 import platform
+import random
 import shlex
 import statistics
 import tempfile
@@ -485,6 +486,12 @@ WHOLE_KINDS = ("head", "pruned_head", "tail")  # the whole models the latency mo
 # emulated-Pi profiles few models exceed it; a profile with other work beside it had most of them over it.
 RETIME_SPREAD = 2.0
 RETIME_TRIES = 2
+# Each whole head, pruned head and tail is timed in this many passes at places spread over the run (see
+# _spread_jobs): the latency model anchors every plan to these few models, so one slow spell in one of them
+# mis-prices every plan at its cut, while a table sum averages many layers timed at many moments.
+WHOLE_PASSES = 3
+PASS_MARK = "#pass"  # a whole model's later passes: "<job id>#pass<k>"
+ORDER_SEED = 0  # the run's job order: shuffled, the same on every resume
 
 
 def channel_block(ms_by_channels: dict[int, float]) -> int:
@@ -592,6 +599,7 @@ def profile_host(
     cold_gap_ms: float = COLD_GAP_MS,
     retime_tries: int = RETIME_TRIES,
     classes: int | None = None,
+    whole_passes: int = WHOLE_PASSES,
 ) -> Profile:
     """Profile ``models`` on ``dev``; resumes from ``out.partial``; writes ``out`` atomically at the end.
 
@@ -615,17 +623,16 @@ def profile_host(
 
     ``cold_gap_ms``: each whole head and tail is also timed as a served
     request finds it, after that much idle (``cold_median_ms``; 0: not).
-
     ``retime_tries``: how many more times a model whose passes disagree by
-    more than ``RETIME_SPREAD`` is timed (0: never).
-
+    more than ``RETIME_SPREAD`` is timed (0: never). ``whole_passes``: how
+    many times each whole model is timed, spread over the run (``_spread_jobs``).
     ``classes``: the last layer's outputs (the checkpoints'; default: the zoo entry's), recorded in each table.
     """
     runtimes = [runtime] if isinstance(runtime, str) else list(dict.fromkeys(runtime))
     for rt in runtimes:
         check_runtime(dev, rt)  # also refuses an unknown runtime
     timing = (grid, threads, warmup, repeats, rounds, batch, window_ms, cold_gap_ms, retime_tries)
-    run = _Run(*timing, runtimes, out.with_name(out.name + ".partial"), log, tick, classes)
+    run = _Run(*timing, runtimes, out.with_name(out.name + ".partial"), log, tick, classes, whole_passes)
     # another class count times other models: its partial results are not this run's
     partial = _load_partial(run.partial_path, dev.name, "+".join(runtimes) + (f"/{classes}" if classes else ""))
     remote = dev.mkdtemp()
@@ -673,6 +680,11 @@ class _Run:
     log: Log
     tick: Ticker
     classes: int | None = None
+    whole_passes: int = WHOLE_PASSES
+
+    def __post_init__(self) -> None:
+        if self.whole_passes < 1:
+            raise CpcdrlError(f"whole_passes {self.whole_passes}: expected 1 or more")
 
 
 def _load_partial(path: Path, host: str, tag: str) -> dict:
@@ -698,6 +710,8 @@ def _host_facts(dev: Device, remote: str, run: _Run) -> dict:
         cold_gap_ms=run.cold_gap_ms,
         retime_spread=RETIME_SPREAD,
         retime_tries=run.retime_tries,
+        whole_passes=run.whole_passes,
+        job_order=f"shuffled, seed {ORDER_SEED}",
     )
     tb = load_state(dev.name) if dev.name != "local" else None
     if tb is not None:  # say so: this "device" is this machine with a throttled CPU and a shaped link
@@ -735,12 +749,18 @@ def _profile_model(
             rt: build_jobs(model_name, run.grid, Path(tmp), run.log, run.tick, rt, run.classes) for rt in runtimes
         }  # file names differ by suffix
         analysis = built[runtimes[0]][1]
-        jobs = _interleave([[dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]] for rt in runtimes])
+        # the same order for every runtime (same length, same seed), so the interleaved copies stay side by side
+        jobs = _interleave(
+            [
+                _spread_jobs([dict(j, id=_job_id(rt, j["id"], runtimes)) for j in built[rt][0]], run.whole_passes)
+                for rt in runtimes
+            ]
+        )
         done = partial["results"].setdefault(model_name, {})
         _time_all(dev, remote, model_name, jobs, done, Path(tmp), run, partial)
         tables: dict[str, ModelTable] = {}
         for rt in runtimes:
-            own = {j["id"]: done[_job_id(rt, j["id"], runtimes)] for j in built[rt][0]}
+            own = {j["id"]: _passes_pooled(done, _job_id(rt, j["id"], runtimes)) for j in built[rt][0]}
             table = _table(built[rt][0], own, analysis, run.grid, run.threads)
             table.measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # host.measured_at: the run's start
             table.runtime = rt
@@ -863,6 +883,43 @@ def _pooled(attempts: list[dict]) -> dict:
     return {**best, "round_means_ms": passes, "retimed": len(attempts) - 1}
 
 
+def _spread_jobs(jobs: list[dict], whole_passes: int, seed: int = ORDER_SEED) -> list[dict]:
+    """The jobs in a seeded random order, each whole model ``whole_passes`` times (``<id>#pass<k>`` after the first).
+
+    Why: built in order, a model's whole heads and tails came last, the
+    largest together, and were timed within a few minutes of a 35-minute run
+    while its layers spread over all of it. On the emulated Pi one such
+    stretch timed MobileNetV3's last four heads at 1.5-1.9x their layer sums
+    and the bench measured the whole model at the sums (fidelity lab note,
+    benchmarks/results/fidelity/mobilenet_v3_small-96); in one batch, eight
+    copies of that model timed 6.4-10.5 ms. Shuffled, no kind of model
+    shares one stretch, and a whole model's passes fall at independent
+    moments (Google Benchmark's random interleaving, the GUIDE's drift notes).
+    """
+    out = list(jobs)
+    for j in jobs:
+        if j["kind"] in WHOLE_KINDS:
+            out += [dict(j, id=f"{j['id']}{PASS_MARK}{k}") for k in range(1, whole_passes)]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _passes_pooled(done: dict[str, dict], job_id: str) -> dict:
+    """A job's result with its later passes (``_spread_jobs``) pooled in: the pass nearest the median of all their
+    rounds (``_pooled``), and as-served runs the median of the passes'; the job's own result when it has none."""
+    passes = [done[job_id]]
+    while f"{job_id}{PASS_MARK}{len(passes)}" in done:
+        passes.append(done[f"{job_id}{PASS_MARK}{len(passes)}"])
+    if len(passes) == 1:
+        return passes[0]
+    retimed = sum(p.get("retimed") or 0 for p in passes)
+    out = {**_pooled(passes), "retimed": retimed or None, "passes": len(passes)}
+    cold = [p["cold_median_ms"] for p in passes if p.get("cold_median_ms")]
+    if cold:
+        out["cold_median_ms"] = statistics.median(cold)
+    return out
+
+
 def _job_id(runtime: str, job_id: str, runtimes: list[str]) -> str:
     """A job's id on the device: unchanged with one runtime (resumable from older partial files), ``runtime:id`` with
     several."""
@@ -924,6 +981,8 @@ def _table(jobs: list[dict], done: dict, analysis: ModelAnalysis, grid: tuple[fl
             stats["round_means_ms"] = r["round_means_ms"]
         if r.get("retimed"):  # timed again because its passes disagreed (_disturbed); its passes are all of them
             stats["retimed"] = r["retimed"]
+        if r.get("passes"):  # a whole model timed at several moments of the run (_spread_jobs)
+            stats["passes"] = r["passes"]
         if "cold_median_ms" in r:  # whole models: the median run after cold_gap_ms of idle, as a served request
             stats.update(cold_median_ms=r["cold_median_ms"], cold_gap_ms=r["cold_gap_ms"])
         if j["kind"] == "layer":
