@@ -956,6 +956,18 @@ ExportDataOpt = Annotated[
 TritonOpt = Annotated[
     Path | None, typer.Option("--triton", help="also write the tail as a Triton model repository here")
 ]
+KserveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--kserve",
+        help="also write OUT/inferenceservice.yaml, a KServe InferenceService serving the tail's Triton repository"
+        " (--triton, default OUT/triton)",
+    ),
+]
+StorageUriOpt = Annotated[
+    str | None,
+    typer.Option("--storage-uri", help="with --kserve: where you upload the Triton repository (s3://, gs://, pvc://)"),
+]
 
 
 @app.command("export")
@@ -969,13 +981,17 @@ def export_cmd(
     transfer: TransferOpt = None,
     triton: TritonOpt = None,
     runtime: RuntimeOpt = None,
+    kserve: KserveOpt = False,
+    storage_uri: StorageUriOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Export a plan as ONNX head (pruned, edge) and tail (cloud), checked in ONNX Runtime."""
     from cpcdrl_deploy.core.fileio import check_writable
     from cpcdrl_deploy.deploy.export import export_plan
+    from cpcdrl_deploy.deploy.kserve import write_inference_service
     from cpcdrl_deploy.search.planset import is_plan_set
 
+    triton = _kserve_triton(kserve, storage_uri, triton, out, is_plan_set(plan))
     check_writable(out, "--out", directory=True)
     check_writable(triton, "--triton", directory=True)
     if is_plan_set(plan):
@@ -993,8 +1009,10 @@ def export_cmd(
             tick=tick,
             runtime=runtime.value if runtime else None,
         )
+    tail = m.files.get("tail")
+    isvc = write_inference_service(out, tail.model_name, storage_uri) if kserve and tail else None
     if fmt is Format.json:
-        _print_json(m.to_data())
+        _print_json(m.to_data() | ({"kserve_inference_service": str(isvc)} if isvc else {}))
         return
     rows = [
         [
@@ -1015,6 +1033,24 @@ def export_cmd(
     )
     if triton:
         typer.echo(f"Triton model repository: {triton}")
+    if isvc:
+        typer.echo(f"KServe InferenceService: {isvc}" + ("" if storage_uri else " (fill in its storageUri)"))
+    elif kserve:
+        _err("note: no KServe manifest: this plan runs everything on the device, there is no tail to serve")
+
+
+def _kserve_triton(kserve: bool, storage_uri: str | None, triton: Path | None, out: Path, is_set: bool) -> Path | None:
+    """``--kserve``'s checks, before minutes of export; the Triton repository to write (``OUT/triton`` by default)."""
+    from cpcdrl_deploy.deploy.kserve import inference_service
+
+    if not kserve:
+        if storage_uri is not None:
+            raise CpcdrlError("--storage-uri goes with --kserve")
+        return triton
+    if is_set:
+        raise CpcdrlError("--kserve takes one plan; export a set's members one by one for KServe")
+    inference_service("tail", storage_uri)  # refuses a storage URI that is no URI
+    return triton or out / "triton"
 
 
 def _export_set(plan, out, data, checkpoint, quantize, transfer, triton, runtime, fmt) -> None:

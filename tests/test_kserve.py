@@ -23,6 +23,7 @@ from .test_edge_runner import _run, exported  # noqa: F401 - the module fixture,
 
 KSERVE_PYTHON = os.environ.get("CPCDRL_KSERVE_PYTHON")
 MODEL = Path(__file__).parent / "kserve" / "tail_model.py"
+CHECK = Path(__file__).parent / "kserve" / "isvc_check.py"
 
 
 def _free_port() -> int:
@@ -76,3 +77,70 @@ def test_edge_runner_against_kserve_python_server(exported, tmp_path) -> None:  
         "checked the first reply instead" in rep["metadata_check"]
         or rep["metadata_check"] == "head outputs match the server's inputs"
     ), rep["metadata_check"]
+
+
+def _check_manifest(path: Path) -> subprocess.CompletedProcess:
+    assert KSERVE_PYTHON
+    return subprocess.run([KSERVE_PYTHON, str(CHECK), str(path)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(
+    not KSERVE_PYTHON, reason="set CPCDRL_KSERVE_PYTHON to a Python with kserve and onnxruntime (.ci/run builds one)"
+)
+def test_export_kserve_writes_an_inference_service_that_kserve_models_accept(tmp_path) -> None:
+    """``export --kserve``: the Triton repository and an InferenceService the kserve SDK's models accept; the check
+    itself refuses a misspelt key, a wrong type and a missing required field."""
+    from typer.testing import CliRunner
+
+    from cpcdrl_deploy.cli import app
+    from cpcdrl_deploy.deploy.kserve import STORAGE_PLACEHOLDER
+    from tests.conftest import make_plan
+
+    out = tmp_path / "e"
+    plan = make_plan(tmp_path / "p.json", 3, 0.75)
+    res = CliRunner().invoke(app, ["export", str(plan), "--out", str(out), "--kserve"])
+    assert res.exit_code == 0, res.output
+    text = (out / "inferenceservice.yaml").read_text()
+    assert (out / "triton" / "tinyvgg_tail" / "config.pbtxt").exists()  # the repository the manifest serves
+    assert f'storageUri: "{STORAGE_PLACEHOLDER}"' in text and "fill in its storageUri" in res.output
+    assert 'name: "tinyvgg-tail"' in text and 'protocolVersion: "v2"' in text
+    r = _check_manifest(out / "inferenceservice.yaml")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
+    for old, new in [
+        ("storageUri", "storageURI"),  # a key the schema does not have
+        ("        limits:", "        limitz:"),
+        ('protocolVersion: "v2"', "protocolVersion: 2"),  # a number where a string is due
+        ('      modelFormat:\n        name: "onnx"\n', ""),  # the required model format left out
+    ]:
+        assert old in text, old
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text.replace(old, new))
+        r = _check_manifest(bad)
+        assert r.returncode == 1 and r.stdout.startswith("invalid:"), (old, r.stdout + r.stderr)
+
+
+@pytest.mark.parametrize(
+    "extra,says",
+    [
+        (["--storage-uri", "s3://b/t"], "--storage-uri goes with --kserve"),
+        (["--kserve", "--storage-uri", "bucket/path"], "expected a URI"),
+    ],
+)
+def test_export_kserve_options_are_checked_before_any_work(tmp_path, extra, says) -> None:
+    from typer.testing import CliRunner
+
+    from cpcdrl_deploy.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "never-read.json"), "--out", str(tmp_path / "e"), *extra])
+    assert res.exit_code != 0 and says in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+
+
+def test_inference_service_names_and_yaml() -> None:
+    from cpcdrl_deploy.deploy.kserve import inference_service, service_name, to_yaml
+
+    assert service_name("mobilenet_v3_small:96_tail") == "mobilenet-v3-small-96-tail"
+    assert service_name("9net_tail") == "tail-9net-tail" and len(service_name("x" * 100)) == 63
+    doc = inference_service("tinyvgg_tail", "pvc://models/triton")
+    assert doc["spec"]["predictor"]["model"]["storageUri"] == "pvc://models/triton"
+    assert to_yaml({"a": {"b": "x: y", "c": 1}}) == 'a:\n  b: "x: y"\n  c: 1'  # quoted: a colon stays a string

@@ -407,8 +407,9 @@ def _overhead_jobs(out: _Writer) -> list[dict]:
 
 
 def _spread_probes(jobs: list[dict], probes: list[tuple[str, int, str, list[int], str]]) -> None:
-    """The channel-block probes in BLOCK_PROBE_PASSES passes spread over the run (first, middle, last):
-    this VM has slow spells of 0.5-5 s, and one pass of these 1 ms models fits inside one."""
+    """The channel-block probes in BLOCK_PROBE_PASSES passes, each pass a separate set of jobs (the run's seeded
+    shuffle, _spread_jobs, then puts them at independent places): this VM has slow spells of 0.5-5 s, and one pass
+    of these 1 ms models fits inside one."""
     for k in range(BLOCK_PROBE_PASSES):
         at = (len(jobs) * k) // max(1, BLOCK_PROBE_PASSES - 1)
         jobs[at:at] = [
