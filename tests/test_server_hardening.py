@@ -44,6 +44,14 @@ def _meta(server) -> dict:
     return d
 
 
+def _good(server) -> bytes:
+    """A valid JSON infer request for the served tail."""
+    spec = _meta(server)["inputs"][0]
+    shape = [1, *spec["shape"][1:]]
+    data = [0.0] * int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": shape, "data": data}]}).encode()
+
+
 def _malformed(rng: np.random.Generator, spec: dict) -> tuple[str, str, bytes, dict]:
     """One malformed request: (method, path, body, headers)."""
     name, shape = spec["name"], [1, *spec["shape"][1:]]
@@ -209,11 +217,7 @@ def test_unauthenticated_upload_is_refused_before_its_body(server) -> None:
 
 
 def test_slow_clients_time_out_and_the_cap_holds_while_others_are_served(server) -> None:
-    spec = _meta(server)["inputs"][0]
-    shape = [1, *spec["shape"][1:]]
-    good = json.dumps(
-        {"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": shape, "data": [0.0] * int(np.prod(shape))}]}
-    ).encode()
+    good = _good(server)
     idle = [socket.create_connection(_addr(server), timeout=5) for _ in range(CAP // 2)]  # silent clients
     half = socket.create_connection(_addr(server), timeout=5)
     half.sendall(
@@ -268,6 +272,85 @@ def test_slow_clients_time_out_and_the_cap_holds_while_others_are_served(server)
     c.request("GET", "/v2/health/ready")
     assert c.getresponse().status == 200
     c.close()
+
+
+def _drip(socks: list[socket.socket], stop: threading.Event, every_s: float) -> None:
+    """One header byte on each connection every ``every_s``: never silent long enough for the idle time-out."""
+    for s in socks:
+        s.sendall(b"POST /v2/models/tinyvgg_tail/infer HTTP/1.1\r\n")
+    while not stop.wait(every_s):
+        for s in socks:
+            try:
+                s.sendall(b"X")
+            except OSError:
+                pass
+
+
+def test_a_dripping_head_or_body_is_dropped_at_its_deadline(tail_export) -> None:
+    """Bytes that keep coming but never finish a request: the head has HEAD_DEADLINE_S from its first byte (here
+    1 s), the body that plus its size at BODY_MIN_RATE; each wait still ends at the idle time-out (here 2 s)."""
+    httpd = make_server(tail_export, "127.0.0.1", 0, token=TOKEN, timeout_s=2.0, head_deadline_s=1.0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        head, stop = socket.create_connection(_addr(httpd), timeout=5), threading.Event()
+        dripper = threading.Thread(target=_drip, args=([head], stop, 0.2), daemon=True)
+        dripper.start()
+        t0 = time.monotonic()
+        assert head.recv(4096) == b""  # closed, no reply: the head never ended
+        assert 0.9 < time.monotonic() - t0 < 1.9
+        stop.set()
+        body = socket.create_connection(_addr(httpd), timeout=5)
+        body.sendall(
+            b"POST /v2/models/tinyvgg_tail/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Length: 100\r\n\r\n"
+        )
+        t0 = time.monotonic()
+        reply = b""
+        for _ in range(30):  # a byte every 0.2 s: 100 bytes would take 20 s
+            body.sendall(b"0")
+            body.settimeout(0.2)
+            try:
+                reply = body.recv(4096)
+                break
+            except TimeoutError:
+                continue
+        assert reply.startswith(b"HTTP/1.1 408") and b'"error"' in reply, reply
+        assert 0.9 < time.monotonic() - t0 < 1.9
+        head.close()
+        body.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_hundred_dripping_clients_leave_a_normal_client_served(tail_export) -> None:
+    """Issue 40: 70 connections dripping a header byte a second took every slot of the 64-connection cap and made
+    half of a normal client's requests fail. Connections are now capped far above that, and only requests in
+    progress hold one of the 64 active slots: every normal request is answered while 100 drip."""
+    httpd = make_server(tail_export, "127.0.0.1", 0, token=TOKEN)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    socks = [socket.create_connection(_addr(httpd), timeout=5) for _ in range(100)]
+    try:
+        good = _good(httpd)
+        threading.Thread(target=_drip, args=(socks, stop, 0.5), daemon=True).start()
+        time.sleep(0.3)
+        statuses = []
+        for _ in range(20):
+            c = http.client.HTTPConnection(*_addr(httpd), timeout=5)  # a new connection each: none is refused
+            c.request("POST", "/v2/models/tinyvgg_tail/infer", good, {"Authorization": f"Bearer {TOKEN}"})
+            r = c.getresponse()
+            r.read()
+            statuses.append(r.status)
+            c.close()
+        assert statuses == [200] * 20
+    finally:
+        stop.set()
+        for s in socks:
+            s.close()
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_exposure_warnings() -> None:

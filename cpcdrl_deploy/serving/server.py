@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from cpcdrl_deploy import __version__
 from cpcdrl_deploy.serving.kserve import RequestError, ServedModel, decode_infer, dumps, encode_infer
@@ -81,6 +82,63 @@ class _Headers:
 
 
 IDLE_TIMEOUT_S = 15.0  # a connection silent this long (idle keep-alive, or a body that stopped arriving) is closed
+# A request's head must arrive within HEAD_DEADLINE_S of its first byte, and its body within HEAD_DEADLINE_S plus
+# a second per BODY_MIN_RATE bytes: a client that drips one byte a second is never silent for IDLE_TIMEOUT_S, and
+# without a deadline for the whole held its connection (and a thread) for as long as it liked. The rate is far
+# below a Pi's slowest link here (30 KB/s): a 150 KB cut tensor may take 47 s.
+HEAD_DEADLINE_S = 10.0
+BODY_MIN_RATE = 4096  # bytes/s
+# Open connections (one thread each, mostly waiting) and requests in progress (a body buffered, a model running).
+# Open connections used to be capped at 64, and 70 clients that each drip a header byte a second took every slot.
+MAX_CONNECTIONS = 512
+MAX_ACTIVE = 64
+ACTIVE_WAIT_S = 5.0  # a complete request waits this long for a slot before a 503
+
+
+class DeadlineReader:
+    """A connection's buffered reader with one deadline for everything read through it (``readline``, ``read``).
+
+    Each wait is bounded by the time left and by the idle time-out, so a
+    client that stops sending is still dropped after ``idle_s`` of silence,
+    and one that drips bytes when ``seconds`` have passed in all.
+    """
+
+    def __init__(self, rfile, sock: socket.socket, seconds: float, idle_s: float) -> None:
+        self.rfile, self.sock, self.idle_s = rfile, sock, idle_s
+        self.deadline = time.monotonic() + seconds
+
+    def extend(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self.sock.settimeout(min(left, self.idle_s))
+
+    def readline(self, limit: int = -1) -> bytes:
+        out = bytearray()
+        while limit < 0 or len(out) < limit:
+            self._arm()
+            buf = self.rfile.peek(1)  # what is buffered, or one read from the socket
+            if not buf:
+                break
+            room = len(buf) if limit < 0 else min(len(buf), limit - len(out))
+            i = buf.find(b"\n", 0, room)
+            out += self.rfile.read(i + 1 if i >= 0 else room)  # all buffered: no further wait
+            if i >= 0:
+                break
+        return bytes(out)
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            self._arm()
+            chunk = self.rfile.read1(n - len(out))
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
 
 
 def read_headers(rfile) -> _Headers | tuple[int, str]:
@@ -225,6 +283,7 @@ class JsonReplies(BaseHTTPRequestHandler):
         if close:
             self.close_connection = True
         head = reply_head(status, self.server_version, len(body), header_len, allow, close)
+        self.connection.settimeout(self.timeout)  # the reply: not bounded by what is left of the request's deadline
         self.wfile.write(head + (body if send_body else b""))
 
     def _json(self, status: int, obj: object, close: bool = False) -> None:
@@ -270,6 +329,25 @@ class StrictHTTPHandler(JsonReplies):
             return self.handle_expect_100()
         return True
 
+    head_deadline_s: float = HEAD_DEADLINE_S
+
+    def handle_one_request(self) -> None:
+        """Wait for a request's first byte as long as a connection may idle, then read it under one deadline."""
+        raw: Any = self.rfile  # socketserver's buffered reader (rbufsize -1): it has peek
+        try:
+            self.connection.settimeout(self.timeout)
+            if not raw.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # silent for the idle time-out (TimeoutError), or reset
+            self.close_connection = True
+            return
+        self.rfile = DeadlineReader(raw, self.connection, self.head_deadline_s, self.timeout or IDLE_TIMEOUT_S)  # type: ignore[assignment]
+        try:
+            super().handle_one_request()
+        finally:
+            self.rfile = raw
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
         pass  # quiet: the counters tell the story
 
@@ -308,6 +386,7 @@ class KServeHandler(StrictHTTPHandler):
     models: dict[str, ServedModel]
     token: str | None
     max_body: int
+    active: threading.BoundedSemaphore
 
     def _has_body(self) -> bool:
         return self.headers.get("Transfer-Encoding") is not None or (
@@ -356,11 +435,19 @@ class KServeHandler(StrictHTTPHandler):
         admitted = self._admit()
         if admitted is None:
             return
-        model, length = admitted
+        # only a request whose head is in holds a slot (MAX_ACTIVE): slow heads take no memory and no CPU
+        if not self.active.acquire(timeout=ACTIVE_WAIT_S):
+            return self._error(503, "server busy: too many requests in progress, retry later", close=True)
         try:
-            body = self.rfile.read(length)
+            self._infer(*admitted)
+        finally:
+            self.active.release()
+
+    def _infer(self, model: ServedModel, length: int) -> None:
+        try:
+            body = read_body(self.rfile, length, self.head_deadline_s)
         except TimeoutError:
-            return self._error(408, f"body not received within {self.timeout:g} s", close=True)
+            return self._error(408, f"body not received in time (or silent for {self.timeout:g} s)", close=True)
         if len(body) < length:
             self.close_connection = True
             return
@@ -375,22 +462,37 @@ class KServeHandler(StrictHTTPHandler):
             self._error(500, f"internal error: {type(exc).__name__}", close=True)
 
 
+def read_body(rfile, length: int, head_deadline_s: float) -> bytes:
+    """A request's body: ``length`` bytes within ``head_deadline_s`` plus a second per BODY_MIN_RATE bytes."""
+    if isinstance(rfile, DeadlineReader):
+        rfile.extend(head_deadline_s + length / BODY_MIN_RATE)
+    return rfile.read(length)
+
+
 def make_handler(
     models: dict[str, ServedModel],
     token: str | None,
     stats: Stats,
     max_body: int = MAX_BODY,
     timeout_s: float = IDLE_TIMEOUT_S,
+    head_deadline_s: float = HEAD_DEADLINE_S,
+    max_active: int = MAX_ACTIVE,
 ) -> type[KServeHandler]:
     """A handler class bound to one server's models, token and counters.
 
-    ``timeout``: every read and write on the connection, so a slow or silent client cannot hold a thread forever.
+    ``timeout``: every read and write on the connection, so a slow or silent client cannot hold a thread forever;
+    ``head_deadline_s``: a request's whole head (see ``HEAD_DEADLINE_S``); ``max_active``: infer requests in progress.
     """
-    attrs = {"models": models, "token": token, "stats": stats, "max_body": max_body, "timeout": timeout_s}
+    attrs = {
+        "models": models,
+        "token": token,
+        "stats": stats,
+        "max_body": max_body,
+        "timeout": timeout_s,
+        "head_deadline_s": head_deadline_s,
+        "active": threading.BoundedSemaphore(max_active),
+    }
     return type("Handler", (KServeHandler,), attrs)
-
-
-MAX_CONNECTIONS = 64
 
 
 def exposure_warning(host: str, token: str | None) -> str | None:
@@ -466,6 +568,8 @@ def make_server(
     max_body: int = MAX_BODY,
     max_connections: int = MAX_CONNECTIONS,
     timeout_s: float = IDLE_TIMEOUT_S,
+    head_deadline_s: float = HEAD_DEADLINE_S,
+    max_active: int = MAX_ACTIVE,
 ):
     """A ready (not yet serving) server for the tail of an export directory, or of each of several.
 
@@ -488,7 +592,8 @@ def make_server(
         raise CpcdrlError(f"{dirs[0]}: every plan of the set runs all on the edge: there is no tail to serve")
     stats = Stats()
     try:
-        httpd = CappedHTTPServer((host, port), make_handler(models, token, stats, max_body, timeout_s), max_connections)
+        handler = make_handler(models, token, stats, max_body, timeout_s, head_deadline_s, max_active)
+        httpd = CappedHTTPServer((host, port), handler, max_connections)
     except OSError as exc:
         raise CpcdrlError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     httpd.cpcdrl_stats = stats  # type: ignore[attr-defined]
