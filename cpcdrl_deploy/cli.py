@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
@@ -1077,6 +1078,31 @@ TokenEnvOpt = Annotated[
 ]
 
 
+class Engine(str, Enum):
+    embedded = "embedded"
+    triton = "triton"
+
+
+EngineOpt = Annotated[
+    Engine,
+    typer.Option(
+        "--engine", help="embedded: this package's server; triton: NVIDIA Triton through PyTriton (--triton-python)"
+    ),
+]
+TritonPythonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--triton-python",
+        help="with --engine triton: a Python with nvidia-pytriton whose libpython is its own"
+        " (default: $CPCDRL_TRITON_PYTHON, else ~/.cpcdrl/triton-env/bin/python)",
+    ),
+]
+MaxBatchOpt = Annotated[int, typer.Option("--max-batch", min=1, help="with --engine triton: rows per batched run")]
+QueueDelayOpt = Annotated[
+    int, typer.Option("--queue-delay-us", min=0, help="with --engine triton: how long a request waits for a batch")
+]
+
+
 @app.command("serve")
 @command
 def serve_cmd(
@@ -1085,6 +1111,10 @@ def serve_cmd(
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads")] = 1,
     token_env: TokenEnvOpt = "CPCDRL_TOKEN",
+    engine: EngineOpt = Engine.embedded,
+    triton_python: TritonPythonOpt = None,
+    max_batch: MaxBatchOpt = 8,  # serving.triton.MAX_BATCH
+    queue_delay_us: QueueDelayOpt = 500,  # serving.triton.QUEUE_DELAY_US
 ) -> None:
     """Serve the tail over the KServe v2 / Open Inference Protocol (tritonclient works unchanged)."""
     import os
@@ -1092,6 +1122,8 @@ def serve_cmd(
     from cpcdrl_deploy.serving.server import exposure_warning, make_server
 
     token = os.environ.get(token_env) or None
+    if engine is Engine.triton:
+        return _serve_triton(export_dir, host, port, threads, token, triton_python, max_batch, queue_delay_us)
     if (warn := exposure_warning(host, token)) is not None:
         _err(f"warning: {warn}")
     httpd = make_server(export_dir, host, port, token, threads)
@@ -1106,6 +1138,39 @@ def serve_cmd(
     finally:
         httpd.server_close()
         _err(f"served {httpd.cpcdrl_stats.requests} requests, refused {httpd.cpcdrl_stats.errors}")
+
+
+def _serve_triton(export_dir, host, port, threads, token, triton_python, max_batch, queue_delay_us) -> None:
+    """``serve --engine triton``: the tails on Triton in its own Python until Ctrl-C; the batch sizes it ran."""
+    import signal
+
+    from cpcdrl_deploy.serving.triton import TritonServer, tail_specs, triton_python_problem
+    from cpcdrl_deploy.serving.triton import triton_python as pick_python
+
+    if token is not None:
+        raise CpcdrlError(
+            "--engine triton takes no bearer token: Triton checks no Authorization header that PyTriton lets us set;"
+            " serve on 127.0.0.1 behind an authenticating proxy (docs/deploying.md), or use the embedded engine"
+        )
+    models = tail_specs(export_dir)  # a bad export fails before the engine starts
+    python = pick_python(triton_python)
+    if (problem := triton_python_problem(python)) is not None:
+        raise CpcdrlError(problem)
+    from cpcdrl_deploy.serving.server import exposure_warning
+
+    if (warn := exposure_warning(host, None)) is not None:  # HTTP, gRPC and metrics all listen there
+        _err(f"warning: {warn}")
+    srv = TritonServer(models, python, host, port, max_batch=max_batch, queue_delay_us=queue_delay_us, threads=threads)
+    _err(f"{srv.banner}; Ctrl-C stops")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0) and srv.proc.poll() is None:
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _err(f"batch sizes run: {srv.stop()}")
 
 
 PlansOpt = Annotated[
