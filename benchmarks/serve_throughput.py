@@ -1,7 +1,7 @@
 """Tail server throughput vs raw ONNX Runtime on the same tail, measured side by side.
 
     python benchmarks/serve_throughput.py [--clients 1,16] [--seconds 3] [--rounds 3] [--client tritonclient|runner|raw]
-        [--model tinyvgg --cut 3 --keep 0.75] [--out benchmarks/results/serve_throughput]
+        [--model tinyvgg --cut 3 --keep 0.75] [--engines embedded,triton] [--out benchmarks/results/serve_throughput]
 
 Exports a uniform plan's tail, starts `cpcdrl serve` as its own process on
 127.0.0.1 and alternates, round after round (so the host's drift hits both
@@ -13,6 +13,11 @@ Reports per round and the median over rounds: requests/s, the ratio to raw
 ORT, client-side p50/p99 latency, and the single-client overhead (client p50
 minus the server's own compute p50).
 Goal (issue 17): at 16 clients >= 0.5x raw ORT; one client's overhead < 0.25 ms.
+``--engines embedded,triton`` serves the tail on both engines at once (Triton
+through PyTriton in $CPCDRL_TRITON_PYTHON, ports 8100-8102) and loads each
+in turn within every round; Triton's batch sizes are reported at the end.
+Goal (issue 40): on a MobileNet tail at 64 clients Triton >= 1.5x the
+embedded server's throughput with p99 no worse.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ def _client_proc(
                     elif k.lower() == b"inference-header-content-length":
                         hl = int(v)
                 body = f.read(n)
-                return json.loads(body[:hl])["parameters"]["cpcdrl_compute_ms"]
+                return json.loads(body[:hl]).get("parameters", {}).get("cpcdrl_compute_ms")  # Triton: none
 
         else:
             from cpcdrl_deploy.ondevice.runner import Remote
@@ -185,6 +190,26 @@ def _load(url: str, model: str, shape: list[int], clients: int, procs: int, seco
     }
 
 
+def _start(engines: list[str], export: Path, server_args: str) -> dict:
+    """Every engine's server on the export, started before the rounds: {engine: server with .url and .stop()}."""
+    servers: dict = {}
+    try:
+        for e in engines:
+            if e == "embedded":
+                servers[e] = CloudServer(export, "127.0.0.1", TOKEN, extra_args=server_args.split())
+            elif e == "triton":
+                from cpcdrl_deploy.serving.triton import TritonServer, tail_specs, triton_python
+
+                servers[e] = TritonServer(tail_specs(export), triton_python(None), port=8100)
+            else:
+                raise SystemExit(f"--engines: unknown engine {e!r} (embedded, triton)")
+    except BaseException:
+        for srv in servers.values():
+            srv.stop()
+        raise
+    return servers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tinyvgg")
@@ -204,18 +229,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--server-args", default="", help="extra options for `python -m cpcdrl_deploy.serving.server`")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--engines",
+        default="embedded",
+        help="comma-separated: embedded (cpcdrl serve), triton (serve --engine triton; $CPCDRL_TRITON_PYTHON)",
+    )
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
+    engines = args.engines.split(",")
     rows: list[dict] = []
+    batch_sizes: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         plan = uniform_plan(args.model, args.cut, args.keep, args.checkpoint, args.data).save(Path(tmp) / "plan.json")
         m = export_plan(plan, Path(tmp) / "e", check_images=16)
         tail = m.files["tail"]
         shape = [1, *tail.inputs[0].shape[1:]]
-        srv = CloudServer(Path(tmp) / "e", "127.0.0.1", TOKEN, extra_args=args.server_args.split())
+        servers = _start(engines, Path(tmp) / "e", args.server_args)
         print(
             f"{args.model} tail after layer {args.cut} (keep {args.keep}): {4 * int(np.prod(shape))} bytes per request;"
-            f" server {srv.url}; {args.client} clients in {args.client_procs} processes; {os.cpu_count()} CPUs",
+            f" engines {', '.join(f'{e} {s.url}' for e, s in servers.items())}; {args.client} clients in"
+            f" {args.client_procs} processes; {os.cpu_count()} CPUs",
             flush=True,
         )
         try:
@@ -227,56 +260,65 @@ def main() -> None:
                 p.start()
                 raw_rps, raw_p50 = q.get(timeout=args.seconds + 120)
                 p.join()
-                for n in counts:
-                    r = _load(srv.url, tail.model_name, shape, n, args.client_procs, args.seconds, args.client)
-                    r.update(
-                        round=rnd,
-                        raw_ort_runs_per_s=raw_rps,
-                        raw_ort_p50_ms=raw_p50,
-                        ratio_to_raw=r["req_per_s"] / raw_rps,
-                    )
-                    rows.append(r)
-                    print(
-                        f"round {rnd}: raw ORT {raw_rps:.0f} runs/s ({raw_p50:.3f} ms); {n} clients:"
-                        f" {r['req_per_s']:.0f} req/s = {r['ratio_to_raw']:.2f}x raw, p50 {r['p50_ms']:.2f} ms, p99"
-                        f" {r['p99_ms']:.2f} ms, server compute p50 {r['server_compute_p50_ms'] or float('nan'):.3f}"
-                        f" ms, failed {r['failed']}",
-                        flush=True,
-                    )
+                for engine, srv in servers.items():  # each engine in turn, in every round: drift hits them alike
+                    for n in counts:
+                        r = _load(srv.url, tail.model_name, shape, n, args.client_procs, args.seconds, args.client)
+                        r.update(
+                            engine=engine,
+                            round=rnd,
+                            raw_ort_runs_per_s=raw_rps,
+                            raw_ort_p50_ms=raw_p50,
+                            ratio_to_raw=r["req_per_s"] / raw_rps,
+                        )
+                        rows.append(r)
+                        print(
+                            f"round {rnd}: raw ORT {raw_rps:.0f} runs/s ({raw_p50:.3f} ms); {engine}, {n} clients:"
+                            f" {r['req_per_s']:.0f} req/s = {r['ratio_to_raw']:.2f}x raw, p50 {r['p50_ms']:.2f} ms,"
+                            f" p99 {r['p99_ms']:.2f} ms, server compute p50"
+                            f" {r['server_compute_p50_ms'] or float('nan'):.3f} ms, failed {r['failed']}",
+                            flush=True,
+                        )
         finally:
-            srv.stop()
+            for engine, srv in servers.items():
+                sizes = srv.stop()
+                if sizes:
+                    batch_sizes[engine] = sizes
+    if batch_sizes:
+        print(f"batch sizes run (size: runs): {batch_sizes}")
     summary = []
-    for n in counts:
-        rs = [r for r in rows if r["clients"] == n]
+    for engine, n in [(e, n) for e in engines for n in counts]:
+        rs = [r for r in rows if r["clients"] == n and r["engine"] == engine]
         s = {
+            "engine": engine,
             "clients": n,
             "ratio_to_raw_median": statistics.median(r["ratio_to_raw"] for r in rs),
             "req_per_s_median": statistics.median(r["req_per_s"] for r in rs),
             "raw_ort_runs_per_s_median": statistics.median(r["raw_ort_runs_per_s"] for r in rs),
             "p50_ms_median": statistics.median(r["p50_ms"] for r in rs),
+            "p99_ms_median": statistics.median(r["p99_ms"] for r in rs),
             "failed": sum(r["failed"] for r in rs),
         }
-        if n == 1:
-            s["overhead_ms_median"] = statistics.median(
-                r["p50_ms"] - r["server_compute_p50_ms"] for r in rs if r["server_compute_p50_ms"] is not None
-            )
+        with_compute = [r["p50_ms"] - r["server_compute_p50_ms"] for r in rs if r["server_compute_p50_ms"] is not None]
+        if n == 1 and with_compute:  # Triton reports no compute time of its own
+            s["overhead_ms_median"] = statistics.median(with_compute)
         summary.append(s)
     lines = [
-        "| clients | req/s | raw ORT runs/s | ratio | p50 ms | one client's overhead ms | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | clients | req/s | raw ORT runs/s | ratio | p50 ms | p99 ms | one client's overhead ms | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         ov = f"{s['overhead_ms_median']:.3f}" if "overhead_ms_median" in s else ""
         lines.append(
-            f"| {s['clients']} | {s['req_per_s_median']:.0f} | {s['raw_ort_runs_per_s_median']:.0f} |"
-            f" {s['ratio_to_raw_median']:.2f}x | {s['p50_ms_median']:.2f} | {ov} | {s['failed']} |"
+            f"| {s['engine']} | {s['clients']} | {s['req_per_s_median']:.0f} | {s['raw_ort_runs_per_s_median']:.0f} |"
+            f" {s['ratio_to_raw_median']:.2f}x | {s['p50_ms_median']:.2f} | {s['p99_ms_median']:.2f} | {ov} |"
+            f" {s['failed']} |"
         )
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             args.out / f"results-{args.client}.json",
-            {"args": portable_args(vars(args)), "rounds": rows, "summary": summary},
+            {"args": portable_args(vars(args)), "rounds": rows, "summary": summary, "batch_sizes": batch_sizes},
         )
         atomic_write_bytes(args.out / f"table-{args.client}.md", ("\n".join(lines) + "\n").encode())
 
