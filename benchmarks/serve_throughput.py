@@ -190,7 +190,7 @@ def _load(url: str, model: str, shape: list[int], clients: int, procs: int, seco
     }
 
 
-def _start(engines: list[str], export: Path, server_args: str) -> dict:
+def _start(engines: list[str], export: Path, server_args: str, max_batch: int = 8, delay_us: int = 500) -> dict:
     """Every engine's server on the export, started before the rounds: {engine: server with .url and .stop()}."""
     servers: dict = {}
     try:
@@ -200,7 +200,9 @@ def _start(engines: list[str], export: Path, server_args: str) -> dict:
             elif e == "triton":
                 from cpcdrl_deploy.serving.triton import TritonServer, tail_specs, triton_python
 
-                servers[e] = TritonServer(tail_specs(export), triton_python(None), port=8100)
+                servers[e] = TritonServer(
+                    tail_specs(export), triton_python(None), port=8100, max_batch=max_batch, queue_delay_us=delay_us
+                )
             else:
                 raise SystemExit(f"--engines: unknown engine {e!r} (embedded, triton)")
     except BaseException:
@@ -234,6 +236,8 @@ def main() -> None:
         default="embedded",
         help="comma-separated: embedded (cpcdrl serve), triton (serve --engine triton; $CPCDRL_TRITON_PYTHON)",
     )
+    ap.add_argument("--max-batch", type=int, default=8, help="the Triton engine's dynamic batcher: rows per run")
+    ap.add_argument("--queue-delay-us", type=int, default=500, help="the Triton engine's dynamic batcher: wait")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     engines = args.engines.split(",")
@@ -244,7 +248,7 @@ def main() -> None:
         m = export_plan(plan, Path(tmp) / "e", check_images=16)
         tail = m.files["tail"]
         shape = [1, *tail.inputs[0].shape[1:]]
-        servers = _start(engines, Path(tmp) / "e", args.server_args)
+        servers = _start(engines, Path(tmp) / "e", args.server_args, args.max_batch, args.queue_delay_us)
         print(
             f"{args.model} tail after layer {args.cut} (keep {args.keep}): {4 * int(np.prod(shape))} bytes per request;"
             f" engines {', '.join(f'{e} {s.url}' for e, s in servers.items())}; {args.client} clients in"
