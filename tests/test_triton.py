@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from cpcdrl_deploy.serving.manifest import ort_session
 from tests.conftest import make_plan
 
-from .test_edge_runner import _run, exported  # noqa: F401 - the module fixture, shared
+from .test_edge_runner import _free_port, _run, exported  # noqa: F401 - the module fixture, shared
 
 TRITON_PYTHON = os.environ.get("CPCDRL_TRITON_PYTHON")
 needs_triton = pytest.mark.skipif(
@@ -38,14 +38,6 @@ i = g.InferInput("cut", list(cut.shape), "FP32")
 i.set_data_from_numpy(cut)
 np.save(sys.argv[3], c.infer("tinyvgg_tail", [i]).as_numpy("logits"))
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server(export_dir, **kw):

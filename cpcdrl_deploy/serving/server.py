@@ -578,18 +578,8 @@ def make_server(
     tails of the same name.
     """
     from cpcdrl_deploy.core.errors import CpcdrlError
-    from cpcdrl_deploy.serving.manifest import load_manifest
 
-    dirs = export_dir if isinstance(export_dir, list) else [export_dir]
-    models = {}
-    pairs = set_tails(Path(dirs[0])) if len(dirs) == 1 and (Path(dirs[0]) / SET_FILE).exists() else None
-    for d, name in pairs if pairs is not None else zip(dirs, served_names(dirs)):
-        tail = load_manifest(d).spec("tail")
-        if tail is None:
-            raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
-        models[name] = load_served_model(Path(d) / tail.file, name, threads)
-    if not models:
-        raise CpcdrlError(f"{dirs[0]}: every plan of the set runs all on the edge: there is no tail to serve")
+    models = {name: load_served_model(path, name, threads) for name, path, _ in served_tails(export_dir)}
     stats = Stats()
     try:
         handler = make_handler(models, token, stats, max_body, timeout_s, head_deadline_s, max_active)
@@ -619,6 +609,26 @@ def set_tails(folder: Path) -> list[tuple[Path, str]]:
     from cpcdrl_deploy.serving.manifest import load_manifest
 
     return [(folder / n, n) for n in names if load_manifest(folder / n).spec("tail") is not None]
+
+
+def served_tails(export_dir: str | Path | list) -> list[tuple[str, Path, Any]]:
+    """(served name, ONNX file, ``ModelFile``) of each tail to serve: of an export directory, of several (named
+    ``p<i>``, ``served_names``), or of a plan set's export (named as its members, ``set_tails``). What every engine
+    serves (``make_server``, ``triton.tail_specs``); refuses an export with no tail."""
+    from cpcdrl_deploy.core.errors import CpcdrlError
+    from cpcdrl_deploy.serving.manifest import load_manifest
+
+    dirs = export_dir if isinstance(export_dir, list) else [export_dir]
+    pairs = set_tails(Path(dirs[0])) if len(dirs) == 1 and (Path(dirs[0]) / SET_FILE).exists() else None
+    out = []
+    for d, name in pairs if pairs is not None else zip(dirs, served_names(dirs)):
+        tail = load_manifest(d).spec("tail")
+        if tail is None:
+            raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
+        out.append((name, Path(d) / tail.file, tail))
+    if not out:
+        raise CpcdrlError(f"{dirs[0]}: every plan of the set runs all on the edge: there is no tail to serve")
+    return out
 
 
 def served_names(dirs: list) -> list[str]:

@@ -34,7 +34,7 @@ SETUP = (
 # run in the candidate interpreter: the modules, and whether the libpython the dynamic linker finds for its
 # soname (what Triton's stub will load) is this interpreter's own
 _CHECK = r"""
-import ctypes.util, json, os, subprocess, sys, sysconfig
+import json, os, subprocess, sys, sysconfig
 missing = []
 for m in ("numpy", "onnxruntime", "pytriton"):
     try:
@@ -163,24 +163,14 @@ class TritonServer:
 
 def tail_specs(export_dir: Path | list[Path]) -> list[dict]:
     """What the engine serves: each tail of an export (or plan-set export) under the embedded server's names."""
-    from cpcdrl_deploy.serving.manifest import load_manifest
-    from cpcdrl_deploy.serving.server import SET_FILE, served_names, set_tails
+    from cpcdrl_deploy.serving.server import served_tails
 
-    dirs = export_dir if isinstance(export_dir, list) else [export_dir]
-    pairs = set_tails(Path(dirs[0])) if len(dirs) == 1 and (Path(dirs[0]) / SET_FILE).exists() else None
-    out = []
-    for d, name in pairs if pairs is not None else zip(dirs, served_names(dirs), strict=True):
-        tail = load_manifest(d).spec("tail")
-        if tail is None:
-            raise CpcdrlError(f"{d}: the plan's cut is N (all on the edge): there is no tail to serve")
-        out.append(
-            {
-                "name": name,
-                "path": str((Path(d) / tail.file).resolve()),
-                "inputs": [t.model_dump() for t in tail.inputs],
-                "outputs": [t.model_dump() for t in tail.outputs],
-            }
-        )
-    if not out:
-        raise CpcdrlError(f"{dirs[0]}: every plan of the set runs all on the edge: there is no tail to serve")
-    return out
+    return [
+        {
+            "name": name,
+            "path": str(path.resolve()),
+            "inputs": [t.model_dump() for t in tail.inputs],
+            "outputs": [t.model_dump() for t in tail.outputs],
+        }
+        for name, path, tail in served_tails(export_dir)
+    ]
