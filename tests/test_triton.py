@@ -44,7 +44,9 @@ def _server(export_dir, **kw):
     from cpcdrl_deploy.serving.triton import TritonServer, tail_specs
 
     assert TRITON_PYTHON, "CPCDRL_REQUIRE_TRITON is set but CPCDRL_TRITON_PYTHON is not"
-    return TritonServer(tail_specs(export_dir), TRITON_PYTHON, port=_free_port(), grpc_port=_free_port(), **kw)
+    # every port asked of the OS: the default metrics port (HTTP + 2) may be taken, and Triton then never comes up
+    ports = dict(port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port())
+    return TritonServer(tail_specs(export_dir), TRITON_PYTHON, **ports, **kw)
 
 
 @needs_triton
